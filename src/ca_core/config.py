@@ -1,0 +1,264 @@
+"""The one configuration object (SPEC §7), filled from flags, ``SENTRY_*`` environment variables
+and a Dapr-Configuration-shaped YAML file, in that order of precedence, validated once.
+
+Pure: the environment and file contents are passed in, never looked up here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from typing import Any
+
+import yaml
+
+from .durations import format_duration, parse_duration
+from .errors import ConfigError
+from .keys import KeyAlgorithm
+from .spiffe_id import namespace_problem, trust_domain_problem
+from .stores.files import FileNames
+
+MODES = ("auto", "kubernetes", "standalone")
+
+
+def _bool(text: str) -> bool:
+    v = str(text).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+def _port(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= 65535:
+        raise ValueError(f"port {n} is out of range 0-65535")
+    return n
+
+
+def _mode(text: str) -> str:
+    v = text.strip().lower()
+    if v not in MODES:
+        raise ValueError(f"unknown mode {text!r}; use one of {', '.join(MODES)}")
+    return v
+
+
+def _algorithm(text: str) -> KeyAlgorithm:
+    return KeyAlgorithm.parse(text)
+
+
+def _log_level(text: str) -> str:
+    v = text.strip().lower()
+    if v not in ("debug", "info", "warn", "warning", "error", "fatal"):
+        raise ValueError(f"unknown log level {text!r}; use debug, info, warn, error or fatal")
+    return {"warn": "warning", "fatal": "critical"}.get(v, v)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration option: ``--flag`` ↔ ``SENTRY_FLAG`` ↔ attribute ``dest``."""
+
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    env: str | None = None  # default: SENTRY_<FLAG>
+
+    @property
+    def dest(self) -> str:
+        return self.flag.replace("-", "_")
+
+    @property
+    def env_name(self) -> str:
+        return self.env or "SENTRY_" + self.flag.upper().replace("-", "_")
+
+
+SERVE_OPTIONS: tuple[Option, ...] = (
+    Option("port", _port, "gRPC port (default 50001)"),
+    Option("listen-address", str, "gRPC bind address (default 127.0.0.1)"),
+    Option("healthz-port", _port, "HTTP port of /healthz and /livez (default 8080)"),
+    Option("metrics-port", _port, "Prometheus metrics port (default 9090)"),
+    Option("enable-metrics", _bool, "serve Prometheus metrics (default true)"),
+    Option("trust-domain", str, "the CA's (control-plane) trust domain (default localhost)"),
+    Option("mode", _mode, "auto, kubernetes or standalone: selects the default validators (default auto)"),
+    Option("config", str, "YAML file in the shape of Dapr's Configuration (spec.mtls.*)"),
+    Option("workload-cert-ttl", parse_duration, "workload certificate lifetime, Go duration (default 24h)"),
+    Option("allowed-clock-skew", parse_duration, "NotBefore backdating, Go duration (default 15m)"),
+    Option(
+        "ca-key-algorithm", _algorithm, "for generated roots and issuers: ecdsa-p256, ecdsa-p384, ed25519"
+    ),
+    Option(
+        "expiry-check-interval",
+        parse_duration,
+        "how often the watcher checks root/issuer expiry (default 1h)",
+    ),
+    Option("log-level", _log_level, "debug, info, warn, error (default info)"),
+    Option("log-as-json", _bool, "log JSON lines (default false)"),
+)
+
+STORE_OPTIONS: tuple[Option, ...] = (
+    Option("issuer-credentials", str, "directory of the file store (default ./.sentry/credentials)"),
+    Option("trust-bundle-store", str, "file://DIR (default: file:// + --issuer-credentials)"),
+    Option("issuer-ca-filename", str, "trust anchors file name (default ca.crt)"),
+    Option("issuer-certificate-filename", str, "issuer certificate file name (default issuer.crt)"),
+    Option("issuer-key-filename", str, "issuer key file name (default issuer.key)"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the CA, typed and validated. Build with :func:`load_config`.
+
+    Durations are timedelta; ports ints (0 = any free port, for tests).
+    """
+
+    port: int = 50001
+    listen_address: str = "127.0.0.1"
+    healthz_port: int = 8080
+    metrics_port: int = 9090
+    enable_metrics: bool = True
+    trust_domain: str = "localhost"
+    namespace: str = "default"
+    mode: str = "auto"
+    config: str | None = None
+    workload_cert_ttl: timedelta = timedelta(hours=24)
+    allowed_clock_skew: timedelta = timedelta(minutes=15)
+    ca_key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
+    expiry_check_interval: timedelta = timedelta(hours=1)
+    log_level: str = "info"
+    log_as_json: bool = False
+    issuer_credentials: str = "./.sentry/credentials"
+    trust_bundle_store: str | None = None
+    issuer_ca_filename: str = "ca.crt"
+    issuer_certificate_filename: str = "issuer.crt"
+    issuer_key_filename: str = "issuer.key"
+    kubernetes_detected: bool = field(default=False, repr=False)
+
+    @property
+    def store_url(self) -> str:
+        """The trust-bundle store URL: ``--trust-bundle-store``, else ``file://`` + issuer credentials."""
+        return self.trust_bundle_store or f"file://{self.issuer_credentials}"
+
+    @property
+    def file_names(self) -> FileNames:
+        return FileNames(self.issuer_ca_filename, self.issuer_certificate_filename, self.issuer_key_filename)
+
+    @property
+    def effective_mode(self) -> str:
+        """``kubernetes`` or ``standalone`` (``auto`` resolved by KUBERNETES_SERVICE_HOST)."""
+        if self.mode != "auto":
+            return self.mode
+        return "kubernetes" if self.kubernetes_detected else "standalone"
+
+    def with_changes(self, **changes: Any) -> Config:
+        """A validated copy with ``changes`` applied."""
+        return _validated(replace(self, **changes))
+
+    def describe(self) -> dict[str, str]:
+        """Settings as strings, for a start-up log line (no secrets are held here)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, timedelta):
+                v = format_duration(v)
+            elif isinstance(v, KeyAlgorithm):
+                v = v.value
+            out[f.name] = str(v)
+        return out
+
+
+def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
+    """Add ``options`` as flags whose default is 'unset' (so env and file can fill them)."""
+    for opt in options:
+        parser.add_argument(
+            f"--{opt.flag}", dest=opt.dest, default=None, metavar=opt.dest.upper(), help=opt.help
+        )
+
+
+def _parse_value(opt: Option, raw: str, source: str) -> Any:
+    try:
+        return opt.parse(raw)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def read_config_file(text: str, path: str) -> dict[str, Any]:
+    """Settings from a Dapr Configuration YAML (``spec.mtls.workloadCertTTL``,
+    ``allowedClockSkew``, ``tokenValidators``). Raises ConfigError naming the file and field."""
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    mtls = ((doc.get("spec") or {}).get("mtls")) or {}
+    if not isinstance(mtls, dict):
+        raise ConfigError(f"{path}: spec.mtls must be a mapping")
+    out: dict[str, Any] = {}
+    for key, dest in (("workloadCertTTL", "workload_cert_ttl"), ("allowedClockSkew", "allowed_clock_skew")):
+        if mtls.get(key) not in (None, ""):
+            try:
+                out[dest] = parse_duration(str(mtls[key]))
+            except ValueError as e:
+                raise ConfigError(f"{path}: spec.mtls.{key}: {e}") from None
+    if mtls.get("tokenValidators"):
+        raise ConfigError(
+            f"{path}: spec.mtls.tokenValidators: additional token validators (jwks) are not available "
+            "in this version; remove the field"
+        )
+    return out
+
+
+def load_config(
+    flags: argparse.Namespace | Mapping[str, Any],
+    env: Mapping[str, str],
+    read_file: Callable[[str], str] | None = None,
+) -> Config:
+    """Merge flags > ``SENTRY_*`` env > ``--config`` file > defaults into a validated Config.
+
+    flags: parsed argparse namespace (unset flags are None) or a mapping of dest → string;
+    env: the process environment (NAMESPACE and KUBERNETES_SERVICE_HOST are read from it too);
+    read_file: returns a file's text (for ``--config``). Raises ConfigError naming the source.
+    """
+    given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
+    values: dict[str, Any] = {}
+    config_path = given.get("config") or env.get("SENTRY_CONFIG")
+    if config_path:
+        if read_file is None:
+            raise ConfigError("--config given but no way to read files")
+        try:
+            text = read_file(config_path)
+        except OSError as e:
+            raise ConfigError(f"--config {config_path}: cannot read ({e.strerror})") from None
+        values.update(read_config_file(text, config_path))
+    for opt in (*SERVE_OPTIONS, *STORE_OPTIONS):
+        if opt.env_name in env and env[opt.env_name] != "":
+            values[opt.dest] = _parse_value(opt, env[opt.env_name], opt.env_name)
+        if given.get(opt.dest) is not None:
+            values[opt.dest] = _parse_value(opt, given[opt.dest], f"--{opt.flag}")
+    if env.get("NAMESPACE"):
+        values["namespace"] = env["NAMESPACE"]
+    values["kubernetes_detected"] = bool(env.get("KUBERNETES_SERVICE_HOST"))
+    return _validated(Config(**values))
+
+
+def _validated(cfg: Config) -> Config:
+    problems = []
+    if p := trust_domain_problem(cfg.trust_domain):
+        problems.append(f"--trust-domain: {p}")
+    if p := namespace_problem(cfg.namespace):
+        problems.append(f"NAMESPACE: {p}")
+    if cfg.workload_cert_ttl <= timedelta(0):
+        problems.append("--workload-cert-ttl must be positive")
+    if cfg.allowed_clock_skew < timedelta(0):
+        problems.append("--allowed-clock-skew must not be negative")
+    if cfg.expiry_check_interval <= timedelta(0):
+        problems.append("--expiry-check-interval must be positive")
+    for name in (cfg.issuer_ca_filename, cfg.issuer_certificate_filename, cfg.issuer_key_filename):
+        if not name or "/" in name or name in (".", ".."):
+            problems.append(f"file name {name!r} must be a plain file name")
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    return cfg

@@ -1,0 +1,122 @@
+"""The expiry rule of SPEC §8, as a pure function over certificates and ``now``.
+
+For each trust anchor (role ``root``) and the issuer (role ``issuer``):
+unparseable → WARNING; expired (or not yet valid) → ERROR; less than ``warn_within``
+(default 30 days) left → WARNING with days and hours left; else DEBUG with the remaining
+validity. Used by the server's watcher and the scheduled expiry function alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+
+from .bundle import ANCHORS, ISSUER_CHAIN
+
+WARN_WITHIN = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class ExpiryFinding:
+    """One certificate's expiry state.
+
+    role: "root" or "issuer"; level: a ``logging`` level (DEBUG, WARNING, ERROR);
+    not_after: aware UTC datetime or None when unparseable; remaining: timedelta (negative
+    when expired) or None; message: the log line.
+    """
+
+    role: str
+    subject: str
+    level: int
+    not_after: datetime | None
+    remaining: timedelta | None
+    message: str
+
+    @property
+    def days_left(self) -> float | None:
+        """Remaining validity in days (fractional; negative when expired), None when unparseable."""
+        return None if self.remaining is None else self.remaining.total_seconds() / 86400
+
+
+def _days_hours(delta: timedelta) -> tuple[int, int]:
+    hours = int(delta.total_seconds() // 3600)
+    return hours // 24, hours % 24
+
+
+def check_certificate(
+    cert: x509.Certificate, role: str, now: datetime, warn_within: timedelta = WARN_WITHIN
+) -> ExpiryFinding:
+    """The expiry finding for one parsed certificate at ``now`` (aware UTC)."""
+    name = role.capitalize()
+    not_after = cert.not_valid_after_utc
+    subject = cert.subject.rfc4514_string()
+    remaining = not_after - now
+    if remaining <= timedelta(0):
+        return ExpiryFinding(
+            role,
+            subject,
+            logging.ERROR,
+            not_after,
+            remaining,
+            f"{name} certificate expired on {not_after.isoformat()} ({subject})",
+        )
+    if now < cert.not_valid_before_utc:
+        return ExpiryFinding(
+            role,
+            subject,
+            logging.ERROR,
+            not_after,
+            remaining,
+            f"{name} certificate is not valid before {cert.not_valid_before_utc.isoformat()} ({subject})",
+        )
+    if remaining < warn_within:
+        days, hours = _days_hours(remaining)
+        return ExpiryFinding(
+            role,
+            subject,
+            logging.WARNING,
+            not_after,
+            remaining,
+            f"{name} certificate is about to expire in {days} days and {hours} hours "
+            f"(on {not_after.isoformat()}; {subject})",
+        )
+    days, hours = _days_hours(remaining)
+    return ExpiryFinding(
+        role,
+        subject,
+        logging.DEBUG,
+        not_after,
+        remaining,
+        f"{name} certificate is valid for {days} days and {hours} hours (until {not_after.isoformat()})",
+    )
+
+
+def check_expiry(
+    anchors_pem: bytes, issuer_chain_pem: bytes, now: datetime, warn_within: timedelta = WARN_WITHIN
+) -> list[ExpiryFinding]:
+    """Findings for every trust anchor and the issuer, from the public part's PEM bytes.
+
+    Bytes that do not parse give one WARNING finding for that role instead of an exception.
+    """
+    findings: list[ExpiryFinding] = []
+    for role, pem, item in (("root", anchors_pem, ANCHORS), ("issuer", issuer_chain_pem, ISSUER_CHAIN)):
+        try:
+            certs = x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            findings.append(
+                ExpiryFinding(
+                    role,
+                    "",
+                    logging.WARNING,
+                    None,
+                    None,
+                    f"{role.capitalize()} certificate ({item}) could not be parsed; expiry unknown",
+                )
+            )
+            continue
+        for cert in certs if role == "root" else certs[:1]:
+            findings.append(check_certificate(cert, role, now, warn_within))
+    return findings

@@ -1,0 +1,93 @@
+"""CA key algorithms, key generation, and private-key (de)serialisation.
+
+Keys are written as PKCS#8 PEM and read as PKCS#8, SEC1 (``EC PRIVATE KEY``) or PKCS#1
+(``RSA PRIVATE KEY``), as older Sentry versions wrote them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+
+
+class KeyAlgorithm(enum.Enum):
+    """Algorithms for the CA's own generated keys (``--ca-key-algorithm``)."""
+
+    ECDSA_P256 = "ecdsa-p256"
+    ECDSA_P384 = "ecdsa-p384"
+    ED25519 = "ed25519"
+
+    @classmethod
+    def parse(cls, name: str) -> KeyAlgorithm:
+        """``name``: one of ecdsa-p256, ecdsa-p384, ed25519 (case-insensitive); raises ValueError."""
+        try:
+            return cls(name.strip().lower())
+        except ValueError:
+            allowed = ", ".join(a.value for a in cls)
+            raise ValueError(f"unknown CA key algorithm {name!r}; use one of {allowed}") from None
+
+    def generate(self) -> PrivateKey:
+        """A fresh private key of this algorithm."""
+        if self is KeyAlgorithm.ECDSA_P256:
+            return ec.generate_private_key(ec.SECP256R1())
+        if self is KeyAlgorithm.ECDSA_P384:
+            return ec.generate_private_key(ec.SECP384R1())
+        return ed25519.Ed25519PrivateKey.generate()
+
+
+def signature_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+    """The digest to sign with ``key``: SHA-384 for P-384 and larger curves, None for Ed25519
+    (pure EdDSA), SHA-256 otherwise (RFC 5758 §3.2, RFC 8410 §6)."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def load_private_key(pem: bytes) -> PrivateKey:
+    """Parse a PEM private key: PKCS#8, SEC1 EC or PKCS#1 RSA, unencrypted.
+
+    Raises ValueError with a readable reason when the bytes are not such a key or the key
+    type is not one a CA can use (ECDSA, Ed25519, RSA).
+    """
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError:
+        raise ValueError("private key is encrypted; supply it unencrypted") from None
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise ValueError(f"not a PEM private key ({type(e).__name__})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"unsupported private key type {type(key).__name__}")
+    return key
+
+
+def private_key_pem(key: PrivateKey) -> bytes:
+    """``key`` as unencrypted PKCS#8 PEM (``PRIVATE KEY``)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def public_key_der(key: PublicKey) -> bytes:
+    """SubjectPublicKeyInfo DER of ``key``, to compare keys for equality."""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def describe_public_key(key: object) -> str:
+    """A short human description, e.g. ``ECDSA P-256``, ``RSA 2048``, ``Ed25519``."""
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ECDSA {key.curve.name}"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA {key.key_size}"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    return type(key).__name__

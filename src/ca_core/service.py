@@ -1,0 +1,149 @@
+"""Signing a request end to end (SPEC §3): pick the validator, prove the identity, protect the
+CA's own identity, parse the CSR, sign, and shape the response. Pure given ``now``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .bundle import TrustBundle
+from .certs import DEFAULT_CLOCK_SKEW, DEFAULT_WORKLOAD_TTL, check_issuer_valid, sign_workload
+from .csr import parse_csr
+from .errors import InvalidRequest, PermissionDenied
+from .spiffe_id import SpiffeId
+from .validators import Identity, SignRequest, TokenValidatorKind, Validator
+
+CA_APP_ID = "dapr-sentry"
+
+
+def control_plane_dns_names(app_id: str, namespace: str) -> tuple[str, ...]:
+    """The DNS SANs Dapr gives its control-plane services in the CA's namespace (SPEC §3)."""
+    if app_id == "dapr-injector":
+        return (f"dapr-sidecar-injector.{namespace}.svc",)
+    if app_id == "dapr-operator":
+        return (f"dapr-webhook.{namespace}.svc",)
+    if app_id == "dapr-scheduler":
+        return tuple(
+            f"dapr-scheduler-server-{i}.dapr-scheduler-server.{namespace}.svc.cluster.local" for i in range(3)
+        )
+    return ()
+
+
+@dataclass(frozen=True)
+class SignedCertificate:
+    """The answer to a sign request: ``certificate`` (the leaf), ``chain_pem`` (leaf then issuer
+    chain, PEM), ``anchors_pem`` (every trust anchor, PEM), ``not_after`` (leaf NotAfter, UTC)."""
+
+    certificate: x509.Certificate
+    chain_pem: bytes
+    anchors_pem: bytes
+    not_after: datetime
+    spiffe_id: SpiffeId
+
+
+@dataclass(frozen=True)
+class SigningPolicy:
+    """What the operator configured for issuance.
+
+    trust_domain: the CA's (control-plane) trust domain; namespace: the CA's namespace;
+    workload_ttl: leaf lifetime (capped by the issuer's NotAfter); clock_skew: backdating of NotBefore.
+    """
+
+    trust_domain: str = "localhost"
+    namespace: str = "default"
+    workload_ttl: timedelta = DEFAULT_WORKLOAD_TTL
+    clock_skew: timedelta = DEFAULT_CLOCK_SKEW
+
+    @property
+    def ca_identity(self) -> SpiffeId:
+        """The CA's own SPIFFE ID ``spiffe://<trust domain>/ns/<namespace>/dapr-sentry``."""
+        return SpiffeId(self.trust_domain, self.namespace, CA_APP_ID)
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs requests with one bundle, one set of validators and one policy (immutable).
+
+    validators: wire kind → validator (the enabled ones); default_validator: used when the
+    request's token_validator is 0, or None when requests must name one.
+    """
+
+    bundle: TrustBundle
+    policy: SigningPolicy
+    validators: Mapping[TokenValidatorKind, Validator] = field(default_factory=dict)
+    default_validator: TokenValidatorKind | None = None
+
+    def select_validator(self, requested: int) -> Validator:
+        """SPEC §3 step 1. Raises InvalidRequest when none resolves, or it is unknown / not enabled."""
+        kind_number = requested or (self.default_validator or 0)
+        if not kind_number:
+            raise InvalidRequest("a validator name must be specified", reason="validator_missing")
+        try:
+            kind = TokenValidatorKind(kind_number)
+        except ValueError:
+            raise InvalidRequest(
+                f"unknown token validator {kind_number}", reason="validator_unknown"
+            ) from None
+        validator = self.validators.get(kind)
+        if validator is None or kind is TokenValidatorKind.UNKNOWN:
+            enabled = ", ".join(k.name for k in self.validators) or "none"
+            raise InvalidRequest(
+                f"token validator {kind.name} is not enabled on this CA (enabled: {enabled})",
+                reason="validator_not_enabled",
+            )
+        return validator
+
+    def sign(self, request: SignRequest, now: datetime) -> SignedCertificate:
+        """Run SPEC §3 steps 1–6 for ``request`` at ``now`` (aware UTC).
+
+        Raises InvalidRequest (validator choice, CSR bytes), PermissionDenied (identity),
+        Unavailable (identity backend), FailedPrecondition (issuer not valid now).
+        """
+        validator = self.select_validator(request.token_validator)
+        identity = validator.validate(request)
+        self._check_not_reserved(identity)
+        csr = parse_csr(request.csr_pem)
+        return self.issue(csr.public_key(), identity, now)  # type: ignore[arg-type]
+
+    def _check_not_reserved(self, identity: Identity) -> None:
+        sid = identity.spiffe_id
+        if sid.app_id == CA_APP_ID and sid.namespace == self.policy.namespace:
+            raise PermissionDenied(
+                f"{sid} is the CA's own identity and cannot be requested", reason="reserved_identity"
+            )
+
+    def issue(
+        self,
+        public_key,
+        identity: Identity,
+        now: datetime,
+        *,
+        ttl: timedelta | None = None,
+        dns_names: tuple[str, ...] = (),
+        ip_addresses: tuple[object, ...] = (),
+    ) -> SignedCertificate:
+        """Sign ``public_key`` for a proven ``identity`` (no validator or reservation check:
+        callers are the CA itself or :meth:`sign`). Control-plane ids in the CA's namespace
+        get Dapr's DNS SANs. Raises FailedPrecondition when the issuer is not valid now."""
+        sid = identity.spiffe_id
+        if sid.namespace == self.policy.namespace:
+            dns_names = (*control_plane_dns_names(sid.app_id, sid.namespace), *dns_names)
+        issuer = self.bundle.issuer
+        check_issuer_valid(issuer, now)
+        cert = sign_workload(
+            issuer,
+            self.bundle.issuer_key,
+            public_key,
+            sid,
+            now,
+            ttl=self.policy.workload_ttl if ttl is None else ttl,
+            clock_skew=self.policy.clock_skew,
+            dns_names=dns_names,
+            ip_addresses=ip_addresses,
+        )
+        chain_pem = cert.public_bytes(serialization.Encoding.PEM) + self.bundle.issuer_chain_pem
+        return SignedCertificate(cert, chain_pem, self.bundle.anchors_pem, cert.not_valid_after_utc, sid)

@@ -1,0 +1,100 @@
+"""Identity validation: the request shape, the ``Validator`` port, common checks and INSECURE.
+
+SPEC §3 step 2 and §6. A validator turns a :class:`SignRequest` into a proven
+:class:`Identity` or raises PermissionDenied (identity failure) / Unavailable (backend).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from .errors import PermissionDenied
+from .spiffe_id import DEFAULT_TRUST_DOMAIN, SpiffeId, app_id_problem, namespace_problem, trust_domain_problem
+
+
+class TokenValidatorKind(enum.IntEnum):
+    """The wire enum ``SignCertificateRequest.TokenValidator`` (SPEC §2)."""
+
+    UNKNOWN = 0
+    INSECURE = 1
+    KUBERNETES = 2
+    JWKS = 3
+
+    @classmethod
+    def parse(cls, text: str | int) -> TokenValidatorKind:
+        """A name (``insecure``/``selfhosted``, ``kubernetes``, ``jwks``) or number; raises ValueError."""
+        if isinstance(text, int) or (isinstance(text, str) and text.strip().lstrip("-").isdigit()):
+            return cls(int(text))
+        name = text.strip().upper()
+        if name == "SELFHOSTED":
+            return cls.INSECURE
+        try:
+            return cls[name]
+        except KeyError:
+            raise ValueError(f"unknown token validator {text!r}; use insecure, kubernetes or jwks") from None
+
+
+@dataclass(frozen=True)
+class SignRequest:
+    """A decoded ``SignCertificateRequest`` (SPEC §2). ``token_validator`` is the raw wire number
+    (the enum is open: any int may arrive)."""
+
+    app_id: str
+    namespace: str
+    csr_pem: bytes
+    trust_domain: str = ""
+    token: str = field(default="", repr=False)  # never printed
+    token_validator: int = 0
+    jwt_audiences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A proven identity: the SPIFFE ID to put in the SVID."""
+
+    spiffe_id: SpiffeId
+
+
+@runtime_checkable
+class Validator(Protocol):
+    """Port for identity validators (Kubernetes TokenReview, JWKS, INSECURE)."""
+
+    kind: TokenValidatorKind
+
+    def validate(self, request: SignRequest) -> Identity:
+        """Prove who sent ``request``. Raises PermissionDenied with every reason found, or
+        Unavailable when a backend cannot be used (fail closed)."""
+        ...
+
+
+def common_problems(request: SignRequest) -> list[str]:
+    """The checks every validator applies (SPEC §3 step 2): id non-empty, no '.', ≤ 64
+    characters; namespace a DNS label; CSR present. Returns every problem found."""
+    problems = [p for p in (app_id_problem(request.app_id), namespace_problem(request.namespace)) if p]
+    if not request.csr_pem:
+        problems.append("the certificate_signing_request field is empty")
+    return problems
+
+
+def check_common(request: SignRequest, *extra: str | None) -> None:
+    """Raise PermissionDenied listing the common problems plus any ``extra`` ones."""
+    problems = common_problems(request) + [p for p in extra if p]
+    if problems:
+        raise PermissionDenied("invalid request: " + "; ".join(problems), reason="invalid_identity")
+
+
+class InsecureValidator:
+    """INSECURE ("selfhosted"): no proof of identity, only the common checks.
+
+    The trust domain is the request's (a valid SPIFFE trust domain) or ``public`` when empty.
+    Meant for development and self-hosted mode; a networked deployment must opt in explicitly.
+    """
+
+    kind = TokenValidatorKind.INSECURE
+
+    def validate(self, request: SignRequest) -> Identity:
+        trust_domain = request.trust_domain or DEFAULT_TRUST_DOMAIN
+        check_common(request, trust_domain_problem(trust_domain))
+        return Identity(SpiffeId(trust_domain, request.namespace, request.app_id))

@@ -1,0 +1,245 @@
+"""``sentryca``: run the CA and talk to it.
+
+    sentryca serve    [options of SPEC §7]          run the CA (what `make run` runs)
+    sentryca request  --id APP --namespace NS ...   make a key and CSR, get them signed
+    sentryca sign     --csr FILE --id APP ...       get a CSR made elsewhere signed
+    sentryca inspect  [store options]               show trust anchors, issuer, expiry
+
+Exit codes: 0 success; 1 the CA refused or could not be reached; 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options, load_config
+from ca_core.errors import CAError, ConfigError
+from ca_core.expiry import check_expiry
+from ca_core.keys import KeyAlgorithm
+from ca_core.validators import TokenValidatorKind
+
+log = logging.getLogger("sentryca")
+_LOCAL_OR_ANY = ("127.0.0.1", "0.0.0.0", "::", "::1")  # noqa: S104 - compared, never bound
+
+
+def _read_text(path: str) -> str:
+    return Path(path).read_text()
+
+
+def _config(args: argparse.Namespace):
+    return load_config(args, os.environ, _read_text)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .logs import setup_logging
+    from .server import CertificateAuthority
+
+    cfg = _config(args)
+    setup_logging(cfg.log_level, cfg.log_as_json)
+    ca = CertificateAuthority()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.set())
+    try:
+        ca.start(cfg)
+    except CAError as e:
+        log.critical("cannot start the CA: %s", e)
+        return 1
+    if cfg.store_url.startswith("file://"):
+        anchors = Path(cfg.store_url[len("file://") :]) / cfg.issuer_ca_filename
+        host = "localhost" if cfg.listen_address in _LOCAL_OR_ANY else cfg.listen_address
+        print(
+            f"\nThe CA is serving on {cfg.listen_address}:{ca.grpc_port} (gRPC over TLS).\n"
+            f"  Trust anchors: {anchors}\n"
+            f"  Health:        http://{host}:{ca.healthz_port}/healthz\n"
+            f"Get a workload certificate (in another terminal):\n"
+            f"  .venv/bin/sentryca request --id myapp --namespace default "
+            f"--server {host}:{ca.grpc_port} --trust-anchors {anchors} --out ./certs\n"
+            f"Stop with Ctrl-C.\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    stop.wait()
+    log.info("signal received: stopping")
+    ca.stop()
+    return 0
+
+
+def _client_args(p: argparse.ArgumentParser, with_csr: bool) -> None:
+    if with_csr:
+        p.add_argument("--csr", required=True, help="PEM CSR file (made e.g. with openssl req)")
+    p.add_argument("--id", required=True, help="app id")
+    p.add_argument("--namespace", required=True, help="namespace")
+    p.add_argument(
+        "--trust-domain", default="", help="trust domain to ask for (INSECURE/JWKS; default public)"
+    )
+    p.add_argument(
+        "--token", default=os.environ.get("SENTRY_TOKEN", ""), help="identity token (or SENTRY_TOKEN)"
+    )
+    p.add_argument(
+        "--token-validator", default="0", help="insecure, kubernetes, jwks or a number (default: the CA's)"
+    )
+    p.add_argument(
+        "--server", default="localhost:50001", help="CA address HOST:PORT (default localhost:50001)"
+    )
+    p.add_argument("--server-name", default=None, help="TLS name to expect from the CA, if not HOST")
+    p.add_argument("--trust-anchors", required=True, help="PEM file of the CA's trust anchors (ca.crt)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="directory for tls.crt (chain) and ca.crt" + ("" if with_csr else " and tls.key"),
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | None) -> int:
+    import grpc
+
+    from . import client
+
+    try:
+        validator = TokenValidatorKind.parse(args.token_validator)
+    except ValueError as e:
+        print(f"error: --token-validator: {e}", file=sys.stderr)
+        return 2
+    try:
+        anchors = Path(args.trust_anchors).read_bytes()
+    except OSError as e:
+        print(f"error: --trust-anchors {args.trust_anchors}: {e.strerror}", file=sys.stderr)
+        return 2
+    try:
+        with client.channel(args.server, anchors, args.server_name) as chan:
+            response = client.sign(
+                chan,
+                csr_pem,
+                args.id,
+                args.namespace,
+                trust_domain=args.trust_domain,
+                token=args.token,
+                token_validator=int(validator),
+                timeout=args.timeout,
+            )
+        signed = client.verify_response(response, anchors)
+    except grpc.RpcError as e:
+        print(f"error: the CA refused: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    except client.VerifyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if key_pem is not None:
+        _write(out / "tls.key", key_pem, 0o600)
+    _write(out / "tls.crt", signed.chain_pem, 0o644)
+    _write(out / "ca.crt", signed.anchors_pem, 0o644)
+    print(
+        f"{signed.spiffe_id}\nvalid until {signed.valid_until.isoformat()}\nwritten to {out}/"
+        f"{{tls.crt,ca.crt{',tls.key' if key_pem else ''}}}"
+    )
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    try:
+        csr_pem = Path(args.csr).read_bytes()
+    except OSError as e:
+        print(f"error: --csr {args.csr}: {e.strerror}", file=sys.stderr)
+        return 2
+    return _sign_and_write(args, csr_pem, None)
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
+    from ca_core.keys import private_key_pem, signature_hash
+
+    try:
+        algorithm = KeyAlgorithm.parse(args.key_algorithm)
+    except ValueError as e:
+        print(f"error: --key-algorithm: {e}", file=sys.stderr)
+        return 2
+    key = algorithm.generate()
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, signature_hash(key))
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return _sign_and_write(args, csr.public_bytes(Encoding.PEM), private_key_pem(key))
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ca_core.bundle import parse_public_bundle
+    from ca_core.stores import open_store
+
+    cfg = _config(args)
+    store = open_store(cfg.store_url, cfg.file_names)
+    stored = store.load_public()
+    if stored is None:
+        print(f"{store.description}: empty (no trust bundle yet; `sentryca serve` creates one)")
+        return 1
+    public = parse_public_bundle(stored.items, store.labels())
+    now = datetime.now(UTC)
+    print(f"store: {store.description} (version {stored.version[:12]})")
+    for f in check_expiry(public.anchors_pem, public.issuer_chain_pem, now):
+        state = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
+        left = f.remaining
+        days, hours = (
+            (int(left.total_seconds() // 86400), int(left.total_seconds() % 86400 // 3600))
+            if left
+            else (0, 0)
+        )
+        not_after = f.not_after.isoformat() if f.not_after else "?"
+        print(f"{f.role:6} {state:15} {days}d {hours}h left  NotAfter {not_after}  {f.subject}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sentryca", description="Workload-identity CA, wire-compatible with Dapr Sentry."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the CA (flags override SENTRY_* env vars, which override --config)")
+    add_options(p, SERVE_OPTIONS + STORE_OPTIONS)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser(
+        "request", help="generate a key and CSR, have the CA sign it, verify and write the result"
+    )
+    _client_args(p, with_csr=False)
+    p.add_argument("--key-algorithm", default="ecdsa-p256", help="ecdsa-p256 (default), ecdsa-p384, ed25519")
+    p.set_defaults(func=cmd_request)
+    p = sub.add_parser("sign", help="have the CA sign a CSR made elsewhere, verify and write the result")
+    _client_args(p, with_csr=True)
+    p.set_defaults(func=cmd_sign)
+    p = sub.add_parser("inspect", help="show the trust anchors and issuer of a store, with time left")
+    add_options(p, STORE_OPTIONS)
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except CAError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

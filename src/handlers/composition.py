@@ -1,0 +1,77 @@
+"""The composition root: builds the store, bundle, validators and signer from a Config.
+
+The server, the CLI (and later the serverless handlers) all build through here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from ca_core.bundle import TrustBundle, generate_bundle
+from ca_core.config import Config
+from ca_core.errors import ConfigError
+from ca_core.service import Signer, SigningPolicy
+from ca_core.stores import BundleStore, load_or_create, open_store
+from ca_core.validators import InsecureValidator, TokenValidatorKind, Validator
+
+log = logging.getLogger(__name__)
+
+
+def signing_policy(cfg: Config) -> SigningPolicy:
+    """The issuance settings of ``cfg``."""
+    return SigningPolicy(
+        trust_domain=cfg.trust_domain,
+        namespace=cfg.namespace,
+        workload_ttl=cfg.workload_cert_ttl,
+        clock_skew=cfg.allowed_clock_skew,
+    )
+
+
+def build_store(cfg: Config) -> BundleStore:
+    """The configured trust-bundle store (raises ConfigError for an unusable URL)."""
+    return open_store(cfg.store_url, cfg.file_names)
+
+
+def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], TokenValidatorKind | None]:
+    """Enabled validators and the default one, by mode (SPEC §6, §7).
+
+    standalone: INSECURE is the default. kubernetes: not available in this version → ConfigError.
+    """
+    if cfg.effective_mode == "kubernetes":
+        reason = "--mode kubernetes" if cfg.mode == "kubernetes" else "KUBERNETES_SERVICE_HOST is set"
+        raise ConfigError(
+            f"{reason}, but the Kubernetes validator is not available in this version; "
+            "run with --mode standalone"
+        )
+    return {TokenValidatorKind.INSECURE: InsecureValidator()}, TokenValidatorKind.INSECURE
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    bundle: TrustBundle
+    version: str
+    created: bool
+
+
+def load_bundle(cfg: Config, store: BundleStore, now: datetime) -> LoadedBundle:
+    """Load the store's bundle, or generate one (SPEC §4) when the store is empty (SPEC §5)."""
+    policy = signing_policy(cfg)
+
+    def generate() -> TrustBundle:
+        log.info(
+            "no trust bundle in %s: generating a new root and issuer (%s)",
+            store.description,
+            cfg.ca_key_algorithm.value,
+        )
+        return generate_bundle(cfg.trust_domain, policy.ca_identity, now, algorithm=cfg.ca_key_algorithm)
+
+    bundle, version, created = load_or_create(store, generate)
+    return LoadedBundle(bundle, version, created)
+
+
+def build_signer(cfg: Config, bundle: TrustBundle) -> Signer:
+    """A Signer over ``bundle`` with the validators and policy of ``cfg``."""
+    validators, default = build_validators(cfg)
+    return Signer(bundle, signing_policy(cfg), validators, default)

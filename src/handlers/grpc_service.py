@@ -1,0 +1,109 @@
+"""The gRPC ``dapr.proto.sentry.v1.CA`` service: decode, call the core, map errors (SPEC §2–§3).
+
+The one place where core errors become gRPC status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import grpc
+
+from ca_core.errors import CAError, FailedPrecondition, InvalidRequest, PermissionDenied, Unavailable
+from ca_core.validators import SignRequest
+from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ca_core.service import Signer
+
+    from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+STATUS_FOR: dict[type[CAError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_for(error: CAError) -> grpc.StatusCode:
+    """The gRPC status code for a core error (INTERNAL for anything unmapped)."""
+    for cls, code in STATUS_FOR.items():
+        if isinstance(error, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def decode_request(msg: sentry_pb2.SignCertificateRequest) -> SignRequest:
+    """The wire message as the core's SignRequest (token_validator kept as its raw number)."""
+    return SignRequest(
+        app_id=msg.id,
+        namespace=msg.namespace,
+        csr_pem=msg.certificate_signing_request,
+        trust_domain=msg.trust_domain,
+        token=msg.token,
+        token_validator=int(msg.token_validator),
+        jwt_audiences=tuple(msg.jwt_audiences),
+    )
+
+
+class CAServicer(sentry_pb2_grpc.CAServicer):
+    """Serves SignCertificate with whatever signer ``current_signer()`` returns at call time,
+    so a restart can swap bundle, validators and settings without touching the server."""
+
+    def __init__(
+        self,
+        current_signer: Callable[[], Signer],
+        clock: Callable[[], datetime],
+        metrics: Metrics,
+    ) -> None:
+        self._current_signer = current_signer
+        self._clock = clock
+        self._metrics = metrics
+
+    def SignCertificate(self, request, context):
+        self._metrics.sign_received.inc()
+        call_id = uuid.uuid4().hex[:16]
+        try:
+            req = decode_request(request)
+            result = self._current_signer().sign(req, self._clock())
+        except CAError as e:
+            code = status_for(e)
+            self._metrics.sign_failure.labels(reason=e.reason).inc()
+            level = (
+                logging.ERROR
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
+                else logging.INFO
+            )
+            log.log(
+                level,
+                "sign request refused: %s: %s",
+                code.name,
+                e,
+                extra={"call_id": call_id, "app_id": request.id[:100], "namespace": request.namespace[:100]},
+            )
+            context.abort(code, str(e))
+        except Exception:
+            self._metrics.sign_failure.labels(reason="internal").inc()
+            log.exception("sign request failed unexpectedly", extra={"call_id": call_id})
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error (call id {call_id})")
+        self._metrics.sign_success.inc()
+        log.info(
+            "signed certificate for %s (valid until %s)",
+            result.spiffe_id,
+            result.not_after.isoformat(),
+            extra={"call_id": call_id, "serial": f"{result.certificate.serial_number:x}"},
+        )
+        response = sentry_pb2.SignCertificateResponse(
+            workload_certificate=result.chain_pem,
+            trust_chain_certificates=[result.anchors_pem],
+        )
+        response.valid_until.FromDatetime(result.not_after)
+        return response

@@ -1,0 +1,430 @@
+"""The long-lived CA process: ``CertificateAuthority`` with the lifecycle of SPEC §8.
+
+Created idle; ``start(config)`` loads (or creates) the trust bundle, issues the CA's own TLS
+server certificate, serves gRPC (TLS), ``/healthz``/``/livez`` and ``/metrics``, and runs the
+expiry watcher; ``stop()`` shuts all of it down and leaves the CA idle; ``restart(config)``
+swaps bundle, validators and settings in place when the listeners are unchanged (no dropped
+calls, no refused connections), else stops and starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ca_core.bundle import certificates_pem
+from ca_core.certs import check_issuer_valid, sign_workload
+from ca_core.config import Config
+from ca_core.errors import CAError, FailedPrecondition
+from ca_core.expiry import ExpiryFinding, check_expiry
+from ca_core.keys import private_key_pem
+from ca_core.service import Signer
+from ca_core.stores import BundleStore
+from ca_core.validators import Identity
+from sentryca_proto.sentry.v1 import sentry_pb2_grpc
+
+from . import composition
+from .grpc_service import CAServicer
+from .http_endpoints import HttpEndpoints, json_route
+from .metrics import Metrics
+
+log = logging.getLogger("sentryca")
+expiry_log = logging.getLogger("sentryca.expiry")
+
+MAX_REQUEST_BYTES = 64 * 1024  # SPEC §3 step 0
+
+
+class AlreadyRunning(RuntimeError):
+    """``start`` was called on a running CA."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ServerCertificate:
+    """The CA's own TLS certificate: chain PEM (leaf first), key PEM, when to renew."""
+
+    chain_pem: bytes
+    key_pem: bytes
+    not_after: datetime
+    renew_at: datetime
+    signed_by: str  # "issuer" or "root"
+
+
+def server_sans(cfg: Config) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """DNS and IP SANs of the server certificate: localhost, 127.0.0.1, ::1, plus a specific
+    listen address (SPEC §9)."""
+    dns = ["localhost"]
+    ips: list[Any] = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    addr = cfg.listen_address.strip("[]")
+    try:
+        ip = ipaddress.ip_address(addr)
+        if not ip.is_unspecified and ip not in ips:
+            ips.append(ip)
+    except ValueError:
+        if addr and addr not in dns:
+            dns.append(addr)
+    return tuple(dns), tuple(ips)
+
+
+def issue_server_certificate(signer: Signer, cfg: Config, now: datetime) -> ServerCertificate:
+    """Issue the CA's TLS certificate for its own SPIFFE ID (SPEC §9) with a fresh P-256 key.
+
+    Signed by the issuer; when the issuer is not valid now but the root key is at hand, signed
+    directly by the root so clients can still reach the CA and be told FAILED_PRECONDITION.
+    Raises FailedPrecondition when neither can sign.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    dns, ips = server_sans(cfg)
+    identity = Identity(signer.policy.ca_identity)
+    ttl = cfg.workload_cert_ttl
+    bundle = signer.bundle
+    try:
+        signed = signer.issue(key.public_key(), identity, now, ttl=ttl, dns_names=dns, ip_addresses=ips)
+        chain_pem, not_after, by = signed.chain_pem, signed.not_after, "issuer"
+    except FailedPrecondition:
+        root = bundle.anchor_for(bundle.issuer_chain[-1])
+        if bundle.root_key is None or root is None:
+            raise
+        check_issuer_valid(root, now)
+        cert = sign_workload(
+            root,
+            bundle.root_key,
+            key.public_key(),
+            identity.spiffe_id,
+            now,
+            ttl=ttl,
+            clock_skew=cfg.allowed_clock_skew,
+            dns_names=dns,
+            ip_addresses=ips,
+        )
+        chain_pem, not_after, by = certificates_pem([cert]), cert.not_valid_after_utc, "root"
+    renew_at = now + (not_after - now) / 2
+    return ServerCertificate(chain_pem, private_key_pem(key), not_after, renew_at, by)
+
+
+@dataclass(frozen=True)
+class _State:
+    config: Config
+    store: BundleStore
+    signer: Signer
+    bundle_version: str
+
+
+class CertificateAuthority:
+    """The CA service. ``clock``: returns aware UTC now (injected in tests).
+
+    Thread-safe: start/stop/restart are serialised by one lock.
+    """
+
+    def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._state: _State | None = None
+        self._server: grpc.Server | None = None
+        self._http: list[HttpEndpoints] = []
+        self._watcher: threading.Thread | None = None
+        self._stop_watch = threading.Event()
+        self._server_cert: ServerCertificate | None = None
+        self._server_cert_error: str | None = None
+        self._served_cert: ServerCertificate | None = None
+        self.metrics = Metrics()
+        self.grpc_port: int | None = None
+        self.healthz_port: int | None = None
+        self.metrics_port: int | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._state is not None
+
+    @property
+    def config(self) -> Config | None:
+        return self._state.config if self._state else None
+
+    @property
+    def signer(self) -> Signer:
+        """The signer in force (raises RuntimeError when idle)."""
+        state = self._state
+        if state is None:
+            raise RuntimeError("the CA is not running")
+        return state.signer
+
+    def start(self, config: Config) -> None:
+        """Build the CA from ``config`` and serve; returns once serving.
+
+        Raises AlreadyRunning, or CAError (BundleError, ConfigError, Unavailable) with a clear
+        message when the CA cannot be built; nothing keeps running after a failed start.
+        """
+        with self._lock:
+            if self._state is not None:
+                raise AlreadyRunning("the CA is already running")
+            state = self._build_state(config)
+            try:
+                self._renew_server_certificate(state)
+                self._serve(state)
+            except BaseException:
+                self._shutdown(grace=0)
+                raise
+            log.info(
+                "CA started: gRPC %s:%s (TLS), healthz :%s%s; trust domain %s; trust anchors in %s",
+                config.listen_address,
+                self.grpc_port,
+                self.healthz_port,
+                f", metrics :{self.metrics_port}" if self.metrics_port else "",
+                config.trust_domain,
+                state.store.description,
+            )
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop serving: in-flight calls get ``grace`` seconds; returns when everything has
+        stopped and the ports are closed. The CA is then idle and can start again."""
+        with self._lock:
+            if self._state is None:
+                return
+            self._shutdown(grace)
+            log.info("CA stopped")
+
+    def restart(self, config: Config) -> None:
+        """Apply ``config``. If it cannot be built (bad bundle or settings) the running CA keeps
+        serving its current state and the error is raised. Same listeners → in-place swap; else
+        stop, then start."""
+        with self._lock:
+            old = self._state
+            if old is None:
+                self.start(config)
+                return
+            if _listeners(old.config) != _listeners(config):
+                self.stop()
+                self.start(config)
+                return
+            new = self._build_state(config, previous=old)
+            self._renew_server_certificate(new)
+            self._state = new
+            log.info("CA restarted in place with the new configuration")
+            self._check_expiry(new)
+
+    def _build_state(self, config: Config, previous: _State | None = None) -> _State:
+        store = composition.build_store(config)
+        loaded = composition.load_bundle(config, store, self._clock())
+        if loaded.created:
+            log.info("generated a new trust bundle in %s", store.description)
+        signer = composition.build_signer(config, loaded.bundle)
+        if previous is not None and previous.signer.bundle.issuer != loaded.bundle.issuer:
+            self.metrics.issuer_changed.inc()
+        state = _State(config, store, signer, loaded.version)
+        issuer = loaded.bundle.issuer
+        self.metrics.issuer_expiry.set(issuer.not_valid_after_utc.timestamp())
+        self.metrics.root_expiry.set(
+            min(a.not_valid_after_utc for a in loaded.bundle.trust_anchors).timestamp()
+        )
+        log.info(
+            "issuer certificate %s valid until %s",
+            issuer.subject.rfc4514_string(),
+            issuer.not_valid_after_utc.isoformat(),
+        )
+        try:
+            check_issuer_valid(issuer, self._clock())
+        except FailedPrecondition as e:
+            log.error("%s; the CA starts but reports not-ready and refuses to sign", e)
+            self.metrics.sign_failure.labels(reason=e.reason)  # expose the series at 0
+        return state
+
+    def _serve(self, state: _State) -> None:
+        cfg = state.config
+        if self._server_cert is not None:
+            initial = self._cert_config(self._server_cert)
+            creds = grpc.dynamic_ssl_server_credentials(initial, self._fetch_cert_config)
+            self._served_cert = self._server_cert
+            server = grpc.server(
+                ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4), thread_name_prefix="grpc"),
+                options=[
+                    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                    ("grpc.so_reuseport", 0),
+                ],
+            )
+            sentry_pb2_grpc.add_CAServicer_to_server(
+                CAServicer(lambda: self.signer, self._clock, self.metrics), server
+            )
+            address = _host_port(cfg.listen_address, cfg.port)
+            try:
+                port = server.add_secure_port(address, creds)
+            except RuntimeError as e:
+                raise CAError(f"cannot listen on {address}: {e}") from None
+            if port == 0:
+                raise CAError(f"cannot listen on {address}: address in use or unavailable")
+            server.start()
+            self._server, self.grpc_port = server, port
+        else:
+            log.error("gRPC server not started: %s", self._server_cert_error)
+        self._state = state
+        health = HttpEndpoints(
+            cfg.listen_address,
+            cfg.healthz_port,
+            {
+                "/healthz": json_route(self.readiness),
+                "/livez": json_route(lambda: (True, {"alive": True})),
+            },
+        ).start()
+        self._http.append(health)
+        self.healthz_port = health.port
+        if cfg.enable_metrics:
+            metrics = HttpEndpoints(
+                cfg.listen_address,
+                cfg.metrics_port,
+                {
+                    "/metrics": lambda: (200, "text/plain; version=0.0.4", self.metrics.exposition()),
+                },
+            ).start()
+            self._http.append(metrics)
+            self.metrics_port = metrics.port
+        self._check_expiry(state)
+        self._stop_watch = threading.Event()
+        self._watcher = threading.Thread(
+            target=self._watch, args=(self._stop_watch,), name="expiry-watcher", daemon=True
+        )
+        self._watcher.start()
+
+    def _shutdown(self, grace: float) -> None:
+        self._stop_watch.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join()
+        self._watcher = None
+        if self._server is not None:
+            self._server.stop(grace).wait()
+        self._server = None
+        for endpoint in self._http:
+            endpoint.stop()
+        self._http.clear()
+        self._state = None
+        self._server_cert = self._served_cert = None
+        self.grpc_port = self.healthz_port = self.metrics_port = None
+
+    # --- server certificate ----------------------------------------------------------------
+
+    @staticmethod
+    def _cert_config(cert: ServerCertificate) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(cert.key_pem, cert.chain_pem)])
+
+    def _fetch_cert_config(self) -> grpc.ServerCertificateConfiguration | None:
+        # Called by gRPC before every TLS handshake: hand over a renewed certificate once.
+        current = self._server_cert
+        if current is None or current is self._served_cert:
+            return None
+        self._served_cert = current
+        return self._cert_config(current)
+
+    def _renew_server_certificate(self, state: _State) -> None:
+        try:
+            self._server_cert = issue_server_certificate(state.signer, state.config, self._clock())
+            self._server_cert_error = None
+            log.info(
+                "server certificate issued for %s (signed by the %s, valid until %s)",
+                state.signer.policy.ca_identity,
+                self._server_cert.signed_by,
+                self._server_cert.not_after.isoformat(),
+            )
+        except CAError as e:
+            self.metrics.servercert_issue_failed.inc()
+            self._server_cert_error = f"cannot issue the server certificate: {e}"
+            log.error("%s", self._server_cert_error)
+
+    # --- health and expiry -----------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, details) for ``/healthz``: bundle loaded and issuer valid now, server
+        certificate issued, validators ready, gRPC serving."""
+        state = self._state
+        if state is None:
+            return False, {"ready": False, "ca": "not running"}
+        now = self._clock()
+        details: dict[str, Any] = {}
+        problems = []
+        issuer = state.signer.bundle.issuer
+        try:
+            check_issuer_valid(issuer, now)
+            details["issuer"] = f"valid until {issuer.not_valid_after_utc.isoformat()}"
+        except FailedPrecondition as e:
+            details["issuer"] = str(e)
+            problems.append("issuer")
+        cert = self._server_cert
+        if cert is None or cert.not_after <= now:
+            details["server_certificate"] = self._server_cert_error or "expired"
+            problems.append("server_certificate")
+        else:
+            details["server_certificate"] = f"valid until {cert.not_after.isoformat()}"
+        details["validators"] = sorted(k.name.lower() for k in state.signer.validators)
+        if self._server is None:
+            problems.append("grpc")
+            details["grpc"] = "not serving"
+        else:
+            details["grpc"] = f"serving on port {self.grpc_port}"
+        details["ready"] = not problems
+        if problems:
+            details["not_ready"] = problems
+        return not problems, details
+
+    def check_expiry(self) -> list[ExpiryFinding]:
+        """Run the expiry rule now (SPEC §8): log each finding at its level, update gauges."""
+        state = self._state
+        if state is None:
+            raise RuntimeError("the CA is not running")
+        return self._check_expiry(state)
+
+    def _check_expiry(self, state: _State) -> list[ExpiryFinding]:
+        bundle = state.signer.bundle
+        findings = check_expiry(bundle.anchors_pem, bundle.issuer_chain_pem, self._clock())
+        for f in findings:
+            expiry_log.log(f.level, "%s", f.message, extra={"role": f.role, "days_left": f.days_left})
+        return findings
+
+    def _watch(self, stop: threading.Event) -> None:
+        interval = self._state.config.expiry_check_interval if self._state else timedelta(hours=1)
+        next_expiry = self._clock() + interval
+        renew_retry_at: datetime | None = None
+        while True:
+            cert = self._server_cert
+            now = self._clock()
+            renew_at = renew_retry_at or (cert.renew_at if cert else None)
+            wake = next_expiry if renew_at is None else min(next_expiry, renew_at)
+            if stop.wait(max(1.0, min((wake - now).total_seconds(), 300.0))):
+                return
+            state = self._state
+            if state is None:
+                return
+            now = self._clock()
+            try:
+                if now >= next_expiry:
+                    self._check_expiry(state)
+                    next_expiry = now + state.config.expiry_check_interval
+                cert = self._server_cert
+                due = renew_retry_at or (cert.renew_at if cert else None)
+                if due is not None and now >= due:
+                    self._renew_server_certificate(state)
+                    # On failure the old certificate stays in use; try again in a minute.
+                    renew_retry_at = now + timedelta(minutes=1) if self._server_cert_error else None
+            except Exception:
+                log.exception("expiry watcher iteration failed; retrying")
+
+
+def _listeners(cfg: Config) -> tuple[Any, ...]:
+    return (cfg.listen_address, cfg.port, cfg.healthz_port, cfg.enable_metrics, cfg.metrics_port)
+
+
+def _host_port(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
