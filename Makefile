@@ -32,6 +32,7 @@ test: $(VENV)/.installed-test proto-check lint
 ## lint: static checks
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 
 ## proto: regenerate the gRPC code from proto/ (commit the result)
 proto: $(VENV)/.installed-test

@@ -1,0 +1,159 @@
+"""Shared helpers: real keys, real CSRs, real bundles, and a real CA server on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from ca_core.bundle import TrustBundle, generate_bundle
+from ca_core.certs import generate_issuer, generate_root
+from ca_core.config import Config, load_config
+from ca_core.keys import KeyAlgorithm
+from ca_core.service import SigningPolicy
+from ca_core.spiffe_id import SpiffeId
+from ca_core.stores import FileBundleStore
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def make_key(kind: str = "p256"):
+    if kind == "p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind == "p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if kind == "p521":
+        return ec.generate_private_key(ec.SECP521R1())
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if kind.startswith("rsa"):
+        return rsa.generate_private_key(65537, int(kind[3:]))
+    raise ValueError(kind)
+
+
+def make_csr(key=None, subject: str = "ignored") -> bytes:
+    """A PEM CSR for ``key`` (P-256 by default), with a subject and SANs the CA must ignore."""
+    key = key or make_key()
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, subject)]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("evil.example.com")]), critical=False)
+        .sign(key, algorithm)
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def make_bundle(
+    now: datetime = NOW,
+    *,
+    algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256,
+    root_lifetime: timedelta = timedelta(days=365),
+    issuer_lifetime: timedelta = timedelta(days=365),
+    trust_domain: str = "localhost",
+) -> TrustBundle:
+    policy = SigningPolicy(trust_domain=trust_domain)
+    return generate_bundle(
+        trust_domain,
+        policy.ca_identity,
+        now,
+        algorithm=algorithm,
+        root_lifetime=root_lifetime,
+        issuer_lifetime=issuer_lifetime,
+    )
+
+
+def bundle_with_issuer_window(
+    issuer_not_before: datetime, issuer_not_after: datetime, root_now: datetime
+) -> TrustBundle:
+    """A root valid around ``root_now`` (±1 year) and an issuer valid exactly in the given window."""
+    root_key = make_key()
+    root = generate_root(
+        "localhost", root_key, root_now - timedelta(days=365), lifetime=timedelta(days=730 + 365)
+    )
+    issuer_key = make_key()
+    issuer = generate_issuer(
+        root,
+        root_key,
+        issuer_key,
+        SpiffeId("localhost", "default", "dapr-sentry"),
+        issuer_not_before,
+        lifetime=issuer_not_after - issuer_not_before,
+        backdate=timedelta(0),
+    )
+    return TrustBundle((root,), (issuer,), issuer_key, root_key)
+
+
+def write_bundle(directory: Path, bundle: TrustBundle) -> None:
+    assert FileBundleStore(directory).create(bundle.to_items())
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file's bytes, to prove a refused start touched nothing."""
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def ca_config(store_dir: Path, **overrides: str) -> Config:
+    """A Config for a test CA: ephemeral ports on loopback, file store in ``store_dir``."""
+    flags = {
+        "issuer_credentials": str(store_dir),
+        "port": "0",
+        "healthz_port": "0",
+        "metrics_port": "0",
+        "mode": "standalone",
+        **overrides,
+    }
+    return load_config(flags, {})
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "credentials"
+
+
+@pytest.fixture
+def running_ca(store_dir: Path) -> Iterator:
+    from handlers.server import CertificateAuthority
+
+    ca = CertificateAuthority()
+    ca.start(ca_config(store_dir))
+    try:
+        yield ca
+    finally:
+        ca.stop(grace=0)
+
+
+@pytest.fixture
+def channel_to(store_dir: Path):
+    """Open TLS channels to a running CA, trusting only its ca.crt; closed afterwards."""
+    from handlers import client
+
+    opened = []
+
+    def open_channel(ca):
+        anchors = (store_dir / "ca.crt").read_bytes()
+        chan = client.channel(f"localhost:{ca.grpc_port}", anchors)
+        opened.append(chan)
+        return chan
+
+    yield open_channel
+    for chan in opened:
+        chan.close()
+
+
+def openssl() -> str:
+    path = shutil.which("openssl")
+    if path is None:
+        pytest.fail("the openssl CLI is required (.ci/run installs it)")
+    return path
+
+
+def run_openssl(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([openssl(), *args], input=input, capture_output=True, check=False)

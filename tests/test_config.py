@@ -1,0 +1,136 @@
+"""Configuration (SPEC §7): flags > SENTRY_* env > --config file > defaults; Go durations."""
+
+from datetime import timedelta
+
+import pytest
+
+from ca_core.config import Config, load_config
+from ca_core.errors import ConfigError
+from ca_core.keys import KeyAlgorithm
+
+
+def test_defaults_match_the_spec_table():
+    cfg = load_config({}, {})
+    assert (cfg.port, cfg.listen_address, cfg.healthz_port, cfg.metrics_port) == (
+        50001,
+        "127.0.0.1",
+        8080,
+        9090,
+    )
+    assert cfg.trust_domain == "localhost" and cfg.namespace == "default"
+    assert cfg.store_url == "file://./.sentry/credentials"
+    assert cfg.workload_cert_ttl == timedelta(hours=24) and cfg.allowed_clock_skew == timedelta(minutes=15)
+    assert cfg.ca_key_algorithm is KeyAlgorithm.ECDSA_P256
+    assert (cfg.log_level, cfg.log_as_json, cfg.enable_metrics) == ("info", False, True)
+    assert cfg.effective_mode == "standalone"
+    assert (cfg.issuer_ca_filename, cfg.issuer_certificate_filename, cfg.issuer_key_filename) == (
+        "ca.crt",
+        "issuer.crt",
+        "issuer.key",
+    )
+
+
+def test_precedence_flag_over_env_over_file(tmp_path):
+    f = tmp_path / "config.yaml"
+    f.write_text("kind: Configuration\nspec:\n  mtls:\n    workloadCertTTL: 2h\n    allowedClockSkew: 1m\n")
+    files = {str(f): f.read_text()}
+    read = files.__getitem__
+    assert load_config({"config": str(f)}, {}, read).workload_cert_ttl == timedelta(hours=2)
+    env = {"SENTRY_WORKLOAD_CERT_TTL": "3h"}
+    assert load_config({"config": str(f)}, env, read).workload_cert_ttl == timedelta(hours=3)
+    cfg = load_config({"config": str(f), "workload_cert_ttl": "4h"}, env, read)
+    assert cfg.workload_cert_ttl == timedelta(hours=4)
+    assert cfg.allowed_clock_skew == timedelta(minutes=1)  # only the file sets it
+
+
+def test_config_path_from_env(tmp_path):
+    read = {"c.yaml": "spec: {mtls: {workloadCertTTL: 90s}}"}.__getitem__
+    assert load_config({}, {"SENTRY_CONFIG": "c.yaml"}, read).workload_cert_ttl == timedelta(seconds=90)
+
+
+def test_env_names_follow_the_flag_names():
+    env = {
+        "SENTRY_PORT": "6000",
+        "SENTRY_LISTEN_ADDRESS": "0.0.0.0",
+        "SENTRY_HEALTHZ_PORT": "6001",
+        "SENTRY_METRICS_PORT": "6002",
+        "SENTRY_TRUST_DOMAIN": "example.org",
+        "NAMESPACE": "dapr-system",
+        "SENTRY_ISSUER_CREDENTIALS": "/var/run/creds",
+        "SENTRY_ISSUER_CA_FILENAME": "root.pem",
+        "SENTRY_ALLOWED_CLOCK_SKEW": "1m30s",
+        "SENTRY_CA_KEY_ALGORITHM": "ed25519",
+        "SENTRY_LOG_LEVEL": "warn",
+        "SENTRY_LOG_AS_JSON": "true",
+        "SENTRY_ENABLE_METRICS": "false",
+        "SENTRY_MODE": "standalone",
+    }
+    cfg = load_config({}, env)
+    assert (cfg.port, cfg.listen_address, cfg.healthz_port, cfg.metrics_port) == (6000, "0.0.0.0", 6001, 6002)
+    assert (cfg.trust_domain, cfg.namespace) == ("example.org", "dapr-system")
+    assert cfg.store_url == "file:///var/run/creds" and cfg.file_names.ca == "root.pem"
+    assert cfg.allowed_clock_skew == timedelta(seconds=90)
+    assert cfg.ca_key_algorithm is KeyAlgorithm.ED25519
+    assert (cfg.log_level, cfg.log_as_json, cfg.enable_metrics) == ("warning", True, False)
+
+
+def test_trust_bundle_store_wins_over_issuer_credentials():
+    cfg = load_config({"trust_bundle_store": "file://elsewhere", "issuer_credentials": "here"}, {})
+    assert cfg.store_url == "file://elsewhere"
+
+
+def test_kubernetes_is_detected_from_the_environment():
+    assert load_config({}, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}).effective_mode == "kubernetes"
+    assert (
+        load_config({"mode": "standalone"}, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}).effective_mode
+        == "standalone"
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, env, words",
+    [
+        ({"workload_cert_ttl": "24"}, {}, "--workload-cert-ttl"),
+        ({}, {"SENTRY_WORKLOAD_CERT_TTL": "1d"}, "SENTRY_WORKLOAD_CERT_TTL"),
+        ({"port": "70000"}, {}, "--port"),
+        ({"port": "abc"}, {}, "--port"),
+        ({"trust_domain": "Not Valid"}, {}, "--trust-domain"),
+        ({}, {"NAMESPACE": "Bad_NS"}, "NAMESPACE"),
+        ({"ca_key_algorithm": "rsa"}, {}, "ecdsa-p256"),
+        ({"mode": "cloud"}, {}, "--mode"),
+        ({"log_as_json": "maybe"}, {}, "--log-as-json"),
+        ({"workload_cert_ttl": "0s"}, {}, "positive"),
+        ({"issuer_key_filename": "../key"}, {}, "plain file name"),
+    ],
+)
+def test_bad_values_name_their_source(flags, env, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(flags, env)
+    assert words in str(e.value)
+
+
+def test_bad_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"c\.yaml: spec\.mtls\.workloadCertTTL"):
+        load_config(
+            {"config": "c.yaml"}, {}, {"c.yaml": "spec: {mtls: {workloadCertTTL: forever}}"}.__getitem__
+        )
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config({"config": "c.yaml"}, {}, {"c.yaml": "spec: [unclosed"}.__getitem__)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config({"config": str(tmp_path / "missing.yaml")}, {}, lambda p: open(p).read())
+
+
+def test_unavailable_validators_in_file_are_refused_clearly():
+    text = "spec:\n  mtls:\n    tokenValidators:\n      - name: jwks\n        options: {source: x}\n"
+    with pytest.raises(ConfigError, match="tokenValidators"):
+        load_config({"config": "c.yaml"}, {}, {"c.yaml": text}.__getitem__)
+
+
+def test_config_is_immutable_and_changes_are_validated():
+    cfg = load_config({}, {})
+    with pytest.raises(AttributeError):
+        cfg.port = 1  # type: ignore[misc]
+    assert cfg.with_changes(workload_cert_ttl=timedelta(hours=1)).workload_cert_ttl == timedelta(hours=1)
+    with pytest.raises(ConfigError):
+        cfg.with_changes(trust_domain="")
+    assert isinstance(cfg, Config)

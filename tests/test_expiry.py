@@ -1,0 +1,60 @@
+"""The expiry rule of SPEC §8 as a pure function."""
+
+import logging
+from datetime import timedelta
+
+import pytest
+from conftest import NOW, bundle_with_issuer_window, make_bundle
+
+from ca_core.expiry import check_expiry
+
+
+def findings_at(bundle, now):
+    return {f.role: f for f in check_expiry(bundle.anchors_pem, bundle.issuer_chain_pem, now)}
+
+
+@pytest.mark.parametrize(
+    "left, level, words",
+    [
+        (timedelta(days=-1), logging.ERROR, "expired on"),
+        (timedelta(days=10, hours=5), logging.WARNING, "about to expire in 10 days and 5 hours"),
+        (timedelta(days=29, hours=23), logging.WARNING, "29 days and 23 hours"),
+        (timedelta(days=200), logging.DEBUG, "valid for 200 days"),
+    ],
+)
+def test_levels_for_the_root(left, level, words):
+    bundle = make_bundle(NOW, root_lifetime=timedelta(days=365))
+    now = bundle.trust_anchors[0].not_valid_after_utc - left
+    f = findings_at(bundle, now)["root"]
+    assert f.level == level
+    assert words in f.message
+    assert f.days_left == pytest.approx(left.total_seconds() / 86400)
+
+
+def test_issuer_is_checked_too():
+    bundle = bundle_with_issuer_window(NOW - timedelta(days=100), NOW + timedelta(days=3), NOW)
+    f = findings_at(bundle, NOW)
+    assert f["root"].level == logging.DEBUG
+    assert (
+        f["issuer"].level == logging.WARNING
+        and "Issuer certificate is about to expire in 3 days" in f["issuer"].message
+    )
+
+
+def test_not_yet_valid_issuer_is_an_error():
+    bundle = bundle_with_issuer_window(NOW + timedelta(days=1), NOW + timedelta(days=100), NOW)
+    assert findings_at(bundle, NOW)["issuer"].level == logging.ERROR
+
+
+def test_every_anchor_is_reported():
+    a, b = make_bundle(), make_bundle(NOW - timedelta(days=360))
+    findings = check_expiry(a.anchors_pem + b.anchors_pem, a.issuer_chain_pem, NOW)
+    roots = [f for f in findings if f.role == "root"]
+    assert [f.level for f in roots] == [logging.DEBUG, logging.WARNING]
+
+
+def test_unparseable_root_is_a_warning_not_a_crash():
+    bundle = make_bundle()
+    findings = check_expiry(b"garbage", bundle.issuer_chain_pem, NOW)
+    root = next(f for f in findings if f.role == "root")
+    assert root.level == logging.WARNING and "could not be parsed" in root.message and root.days_left is None

@@ -1,0 +1,135 @@
+"""The local-directory store: permissions, atomic conditional writes, load-or-create (SPEC §5)."""
+
+import multiprocessing
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import make_bundle, snapshot
+
+from ca_core.bundle import ANCHORS, ISSUER_KEY
+from ca_core.errors import BundleError
+from ca_core.stores import FileBundleStore, FileNames, load_or_create, open_store
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_create_writes_private_files_in_a_private_directory(tmp_path):
+    d = tmp_path / "a" / "creds"
+    store = FileBundleStore(d)
+    assert store.create(make_bundle().to_items())
+    assert mode(d) == 0o700
+    names = sorted(p.name for p in d.iterdir())
+    assert names == ["ca.crt", "issuer.crt", "issuer.key", "root.key"]  # no temp files left
+    assert all(mode(d / n) == 0o600 for n in names)
+
+
+def test_create_is_conditional(tmp_path):
+    store = FileBundleStore(tmp_path)
+    first, second = make_bundle(), make_bundle()
+    assert store.create(first.to_items())
+    before = snapshot(tmp_path)
+    assert not store.create(second.to_items())
+    assert snapshot(tmp_path) == before
+
+
+def test_replace_needs_the_current_version(tmp_path):
+    store = FileBundleStore(tmp_path)
+    store.create(make_bundle().to_items())
+    stale = store.load().version
+    newer = make_bundle().to_items()
+    assert store.replace(newer, stale)
+    assert store.load().items == newer
+    assert not store.replace(make_bundle().to_items(), stale)
+    assert store.load().items == newer
+
+
+def test_version_changes_with_content(tmp_path):
+    store = FileBundleStore(tmp_path)
+    store.create(make_bundle().to_items())
+    v1 = store.load().version
+    (tmp_path / "ca.crt").write_bytes((tmp_path / "ca.crt").read_bytes() + b"\n")
+    assert store.load().version != v1
+
+
+def test_custom_file_names(tmp_path):
+    names = FileNames(ca="root.pem", issuer_certificate="issuer.pem", issuer_key="issuer-key.pem")
+    store = open_store(f"file://{tmp_path}", names)
+    store.create(make_bundle().to_items())
+    assert {"root.pem", "issuer.pem", "issuer-key.pem"} <= {p.name for p in tmp_path.iterdir()}
+    assert set(store.load().items) >= {ANCHORS, ISSUER_KEY}
+
+
+def test_load_public_reads_no_key(tmp_path):
+    store = FileBundleStore(tmp_path)
+    store.create(make_bundle().to_items())
+    os.chmod(tmp_path / "issuer.key", 0)
+    assert set(store.load_public().items) == {"ca.crt", "issuer.crt"}
+
+
+def test_load_or_create_generates_once_then_loads(tmp_path):
+    store = FileBundleStore(tmp_path)
+    calls = []
+
+    def generate():
+        calls.append(1)
+        return make_bundle()
+
+    b1, v1, created1 = load_or_create(store, generate)
+    b2, v2, created2 = load_or_create(store, generate)
+    assert (created1, created2) == (True, False) and len(calls) == 1
+    assert b1.trust_anchors == b2.trust_anchors and v1 == v2
+
+
+def _racer(directory: str, barrier, results) -> None:
+    store = FileBundleStore(directory)
+    barrier.wait()
+    bundle, _, created = load_or_create(store, make_bundle)
+    results.put((bundle.anchors_pem, created))
+
+
+def test_replicas_racing_on_an_empty_store_end_with_one_bundle(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    n = 6
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_racer, args=(str(tmp_path / "shared"), barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert len({anchors for anchors, _ in outcomes}) == 1
+    assert sum(created for _, created in outcomes) == 1
+    assert outcomes[0][0] == (tmp_path / "shared" / "ca.crt").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda d: (d / "issuer.key").unlink(), "missing"),
+        (lambda d: (d / "ca.crt").write_bytes(b"not a certificate"), "ca.crt"),
+        (lambda d: (d / "issuer.key").write_bytes(make_bundle().to_items()["issuer.key"]), "does not match"),
+    ],
+)
+def test_damaged_bundle_is_refused_and_left_untouched(tmp_path, damage, words):
+    store = FileBundleStore(tmp_path)
+    store.create(make_bundle().to_items())
+    damage(tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(BundleError) as e:
+        load_or_create(store, make_bundle)
+    assert words in str(e.value) and "refusing to start" in str(e.value)
+    assert str(tmp_path) in str(e.value)  # names the file
+    assert snapshot(tmp_path) == before
+
+
+def test_unknown_and_unavailable_schemes_are_clear():
+    from ca_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not available in this version"):
+        open_store("s3://bucket/key")
+    with pytest.raises(ConfigError, match="unknown scheme"):
+        open_store("ftp://x")
