@@ -23,7 +23,7 @@ from conftest import (
 )
 from cryptography import x509
 
-from ca_core.errors import BundleError
+from ca_core.errors import BundleError, CAError
 from handlers import client
 from handlers.server import AlreadyRunning, CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
@@ -349,3 +349,46 @@ def test_watcher_checks_once_at_start(store_dir, caplog):
         ca.stop(grace=0)
     roles = {getattr(r, "role", None) for r in caplog.records if r.name == "sentryca.expiry"}
     assert roles == {"root", "issuer"}
+
+
+def test_healthz_port_in_use_fails_start_cleanly_and_frees_grpc(store_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        ca = CertificateAuthority()
+        with pytest.raises(CAError, match=f"cannot listen on 127.0.0.1:{busy} for /healthz"):
+            ca.start(ca_config(store_dir, healthz_port=str(busy)))
+        assert not ca.running and ca.grpc_port is None
+
+
+def _served_certificate(port: int, anchors: str) -> x509.Certificate:
+    ctx = ssl.create_default_context(cafile=anchors)
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        with ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def test_server_certificate_is_renewed_at_half_life_without_a_restart(store_dir):
+    real_now = datetime.now(UTC)
+    clock = [real_now]
+    ca = CertificateAuthority(clock=lambda: clock[0])
+    ca.start(ca_config(store_dir, workload_cert_ttl="20m"))
+    try:
+        anchors = str(store_dir / "ca.crt")
+        first = _served_certificate(ca.grpc_port, anchors)
+        assert first.not_valid_after_utc == (real_now + timedelta(minutes=20)).replace(microsecond=0)
+        clock[0] = real_now + timedelta(minutes=9)
+        ca.maintain()
+        assert _served_certificate(ca.grpc_port, anchors).serial_number == first.serial_number  # not due yet
+        clock[0] = real_now + timedelta(minutes=10, seconds=1)
+        next_round = ca.maintain()
+        second = _served_certificate(ca.grpc_port, anchors)
+        assert second.serial_number != first.serial_number
+        assert second.not_valid_after_utc > first.not_valid_after_utc
+        assert next_round <= clock[0] + timedelta(minutes=10, seconds=1)  # the next renewal is scheduled
+        status, body = http_get(ca.healthz_port, "/healthz")
+        assert status == 200, body
+    finally:
+        ca.stop(grace=0)

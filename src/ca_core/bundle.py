@@ -119,7 +119,7 @@ def parse_certificates(pem: bytes, item: str) -> tuple[x509.Certificate, ...]:
         raise BundleError("is empty", item=item)
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm):
         raise BundleError("is not a PEM certificate (or list of certificates)", item=item) from None
     return tuple(certs)
 

@@ -55,7 +55,7 @@ def parse_csr(pem: bytes) -> x509.CertificateSigningRequest:
         )
     try:
         csr = x509.load_pem_x509_csr(pem)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm):
         raise _reject("the PEM block is not a parseable PKCS#10 request", "csr_unparseable") from None
     try:
         public_key = csr.public_key()

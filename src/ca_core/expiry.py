@@ -105,7 +105,7 @@ def check_expiry(
     for role, pem, item in (("root", anchors_pem, ANCHORS), ("issuer", issuer_chain_pem, ISSUER_CHAIN)):
         try:
             certs = x509.load_pem_x509_certificates(pem)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             findings.append(
                 ExpiryFinding(
                     role,

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ca_core.errors import CAError
+
 log = logging.getLogger(__name__)
 
 Route = Callable[[], tuple[int, str, bytes]]
@@ -28,6 +30,7 @@ class HttpEndpoints:
     """A threaded HTTP server on ``(address, port)`` answering GET for the given routes.
 
     port 0 picks a free port (see :attr:`port`). Unknown paths get 404; other methods 405.
+    Raises CAError when the address cannot be bound (e.g. the port is in use).
     """
 
     def __init__(self, address: str, port: int, routes: dict[str, Route]) -> None:
@@ -64,7 +67,12 @@ class HttpEndpoints:
                 address_family = socket.AF_INET6
 
             family_server = V6Server
-        self._server = family_server((address, port), Handler)
+        try:
+            self._server = family_server((address, port), Handler)
+        except OSError as e:
+            raise CAError(
+                f"cannot listen on {address}:{port} for {', '.join(routes)}: {e.strerror}"
+            ) from None
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(

@@ -140,6 +140,8 @@ class CertificateAuthority:
         self._server_cert: ServerCertificate | None = None
         self._server_cert_error: str | None = None
         self._served_cert: ServerCertificate | None = None
+        self._next_expiry_check = datetime.max.replace(tzinfo=UTC)
+        self._renew_retry_at: datetime | None = None
         self.metrics = Metrics()
         self.grpc_port: int | None = None
         self.healthz_port: int | None = None
@@ -292,6 +294,8 @@ class CertificateAuthority:
             self._http.append(metrics)
             self.metrics_port = metrics.port
         self._check_expiry(state)
+        self._next_expiry_check = self._clock() + cfg.expiry_check_interval
+        self._renew_retry_at = None
         self._stop_watch = threading.Event()
         self._watcher = threading.Thread(
             target=self._watch, args=(self._stop_watch,), name="expiry-watcher", daemon=True
@@ -391,33 +395,40 @@ class CertificateAuthority:
             expiry_log.log(f.level, "%s", f.message, extra={"role": f.role, "days_left": f.days_left})
         return findings
 
+    def maintain(self) -> datetime:
+        """One round of background upkeep at the clock's now: the expiry check when due, the
+        server certificate's renewal when due (at half its life; after a failure, again a minute
+        later, the old certificate staying in use). Returns when the next round is due.
+        Raises RuntimeError when the CA is not running."""
+        state = self._state
+        if state is None:
+            raise RuntimeError("the CA is not running")
+        now = self._clock()
+        if now >= self._next_expiry_check:
+            self._check_expiry(state)
+            self._next_expiry_check = now + state.config.expiry_check_interval
+        due = self._renewal_due()
+        if due is not None and now >= due:
+            self._renew_server_certificate(state)
+            self._renew_retry_at = now + timedelta(minutes=1) if self._server_cert_error else None
+        due = self._renewal_due()
+        return self._next_expiry_check if due is None else min(self._next_expiry_check, due)
+
+    def _renewal_due(self) -> datetime | None:
+        cert = self._server_cert
+        return self._renew_retry_at or (cert.renew_at if cert else None)
+
     def _watch(self, stop: threading.Event) -> None:
-        interval = self._state.config.expiry_check_interval if self._state else timedelta(hours=1)
-        next_expiry = self._clock() + interval
-        renew_retry_at: datetime | None = None
         while True:
-            cert = self._server_cert
-            now = self._clock()
-            renew_at = renew_retry_at or (cert.renew_at if cert else None)
-            wake = next_expiry if renew_at is None else min(next_expiry, renew_at)
-            if stop.wait(max(1.0, min((wake - now).total_seconds(), 300.0))):
-                return
-            state = self._state
-            if state is None:
-                return
-            now = self._clock()
             try:
-                if now >= next_expiry:
-                    self._check_expiry(state)
-                    next_expiry = now + state.config.expiry_check_interval
-                cert = self._server_cert
-                due = renew_retry_at or (cert.renew_at if cert else None)
-                if due is not None and now >= due:
-                    self._renew_server_certificate(state)
-                    # On failure the old certificate stays in use; try again in a minute.
-                    renew_retry_at = now + timedelta(minutes=1) if self._server_cert_error else None
+                wake = self.maintain()
+            except RuntimeError:
+                return
             except Exception:
-                log.exception("expiry watcher iteration failed; retrying")
+                log.exception("background upkeep failed; retrying in a minute")
+                wake = self._clock() + timedelta(minutes=1)
+            if stop.wait(min(max((wake - self._clock()).total_seconds(), 1.0), 300.0)):
+                return
 
 
 def _listeners(cfg: Config) -> tuple[Any, ...]:
