@@ -133,3 +133,35 @@ def test_unknown_and_unavailable_schemes_are_clear():
         open_store("s3://bucket/key")
     with pytest.raises(ConfigError, match="unknown scheme"):
         open_store("ftp://x")
+
+
+def test_a_reader_never_sees_a_half_written_bundle(tmp_path):
+    """While create() is between files, load() waits for it instead of returning a partial bundle."""
+    import threading
+
+    from ca_core.bundle import ANCHORS
+
+    started, release = threading.Event(), threading.Event()
+
+    class SlowItems(dict):
+        def __getitem__(self, key):
+            if key == ANCHORS:  # written last: the keys and issuer are already on disk
+                started.set()
+                release.wait(10)
+            return super().__getitem__(key)
+
+    store = FileBundleStore(tmp_path)
+    items = make_bundle().to_items()
+    writer = threading.Thread(target=store.create, args=(SlowItems(items),))
+    writer.start()
+    assert started.wait(10)
+    assert (tmp_path / "issuer.key").exists() and not (tmp_path / "ca.crt").exists()
+    seen = []
+    reader = threading.Thread(target=lambda: seen.append(store.load()))
+    reader.start()
+    reader.join(0.5)
+    assert reader.is_alive()  # blocked behind the writer
+    release.set()
+    writer.join(10)
+    reader.join(10)
+    assert dict(seen[0].items) == items

@@ -85,10 +85,31 @@ class FileBundleStore:
         return StoredBundle(found, version_of(found))
 
     def load(self) -> StoredBundle | None:
-        return self._read()
+        with self._shared():
+            return self._read()
 
     def load_public(self) -> StoredBundle | None:
-        return self._read(PUBLIC_ITEMS)
+        with self._shared():
+            return self._read(PUBLIC_ITEMS)
+
+    @contextlib.contextmanager
+    def _shared(self) -> Iterator[None]:
+        # A reader waits for a writer holding the exclusive lock, so it never sees a bundle
+        # half-written by another process on this machine.
+        try:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            yield
+            return
+        except OSError as e:
+            raise Unavailable(
+                f"{self.directory}: cannot open the credentials directory ({e.strerror})"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
