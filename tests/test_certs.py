@@ -160,3 +160,22 @@ def test_issuer_outside_its_validity_refuses_to_sign(window, reason):
     assert e.value.reason == reason
     with pytest.raises(FailedPrecondition):
         check_issuer_valid(bundle.issuer, NOW)
+
+
+def test_prepared_extensions_encode_exactly_like_the_typed_ones():
+    """WorkloadSigner embeds pre-encoded extension bytes; they must equal cryptography's typed encoding."""
+    bundle = make_bundle()
+    key = make_key()
+    leaf = sign_workload(bundle.issuer, bundle.issuer_key, key.public_key(), SID, NOW, dns_names=("a.b.svc",))
+    expected = {
+        x509.BasicConstraints(ca=False, path_length=None),
+        x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            ext(bundle.issuer, x509.SubjectKeyIdentifier).value
+        ),
+        x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(SID)), x509.DNSName("a.b.svc")]),
+    }
+    assert not any(isinstance(e.value, x509.UnrecognizedExtension) for e in leaf.extensions)
+    assert {e.value.public_bytes() for e in leaf.extensions} == {e.public_bytes() for e in expected}

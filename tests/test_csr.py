@@ -135,3 +135,24 @@ def test_single_byte_corruptions_are_accepted_only_if_still_a_valid_csr(pos, val
     except InvalidRequest:
         return
     assert csr.is_signature_valid
+
+
+# DER of the signatureAlgorithm OIDs (same length, so a byte swap keeps the structure valid).
+_ECDSA_SHA256 = bytes.fromhex("06082a8648ce3d040302")
+_ECDSA_SHA224 = bytes.fromhex("06082a8648ce3d040301")
+_ECDSA_SHA384 = bytes.fromhex("06082a8648ce3d040303")
+
+
+def test_ecdsa_csr_claiming_an_unaccepted_hash_is_refused():
+    der = _der(make_csr())
+    assert der.count(_ECDSA_SHA256) == 1
+    with pytest.raises(InvalidRequest) as e:
+        parse_csr(_pem(der.replace(_ECDSA_SHA256, _ECDSA_SHA224)))
+    assert e.value.reason == "csr_signature"
+
+
+def test_ecdsa_csr_claiming_another_hash_than_it_was_signed_with_is_refused():
+    der = _der(make_csr())
+    with pytest.raises(InvalidRequest) as e:
+        parse_csr(_pem(der.replace(_ECDSA_SHA256, _ECDSA_SHA384)))
+    assert e.value.reason == "csr_signature"

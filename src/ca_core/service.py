@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .bundle import TrustBundle
-from .certs import DEFAULT_CLOCK_SKEW, DEFAULT_WORKLOAD_TTL, check_issuer_valid, sign_workload
-from .csr import parse_csr
+from .certs import DEFAULT_CLOCK_SKEW, DEFAULT_WORKLOAD_TTL, WorkloadSigner
+from .csr import csr_public_key
 from .errors import InvalidRequest, PermissionDenied
 from .spiffe_id import SpiffeId
 from .validators import Identity, SignRequest, TokenValidatorKind, Validator
@@ -77,6 +78,10 @@ class Signer:
     validators: Mapping[TokenValidatorKind, Validator] = field(default_factory=dict)
     default_validator: TokenValidatorKind | None = None
 
+    @cached_property
+    def _workload_signer(self) -> WorkloadSigner:
+        return WorkloadSigner(self.bundle.issuer, self.bundle.issuer_key)
+
     def select_validator(self, requested: int) -> Validator:
         """SPEC §3 step 1. Raises InvalidRequest when none resolves, or it is unknown / not enabled."""
         kind_number = requested or (self.default_validator or 0)
@@ -106,8 +111,8 @@ class Signer:
         validator = self.select_validator(request.token_validator)
         identity = validator.validate(request)
         self._check_not_reserved(identity)
-        csr = parse_csr(request.csr_pem)
-        return self.issue(csr.public_key(), identity, now)  # type: ignore[arg-type]
+        public_key = csr_public_key(request.csr_pem)
+        return self.issue(public_key, identity, now)
 
     def _check_not_reserved(self, identity: Identity) -> None:
         sid = identity.spiffe_id
@@ -132,11 +137,7 @@ class Signer:
         sid = identity.spiffe_id
         if sid.namespace == self.policy.namespace:
             dns_names = (*control_plane_dns_names(sid.app_id, sid.namespace), *dns_names)
-        issuer = self.bundle.issuer
-        check_issuer_valid(issuer, now)
-        cert = sign_workload(
-            issuer,
-            self.bundle.issuer_key,
+        cert = self._workload_signer.sign(
             public_key,
             sid,
             now,

@@ -6,7 +6,7 @@ The one place where core errors become gRPC status codes.
 from __future__ import annotations
 
 import logging
-import uuid
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -70,7 +70,7 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
 
     def SignCertificate(self, request, context):
         self._metrics.sign_received.inc()
-        call_id = uuid.uuid4().hex[:16]
+        call_id = secrets.token_hex(8)
         try:
             req = decode_request(request)
             result = self._current_signer().sign(req, self._clock())
@@ -95,12 +95,13 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
             log.exception("sign request failed unexpectedly", extra={"call_id": call_id})
             context.abort(grpc.StatusCode.INTERNAL, f"internal error (call id {call_id})")
         self._metrics.sign_success.inc()
-        log.info(
-            "signed certificate for %s (valid until %s)",
-            result.spiffe_id,
-            result.not_after.isoformat(),
-            extra={"call_id": call_id, "serial": f"{result.certificate.serial_number:x}"},
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "signed certificate for %s (valid until %s)",
+                result.spiffe_id,
+                result.not_after.isoformat(),
+                extra={"call_id": call_id, "serial": f"{result.certificate.serial_number:x}"},
+            )
         response = sentry_pb2.SignCertificateResponse(
             workload_certificate=result.chain_pem,
             trust_chain_certificates=[result.anchors_pem],
