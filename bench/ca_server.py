@@ -1,0 +1,65 @@
+"""The CA under load, run as its own process by ``bench/run.py``.
+
+Usage: ``ca_server.py CREDENTIALS_DIR LOG_LEVEL [canned]``. Starts ``CertificateAuthority`` on
+127.0.0.1 with ephemeral ports (the bundle is generated in CREDENTIALS_DIR), prints one JSON
+line ``{"port": ..., "pid": ...}`` on stdout, and stops when stdin closes.
+
+With ``canned``, ``Signer.sign`` is replaced by one that returns a certificate signed once at
+start: the server then measures the gRPC/TLS/servicer path without the signing work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import CertificateSigningRequestBuilder, Name
+
+from ca_core.config import load_config
+from ca_core.service import Signer
+from ca_core.validators import SignRequest
+from handlers.logs import setup_logging
+from handlers.server import CertificateAuthority
+
+
+def can_signing(ca: CertificateAuthority) -> None:
+    """Make every ``Signer.sign`` return one pre-signed answer (validation and CSR work skipped)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = CertificateSigningRequestBuilder().subject_name(Name([])).sign(key, hashes.SHA256())
+    request = SignRequest("app", "default", csr.public_bytes(serialization.Encoding.PEM))
+    answer = ca.signer.sign(request, datetime.now(UTC))
+    Signer.sign = lambda self, request, now: answer  # type: ignore[method-assign]
+
+
+def main(argv: list[str]) -> int:
+    credentials, log_level, *mode = argv
+    cfg = load_config(
+        {
+            "issuer_credentials": credentials,
+            "listen_address": "127.0.0.1",
+            "port": "0",
+            "healthz_port": "0",
+            "metrics_port": "0",
+            "log_level": log_level,
+        },
+        {},
+    )
+    setup_logging(cfg.log_level, cfg.log_as_json)  # as `sentryca serve` does
+    ca = CertificateAuthority()
+    ca.start(cfg)
+    if mode == ["canned"]:
+        can_signing(ca)
+    try:
+        print(json.dumps({"port": ca.grpc_port, "pid": os.getpid()}), flush=True)
+        sys.stdin.read()  # returns at EOF: the parent is done
+    finally:
+        ca.stop(grace=1.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
