@@ -223,6 +223,9 @@ def test_stale_set_is_refreshed_and_a_failed_refresh_keeps_the_keys(server, vali
     clock.t += 120  # stale: a refresh is tried and fails; the held key stays in use
     validator.validate(req(key.token(claims(SUB, AUD))))
     assert server.fetches == 2
+    clock.t += 30  # the failing source is not retried before the minimum interval
+    validator.validate(req(key.token(claims(SUB, AUD))))
+    assert server.fetches == 2
 
 
 def test_jwks_server_down_without_keys_is_unavailable(server, clock, key):
@@ -287,3 +290,15 @@ def test_bad_sources_are_config_errors(source, words, clock):
 def test_unreadable_ca_certificate_is_a_config_error(clock):
     with pytest.raises(ConfigError, match="caCertificate"):
         JwksValidator.from_settings(JwksSettings("https://localhost/jwks", "/no/such/ca.pem"), CA_ID, clock)
+
+
+def test_source_failing_without_keys_is_retried_soon(server, validator, clock, key):
+    server.status = 500
+    with pytest.raises(Unavailable):
+        validator.validate(req(key.token(claims(SUB, AUD))))
+    with pytest.raises(Unavailable):
+        validator.validate(req(key.token(claims(SUB, AUD))))
+    assert server.fetches == 1  # not hammered
+    server.status = None
+    clock.t += 6  # well within the minimum interval (1m): no keys, so a retry is due
+    assert str(validator.validate(req(key.token(claims(SUB, AUD)))).spiffe_id) == SUB

@@ -216,7 +216,10 @@ class JwksCache:
             return False
         if self._attempted_at is None:
             return True
-        wait = min(self.min_refresh, FAILED_FETCH_RETRY) if self._last_failed else self.min_refresh
+        # Without keys every request fails: retry a failed fetch sooner. With keys, a failing
+        # source is retried only at the minimum interval, so requests do not keep paying timeouts.
+        failing_without_keys = self._last_failed and not self._keys
+        wait = min(self.min_refresh, FAILED_FETCH_RETRY) if failing_without_keys else self.min_refresh
         return now - self._attempted_at >= wait
 
     def refresh(self, *, force_stale: bool = False) -> bool:
