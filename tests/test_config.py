@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from ca_core.config import Config, load_config
+from ca_core.config import Config, JwksSettings, load_config
 from ca_core.errors import ConfigError
 from ca_core.keys import KeyAlgorithm
 
@@ -120,10 +120,56 @@ def test_bad_config_file_is_named(tmp_path):
         load_config({"config": str(tmp_path / "missing.yaml")}, {}, lambda p: open(p).read())
 
 
-def test_unavailable_validators_in_file_are_refused_clearly():
-    text = "spec:\n  mtls:\n    tokenValidators:\n      - name: jwks\n        options: {source: x}\n"
-    with pytest.raises(ConfigError, match="tokenValidators"):
-        load_config({"config": "c.yaml"}, {}, {"c.yaml": text}.__getitem__)
+def _cfg(yaml_text: str):
+    return load_config({"config": "c.yaml"}, {}, {"c.yaml": yaml_text}.__getitem__)
+
+
+def test_jwks_validator_from_the_config_file():
+    cfg = _cfg(
+        "spec:\n  mtls:\n    tokenValidators:\n      - name: jwks\n        options:\n"
+        "          source: https://issuer.example/jwks.json\n          caCertificate: /etc/ca.pem\n"
+        "          minRefreshInterval: 2m\n          requestTimeout: 3s\n"
+    )
+    assert cfg.jwks == JwksSettings(
+        "https://issuer.example/jwks.json", "/etc/ca.pem", timedelta(minutes=2), timedelta(seconds=3)
+    )
+    defaults = _cfg("spec: {mtls: {tokenValidators: [{name: jwks, options: {source: x}}]}}").jwks
+    assert (defaults.min_refresh_interval, defaults.request_timeout) == (
+        timedelta(minutes=10),
+        timedelta(seconds=30),
+    )
+    assert _cfg("spec: {mtls: {tokenValidators: []}}").jwks is None
+
+
+@pytest.mark.parametrize(
+    ("validators", "words"),
+    [
+        ("[{name: kubernetes}]", "'kubernetes' cannot be configured here"),
+        ("[{name: insecure}]", "'insecure' cannot be configured here"),
+        ("[{name: oidc, options: {source: x}}]", "unknown token validator 'oidc'"),
+        ("[{name: jwks}]", "options: expected a mapping"),
+        ("[{name: jwks, options: {}}]", "options.source: required"),
+        ("[{name: jwks, options: {source: x, refresh: 1m}}]", "unknown option(s) refresh"),
+        ("[{name: jwks, options: {source: x, minRefreshInterval: soon}}]", "minRefreshInterval"),
+        ("[{name: jwks, options: {source: x, requestTimeout: 0s}}]", "requestTimeout: must be positive"),
+        ("[{name: jwks, options: {source: x}}, {name: jwks, options: {source: y}}]", "more than once"),
+        ("{name: jwks}", "expected a list"),
+    ],
+)
+def test_bad_token_validators_are_refused_clearly(validators, words):
+    with pytest.raises(ConfigError) as e:
+        _cfg(f"spec: {{mtls: {{tokenValidators: {validators}}}}}")
+    assert "c.yaml: spec.mtls.tokenValidators" in str(e.value) and words in str(e.value)
+
+
+def test_kubeconfig_and_token_audience_options():
+    cfg = load_config({"kubeconfig": "/k/config", "token_audience": " a, b ,,c"}, {})
+    assert cfg.kubeconfig == "/k/config" and cfg.token_audience == ("a", "b", "c")
+    env = {"SENTRY_KUBECONFIG": "/e/config", "SENTRY_TOKEN_AUDIENCE": "x"}
+    assert load_config({}, env).token_audience == ("x",) and load_config({}, env).kubeconfig == "/e/config"
+    assert load_config({}, {}).token_audience is None
+    with pytest.raises(ConfigError, match="--token-audience"):
+        load_config({"token_audience": " , "}, {})
 
 
 def test_config_is_immutable_and_changes_are_validated():

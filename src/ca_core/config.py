@@ -50,6 +50,13 @@ def _algorithm(text: str) -> KeyAlgorithm:
     return KeyAlgorithm.parse(text)
 
 
+def _audiences(text: str) -> tuple[str, ...]:
+    items = tuple(a.strip() for a in text.split(",") if a.strip())
+    if not items:
+        raise ValueError("--token-audience needs at least one audience (comma-separated)")
+    return items
+
+
 def _log_level(text: str) -> str:
     v = text.strip().lower()
     if v not in ("debug", "info", "warn", "warning", "error", "fatal"):
@@ -84,6 +91,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("trust-domain", str, "the CA's (control-plane) trust domain (default localhost)"),
     Option("mode", _mode, "auto, kubernetes or standalone: selects the default validators (default auto)"),
     Option("config", str, "YAML file in the shape of Dapr's Configuration (spec.mtls.*)"),
+    Option("kubeconfig", str, "kubeconfig file for the Kubernetes API (default: in-cluster config)"),
+    Option(
+        "token-audience",
+        _audiences,
+        "TokenReview audiences, comma-separated (default: dapr.io/sentry and the CA's SPIFFE ID)",
+    ),
     Option("workload-cert-ttl", parse_duration, "workload certificate lifetime, Go duration (default 24h)"),
     Option("allowed-clock-skew", parse_duration, "NotBefore backdating, Go duration (default 15m)"),
     Option(
@@ -107,6 +120,33 @@ STORE_OPTIONS: tuple[Option, ...] = (
 )
 
 
+JWKS_OPTION_KEYS = ("source", "caCertificate", "minRefreshInterval", "requestTimeout")
+DEFAULT_JWKS_MIN_REFRESH = timedelta(minutes=10)
+DEFAULT_JWKS_REQUEST_TIMEOUT = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class JwksSettings:
+    """``spec.mtls.tokenValidators[name=jwks].options`` (SPEC §6, §7).
+
+    source: an https:// (or http://) URL, a file path, or the JWKS JSON itself (optionally
+    base64-encoded); ca_certificate: PEM text or a PEM file path trusted for an https source
+    (None: the system's trust store); min_refresh_interval: the least time between two fetches;
+    request_timeout: the bound of one fetch.
+    """
+
+    source: str
+    ca_certificate: str | None = None
+    min_refresh_interval: timedelta = DEFAULT_JWKS_MIN_REFRESH
+    request_timeout: timedelta = DEFAULT_JWKS_REQUEST_TIMEOUT
+
+    def __repr__(self) -> str:  # the inline JWKS or CA PEM may be long: name the kind only
+        src = self.source if len(self.source) < 200 else f"<inline JWKS, {len(self.source)} chars>"
+        return (
+            f"JwksSettings(source={src!r}, min_refresh_interval={format_duration(self.min_refresh_interval)})"
+        )
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting of the CA, typed and validated. Build with :func:`load_config`.
@@ -123,6 +163,9 @@ class Config:
     namespace: str = "default"
     mode: str = "auto"
     config: str | None = None
+    kubeconfig: str | None = None
+    token_audience: tuple[str, ...] | None = None
+    jwks: JwksSettings | None = None
     workload_cert_ttl: timedelta = timedelta(hours=24)
     allowed_clock_skew: timedelta = timedelta(minutes=15)
     ca_key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
@@ -165,6 +208,8 @@ class Config:
                 v = format_duration(v)
             elif isinstance(v, KeyAlgorithm):
                 v = v.value
+            elif isinstance(v, tuple):
+                v = ",".join(v)
             out[f.name] = str(v)
         return out
 
@@ -203,12 +248,70 @@ def read_config_file(text: str, path: str) -> dict[str, Any]:
                 out[dest] = parse_duration(str(mtls[key]))
             except ValueError as e:
                 raise ConfigError(f"{path}: spec.mtls.{key}: {e}") from None
-    if mtls.get("tokenValidators"):
-        raise ConfigError(
-            f"{path}: spec.mtls.tokenValidators: additional token validators (jwks) are not available "
-            "in this version; remove the field"
-        )
+    validators = mtls.get("tokenValidators")
+    if validators not in (None, "", []):
+        jwks = _read_token_validators(validators, f"{path}: spec.mtls.tokenValidators")
+        if jwks is not None:
+            out["jwks"] = jwks
     return out
+
+
+def _read_token_validators(items: Any, where: str) -> JwksSettings | None:
+    """The additional validators of a Configuration file: only ``jwks`` may be configured;
+    KUBERNETES and INSECURE follow from ``--mode`` (SPEC §7). Raises ConfigError."""
+    if not isinstance(items, list):
+        raise ConfigError(f"{where}: expected a list of {{name, options}}")
+    jwks: JwksSettings | None = None
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ConfigError(f"{at}: expected a mapping with a 'name'")
+        name = item["name"].strip().lower()
+        if name in ("kubernetes", "insecure", "selfhosted"):
+            raise ConfigError(
+                f"{at}: {name!r} cannot be configured here: KUBERNETES and INSECURE follow from "
+                "--mode (kubernetes mode enables KUBERNETES, standalone mode without other validators "
+                "enables INSECURE); only 'jwks' may be listed"
+            )
+        if name != "jwks":
+            raise ConfigError(f"{at}: unknown token validator {item['name']!r}; only 'jwks' may be listed")
+        if jwks is not None:
+            raise ConfigError(f"{at}: 'jwks' is listed more than once")
+        jwks = _jwks_settings(item.get("options"), f"{at}.options")
+    return jwks
+
+
+def _jwks_settings(options: Any, where: str) -> JwksSettings:
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: expected a mapping with at least 'source'")
+    unknown = sorted(set(options) - set(JWKS_OPTION_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(JWKS_OPTION_KEYS)}"
+        )
+    source = options.get("source")
+    if not isinstance(source, str) or not source.strip():
+        raise ConfigError(f"{where}.source: required (an https:// URL, a file path or the JWKS JSON)")
+    ca = options.get("caCertificate")
+    if ca is not None and (not isinstance(ca, str) or not ca.strip()):
+        raise ConfigError(f"{where}.caCertificate: expected PEM text or a file path")
+    durations = {}
+    for key, default in (
+        ("minRefreshInterval", DEFAULT_JWKS_MIN_REFRESH),
+        ("requestTimeout", DEFAULT_JWKS_REQUEST_TIMEOUT),
+    ):
+        raw = options.get(key)
+        if raw in (None, ""):
+            durations[key] = default
+            continue
+        try:
+            value = parse_duration(str(raw))
+        except ValueError as e:
+            raise ConfigError(f"{where}.{key}: {e}") from None
+        if value <= timedelta(0):
+            raise ConfigError(f"{where}.{key}: must be positive")
+        durations[key] = value
+    return JwksSettings(source.strip(), ca, durations["minRefreshInterval"], durations["requestTimeout"])
 
 
 def load_config(

@@ -69,6 +69,15 @@ class Validator(Protocol):
         ...
 
 
+def validator_readiness(validator: Validator) -> tuple[bool, str]:
+    """(ready, detail) of a validator. A validator may define ``ready() -> (bool, str)``
+    (e.g. not ready until its backend first answered); without it, it is always ready."""
+    hook = getattr(validator, "ready", None)
+    if hook is None:
+        return True, "ready"
+    return hook()
+
+
 def common_problems(request: SignRequest) -> list[str]:
     """The checks every validator applies (SPEC §3 step 2): id non-empty, no '.', ≤ 64
     characters; namespace a DNS label; CSR present. Returns every problem found."""

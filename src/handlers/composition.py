@@ -11,7 +11,6 @@ from datetime import datetime
 
 from ca_core.bundle import TrustBundle, generate_bundle
 from ca_core.config import Config
-from ca_core.errors import ConfigError
 from ca_core.service import Signer, SigningPolicy
 from ca_core.stores import BundleStore, load_or_create, open_store
 from ca_core.validators import InsecureValidator, TokenValidatorKind, Validator
@@ -35,17 +34,35 @@ def build_store(cfg: Config) -> BundleStore:
 
 
 def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], TokenValidatorKind | None]:
-    """Enabled validators and the default one, by mode (SPEC §6, §7).
+    """Enabled validators and the default one (SPEC §6, §7; Sentry's selection rules).
 
-    standalone: INSECURE is the default. kubernetes: not available in this version → ConfigError.
+    kubernetes mode: KUBERNETES (the default), plus JWKS when configured.
+    standalone without ``tokenValidators``: INSECURE (the default).
+    standalone with JWKS configured: only JWKS, no default (requests must name it).
+    Raises ConfigError when a validator cannot be built (Kubernetes config, JWKS source).
     """
+    ca_identity = signing_policy(cfg).ca_identity
+    validators: dict[TokenValidatorKind, Validator] = {}
+    default: TokenValidatorKind | None = None
     if cfg.effective_mode == "kubernetes":
-        reason = "--mode kubernetes" if cfg.mode == "kubernetes" else "KUBERNETES_SERVICE_HOST is set"
-        raise ConfigError(
-            f"{reason}, but the Kubernetes validator is not available in this version; "
-            "run with --mode standalone"
-        )
-    return {TokenValidatorKind.INSECURE: InsecureValidator()}, TokenValidatorKind.INSECURE
+        from ca_core.validators_kubernetes import KubernetesApi, KubernetesValidator
+
+        api = KubernetesApi.connect(cfg.kubeconfig)
+        validators[TokenValidatorKind.KUBERNETES] = KubernetesValidator(api, ca_identity, cfg.token_audience)
+        default = TokenValidatorKind.KUBERNETES
+    elif cfg.jwks is None:
+        validators[TokenValidatorKind.INSECURE] = InsecureValidator()
+        default = TokenValidatorKind.INSECURE
+    if cfg.jwks is not None:
+        from ca_core.validators_jwks import JwksValidator
+
+        validators[TokenValidatorKind.JWKS] = JwksValidator.from_settings(cfg.jwks, ca_identity)
+    log.info(
+        "token validators: %s (default: %s)",
+        ", ".join(k.name for k in validators),
+        default.name if default else "none; requests must name one",
+    )
+    return validators, default
 
 
 @dataclass(frozen=True)

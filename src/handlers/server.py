@@ -30,7 +30,7 @@ from ca_core.expiry import ExpiryFinding, check_expiry
 from ca_core.keys import private_key_pem
 from ca_core.service import Signer
 from ca_core.stores import BundleStore
-from ca_core.validators import Identity
+from ca_core.validators import Identity, validator_readiness
 from sentryca_proto.sentry.v1 import sentry_pb2_grpc
 
 from . import composition
@@ -371,6 +371,14 @@ class CertificateAuthority:
         else:
             details["server_certificate"] = f"valid until {cert.not_after.isoformat()}"
         details["validators"] = sorted(k.name.lower() for k in state.signer.validators)
+        for kind, validator in state.signer.validators.items():
+            try:
+                ok, detail = validator_readiness(validator)
+            except Exception as e:  # noqa: BLE001 - a readiness hook must never break /healthz
+                ok, detail = False, f"readiness check failed: {type(e).__name__}"
+            if not ok:
+                problems.append(f"validator_{kind.name.lower()}")
+                details[f"validator_{kind.name.lower()}"] = detail
         if self._server is None:
             problems.append("grpc")
             details["grpc"] = "not serving"
