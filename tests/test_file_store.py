@@ -134,9 +134,19 @@ def test_unknown_and_unavailable_schemes_are_clear():
     from ca_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not available in this version"):
-        open_store("s3://bucket/key")
+        open_store("kubernetes://dapr-system/dapr-trust-bundle")
+    with pytest.raises(ConfigError, match="NAMESPACE/SECRET"):
+        open_store("kubernetes://dapr-system")
     with pytest.raises(ConfigError, match="unknown scheme"):
         open_store("ftp://x")
+    with pytest.raises(ConfigError, match="unknown scheme"):
+        open_store("/a/plain/path")
+    with pytest.raises(ConfigError, match="s3://BUCKET/KEY"):
+        open_store("s3://bucket-only")
+    with pytest.raises(ConfigError, match="unknown option"):
+        open_store("s3://bucket/key?kms=x")
+    with pytest.raises(ConfigError, match="secretsmanager://NAME"):
+        open_store("secretsmanager://")
 
 
 def test_a_reader_never_sees_a_half_written_bundle(tmp_path):
