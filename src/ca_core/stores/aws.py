@@ -52,6 +52,8 @@ def client(service: str, region: str | None = None) -> Any:
         retries["max_attempts"] = int(os.environ["AWS_MAX_ATTEMPTS"])
     config = Config(retries=retries, connect_timeout=5, read_timeout=15, user_agent_extra="sentryca")
     try:
+        # botocore reads AWS_DEFAULT_REGION; Lambda and most tools also set AWS_REGION.
+        region = region or os.environ.get("AWS_REGION") or None
         return boto3.session.Session().client(service, region_name=region, config=config)
     except NoRegionError:
         raise ConfigError(

@@ -5,7 +5,8 @@ key/value editor shows one key per item). Create is naturally conditional (``Cre
 fails with ResourceExistsException). Replace is a compare-and-swap on version stages: the new
 value is added as a version labelled ``SENTRYCA_PENDING`` (AWSCURRENT does not move), then
 ``UpdateSecretVersionStage`` moves AWSCURRENT to it *from the version this writer read*; the
-service refuses that move when AWSCURRENT has meanwhile moved elsewhere. The previous value
+service refuses that move when AWSCURRENT has meanwhile moved elsewhere (the staged version
+then loses its label and is left for AWS to deprecate). The previous value
 stays as AWSPREVIOUS. Reads always ask for ``VersionStage='AWSCURRENT'``. Version token: the
 VersionId of AWSCURRENT. ``kms-key-id`` encrypts the secret with that KMS key (else the account's
 ``aws/secretsmanager`` key). The public part (no keys) is a second secret named
@@ -131,16 +132,20 @@ class SecretsManagerBundleStore:
             # AWSCURRENT is no longer on expected_version: another writer won. The staged
             # version keeps only the PENDING label, which the next replace moves away.
             if aws.error_code(e) in ("InvalidParameterException", "ResourceNotFoundException"):
+                self._unstage(token)  # the loser's version keeps no label; AWS deprecates it
                 return False
             raise aws.unavailable(e, self.description, "make the new trust bundle current") from None
+        self._unstage(token)
+        self._write_public(items)
+        return True
+
+    def _unstage(self, token: str) -> None:
         try:
             self.client.update_secret_version_stage(
                 SecretId=self.secret_id, VersionStage=PENDING, RemoveFromVersionId=token
             )
-        except Exception as e:  # noqa: BLE001 - cosmetic; the bundle is already current
+        except Exception as e:  # noqa: BLE001 - cosmetic: a PENDING label never serves
             log.debug("could not remove %s from %s: %s", PENDING, token, e)
-        self._write_public(items)
-        return True
 
     def _write_public(self, items: Mapping[str, bytes]) -> None:
         text = encode_document({k: items[k] for k in PUBLIC_ITEMS if k in items})
