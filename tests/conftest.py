@@ -157,3 +157,50 @@ def openssl() -> str:
 
 def run_openssl(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([openssl(), *args], input=input, capture_output=True, check=False)
+
+
+# -- AWS stores: moto in server mode (real HTTP on loopback) -----------------------------------
+
+TEST_BUCKET = "sentryca-test"
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A moto server on 127.0.0.1 (any free port) with a versioned bucket TEST_BUCKET."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **_DUMMY_KEYS)
+    s3.create_bucket(Bucket=TEST_BUCKET)
+    s3.put_bucket_versioning(Bucket=TEST_BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    yield endpoint
+    server.stop()
+
+
+_DUMMY_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+@pytest.fixture
+def aws_env(moto_endpoint, monkeypatch) -> dict[str, str]:
+    """Point boto3 (here and in subprocesses given the returned env) at the moto server."""
+    env = {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return env
+
+
+def aws_client(service: str, endpoint: str):
+    import boto3
+
+    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", **_DUMMY_KEYS)

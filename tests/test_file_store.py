@@ -22,9 +22,13 @@ def test_create_writes_private_files_in_a_private_directory(tmp_path):
     store = FileBundleStore(d)
     assert store.create(make_bundle().to_items())
     assert mode(d) == 0o700
-    names = sorted(p.name for p in d.iterdir())
-    assert names == ["ca.crt", "issuer.crt", "issuer.key", "root.key"]  # no temp files left
-    assert all(mode(d / n) == 0o600 for n in names)
+    visible = sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
+    assert visible == ["ca.crt", "issuer.crt", "issuer.key", "root.key"]
+    assert all(mode(d / n) == 0o600 for n in visible)  # the files the symlinks lead to
+    hidden = sorted(p.name for p in d.iterdir() if p.name.startswith("."))
+    assert hidden[0] == "..data" and len(hidden) == 2  # one generation, no temporary files left
+    generation = d / hidden[1]
+    assert mode(generation) == 0o700 and (d / "..data").resolve() == generation.resolve()
 
 
 def test_create_is_conditional(tmp_path):
@@ -130,9 +134,19 @@ def test_unknown_and_unavailable_schemes_are_clear():
     from ca_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not available in this version"):
-        open_store("s3://bucket/key")
+        open_store("kubernetes://dapr-system/dapr-trust-bundle")
+    with pytest.raises(ConfigError, match="NAMESPACE/SECRET"):
+        open_store("kubernetes://dapr-system")
     with pytest.raises(ConfigError, match="unknown scheme"):
         open_store("ftp://x")
+    with pytest.raises(ConfigError, match="unknown scheme"):
+        open_store("/a/plain/path")
+    with pytest.raises(ConfigError, match="s3://BUCKET/KEY"):
+        open_store("s3://bucket-only")
+    with pytest.raises(ConfigError, match="unknown option"):
+        open_store("s3://bucket/key?kms=x")
+    with pytest.raises(ConfigError, match="secretsmanager://NAME"):
+        open_store("secretsmanager://")
 
 
 def test_a_reader_never_sees_a_half_written_bundle(tmp_path):
@@ -155,7 +169,7 @@ def test_a_reader_never_sees_a_half_written_bundle(tmp_path):
     writer = threading.Thread(target=store.create, args=(SlowItems(items),))
     writer.start()
     assert started.wait(10)
-    assert (tmp_path / "issuer.key").exists() and not (tmp_path / "ca.crt").exists()
+    assert not (tmp_path / "issuer.key").exists() and not (tmp_path / "ca.crt").exists()
     seen = []
     reader = threading.Thread(target=lambda: seen.append(store.load()))
     reader.start()
@@ -165,3 +179,108 @@ def test_a_reader_never_sees_a_half_written_bundle(tmp_path):
     writer.join(10)
     reader.join(10)
     assert dict(seen[0].items) == items
+
+
+# -- crash safety: kill -9 at every step of a write ---------------------------------------------
+
+_CRASH_CHILD = """
+import os, signal, sys
+from pathlib import Path
+from ca_core.stores import files
+
+directory, items_dir, crash_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+calls = []
+
+def crash(point):
+    calls.append(point)
+    if len(calls) == crash_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+files.crash_point = crash
+store = files.FileBundleStore(directory)
+items = {p.name: p.read_bytes() for p in items_dir.iterdir()}
+current = store.load()
+ok = store.replace(items, current.version) if current else store.create(items)
+print(len(calls), ok)
+"""
+
+
+def _write_items(directory: Path, items: dict[str, bytes]) -> Path:
+    directory.mkdir()
+    for name, data in items.items():
+        (directory / name).write_bytes(data)
+    return directory
+
+
+def _plain_dapr_layout(directory: Path, items: dict[str, bytes]) -> None:
+    """A credentials directory as Dapr's Sentry writes it: plain files, no root key."""
+    directory.mkdir(mode=0o700)
+    for name in ("ca.crt", "issuer.crt", "issuer.key"):
+        (directory / name).write_bytes(items[name])
+
+
+@pytest.mark.parametrize(
+    "start", ["empty", "atomic-layout", "dapr-plain-files", "drops-root-key", "gains-root-key"]
+)
+def test_kill_9_at_any_step_of_a_write_leaves_the_old_or_the_new_bundle(tmp_path, start):
+    import subprocess
+    import sys
+
+    old = make_bundle().to_items()
+    new = make_bundle().to_items()
+    if start == "drops-root-key":  # an imported bundle without root.key replaces a generated one
+        del new["root.key"]
+    if start == "gains-root-key":  # a generated bundle replaces an imported one
+        del old["root.key"]
+    new_dir = _write_items(tmp_path / "new-items", new)
+    crash_at, completed = 1, False
+    while not completed:
+        d = tmp_path / f"store-{crash_at}"
+        if start in ("atomic-layout", "drops-root-key", "gains-root-key"):
+            FileBundleStore(d).create(old)
+        elif start == "dapr-plain-files":
+            _plain_dapr_layout(d, old)
+        expected_old = FileBundleStore(d).load()
+        r = subprocess.run(
+            [sys.executable, "-c", _CRASH_CHILD, str(d), str(new_dir), str(crash_at)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if r.returncode == 0:
+            completed = True
+            assert r.stdout.split()[1] == "True", r.stdout
+        else:
+            assert r.returncode == -9, r.stderr
+        seen = FileBundleStore(d).load()
+        seen_items = dict(seen.items) if seen else None
+        old_items = dict(expected_old.items) if expected_old else None
+        assert seen_items in (old_items, new), f"crash at step {crash_at}: a mixed bundle"
+        if completed:
+            assert seen_items == new
+        # A store left by a crash takes the next write and ends clean.
+        after = make_bundle().to_items()
+        store = FileBundleStore(d)
+        current = store.load()
+        assert store.replace(after, current.version) if current else store.create(after)
+        assert dict(store.load().items) == after
+        leftovers = sorted(p.name for p in d.iterdir() if p.name.startswith("."))
+        assert len(leftovers) == 2 and leftovers[0] == "..data"
+        crash_at += 1
+    assert crash_at > 4  # the hook saw every step of the write
+
+
+def test_a_directory_written_by_dapr_sentry_loads_and_converts_on_write(tmp_path):
+    items = make_bundle().to_items()
+    d = tmp_path / "dapr"
+    _plain_dapr_layout(d, items)
+    store = FileBundleStore(d)
+    loaded = store.load()
+    assert set(loaded.items) == {"ca.crt", "issuer.crt", "issuer.key"}
+    bundle, _, created = load_or_create(store, make_bundle)
+    assert not created and bundle.anchors_pem == items["ca.crt"]
+    newer = make_bundle().to_items()
+    assert store.replace(newer, loaded.version)
+    for name in ("ca.crt", "issuer.crt", "issuer.key"):
+        assert (d / name).is_symlink() and (d / name).read_bytes() == newer[name]

@@ -29,6 +29,10 @@ ROOT_KEY = "root.key"
 REQUIRED_ITEMS = (ANCHORS, ISSUER_CHAIN, ISSUER_KEY)
 ALL_ITEMS = (*REQUIRED_ITEMS, ROOT_KEY)
 PUBLIC_ITEMS = (ANCHORS, ISSUER_CHAIN)
+# Reserved for root/issuer rotation (a small JSON document: which root/issuer is prepared, active,
+# retiring, and since when). Stores keep and return it like any item; parse_bundle ignores it.
+ROTATION_STATE = "rotation.json"
+STORE_ITEMS = (*ALL_ITEMS, ROTATION_STATE)
 
 
 def certificates_pem(certs: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> bytes:

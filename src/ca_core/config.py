@@ -113,7 +113,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
 
 STORE_OPTIONS: tuple[Option, ...] = (
     Option("issuer-credentials", str, "directory of the file store (default ./.sentry/credentials)"),
-    Option("trust-bundle-store", str, "file://DIR (default: file:// + --issuer-credentials)"),
+    Option(
+        "trust-bundle-store",
+        str,
+        "file://DIR (default: file:// + --issuer-credentials), s3://BUCKET/KEY, secretsmanager://NAME-OR-ARN "
+        "(both with optional ?kms-key-id=KEY)",
+    ),
     Option("issuer-ca-filename", str, "trust anchors file name (default ca.crt)"),
     Option("issuer-certificate-filename", str, "issuer certificate file name (default issuer.crt)"),
     Option("issuer-key-filename", str, "issuer key file name (default issuer.key)"),

@@ -4,6 +4,7 @@
     sentryca request  --id APP --namespace NS ...   make a key and CSR, get them signed
     sentryca sign     --csr FILE --id APP ...       get a CSR made elsewhere signed
     sentryca inspect  [store options]               show trust anchors, issuer, expiry
+    sentryca bundle init|import|export|regenerate   operate on the trust bundle in a store
 
 Exit codes: 0 success; 1 the CA refused or could not be reached; 2 bad usage or configuration.
 """
@@ -52,20 +53,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except CAError as e:
         log.critical("cannot start the CA: %s", e)
         return 1
+    host = "localhost" if cfg.listen_address in _LOCAL_OR_ANY else cfg.listen_address
     if cfg.store_url.startswith("file://"):
-        anchors = Path(cfg.store_url[len("file://") :]) / cfg.issuer_ca_filename
-        host = "localhost" if cfg.listen_address in _LOCAL_OR_ANY else cfg.listen_address
-        print(
-            f"\nThe CA is serving on {cfg.listen_address}:{ca.grpc_port} (gRPC over TLS).\n"
-            f"  Trust anchors: {anchors}\n"
-            f"  Health:        http://{host}:{ca.healthz_port}/healthz\n"
-            f"Get a workload certificate (in another terminal):\n"
-            f"  .venv/bin/sentryca request --id myapp --namespace default "
-            f"--server {host}:{ca.grpc_port} --trust-anchors {anchors} --out ./certs\n"
-            f"Stop with Ctrl-C.\n",
-            file=sys.stderr,
-            flush=True,
-        )
+        anchors = str(Path(cfg.store_url[len("file://") :]) / cfg.issuer_ca_filename)
+        export = ""
+    else:
+        anchors = "./trust/ca.crt"
+        export = f"  .venv/bin/sentryca bundle export --trust-bundle-store '{cfg.store_url}' --out ./trust\n"
+    print(
+        f"\nThe CA is serving on {cfg.listen_address}:{ca.grpc_port} (gRPC over TLS).\n"
+        f"  Trust bundle:  {cfg.store_url}\n"
+        f"  Health:        http://{host}:{ca.healthz_port}/healthz\n"
+        f"Get a workload certificate (in another terminal):\n{export}"
+        f"  .venv/bin/sentryca request --id myapp --namespace default "
+        f"--server {host}:{ca.grpc_port} --trust-anchors {anchors} --out ./certs\n"
+        f"Stop with Ctrl-C.\n",
+        file=sys.stderr,
+        flush=True,
+    )
     stop.wait()
     log.info("signal received: stopping")
     ca.stop()
@@ -206,6 +211,171 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(args: argparse.Namespace):
+    from .composition import build_store
+
+    cfg = _config(args)
+    return cfg, build_store(cfg)
+
+
+def _read_input(path: str, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot read ({e.strerror})") from None
+
+
+def cmd_bundle_init(args: argparse.Namespace) -> int:
+    from .composition import load_bundle, store_retry
+
+    cfg, store = _store(args)
+    current = store_retry().run(f"read {store.description}", store.load)
+    if current is not None:
+        print(
+            f"error: {store.description} already holds a trust bundle (version {current.version[:12]}); "
+            "nothing was changed (use `bundle regenerate --backup-to URL` to replace it)",
+            file=sys.stderr,
+        )
+        return 1
+    loaded = load_bundle(cfg, store, datetime.now(UTC))
+    verb = "created" if loaded.created else "another writer created"
+    root = loaded.bundle.trust_anchors[0].subject.rfc4514_string()
+    print(f"{store.description}: {verb} a trust bundle; root {root}")
+    return 0
+
+
+def cmd_bundle_import(args: argparse.Namespace) -> int:
+    from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, ROOT_KEY, parse_bundle, parse_public_bundle
+    from ca_core.keys import public_key_der
+
+    from .composition import store_retry
+
+    _, store = _store(args)
+    items = {
+        ANCHORS: _read_input(args.root, "--root"),
+        ISSUER_CHAIN: _read_input(args.issuer_cert, "--issuer-cert"),
+        ISSUER_KEY: _read_input(args.issuer_key, "--issuer-key"),
+    }
+    if args.root_key:
+        items[ROOT_KEY] = _read_input(args.root_key, "--root-key")
+    labels = {ANCHORS: f"--root {args.root}", ISSUER_CHAIN: f"--issuer-cert {args.issuer_cert}"}
+    labels |= {ISSUER_KEY: f"--issuer-key {args.issuer_key}", ROOT_KEY: f"--root-key {args.root_key}"}
+    new = parse_bundle(items, labels)  # verified before anything is written
+    items = new.to_items()  # normalised: keys as PKCS#8, the root never in issuer.crt
+    current = store_retry().run(f"read {store.description}", store.load)
+    if current is None:
+        if not store.create(items):
+            print(f"error: {store.description} was written concurrently; nothing imported", file=sys.stderr)
+            return 1
+        print(f"{store.description}: imported the trust bundle")
+        return 0
+    try:
+        old = parse_public_bundle(current.items, store.labels())
+    except CAError as e:
+        if not args.force:
+            print(
+                f"error: the current bundle in {store.description} cannot be read ({e}), so trust "
+                "continuity cannot be checked; nothing was changed (use --force to replace it)",
+                file=sys.stderr,
+            )
+            return 1
+        old = None
+    if old is not None:
+        active_root = old.anchor_for(old.issuer_chain[-1])
+        if active_root is not None and active_root not in new.trust_anchors and not args.force:
+            print(
+                f"error: the imported trust anchors do not include the current active root "
+                f"{active_root.subject.rfc4514_string()}: every workload holding a current certificate "
+                "would stop being trusted. Nothing was changed. Add the current root to --root, rotate, "
+                "or use --force.",
+                file=sys.stderr,
+            )
+            return 1
+        # Keep the root key of an anchor that stays, so issuer rotation remains possible.
+        if ROOT_KEY not in items and ROOT_KEY in current.items:
+            try:
+                from ca_core.keys import load_private_key
+
+                key = load_private_key(current.items[ROOT_KEY])
+                pub = public_key_der(key.public_key())  # type: ignore[arg-type]
+                if any(public_key_der(a.public_key()) == pub for a in new.trust_anchors):  # type: ignore[arg-type]
+                    items[ROOT_KEY] = current.items[ROOT_KEY]
+            except ValueError:
+                pass
+    if not store.replace(items, current.version):
+        print(
+            f"error: {store.description} changed while importing; nothing imported, try again",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{store.description}: imported the trust bundle (replacing version {current.version[:12]})")
+    return 0
+
+
+def cmd_bundle_export(args: argparse.Namespace) -> int:
+    from ca_core.bundle import parse_bundle
+    from ca_core.stores import FileBundleStore
+
+    from .composition import store_retry
+
+    _, store = _store(args)
+    current = store_retry().run(f"read {store.description}", store.load)
+    if current is None:
+        print(f"error: {store.description} is empty; nothing to export", file=sys.stderr)
+        return 1
+    try:
+        parse_bundle(current.items, store.labels())
+    except CAError as e:
+        print(f"warning: exporting a bundle that does not load: {e}", file=sys.stderr)
+    out = FileBundleStore(args.out)
+    if not out.create(current.items):
+        print(f"error: {args.out} already holds a trust bundle; choose an empty directory", file=sys.stderr)
+        return 1
+    print(f"exported {store.description} to {args.out} ({', '.join(sorted(current.items))})")
+    return 0
+
+
+def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
+    from ca_core.bundle import generate_bundle
+    from ca_core.stores import open_store
+
+    from .composition import signing_policy, store_retry
+
+    cfg, store = _store(args)
+    backup = open_store(args.backup_to, cfg.file_names)
+    current = store_retry().run(f"read {store.description}", store.load)
+    if current is None:
+        print(f"error: {store.description} is empty; use `bundle init`", file=sys.stderr)
+        return 1
+    if not backup.create(current.items):
+        print(
+            f"error: the backup store {backup.description} is not empty; nothing was changed", file=sys.stderr
+        )
+        return 1
+    saved = backup.load()
+    if saved is None or dict(saved.items) != dict(current.items):
+        print(
+            f"error: the backup in {backup.description} does not read back; nothing was changed",
+            file=sys.stderr,
+        )
+        return 1
+    policy = signing_policy(cfg)
+    bundle = generate_bundle(
+        cfg.trust_domain, policy.ca_identity, datetime.now(UTC), algorithm=cfg.ca_key_algorithm
+    )
+    if not store.replace(bundle.to_items(), current.version):
+        print(
+            f"error: {store.description} changed meanwhile; nothing replaced (backup kept)", file=sys.stderr
+        )
+        return 1
+    print(
+        f"{store.description}: regenerated the trust bundle (new root "
+        f"{bundle.trust_anchors[0].subject.rfc4514_string()}); the old one is in {backup.description}. "
+        "Workloads must get the new trust anchors."
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentryca", description="Workload-identity CA, wire-compatible with Dapr Sentry."
@@ -226,6 +396,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show the trust anchors and issuer of a store, with time left")
     add_options(p, STORE_OPTIONS)
     p.set_defaults(func=cmd_inspect)
+
+    bundle = sub.add_parser("bundle", help="operate on the trust bundle in a store").add_subparsers(
+        dest="bundle_command", required=True
+    )
+    gen_options = tuple(o for o in SERVE_OPTIONS if o.flag in ("trust-domain", "ca-key-algorithm"))
+    p = bundle.add_parser("init", help="generate a root and issuer into an empty store")
+    add_options(p, STORE_OPTIONS + gen_options)
+    p.set_defaults(func=cmd_bundle_init)
+    p = bundle.add_parser("import", help="bring your own CA: verify, then write it into the store")
+    add_options(p, STORE_OPTIONS)
+    p.add_argument("--root", required=True, help="PEM trust anchors (one or more self-signed roots)")
+    p.add_argument("--issuer-cert", required=True, help="PEM issuer certificate (chain), issuer first")
+    p.add_argument("--issuer-key", required=True, help="PEM issuer private key (PKCS#8, SEC1 or PKCS#1)")
+    p.add_argument("--root-key", help="PEM root private key (lets the CA rotate issuers itself)")
+    p.add_argument("--force", action="store_true", help="allow dropping the current active root")
+    p.set_defaults(func=cmd_bundle_import)
+    p = bundle.add_parser("export", help="write the store's bundle to a directory (file-store layout)")
+    add_options(p, STORE_OPTIONS)
+    p.add_argument("--out", required=True, help="an empty or new directory")
+    p.set_defaults(func=cmd_bundle_export)
+    p = bundle.add_parser("regenerate", help="replace the CA with a new root and issuer, keeping a backup")
+    add_options(p, STORE_OPTIONS + gen_options)
+    p.add_argument("--backup-to", required=True, help="an empty store URL that receives the old bundle")
+    p.set_defaults(func=cmd_bundle_regenerate)
     return parser
 
 

@@ -6,13 +6,15 @@ The server, the CLI (and later the serverless handlers) all build through here.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from ca_core.bundle import TrustBundle, generate_bundle
 from ca_core.config import Config
 from ca_core.service import Signer, SigningPolicy
-from ca_core.stores import BundleStore, load_or_create, open_store
+from ca_core.stores import BundleStore, Retry, load_or_create, open_store
 from ca_core.validators import InsecureValidator, TokenValidatorKind, Validator
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,12 @@ def signing_policy(cfg: Config) -> SigningPolicy:
         workload_ttl=cfg.workload_cert_ttl,
         clock_skew=cfg.allowed_clock_skew,
     )
+
+
+def store_retry() -> Retry:
+    """Start-up retries for a store that cannot be reached: 5 attempts, exponential backoff from
+    0.5 s with full jitter (the SDK's own retries of throttling come on top)."""
+    return Retry(sleep=time.sleep, random=random.random)
 
 
 def build_store(cfg: Config) -> BundleStore:
@@ -84,7 +92,7 @@ def load_bundle(cfg: Config, store: BundleStore, now: datetime) -> LoadedBundle:
         )
         return generate_bundle(cfg.trust_domain, policy.ca_identity, now, algorithm=cfg.ca_key_algorithm)
 
-    bundle, version, created = load_or_create(store, generate)
+    bundle, version, created = load_or_create(store, generate, store_retry())
     return LoadedBundle(bundle, version, created)
 
 

@@ -1,39 +1,120 @@
 """Trust-bundle stores: the ``BundleStore`` port (``base``) and one module per backend.
 
-Only ``files`` (the embedded default) exists so far; the URL scheme of
-``--trust-bundle-store`` selects the adapter (see :func:`open_store`).
+The URL of ``--trust-bundle-store`` selects the adapter (see :func:`open_store`): ``file://DIR``
+(``files``), ``s3://BUCKET/KEY`` (``s3``), ``secretsmanager://NAME-OR-ARN`` (``secretsmanager``);
+``kubernetes://NAMESPACE/SECRET`` is parsed and validated here and gets its adapter later.
+The AWS adapters import boto3 lazily.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
+from collections.abc import Callable
+from urllib.parse import parse_qsl, urlparse
 
 from ..errors import ConfigError
-from .base import BundleStore, StoredBundle, load_or_create
+from ..spiffe_id import namespace_problem
+from .base import NO_RETRY, BundleStore, Retry, StoredBundle, decode_document, encode_document, load_or_create
 from .files import FileBundleStore, FileNames
 
-__all__ = ["BundleStore", "FileBundleStore", "FileNames", "StoredBundle", "load_or_create", "open_store"]
+__all__ = [
+    "NO_RETRY",
+    "BundleStore",
+    "FileBundleStore",
+    "FileNames",
+    "Retry",
+    "StoredBundle",
+    "decode_document",
+    "encode_document",
+    "load_or_create",
+    "open_store",
+]
+
+SCHEMES = "file://DIR, s3://BUCKET/KEY, secretsmanager://NAME-OR-ARN or kubernetes://NAMESPACE/SECRET"
+
+
+def _split(url: str, scheme: str) -> tuple[str, dict[str, str]]:
+    """``rest`` after ``scheme://`` and the query options (``?kms-key-id=...``)."""
+    rest = url[len(scheme) + 3 :]
+    rest, _, query = rest.partition("?")
+    try:
+        options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    except ValueError:
+        raise ConfigError(f"trust bundle store {url!r}: malformed options {query!r}") from None
+    return rest, options
+
+
+def _only(url: str, options: dict[str, str], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        raise ConfigError(f"trust bundle store {url!r}: unknown option(s) {', '.join(unknown)}{hint}")
+
+
+def _file(url: str, names: FileNames) -> BundleStore:
+    parsed = urlparse(url)
+    path = (parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else parsed.path
+    if not path:
+        raise ConfigError(
+            f"trust bundle store {url!r}: file:// needs a directory, e.g. file://./.sentry/credentials"
+        )
+    return FileBundleStore(path, names)
+
+
+def _s3(url: str, names: FileNames) -> BundleStore:
+    from .s3 import S3BundleStore
+
+    rest, options = _split(url, "s3")
+    _only(url, options, ("kms-key-id",))
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise ConfigError(
+            f"trust bundle store {url!r}: use s3://BUCKET/KEY (an object key, e.g. sentry/bundle.json)"
+        )
+    return S3BundleStore(bucket, key, kms_key_id=options.get("kms-key-id") or None)
+
+
+def _secretsmanager(url: str, names: FileNames) -> BundleStore:
+    from .secretsmanager import SecretsManagerBundleStore
+
+    rest, options = _split(url, "secretsmanager")
+    _only(url, options, ("kms-key-id",))
+    if not rest:
+        raise ConfigError(f"trust bundle store {url!r}: use secretsmanager://NAME or secretsmanager://ARN")
+    return SecretsManagerBundleStore(rest, kms_key_id=options.get("kms-key-id") or None)
+
+
+def _kubernetes(url: str, names: FileNames) -> BundleStore:
+    rest, options = _split(url, "kubernetes")
+    _only(url, options, ())
+    namespace, _, secret = rest.partition("/")
+    if not namespace or not secret or "/" in secret:
+        raise ConfigError(f"trust bundle store {url!r}: use kubernetes://NAMESPACE/SECRET")
+    if p := namespace_problem(namespace):
+        raise ConfigError(f"trust bundle store {url!r}: namespace: {p}")
+    raise ConfigError(
+        f"trust bundle store {url!r}: the Kubernetes Secret store is not available in this version; "
+        "use file://, s3:// or secretsmanager://"
+    )
+
+
+# scheme → factory(url, file names). The Kubernetes adapter replaces its entry.
+FACTORIES: dict[str, Callable[[str, FileNames], BundleStore]] = {
+    "file": _file,
+    "s3": _s3,
+    "secretsmanager": _secretsmanager,
+    "kubernetes": _kubernetes,
+}
 
 
 def open_store(url: str, file_names: FileNames | None = None) -> BundleStore:
-    """The store for ``url``: ``file://DIR`` (relative or absolute directory).
-
-    Raises ConfigError for a malformed URL or a scheme this version does not support.
+    """The store for ``url``: ``file://DIR`` (relative or absolute), ``s3://BUCKET/KEY``,
+    ``secretsmanager://NAME-OR-ARN`` (both with optional ``?kms-key-id=KEY``),
+    ``kubernetes://NAMESPACE/SECRET``. ``file_names``: item names in the file (and Kubernetes)
+    stores. Creating a store does no I/O. Raises ConfigError for a malformed URL or a scheme
+    this version does not support.
     """
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
-        path = (parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else parsed.path
-        if not path:
-            raise ConfigError(
-                f"trust bundle store {url!r}: file:// needs a directory, e.g. file://./.sentry/credentials"
-            )
-        return FileBundleStore(path, file_names or FileNames())
-    if parsed.scheme in ("s3", "secretsmanager", "kubernetes"):
-        raise ConfigError(
-            f"trust bundle store {url!r}: the {parsed.scheme} store is not available in this version; "
-            "use file://DIR"
-        )
-    raise ConfigError(
-        f"trust bundle store {url!r}: unknown scheme {parsed.scheme!r}; "
-        "use file://DIR, s3://BUCKET/KEY, secretsmanager://NAME or kubernetes://NAMESPACE/SECRET"
-    )
+    scheme, sep, _ = url.partition("://")
+    factory = FACTORIES.get(scheme) if sep else None
+    if factory is None:
+        raise ConfigError(f"trust bundle store {url!r}: unknown scheme {scheme!r}; use {SCHEMES}")
+    return factory(url, file_names or FileNames())

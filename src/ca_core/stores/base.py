@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from ..bundle import TrustBundle, parse_bundle
-from ..errors import BundleError
+from ..bundle import STORE_ITEMS, TrustBundle, parse_bundle
+from ..errors import BundleError, Unavailable
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +28,17 @@ class StoredBundle:
 class BundleStore(Protocol):
     """Port for trust-bundle persistence. Adapters never judge content: the core parses it.
 
-    Errors: raise ``Unavailable`` when the backend cannot be reached, ``BundleError`` when the
-    stored data cannot even be read as items.
+    Errors: raise ``Unavailable`` when the backend cannot be used, with ``reason``
+    ``store_unreachable`` (network, timeouts, throttling after the SDK's own retries: worth
+    retrying), ``store_denied`` (credentials or permissions) or ``store_misconfigured`` (no such
+    bucket, an ARN that does not exist); ``BundleError`` when the stored data cannot even be read
+    as items. Never report "empty" for a read that failed: that would make the CA generate a
+    new root.
+
+    Items are the logical names of ``bundle.STORE_ITEMS`` (``ca.crt``, ``issuer.crt``,
+    ``issuer.key``, optional ``root.key`` and ``rotation.json``). Adapters: ``file://DIR``,
+    ``s3://BUCKET/KEY``, ``secretsmanager://NAME-OR-ARN`` (``kubernetes://NAMESPACE/SECRET``
+    plugs in through ``open_store``).
     """
 
     description: str  # for operators' messages, e.g. "file://.sentry/credentials"
@@ -52,25 +64,69 @@ class BundleStore(Protocol):
         ...
 
 
-def load_or_create(store: BundleStore, generate: Callable[[], TrustBundle]) -> tuple[TrustBundle, str, bool]:
+RETRYABLE_REASONS = frozenset({"store_unreachable"})
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Bounded retries with exponential backoff and full jitter for a store that cannot be
+    reached (``Unavailable`` with a reason in RETRYABLE_REASONS; denied or misconfigured stores
+    fail at once). attempts: total tries (>= 1); delays in seconds: attempt n waits
+    ``random() * min(max_delay, base_delay * 2**n)``. ``sleep`` and ``random`` are injected.
+    """
+
+    sleep: Callable[[float], None]
+    random: Callable[[], float]
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+
+    def run(self, what: str, fn: Callable[[], T]) -> T:
+        for attempt in range(self.attempts):
+            try:
+                return fn()
+            except Unavailable as e:
+                if e.reason not in RETRYABLE_REASONS or attempt + 1 >= self.attempts:
+                    if e.reason in RETRYABLE_REASONS:
+                        raise Unavailable(
+                            f"{e} (gave up after {self.attempts} attempts to {what})", reason=e.reason
+                        ) from None
+                    raise
+                delay = self.random() * min(self.max_delay, self.base_delay * 2**attempt)
+                log.warning("cannot %s (attempt %d of %d): %s", what, attempt + 1, self.attempts, e)
+                self.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+NO_RETRY = Retry(sleep=lambda _s: None, random=lambda: 0.0, attempts=1)
+
+
+def load_or_create(
+    store: BundleStore, generate: Callable[[], TrustBundle], retry: Retry = NO_RETRY
+) -> tuple[TrustBundle, str, bool]:
     """Load the store's bundle, or generate and conditionally create one when it is empty.
 
     Returns (bundle, version, created). A partial, corrupt or mismatched bundle raises
     BundleError naming the item and is never replaced. If the conditional create loses a race
-    with another replica, the winner's bundle is loaded.
+    with another replica, the winner's bundle is loaded. A store that cannot be read raises
+    Unavailable (after ``retry``): a failed read never leads to a new CA.
     """
-    stored = store.load()
+    stored = retry.run(f"read the trust bundle in {store.description}", store.load)
     if stored is None:
         bundle = generate()
-        if store.create(bundle.to_items()):
-            stored = store.load()
+        items = bundle.to_items()
+        if retry.run(f"create the trust bundle in {store.description}", lambda: store.create(items)):
+            stored = retry.run(f"read back the trust bundle in {store.description}", store.load)
             if stored is None:
                 raise BundleError(f"{store.description}: the bundle just written cannot be read back")
             return bundle, stored.version, True
         log.info("another replica created the trust bundle in %s first; loading it", store.description)
-        stored = store.load()
+        stored = retry.run(f"read the trust bundle in {store.description}", store.load)
         if stored is None:
-            raise BundleError(f"{store.description}: create reported a conflict but the store is empty")
+            raise BundleError(
+                f"refusing to start: {store.description} reports that a bundle exists but none can be "
+                "read (e.g. a secret without a current value); nothing was changed"
+            )
     try:
         bundle = parse_bundle(stored.items, store.labels())
     except BundleError as e:
@@ -80,3 +136,33 @@ def load_or_create(store: BundleStore, generate: Callable[[], TrustBundle]) -> t
             "(keeping a backup) if you mean to replace the CA."
         ) from None
     return bundle, stored.version, False
+
+
+def encode_document(items: Mapping[str, bytes]) -> str:
+    """The single-document form of a bundle (S3 object, Secrets Manager secret string): a JSON
+    object, item name → PEM text, keys sorted. Raises BundleError for an item that is not text."""
+    try:
+        return json.dumps({k: items[k].decode("ascii") for k in sorted(items)}, indent=1) + "\n"
+    except UnicodeDecodeError as e:
+        raise BundleError(f"item is not ASCII text: {e}") from None
+
+
+def decode_document(text: str | bytes, where: str) -> dict[str, bytes]:
+    """Parse :func:`encode_document` output; raises BundleError naming ``where`` for anything
+    else (not JSON, not an object, non-string values, unknown item names)."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise BundleError("is not a JSON document of bundle items", item=where) from None
+    if not isinstance(doc, dict):
+        raise BundleError("is not a JSON object of bundle items", item=where)
+    unknown = sorted(k for k in doc if k not in STORE_ITEMS)
+    if unknown:
+        raise BundleError(
+            f"holds unknown items {', '.join(map(repr, unknown))} (known: {', '.join(STORE_ITEMS)})",
+            item=where,
+        )
+    bad = sorted(k for k, v in doc.items() if not isinstance(v, str))
+    if bad:
+        raise BundleError(f"items {', '.join(map(repr, bad))} are not text", item=where)
+    return {k: v.encode() for k, v in doc.items()}

@@ -1,10 +1,20 @@
 """The local-directory store (the embedded default; ``file://DIR``, ``--issuer-credentials``).
 
 Layout compatible with Dapr Sentry's self-hosted credentials directory: ``ca.crt``,
-``issuer.crt``, ``issuer.key`` (names configurable), plus ``root.key`` when the CA made the
-root. Directory 0700 and files 0600 when created here; every file is replaced atomically
-(temporary file, fsync, rename); writers on one machine are serialised with ``flock`` on the
-directory.
+``issuer.crt``, ``issuer.key`` (names configurable) readable at ``DIR/<name>``, plus
+``root.key`` when the CA made the root (and ``rotation.json`` once rotation keeps state).
+
+Crash safety uses the Kubernetes "atomic writer" layout: a bundle is written into a fresh hidden
+generation directory ``DIR/..gen.XXXX``; ``DIR/..data`` is a symlink to the current generation,
+swapped with one ``rename``; the visible names are symlinks ``<name> -> ..data/<name>``. Every
+visible name needed by the new bundle exists (as a symlink, possibly dangling into the old
+generation, which reads as "absent") *before* the swap, so at every instant a reader sees exactly
+one generation: a ``kill -9`` at any point leaves the old or the new complete bundle. A directory
+of plain files (written by Dapr's Sentry or by hand) loads as is; the first write here converts it,
+first into a copy of itself (same content), then swaps as above.
+
+Directory 0700 and files 0600 when created here; writers on one machine are serialised with
+``flock`` on the directory, readers take a shared lock.
 """
 
 from __future__ import annotations
@@ -15,13 +25,25 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, PUBLIC_ITEMS, ROOT_KEY
+from ..bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, PUBLIC_ITEMS, ROOT_KEY, ROTATION_STATE
 from ..errors import BundleError, Unavailable
 from .base import StoredBundle
+
+DATA_LINK = "..data"
+_GEN_PREFIX = "..gen."
+
+
+def _no_crash(point: str) -> None:
+    return None
+
+
+# Test hook: called with the name of each step of a write; the crash-safety test sets it (in a
+# subprocess) to kill the process at one step. Never set by the product.
+crash_point: Callable[[str], None] = _no_crash
 
 
 @dataclass(frozen=True)
@@ -32,6 +54,7 @@ class FileNames:
     issuer_certificate: str = "issuer.crt"
     issuer_key: str = "issuer.key"
     root_key: str = "root.key"
+    rotation_state: str = "rotation.json"
 
     def mapping(self) -> dict[str, str]:
         """Logical item name → file name."""
@@ -40,6 +63,7 @@ class FileNames:
             ISSUER_CHAIN: self.issuer_certificate,
             ISSUER_KEY: self.issuer_key,
             ROOT_KEY: self.root_key,
+            ROTATION_STATE: self.rotation_state,
         }
 
 
@@ -63,8 +87,10 @@ class FileBundleStore:
         return {item: str(self.directory / name) for item, name in self.names.mapping().items()}
 
     def path(self, item: str) -> Path:
-        """The file holding logical ``item``."""
+        """The visible path of logical ``item``."""
         return self.directory / self.names.mapping()[item]
+
+    # -- reading ---------------------------------------------------------------------------
 
     def _read(self, items: tuple[str, ...] | None = None) -> StoredBundle | None:
         found: dict[str, bytes] = {}
@@ -72,14 +98,18 @@ class FileBundleStore:
             p = self.path(item)
             try:
                 found[item] = p.read_bytes()
-            except FileNotFoundError:
+            except FileNotFoundError:  # absent, or a symlink into a generation without it
                 continue
             except IsADirectoryError:
                 raise BundleError("is a directory, not a file", item=str(p)) from None
             except PermissionError:
-                raise Unavailable(f"{p}: permission denied reading the trust bundle") from None
+                raise Unavailable(
+                    f"{p}: permission denied reading the trust bundle", reason="store_denied"
+                ) from None
             except OSError as e:
-                raise Unavailable(f"{p}: cannot read the trust bundle ({e.strerror})") from None
+                raise Unavailable(
+                    f"{p}: cannot read the trust bundle ({e.strerror})", reason="store_unreachable"
+                ) from None
         if not found:
             return None
         return StoredBundle(found, version_of(found))
@@ -92,10 +122,12 @@ class FileBundleStore:
         with self._shared():
             return self._read(PUBLIC_ITEMS)
 
+    # -- locking ---------------------------------------------------------------------------
+
     @contextlib.contextmanager
     def _shared(self) -> Iterator[None]:
-        # A reader waits for a writer holding the exclusive lock, so it never sees a bundle
-        # half-written by another process on this machine.
+        # A reader waits for a writer holding the exclusive lock, so it never reads the visible
+        # names while a generation is being swapped or cleaned up.
         try:
             fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
@@ -103,7 +135,8 @@ class FileBundleStore:
             return
         except OSError as e:
             raise Unavailable(
-                f"{self.directory}: cannot open the credentials directory ({e.strerror})"
+                f"{self.directory}: cannot open the credentials directory ({e.strerror})",
+                reason="store_denied" if e.errno in (errno.EACCES, errno.EPERM) else "store_unreachable",
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
@@ -121,7 +154,8 @@ class FileBundleStore:
             fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
             raise Unavailable(
-                f"{self.directory}: cannot use the credentials directory ({e.strerror})"
+                f"{self.directory}: cannot use the credentials directory ({e.strerror})",
+                reason="store_denied" if e.errno in (errno.EACCES, errno.EPERM) else "store_unreachable",
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -129,30 +163,106 @@ class FileBundleStore:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def _write_all(self, items: Mapping[str, bytes]) -> None:
-        # Keys first, certificates last: a reader never sees a certificate without its key.
-        order = [i for i in (ROOT_KEY, ISSUER_KEY, ISSUER_CHAIN, ANCHORS) if i in items]
-        for item in order:
-            self._atomic_write(self.path(item), items[item])
-        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    # -- writing (atomic writer) -----------------------------------------------------------
 
-    def _atomic_write(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
+    def _write_all(self, items: Mapping[str, bytes]) -> None:
         try:
-            with os.fdopen(fd, "wb") as f:  # mkstemp creates the file 0600
-                f.write(data)
+            self._write_generation_swap(items)
+        except OSError as e:
+            hint = " (disk full)" if e.errno == errno.ENOSPC else ""
+            raise Unavailable(
+                f"{self.directory}: cannot write the trust bundle{hint}: {e.strerror}",
+                reason="store_unreachable",
+            ) from None
+
+    def _write_generation_swap(self, items: Mapping[str, bytes]) -> None:
+        d = self.directory
+        names = self.names.mapping()
+        self._remove_stale()
+        self._adopt_plain_files()
+        new_gen = self._write_generation(items)
+        crash_point("generation-written")
+        # Every visible name of the new bundle exists before the swap; a new one dangles into
+        # the current generation (reads as absent) until ..data moves.
+        for item in items:
+            self._link_visible(names[item])
+        crash_point("links-prepared")
+        self._symlink_atomically(new_gen.name, d / DATA_LINK)
+        _fsync_dir(d)
+        crash_point("data-swapped")
+        # Cosmetic clean-up: visible links of items the new bundle lacks dangle now.
+        for item, name in names.items():
+            p = d / name
+            if item not in items and p.is_symlink() and os.readlink(p) == f"{DATA_LINK}/{name}":
+                p.unlink()
+        self._remove_stale(keep=new_gen.name)
+        _fsync_dir(d)
+        crash_point("cleaned")
+
+    def _write_generation(self, items: Mapping[str, bytes]) -> Path:
+        gen = Path(tempfile.mkdtemp(prefix=_GEN_PREFIX, dir=self.directory))  # 0700
+        names = self.names.mapping()
+        # Keys first, certificates last (matters only for readers of a half-adopted directory).
+        order = [i for i in (ROOT_KEY, ISSUER_KEY, ROTATION_STATE, ISSUER_CHAIN, ANCHORS) if i in items]
+        for item in order:
+            fd = os.open(gen / names[item], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(items[item])
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            hint = " (disk full)" if e.errno == errno.ENOSPC else ""
-            raise Unavailable(f"{path}: cannot write{hint}: {e.strerror}") from None
+            crash_point(f"item-written:{item}")
+        _fsync_dir(gen)
+        return gen
+
+    def _adopt_plain_files(self) -> None:
+        """Turn plain files (a Dapr-written directory, or a conversion cut short) into the atomic
+        layout without changing what the directory shows: copy the visible bundle into a
+        generation, point ``..data`` at it, then replace each plain file by a symlink to the
+        same content."""
+        d = self.directory
+        plain = [
+            item
+            for item, name in self.names.mapping().items()
+            if (d / name).is_file() and not (d / name).is_symlink()
+        ]
+        if not plain:
+            return
+        current = self._read()
+        assert current is not None  # a plain file was just seen, under the lock
+        gen = self._write_generation(current.items)
+        self._symlink_atomically(gen.name, d / DATA_LINK)
+        _fsync_dir(d)
+        crash_point("adopt-data-linked")
+        for item in plain:
+            self._link_visible(self.names.mapping()[item])
+            crash_point(f"adopt-linked:{item}")
+        _fsync_dir(d)
+
+    def _link_visible(self, name: str) -> None:
+        p = self.directory / name
+        target = f"{DATA_LINK}/{name}"
+        if p.is_symlink() and os.readlink(p) == target:
+            return
+        self._symlink_atomically(target, p)
+
+    def _symlink_atomically(self, target: str, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.lnk")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(target, tmp)
+        os.replace(tmp, path)
+
+    def _remove_stale(self, keep: str | None = None) -> None:
+        """Remove generations other than the current one and leftover temporary links."""
+        d = self.directory
+        current = os.readlink(d / DATA_LINK) if (d / DATA_LINK).is_symlink() else None
+        for entry in d.iterdir():
+            if entry.name.startswith(_GEN_PREFIX) and entry.name not in (current, keep):
+                for f in entry.iterdir():
+                    f.unlink()
+                entry.rmdir()
+            elif entry.name.startswith(".") and entry.name.endswith(".lnk") and entry.is_symlink():
+                entry.unlink()
 
     def create(self, items: Mapping[str, bytes]) -> bool:
         with self._locked():
@@ -168,3 +278,11 @@ class FileBundleStore:
                 return False
             self._write_all(items)
             return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

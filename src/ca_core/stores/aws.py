@@ -1,0 +1,114 @@
+"""What the S3 and Secrets Manager stores share: the boto3 client and the mapping of SDK errors
+to the store errors of the port (``base.BundleStore``). boto3 is imported here only, lazily.
+
+Retries of throttling and transient faults are the SDK's (botocore ``retries`` mode
+``standard`` by default, or ``AWS_RETRY_MODE`` / ``AWS_MAX_ATTEMPTS`` from the environment,
+e.g. ``adaptive``); the endpoint, region and credentials come from the usual AWS configuration
+(``AWS_ENDPOINT_URL``, ``AWS_REGION``, profiles, roles).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import ConfigError, Unavailable
+
+DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "UnrecognizedClientException",
+        "KMS.AccessDeniedException",
+        "KMSAccessDeniedException",
+        "KMS.DisabledException",
+        "KMSDisabledException",
+        "DecryptionFailure",
+    }
+)
+MISCONFIGURED_CODES = frozenset(
+    {"NoSuchBucket", "InvalidBucketName", "PermanentRedirect", "KMS.NotFoundException"}
+)
+
+
+def client(service: str, region: str | None = None) -> Any:
+    """A boto3 client for ``service`` with SDK-level retries (standard mode unless
+    ``AWS_RETRY_MODE`` says otherwise) and bounded timeouts. Raises ConfigError when boto3 is
+    missing or no region is configured."""
+    try:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import NoRegionError
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        raise ConfigError(f"the {service} store needs boto3 (pip install boto3)") from None
+    retries: dict[str, Any] = {"mode": os.environ.get("AWS_RETRY_MODE") or "standard"}
+    if os.environ.get("AWS_MAX_ATTEMPTS"):
+        retries["max_attempts"] = int(os.environ["AWS_MAX_ATTEMPTS"])
+    config = Config(retries=retries, connect_timeout=5, read_timeout=15, user_agent_extra="sentryca")
+    try:
+        # botocore reads AWS_DEFAULT_REGION; Lambda and most tools also set AWS_REGION.
+        region = region or os.environ.get("AWS_REGION") or None
+        return boto3.session.Session().client(service, region_name=region, config=config)
+    except NoRegionError:
+        raise ConfigError(
+            f"the {service} store needs an AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)"
+        ) from None
+
+
+def sdk_errors() -> tuple[type[Exception], ...]:
+    """The exception classes the SDK raises (for ``except aws.sdk_errors() as e``)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError)
+
+
+def error_code(e: Exception) -> str:
+    """The AWS error code of a botocore ClientError ('' for other exceptions)."""
+    response = getattr(e, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def http_status(e: Exception) -> int:
+    response = getattr(e, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def unavailable(e: Exception, where: str, doing: str) -> Unavailable:
+    """Translate an SDK exception into the port's Unavailable with a reason and a clear message
+    (credentials/permissions → ``store_denied``; missing bucket → ``store_misconfigured``;
+    network, timeouts, throttling, 5xx → ``store_unreachable``)."""
+    from botocore import exceptions as bex
+
+    if isinstance(e, bex.NoCredentialsError | bex.PartialCredentialsError | bex.CredentialRetrievalError):
+        return Unavailable(f"{where}: cannot {doing}: no usable AWS credentials ({e})", reason="store_denied")
+    if isinstance(e, bex.ClientError):
+        code, status = error_code(e), http_status(e)
+        message = e.response.get("Error", {}).get("Message", "")  # type: ignore[attr-defined]
+        if code in DENIED_CODES or status == 403:
+            return Unavailable(
+                f"{where}: cannot {doing}: access denied ({code}: {message}); check the credentials "
+                "and the IAM/KMS permissions of this CA",
+                reason="store_denied",
+            )
+        if code in MISCONFIGURED_CODES:
+            return Unavailable(f"{where}: cannot {doing}: {code}: {message}", reason="store_misconfigured")
+        if (
+            status >= 500
+            or status == 429
+            or "Throttl" in code
+            or code in ("RequestLimitExceeded", "SlowDown")
+        ):
+            return Unavailable(
+                f"{where}: cannot {doing}: the service answered {code or status} (after the SDK's retries)",
+                reason="store_unreachable",
+            )
+        return Unavailable(f"{where}: cannot {doing}: {code}: {message}", reason="store_misconfigured")
+    if isinstance(e, bex.BotoCoreError):
+        return Unavailable(f"{where}: cannot {doing}: {e}", reason="store_unreachable")
+    return Unavailable(f"{where}: cannot {doing}: {e}", reason="store_unreachable")

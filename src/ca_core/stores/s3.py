@@ -1,0 +1,142 @@
+"""The S3 store (``s3://BUCKET/KEY[?kms-key-id=KEY]``).
+
+The bundle is one object at KEY (the JSON document of ``base.encode_document``), so a bundle is
+replaced as a whole. Create is conditional (``IfNoneMatch='*'``), replace is a compare-and-swap
+on the ETag (``IfMatch``); both answer 412 (or 409 for a concurrent conditional write) when
+another writer won. Objects are encrypted at rest: SSE-S3 (AES256) by default, SSE-KMS with
+``kms-key-id``. The public part (``ca.crt`` and ``issuer.crt``, no key) is its own object at
+``KEY.public`` (SSE-S3, so readers need no KMS grant), written after each successful write and
+repaired on load when it disagrees with the bundle, never the other way. Use a versioned
+bucket: every replaced bundle stays recoverable. Version token: the bundle object's ETag.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from ..bundle import PUBLIC_ITEMS, STORE_ITEMS
+from ..errors import Unavailable
+from . import aws
+from .base import StoredBundle, decode_document, encode_document
+
+log = logging.getLogger(__name__)
+_LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+_BUNDLE_ETAG = "sentryca-bundle-etag"
+
+
+class S3BundleStore:
+    """A trust bundle as one S3 object. bucket, key: where; kms_key_id: SSE-KMS key (id, ARN or
+    alias) or None for SSE-S3; client: a boto3 S3 client (default: from the AWS environment)."""
+
+    def __init__(self, bucket: str, key: str, *, kms_key_id: str | None = None, client: Any = None) -> None:
+        self.bucket, self.key, self.kms_key_id = bucket, key, kms_key_id
+        self.public_key = f"{key}.public"
+        self.description = f"s3://{bucket}/{key}"
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = aws.client("s3")
+        return self._client
+
+    def labels(self) -> dict[str, str]:
+        return {item: f"{self.description} item {item}" for item in STORE_ITEMS}
+
+    def _get(self, key: str, doing: str) -> tuple[bytes, dict[str, Any]] | None:
+        try:
+            r = self.client.get_object(Bucket=self.bucket, Key=key)
+            return r["Body"].read(), r
+        except aws.sdk_errors() as e:
+            if aws.error_code(e) in ("NoSuchKey", "404"):
+                return None
+            raise aws.unavailable(e, f"s3://{self.bucket}/{key}", doing) from None
+
+    def load(self) -> StoredBundle | None:
+        got = self._get(self.key, "read the trust bundle")
+        if got is None:
+            return None
+        body, r = got
+        items = decode_document(body, self.description)
+        stored = StoredBundle(items, r["ETag"])
+        self._repair_public(stored)
+        return stored
+
+    def load_public(self) -> StoredBundle | None:
+        got = self._get(self.public_key, "read the public part of the trust bundle")
+        if got is None:
+            return None
+        body, r = got
+        items = decode_document(body, f"s3://{self.bucket}/{self.public_key}")
+        return StoredBundle(items, r.get("Metadata", {}).get(_BUNDLE_ETAG, r["ETag"]))
+
+    def _sse(self) -> dict[str, str]:
+        if self.kms_key_id:
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
+        return {"ServerSideEncryption": "AES256"}
+
+    def _put(self, items: Mapping[str, bytes], condition: dict[str, str], doing: str) -> str | None:
+        try:
+            r = self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=encode_document(items).encode(),
+                ContentType="application/json",
+                **self._sse(),
+                **condition,
+            )
+        except aws.sdk_errors() as e:
+            if aws.error_code(e) in _LOST_RACE or (
+                condition.get("IfMatch") and aws.error_code(e) == "NoSuchKey"
+            ):
+                return None
+            raise aws.unavailable(e, self.description, doing) from None
+        return r["ETag"]
+
+    def _write_public(self, items: Mapping[str, bytes], etag: str) -> None:
+        public = {k: items[k] for k in PUBLIC_ITEMS if k in items}
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.public_key,
+                Body=encode_document(public).encode(),
+                ContentType="application/json",
+                ServerSideEncryption="AES256",
+                Metadata={_BUNDLE_ETAG: etag},
+            )
+        except aws.sdk_errors() as e:
+            log.warning(
+                "%s", aws.unavailable(e, f"s3://{self.bucket}/{self.public_key}", "write the public part")
+            )
+
+    def _repair_public(self, stored: StoredBundle) -> None:
+        try:
+            got = self._get(self.public_key, "read the public part of the trust bundle")
+        except Unavailable as e:
+            log.warning("%s", e)
+            return
+        want = {k: stored.items[k] for k in PUBLIC_ITEMS if k in stored.items}
+        if got is not None:
+            try:
+                if decode_document(got[0], self.public_key) == want:
+                    return
+            except Exception:  # noqa: BLE001 - a damaged derived copy is simply rewritten
+                log.debug("public part unreadable; rewriting it")
+        log.info("repairing the public part s3://%s/%s from the bundle", self.bucket, self.public_key)
+        self._write_public(stored.items, stored.version)
+
+    def create(self, items: Mapping[str, bytes]) -> bool:
+        etag = self._put(items, {"IfNoneMatch": "*"}, "create the trust bundle")
+        if etag is None:
+            return False
+        self._write_public(items, etag)
+        return True
+
+    def replace(self, items: Mapping[str, bytes], expected_version: str) -> bool:
+        etag = self._put(items, {"IfMatch": expected_version}, "replace the trust bundle")
+        if etag is None:
+            return False
+        self._write_public(items, etag)
+        return True

@@ -1,0 +1,180 @@
+"""The AWS Secrets Manager store (``secretsmanager://NAME-OR-ARN[?kms-key-id=KEY]``).
+
+One secret holds the whole bundle (the JSON document of ``base.encode_document``; the console's
+key/value editor shows one key per item). Create is naturally conditional (``CreateSecret``
+fails with ResourceExistsException). Replace is a compare-and-swap on version stages: the new
+value is added as a version labelled ``SENTRYCA_PENDING`` (AWSCURRENT does not move), then
+``UpdateSecretVersionStage`` moves AWSCURRENT to it *from the version this writer read*; the
+service refuses that move when AWSCURRENT has meanwhile moved elsewhere (the staged version
+then loses its label and is left for AWS to deprecate). The previous value
+stays as AWSPREVIOUS. Reads always ask for ``VersionStage='AWSCURRENT'``. Version token: the
+VersionId of AWSCURRENT. ``kms-key-id`` encrypts the secret with that KMS key (else the account's
+``aws/secretsmanager`` key). The public part (no keys) is a second secret named
+``<NAME>.public`` (for an ARN: the name in it, without the six-character suffix), written after
+each write and repaired on load, encrypted with the default key so readers need no KMS grant.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from ..bundle import PUBLIC_ITEMS, STORE_ITEMS
+from ..errors import Unavailable
+from . import aws
+from .base import StoredBundle, decode_document, encode_document
+
+log = logging.getLogger(__name__)
+CURRENT, PENDING = "AWSCURRENT", "SENTRYCA_PENDING"
+
+
+def _name_of(secret_id: str) -> str:
+    """The secret name in ``secret_id`` (a name, or an ARN ending in ``:secret:NAME-XXXXXX``)."""
+    if secret_id.startswith("arn:"):
+        name = secret_id.split(":secret:", 1)[-1]
+        return name[:-7] if len(name) > 7 and name[-7] == "-" else name
+    return secret_id
+
+
+class SecretsManagerBundleStore:
+    """A trust bundle as one Secrets Manager secret. secret_id: name or ARN; kms_key_id: KMS key
+    for a secret created here; client: a boto3 client (default: from the AWS environment)."""
+
+    def __init__(self, secret_id: str, *, kms_key_id: str | None = None, client: Any = None) -> None:
+        self.secret_id, self.kms_key_id = secret_id, kms_key_id
+        self.public_id = f"{_name_of(secret_id)}.public"
+        self.description = f"secretsmanager://{secret_id}"
+        self._client = client
+        self._region = secret_id.split(":")[3] if secret_id.startswith("arn:") else None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = aws.client("secretsmanager", self._region)
+        return self._client
+
+    def labels(self) -> dict[str, str]:
+        return {item: f"{self.description} item {item}" for item in STORE_ITEMS}
+
+    def _get(self, secret_id: str, doing: str) -> tuple[dict[str, bytes], str] | None:
+        try:
+            r = self.client.get_secret_value(SecretId=secret_id, VersionStage=CURRENT)
+        except aws.sdk_errors() as e:
+            if aws.error_code(e) == "ResourceNotFoundException":
+                return None
+            raise aws.unavailable(e, f"secretsmanager://{secret_id}", doing) from None
+        if "SecretString" not in r:
+            text: str | bytes = r.get("SecretBinary", b"")
+        else:
+            text = r["SecretString"]
+        return decode_document(text, f"secretsmanager://{secret_id}"), r["VersionId"]
+
+    def load(self) -> StoredBundle | None:
+        got = self._get(self.secret_id, "read the trust bundle")
+        if got is None:
+            return None
+        stored = StoredBundle(*got)
+        self._repair_public(stored)
+        return stored
+
+    def load_public(self) -> StoredBundle | None:
+        got = self._get(self.public_id, "read the public part of the trust bundle")
+        return None if got is None else StoredBundle(*got)
+
+    def create(self, items: Mapping[str, bytes]) -> bool:
+        args: dict[str, Any] = {
+            "Name": self.secret_id,
+            "SecretString": encode_document(items),
+            "ClientRequestToken": str(uuid.uuid4()),
+            "Description": "sentryca trust bundle (trust anchors, issuer chain and keys)",
+        }
+        if self.kms_key_id:
+            args["KmsKeyId"] = self.kms_key_id
+        try:
+            self.client.create_secret(**args)
+        except aws.sdk_errors() as e:
+            code = aws.error_code(e)
+            if code == "ResourceExistsException":
+                return False
+            if code == "InvalidRequestException" and "deletion" in str(e):
+                raise Unavailable(
+                    f"{self.description}: the secret is scheduled for deletion; restore it "
+                    "(RestoreSecret) or choose another name",
+                    reason="store_misconfigured",
+                ) from None
+            raise aws.unavailable(e, self.description, "create the trust bundle") from None
+        self._write_public(items)
+        return True
+
+    def replace(self, items: Mapping[str, bytes], expected_version: str) -> bool:
+        token = str(uuid.uuid4())
+        try:
+            self.client.put_secret_value(
+                SecretId=self.secret_id,
+                SecretString=encode_document(items),
+                ClientRequestToken=token,
+                VersionStages=[PENDING],
+            )
+        except aws.sdk_errors() as e:
+            if aws.error_code(e) == "ResourceNotFoundException":
+                return False
+            raise aws.unavailable(e, self.description, "stage the new trust bundle") from None
+        try:
+            self.client.update_secret_version_stage(
+                SecretId=self.secret_id,
+                VersionStage=CURRENT,
+                MoveToVersionId=token,
+                RemoveFromVersionId=expected_version,
+            )
+        except aws.sdk_errors() as e:
+            # AWSCURRENT is no longer on expected_version: another writer won. The staged
+            # version keeps only the PENDING label, which the next replace moves away.
+            if aws.error_code(e) in ("InvalidParameterException", "ResourceNotFoundException"):
+                self._unstage(token)  # the loser's version keeps no label; AWS deprecates it
+                return False
+            raise aws.unavailable(e, self.description, "make the new trust bundle current") from None
+        self._unstage(token)
+        self._write_public(items)
+        return True
+
+    def _unstage(self, token: str) -> None:
+        try:
+            self.client.update_secret_version_stage(
+                SecretId=self.secret_id, VersionStage=PENDING, RemoveFromVersionId=token
+            )
+        except Exception as e:  # noqa: BLE001 - cosmetic: a PENDING label never serves
+            log.debug("could not remove %s from %s: %s", PENDING, token, e)
+
+    def _write_public(self, items: Mapping[str, bytes]) -> None:
+        text = encode_document({k: items[k] for k in PUBLIC_ITEMS if k in items})
+        try:
+            try:
+                self.client.put_secret_value(SecretId=self.public_id, SecretString=text)
+            except aws.sdk_errors() as e:
+                if aws.error_code(e) != "ResourceNotFoundException":
+                    raise
+                self.client.create_secret(
+                    Name=self.public_id,
+                    SecretString=text,
+                    Description="sentryca trust bundle, public part (trust anchors and issuer chain)",
+                )
+        except Exception as e:  # noqa: BLE001 - the public part is derived and repaired on load
+            log.warning(
+                "%s", aws.unavailable(e, f"secretsmanager://{self.public_id}", "write the public part")
+            )
+
+    def _repair_public(self, stored: StoredBundle) -> None:
+        want = {k: stored.items[k] for k in PUBLIC_ITEMS if k in stored.items}
+        try:
+            got = self._get(self.public_id, "read the public part of the trust bundle")
+        except Unavailable as e:
+            log.warning("%s", e)
+            return
+        except Exception:  # noqa: BLE001 - a damaged derived copy is simply rewritten
+            got = None
+        if got is not None and got[0] == want:
+            return
+        log.info("repairing the public part secretsmanager://%s from the bundle", self.public_id)
+        self._write_public(stored.items)

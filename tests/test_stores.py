@@ -1,0 +1,316 @@
+"""Every store kind (file, S3, Secrets Manager on a moto server over loopback HTTP): load-or-store,
+conditional create and replace, races between processes, refusals leaving data untouched, faults."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import TEST_BUCKET, aws_client, make_bundle, snapshot
+from cryptography.hazmat.primitives import serialization
+
+from ca_core.bundle import parse_bundle, parse_public_bundle
+from ca_core.errors import BundleError, Unavailable
+from ca_core.keys import KeyAlgorithm
+from ca_core.stores import Retry, encode_document, load_or_create, open_store
+
+KINDS = ["file", "s3", "secretsmanager"]
+
+
+class Kit:
+    """A fresh, empty store of one kind, with raw (adapter-free) access for damage and snapshots."""
+
+    def __init__(self, kind: str, tmp_path: Path, endpoint: str | None) -> None:
+        self.kind, self.endpoint, tag = kind, endpoint, uuid.uuid4().hex[:10]
+        if kind == "file":
+            self.dir = tmp_path / f"store-{tag}"
+            self.url = f"file://{self.dir}"
+        elif kind == "s3":
+            self.key = f"bundles/{tag}.json"
+            self.url = f"s3://{TEST_BUCKET}/{self.key}"
+        else:
+            self.name = f"sentryca/{tag}"
+            self.url = f"secretsmanager://{self.name}"
+
+    def store(self):
+        return open_store(self.url)
+
+    def write_raw(self, items: dict[str, bytes] | bytes) -> None:
+        """Put data in the store the way an operator or another tool would."""
+        if self.kind == "file":
+            self.dir.mkdir(exist_ok=True)
+            for name, data in dict(items).items():  # type: ignore[arg-type]
+                (self.dir / name).write_bytes(data)
+            return
+        body = items if isinstance(items, bytes) else encode_document(items).encode()
+        if self.kind == "s3":
+            aws_client("s3", self.endpoint).put_object(Bucket=TEST_BUCKET, Key=self.key, Body=body)
+        else:
+            sm = aws_client("secretsmanager", self.endpoint)
+            try:
+                sm.create_secret(Name=self.name, SecretString=body.decode())
+            except sm.exceptions.ResourceExistsException:
+                sm.put_secret_value(SecretId=self.name, SecretString=body.decode())
+
+    def raw(self) -> object:
+        """Everything stored, byte for byte, with the backend's version marker."""
+        if self.kind == "file":
+            return snapshot(self.dir) if self.dir.exists() else None
+        if self.kind == "s3":
+            s3 = aws_client("s3", self.endpoint)
+            versions = s3.list_object_versions(Bucket=TEST_BUCKET, Prefix=self.key).get("Versions", [])
+            body = s3.get_object(Bucket=TEST_BUCKET, Key=self.key)["Body"].read()
+            return body, sorted(v["VersionId"] for v in versions if v["Key"] == self.key)
+        sm = aws_client("secretsmanager", self.endpoint)
+        cur = sm.get_secret_value(SecretId=self.name, VersionStage="AWSCURRENT")
+        stages = sm.describe_secret(SecretId=self.name)["VersionIdsToStages"]
+        labelled = {v: s for v, s in stages.items() if s}  # a version without a label never serves
+        return cur["SecretString"], cur["VersionId"], labelled
+
+
+@pytest.fixture(params=KINDS)
+def kit(request, tmp_path):
+    endpoint = None
+    if request.param != "file":
+        endpoint = request.getfixturevalue("aws_env")["AWS_ENDPOINT_URL"]
+    return Kit(request.param, tmp_path, endpoint)
+
+
+def test_empty_store_gets_one_bundle_then_loads_it(kit):
+    store = kit.store()
+    assert store.load() is None and store.load_public() is None
+    b1, v1, created1 = load_or_create(store, make_bundle)
+    b2, v2, created2 = load_or_create(kit.store(), make_bundle)
+    assert (created1, created2) == (True, False)
+    assert b1.trust_anchors == b2.trust_anchors and b1.root_key is not None and v1 == v2
+    public = store.load_public()
+    assert set(public.items) == {"ca.crt", "issuer.crt"}  # no key in the public part
+    assert parse_public_bundle(public.items).trust_anchors == b1.trust_anchors
+
+
+def test_create_is_conditional_and_replace_compares_versions(kit):
+    store = kit.store()
+    first, second = make_bundle().to_items(), make_bundle().to_items()
+    assert store.create(first)
+    before = kit.raw()
+    assert not store.create(second)
+    assert kit.raw() == before
+    v1 = store.load().version
+    third = make_bundle().to_items()
+    assert store.replace(third, v1)
+    assert dict(store.load().items) == third and store.load().version != v1
+    stale = kit.raw()
+    assert not store.replace(second, v1)  # someone else replaced it since v1 was read
+    assert kit.raw() == stale
+    assert store.load_public().items == {k: third[k] for k in ("ca.crt", "issuer.crt")}
+
+
+def test_rotation_state_item_is_kept(kit):
+    store = kit.store()
+    items = make_bundle().to_items() | {"rotation.json": b'{"active": "root-1"}\n'}
+    assert store.create(items)
+    assert dict(store.load().items) == items
+    assert parse_bundle(store.load().items).root_key is not None
+
+
+def _sec1(pem: bytes) -> bytes:
+    key = serialization.load_pem_private_key(pem, None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.mark.parametrize(
+    "algorithm, key_format",
+    [(KeyAlgorithm.ED25519, "pkcs8"), (KeyAlgorithm.ECDSA_P256, "sec1"), (KeyAlgorithm.ECDSA_P384, "pkcs8")],
+)
+def test_bundles_as_dapr_sentry_writes_them_load(kit, algorithm, key_format):
+    """Dapr's Sentry writes ca.crt, issuer.crt, issuer.key (no root key); older versions SEC1 keys."""
+    items = make_bundle(algorithm=algorithm).to_items()
+    del items["root.key"]
+    if key_format == "sec1":
+        items["issuer.key"] = _sec1(items["issuer.key"])
+        assert items["issuer.key"].startswith(b"-----BEGIN EC PRIVATE KEY")
+    kit.write_raw(items)
+    before = kit.raw()
+    bundle, _, created = load_or_create(kit.store(), make_bundle)
+    assert not created and bundle.anchors_pem == items["ca.crt"] and bundle.root_key is None
+    assert kit.raw() == before
+
+
+def _damaged(kind: str):
+    good = make_bundle().to_items()
+    other = make_bundle().to_items()
+    cases = {
+        "missing issuer.key": ({k: v for k, v in good.items() if k != "issuer.key"}, "missing"),
+        "corrupt ca.crt": (good | {"ca.crt": b"not a certificate"}, "ca.crt"),
+        "mismatched key": (good | {"issuer.key": other["issuer.key"]}, "does not match"),
+        "issuer of another root": (good | {"issuer.crt": other["issuer.crt"]}, "does not verify"),
+        "only the root key": ({"root.key": good["root.key"]}, "missing"),
+    }
+    if kind != "file":
+        cases["not JSON"] = (b"\x00garbage", "JSON")
+        cases["unknown item"] = (encode_document(good).replace('"ca.crt"', '"ca.pem"').encode(), "unknown")
+    return cases
+
+
+@pytest.mark.parametrize("case", [*_damaged("file"), "not JSON", "unknown item"])
+def test_partial_or_corrupt_bundle_is_refused_and_left_byte_identical(kit, case):
+    cases = _damaged(kit.kind)
+    if case not in cases:
+        pytest.skip("a directory has no single document to corrupt")
+    data, words = cases[case]
+    kit.write_raw(data)
+    before = kit.raw()
+    generated = []
+    with pytest.raises(BundleError) as e:
+        load_or_create(kit.store(), lambda: generated.append(1) or make_bundle())
+    assert words in str(e.value) and kit.url.split("://", 1)[1].split("?")[0] in str(e.value)
+    assert not generated
+    assert kit.raw() == before
+
+
+# -- races between processes --------------------------------------------------------------------
+
+
+def _race_worker(urls: list[str], env: dict[str, str], barrier, results) -> None:
+    os.environ.update(env)
+    for round_no, url in enumerate(urls):
+        barrier.wait()
+        bundle, _, created = load_or_create(open_store(url), make_bundle)
+        results.put((round_no, bundle.anchors_pem, created))
+
+
+@pytest.mark.slow
+def test_eight_processes_racing_on_an_empty_store_end_with_one_bundle(kit, request):
+    env = request.getfixturevalue("aws_env") if kit.kind != "file" else {}
+    rounds, n = 3, 8
+    kits = [
+        Kit(kit.kind, Path(str(kit.dir.parent)) if kit.kind == "file" else Path(), kit.endpoint)
+        for _ in range(rounds)
+    ]
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [
+        ctx.Process(target=_race_worker, args=([k.url for k in kits], env, barrier, results))
+        for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in range(n * rounds)]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    for round_no, k in enumerate(kits):
+        mine = [(anchors, created) for r, anchors, created in outcomes if r == round_no]
+        assert len(mine) == n
+        assert sum(created for _, created in mine) == 1, f"round {round_no}: not exactly one creator"
+        assert len({anchors for anchors, _ in mine}) == 1, f"round {round_no}: replicas disagree"
+        assert k.store().load().items["ca.crt"] == mine[0][0]
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["s3", "secretsmanager"])
+def test_unreachable_store_is_retried_with_backoff_then_reported_never_generated(kind, aws_env, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    url = f"s3://{TEST_BUCKET}/k.json" if kind == "s3" else "secretsmanager://unreachable"
+    delays, generated = [], []
+    retry = Retry(sleep=delays.append, random=lambda: 1.0, attempts=4, base_delay=0.5, max_delay=1.5)
+    with pytest.raises(Unavailable) as e:
+        load_or_create(open_store(url), lambda: generated.append(1) or make_bundle(), retry)
+    assert e.value.reason == "store_unreachable" and "gave up after 4 attempts" in str(e.value)
+    assert delays == [0.5, 1.0, 1.5]  # exponential, capped (jitter drawn as 1.0 here)
+    assert not generated
+
+
+@pytest.mark.parametrize("kind", ["s3", "secretsmanager"])
+def test_missing_credentials_are_reported_as_such_without_retries(kind, aws_env, monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    url = f"s3://{TEST_BUCKET}/k.json" if kind == "s3" else "secretsmanager://nocreds"
+    delays, generated = [], []
+    with pytest.raises(Unavailable) as e:
+        load_or_create(
+            open_store(url), lambda: generated.append(1) or make_bundle(), Retry(delays.append, lambda: 1.0)
+        )
+    assert e.value.reason == "store_denied" and "credentials" in str(e.value)
+    assert not delays and not generated
+
+
+def test_a_missing_bucket_is_a_configuration_problem(aws_env):
+    delays = []
+    with pytest.raises(Unavailable) as e:
+        load_or_create(
+            open_store("s3://no-such-bucket-here/k.json"), make_bundle, Retry(delays.append, lambda: 1.0)
+        )
+    assert e.value.reason == "store_misconfigured" and "NoSuchBucket" in str(e.value) and not delays
+
+
+# -- backend specifics ------------------------------------------------------------------------------
+
+
+def test_s3_objects_are_encrypted_and_the_public_part_is_repaired(aws_env):
+    endpoint = aws_env["AWS_ENDPOINT_URL"]
+    s3 = aws_client("s3", endpoint)
+    store = open_store(f"s3://{TEST_BUCKET}/kms.json?kms-key-id=alias/sentryca")
+    assert store.create(make_bundle().to_items())
+    head = s3.head_object(Bucket=TEST_BUCKET, Key="kms.json")
+    assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"].endswith("alias/sentryca")
+    public = s3.get_object(Bucket=TEST_BUCKET, Key="kms.json.public")
+    assert public["ServerSideEncryption"] == "AES256"
+    assert set(json.loads(public["Body"].read())) == {"ca.crt", "issuer.crt"}
+    plain = open_store(f"s3://{TEST_BUCKET}/sse-s3.json")
+    assert plain.create(make_bundle().to_items())
+    assert s3.head_object(Bucket=TEST_BUCKET, Key="sse-s3.json")["ServerSideEncryption"] == "AES256"
+    s3.put_object(Bucket=TEST_BUCKET, Key="sse-s3.json.public", Body=b"stale")
+    loaded = plain.load()
+    assert plain.load_public().items == {k: loaded.items[k] for k in ("ca.crt", "issuer.crt")}
+    assert plain.load_public().version == loaded.version
+
+
+def test_secrets_manager_keeps_the_previous_bundle_and_uses_the_kms_key(aws_env):
+    sm = aws_client("secretsmanager", aws_env["AWS_ENDPOINT_URL"])
+    store = open_store("secretsmanager://sentryca/with-kms?kms-key-id=alias/sentryca")
+    first, second = make_bundle().to_items(), make_bundle().to_items()
+    assert store.create(first)
+    assert sm.describe_secret(SecretId="sentryca/with-kms")["KmsKeyId"].endswith("alias/sentryca")
+    v1 = store.load().version
+    assert store.replace(second, v1)
+    stages = sm.describe_secret(SecretId="sentryca/with-kms")["VersionIdsToStages"]
+    assert stages[v1] == ["AWSPREVIOUS"]
+    previous = sm.get_secret_value(SecretId="sentryca/with-kms", VersionStage="AWSPREVIOUS")
+    assert json.loads(previous["SecretString"])["ca.crt"].encode() == first["ca.crt"]
+    public = sm.get_secret_value(SecretId="sentryca/with-kms.public", VersionStage="AWSCURRENT")
+    assert json.loads(public["SecretString"]) == {k: second[k].decode() for k in ("ca.crt", "issuer.crt")}
+
+
+def test_secrets_manager_arn_names_the_public_secret(aws_env):
+    sm = aws_client("secretsmanager", aws_env["AWS_ENDPOINT_URL"])
+    arn = sm.create_secret(Name="sentryca/by-arn", SecretString=encode_document(make_bundle().to_items()))[
+        "ARN"
+    ]
+    store = open_store(f"secretsmanager://{arn}")
+    bundle, _, created = load_or_create(store, make_bundle)
+    assert not created
+    assert (
+        store.load_public().items["ca.crt"] == bundle.anchors_pem
+    )  # sentryca/by-arn.public, repaired on load
