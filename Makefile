@@ -11,7 +11,7 @@ GENERATED := src/sentryca_proto/sentry/v1
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "python -m venv failed (on Debian: apt-get install python3-venv)"; exit 1; }
 
 $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -e .

@@ -21,6 +21,11 @@ from .spiffe_id import namespace_problem, trust_domain_problem
 from .stores.files import FileNames
 
 MODES = ("auto", "kubernetes", "standalone")
+# Bounds that keep every certificate date computable and every setting sane; leaves are capped by
+# the issuer's NotAfter anyway.
+MAX_WORKLOAD_TTL = timedelta(days=3650)
+MAX_CLOCK_SKEW = timedelta(hours=24)
+MAX_EXPIRY_CHECK_INTERVAL = timedelta(days=30)
 
 
 def _bool(text: str) -> bool:
@@ -84,7 +89,7 @@ class Option:
 
 SERVE_OPTIONS: tuple[Option, ...] = (
     Option("port", _port, "gRPC port (default 50001)"),
-    Option("listen-address", str, "gRPC bind address (default 127.0.0.1)"),
+    Option("listen-address", str, "bind address of gRPC, /healthz and /metrics (default 127.0.0.1)"),
     Option("healthz-port", _port, "HTTP port of /healthz and /livez (default 8080)"),
     Option("metrics-port", _port, "Prometheus metrics port (default 9090)"),
     Option("enable-metrics", _bool, "serve Prometheus metrics (default true)"),
@@ -106,6 +111,11 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "expiry-check-interval",
         parse_duration,
         "how often the watcher checks root/issuer expiry (default 1h)",
+    ),
+    Option(
+        "allow-insecure-on-network",
+        _bool,
+        "allow the INSECURE validator on a non-loopback --listen-address (default false)",
     ),
     Option("log-level", _log_level, "debug, info, warn, error (default info)"),
     Option("log-as-json", _bool, "log JSON lines (default false)"),
@@ -177,6 +187,7 @@ class Config:
     expiry_check_interval: timedelta = timedelta(hours=1)
     log_level: str = "info"
     log_as_json: bool = False
+    allow_insecure_on_network: bool = False
     issuer_credentials: str = "./.sentry/credentials"
     trust_bundle_store: str | None = None
     issuer_ca_filename: str = "ca.crt"
@@ -243,7 +254,10 @@ def read_config_file(text: str, path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    mtls = ((doc.get("spec") or {}).get("mtls")) or {}
+    spec = doc.get("spec") or {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: spec must be a mapping")
+    mtls = spec.get("mtls") or {}
     if not isinstance(mtls, dict):
         raise ConfigError(f"{path}: spec.mtls must be a mapping")
     out: dict[str, Any] = {}
@@ -358,12 +372,12 @@ def _validated(cfg: Config) -> Config:
         problems.append(f"--trust-domain: {p}")
     if p := namespace_problem(cfg.namespace):
         problems.append(f"NAMESPACE: {p}")
-    if cfg.workload_cert_ttl <= timedelta(0):
-        problems.append("--workload-cert-ttl must be positive")
-    if cfg.allowed_clock_skew < timedelta(0):
-        problems.append("--allowed-clock-skew must not be negative")
-    if cfg.expiry_check_interval <= timedelta(0):
-        problems.append("--expiry-check-interval must be positive")
+    if not timedelta(0) < cfg.workload_cert_ttl <= MAX_WORKLOAD_TTL:
+        problems.append("--workload-cert-ttl must be positive and at most 87600h (10 years)")
+    if not timedelta(0) <= cfg.allowed_clock_skew <= MAX_CLOCK_SKEW:
+        problems.append("--allowed-clock-skew must be between 0s and 24h")
+    if not timedelta(0) < cfg.expiry_check_interval <= MAX_EXPIRY_CHECK_INTERVAL:
+        problems.append("--expiry-check-interval must be positive and at most 720h (30 days)")
     for name in (cfg.issuer_ca_filename, cfg.issuer_certificate_filename, cfg.issuer_key_filename):
         if not name or "/" in name or name in (".", ".."):
             problems.append(f"file name {name!r} must be a plain file name")

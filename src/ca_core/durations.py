@@ -44,7 +44,10 @@ def parse_duration(text: str) -> timedelta:
             )
         total += float(m.group(1)) * _UNITS_US[m.group(2)]
         pos = m.end()
-    return timedelta(microseconds=round(sign * total))
+    try:
+        return timedelta(microseconds=round(sign * total))
+    except OverflowError:
+        raise ValueError(f"invalid duration {text!r}: too large") from None
 
 
 def format_duration(delta: timedelta) -> str:

@@ -118,7 +118,9 @@ class Signer:
         sid = identity.spiffe_id
         if sid.app_id == CA_APP_ID and sid.namespace == self.policy.namespace:
             raise PermissionDenied(
-                f"{sid} is the CA's own identity and cannot be requested", reason="reserved_identity"
+                f"{sid}: {CA_APP_ID} in the CA's namespace {sid.namespace!r} is reserved for the CA's own "
+                "identity and cannot be requested",
+                reason="reserved_identity",
             )
 
     def issue(

@@ -12,10 +12,12 @@ Exit codes: 0 success; 1 the CA refused or could not be reached; 2 bad usage or 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +56,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.critical("cannot start the CA: %s", e)
         return 1
     host = "localhost" if cfg.listen_address in _LOCAL_OR_ANY else cfg.listen_address
+    if cfg.log_as_json:
+        pass  # JSON lines only: the start-up log line says where the CA serves
+    elif ca.grpc_port is None:
+        print(
+            f"\nThe CA is NOT serving gRPC: {ca.server_certificate_error}.\n"
+            f"  Health:        http://{host}:{ca.healthz_port}/healthz (503, says what is not ready)\n"
+            "Repair or import the trust bundle, then restart the CA. Stop with Ctrl-C.\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        _print_banner(cfg, ca, host)
+    stop.wait()
+    log.info("signal received: stopping")
+    ca.stop()
+    return 0
+
+
+def _print_banner(cfg, ca, host: str) -> None:
     if cfg.store_url.startswith("file://"):
         anchors = str(Path(cfg.store_url[len("file://") :]) / cfg.issuer_ca_filename)
         export = ""
@@ -71,10 +92,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    stop.wait()
-    log.info("signal received: stopping")
-    ca.stop()
-    return 0
 
 
 def _client_args(p: argparse.ArgumentParser, with_csr: bool) -> None:
@@ -105,28 +122,76 @@ def _client_args(p: argparse.ArgumentParser, with_csr: bool) -> None:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Replace ``path`` atomically with a fresh file of ``mode`` (never an existing file's mode,
+    never through a symlink left at a temporary name)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _existing_key_conflict(out: Path, csr_key: object) -> str | None:
+    """Why OUT/tls.key must not be left beside the new certificate, or None."""
+    from cryptography.hazmat.primitives import serialization
+
+    key_file = out / "tls.key"
+    if not key_file.exists():
+        return None
+    try:
+        existing = serialization.load_pem_private_key(key_file.read_bytes(), password=None).public_key()
+    except (OSError, ValueError, TypeError):
+        return f"{key_file} exists and is not a readable private key"
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if existing.public_bytes(*spki) != csr_key.public_bytes(*spki):  # type: ignore[attr-defined]
+        return (
+            f"{key_file} holds another key than the CSR's: the new certificate would not match it. "
+            "Choose another --out, or remove that file"
+        )
+    return None
 
 
 def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | None) -> int:
     import grpc
+    from cryptography import x509
+
+    from ca_core.csr import csr_public_key
+    from ca_core.errors import InvalidRequest
 
     from . import client
 
     try:
         validator = TokenValidatorKind.parse(args.token_validator)
     except ValueError as e:
-        print(f"error: --token-validator: {e}", file=sys.stderr)
-        return 2
+        return _fail(f"--token-validator: {e}", 2)
     try:
         anchors = Path(args.trust_anchors).read_bytes()
+        x509.load_pem_x509_certificates(anchors)
     except OSError as e:
-        print(f"error: --trust-anchors {args.trust_anchors}: {e.strerror}", file=sys.stderr)
-        return 2
+        return _fail(f"--trust-anchors {args.trust_anchors}: {e.strerror}", 2)
+    except ValueError:
+        return _fail(f"--trust-anchors {args.trust_anchors}: not a PEM file of certificates", 2)
+    try:
+        csr_key = csr_public_key(csr_pem)
+    except InvalidRequest as e:
+        return _fail(f"--csr: {e}", 2)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return _fail(f"--out {out}: {e.strerror or e}", 2)
+    if key_pem is None and (conflict := _existing_key_conflict(out, csr_key)):
+        return _fail(conflict, 2)
     try:
         with client.channel(args.server, anchors, args.server_name) as chan:
             response = client.sign(
@@ -139,19 +204,31 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
                 token_validator=int(validator),
                 timeout=args.timeout,
             )
-        signed = client.verify_response(response, anchors)
+        signed = client.verify_response(
+            response,
+            anchors,
+            namespace=args.namespace,
+            app_id=args.id,
+            trust_domain=args.trust_domain or None,
+            public_key=csr_key,
+        )
     except grpc.RpcError as e:
-        print(f"error: the CA refused: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
+        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return _fail(
+                f"cannot reach the CA at {args.server}, or its TLS certificate does not verify against "
+                f"--trust-anchors {args.trust_anchors} ({e.code().name}: {e.details()})",
+                1,
+            )
+        return _fail(f"the CA refused: {e.code().name}: {e.details()}", 1)
     except client.VerifyError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if key_pem is not None:
-        _write(out / "tls.key", key_pem, 0o600)
-    _write(out / "tls.crt", signed.chain_pem, 0o644)
-    _write(out / "ca.crt", signed.anchors_pem, 0o644)
+        return _fail(f"{e}; nothing was written", 1)
+    try:
+        if key_pem is not None:
+            _write(out / "tls.key", key_pem, 0o600)
+        _write(out / "tls.crt", signed.chain_pem, 0o644)
+        _write(out / "ca.crt", signed.anchors_pem, 0o644)
+    except OSError as e:
+        return _fail(f"--out {out}: cannot write ({e.strerror or e})", 2)
     print(
         f"{signed.spiffe_id}\nvalid until {signed.valid_until.isoformat()}\nwritten to {out}/"
         f"{{tls.crt,ca.crt{',tls.key' if key_pem else ''}}}"
@@ -186,7 +263,10 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ca_core.bundle import parse_public_bundle
+    """Exit 0 when the whole bundle is usable, 1 when it is empty or unusable; the public part
+    (anchors, issuer) is shown whenever it can be read, with the time each has left."""
+    from ca_core.bundle import parse_bundle, parse_public_bundle
+    from ca_core.errors import BundleError, Unavailable
     from ca_core.stores import open_store
 
     cfg = _config(args)
@@ -200,15 +280,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"store: {store.description} (version {stored.version[:12]})")
     for f in check_expiry(public.anchors_pem, public.issuer_chain_pem, now):
         state = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
-        left = f.remaining
-        days, hours = (
-            (int(left.total_seconds() // 86400), int(left.total_seconds() % 86400 // 3600))
-            if left
-            else (0, 0)
-        )
         not_after = f.not_after.isoformat() if f.not_after else "?"
-        print(f"{f.role:6} {state:15} {days}d {hours}h left  NotAfter {not_after}  {f.subject}")
+        print(f"{f.role:6} {state:15} {_time_left(f.remaining):>20}  NotAfter {not_after}  {f.subject}")
+    try:
+        whole = store.load()
+        if whole is None:
+            raise BundleError("the keys are missing")
+        parse_bundle(whole.items, store.labels())
+    except Unavailable as e:
+        print(f"bundle: the keys cannot be read here ({e}); only the public part was checked")
+        return 0
+    except BundleError as e:
+        print(f"bundle: UNUSABLE: {e}")
+        return 1
+    print("bundle: complete (anchors, issuer chain and key match)")
     return 0
+
+
+def _time_left(left) -> str:
+    if left is None:
+        return "?"
+    seconds = int(left.total_seconds())
+    days, hours = abs(seconds) // 86400, abs(seconds) % 86400 // 3600
+    return f"{days}d {hours}h left" if seconds > 0 else f"expired {days}d {hours}h ago"
 
 
 def _store(args: argparse.Namespace):

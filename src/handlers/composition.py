@@ -5,6 +5,7 @@ The server, the CLI (and later the serverless handlers) all build through here.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import time
@@ -13,6 +14,7 @@ from datetime import datetime
 
 from ca_core.bundle import TrustBundle, generate_bundle
 from ca_core.config import Config
+from ca_core.errors import BundleError, ConfigError
 from ca_core.service import Signer, SigningPolicy
 from ca_core.stores import BundleStore, Retry, load_or_create, open_store
 from ca_core.validators import InsecureValidator, TokenValidatorKind, Validator
@@ -41,6 +43,36 @@ def build_store(cfg: Config) -> BundleStore:
     return open_store(cfg.store_url, cfg.file_names)
 
 
+def listens_on_loopback_only(cfg: Config) -> bool:
+    """True when ``--listen-address`` is ``localhost`` or a loopback IP (127.0.0.0/8, ::1)."""
+    address = cfg.listen_address.strip("[]")
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def check_insecure_allowed(cfg: Config) -> None:
+    """INSECURE signs for anyone who asks: on an address reachable from a network it needs the
+    explicit opt-in ``--allow-insecure-on-network`` (SPEC §6). Raises ConfigError otherwise."""
+    if listens_on_loopback_only(cfg):
+        return
+    if not cfg.allow_insecure_on_network:
+        raise ConfigError(
+            f"--listen-address {cfg.listen_address} is reachable from a network, and the only token "
+            "validator would be INSECURE, which signs any identity for anyone who asks. Configure a "
+            "JWKS validator (--config) or kubernetes mode, or opt in explicitly with "
+            "--allow-insecure-on-network true"
+        )
+    log.warning(
+        "the INSECURE validator is enabled on %s (--allow-insecure-on-network): any caller that "
+        "reaches this address can obtain any workload identity",
+        cfg.listen_address,
+    )
+
+
 def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], TokenValidatorKind | None]:
     """Enabled validators and the default one (SPEC §6, §7; Sentry's selection rules).
 
@@ -59,6 +91,7 @@ def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], 
         validators[TokenValidatorKind.KUBERNETES] = KubernetesValidator(api, ca_identity, cfg.token_audience)
         default = TokenValidatorKind.KUBERNETES
     elif cfg.jwks is None:
+        check_insecure_allowed(cfg)
         validators[TokenValidatorKind.INSECURE] = InsecureValidator()
         default = TokenValidatorKind.INSECURE
     if cfg.jwks is not None:
@@ -80,11 +113,22 @@ class LoadedBundle:
     created: bool
 
 
-def load_bundle(cfg: Config, store: BundleStore, now: datetime) -> LoadedBundle:
-    """Load the store's bundle, or generate one (SPEC §4) when the store is empty (SPEC §5)."""
+def load_bundle(
+    cfg: Config, store: BundleStore, now: datetime, *, create_if_empty: bool = True
+) -> LoadedBundle:
+    """Load the store's bundle, or generate one (SPEC §4) when the store is empty (SPEC §5).
+
+    create_if_empty=False (a restart) raises BundleError for an empty store instead: a new CA is
+    only ever made at a first start or by an explicit operator verb.
+    """
     policy = signing_policy(cfg)
 
     def generate() -> TrustBundle:
+        if not create_if_empty:
+            raise BundleError(
+                f"{store.description} holds no trust bundle; a restart never creates a new CA "
+                "(start the CA, or use `sentryca bundle init`, to create one)"
+            )
         log.info(
             "no trust bundle in %s: generating a new root and issuer (%s)",
             store.description,
@@ -96,7 +140,12 @@ def load_bundle(cfg: Config, store: BundleStore, now: datetime) -> LoadedBundle:
     return LoadedBundle(bundle, version, created)
 
 
-def build_signer(cfg: Config, bundle: TrustBundle) -> Signer:
-    """A Signer over ``bundle`` with the validators and policy of ``cfg``."""
-    validators, default = build_validators(cfg)
-    return Signer(bundle, signing_policy(cfg), validators, default)
+def build_signer(
+    cfg: Config,
+    bundle: TrustBundle,
+    validators: tuple[dict[TokenValidatorKind, Validator], TokenValidatorKind | None] | None = None,
+) -> Signer:
+    """A Signer over ``bundle`` with the policy of ``cfg`` and ``validators`` (enabled, default),
+    built from ``cfg`` when not given."""
+    enabled, default = validators if validators is not None else build_validators(cfg)
+    return Signer(bundle, signing_policy(cfg), enabled, default)

@@ -37,6 +37,8 @@ class HttpEndpoints:
         routes = dict(routes)
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 5  # seconds: an idle or slow client cannot hold a thread forever
+
             def do_GET(self) -> None:
                 route = routes.get(self.path.split("?", 1)[0])
                 if route is None:
@@ -76,7 +78,7 @@ class HttpEndpoints:
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"http-{self.port}", daemon=True
+            target=self._server.serve_forever, args=(0.1,), name=f"http-{self.port}", daemon=True
         )
 
     def start(self) -> HttpEndpoints:

@@ -22,10 +22,10 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca_core.bundle import certificates_pem
+from ca_core.bundle import TrustBundle, certificates_pem
 from ca_core.certs import check_issuer_valid, sign_workload
 from ca_core.config import Config
-from ca_core.errors import CAError, FailedPrecondition
+from ca_core.errors import BundleError, CAError, FailedPrecondition
 from ca_core.expiry import ExpiryFinding, check_expiry
 from ca_core.keys import private_key_pem
 from ca_core.service import Signer
@@ -46,6 +46,22 @@ MAX_REQUEST_BYTES = 64 * 1024  # SPEC §3 step 0
 
 class AlreadyRunning(RuntimeError):
     """``start`` was called on a running CA."""
+
+
+class NotRunning(RuntimeError):
+    """An operation that needs a running CA was called on an idle one."""
+
+
+def check_trust_continuity(current: TrustBundle, new: TrustBundle, where: str) -> None:
+    """Refuse a replacement bundle whose trust anchors drop the current active root (SPEC §5):
+    every workload holding a current certificate would stop being trusted. Raises BundleError."""
+    active_root = current.anchor_for(current.issuer_chain[-1])
+    if active_root is not None and active_root not in new.trust_anchors:
+        raise BundleError(
+            f"the trust bundle in {where} does not include the active root "
+            f"({active_root.subject.rfc4514_string()}); applying it would break every workload "
+            "holding a current certificate. Rotate the root instead, or force the change explicitly"
+        )
 
 
 def utc_now() -> datetime:
@@ -131,7 +147,8 @@ class CertificateAuthority:
 
     def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
         self._clock = clock
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # start/stop/restart
+        self._swap_lock = threading.Lock()  # the state in force and its server certificate
         self._state: _State | None = None
         self._server: grpc.Server | None = None
         self._http: list[HttpEndpoints] = []
@@ -154,15 +171,20 @@ class CertificateAuthority:
         return self._state is not None
 
     @property
+    def server_certificate_error(self) -> str | None:
+        """Why the CA's own TLS certificate could not be issued, or None."""
+        return self._server_cert_error
+
+    @property
     def config(self) -> Config | None:
         return self._state.config if self._state else None
 
     @property
     def signer(self) -> Signer:
-        """The signer in force (raises RuntimeError when idle)."""
+        """The signer in force (raises NotRunning when idle)."""
         state = self._state
         if state is None:
-            raise RuntimeError("the CA is not running")
+            raise NotRunning("the CA is not running")
         return state.signer
 
     def start(self, config: Config) -> None:
@@ -174,22 +196,34 @@ class CertificateAuthority:
         with self._lock:
             if self._state is not None:
                 raise AlreadyRunning("the CA is already running")
-            state = self._build_state(config)
-            try:
-                self._renew_server_certificate(state)
-                self._serve(state)
-            except BaseException:
-                self._shutdown(grace=0)
-                raise
-            log.info(
-                "CA started: gRPC %s:%s (TLS), healthz :%s%s; trust domain %s; trust anchors in %s",
-                config.listen_address,
-                self.grpc_port,
+            self._start_with(self._build_state(config))
+
+    def _start_with(self, state: _State) -> None:
+        config = state.config
+        try:
+            self._install_server_certificate(state, self._issue_server_certificate(state))
+            self._serve(state)
+        except BaseException:
+            self._shutdown(grace=0)
+            raise
+        if self.grpc_port is None:
+            log.error(
+                "CA started WITHOUT gRPC (%s): healthz :%s reports why; trust anchors in %s",
+                self._server_cert_error,
                 self.healthz_port,
-                f", metrics :{self.metrics_port}" if self.metrics_port else "",
-                config.trust_domain,
                 state.store.description,
             )
+            return
+        log.info(
+            "CA started: gRPC %s:%s (TLS), healthz :%s%s; trust domain %s; trust anchors in %s",
+            config.listen_address,
+            self.grpc_port,
+            self.healthz_port,
+            f", metrics :{self.metrics_port}" if self.metrics_port else "",
+            config.trust_domain,
+            state.store.description,
+        )
+        log.debug("configuration: %s", config.describe())
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop serving: in-flight calls get ``grace`` seconds; returns when everything has
@@ -200,31 +234,41 @@ class CertificateAuthority:
             self._shutdown(grace)
             log.info("CA stopped")
 
-    def restart(self, config: Config) -> None:
-        """Apply ``config``. If it cannot be built (bad bundle or settings) the running CA keeps
-        serving its current state and the error is raised. Same listeners → in-place swap; else
-        stop, then start."""
+    def restart(self, config: Config, *, force: bool = False) -> None:
+        """Apply ``config`` (SPEC §8). The new state is built first; if it cannot be (bad bundle or
+        settings, an empty store) the running CA keeps serving its current state and the error is
+        raised. A bundle whose trust anchors drop the active root is refused unless ``force``
+        (trust continuity, SPEC §5). Same listeners → in-place swap; else stop, then start."""
         with self._lock:
             old = self._state
             if old is None:
                 self.start(config)
                 return
+            new = self._build_state(config, previous=old, create_if_empty=force)
+            if not force:
+                check_trust_continuity(old.signer.bundle, new.signer.bundle, new.store.description)
             if _listeners(old.config) != _listeners(config):
                 self.stop()
-                self.start(config)
+                self._start_with(new)
                 return
-            new = self._build_state(config, previous=old)
-            self._renew_server_certificate(new)
-            self._state = new
+            cert = self._issue_server_certificate(new)
+            with self._swap_lock:
+                self._state = new
+                if cert is not None:
+                    self._server_cert = cert
             log.info("CA restarted in place with the new configuration")
             self._check_expiry(new)
 
-    def _build_state(self, config: Config, previous: _State | None = None) -> _State:
+    def _build_state(
+        self, config: Config, previous: _State | None = None, *, create_if_empty: bool = True
+    ) -> _State:
         store = composition.build_store(config)
-        loaded = composition.load_bundle(config, store, self._clock())
+        # Validators first: a configuration that cannot run must not leave a new CA in the store.
+        validators = composition.build_validators(config)
+        loaded = composition.load_bundle(config, store, self._clock(), create_if_empty=create_if_empty)
         if loaded.created:
             log.info("generated a new trust bundle in %s", store.description)
-        signer = composition.build_signer(config, loaded.bundle)
+        signer = composition.build_signer(config, loaded.bundle, validators)
         if previous is not None and previous.signer.bundle.issuer != loaded.bundle.issuer:
             self.metrics.issuer_changed.inc()
         state = _State(config, store, signer, loaded.version)
@@ -247,6 +291,7 @@ class CertificateAuthority:
 
     def _serve(self, state: _State) -> None:
         cfg = state.config
+        self._state = state  # before the first call can arrive
         if self._server_cert is not None:
             initial = self._cert_config(self._server_cert)
             creds = grpc.dynamic_ssl_server_credentials(initial, self._fetch_cert_config)
@@ -272,7 +317,6 @@ class CertificateAuthority:
             self._server, self.grpc_port = server, port
         else:
             log.error("gRPC server not started: %s", self._server_cert_error)
-        self._state = state
         health = HttpEndpoints(
             cfg.listen_address,
             cfg.healthz_port,
@@ -331,20 +375,32 @@ class CertificateAuthority:
         self._served_cert = current
         return self._cert_config(current)
 
-    def _renew_server_certificate(self, state: _State) -> None:
+    def _issue_server_certificate(self, state: _State) -> ServerCertificate | None:
+        """A new server certificate for ``state``, or None (error recorded and counted)."""
         try:
-            self._server_cert = issue_server_certificate(state.signer, state.config, self._clock())
-            self._server_cert_error = None
-            log.info(
-                "server certificate issued for %s (signed by the %s, valid until %s)",
-                state.signer.policy.ca_identity,
-                self._server_cert.signed_by,
-                self._server_cert.not_after.isoformat(),
-            )
+            cert = issue_server_certificate(state.signer, state.config, self._clock())
         except CAError as e:
             self.metrics.servercert_issue_failed.inc()
             self._server_cert_error = f"cannot issue the server certificate: {e}"
             log.error("%s", self._server_cert_error)
+            return None
+        self._server_cert_error = None
+        log.info(
+            "server certificate issued for %s (signed by the %s, valid until %s)",
+            state.signer.policy.ca_identity,
+            cert.signed_by,
+            cert.not_after.isoformat(),
+        )
+        return cert
+
+    def _install_server_certificate(self, state: _State, cert: ServerCertificate | None) -> bool:
+        """Make ``cert`` the one served, unless ``state`` is no longer the state in force (a restart
+        swapped it meanwhile) or there is no certificate. Returns whether it was installed."""
+        with self._swap_lock:
+            if cert is None or (self._state is not None and self._state is not state):
+                return False
+            self._server_cert = cert
+            return True
 
     # --- health and expiry -----------------------------------------------------------------
 
@@ -393,7 +449,7 @@ class CertificateAuthority:
         """Run the expiry rule now (SPEC §8): log each finding at its level, update gauges."""
         state = self._state
         if state is None:
-            raise RuntimeError("the CA is not running")
+            raise NotRunning("the CA is not running")
         return self._check_expiry(state)
 
     def _check_expiry(self, state: _State) -> list[ExpiryFinding]:
@@ -407,18 +463,20 @@ class CertificateAuthority:
         """One round of background upkeep at the clock's now: the expiry check when due, the
         server certificate's renewal when due (at half its life; after a failure, again a minute
         later, the old certificate staying in use). Returns when the next round is due.
-        Raises RuntimeError when the CA is not running."""
+        Raises NotRunning when the CA is not running."""
         state = self._state
         if state is None:
-            raise RuntimeError("the CA is not running")
+            raise NotRunning("the CA is not running")
         now = self._clock()
         if now >= self._next_expiry_check:
             self._check_expiry(state)
             self._next_expiry_check = now + state.config.expiry_check_interval
         due = self._renewal_due()
         if due is not None and now >= due:
-            self._renew_server_certificate(state)
-            self._renew_retry_at = now + timedelta(minutes=1) if self._server_cert_error else None
+            cert = self._issue_server_certificate(state)
+            self._install_server_certificate(state, cert)
+            # On failure the old certificate stays in use; try again in a minute.
+            self._renew_retry_at = now + timedelta(minutes=1) if cert is None else None
         due = self._renewal_due()
         return self._next_expiry_check if due is None else min(self._next_expiry_check, due)
 
@@ -430,7 +488,7 @@ class CertificateAuthority:
         while True:
             try:
                 wake = self.maintain()
-            except RuntimeError:
+            except NotRunning:
                 return
             except Exception:
                 log.exception("background upkeep failed; retrying in a minute")
