@@ -15,6 +15,7 @@ def api_client(kubeconfig: str | None) -> Any:
     in-cluster service account. The client does no retries of its own (callers bound each call
     with a timeout and decide what to retry). Raises ConfigError when neither configuration can
     be loaded. Nothing is contacted yet."""
+    import yaml
     from kubernetes import client, config
 
     configuration = client.Configuration()
@@ -23,7 +24,7 @@ def api_client(kubeconfig: str | None) -> Any:
             config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         else:
             config.load_incluster_config(client_configuration=configuration)
-    except (config.ConfigException, OSError, ValueError, TypeError, KeyError) as e:
+    except (config.ConfigException, yaml.YAMLError, OSError, ValueError, TypeError, KeyError) as e:
         where = f"--kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster configuration"
         hint = "" if kubeconfig else " (outside a cluster, give --kubeconfig)"
         raise ConfigError(f"cannot load {where}: {e}{hint}") from None
