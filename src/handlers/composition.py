@@ -38,7 +38,7 @@ def store_retry() -> Retry:
 
 def build_store(cfg: Config) -> BundleStore:
     """The configured trust-bundle store (raises ConfigError for an unusable URL)."""
-    return open_store(cfg.store_url, cfg.file_names)
+    return open_store(cfg.store_url, cfg.file_names, kubeconfig=cfg.kubeconfig)
 
 
 def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], TokenValidatorKind | None]:
