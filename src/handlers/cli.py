@@ -59,7 +59,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         export = ""
     else:
         anchors = "./trust/ca.crt"
-        export = f"  .venv/bin/sentryca bundle export --trust-bundle-store '{cfg.store_url}' --out ./trust\n"
+        kube = (
+            f" --kubeconfig '{cfg.kubeconfig}'"
+            if cfg.kubeconfig and cfg.store_url.startswith("kubernetes:")
+            else ""
+        )
+        export = (
+            f"  .venv/bin/sentryca bundle export --trust-bundle-store '{cfg.store_url}'{kube} --out ./trust\n"
+        )
     print(
         f"\nThe CA is serving on {cfg.listen_address}:{ca.grpc_port} (gRPC over TLS).\n"
         f"  Trust bundle:  {cfg.store_url}\n"
