@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -204,3 +206,27 @@ def aws_client(service: str, endpoint: str):
     import boto3
 
     return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", **_DUMMY_KEYS)
+
+
+# -- Kubernetes store: the loopback fake API server (tests/kube_api_server.py) ---------------------
+
+KUBE_NAMESPACE = "sentryca-test"
+
+
+@dataclass
+class KubeApi:
+    """A running fake API server and a kubeconfig file pointing at it."""
+
+    server: Any
+    kubeconfig: str
+
+
+@pytest.fixture(scope="session")
+def kube_api(tmp_path_factory) -> Iterator[KubeApi]:
+    """One fake Kubernetes API server on 127.0.0.1 for the session; it requires the bearer token
+    of the kubeconfig. Tests that force failures start their own server instead."""
+    from kube_api_server import KubeApiServer
+
+    with KubeApiServer(bearer_token="sentryca-test-token") as server:
+        path = server.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
+        yield KubeApi(server, str(path))

@@ -25,6 +25,9 @@ Every write bumps one server-wide resourceVersion (a decimal string, as Kubernet
 - ``bearer_token``: when set, requests without ``Authorization: Bearer <it>`` get 401;
 - ``handle(method, group_version, plural, fn)``: a handler for a resource that is not stored,
   e.g. TokenReview creation (see :class:`TokenReviews`); ``fn(ApiRequest) -> (status, body)``.
+  A handler may instead return None to let the store serve the request after it ran: that is
+  how a test puts another writer between a client's read and its write (``fn`` may call
+  ``put``/``delete``; see :meth:`KubeApiServer.before`).
 
 ``requests`` records every request (method, path, parsed JSON body) for assertions.
 
@@ -128,7 +131,7 @@ class KubeApiServer:
 
     def __post_init__(self) -> None:
         self._objects: dict[Key, dict] = {}
-        self._handlers: dict[tuple[str, str, str], Callable[[ApiRequest], tuple[int, Any]]] = {}
+        self._handlers: dict[tuple[str, str, str], Callable[[ApiRequest], tuple[int, Any] | None]] = {}
         self._failures: list[_Failure] = []
         self._lock = threading.Lock()
         self._rv = itertools.count(1)
@@ -239,10 +242,28 @@ class KubeApiServer:
     # --- hooks --------------------------------------------------------------------------------
 
     def handle(
-        self, method: str, group_version: str, plural: str, fn: Callable[[ApiRequest], tuple[int, Any]]
+        self,
+        method: str,
+        group_version: str,
+        plural: str,
+        fn: Callable[[ApiRequest], tuple[int, Any] | None],
     ):
-        """Serve ``method`` on ``group_version``/``plural`` with ``fn`` instead of the store."""
+        """Serve ``method`` on ``group_version``/``plural`` with ``fn`` instead of the store
+        (``fn`` returning None: the store serves the request after ``fn`` ran)."""
         self._handlers[(method.upper(), group_version, plural)] = fn
+
+    def before(self, method: str, group_version: str, plural: str, fn: Callable[[ApiRequest], None]) -> None:
+        """Run ``fn(request)`` once, before the store serves the next ``method`` on
+        ``group_version``/``plural`` (e.g. a concurrent writer's ``put``); later requests are
+        served as usual."""
+        done = threading.Event()
+
+        def once(req: ApiRequest) -> None:
+            if not done.is_set():
+                done.set()
+                fn(req)
+
+        self.handle(method, group_version, plural, once)
 
     def fail(
         self,
@@ -310,8 +331,9 @@ class KubeApiServer:
             self._send(h, 404, status_body(404, "NotFound", f"no route for {path}"))
             return
         handler = self._handlers.get((h.command, gv, plural))
-        if handler is not None:
-            code, out = handler(req)
+        answer = handler(req) if handler is not None else None
+        if answer is not None:
+            code, out = answer
             self._send(h, code, out)
             return
         code, out = self._crud(req)

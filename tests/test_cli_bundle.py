@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import TEST_BUCKET, make_bundle, snapshot, write_bundle
+from conftest import KUBE_NAMESPACE, TEST_BUCKET, make_bundle, snapshot, write_bundle
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -37,12 +37,25 @@ def store_url(kind: str, tmp_path: Path) -> str:
         "file": f"file://{tmp_path / tag}",
         "s3": f"s3://{TEST_BUCKET}/cli/{tag}.json",
         "secretsmanager": f"secretsmanager://sentryca/cli-{tag}",
+        "kubernetes": f"kubernetes://{KUBE_NAMESPACE}/cli-{tag}",
     }[kind]
 
 
-@pytest.fixture(params=["file", "s3", "secretsmanager"])
+@pytest.fixture(params=["file", "s3", "secretsmanager", "kubernetes"])
 def kind_env(request):
-    return request.param, ({} if request.param == "file" else request.getfixturevalue("aws_env"))
+    """(store kind, environment for the CLI): AWS variables for moto, SENTRY_KUBECONFIG for the
+    fake Kubernetes API."""
+    if request.param == "file":
+        return request.param, {}
+    if request.param == "kubernetes":
+        return request.param, {"SENTRY_KUBECONFIG": request.getfixturevalue("kube_api").kubeconfig}
+    return request.param, request.getfixturevalue("aws_env")
+
+
+def store_of(url: str, env: dict[str, str]):
+    """The store at ``url`` opened in this process as the CLI opens it with ``env`` (the AWS
+    variables are already set here by the ``aws_env`` fixture)."""
+    return open_store(url, kubeconfig=env.get("SENTRY_KUBECONFIG"))
 
 
 def test_serve_on_each_store_kind_signs_a_csr_end_to_end(kind_env, tmp_path):
@@ -132,8 +145,7 @@ def test_bundle_import_verifies_keeps_trust_continuity_and_force_overrides(kind_
     first = _pem_files(tmp_path / "first", make_bundle(), sec1=True)
     r = run("bundle", "import", "--trust-bundle-store", url, *_import_args(first), env=env)
     assert r.returncode == 0, r.stderr
-    os.environ.update(env)
-    store = open_store(url)
+    store = store_of(url, env)
     before = store.load()
     assert before.items["ca.crt"] == first["ca.crt"].read_bytes() and "root.key" not in before.items
     assert before.items["issuer.key"].startswith(b"-----BEGIN PRIVATE KEY")  # normalised to PKCS#8
@@ -164,17 +176,16 @@ def test_bundle_regenerate_keeps_a_backup_in_another_store(kind_env, tmp_path):
     kind, env = kind_env
     url, backup = store_url(kind, tmp_path), store_url(kind, tmp_path)
     assert run("bundle", "init", "--trust-bundle-store", url, env=env).returncode == 0
-    os.environ.update(env)
-    old = open_store(url).load()
+    old = store_of(url, env).load()
     r = run("bundle", "regenerate", "--trust-bundle-store", url, "--backup-to", backup, env=env)
     assert r.returncode == 0, r.stderr
-    assert dict(open_store(backup).load().items) == dict(old.items)
-    assert open_store(url).load().items["ca.crt"] != old.items["ca.crt"]
+    assert dict(store_of(backup, env).load().items) == dict(old.items)
+    assert store_of(url, env).load().items["ca.crt"] != old.items["ca.crt"]
     # The backup store is not empty any more: a second regenerate is refused, nothing changes.
-    current = open_store(url).load()
+    current = store_of(url, env).load()
     r = run("bundle", "regenerate", "--trust-bundle-store", url, "--backup-to", backup, env=env)
     assert r.returncode == 1 and "not empty" in r.stderr
-    assert open_store(url).load() == current
+    assert store_of(url, env).load() == current
 
 
 def test_regenerate_replaces_a_damaged_file_store_only_when_asked(tmp_path):

@@ -133,8 +133,13 @@ def test_damaged_bundle_is_refused_and_left_untouched(tmp_path, damage, words):
 def test_unknown_and_unavailable_schemes_are_clear():
     from ca_core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="not available in this version"):
-        open_store("kubernetes://dapr-system/dapr-trust-bundle")
+    assert open_store("kubernetes://dapr-system/dapr-trust-bundle").description == (
+        "kubernetes://dapr-system/dapr-trust-bundle"
+    )  # no I/O yet: the client is built on first use
+    with pytest.raises(ConfigError, match="not a valid Secret name"):
+        open_store("kubernetes://dapr-system/Trust_Bundle")
+    with pytest.raises(ConfigError, match="unknown option"):
+        open_store("kubernetes://dapr-system/dapr-trust-bundle?x=1")
     with pytest.raises(ConfigError, match="NAMESPACE/SECRET"):
         open_store("kubernetes://dapr-system")
     with pytest.raises(ConfigError, match="unknown scheme"):

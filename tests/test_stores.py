@@ -1,8 +1,10 @@
-"""Every store kind (file, S3, Secrets Manager on a moto server over loopback HTTP): load-or-store,
-conditional create and replace, races between processes, refusals leaving data untouched, faults."""
+"""Every store kind (file; S3 and Secrets Manager on a moto server over loopback HTTP; Kubernetes
+Secret on the loopback fake API server): load-or-store, conditional create and replace, races
+between processes, refusals leaving data untouched, faults."""
 
 from __future__ import annotations
 
+import base64
 import json
 import multiprocessing
 import os
@@ -10,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import TEST_BUCKET, aws_client, make_bundle, snapshot
+from conftest import KUBE_NAMESPACE, TEST_BUCKET, aws_client, make_bundle, snapshot
 from cryptography.hazmat.primitives import serialization
 
 from ca_core.bundle import parse_bundle, parse_public_bundle
@@ -18,33 +20,49 @@ from ca_core.errors import BundleError, Unavailable
 from ca_core.keys import KeyAlgorithm
 from ca_core.stores import Retry, encode_document, load_or_create, open_store
 
-KINDS = ["file", "s3", "secretsmanager"]
+KINDS = ["file", "s3", "secretsmanager", "kubernetes"]
 
 
 class Kit:
-    """A fresh, empty store of one kind, with raw (adapter-free) access for damage and snapshots."""
+    """A fresh, empty store of one kind, with raw (adapter-free) access for damage and snapshots.
+    endpoint: the moto server (AWS kinds); kube: the fake API server (``conftest.KubeApi``)."""
 
-    def __init__(self, kind: str, tmp_path: Path, endpoint: str | None) -> None:
-        self.kind, self.endpoint, tag = kind, endpoint, uuid.uuid4().hex[:10]
+    def __init__(self, kind: str, tmp_path: Path, endpoint: str | None, kube=None) -> None:
+        self.kind, self.endpoint, self.kube, tag = kind, endpoint, kube, uuid.uuid4().hex[:10]
+        self.kubeconfig = kube.kubeconfig if kube is not None else None
         if kind == "file":
             self.dir = tmp_path / f"store-{tag}"
             self.url = f"file://{self.dir}"
         elif kind == "s3":
             self.key = f"bundles/{tag}.json"
             self.url = f"s3://{TEST_BUCKET}/{self.key}"
-        else:
+        elif kind == "secretsmanager":
             self.name = f"sentryca/{tag}"
             self.url = f"secretsmanager://{self.name}"
+        else:
+            self.name = f"bundle-{tag}"
+            self.url = f"kubernetes://{KUBE_NAMESPACE}/{self.name}"
 
     def store(self):
-        return open_store(self.url)
+        return open_store(self.url, kubeconfig=self.kubeconfig)
 
     def write_raw(self, items: dict[str, bytes] | bytes) -> None:
-        """Put data in the store the way an operator or another tool would."""
+        """Put data in the store the way an operator or another tool would (for Kubernetes:
+        Dapr's layout, the Secret plus a ConfigMap holding only ``ca.crt``)."""
         if self.kind == "file":
             self.dir.mkdir(exist_ok=True)
             for name, data in dict(items).items():  # type: ignore[arg-type]
                 (self.dir / name).write_bytes(data)
+            return
+        if self.kind == "kubernetes":
+            items = dict(items)  # type: ignore[arg-type]
+            data = {k: base64.b64encode(v).decode() for k, v in items.items()}
+            meta = {"name": self.name, "labels": {"app": "dapr-sentry"}}
+            self.kube.server.put(
+                "v1", "secrets", KUBE_NAMESPACE, {"metadata": meta, "type": "Opaque", "data": data}
+            )
+            cm = {"ca.crt": items["ca.crt"].decode(errors="replace")} if "ca.crt" in items else {}
+            self.kube.server.put("v1", "configmaps", KUBE_NAMESPACE, {"metadata": meta, "data": cm})
             return
         body = items if isinstance(items, bytes) else encode_document(items).encode()
         if self.kind == "s3":
@@ -56,10 +74,28 @@ class Kit:
             except sm.exceptions.ResourceExistsException:
                 sm.put_secret_value(SecretId=self.name, SecretString=body.decode())
 
+    def write_empty(self) -> None:
+        """Kubernetes only: an empty Secret and ConfigMap, as Dapr's Helm chart creates them."""
+        meta = {"name": self.name, "labels": {"app": "dapr-sentry"}}
+        self.kube.server.put("v1", "secrets", KUBE_NAMESPACE, {"metadata": meta, "type": "Opaque"})
+        self.kube.server.put("v1", "configmaps", KUBE_NAMESPACE, {"metadata": meta})
+
+    def source_of_truth(self) -> object:
+        """The bundle as stored, byte for byte, with the backend's version marker (for
+        Kubernetes the Secret; its ConfigMap is a derived copy)."""
+        if self.kind == "kubernetes":
+            return self.kube.server.get("v1", "secrets", KUBE_NAMESPACE, self.name)
+        return self.raw()
+
     def raw(self) -> object:
         """Everything stored, byte for byte, with the backend's version marker."""
         if self.kind == "file":
             return snapshot(self.dir) if self.dir.exists() else None
+        if self.kind == "kubernetes":
+            get = self.kube.server.get
+            return get("v1", "secrets", KUBE_NAMESPACE, self.name), get(
+                "v1", "configmaps", KUBE_NAMESPACE, self.name
+            )
         if self.kind == "s3":
             s3 = aws_client("s3", self.endpoint)
             versions = s3.list_object_versions(Bucket=TEST_BUCKET, Prefix=self.key).get("Versions", [])
@@ -74,10 +110,12 @@ class Kit:
 
 @pytest.fixture(params=KINDS)
 def kit(request, tmp_path):
-    endpoint = None
-    if request.param != "file":
+    endpoint = kube = None
+    if request.param in ("s3", "secretsmanager"):
         endpoint = request.getfixturevalue("aws_env")["AWS_ENDPOINT_URL"]
-    return Kit(request.param, tmp_path, endpoint)
+    if request.param == "kubernetes":
+        kube = request.getfixturevalue("kube_api")
+    return Kit(request.param, tmp_path, endpoint, kube)
 
 
 def test_empty_store_gets_one_bundle_then_loads_it(kit):
@@ -138,10 +176,10 @@ def test_bundles_as_dapr_sentry_writes_them_load(kit, algorithm, key_format):
         items["issuer.key"] = _sec1(items["issuer.key"])
         assert items["issuer.key"].startswith(b"-----BEGIN EC PRIVATE KEY")
     kit.write_raw(items)
-    before = kit.raw()
+    before = kit.source_of_truth()
     bundle, _, created = load_or_create(kit.store(), make_bundle)
     assert not created and bundle.anchors_pem == items["ca.crt"] and bundle.root_key is None
-    assert kit.raw() == before
+    assert kit.source_of_truth() == before
 
 
 def _damaged(kind: str):
@@ -154,7 +192,7 @@ def _damaged(kind: str):
         "issuer of another root": (good | {"issuer.crt": other["issuer.crt"]}, "does not verify"),
         "only the root key": ({"root.key": good["root.key"]}, "missing"),
     }
-    if kind != "file":
+    if kind in ("s3", "secretsmanager"):
         cases["not JSON"] = (b"\x00garbage", "JSON")
         cases["unknown item"] = (encode_document(good).replace('"ca.crt"', '"ca.pem"').encode(), "unknown")
     return cases
@@ -164,7 +202,7 @@ def _damaged(kind: str):
 def test_partial_or_corrupt_bundle_is_refused_and_left_byte_identical(kit, case):
     cases = _damaged(kit.kind)
     if case not in cases:
-        pytest.skip("a directory has no single document to corrupt")
+        pytest.skip(f"a {kit.kind} store has no single document to corrupt")
     data, words = cases[case]
     kit.write_raw(data)
     before = kit.raw()
@@ -179,26 +217,28 @@ def test_partial_or_corrupt_bundle_is_refused_and_left_byte_identical(kit, case)
 # -- races between processes --------------------------------------------------------------------
 
 
-def _race_worker(urls: list[str], env: dict[str, str], barrier, results) -> None:
+def _race_worker(urls: list[str], env: dict[str, str], kubeconfig: str | None, barrier, results) -> None:
     os.environ.update(env)
     for round_no, url in enumerate(urls):
         barrier.wait()
-        bundle, _, created = load_or_create(open_store(url), make_bundle)
+        bundle, _, created = load_or_create(open_store(url, kubeconfig=kubeconfig), make_bundle)
         results.put((round_no, bundle.anchors_pem, created))
 
 
 @pytest.mark.slow
 def test_eight_processes_racing_on_an_empty_store_end_with_one_bundle(kit, request):
-    env = request.getfixturevalue("aws_env") if kit.kind != "file" else {}
+    env = request.getfixturevalue("aws_env") if kit.kind in ("s3", "secretsmanager") else {}
     rounds, n = 3, 8
     kits = [
-        Kit(kit.kind, Path(str(kit.dir.parent)) if kit.kind == "file" else Path(), kit.endpoint)
+        Kit(kit.kind, Path(str(kit.dir.parent)) if kit.kind == "file" else Path(), kit.endpoint, kit.kube)
         for _ in range(rounds)
     ]
+    if kit.kind == "kubernetes":
+        kits[1].write_empty()  # one round against an empty Secret (Dapr's Helm chart), the others absent
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(n), ctx.Queue()
     procs = [
-        ctx.Process(target=_race_worker, args=([k.url for k in kits], env, barrier, results))
+        ctx.Process(target=_race_worker, args=([k.url for k in kits], env, kit.kubeconfig, barrier, results))
         for _ in range(n)
     ]
     for p in procs:
@@ -213,6 +253,7 @@ def test_eight_processes_racing_on_an_empty_store_end_with_one_bundle(kit, reque
         assert sum(created for _, created in mine) == 1, f"round {round_no}: not exactly one creator"
         assert len({anchors for anchors, _ in mine}) == 1, f"round {round_no}: replicas disagree"
         assert k.store().load().items["ca.crt"] == mine[0][0]
+        assert k.store().load_public().items["ca.crt"] == mine[0][0]  # the public part agrees
 
 
 # -- faults ---------------------------------------------------------------------------------------

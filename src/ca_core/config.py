@@ -96,7 +96,6 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("trust-domain", str, "the CA's (control-plane) trust domain (default localhost)"),
     Option("mode", _mode, "auto, kubernetes or standalone: selects the default validators (default auto)"),
     Option("config", str, "YAML file in the shape of Dapr's Configuration (spec.mtls.*)"),
-    Option("kubeconfig", str, "kubeconfig file for the Kubernetes API (default: in-cluster config)"),
     Option(
         "token-audience",
         _audiences,
@@ -127,11 +126,18 @@ STORE_OPTIONS: tuple[Option, ...] = (
         "trust-bundle-store",
         str,
         "file://DIR (default: file:// + --issuer-credentials), s3://BUCKET/KEY, secretsmanager://NAME-OR-ARN "
-        "(both with optional ?kms-key-id=KEY)",
+        "(both with optional ?kms-key-id=KEY), kubernetes://NAMESPACE/SECRET",
     ),
-    Option("issuer-ca-filename", str, "trust anchors file name (default ca.crt)"),
-    Option("issuer-certificate-filename", str, "issuer certificate file name (default issuer.crt)"),
-    Option("issuer-key-filename", str, "issuer key file name (default issuer.key)"),
+    Option(
+        "kubeconfig",
+        str,
+        "kubeconfig file for the Kubernetes API (validator, kubernetes:// store; default: in-cluster)",
+    ),
+    Option("issuer-ca-filename", str, "trust anchors file name / Secret key (default ca.crt)"),
+    Option(
+        "issuer-certificate-filename", str, "issuer certificate file name / Secret key (default issuer.crt)"
+    ),
+    Option("issuer-key-filename", str, "issuer key file name / Secret key (default issuer.key)"),
 )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError, PermissionDenied, Unavailable
+from .errors import PermissionDenied, Unavailable
 from .spiffe_id import DEFAULT_TRUST_DOMAIN, SpiffeId, trust_domain_problem
 from .validators import Identity, SignRequest, TokenValidatorKind, check_common
 
@@ -150,22 +150,12 @@ class KubernetesApi:
     def connect(
         cls, kubeconfig: str | None, request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     ) -> KubernetesApi:
-        """Client from ``kubeconfig`` (a file) or the in-cluster service account. Raises
-        ConfigError when neither can be loaded. Nothing is contacted yet."""
-        from kubernetes import client, config
+        """Client from ``kubeconfig`` (a file) or the in-cluster service account
+        (:func:`kube_client.api_client`). Raises ConfigError when neither can be loaded. Nothing
+        is contacted yet."""
+        from .kube_client import api_client
 
-        configuration = client.Configuration()
-        try:
-            if kubeconfig:
-                config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-            else:
-                config.load_incluster_config(client_configuration=configuration)
-        except (config.ConfigException, OSError, ValueError, TypeError, KeyError) as e:
-            where = f"--kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster configuration"
-            hint = "" if kubeconfig else " (outside a cluster, give --kubeconfig)"
-            raise ConfigError(f"cannot load {where}: {e}{hint}") from None
-        configuration.retries = False  # one attempt per call: the timeout is the bound
-        return cls(client.ApiClient(configuration), request_timeout)
+        return cls(api_client(kubeconfig), request_timeout)
 
     def close(self) -> None:
         self._client.close()

@@ -80,7 +80,14 @@ def _print_banner(cfg, ca, host: str) -> None:
         export = ""
     else:
         anchors = "./trust/ca.crt"
-        export = f"  .venv/bin/sentryca bundle export --trust-bundle-store '{cfg.store_url}' --out ./trust\n"
+        kube = (
+            f" --kubeconfig '{cfg.kubeconfig}'"
+            if cfg.kubeconfig and cfg.store_url.startswith("kubernetes:")
+            else ""
+        )
+        export = (
+            f"  .venv/bin/sentryca bundle export --trust-bundle-store '{cfg.store_url}'{kube} --out ./trust\n"
+        )
     print(
         f"\nThe CA is serving on {cfg.listen_address}:{ca.grpc_port} (gRPC over TLS).\n"
         f"  Trust bundle:  {cfg.store_url}\n"
@@ -270,7 +277,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from ca_core.stores import open_store
 
     cfg = _config(args)
-    store = open_store(cfg.store_url, cfg.file_names)
+    store = open_store(cfg.store_url, cfg.file_names, kubeconfig=cfg.kubeconfig)
     stored = store.load_public()
     if stored is None:
         print(f"{store.description}: empty (no trust bundle yet; `sentryca serve` creates one)")
@@ -436,7 +443,7 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
     from .composition import signing_policy, store_retry
 
     cfg, store = _store(args)
-    backup = open_store(args.backup_to, cfg.file_names)
+    backup = open_store(args.backup_to, cfg.file_names, kubeconfig=cfg.kubeconfig)
     current = store_retry().run(f"read {store.description}", store.load)
     if current is None:
         print(f"error: {store.description} is empty; use `bundle init`", file=sys.stderr)

@@ -40,7 +40,7 @@ def store_retry() -> Retry:
 
 def build_store(cfg: Config) -> BundleStore:
     """The configured trust-bundle store (raises ConfigError for an unusable URL)."""
-    return open_store(cfg.store_url, cfg.file_names)
+    return open_store(cfg.store_url, cfg.file_names, kubeconfig=cfg.kubeconfig)
 
 
 def listens_on_loopback_only(cfg: Config) -> bool:

@@ -1,14 +1,16 @@
 """Trust-bundle stores: the ``BundleStore`` port (``base``) and one module per backend.
 
 The URL of ``--trust-bundle-store`` selects the adapter (see :func:`open_store`): ``file://DIR``
-(``files``), ``s3://BUCKET/KEY`` (``s3``), ``secretsmanager://NAME-OR-ARN`` (``secretsmanager``);
-``kubernetes://NAMESPACE/SECRET`` is parsed and validated here and gets its adapter later.
-The AWS adapters import boto3 lazily.
+(``files``), ``s3://BUCKET/KEY`` (``s3``), ``secretsmanager://NAME-OR-ARN`` (``secretsmanager``),
+``kubernetes://NAMESPACE/SECRET`` (``kubernetes_secret``). The AWS adapters import boto3 lazily,
+the Kubernetes adapter the ``kubernetes`` client.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlparse
 
 from ..errors import ConfigError
@@ -22,12 +24,24 @@ __all__ = [
     "FileBundleStore",
     "FileNames",
     "Retry",
+    "StoreContext",
     "StoredBundle",
     "decode_document",
     "encode_document",
     "load_or_create",
     "open_store",
 ]
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """What an adapter may need besides its URL: ``file_names``, the item names of the file and
+    Kubernetes stores (``--issuer-*-filename``); ``kubeconfig``, the Kubernetes API access of the
+    Kubernetes store (a kubeconfig file, or None for the in-cluster service account)."""
+
+    file_names: FileNames = field(default_factory=FileNames)
+    kubeconfig: str | None = None
+
 
 SCHEMES = "file://DIR, s3://BUCKET/KEY, secretsmanager://NAME-OR-ARN or kubernetes://NAMESPACE/SECRET"
 
@@ -50,17 +64,17 @@ def _only(url: str, options: dict[str, str], allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"trust bundle store {url!r}: unknown option(s) {', '.join(unknown)}{hint}")
 
 
-def _file(url: str, names: FileNames) -> BundleStore:
+def _file(url: str, ctx: StoreContext) -> BundleStore:
     parsed = urlparse(url)
     path = (parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else parsed.path
     if not path:
         raise ConfigError(
             f"trust bundle store {url!r}: file:// needs a directory, e.g. file://./.sentry/credentials"
         )
-    return FileBundleStore(path, names)
+    return FileBundleStore(path, ctx.file_names)
 
 
-def _s3(url: str, names: FileNames) -> BundleStore:
+def _s3(url: str, ctx: StoreContext) -> BundleStore:
     from .s3 import S3BundleStore
 
     rest, options = _split(url, "s3")
@@ -73,7 +87,7 @@ def _s3(url: str, names: FileNames) -> BundleStore:
     return S3BundleStore(bucket, key, kms_key_id=options.get("kms-key-id") or None)
 
 
-def _secretsmanager(url: str, names: FileNames) -> BundleStore:
+def _secretsmanager(url: str, ctx: StoreContext) -> BundleStore:
     from .secretsmanager import SecretsManagerBundleStore
 
     rest, options = _split(url, "secretsmanager")
@@ -83,7 +97,13 @@ def _secretsmanager(url: str, names: FileNames) -> BundleStore:
     return SecretsManagerBundleStore(rest, kms_key_id=options.get("kms-key-id") or None)
 
 
-def _kubernetes(url: str, names: FileNames) -> BundleStore:
+# A Secret's name: a DNS subdomain (RFC 1123), as the Kubernetes API validates it.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _kubernetes(url: str, ctx: StoreContext) -> BundleStore:
+    from .kubernetes_secret import KubernetesSecretBundleStore
+
     rest, options = _split(url, "kubernetes")
     _only(url, options, ())
     namespace, _, secret = rest.partition("/")
@@ -91,14 +111,16 @@ def _kubernetes(url: str, names: FileNames) -> BundleStore:
         raise ConfigError(f"trust bundle store {url!r}: use kubernetes://NAMESPACE/SECRET")
     if p := namespace_problem(namespace):
         raise ConfigError(f"trust bundle store {url!r}: namespace: {p}")
-    raise ConfigError(
-        f"trust bundle store {url!r}: the Kubernetes Secret store is not available in this version; "
-        "use file://, s3:// or secretsmanager://"
-    )
+    if len(secret) > 253 or not _DNS_SUBDOMAIN.match(secret):
+        raise ConfigError(
+            f"trust bundle store {url!r}: {secret!r} is not a valid Secret name (lower-case letters, "
+            "digits, '-' and '.', at most 253 characters, e.g. dapr-trust-bundle)"
+        )
+    return KubernetesSecretBundleStore(namespace, secret, ctx.file_names, kubeconfig=ctx.kubeconfig)
 
 
-# scheme → factory(url, file names). The Kubernetes adapter replaces its entry.
-FACTORIES: dict[str, Callable[[str, FileNames], BundleStore]] = {
+# scheme → factory(url, context).
+FACTORIES: dict[str, Callable[[str, StoreContext], BundleStore]] = {
     "file": _file,
     "s3": _s3,
     "secretsmanager": _secretsmanager,
@@ -106,15 +128,17 @@ FACTORIES: dict[str, Callable[[str, FileNames], BundleStore]] = {
 }
 
 
-def open_store(url: str, file_names: FileNames | None = None) -> BundleStore:
+def open_store(
+    url: str, file_names: FileNames | None = None, *, kubeconfig: str | None = None
+) -> BundleStore:
     """The store for ``url``: ``file://DIR`` (relative or absolute), ``s3://BUCKET/KEY``,
     ``secretsmanager://NAME-OR-ARN`` (both with optional ``?kms-key-id=KEY``),
-    ``kubernetes://NAMESPACE/SECRET``. ``file_names``: item names in the file (and Kubernetes)
-    stores. Creating a store does no I/O. Raises ConfigError for a malformed URL or a scheme
-    this version does not support.
+    ``kubernetes://NAMESPACE/SECRET``. ``file_names``: item names in the file and Kubernetes
+    stores; ``kubeconfig``: Kubernetes API access for the Kubernetes store (None: in-cluster).
+    Creating a store does no I/O. Raises ConfigError for a malformed URL or an unknown scheme.
     """
     scheme, sep, _ = url.partition("://")
     factory = FACTORIES.get(scheme) if sep else None
     if factory is None:
         raise ConfigError(f"trust bundle store {url!r}: unknown scheme {scheme!r}; use {SCHEMES}")
-    return factory(url, file_names or FileNames())
+    return factory(url, StoreContext(file_names or FileNames(), kubeconfig))

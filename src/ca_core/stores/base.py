@@ -37,8 +37,7 @@ class BundleStore(Protocol):
 
     Items are the logical names of ``bundle.STORE_ITEMS`` (``ca.crt``, ``issuer.crt``,
     ``issuer.key``, optional ``root.key`` and ``rotation.json``). Adapters: ``file://DIR``,
-    ``s3://BUCKET/KEY``, ``secretsmanager://NAME-OR-ARN`` (``kubernetes://NAMESPACE/SECRET``
-    plugs in through ``open_store``).
+    ``s3://BUCKET/KEY``, ``secretsmanager://NAME-OR-ARN``, ``kubernetes://NAMESPACE/SECRET``.
     """
 
     description: str  # for operators' messages, e.g. "file://.sentry/credentials"
