@@ -198,12 +198,20 @@ def _damaged(kind: str):
     return cases
 
 
-@pytest.mark.parametrize("case", [*_damaged("file"), "not JSON", "unknown item"])
+@pytest.mark.parametrize("case", list(_damaged("file")))
 def test_partial_or_corrupt_bundle_is_refused_and_left_byte_identical(kit, case):
-    cases = _damaged(kit.kind)
-    if case not in cases:
-        pytest.skip(f"a {kit.kind} store has no single document to corrupt")
-    data, words = cases[case]
+    _refused_untouched(kit, case)
+
+
+@pytest.mark.parametrize("kit", ["s3", "secretsmanager"], indirect=True)
+@pytest.mark.parametrize("case", ["not JSON", "unknown item"])
+def test_corrupt_bundle_document_is_refused_and_left_byte_identical(kit, case):
+    """The stores that keep the bundle as one JSON document."""
+    _refused_untouched(kit, case)
+
+
+def _refused_untouched(kit, case: str) -> None:
+    data, words = _damaged(kit.kind)[case]
     kit.write_raw(data)
     before = kit.raw()
     generated = []
