@@ -389,3 +389,26 @@ def test_grpc_status_of_a_reserved_identity_names_the_reservation(running_ca, ch
         client.sign(channel_to(running_ca), make_csr(), "dapr-sentry", "default", trust_domain="public")
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "reserved" in e.value.details()
+
+
+@pytest.mark.parametrize("server", ["localhost", "127.0.0.1", "::1", "host:port"])
+def test_server_without_a_port_is_a_usage_error(server, tmp_path):
+    r = run(
+        "request",
+        "--id",
+        "a",
+        "--namespace",
+        "default",
+        "--server",
+        server,
+        "--trust-anchors",
+        "x",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert r.returncode == 2 and "expected HOST:PORT" in r.stderr
+
+
+def test_abbreviated_flags_are_not_guessed(tmp_path):
+    r = run("inspect", "--issuer-cred", str(tmp_path))
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -181,6 +182,8 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
         validator = TokenValidatorKind.parse(args.token_validator)
     except ValueError as e:
         return _fail(f"--token-validator: {e}", 2)
+    if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):[0-9]{1,5}", args.server):
+        return _fail(f"--server {args.server}: expected HOST:PORT, e.g. localhost:50001 or [::1]:50001", 2)
     try:
         anchors = Path(args.trust_anchors).read_bytes()
         x509.load_pem_x509_certificates(anchors)
@@ -479,33 +482,47 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sentryca", description="Workload-identity CA, wire-compatible with Dapr Sentry."
+        allow_abbrev=False,
+        prog="sentryca",
+        description="Workload-identity CA, wire-compatible with Dapr Sentry.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("serve", help="run the CA (flags override SENTRY_* env vars, which override --config)")
+    p = sub.add_parser(
+        "serve",
+        allow_abbrev=False,
+        help="run the CA (flags override SENTRY_* env vars, which override --config)",
+    )
     add_options(p, SERVE_OPTIONS + STORE_OPTIONS)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser(
-        "request", help="generate a key and CSR, have the CA sign it, verify and write the result"
+        "request",
+        allow_abbrev=False,
+        help="generate a key and CSR, have the CA sign it, verify and write the result",
     )
     _client_args(p, with_csr=False)
     p.add_argument("--key-algorithm", default="ecdsa-p256", help="ecdsa-p256 (default), ecdsa-p384, ed25519")
     p.set_defaults(func=cmd_request)
-    p = sub.add_parser("sign", help="have the CA sign a CSR made elsewhere, verify and write the result")
+    p = sub.add_parser(
+        "sign", allow_abbrev=False, help="have the CA sign a CSR made elsewhere, verify and write the result"
+    )
     _client_args(p, with_csr=True)
     p.set_defaults(func=cmd_sign)
-    p = sub.add_parser("inspect", help="show the trust anchors and issuer of a store, with time left")
+    p = sub.add_parser(
+        "inspect", allow_abbrev=False, help="show the trust anchors and issuer of a store, with time left"
+    )
     add_options(p, STORE_OPTIONS)
     p.set_defaults(func=cmd_inspect)
 
-    bundle = sub.add_parser("bundle", help="operate on the trust bundle in a store").add_subparsers(
-        dest="bundle_command", required=True
-    )
+    bundle = sub.add_parser(
+        "bundle", allow_abbrev=False, help="operate on the trust bundle in a store"
+    ).add_subparsers(dest="bundle_command", required=True)
     gen_options = tuple(o for o in SERVE_OPTIONS if o.flag in ("trust-domain", "ca-key-algorithm"))
-    p = bundle.add_parser("init", help="generate a root and issuer into an empty store")
+    p = bundle.add_parser("init", allow_abbrev=False, help="generate a root and issuer into an empty store")
     add_options(p, STORE_OPTIONS + gen_options)
     p.set_defaults(func=cmd_bundle_init)
-    p = bundle.add_parser("import", help="bring your own CA: verify, then write it into the store")
+    p = bundle.add_parser(
+        "import", allow_abbrev=False, help="bring your own CA: verify, then write it into the store"
+    )
     add_options(p, STORE_OPTIONS)
     p.add_argument("--root", required=True, help="PEM trust anchors (one or more self-signed roots)")
     p.add_argument("--issuer-cert", required=True, help="PEM issuer certificate (chain), issuer first")
@@ -513,11 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root-key", help="PEM root private key (lets the CA rotate issuers itself)")
     p.add_argument("--force", action="store_true", help="allow dropping the current active root")
     p.set_defaults(func=cmd_bundle_import)
-    p = bundle.add_parser("export", help="write the store's bundle to a directory (file-store layout)")
+    p = bundle.add_parser(
+        "export", allow_abbrev=False, help="write the store's bundle to a directory (file-store layout)"
+    )
     add_options(p, STORE_OPTIONS)
     p.add_argument("--out", required=True, help="an empty or new directory")
     p.set_defaults(func=cmd_bundle_export)
-    p = bundle.add_parser("regenerate", help="replace the CA with a new root and issuer, keeping a backup")
+    p = bundle.add_parser(
+        "regenerate", allow_abbrev=False, help="replace the CA with a new root and issuer, keeping a backup"
+    )
     add_options(p, STORE_OPTIONS + gen_options)
     p.add_argument("--backup-to", required=True, help="an empty store URL that receives the old bundle")
     p.set_defaults(func=cmd_bundle_regenerate)
