@@ -300,7 +300,7 @@ class JwksValidator:
         except PyJWTError:
             raise PermissionDenied("the token is not a JWS compact JWT", reason="token_malformed") from None
         alg, kid = header.get("alg"), header.get("kid")
-        if alg not in ALGORITHMS:
+        if not isinstance(alg, str) or alg not in ALGORITHMS:  # a list or object is unhashable
             raise PermissionDenied(
                 f"token algorithm {str(alg)[:20]!r} is not accepted (use one of {', '.join(ALGORITHMS)})",
                 reason="token_algorithm",
