@@ -29,10 +29,11 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test proto-check lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## lint: static checks
+## lint: static checks (style, and security with bandit)
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/bandit -q -c pyproject.toml -r src
 
 ## proto: regenerate the gRPC code from proto/ (commit the result)
 proto: $(VENV)/.installed-test

@@ -45,6 +45,7 @@ def main(argv: list[str]) -> int:
             "healthz_port": "0",
             "metrics_port": "0",
             "log_level": log_level,
+            "rate_limit": "0",  # one caller on purpose: the per-caller limit is not what is measured
         },
         {},
     )

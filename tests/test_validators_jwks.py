@@ -165,6 +165,13 @@ def test_alg_none_is_refused(validator):
     denied(validator, req(token), "token_algorithm")
 
 
+@pytest.mark.parametrize("alg", [["ES256"], {"ES256": 1}, 256, None])
+def test_alg_that_is_not_a_string_is_refused_not_a_crash(validator, alg):
+    # found by tests/test_fuzz.py: a list or object alg was looked up in a dict (TypeError → INTERNAL)
+    token = _raw_token({"alg": alg, "kid": "key-1"}, claims(SUB, AUD), lambda _: b"x")
+    denied(validator, req(token), "token_algorithm")
+
+
 def test_hs256_signed_with_the_public_key_bytes_is_refused(validator, key):
     # the classic algorithm-confusion attack: HMAC keyed with the (public) verification key
     secret = key.public_pem()

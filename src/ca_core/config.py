@@ -44,6 +44,20 @@ def _port(text: str) -> int:
     return n
 
 
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise ValueError(f"{n} must be at least 1")
+    return n
+
+
+def _rate(text: str) -> float:
+    v = float(text)
+    if not 0 <= v < float("inf"):
+        raise ValueError(f"{text!r} must be a number of requests per second, 0 or more (0: no limit)")
+    return v
+
+
 def _mode(text: str) -> str:
     v = text.strip().lower()
     if v not in MODES:
@@ -115,6 +129,17 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "allow-insecure-on-network",
         _bool,
         "allow the INSECURE validator on a non-loopback --listen-address (default false)",
+    ),
+    Option(
+        "max-concurrent-streams",
+        _positive_int,
+        "gRPC: most concurrent calls on one client connection (HTTP/2 streams; default 100)",
+    ),
+    Option(
+        "rate-limit",
+        _rate,
+        "SignCertificate requests per second allowed to one caller (peer IP address), bursts of as "
+        "many; more get RESOURCE_EXHAUSTED. 0: no limit (default 1000)",
     ),
     Option("log-level", _log_level, "debug, info, warn, error (default info)"),
     Option("log-as-json", _bool, "log JSON lines (default false)"),
@@ -194,6 +219,8 @@ class Config:
     log_level: str = "info"
     log_as_json: bool = False
     allow_insecure_on_network: bool = False
+    max_concurrent_streams: int = 100
+    rate_limit: float = 1000.0
     issuer_credentials: str = "./.sentry/credentials"
     trust_bundle_store: str | None = None
     issuer_ca_filename: str = "ca.crt"

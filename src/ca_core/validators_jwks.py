@@ -166,10 +166,13 @@ class JwksSource:
                 raise Unavailable(
                     f"JWKS file {self.location}: {e.strerror}", reason="jwks_unavailable"
                 ) from None
-        request = urllib.request.Request(self.location, headers={"Accept": "application/json"})  # noqa: S310 - https only
+        # Only https:// reaches here: from_settings refuses every other scheme.
+        request = urllib.request.Request(self.location, headers={"Accept": "application/json"})  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=self.ssl_context) as resp:  # noqa: S310
-                return resp.read(MAX_JWKS_BYTES)
+            with urllib.request.urlopen(  # noqa: S310  # nosec B310: https only
+                request, timeout=self.timeout, context=self.ssl_context
+            ) as resp:
+                return _read_within(resp, time.monotonic() + self.timeout, self.location)
         except urllib.error.HTTPError as e:
             raise Unavailable(f"JWKS {self.location} answered {e.code}", reason="jwks_unavailable") from None
         except (urllib.error.URLError, OSError, ValueError) as e:
@@ -177,6 +180,23 @@ class JwksSource:
             raise Unavailable(
                 f"JWKS {self.location} unreachable: {reason}", reason="jwks_unavailable"
             ) from None
+
+
+def _read_within(resp: Any, deadline: float, location: str) -> bytes:
+    """The body, at most MAX_JWKS_BYTES, read by chunks so that the whole fetch is bounded: the
+    socket timeout bounds each read only, and a server that trickles bytes would hold the
+    (locked) refresh, and every request waiting on it, for ever. Raises Unavailable."""
+    body = b""
+    while len(body) < MAX_JWKS_BYTES:
+        if time.monotonic() > deadline:
+            raise Unavailable(
+                f"JWKS {location}: no complete answer within the timeout", reason="jwks_unavailable"
+            )
+        chunk = resp.read1(MAX_JWKS_BYTES - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body
 
 
 class JwksCache:
@@ -300,7 +320,7 @@ class JwksValidator:
         except PyJWTError:
             raise PermissionDenied("the token is not a JWS compact JWT", reason="token_malformed") from None
         alg, kid = header.get("alg"), header.get("kid")
-        if alg not in ALGORITHMS:
+        if not isinstance(alg, str) or alg not in ALGORITHMS:  # a list or object is unhashable
             raise PermissionDenied(
                 f"token algorithm {str(alg)[:20]!r} is not accepted (use one of {', '.join(ALGORITHMS)})",
                 reason="token_algorithm",
@@ -310,7 +330,8 @@ class JwksValidator:
         keys = self.cache.candidates(kid, alg)
         if not keys:
             raise PermissionDenied(
-                f"no key in the JWKS matches the token (kid {kid!r}, alg {alg})", reason="token_key_unknown"
+                f"no key in the JWKS matches the token (kid {str(kid)[:100]!r}, alg {alg})",
+                reason="token_key_unknown",
             )
         claims = self._verify(request.token, alg, keys)
         sub = claims.get("sub")
@@ -346,7 +367,7 @@ class JwksValidator:
                 ) from None
             except MissingRequiredClaimError as e:
                 raise PermissionDenied(f"token claim missing: {e.claim}", reason="token_claims") from None
-            except DecodeError:
+            except (DecodeError, RecursionError):  # RecursionError: JSON nested too deep
                 raise PermissionDenied("the token cannot be decoded", reason="token_malformed") from None
             except PyJWTError as e:
                 raise PermissionDenied(f"the token is invalid: {e}", reason="token_invalid") from None

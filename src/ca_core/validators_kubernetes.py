@@ -68,7 +68,7 @@ def pod_name_claim(token: str) -> str:
         payload = parts[1] + "=" * (-len(parts[1]) % 4)
         claims = json.loads(base64.urlsafe_b64decode(payload))
         name = claims["kubernetes.io"]["pod"]["name"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # deeply nested JSON: RecursionError
         raise missing from None
     if not isinstance(name, str) or not name:
         raise missing

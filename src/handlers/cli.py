@@ -30,7 +30,7 @@ from ca_core.keys import KeyAlgorithm
 from ca_core.validators import TokenValidatorKind
 
 log = logging.getLogger("sentryca")
-_LOCAL_OR_ANY = ("127.0.0.1", "0.0.0.0", "::", "::1")  # noqa: S104 - compared, never bound
+_LOCAL_OR_ANY = ("127.0.0.1", "0.0.0.0", "::", "::1")  # noqa: S104  # nosec B104: compared, never bound
 
 
 def _read_text(path: str) -> str:

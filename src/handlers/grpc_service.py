@@ -11,10 +11,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from ca_core.errors import CAError, FailedPrecondition, InvalidRequest, PermissionDenied, Unavailable
 from ca_core.validators import SignRequest
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
+
+from .rate_limit import RateLimiter, peer_host
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -41,6 +44,18 @@ def status_for(error: CAError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+MAX_DETAILS = 2000  # characters of a status message
+
+
+def bounded(message: str) -> str:
+    """``message`` cut to MAX_DETAILS characters. Refusals may quote the caller's input; unbounded,
+    the status message (sent as the grpc-message trailer) could exceed the client's metadata
+    limit, and the client would see RESOURCE_EXHAUSTED instead of the CA's status."""
+    if len(message) <= MAX_DETAILS:
+        return message
+    return message[: MAX_DETAILS - 20] + f"… ({len(message)} chars)"
+
+
 def decode_request(msg: sentry_pb2.SignCertificateRequest) -> SignRequest:
     """The wire message as the core's SignRequest (token_validator kept as its raw number)."""
     return SignRequest(
@@ -54,6 +69,36 @@ def decode_request(msg: sentry_pb2.SignCertificateRequest) -> SignRequest:
     )
 
 
+class Undecodable:
+    """Stands for a request message that is not a valid ``SignCertificateRequest`` (e.g. a
+    string field that is not UTF-8), so the servicer can refuse it with a defined status
+    instead of gRPC's default INTERNAL "Exception deserializing request"."""
+
+
+def decode_message(data: bytes) -> sentry_pb2.SignCertificateRequest | Undecodable:
+    try:
+        return sentry_pb2.SignCertificateRequest.FromString(data)
+    except DecodeError:
+        return Undecodable()
+
+
+SERVICE = "dapr.proto.sentry.v1.CA"
+
+
+def add_to_server(servicer: CAServicer, server: grpc.Server) -> None:
+    """Register ``servicer`` as ``dapr.proto.sentry.v1.CA`` (the generated
+    ``add_CAServicer_to_server`` with :func:`decode_message` as the request deserializer)."""
+    handlers = {
+        "SignCertificate": grpc.unary_unary_rpc_method_handler(
+            servicer.SignCertificate,
+            request_deserializer=decode_message,
+            response_serializer=sentry_pb2.SignCertificateResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
 class CAServicer(sentry_pb2_grpc.CAServicer):
     """Serves SignCertificate with whatever signer ``current_signer()`` returns at call time,
     so a restart can swap bundle, validators and settings without touching the server."""
@@ -63,19 +108,32 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
         current_signer: Callable[[], Signer],
         clock: Callable[[], datetime],
         metrics: Metrics,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._current_signer = current_signer
         self._clock = clock
         self._metrics = metrics
+        self._limiter = limiter
 
     def SignCertificate(self, request, context):
         self._metrics.sign_received.inc()
         call_id = secrets.token_hex(8)
+        if self._limiter is not None and not self._limiter.allow(peer_host(context.peer())):
+            self._metrics.sign_failure.labels(reason="rate_limited").inc()
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests from this caller; retry later"
+            )
+        if isinstance(request, Undecodable):
+            self._metrics.sign_failure.labels(reason="request_undecodable").inc()
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid SignCertificateRequest message"
+            )
         try:
             req = decode_request(request)
             result = self._current_signer().sign(req, self._clock())
         except CAError as e:
             code = status_for(e)
+            message = bounded(str(e))
             self._metrics.sign_failure.labels(reason=e.reason).inc()
             level = (
                 logging.ERROR
@@ -86,10 +144,10 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
                 level,
                 "sign request refused: %s: %s",
                 code.name,
-                e,
+                message,
                 extra={"call_id": call_id, "app_id": request.id[:100], "namespace": request.namespace[:100]},
             )
-            context.abort(code, str(e))
+            context.abort(code, message)
         except Exception:
             self._metrics.sign_failure.labels(reason="internal").inc()
             log.exception("sign request failed unexpectedly", extra={"call_id": call_id})

@@ -31,12 +31,12 @@ from ca_core.keys import private_key_pem
 from ca_core.service import Signer
 from ca_core.stores import BundleStore
 from ca_core.validators import Identity, validator_readiness
-from sentryca_proto.sentry.v1 import sentry_pb2_grpc
 
 from . import composition
-from .grpc_service import CAServicer
+from .grpc_service import CAServicer, add_to_server
 from .http_endpoints import HttpEndpoints, json_route
 from .metrics import Metrics
+from .rate_limit import RateLimiter
 
 log = logging.getLogger("sentryca")
 expiry_log = logging.getLogger("sentryca.expiry")
@@ -151,6 +151,7 @@ class CertificateAuthority:
         self._swap_lock = threading.Lock()  # the state in force and its server certificate
         self._state: _State | None = None
         self._server: grpc.Server | None = None
+        self._limiter: RateLimiter | None = None
         self._http: list[HttpEndpoints] = []
         self._watcher: threading.Thread | None = None
         self._stop_watch = threading.Event()
@@ -256,6 +257,8 @@ class CertificateAuthority:
                 self._state = new
                 if cert is not None:
                     self._server_cert = cert
+            if self._limiter is not None and config.rate_limit != old.config.rate_limit:
+                self._limiter.configure(config.rate_limit)
             log.info("CA restarted in place with the new configuration")
             self._check_expiry(new)
 
@@ -301,11 +304,11 @@ class CertificateAuthority:
                 options=[
                     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                     ("grpc.so_reuseport", 0),
+                    ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
                 ],
             )
-            sentry_pb2_grpc.add_CAServicer_to_server(
-                CAServicer(lambda: self.signer, self._clock, self.metrics), server
-            )
+            self._limiter = RateLimiter(cfg.rate_limit)
+            add_to_server(CAServicer(lambda: self.signer, self._clock, self.metrics, self._limiter), server)
             address = _host_port(cfg.listen_address, cfg.port)
             try:
                 port = server.add_secure_port(address, creds)
@@ -498,7 +501,15 @@ class CertificateAuthority:
 
 
 def _listeners(cfg: Config) -> tuple[Any, ...]:
-    return (cfg.listen_address, cfg.port, cfg.healthz_port, cfg.enable_metrics, cfg.metrics_port)
+    # the gRPC server options are fixed at start: a change needs a new server
+    return (
+        cfg.listen_address,
+        cfg.port,
+        cfg.healthz_port,
+        cfg.enable_metrics,
+        cfg.metrics_port,
+        cfg.max_concurrent_streams,
+    )
 
 
 def _host_port(host: str, port: int) -> str:

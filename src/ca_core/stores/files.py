@@ -228,7 +228,8 @@ class FileBundleStore:
         if not plain:
             return
         current = self._read()
-        assert current is not None  # a plain file was just seen, under the lock
+        if current is None:  # a plain file was just seen, under the lock: only a foreign writer
+            raise Unavailable(f"{d}: the bundle files vanished while being read", reason="store_unreachable")
         gen = self._write_generation(current.items)
         self._symlink_atomically(gen.name, d / DATA_LINK)
         _fsync_dir(d)
