@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from conftest import NOW, bundle_with_issuer_window, make_bundle
 
-from ca_core.expiry import check_expiry
+from ca_core.expiry import check_expiry, signing_coverage
 
 
 def findings_at(bundle, now):
@@ -58,3 +58,20 @@ def test_unparseable_root_is_a_warning_not_a_crash():
     findings = check_expiry(b"garbage", bundle.issuer_chain_pem, NOW)
     root = next(f for f in findings if f.role == "root")
     assert root.level == logging.WARNING and "could not be parsed" in root.message and root.days_left is None
+
+
+def test_signing_coverage_is_the_earliest_not_after_of_the_active_chain():
+    # issuer ends before its root: coverage is the issuer's NotAfter
+    short = bundle_with_issuer_window(NOW - timedelta(days=1), NOW + timedelta(days=10), NOW)
+    root = short.trust_anchors[0]
+    assert signing_coverage((*short.issuer_chain, root)) == short.issuer.not_valid_after_utc
+    # root ends before the issuer: coverage is the root's NotAfter
+    long = make_bundle(NOW, root_lifetime=timedelta(days=20), issuer_lifetime=timedelta(days=365))
+    root = long.anchor_for(long.issuer_chain[-1])
+    assert signing_coverage((*long.issuer_chain, root)) == root.not_valid_after_utc
+    assert root.not_valid_after_utc <= long.issuer.not_valid_after_utc
+    # a prepared chain that lasts longer extends coverage; a shorter one does not
+    later = make_bundle(NOW, root_lifetime=timedelta(days=400), issuer_lifetime=timedelta(days=300))
+    prepared = (*later.issuer_chain, later.trust_anchors[0])
+    assert signing_coverage((*long.issuer_chain, root), (prepared,)) == later.issuer.not_valid_after_utc
+    assert signing_coverage(prepared, ((*long.issuer_chain, root),)) == later.issuer.not_valid_after_utc

@@ -70,7 +70,7 @@ def test_rate_limit_over_grpc_is_resource_exhausted_and_counted(tmp_path):
         with pytest.raises(grpc.RpcError) as e:
             client.sign(chan, make_csr(), "orders", "prod")
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert 'reason="rate_limited"' in ca.metrics.exposition().decode()
+        assert 'category="rate_limited",reason="rate_limited"' in ca.metrics.exposition().decode()
         ca.restart(ca_config(store, rate_limit="0"))  # in place: the new limit applies
         assert client.sign(chan, make_csr(), "orders", "prod").workload_certificate
     finally:

@@ -179,7 +179,8 @@ def test_metrics_count_requests_by_outcome(running_ca, channel_to):
         text = r.read().decode()
     assert "dapr_sentry_cert_sign_request_received_total 2.0" in text
     assert "dapr_sentry_cert_sign_success_total 1.0" in text
-    assert 'dapr_sentry_cert_sign_failure_total{reason="invalid_identity"} 1.0' in text
+    failure = 'dapr_sentry_cert_sign_failure_total{category="permission_denied",reason="invalid_identity"}'
+    assert f"{failure} 1.0" in text
     assert "dapr_sentry_issuercert_expiry_timestamp" in text
 
 

@@ -205,8 +205,9 @@ def test_serve_standalone_with_jwks(tmp_path, jwks_server):
         )
         assert ca.refused("orders", "prod", token_validator=INSECURE)[0] is grpc.StatusCode.INVALID_ARGUMENT
         metrics = ca.metrics()
-        assert 'dapr_sentry_cert_sign_failure_total{reason="token_subject"} 1.0' in metrics
-        assert 'dapr_sentry_cert_sign_failure_total{reason="token_audience"} 1.0' in metrics
+        failure = 'dapr_sentry_cert_sign_failure_total{category="permission_denied",reason='
+        assert failure + '"token_subject"} 1.0' in metrics
+        assert failure + '"token_audience"} 1.0' in metrics
     finally:
         log = ca.stop()
     assert good not in log and good.split(".")[1] not in log

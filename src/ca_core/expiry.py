@@ -120,3 +120,22 @@ def check_expiry(
         for cert in certs if role == "root" else certs[:1]:
             findings.append(check_certificate(cert, role, now, warn_within))
     return findings
+
+
+def chain_not_after(chain: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> datetime:
+    """When a signing chain (issuer first, its root last) stops being usable: its earliest NotAfter."""
+    return min(c.not_valid_after_utc for c in chain)
+
+
+def signing_coverage(
+    active_chain: tuple[x509.Certificate, ...] | list[x509.Certificate],
+    prepared_chains: tuple[tuple[x509.Certificate, ...], ...] = (),
+) -> datetime:
+    """Signing coverage (SPEC §9): the latest NotAfter among the active and prepared signing
+    chains, each chain counting until its earliest NotAfter (issuer, intermediates, root).
+
+    active_chain: the issuer chain in force plus the anchor it verifies to (issuer first, root
+    last); prepared_chains: chains prepared by a rotation, same shape (none without rotation, so
+    coverage is then min(issuer NotAfter, its root's NotAfter)). Returns aware UTC datetime.
+    """
+    return max(chain_not_after(c) for c in (tuple(active_chain), *prepared_chains))

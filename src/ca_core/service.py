@@ -4,7 +4,7 @@ CA's own identity, parse the CSR, sign, and shape the response. Pure given ``now
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 
@@ -37,13 +37,16 @@ def control_plane_dns_names(app_id: str, namespace: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class SignedCertificate:
     """The answer to a sign request: ``certificate`` (the leaf), ``chain_pem`` (leaf then issuer
-    chain, PEM), ``anchors_pem`` (every trust anchor, PEM), ``not_after`` (leaf NotAfter, UTC)."""
+    chain, PEM), ``anchors_pem`` (every trust anchor, PEM), ``not_after`` (leaf NotAfter, UTC),
+    ``validator``: the name of the validator that proved the identity ("" when the CA issued to
+    itself), for the audit record."""
 
     certificate: x509.Certificate
     chain_pem: bytes
     anchors_pem: bytes
     not_after: datetime
     spiffe_id: SpiffeId
+    validator: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ class Signer:
         identity = validator.validate(request)
         self._check_not_reserved(identity)
         public_key = csr_public_key(request.csr_pem)
-        return self.issue(public_key, identity, now)
+        return replace(self.issue(public_key, identity, now), validator=validator.kind.name.lower())
 
     def _check_not_reserved(self, identity: Identity) -> None:
         sid = identity.spiffe_id

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -22,11 +23,14 @@ from .rate_limit import RateLimiter, peer_host
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from ca_core.service import Signer
+    from ca_core.service import SignedCertificate, Signer
 
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+audit_log = logging.getLogger("sentryca.audit")
+
+CALL_ID_TRAILER = "sentryca-call-id"
 
 STATUS_FOR: dict[type[CAError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -34,6 +38,22 @@ STATUS_FOR: dict[type[CAError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
+
+
+CATEGORY_FOR: dict[type[CAError], str] = {
+    InvalidRequest: "invalid_request",
+    PermissionDenied: "permission_denied",
+    Unavailable: "unavailable",
+    FailedPrecondition: "issuer_invalid",
+}
+
+
+def category_for(error: CAError) -> str:
+    """The coarse failure category (a metrics label, see handlers.metrics.CATEGORIES)."""
+    for cls, category in CATEGORY_FOR.items():
+        if isinstance(error, cls):
+            return category
+    return "internal"
 
 
 def status_for(error: CAError) -> grpc.StatusCode:
@@ -116,25 +136,48 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
         self._limiter = limiter
 
     def SignCertificate(self, request, context):
-        self._metrics.sign_received.inc()
+        """Answer one call. Every call gets a call id (logged with each line about the call and sent
+        back as the ``sentryca-call-id`` trailer); every issuance writes one audit record."""
+        started = time.perf_counter()
         call_id = secrets.token_hex(8)
+        context.set_trailing_metadata(((CALL_ID_TRAILER, call_id),))
+        self._metrics.sign_received.inc()
+        code = grpc.StatusCode.OK
+        try:
+            refusal, result = self._sign(request, context, call_id)
+            if refusal is not None:
+                code, message = refusal
+                context.abort(code, message)
+        finally:
+            self._metrics.sign_latency.labels(code=code.name).observe(time.perf_counter() - started)
+        self._metrics.sign_success.inc()
+        audit_issued(result, call_id=call_id, peer=context.peer())
+        response = sentry_pb2.SignCertificateResponse(
+            workload_certificate=result.chain_pem,
+            trust_chain_certificates=[result.anchors_pem],
+        )
+        response.valid_until.FromDatetime(result.not_after)
+        return response
+
+    def _sign(self, request, context, call_id: str):
+        """(refusal, result): refusal is (status code, message) or None; counts failures."""
         if self._limiter is not None and not self._limiter.allow(peer_host(context.peer())):
-            self._metrics.sign_failure.labels(reason="rate_limited").inc()
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests from this caller; retry later"
-            )
+            self._metrics.count_failure("rate_limited", "rate_limited")
+            refusal = (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests from this caller; retry later")
+            return refusal, None
         if isinstance(request, Undecodable):
-            self._metrics.sign_failure.labels(reason="request_undecodable").inc()
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid SignCertificateRequest message"
-            )
+            self._metrics.count_failure("invalid_request", "request_undecodable")
+            return (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the request is not a valid SignCertificateRequest message",
+            ), None
         try:
             req = decode_request(request)
-            result = self._current_signer().sign(req, self._clock())
+            return None, self._current_signer().sign(req, self._clock())
         except CAError as e:
             code = status_for(e)
             message = bounded(str(e))
-            self._metrics.sign_failure.labels(reason=e.reason).inc()
+            self._metrics.count_failure(category_for(e), e.reason)
             level = (
                 logging.ERROR
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
@@ -145,24 +188,34 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
                 "sign request refused: %s: %s",
                 code.name,
                 message,
-                extra={"call_id": call_id, "app_id": request.id[:100], "namespace": request.namespace[:100]},
+                extra={
+                    "call_id": call_id,
+                    "reason": e.reason,
+                    "app_id": request.id[:100],
+                    "namespace": request.namespace[:100],
+                },
             )
-            context.abort(code, message)
+            return (code, message), None
         except Exception:
-            self._metrics.sign_failure.labels(reason="internal").inc()
+            self._metrics.count_failure("internal", "internal")
             log.exception("sign request failed unexpectedly", extra={"call_id": call_id})
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error (call id {call_id})")
-        self._metrics.sign_success.inc()
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "signed certificate for %s (valid until %s)",
-                result.spiffe_id,
-                result.not_after.isoformat(),
-                extra={"call_id": call_id, "serial": f"{result.certificate.serial_number:x}"},
-            )
-        response = sentry_pb2.SignCertificateResponse(
-            workload_certificate=result.chain_pem,
-            trust_chain_certificates=[result.anchors_pem],
-        )
-        response.valid_until.FromDatetime(result.not_after)
-        return response
+            return (grpc.StatusCode.INTERNAL, f"internal error (call id {call_id})"), None
+
+
+def audit_issued(result: SignedCertificate, *, call_id: str | None, peer: str | None) -> None:
+    """One audit record (logger ``sentryca.audit``) for an issued certificate: event, serial (hex),
+    spiffe_id, validator, peer address, not_after (ISO 8601 UTC), call_id. Never the CSR or a token."""
+    audit_log.info(
+        "issued certificate serial %x for %s",
+        result.certificate.serial_number,
+        result.spiffe_id,
+        extra={
+            "event": "certificate_issued",
+            "serial": f"{result.certificate.serial_number:x}",
+            "spiffe_id": str(result.spiffe_id),
+            "validator": result.validator or "self",
+            "peer": peer,
+            "not_after": result.not_after.isoformat(),
+            "call_id": call_id,
+        },
+    )

@@ -1,8 +1,35 @@
-"""Prometheus metrics with Dapr Sentry's names (SPEC §9), one registry per CA instance."""
+"""Prometheus metrics with Dapr Sentry's names (SPEC §9), one registry per CA instance.
+
+Label values are bounded by construction: failure ``category`` is one of CATEGORIES and
+``reason`` a code-defined label (see :func:`bounded_reason`); no caller input ever becomes a label.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Coarse failure categories (the ``category`` label of the failure counter).
+CATEGORIES = (
+    "invalid_request",  # INVALID_ARGUMENT: validator choice, CSR bytes, undecodable message
+    "permission_denied",  # PERMISSION_DENIED: identity not proven or not allowed
+    "unavailable",  # UNAVAILABLE: an identity backend or store cannot be used
+    "issuer_invalid",  # FAILED_PRECONDITION: issuer expired or not yet valid
+    "rate_limited",  # RESOURCE_EXHAUSTED: the per-caller limit
+    "internal",  # INTERNAL: an unexpected error
+)
+
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+# Signing takes milliseconds; a slow identity backend (TokenReview, JWKS) takes up to seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def bounded_reason(reason: str) -> str:
+    """``reason`` when it is a short snake_case label, else ``"other"`` (a guard: reasons are
+    code-defined, this keeps the label set bounded even if one ever is not)."""
+    return reason if _REASON.fullmatch(reason) else "other"
 
 
 class Metrics:
@@ -18,7 +45,17 @@ class Metrics:
             "dapr_sentry_cert_sign_success", "Certificates signed successfully", registry=r
         )
         self.sign_failure = Counter(
-            "dapr_sentry_cert_sign_failure", "Failed signing requests, by reason", ["reason"], registry=r
+            "dapr_sentry_cert_sign_failure",
+            "Failed signing requests, by coarse category and fine-grained reason",
+            ["category", "reason"],
+            registry=r,
+        )
+        self.sign_latency = Histogram(
+            "sentryca_sign_request_duration_seconds",
+            "Time to answer a SignCertificate call (seconds), by gRPC status code",
+            ["code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.issuer_expiry = Gauge(
             "dapr_sentry_issuercert_expiry_timestamp",
@@ -30,6 +67,11 @@ class Metrics:
             "Earliest trust anchor NotAfter (Unix seconds)",
             registry=r,
         )
+        self.coverage_expiry = Gauge(
+            "sentryca_signing_coverage_expiry_timestamp",
+            "Latest NotAfter among the active and prepared signing chains (Unix seconds; SPEC §9)",
+            registry=r,
+        )
         self.issuer_changed = Counter(
             "dapr_sentry_issuercert_changed", "Times the issuer certificate changed", registry=r
         )
@@ -38,6 +80,17 @@ class Metrics:
             "Failures issuing the CA's own server certificate",
             registry=r,
         )
+        self.servercert_renewed = Counter(
+            "sentryca_servercert_renewed",
+            "Renewals of the CA's own server certificate (at half its lifetime)",
+            registry=r,
+        )
+
+    def count_failure(self, category: str, reason: str) -> None:
+        """Count one failed sign request. ``category``: one of CATEGORIES; ``reason``: a code label."""
+        if category not in CATEGORIES:
+            category = "internal"
+        self.sign_failure.labels(category=category, reason=bounded_reason(reason)).inc()
 
     def exposition(self) -> bytes:
         """The text exposition format of every metric."""
