@@ -115,23 +115,25 @@ class FileBundleStore:
         return StoredBundle(found, version_of(found))
 
     def load(self) -> StoredBundle | None:
-        with self._shared():
-            return self._read()
+        with self._shared() as exists:
+            return self._read() if exists else None
 
     def load_public(self) -> StoredBundle | None:
-        with self._shared():
-            return self._read(PUBLIC_ITEMS)
+        with self._shared() as exists:
+            return self._read(PUBLIC_ITEMS) if exists else None
 
     # -- locking ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _shared(self) -> Iterator[None]:
+    def _shared(self) -> Iterator[bool]:
         # A reader waits for a writer holding the exclusive lock, so it never reads the visible
         # names while a generation is being swapped or cleaned up.
         try:
             fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
-            yield
+            # No directory: the store is empty now. Reading on without the lock could see a
+            # writer that creates the directory meanwhile half-way through its first write.
+            yield False
             return
         except OSError as e:
             raise Unavailable(
@@ -140,7 +142,7 @@ class FileBundleStore:
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            yield
+            yield True
         finally:
             os.close(fd)
 
