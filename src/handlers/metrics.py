@@ -30,8 +30,18 @@ class Metrics:
             "Earliest trust anchor NotAfter (Unix seconds)",
             registry=r,
         )
+        self.coverage_expiry = Gauge(
+            "sentryca_signing_coverage_expiry_timestamp",
+            "Latest NotAfter among the active and prepared signing chains (Unix seconds; SPEC §9)",
+            registry=r,
+        )
         self.issuer_changed = Counter(
             "dapr_sentry_issuercert_changed", "Times the issuer certificate changed", registry=r
+        )
+        self.bundle_change_refused = Counter(
+            "sentryca_bundle_change_refused",
+            "New bundle versions seen in the store and refused (invalid, or dropping the active root)",
+            registry=r,
         )
         self.servercert_issue_failed = Counter(
             "dapr_sentry_servercert_issue_failed",

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,11 +23,11 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca_core.bundle import TrustBundle, certificates_pem
+from ca_core.bundle import certificates_pem, check_trust_continuity
 from ca_core.certs import check_issuer_valid, sign_workload
 from ca_core.config import Config
-from ca_core.errors import BundleError, CAError, FailedPrecondition
-from ca_core.expiry import ExpiryFinding, check_expiry
+from ca_core.errors import CAError, FailedPrecondition
+from ca_core.expiry import ExpiryFinding, expiry_report
 from ca_core.keys import private_key_pem
 from ca_core.service import Signer
 from ca_core.stores import BundleStore
@@ -50,18 +51,6 @@ class AlreadyRunning(RuntimeError):
 
 class NotRunning(RuntimeError):
     """An operation that needs a running CA was called on an idle one."""
-
-
-def check_trust_continuity(current: TrustBundle, new: TrustBundle, where: str) -> None:
-    """Refuse a replacement bundle whose trust anchors drop the current active root (SPEC §5):
-    every workload holding a current certificate would stop being trusted. Raises BundleError."""
-    active_root = current.anchor_for(current.issuer_chain[-1])
-    if active_root is not None and active_root not in new.trust_anchors:
-        raise BundleError(
-            f"the trust bundle in {where} does not include the active root "
-            f"({active_root.subject.rfc4514_string()}); applying it would break every workload "
-            "holding a current certificate. Rotate the root instead, or force the change explicitly"
-        )
 
 
 def utc_now() -> datetime:
@@ -159,6 +148,8 @@ class CertificateAuthority:
         self._served_cert: ServerCertificate | None = None
         self._next_expiry_check = datetime.max.replace(tzinfo=UTC)
         self._renew_retry_at: datetime | None = None
+        self._next_store_poll = 0.0  # time.monotonic() of the next store poll
+        self._refused_version: str | None = None
         self.metrics = Metrics()
         self.grpc_port: int | None = None
         self.healthz_port: int | None = None
@@ -339,6 +330,7 @@ class CertificateAuthority:
             self.metrics_port = metrics.port
         self._check_expiry(state)
         self._next_expiry_check = self._clock() + cfg.expiry_check_interval
+        self._next_store_poll = time.monotonic() + cfg.store_poll_interval.total_seconds()
         self._renew_retry_at = None
         self._stop_watch = threading.Event()
         self._watcher = threading.Thread(
@@ -454,10 +446,12 @@ class CertificateAuthority:
 
     def _check_expiry(self, state: _State) -> list[ExpiryFinding]:
         bundle = state.signer.bundle
-        findings = check_expiry(bundle.anchors_pem, bundle.issuer_chain_pem, self._clock())
-        for f in findings:
+        report = expiry_report(bundle.anchors_pem, bundle.issuer_chain_pem, self._clock())
+        for f in report.findings:
             expiry_log.log(f.level, "%s", f.message, extra={"role": f.role, "days_left": f.days_left})
-        return findings
+        if report.coverage_not_after is not None:
+            self.metrics.coverage_expiry.set(report.coverage_not_after.timestamp())
+        return report.findings
 
     def maintain(self) -> datetime:
         """One round of background upkeep at the clock's now: the expiry check when due, the
@@ -468,6 +462,7 @@ class CertificateAuthority:
         if state is None:
             raise NotRunning("the CA is not running")
         now = self._clock()
+        state = self._poll_store(state)
         if now >= self._next_expiry_check:
             self._check_expiry(state)
             self._next_expiry_check = now + state.config.expiry_check_interval
@@ -478,7 +473,41 @@ class CertificateAuthority:
             # On failure the old certificate stays in use; try again in a minute.
             self._renew_retry_at = now + timedelta(minutes=1) if cert is None else None
         due = self._renewal_due()
-        return self._next_expiry_check if due is None else min(self._next_expiry_check, due)
+        wake = self._next_expiry_check if due is None else min(self._next_expiry_check, due)
+        if state.config.store_poll_interval:
+            left = max(self._next_store_poll - time.monotonic(), 0.0)
+            wake = min(wake, now + timedelta(seconds=left))
+        return wake
+
+    def _poll_store(self, state: _State) -> _State:
+        """When ``--store-poll-interval`` is set and due: read the store's version; if it differs
+        from the bundle in force, restart in place with the same config (SPEC §8), which applies
+        the trust-continuity rule. A refused or unreadable bundle is logged once per version and
+        the CA keeps serving the bundle in force. Returns the state in force afterwards."""
+        interval = state.config.store_poll_interval.total_seconds()
+        if not interval or time.monotonic() < self._next_store_poll:
+            return state
+        self._next_store_poll = time.monotonic() + interval
+        try:
+            stored = state.store.load()
+        except CAError as e:
+            log.warning("store poll: cannot read %s: %s", state.store.description, e)
+            return state
+        if stored is None or stored.version in (state.bundle_version, self._refused_version):
+            return state
+        log.info("store poll: %s has a new bundle version; restarting in place", state.store.description)
+        try:
+            self.restart(state.config)
+        except CAError as e:
+            self._refused_version = stored.version
+            self.metrics.bundle_change_refused.inc()
+            log.error(
+                "store poll: the new bundle in %s was refused, still serving the old one: %s",
+                state.store.description,
+                e,
+            )
+            return state
+        return self._state or state
 
     def _renewal_due(self) -> datetime | None:
         cert = self._server_cert
