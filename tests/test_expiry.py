@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from conftest import NOW, bundle_with_issuer_window, make_bundle
 
-from ca_core.expiry import check_expiry
+from ca_core.expiry import check_expiry, expiry_report
 
 
 def findings_at(bundle, now):
@@ -58,3 +58,24 @@ def test_unparseable_root_is_a_warning_not_a_crash():
     findings = check_expiry(b"garbage", bundle.issuer_chain_pem, NOW)
     root = next(f for f in findings if f.role == "root")
     assert root.level == logging.WARNING and "could not be parsed" in root.message and root.days_left is None
+
+
+def test_coverage_is_the_active_chain_until_its_earliest_not_after():
+    short_issuer = make_bundle(NOW, issuer_lifetime=timedelta(days=10))
+    report = expiry_report(short_issuer.anchors_pem, short_issuer.issuer_chain_pem, NOW)
+    assert report.coverage_not_after == short_issuer.issuer.not_valid_after_utc
+    short_root = make_bundle(NOW, root_lifetime=timedelta(days=5), issuer_lifetime=timedelta(days=10))
+    report = expiry_report(short_root.anchors_pem, short_root.issuer_chain_pem, NOW)
+    assert report.coverage_not_after == short_root.trust_anchors[0].not_valid_after_utc
+    # A prepared chain that lasts longer extends coverage (root rotation will pass it).
+    longer = make_bundle(NOW, issuer_lifetime=timedelta(days=90))
+    report = expiry_report(
+        short_issuer.anchors_pem,
+        short_issuer.issuer_chain_pem,
+        NOW,
+        prepared_chains=((longer.issuer, longer.trust_anchors[0]),),
+    )
+    assert 89 < report.coverage_days < 91
+    # Nothing readable: no coverage, which alarms like an expired chain.
+    unreadable = expiry_report(b"junk", b"junk", NOW)
+    assert unreadable.coverage_not_after is None and unreadable.coverage_days == 0.0
