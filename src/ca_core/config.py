@@ -12,8 +12,6 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
 
-import yaml
-
 from .durations import format_duration, parse_duration
 from .errors import ConfigError
 from .keys import KeyAlgorithm
@@ -262,6 +260,8 @@ def _parse_value(opt: Option, raw: str, source: str) -> Any:
 def read_config_file(text: str, path: str) -> dict[str, Any]:
     """Settings from a Dapr Configuration YAML (``spec.mtls.workloadCertTTL``,
     ``allowedClockSkew``, ``tokenValidators``). Raises ConfigError naming the file and field."""
+    import yaml  # here, not at the top: the Lambda functions import this module on a cold start
+
     try:
         doc = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
