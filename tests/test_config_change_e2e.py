@@ -125,9 +125,11 @@ def test_config_change_restarts_in_place_without_failed_calls(aws_env, tmp_path,
         wait_for(lambda: loop.calls > calls + 5, "signing continues")
         assert loop.last_issuer == fingerprint(second)
 
-        # 3. A corrupt bundle: rejected; the CA keeps serving.
+        # 3. A corrupt bundle: rejected; the CA's poll refuses it too and keeps serving.
+        refused_before = refused(ca)
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"{not json")
         assert invoke("ConfigChangeFunction", s3_event(), ROOT / "template.yaml")["outcome"] == "rejected"
+        wait_for(lambda: refused(ca) > refused_before, "the CA refuses the corrupt bundle")
         calls = loop.calls
         wait_for(lambda: loop.calls > calls + 5, "signing continues")
         assert loop.last_issuer == fingerprint(second)
@@ -138,3 +140,24 @@ def test_config_change_restarts_in_place_without_failed_calls(aws_env, tmp_path,
         ca.stop(grace=0)
     assert loop.failures == []
     assert loop.calls > 10
+
+
+def test_store_poll_on_a_file_store_refuses_a_root_drop_then_applies_a_valid_bundle(tmp_path):
+    from ca_core.stores import FileBundleStore
+
+    store_dir = tmp_path / "credentials"
+    ca = CertificateAuthority()
+    ca.start(ca_config(store_dir, store_poll_interval="1s"))
+    try:
+        store = FileBundleStore(store_dir)
+        first = ca.signer.bundle
+        dropped = make_bundle(datetime.now(UTC))
+        assert store.replace(dropped.to_items(), store.load().version)
+        wait_for(lambda: refused(ca) == 1, "the root-dropping bundle is refused")
+        assert ca.signer.bundle is first
+        second = reissued(first, datetime.now(UTC))
+        assert store.replace(second.to_items(), store.load().version)
+        wait_for(lambda: ca.signer.bundle.issuer == second.issuer, "the valid bundle is applied")
+        assert refused(ca) == 1
+    finally:
+        ca.stop(grace=0)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ca_core.bundle import certificates_pem, check_trust_continuity
 from ca_core.certs import check_issuer_valid, sign_workload
 from ca_core.config import Config
-from ca_core.errors import CAError, FailedPrecondition
+from ca_core.errors import CAError, FailedPrecondition, Unavailable
 from ca_core.expiry import ExpiryFinding, expiry_report
 from ca_core.keys import private_key_pem
 from ca_core.service import Signer
@@ -490,24 +490,38 @@ class CertificateAuthority:
         self._next_store_poll = time.monotonic() + interval
         try:
             stored = state.store.load()
-        except CAError as e:
+        except Unavailable as e:  # worth retrying at the next poll
             log.warning("store poll: cannot read %s: %s", state.store.description, e)
+            return state
+        except CAError as e:  # unreadable content: refused, reported once per distinct problem
+            self._refuse(state, None, str(e))
             return state
         if stored is None or stored.version in (state.bundle_version, self._refused_version):
             return state
         log.info("store poll: %s has a new bundle version; restarting in place", state.store.description)
         try:
             self.restart(state.config)
+        except Unavailable as e:
+            log.warning("store poll: cannot apply the new bundle yet (%s); retrying at the next poll", e)
+            return state
         except CAError as e:
-            self._refused_version = stored.version
-            self.metrics.bundle_change_refused.inc()
-            log.error(
-                "store poll: the new bundle in %s was refused, still serving the old one: %s",
-                state.store.description,
-                e,
-            )
+            self._refuse(state, stored.version, str(e))
             return state
         return self._state or state
+
+    def _refuse(self, state: _State, version: str | None, problem: str) -> None:
+        """Record a store content the poll will not apply (logged and counted once per version or,
+        for content that cannot be read at all, once per distinct problem)."""
+        key = version or problem
+        if key == self._refused_version:
+            return
+        self._refused_version = key
+        self.metrics.bundle_change_refused.inc()
+        log.error(
+            "store poll: the new bundle in %s was refused, still serving the one in force: %s",
+            state.store.description,
+            problem,
+        )
 
     def _renewal_due(self) -> datetime | None:
         cert = self._server_cert
