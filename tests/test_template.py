@@ -184,3 +184,52 @@ def test_secret_rule_also_matches_the_secret_arn(aws_env):
         "arn:aws:secretsmanager:us-east-1:123456789012:secret:sentryca-bundle-AbCdEf"
     )
     assert len(_deliver(events, sqs, pattern, sample)) == 1
+
+
+def _actions(statements) -> set[str]:
+    out: set[str] = set()
+    for st in statements:
+        if isinstance(st, dict) and "Fn::If" in st:
+            for branch in st["Fn::If"][1:]:
+                out |= _actions([branch])
+        elif isinstance(st, dict) and "Action" in st:
+            acts = st["Action"]
+            out |= set(acts if isinstance(acts, list) else [acts])
+    return out
+
+
+def _sdk_calls(module: str) -> set[str]:
+    """IAM actions of the SDK calls a store module makes (``self.client.get_object`` → GetObject)."""
+    text = (ROOT / "src" / "ca_core" / "stores" / f"{module}.py").read_text()
+    service = {"s3": "s3", "secretsmanager": "secretsmanager"}[module]
+    renamed = {"ListObjectVersions": "ListBucketVersions"}  # the IAM name differs from the API's
+    calls = set()
+    for method in re.findall(r"self\.client\.(\w+)\(", text):
+        api = "".join(p.capitalize() for p in method.split("_"))
+        calls.add(f"{service}:{renamed.get(api, api)}")
+    return calls
+
+
+def test_the_task_role_allows_every_call_the_stores_make():
+    granted = _actions(RESOURCES["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"])
+    needed = (_sdk_calls("s3") | _sdk_calls("secretsmanager")) - {
+        "s3:ListBucketVersions"
+    }  # config change only
+    assert needed <= granted, needed - granted
+    config_change = _actions(RESOURCES["ConfigChangeFunction"]["Properties"]["Policies"][0]["Statement"])
+    assert {
+        "s3:GetObject",
+        "s3:GetObjectVersion",
+        "s3:ListBucketVersions",
+        "ecs:UpdateService",
+    } <= config_change
+    assert not any(
+        a.startswith(("s3:Put", "secretsmanager:Put", "secretsmanager:Create")) for a in config_change
+    )
+    expiry = _actions(RESOURCES["ExpiryCheckFunction"]["Properties"]["Policies"][0]["Statement"])
+    assert expiry == {"s3:GetObject", "secretsmanager:GetSecretValue"}
+    # ... and only on the public part.
+    (only,) = RESOURCES["ExpiryCheckFunction"]["Properties"]["Policies"][0]["Statement"]
+    s3_branch, sm_branch = only["Fn::If"][1:]
+    assert s3_branch["Resource"]["Fn::Sub"].endswith("${BundleKey}.public")
+    assert sm_branch["Resource"]["Fn::Sub"].endswith("-bundle.public-*")
