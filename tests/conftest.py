@@ -166,6 +166,31 @@ def run_openssl(*args: str, input: bytes | None = None) -> subprocess.CompletedP
 TEST_BUCKET = "sentryca-test"
 
 
+def _start_serialised(server) -> None:
+    """Make moto answer one request at a time. Its conditional S3 put (If-None-Match / If-Match)
+    checks and then writes without a lock, so two racing creators could both succeed, which real
+    S3 never allows; serialising requests gives the fake the atomicity of the real service."""
+    import threading
+
+    from moto.moto_server import threaded_moto_server
+
+    lock = threading.Lock()
+    real_make_server = threaded_moto_server.make_server
+
+    def make_server(host, port, app, *args, **kwargs):
+        def one_at_a_time(environ, start_response):
+            with lock:
+                return list(app(environ, start_response))
+
+        return real_make_server(host, port, one_at_a_time, *args, **kwargs)
+
+    threaded_moto_server.make_server = make_server
+    try:
+        server.start()  # builds its WSGI server through make_server, then serves
+    finally:
+        threaded_moto_server.make_server = real_make_server
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A moto server on 127.0.0.1 (any free port) with a versioned bucket TEST_BUCKET."""
@@ -173,7 +198,7 @@ def moto_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    _start_serialised(server)
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **_DUMMY_KEYS)

@@ -180,3 +180,10 @@ def test_config_is_immutable_and_changes_are_validated():
     with pytest.raises(ConfigError):
         cfg.with_changes(trust_domain="")
     assert isinstance(cfg, Config)
+
+
+def test_store_poll_interval_is_off_by_default_and_bounded():
+    assert load_config({}, {}).store_poll_interval == timedelta(0)
+    assert load_config({}, {"SENTRY_STORE_POLL_INTERVAL": "30s"}).store_poll_interval == timedelta(seconds=30)
+    with pytest.raises(ConfigError, match="--store-poll-interval must be between 0s"):
+        load_config({"store_poll_interval": "48h"}, {})

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from conftest import NOW, bundle_with_issuer_window, make_bundle
 
-from ca_core.expiry import check_expiry, signing_coverage
+from ca_core.expiry import check_expiry, expiry_report, signing_coverage
 
 
 def findings_at(bundle, now):
@@ -75,3 +75,24 @@ def test_signing_coverage_is_the_earliest_not_after_of_the_active_chain():
     prepared = (*later.issuer_chain, later.trust_anchors[0])
     assert signing_coverage((*long.issuer_chain, root), (prepared,)) == later.issuer.not_valid_after_utc
     assert signing_coverage(prepared, ((*long.issuer_chain, root),)) == later.issuer.not_valid_after_utc
+
+
+def test_coverage_is_the_active_chain_until_its_earliest_not_after():
+    short_issuer = make_bundle(NOW, issuer_lifetime=timedelta(days=10))
+    report = expiry_report(short_issuer.anchors_pem, short_issuer.issuer_chain_pem, NOW)
+    assert report.coverage_not_after == short_issuer.issuer.not_valid_after_utc
+    short_root = make_bundle(NOW, root_lifetime=timedelta(days=5), issuer_lifetime=timedelta(days=10))
+    report = expiry_report(short_root.anchors_pem, short_root.issuer_chain_pem, NOW)
+    assert report.coverage_not_after == short_root.trust_anchors[0].not_valid_after_utc
+    # A prepared chain that lasts longer extends coverage (root rotation will pass it).
+    longer = make_bundle(NOW, issuer_lifetime=timedelta(days=90))
+    report = expiry_report(
+        short_issuer.anchors_pem,
+        short_issuer.issuer_chain_pem,
+        NOW,
+        prepared_chains=((longer.issuer, longer.trust_anchors[0]),),
+    )
+    assert 89 < report.coverage_days < 91
+    # Nothing readable: no coverage, which alarms like an expired chain.
+    unreadable = expiry_report(b"junk", b"junk", NOW)
+    assert unreadable.coverage_not_after is None and unreadable.coverage_days == 0.0

@@ -94,6 +94,19 @@ class TrustBundle(PublicBundle):
         return items
 
 
+def check_trust_continuity(current: PublicBundle, new: PublicBundle, where: str) -> None:
+    """Refuse a replacement bundle whose trust anchors drop the current active root (SPEC §5):
+    every workload holding a current certificate would stop being trusted. ``where`` names the
+    new bundle's location in the message. Raises BundleError (reason ``bundle_invalid``)."""
+    active_root = current.anchor_for(current.issuer_chain[-1])
+    if active_root is not None and active_root not in new.trust_anchors:
+        raise BundleError(
+            f"the trust bundle in {where} does not include the active root "
+            f"({active_root.subject.rfc4514_string()}); applying it would break every workload "
+            "holding a current certificate. Rotate the root instead, or force the change explicitly"
+        )
+
+
 def generate_bundle(
     trust_domain: str,
     ca_identity: SpiffeId,

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
 
-import yaml
-
 from .durations import format_duration, parse_duration
 from .errors import ConfigError
 from .keys import KeyAlgorithm
@@ -26,6 +24,7 @@ MODES = ("auto", "kubernetes", "standalone")
 MAX_WORKLOAD_TTL = timedelta(days=3650)
 MAX_CLOCK_SKEW = timedelta(hours=24)
 MAX_EXPIRY_CHECK_INTERVAL = timedelta(days=30)
+MAX_STORE_POLL_INTERVAL = timedelta(hours=24)
 
 
 def _bool(text: str) -> bool:
@@ -126,6 +125,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "how often the watcher checks root/issuer expiry (default 1h)",
     ),
     Option(
+        "store-poll-interval",
+        parse_duration,
+        "how often the running CA checks the store for a new bundle version and restarts in place "
+        "when it changed, Go duration; 0s = never (default 0s)",
+    ),
+    Option(
         "allow-insecure-on-network",
         _bool,
         "allow the INSECURE validator on a non-loopback --listen-address (default false)",
@@ -216,6 +221,7 @@ class Config:
     allowed_clock_skew: timedelta = timedelta(minutes=15)
     ca_key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
     expiry_check_interval: timedelta = timedelta(hours=1)
+    store_poll_interval: timedelta = timedelta(0)
     log_level: str = "info"
     log_as_json: bool = False
     allow_insecure_on_network: bool = False
@@ -281,6 +287,8 @@ def _parse_value(opt: Option, raw: str, source: str) -> Any:
 def read_config_file(text: str, path: str) -> dict[str, Any]:
     """Settings from a Dapr Configuration YAML (``spec.mtls.workloadCertTTL``,
     ``allowedClockSkew``, ``tokenValidators``). Raises ConfigError naming the file and field."""
+    import yaml  # here, not at the top: the Lambda functions import this module on a cold start
+
     try:
         doc = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -411,6 +419,8 @@ def _validated(cfg: Config) -> Config:
         problems.append("--allowed-clock-skew must be between 0s and 24h")
     if not timedelta(0) < cfg.expiry_check_interval <= MAX_EXPIRY_CHECK_INTERVAL:
         problems.append("--expiry-check-interval must be positive and at most 720h (30 days)")
+    if not timedelta(0) <= cfg.store_poll_interval <= MAX_STORE_POLL_INTERVAL:
+        problems.append("--store-poll-interval must be between 0s (off) and 24h")
     for name in (cfg.issuer_ca_filename, cfg.issuer_certificate_filename, cfg.issuer_key_filename):
         if not name or "/" in name or name in (".", ".."):
             problems.append(f"file name {name!r} must be a plain file name")

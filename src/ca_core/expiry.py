@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 
-from .bundle import ANCHORS, ISSUER_CHAIN
+from .bundle import ANCHORS, ISSUER_CHAIN, parse_public_bundle
+from .errors import BundleError
 
 WARN_WITHIN = timedelta(days=30)
 
@@ -122,6 +123,35 @@ def check_expiry(
     return findings
 
 
+@dataclass(frozen=True)
+class ExpiryReport:
+    """The expiry state of a bundle's public part (SPEC §8, §9).
+
+    findings: one per trust anchor and the issuer (see :func:`check_expiry`);
+    coverage_not_after: the latest NotAfter among the signing chains (active and prepared) that
+    verify to an anchor, each chain counting until its earliest NotAfter (issuer, intermediates,
+    root) — None when no chain can be read; now: the instant of the check (aware UTC).
+    """
+
+    findings: list[ExpiryFinding]
+    coverage_not_after: datetime | None
+    now: datetime
+
+    @property
+    def coverage_days(self) -> float:
+        """Days of signing left (fractional; negative once passed; 0 when no chain can be read,
+        so an unreadable bundle alarms like an expired one)."""
+        if self.coverage_not_after is None:
+            return 0.0
+        return (self.coverage_not_after - self.now).total_seconds() / 86400
+
+    @property
+    def level(self) -> int:
+        """The most severe finding's level (ERROR when there is no coverage at all)."""
+        worst = max((f.level for f in self.findings), default=logging.DEBUG)
+        return logging.ERROR if self.coverage_not_after is None else worst
+
+
 def chain_not_after(chain: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> datetime:
     """When a signing chain (issuer first, its root last) stops being usable: its earliest NotAfter."""
     return min(c.not_valid_after_utc for c in chain)
@@ -139,3 +169,31 @@ def signing_coverage(
     coverage is then min(issuer NotAfter, its root's NotAfter)). Returns aware UTC datetime.
     """
     return max(chain_not_after(c) for c in (tuple(active_chain), *prepared_chains))
+
+
+def expiry_report(
+    anchors_pem: bytes,
+    issuer_chain_pem: bytes,
+    now: datetime,
+    *,
+    prepared_chains: tuple[tuple[x509.Certificate, ...], ...] = (),
+    warn_within: timedelta = WARN_WITHIN,
+) -> ExpiryReport:
+    """Findings plus coverage for a bundle's public part (``ca.crt``, ``issuer.crt`` PEM bytes).
+
+    The active chain is the issuer chain plus the anchor that issued its last certificate;
+    ``prepared_chains`` (root rotation, not implemented yet) are full chains, issuer first, root
+    last. Coverage = max over chains of each chain's earliest NotAfter (SPEC §9). Never raises
+    for bad input: an unreadable or unverifiable public part gives no active chain.
+    """
+    findings = check_expiry(anchors_pem, issuer_chain_pem, now, warn_within)
+    try:
+        public = parse_public_bundle({ANCHORS: anchors_pem, ISSUER_CHAIN: issuer_chain_pem})
+    except BundleError:
+        public = None
+    root = public.anchor_for(public.issuer_chain[-1]) if public is not None else None
+    if public is not None and root is not None:
+        coverage: datetime | None = signing_coverage((*public.issuer_chain, root), prepared_chains)
+    else:
+        coverage = max((chain_not_after(c) for c in prepared_chains), default=None)
+    return ExpiryReport(findings, coverage, now)

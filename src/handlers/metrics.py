@@ -75,6 +75,11 @@ class Metrics:
         self.issuer_changed = Counter(
             "dapr_sentry_issuercert_changed", "Times the issuer certificate changed", registry=r
         )
+        self.bundle_change_refused = Counter(
+            "sentryca_bundle_change_refused",
+            "New bundle versions seen in the store and refused (invalid, or dropping the active root)",
+            registry=r,
+        )
         self.servercert_issue_failed = Counter(
             "dapr_sentry_servercert_issue_failed",
             "Failures issuing the CA's own server certificate",

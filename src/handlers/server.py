@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,11 +25,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca_core.bundle import TrustBundle, certificates_pem
+from ca_core.bundle import certificates_pem, check_trust_continuity
 from ca_core.certs import check_issuer_valid, sign_workload
 from ca_core.config import Config
-from ca_core.errors import BundleError, CAError, FailedPrecondition
-from ca_core.expiry import ExpiryFinding, check_expiry, signing_coverage
+from ca_core.errors import CAError, FailedPrecondition, Unavailable
+from ca_core.expiry import ExpiryFinding, expiry_report
 from ca_core.keys import private_key_pem
 from ca_core.service import Signer
 from ca_core.stores import BundleStore
@@ -58,18 +59,6 @@ class AlreadyRunning(RuntimeError):
 
 class NotRunning(RuntimeError):
     """An operation that needs a running CA was called on an idle one."""
-
-
-def check_trust_continuity(current: TrustBundle, new: TrustBundle, where: str) -> None:
-    """Refuse a replacement bundle whose trust anchors drop the current active root (SPEC §5):
-    every workload holding a current certificate would stop being trusted. Raises BundleError."""
-    active_root = current.anchor_for(current.issuer_chain[-1])
-    if active_root is not None and active_root not in new.trust_anchors:
-        raise BundleError(
-            f"the trust bundle in {where} does not include the active root "
-            f"({active_root.subject.rfc4514_string()}); applying it would break every workload "
-            "holding a current certificate. Rotate the root instead, or force the change explicitly"
-        )
 
 
 def utc_now() -> datetime:
@@ -170,6 +159,8 @@ class CertificateAuthority:
         self._served_cert: ServerCertificate | None = None
         self._next_expiry_check = datetime.max.replace(tzinfo=UTC)
         self._renew_retry_at: datetime | None = None
+        self._next_store_poll = 0.0  # time.monotonic() of the next store poll
+        self._refused_version: str | None = None
         self.metrics = Metrics()
         self.grpc_port: int | None = None
         self.healthz_port: int | None = None
@@ -303,17 +294,15 @@ class CertificateAuthority:
         return state
 
     def _publish_bundle(self, state: _State, previous: _State | None) -> None:
-        """Once ``state`` is in force: the bundle's expiry gauges and coverage (SPEC §9), the
+        """Once ``state`` is in force: the bundle's expiry gauges, the
         issuer-changed counter, and an audit record when the bundle was created or changed (at
         start: ``bundle_loaded``). Fields: event, issuer_serial, issuer_not_after, anchors
         (SHA-256 fingerprints), store, version; on a change also previous_issuer_serial."""
         bundle = state.signer.bundle
         issuer = bundle.issuer
-        root = bundle.anchor_for(bundle.issuer_chain[-1])
         self.metrics.issuer_expiry.set(issuer.not_valid_after_utc.timestamp())
         self.metrics.root_expiry.set(min(a.not_valid_after_utc for a in bundle.trust_anchors).timestamp())
-        if root is not None:
-            self.metrics.coverage_expiry.set(signing_coverage((*bundle.issuer_chain, root)).timestamp())
+        # coverage: set by _check_expiry, which runs whenever a state comes into force
         fields: dict[str, Any] = {
             "issuer_serial": f"{issuer.serial_number:x}",
             "issuer_not_after": issuer.not_valid_after_utc.isoformat(),
@@ -391,6 +380,7 @@ class CertificateAuthority:
             self.metrics_port = metrics.port
         self._check_expiry(state)
         self._next_expiry_check = self._clock() + cfg.expiry_check_interval
+        self._next_store_poll = time.monotonic() + cfg.store_poll_interval.total_seconds()
         self._renew_retry_at = None
         self._stop_watch = threading.Event()
         self._watcher = threading.Thread(
@@ -519,10 +509,12 @@ class CertificateAuthority:
 
     def _check_expiry(self, state: _State) -> list[ExpiryFinding]:
         bundle = state.signer.bundle
-        findings = check_expiry(bundle.anchors_pem, bundle.issuer_chain_pem, self._clock())
-        for f in findings:
+        report = expiry_report(bundle.anchors_pem, bundle.issuer_chain_pem, self._clock())
+        for f in report.findings:
             expiry_log.log(f.level, "%s", f.message, extra={"role": f.role, "days_left": f.days_left})
-        return findings
+        if report.coverage_not_after is not None:
+            self.metrics.coverage_expiry.set(report.coverage_not_after.timestamp())
+        return report.findings
 
     def maintain(self) -> datetime:
         """One round of background upkeep at the clock's now: the expiry check when due, the
@@ -533,6 +525,7 @@ class CertificateAuthority:
         if state is None:
             raise NotRunning("the CA is not running")
         now = self._clock()
+        state = self._poll_store(state)
         if now >= self._next_expiry_check:
             self._check_expiry(state)
             self._next_expiry_check = now + state.config.expiry_check_interval
@@ -546,7 +539,55 @@ class CertificateAuthority:
         if self._health is not None:
             self._health.refresh()
         due = self._renewal_due()
-        return self._next_expiry_check if due is None else min(self._next_expiry_check, due)
+        wake = self._next_expiry_check if due is None else min(self._next_expiry_check, due)
+        if state.config.store_poll_interval:
+            left = max(self._next_store_poll - time.monotonic(), 0.0)
+            wake = min(wake, now + timedelta(seconds=left))
+        return wake
+
+    def _poll_store(self, state: _State) -> _State:
+        """When ``--store-poll-interval`` is set and due: read the store's version; if it differs
+        from the bundle in force, restart in place with the same config (SPEC §8), which applies
+        the trust-continuity rule. A refused or unreadable bundle is logged once per version and
+        the CA keeps serving the bundle in force. Returns the state in force afterwards."""
+        interval = state.config.store_poll_interval.total_seconds()
+        if not interval or time.monotonic() < self._next_store_poll:
+            return state
+        self._next_store_poll = time.monotonic() + interval
+        try:
+            stored = state.store.load()
+        except Unavailable as e:  # worth retrying at the next poll
+            log.warning("store poll: cannot read %s: %s", state.store.description, e)
+            return state
+        except CAError as e:  # unreadable content: refused, reported once per distinct problem
+            self._refuse(state, None, str(e))
+            return state
+        if stored is None or stored.version in (state.bundle_version, self._refused_version):
+            return state
+        log.info("store poll: %s has a new bundle version; restarting in place", state.store.description)
+        try:
+            self.restart(state.config)
+        except Unavailable as e:
+            log.warning("store poll: cannot apply the new bundle yet (%s); retrying at the next poll", e)
+            return state
+        except CAError as e:
+            self._refuse(state, stored.version, str(e))
+            return state
+        return self._state or state
+
+    def _refuse(self, state: _State, version: str | None, problem: str) -> None:
+        """Record a store content the poll will not apply (logged and counted once per version or,
+        for content that cannot be read at all, once per distinct problem)."""
+        key = version or problem
+        if key == self._refused_version:
+            return
+        self._refused_version = key
+        self.metrics.bundle_change_refused.inc()
+        log.error(
+            "store poll: the new bundle in %s was refused, still serving the one in force: %s",
+            state.store.description,
+            problem,
+        )
 
     def _renewal_due(self) -> datetime | None:
         cert = self._server_cert

@@ -72,6 +72,24 @@ class S3BundleStore:
         items = decode_document(body, f"s3://{self.bucket}/{self.public_key}")
         return StoredBundle(items, r.get("Metadata", {}).get(_BUNDLE_ETAG, r["ETag"]))
 
+    def load_previous(self) -> StoredBundle | None:
+        """The bundle as it was before the current version (the newest non-current object
+        version of a versioned bucket), or None when there is none. For the config-change check
+        of trust continuity (SPEC §5). Raises Unavailable, BundleError."""
+        try:
+            r = self.client.list_object_versions(Bucket=self.bucket, Prefix=self.key)
+            versions = sorted(
+                (v for v in r.get("Versions", []) if v["Key"] == self.key and not v.get("IsLatest")),
+                key=lambda v: v["LastModified"],
+                reverse=True,
+            )
+            if not versions:
+                return None
+            got = self.client.get_object(Bucket=self.bucket, Key=self.key, VersionId=versions[0]["VersionId"])
+        except aws.sdk_errors() as e:
+            raise aws.unavailable(e, self.description, "read the previous trust bundle version") from None
+        return StoredBundle(decode_document(got["Body"].read(), self.description), got["ETag"])
+
     def _sse(self) -> dict[str, str]:
         if self.kms_key_id:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}

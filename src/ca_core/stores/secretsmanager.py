@@ -71,6 +71,18 @@ class SecretsManagerBundleStore:
             text = r["SecretString"]
         return decode_document(text, f"secretsmanager://{secret_id}"), r["VersionId"]
 
+    def load_previous(self) -> StoredBundle | None:
+        """The bundle labelled AWSPREVIOUS (the one before the current), or None. For the
+        config-change check of trust continuity (SPEC §5). Raises Unavailable, BundleError."""
+        try:
+            r = self.client.get_secret_value(SecretId=self.secret_id, VersionStage="AWSPREVIOUS")
+        except aws.sdk_errors() as e:
+            if aws.error_code(e) == "ResourceNotFoundException":
+                return None
+            raise aws.unavailable(e, self.description, "read the previous trust bundle") from None
+        text = r["SecretString"] if "SecretString" in r else r.get("SecretBinary", b"")
+        return StoredBundle(decode_document(text, self.description), r["VersionId"])
+
     def load(self) -> StoredBundle | None:
         got = self._get(self.secret_id, "read the trust bundle")
         if got is None:

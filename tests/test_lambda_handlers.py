@@ -1,0 +1,335 @@
+"""The Lambda handlers, run as template.yaml names them (handlers.local_invoke), on every sample
+event in events/, against moto in server mode (S3, Secrets Manager, SSM, ECS) over loopback.
+Asserts the returned summary and the EMF lines (namespace, metric names, dimensions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import aws_client, make_bundle, make_key
+
+from ca_core.bundle import TrustBundle
+from ca_core.certs import generate_issuer
+from ca_core.spiffe_id import SpiffeId
+from ca_core.stores.s3 import S3BundleStore
+from ca_core.stores.secretsmanager import SecretsManagerBundleStore
+from handlers.local_invoke import apply_env_vars, invoke
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = ROOT / "events"
+TEMPLATE = ROOT / "template.yaml"
+ENV = json.loads((EVENTS / "env.json").read_text())
+BUCKET = "sentryca-bundles-example"  # the bucket the sample events name
+KEY = "sentry/bundle.json"
+SECRET = "sentryca-bundle"
+PARAMETER = "/sentryca/config"
+
+
+def event(name: str) -> dict:
+    return json.loads((EVENTS / name).read_text())
+
+
+def emf_lines(out: str) -> list[dict]:
+    """The EMF documents among the JSON lines a handler printed."""
+    docs = []
+    for line in out.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            docs.append(json.loads(line))
+    return docs
+
+
+def emitted(out: str) -> dict[str, list[tuple[str, tuple[str, ...], dict]]]:
+    """metric name → [(namespace, dimension names, the document)] for every EMF line."""
+    found: dict[str, list] = {}
+    for doc in emf_lines(out):
+        for d in doc["_aws"]["CloudWatchMetrics"]:
+            for m in d["Metrics"]:
+                for dims in d["Dimensions"]:
+                    found.setdefault(m["Name"], []).append((d["Namespace"], tuple(dims), doc))
+    return found
+
+
+def log_lines(out: str) -> list[dict]:
+    return [json.loads(x) for x in out.splitlines() if x.startswith("{") and '"_aws"' not in x]
+
+
+def reissued(bundle: TrustBundle, now: datetime, lifetime: timedelta = timedelta(days=200)) -> TrustBundle:
+    """The same root with a new issuer (what an operator's issuer renewal imports)."""
+    key = make_key()
+    issuer = generate_issuer(
+        bundle.trust_anchors[0],
+        bundle.root_key,
+        key,
+        SpiffeId("localhost", "default", "dapr-sentry"),
+        now,
+        lifetime=lifetime,
+    )
+    return TrustBundle(bundle.trust_anchors, (issuer,), key, bundle.root_key)
+
+
+@pytest.fixture
+def fn_env(aws_env, monkeypatch):
+    """Set events/env.json's variables for a function (as make invoke does), over moto."""
+
+    def use(logical_id: str, **overrides: str) -> None:
+        for k, v in {**ENV[logical_id], **overrides}.items():
+            monkeypatch.setenv(k, v)
+
+    return use
+
+
+@pytest.fixture
+def bucket(aws_env):
+    s3 = aws_client("s3", aws_env["AWS_ENDPOINT_URL"])
+    try:
+        s3.create_bucket(Bucket=BUCKET)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    for v in s3.list_object_versions(Bucket=BUCKET).get("Versions", []):
+        s3.delete_object(Bucket=BUCKET, Key=v["Key"], VersionId=v["VersionId"])
+    return s3
+
+
+@pytest.fixture
+def ecs(aws_env):
+    client = aws_client("ecs", aws_env["AWS_ENDPOINT_URL"])
+    client.create_cluster(clusterName=ENV["ConfigChangeFunction"]["SENTRYCA_ECS_CLUSTER"])
+    client.register_task_definition(
+        family="sentryca-ca", containerDefinitions=[{"name": "ca", "image": "sentryca:test", "memory": 512}]
+    )
+    client.create_service(
+        cluster=ENV["ConfigChangeFunction"]["SENTRYCA_ECS_CLUSTER"],
+        serviceName=ENV["ConfigChangeFunction"]["SENTRYCA_ECS_SERVICE"],
+        taskDefinition="sentryca-ca",
+        desiredCount=2,
+    )
+    return client
+
+
+# --- expiry check ------------------------------------------------------------------------------
+
+
+def test_scheduled_event_reports_days_and_coverage_from_the_public_part(fn_env, bucket, capsys):
+    fn_env("ExpiryCheckFunction")
+    now = datetime.now(UTC)
+    bundle = make_bundle(now - timedelta(days=1), issuer_lifetime=timedelta(days=21))
+    store = S3BundleStore(BUCKET, KEY)
+    assert store.create(bundle.to_items())
+    capsys.readouterr()
+    summary = invoke("ExpiryCheckFunction", event("scheduled.json"), TEMPLATE)
+    out = capsys.readouterr().out
+    assert summary["store"] == f"s3://{BUCKET}/{KEY}"
+    assert summary["status"] == "warning"
+    assert 19.5 < summary["coverage_days"] < 20.5  # the issuer ends first: min(issuer, root)
+    roles = {c["role"]: c for c in summary["certificates"]}
+    assert (
+        roles["issuer"]["level"] == "warning" and "about to expire in 19 days" in roles["issuer"]["message"]
+    )
+    assert roles["root"]["level"] == "debug" and 363 < roles["root"]["days_left"] < 365
+    json.dumps(summary)
+    metrics = emitted(out)
+    assert {(ns, dims) for ns, dims, _ in metrics["SigningCoverageDays"]} == {("SentryCA", ("service",))}
+    doc = metrics["SigningCoverageDays"][0][2]
+    assert doc["service"] == "sentryca-local" and 19.5 < doc["SigningCoverageDays"][0] < 20.5
+    per_cert = metrics["DaysToExpiry"]
+    assert {(ns, dims) for ns, dims, _ in per_cert} == {("SentryCA", ("service", "Role", "Subject"))}
+    assert sorted(d["Role"] for _, _, d in per_cert) == ["issuer", "root"]
+    warnings = [x for x in log_lines(out) if x["level"] == "WARNING"]
+    assert any("Issuer certificate is about to expire in 19 days" in x["message"] for x in warnings)
+    # Only the public part was read: a store without the key still checks.
+    assert "issuer.key" not in store.load_public().items
+
+
+def test_expiry_check_of_an_expired_issuer_logs_an_error_and_zero_coverage(fn_env, bucket, capsys):
+    fn_env("ExpiryCheckFunction")
+    now = datetime.now(UTC)
+    S3BundleStore(BUCKET, KEY).create(
+        make_bundle(now - timedelta(days=30), issuer_lifetime=timedelta(days=10)).to_items()
+    )
+    capsys.readouterr()
+    summary = invoke("ExpiryCheckFunction", event("scheduled.json"), TEMPLATE)
+    out = capsys.readouterr().out
+    assert summary["status"] == "error" and summary["coverage_days"] < 0
+    assert any(x["level"] == "ERROR" and "expired on" in x["message"] for x in log_lines(out))
+    assert emitted(out)["SigningCoverageDays"][0][2]["SigningCoverageDays"][0] < 0
+
+
+def test_expiry_check_of_an_empty_store_fails_and_counts_it(fn_env, bucket, capsys):
+    fn_env("ExpiryCheckFunction")
+    capsys.readouterr()
+    with pytest.raises(Exception, match="holds no public trust bundle part"):
+        invoke("ExpiryCheckFunction", event("scheduled.json"), TEMPLATE)
+    out = capsys.readouterr().out
+    assert {dims for _, dims, _ in emitted(out)["ExpiryCheckFailed"]} == {("service",)}
+    assert "SigningCoverageDays" not in emitted(out)  # missing data: the alarm breaches
+
+
+def test_the_lambda_path_imports_neither_grpc_nor_kubernetes(tmp_path):
+    store = tmp_path / "credentials"
+    from conftest import write_bundle
+
+    write_bundle(store, make_bundle(datetime.now(UTC)))
+    code = (
+        "import json, sys; from handlers.local_invoke import invoke;"
+        "invoke('ExpiryCheckFunction', {}, sys.argv[1]);"
+        "import handlers.config_change;"
+        "heavy = ('grpc', 'kubernetes', 'jwt', 'prometheus_client');"
+        "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))"
+    )
+    env = {"SENTRY_ISSUER_CREDENTIALS": str(store), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(TEMPLATE)], capture_output=True, text=True, env=env, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
+# --- config change -----------------------------------------------------------------------------
+
+
+def _bundle_in_s3(now: datetime) -> tuple[TrustBundle, S3BundleStore]:
+    store = S3BundleStore(BUCKET, KEY)
+    bundle = make_bundle(now)
+    assert store.create(bundle.to_items())
+    return bundle, store
+
+
+@pytest.mark.parametrize("sample", ["s3_eventbridge.json", "s3_notification.json"])
+def test_s3_change_with_a_valid_bundle_is_accepted_and_rolls_the_service(sample, fn_env, bucket, ecs, capsys):
+    fn_env("ConfigChangeFunction")
+    now = datetime.now(UTC)
+    bundle, store = _bundle_in_s3(now)
+    assert store.replace(reissued(bundle, now).to_items(), store.load().version)
+    capsys.readouterr()
+    result = invoke("ConfigChangeFunction", event(sample), TEMPLATE)
+    out = capsys.readouterr().out
+    assert result["outcome"] == "accepted", result
+    assert result["target"] == f"s3://{BUCKET}/{KEY}" and result["deployment"]
+    metrics = emitted(out)
+    assert {(ns, dims) for ns, dims, _ in metrics["ConfigChangeAccepted"]} == {("SentryCA", ("service",))}
+    assert {(ns, dims) for ns, dims, _ in metrics["DeploymentForced"]} == {("SentryCA", ("service",))}
+    assert "ConfigChangeRejected" not in metrics
+
+
+@pytest.mark.parametrize("case", ["drops_the_root", "corrupt", "key_mismatch"])
+def test_s3_change_with_a_bad_bundle_is_rejected_and_nothing_rolls(case, fn_env, bucket, ecs, capsys):
+    fn_env("ConfigChangeFunction")
+    now = datetime.now(UTC)
+    bundle, store = _bundle_in_s3(now)
+    if case == "drops_the_root":
+        assert store.replace(make_bundle(now).to_items(), store.load().version)
+    elif case == "corrupt":
+        bucket.put_object(Bucket=BUCKET, Key=KEY, Body=b"{not json")
+    else:
+        items = bundle.to_items() | {"issuer.key": make_bundle(now).to_items()["issuer.key"]}
+        bucket.put_object(
+            Bucket=BUCKET, Key=KEY, Body=json.dumps({k: v.decode() for k, v in items.items()}).encode()
+        )
+    capsys.readouterr()
+    result = invoke("ConfigChangeFunction", event("s3_eventbridge.json"), TEMPLATE)
+    out = capsys.readouterr().out
+    assert result["outcome"] == "rejected", result
+    assert result["deployment"] is None
+    if case == "drops_the_root":
+        assert "does not include the active root" in result["reason"]
+    metrics = emitted(out)
+    assert {(ns, dims) for ns, dims, _ in metrics["ConfigChangeRejected"]} == {("SentryCA", ("service",))}
+    assert "DeploymentForced" not in metrics
+    assert any(x["level"] == "ERROR" and "REJECTED" in x["message"] for x in log_lines(out))
+
+
+def test_an_event_for_another_object_is_ignored(fn_env, bucket, ecs):
+    fn_env("ConfigChangeFunction")
+    ev = event("s3_eventbridge.json")
+    ev["detail"]["object"]["key"] = f"{KEY}.public"
+    assert invoke("ConfigChangeFunction", ev, TEMPLATE)["outcome"] == "ignored"
+
+
+def test_secrets_manager_change_via_cloudtrail(fn_env, aws_env, ecs, capsys):
+    fn_env("ConfigChangeFunction", SENTRY_TRUST_BUNDLE_STORE=f"secretsmanager://{SECRET}")
+    sm = aws_client("secretsmanager", aws_env["AWS_ENDPOINT_URL"])
+    for sid in (SECRET, f"{SECRET}.public"):
+        try:
+            sm.delete_secret(SecretId=sid, ForceDeleteWithoutRecovery=True)
+        except sm.exceptions.ResourceNotFoundException:
+            pass
+    now = datetime.now(UTC)
+    store = SecretsManagerBundleStore(SECRET)
+    bundle = make_bundle(now)
+    assert store.create(bundle.to_items())
+    assert store.replace(reissued(bundle, now).to_items(), store.load().version)
+    capsys.readouterr()
+    result = invoke("ConfigChangeFunction", event("secretsmanager_cloudtrail.json"), TEMPLATE)
+    assert result["outcome"] == "accepted", result
+    assert {d for _, d, _ in emitted(capsys.readouterr().out)["ConfigChangeAccepted"]} == {("service",)}
+    # A bundle dropping the root is rejected.
+    assert store.replace(make_bundle(now).to_items(), store.load().version)
+    result = invoke("ConfigChangeFunction", event("secretsmanager_cloudtrail.json"), TEMPLATE)
+    assert result["outcome"] == "rejected" and "active root" in result["reason"]
+    # A value staged without AWSCURRENT (this store's own compare-and-swap) is not a change yet.
+    staged = event("secretsmanager_cloudtrail.json")
+    staged["detail"]["requestParameters"]["versionStages"] = ["SENTRYCA_PENDING"]
+    assert invoke("ConfigChangeFunction", staged, TEMPLATE)["outcome"] == "ignored"
+
+
+@pytest.mark.parametrize(
+    ("value", "outcome"),
+    [
+        ("spec:\n  mtls:\n    workloadCertTTL: 12h\n", "accepted"),
+        ("spec:\n  mtls:\n    workloadCertTTL: twelve hours\n", "rejected"),
+        ("spec:\n  mtls:\n    tokenValidators: [{name: insecure}]\n", "rejected"),
+    ],
+)
+def test_ssm_parameter_change(value, outcome, fn_env, aws_env, ecs, capsys):
+    fn_env("ConfigChangeFunction")
+    aws_client("ssm", aws_env["AWS_ENDPOINT_URL"]).put_parameter(
+        Name=PARAMETER, Value=value, Type="String", Overwrite=True
+    )
+    capsys.readouterr()
+    result = invoke("ConfigChangeFunction", event("ssm_parameter_change.json"), TEMPLATE)
+    assert result["outcome"] == outcome, result
+    name = {"accepted": "ConfigChangeAccepted", "rejected": "ConfigChangeRejected"}[outcome]
+    assert {d for _, d, _ in emitted(capsys.readouterr().out)[name]} == {("service",)}
+
+
+def test_make_invoke_runs_the_template_handler_with_env_json(tmp_path, monkeypatch):
+    store = tmp_path / "credentials"
+    from conftest import write_bundle
+
+    write_bundle(store, make_bundle(datetime.now(UTC)))
+    env = {"PATH": "/usr/bin:/bin", "SENTRY_TRUST_BUNDLE_STORE": f"file://{store}"}
+    r = subprocess.run(
+        [sys.executable, "-m", "handlers.local_invoke", "ExpiryCheckFunction", "events/scheduled.json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout[r.stdout.rindex("\n{") :])
+    assert summary["status"] == "ok" and summary["store"] == f"file://{store}"
+    # env.json filled what the shell did not set: the service dimension.
+    assert any(d.get("service") == "sentryca-local" for d in emf_lines(r.stdout))
+    bad = subprocess.run(
+        [sys.executable, "-m", "handlers.local_invoke", "NoSuchFunction", "events/scheduled.json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert bad.returncode == 2 and "ExpiryCheckFunction" in bad.stderr
+
+
+def test_env_json_fills_only_unset_variables():
+    environ = {"SENTRY_TRUST_BUNDLE_STORE": "file://mine"}
+    apply_env_vars(EVENTS / "env.json", "ConfigChangeFunction", environ)
+    assert environ["SENTRY_TRUST_BUNDLE_STORE"] == "file://mine"
+    assert environ["SENTRYCA_CONFIG_PARAMETER"] == PARAMETER
