@@ -143,6 +143,7 @@ class JwksServer:
     document: dict = field(default_factory=lambda: {"keys": []})
     status: int | None = None
     fetches: int = 0
+    redirects: dict = field(default_factory=dict)  # path -> Location answered with 302
 
     def start(self) -> JwksServer:
         self.ca_pem, cert, key = self_signed_tls(self.tls_dir)
@@ -154,6 +155,12 @@ class JwksServer:
 
             def do_GET(self) -> None:
                 server.fetches += 1
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 code = server.status or (200 if self.path == "/jwks.json" else 404)
                 body = json.dumps(server.document if code == 200 else {"error": code}).encode()
                 self.send_response(code)

@@ -316,7 +316,10 @@ class KubeApiServer:
             if failure.hang:
                 self._release.wait()
                 return  # the client has given up; send nothing
-            self._send(h, failure.status, status_body(failure.status, "Forced", "forced failure"))
+            # Like the real API server's answers to invalid objects, the message echoes the request
+            # (a TokenReview's carries the token): callers must never log an error body.
+            echo = f": {json.dumps(body)[:4000]}" if body else ""
+            self._send(h, failure.status, status_body(failure.status, "Forced", f"forced failure{echo}"))
             return
         if (
             self.bearer_token is not None

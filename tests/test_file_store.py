@@ -289,3 +289,44 @@ def test_a_directory_written_by_dapr_sentry_loads_and_converts_on_write(tmp_path
     assert store.replace(newer, loaded.version)
     for name in ("ca.crt", "issuer.crt", "issuer.key"):
         assert (d / name).is_symlink() and (d / name).read_bytes() == newer[name]
+
+
+def test_a_vanished_generation_is_damage_not_an_empty_store(tmp_path):
+    """..data pointing at a deleted generation: refuse, never generate a new CA."""
+    import shutil
+
+    store = FileBundleStore(tmp_path)
+    store.create(make_bundle().to_items())
+    shutil.rmtree(os.path.realpath(tmp_path / "..data"))
+    links_before = {p.name: os.readlink(p) for p in tmp_path.iterdir() if p.is_symlink()}
+    generated = []
+    with pytest.raises(BundleError, match="does not exist"):
+        load_or_create(store, lambda: generated.append(1) or make_bundle())
+    assert not generated
+    assert {p.name: os.readlink(p) for p in tmp_path.iterdir() if p.is_symlink()} == links_before
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (PermissionError(13, "Permission denied"), "store_denied"),
+        (OSError(5, "I/O error"), "store_unreachable"),
+    ],
+)
+def test_a_read_failure_never_creates_a_ca(tmp_path, monkeypatch, error, reason):
+    from ca_core.errors import Unavailable
+
+    store = FileBundleStore(tmp_path)
+    store.create(make_bundle().to_items())
+    before = snapshot(tmp_path)
+
+    def failing_read(self):
+        raise error
+
+    monkeypatch.setattr(Path, "read_bytes", failing_read)  # the disk, not the store, fails
+    generated = []
+    with pytest.raises(Unavailable) as e:
+        load_or_create(store, lambda: generated.append(1) or make_bundle())
+    monkeypatch.undo()
+    assert e.value.reason == reason and not generated
+    assert snapshot(tmp_path) == before

@@ -309,3 +309,58 @@ def test_source_failing_without_keys_is_retried_soon(server, validator, clock, k
     server.status = None
     clock.t += 6  # well within the minimum interval (1m): no keys, so a retry is due
     assert str(validator.validate(req(key.token(claims(SUB, AUD)))).spiffe_id) == SUB
+
+
+def _settings_for(url: str, server) -> JwksSettings:
+    return JwksSettings(url, str(server.ca_pem), timedelta(minutes=1), timedelta(seconds=5))
+
+
+def test_redirect_to_another_https_url_is_followed(server, clock, key):
+    server.redirects["/moved"] = server.url
+    v = JwksValidator.from_settings(
+        _settings_for(server.url.replace("/jwks.json", "/moved"), server), CA_ID, clock
+    )
+    sub = "spiffe://public/ns/prod/orders"
+    assert v.validate(req(key.token(claims(sub, str(CA_ID))))).spiffe_id.app_id == "orders"
+
+
+def test_redirect_to_plain_http_is_refused_and_never_fetched(server, clock, key):
+    """Keys fetched in plaintext could be anyone's: an https source may not redirect to http."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits = []
+
+    class Plain(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            body = json.dumps(jwks(key)).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    plain = ThreadingHTTPServer(("127.0.0.1", 0), Plain)
+    thread = threading.Thread(target=plain.serve_forever, daemon=True)
+    thread.start()
+    try:
+        server.redirects["/moved"] = f"http://127.0.0.1:{plain.server_address[1]}/jwks.json"
+        v = JwksValidator.from_settings(
+            _settings_for(server.url.replace("/jwks.json", "/moved"), server), CA_ID, clock
+        )
+        with pytest.raises(Unavailable, match="non-https"):
+            v.validate(req(key.token(claims("spiffe://public/ns/prod/orders", str(CA_ID)))))
+        assert hits == []
+    finally:
+        plain.shutdown()
+        plain.server_close()
+
+
+def test_iat_within_the_leeway_is_accepted(validator, key):
+    sub = "spiffe://public/ns/prod/orders"
+    now = time.time()
+    token = key.token(claims(sub, str(CA_ID), now=now) | {"iat": int(now) + 200})
+    assert validator.validate(req(token)).spiffe_id.app_id == "orders"

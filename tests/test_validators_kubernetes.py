@@ -232,6 +232,20 @@ def test_control_plane_pod_gets_the_ca_trust_domain_and_dns_sans(cluster, valida
     assert san.get_values_for_type(x509.DNSName) == ["dapr-sidecar-injector.dapr-system.svc"]
 
 
+def test_control_plane_trust_domain_ignores_the_pods_configuration(cluster, validator):
+    """SPEC §6: the control plane's trust domain is the CA's own, whatever dapr.io/config says."""
+    cluster.configuration(CA_NS, "appconfig", "elsewhere.org")
+    cluster.pod(
+        CA_NS,
+        "dapr-operator-7d",
+        sa="dapr-operator",
+        **{"dapr.io/control-plane": "operator", "dapr.io/config": "appconfig"},
+    )
+    token = cluster.token(CA_NS, "dapr-operator", "dapr-operator-7d")
+    identity = validator.validate(req("dapr-operator", CA_NS, token))
+    assert str(identity.spiffe_id) == "spiffe://cluster.local/ns/dapr-system/dapr-operator"
+
+
 def test_control_plane_sentry_identity_stays_reserved(cluster, validator):
     cluster.pod(CA_NS, "dapr-sentry-0", sa="dapr-sentry", **{"dapr.io/control-plane": "sentry"})
     token = cluster.token(CA_NS, "dapr-sentry", "dapr-sentry-0")

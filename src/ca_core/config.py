@@ -180,7 +180,7 @@ DEFAULT_JWKS_REQUEST_TIMEOUT = timedelta(seconds=30)
 class JwksSettings:
     """``spec.mtls.tokenValidators[name=jwks].options`` (SPEC §6, §7).
 
-    source: an https:// (or http://) URL, a file path, or the JWKS JSON itself (optionally
+    source: an https:// URL (plain http:// is refused), a file path, or the JWKS JSON itself (optionally
     base64-encoded); ca_certificate: PEM text or a PEM file path trusted for an https source
     (None: the system's trust store); min_refresh_interval: the least time between two fetches;
     request_timeout: the bound of one fetch.

@@ -168,10 +168,11 @@ class JwksSource:
                 ) from None
         # Only https:// reaches here: from_settings refuses every other scheme.
         request = urllib.request.Request(self.location, headers={"Accept": "application/json"})  # noqa: S310
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=self.ssl_context), _HttpsOnlyRedirects()
+        )
         try:
-            with urllib.request.urlopen(  # noqa: S310  # nosec B310: https only
-                request, timeout=self.timeout, context=self.ssl_context
-            ) as resp:
+            with opener.open(request, timeout=self.timeout) as resp:
                 return _read_within(resp, time.monotonic() + self.timeout, self.location)
         except urllib.error.HTTPError as e:
             raise Unavailable(f"JWKS {self.location} answered {e.code}", reason="jwks_unavailable") from None
@@ -180,6 +181,16 @@ class JwksSource:
             raise Unavailable(
                 f"JWKS {self.location} unreachable: {reason}", reason="jwks_unavailable"
             ) from None
+
+
+class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to another https:// URL: keys fetched in plaintext could have been
+    replaced in transit, which is why an http:// source is refused in the first place."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not newurl.lower().startswith("https://"):
+            raise urllib.error.URLError(f"redirect to a non-https URL refused ({newurl[:200]})")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _read_within(resp: Any, deadline: float, location: str) -> bytes:

@@ -93,6 +93,15 @@ class FileBundleStore:
     # -- reading ---------------------------------------------------------------------------
 
     def _read(self, items: tuple[str, ...] | None = None) -> StoredBundle | None:
+        data = self.directory / DATA_LINK
+        if data.is_symlink() and not data.exists():
+            # The generation in force is gone: every visible name dangles. That is damage, not
+            # an empty store, and must never lead to a new CA.
+            raise BundleError(
+                f"points to {os.readlink(data)}, which does not exist: the current bundle's files are "
+                "gone (restore them from a backup, or regenerate explicitly)",
+                item=str(data),
+            )
         found: dict[str, bytes] = {}
         for item in items or tuple(self.names.mapping()):
             p = self.path(item)
