@@ -82,13 +82,16 @@ class Kit:
 
     def source_of_truth(self) -> object:
         """The bundle as stored, byte for byte, with the backend's version marker (for
-        Kubernetes the Secret; its ConfigMap is a derived copy)."""
+        Kubernetes the Secret; its ConfigMap and the AWS stores' public part are derived copies)."""
         if self.kind == "kubernetes":
             return self.kube.server.get("v1", "secrets", KUBE_NAMESPACE, self.name)
+        if self.kind in ("s3", "secretsmanager"):
+            return self.raw()[:-1]  # without the public part (last), a derived copy
         return self.raw()
 
     def raw(self) -> object:
-        """Everything stored, byte for byte, with the backend's version marker."""
+        """Everything stored, byte for byte, with the backend's version marker, including the
+        derived public part (S3 ``KEY.public``, Secrets Manager ``NAME.public``, the ConfigMap)."""
         if self.kind == "file":
             return snapshot(self.dir) if self.dir.exists() else None
         if self.kind == "kubernetes":
@@ -100,12 +103,21 @@ class Kit:
             s3 = aws_client("s3", self.endpoint)
             versions = s3.list_object_versions(Bucket=TEST_BUCKET, Prefix=self.key).get("Versions", [])
             body = s3.get_object(Bucket=TEST_BUCKET, Key=self.key)["Body"].read()
-            return body, sorted(v["VersionId"] for v in versions if v["Key"] == self.key)
+            try:
+                public = s3.get_object(Bucket=TEST_BUCKET, Key=f"{self.key}.public")["Body"].read()
+            except s3.exceptions.NoSuchKey:
+                public = None
+            return body, sorted(v["VersionId"] for v in versions if v["Key"] == self.key), public
         sm = aws_client("secretsmanager", self.endpoint)
         cur = sm.get_secret_value(SecretId=self.name, VersionStage="AWSCURRENT")
         stages = sm.describe_secret(SecretId=self.name)["VersionIdsToStages"]
         labelled = {v: s for v, s in stages.items() if s}  # a version without a label never serves
-        return cur["SecretString"], cur["VersionId"], labelled
+        try:
+            public = sm.get_secret_value(SecretId=f"{self.name}.public", VersionStage="AWSCURRENT")
+            public_part = public["SecretString"], public["VersionId"]
+        except sm.exceptions.ResourceNotFoundException:
+            public_part = None
+        return cur["SecretString"], cur["VersionId"], labelled, public_part
 
 
 @pytest.fixture(params=KINDS)

@@ -37,9 +37,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..bundle import ANCHORS, ISSUER_CHAIN, STORE_ITEMS, parse_bundle
-from ..errors import BundleError, CAError, Unavailable
-from .base import StoredBundle
+from ..bundle import ANCHORS, ISSUER_CHAIN, STORE_ITEMS
+from ..errors import BundleError, Unavailable
+from .base import StoredBundle, loads
 from .files import FileNames
 
 log = logging.getLogger(__name__)
@@ -200,12 +200,10 @@ class KubernetesSecretBundleStore:
         if not items:
             return None  # a Secret without bundle keys, e.g. created empty by Dapr's Helm chart
         stored = StoredBundle(items, secret.metadata.resource_version)
-        try:
-            parse_bundle(items, self.labels())
-        except CAError:
-            log.debug("the bundle in %s does not load; its ConfigMap is left as it is", self.description)
-        else:
+        if loads(stored, self.labels()):
             self._sync_config_map(stored, repair=True)
+        else:
+            log.debug("the bundle in %s does not load; its ConfigMap is left as it is", self.description)
         return stored
 
     def create(self, items: Mapping[str, bytes]) -> bool:

@@ -6,8 +6,9 @@ on the ETag (``IfMatch``); both answer 412 (or 409 for a concurrent conditional 
 another writer won. Objects are encrypted at rest: SSE-S3 (AES256) by default, SSE-KMS with
 ``kms-key-id``. The public part (``ca.crt`` and ``issuer.crt``, no key) is its own object at
 ``KEY.public`` (SSE-S3, so readers need no KMS grant), written after each successful write and
-repaired on load when it disagrees with the bundle, never the other way. Use a versioned
-bucket: every replaced bundle stays recoverable. Version token: the bundle object's ETag.
+repaired on load when it disagrees with the bundle, never the other way; the repair happens only
+when the bundle loads (a bundle the CA refuses is never distributed). Use a versioned bucket:
+every replaced bundle stays recoverable. Version token: the bundle object's ETag.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from ..bundle import PUBLIC_ITEMS, STORE_ITEMS
 from ..errors import Unavailable
 from . import aws
-from .base import StoredBundle, decode_document, encode_document
+from .base import StoredBundle, decode_document, encode_document, loads
 
 log = logging.getLogger(__name__)
 _LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
@@ -61,7 +62,10 @@ class S3BundleStore:
         body, r = got
         items = decode_document(body, self.description)
         stored = StoredBundle(items, r["ETag"])
-        self._repair_public(stored)
+        if loads(stored, self.labels()):
+            self._repair_public(stored)
+        else:
+            log.debug("the bundle in %s does not load; its public part is left as it is", self.description)
         return stored
 
     def load_public(self) -> StoredBundle | None:
