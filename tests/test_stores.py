@@ -375,3 +375,33 @@ def test_secrets_manager_arn_names_the_public_secret(aws_env):
     assert (
         store.load_public().items["ca.crt"] == bundle.anchors_pem
     )  # sentryca/by-arn.public, repaired on load
+
+
+@pytest.mark.parametrize("kit", ["s3", "secretsmanager"], indirect=True)
+def test_public_part_repair_never_installs_an_older_bundle(kit):
+    """A load reads bundle v1; another writer replaces it with v2 (bundle and public part) while
+    the load checks the public part; the repair must not write v1's public part over v2's.
+    The other writer is interleaved with botocore's own event hook (``before-parameter-build``) on the
+    loader's client, just before it reads the public part; requests still go to moto."""
+    store, other = kit.store(), kit.store()
+    assert store.create(make_bundle().to_items())
+    v1 = store.load().version
+    newer = make_bundle().to_items()
+    if kit.kind == "s3":
+        event, param, public_name = "before-parameter-build.s3.GetObject", "Key", store.public_key
+    else:
+        event, param, public_name = (
+            "before-parameter-build.secrets-manager.GetSecretValue",
+            "SecretId",
+            store.public_id,
+        )
+    replaced = []
+
+    def other_writer(params, **_kwargs):
+        if params.get(param) == public_name and not replaced:
+            replaced.append(other.replace(newer, v1))
+
+    store.client.meta.events.register(event, other_writer)
+    loaded = store.load()
+    assert replaced == [True] and loaded.version == v1  # the load read v1, then v2 landed
+    assert store.load_public().items == {k: newer[k] for k in ("ca.crt", "issuer.crt")}

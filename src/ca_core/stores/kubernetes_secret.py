@@ -21,8 +21,9 @@ the expiry check and ``sentryca inspect`` need no Secret access), and the annota
 ``sentryca/bundle-version`` (the Secret's resourceVersion it mirrors). It is written after the
 Secret, and repaired from the Secret on load when it differs or is missing, never the other
 way; the repair happens only when the Secret holds a bundle that loads, so a bundle the CA
-refuses is never distributed and a refused start writes nothing. Other keys of the ConfigMap
-are kept.
+refuses is never distributed and a refused start writes nothing. Every ConfigMap write first
+re-reads the Secret and is skipped when its resourceVersion is no longer the one mirrored, so an
+older bundle is never mirrored over a newer one. Other keys of the ConfigMap are kept.
 
 Errors: unreachable API, timeouts, 429 and 5xx → Unavailable ``store_unreachable`` (retried at
 start); 401/403 → ``store_denied`` naming the RBAC the CA needs; other API refusals (e.g. 404
@@ -303,6 +304,14 @@ class KubernetesSecretBundleStore:
                         annotations.get(VERSION_ANNOTATION) == stored.version
                     ):
                         return
+                current = self._read_secret("check the trust bundle's version")
+                if current is None or current.metadata.resource_version != stored.version:
+                    # Another writer replaced the Secret since it was read: never mirror the
+                    # older bundle over the public part; the newer writer (or the next load) does.
+                    log.info(
+                        "%s changed meanwhile; its ConfigMap is left to the newer writer", self.description
+                    )
+                    return
                 if repair:
                     log.info("repairing the ConfigMap %s from the Secret", self._where("ConfigMap"))
                 try:

@@ -7,8 +7,9 @@ another writer won. Objects are encrypted at rest: SSE-S3 (AES256) by default, S
 ``kms-key-id``. The public part (``ca.crt`` and ``issuer.crt``, no key) is its own object at
 ``KEY.public`` (SSE-S3, so readers need no KMS grant), written after each successful write and
 repaired on load when it disagrees with the bundle, never the other way; the repair happens only
-when the bundle loads (a bundle the CA refuses is never distributed). Use a versioned bucket:
-every replaced bundle stays recoverable. Version token: the bundle object's ETag.
+when the bundle loads (a bundle the CA refuses is never distributed) and is still the version
+read (``HeadObject`` ETag re-checked just before the write, so it never installs an older one).
+Use a versioned bucket: every replaced bundle stays recoverable. Version token: the bundle object's ETag.
 """
 
 from __future__ import annotations
@@ -146,8 +147,23 @@ class S3BundleStore:
                     return
             except Exception:  # noqa: BLE001 - a damaged derived copy is simply rewritten
                 log.debug("public part unreadable; rewriting it")
+        if not self._still_current(stored.version):
+            log.info(
+                "%s changed while its public part was being repaired; left to the newer writer",
+                self.description,
+            )
+            return
         log.info("repairing the public part s3://%s/%s from the bundle", self.bucket, self.public_key)
         self._write_public(stored.items, stored.version)
+
+    def _still_current(self, etag: str) -> bool:
+        """Whether the bundle object's ETag is still ``etag`` (False when it changed, is gone or
+        cannot be checked: a repair is skipped rather than risk installing an older bundle)."""
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self.key)["ETag"] == etag
+        except aws.sdk_errors() as e:
+            log.warning("%s", aws.unavailable(e, self.description, "check the trust bundle's version"))
+            return False
 
     def create(self, items: Mapping[str, bytes]) -> bool:
         etag = self._put(items, {"IfNoneMatch": "*"}, "create the trust bundle")
