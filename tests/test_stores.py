@@ -405,3 +405,25 @@ def test_public_part_repair_never_installs_an_older_bundle(kit):
     loaded = store.load()
     assert replaced == [True] and loaded.version == v1  # the load read v1, then v2 landed
     assert store.load_public().items == {k: newer[k] for k in ("ca.crt", "issuer.crt")}
+
+
+# -- retries ----------------------------------------------------------------------------------------
+
+
+def test_retry_delays_are_exponential_capped_and_scaled_by_the_jitter_draw():
+    delays, calls = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 5:
+            raise Unavailable("down", reason="store_unreachable")
+        return "ok"
+
+    retry = Retry(sleep=delays.append, random=lambda: 0.25, attempts=5, base_delay=1.0, max_delay=3.0)
+    assert retry.run("read", flaky) == "ok"
+    assert delays == [0.25, 0.5, 0.75, 0.75]  # 0.25 × min(3, 1·2**n)
+    delays.clear()
+    default = Retry(sleep=delays.append, random=lambda: 0.25)
+    with pytest.raises(Unavailable, match="gave up after 5 attempts"):
+        default.run("read", lambda: (_ for _ in ()).throw(Unavailable("down", reason="store_unreachable")))
+    assert delays == [0.125, 0.25, 0.5, 1.0]  # defaults: base 0.5 s, cap 8 s, 5 attempts
