@@ -427,3 +427,105 @@ def test_retry_delays_are_exponential_capped_and_scaled_by_the_jitter_draw():
     with pytest.raises(Unavailable, match="gave up after 5 attempts"):
         default.run("read", lambda: (_ for _ in ()).throw(Unavailable("down", reason="store_unreachable")))
     assert delays == [0.125, 0.25, 0.5, 1.0]  # defaults: base 0.5 s, cap 8 s, 5 attempts
+
+
+# -- AWS errors and SDK retries against a loopback HTTP endpoint ----------------------------------
+
+
+class _ScriptedS3:
+    """A loopback HTTP endpoint answering S3 requests from a script: ``answers`` is a list of
+    (status, S3 error code) consumed one per request; once empty, GETs are answered with
+    ``documents[path suffix]``. Records every request's method and path."""
+
+    def __init__(self, answers: list[tuple[int, str]], documents: dict[str, bytes] | None = None) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.answers, self.documents, self.requests = list(answers), documents or {}, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _answer(self) -> None:
+                outer.requests.append((self.command, self.path))
+                if int(self.headers.get("Content-Length") or 0):
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.answers:
+                    status, code = outer.answers.pop(0)
+                    body = (
+                        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                        f"<Message>{code}</Message><RequestId>r1</RequestId></Error>"
+                    ).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                else:
+                    body = next(
+                        (d for suffix, d in outer.documents.items() if self.path.endswith(suffix)), b""
+                    )
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("ETag", '"e1"')
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_HEAD = _answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted_s3(aws_env, monkeypatch):
+    servers = []
+
+    def start(answers, documents=None):
+        servers.append(_ScriptedS3(answers, documents))
+        monkeypatch.setenv("AWS_ENDPOINT_URL", servers[-1].url)
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_access_denied_is_a_permission_error_without_retries_and_nothing_generated(scripted_s3):
+    endpoint = scripted_s3([(403, "AccessDenied")] * 10)
+    delays, generated = [], []
+    store = open_store(f"s3://{TEST_BUCKET}/denied.json")
+    with pytest.raises(Unavailable) as e:
+        load_or_create(store, lambda: generated.append(1) or make_bundle(), Retry(delays.append, lambda: 1.0))
+    assert e.value.reason == "store_denied" and "AccessDenied" in str(e.value)
+    assert endpoint.requests == [("GET", f"/{TEST_BUCKET}/denied.json")]  # one request: no SDK retry
+    assert not delays and not generated
+
+
+def test_sdk_retry_mode_is_standard_unless_aws_retry_mode_says_otherwise(aws_env, monkeypatch):
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    assert open_store(f"s3://{TEST_BUCKET}/k.json").client.meta.config.retries["mode"] == "standard"
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    assert open_store(f"s3://{TEST_BUCKET}/k.json").client.meta.config.retries["mode"] == "adaptive"
+    assert open_store("secretsmanager://k").client.meta.config.retries["mode"] == "adaptive"
+
+
+def test_throttling_is_retried_by_the_sdk_and_the_read_then_succeeds(scripted_s3, monkeypatch):
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    items = make_bundle().to_items()
+    public = {k: items[k] for k in ("ca.crt", "issuer.crt")}
+    endpoint = scripted_s3(
+        [(503, "SlowDown"), (503, "SlowDown")],
+        {".json.public": encode_document(public).encode(), ".json": encode_document(items).encode()},
+    )
+    stored = open_store(f"s3://{TEST_BUCKET}/slow.json").load()
+    assert stored is not None and dict(stored.items) == items
+    bundle_reads = [r for r in endpoint.requests if r == ("GET", f"/{TEST_BUCKET}/slow.json")]
+    assert len(bundle_reads) == 3  # two SlowDown answers retried by the SDK, then the bundle
