@@ -172,6 +172,32 @@ def test_bundle_import_verifies_keeps_trust_continuity_and_force_overrides(kind_
     assert store.load().items["ca.crt"] == other["ca.crt"].read_bytes() and "root.key" in store.load().items
 
 
+def test_bundle_import_refuses_an_unreadable_current_bundle_and_keeps_a_staying_root_key(tmp_path):
+    store_dir = tmp_path / "store"
+    url = f"file://{store_dir}"
+    ours = make_bundle()
+    files = _pem_files(tmp_path / "ours", ours)
+    # An unreadable current bundle: continuity cannot be checked, so nothing changes without --force.
+    write_bundle(store_dir, ours)
+    (store_dir / "ca.crt").write_bytes(b"not a certificate")
+    damaged = snapshot(store_dir)
+    r = run("bundle", "import", "--trust-bundle-store", url, *_import_args(files))
+    assert r.returncode == 1 and "cannot be read" in r.stderr and "--force" in r.stderr
+    assert snapshot(store_dir) == damaged
+    # root.key is kept when its anchor stays in the imported bundle (imported without --root-key).
+    store_dir = tmp_path / "intact"
+    url = f"file://{store_dir}"
+    write_bundle(store_dir, ours)
+    r = run("bundle", "import", "--trust-bundle-store", url, *_import_args(files))
+    assert r.returncode == 0, r.stderr
+    assert (store_dir / "root.key").read_bytes() == ours.to_items()["root.key"]
+    # ... and dropped with its anchor (a forced import of another CA without --root-key).
+    other = _pem_files(tmp_path / "other", make_bundle())
+    r = run("bundle", "import", "--trust-bundle-store", url, *_import_args(other), "--force")
+    assert r.returncode == 0, r.stderr
+    assert "root.key" not in open_store(url).load().items
+
+
 def test_bundle_regenerate_keeps_a_backup_in_another_store(kind_env, tmp_path):
     kind, env = kind_env
     url, backup = store_url(kind, tmp_path), store_url(kind, tmp_path)

@@ -330,3 +330,34 @@ def test_unloadable_kubeconfig_is_a_configuration_error(tmp_path):
     store = open_store(f"kubernetes://{NS}/b", kubeconfig=str(tmp_path / "kubeconfig"))
     with pytest.raises(ConfigError, match="--kubeconfig"):
         load_or_create(store, make_bundle, Retry(lambda _s: None, lambda: 0.0))
+
+
+def test_config_map_repair_never_mirrors_an_older_bundle(kube_api):
+    """A load reads Secret v1; another writer replaces the Secret and its ConfigMap with v2 just
+    before the load reads the ConfigMap; the repair must not write v1 over v2."""
+    n = name()
+    store = open_store(f"kubernetes://{NS}/{n}", kubeconfig=kube_api.kubeconfig)
+    assert store.create(make_bundle().to_items())
+    v1 = store.load().version
+    newer = make_bundle().to_items()
+    other = open_store(f"kubernetes://{NS}/{n}", kubeconfig=kube_api.kubeconfig)
+
+    def newer_writer(_req):  # a whole replace by another writer, Secret then ConfigMap
+        s = secret(kube_api.server, n)
+        s["data"] = {k: b64(v) for k, v in newer.items()}
+        s = kube_api.server.put("v1", "secrets", NS, s)
+        cm = config_map(kube_api.server, n)
+        cm["data"] = {k: newer[k].decode() for k in ("ca.crt", "issuer.crt")}
+        cm["metadata"]["annotations"] = {VERSION_ANNOTATION: s["metadata"]["resourceVersion"]}
+        kube_api.server.put("v1", "configmaps", NS, cm)
+
+    kube_api.server.before("GET", "v1", "configmaps", newer_writer)
+    try:
+        assert store.load().version == v1  # read before the other writer's replace
+    finally:
+        kube_api.server.handle("GET", "v1", "configmaps", lambda _r: None)
+    assert other.load_public().items == {k: newer[k] for k in ("ca.crt", "issuer.crt")}
+    assert (
+        config_map(kube_api.server, n)["metadata"]["annotations"][VERSION_ANNOTATION]
+        == (secret(kube_api.server, n)["metadata"]["resourceVersion"])
+    )

@@ -82,13 +82,16 @@ class Kit:
 
     def source_of_truth(self) -> object:
         """The bundle as stored, byte for byte, with the backend's version marker (for
-        Kubernetes the Secret; its ConfigMap is a derived copy)."""
+        Kubernetes the Secret; its ConfigMap and the AWS stores' public part are derived copies)."""
         if self.kind == "kubernetes":
             return self.kube.server.get("v1", "secrets", KUBE_NAMESPACE, self.name)
+        if self.kind in ("s3", "secretsmanager"):
+            return self.raw()[:-1]  # without the public part (last), a derived copy
         return self.raw()
 
     def raw(self) -> object:
-        """Everything stored, byte for byte, with the backend's version marker."""
+        """Everything stored, byte for byte, with the backend's version marker, including the
+        derived public part (S3 ``KEY.public``, Secrets Manager ``NAME.public``, the ConfigMap)."""
         if self.kind == "file":
             return snapshot(self.dir) if self.dir.exists() else None
         if self.kind == "kubernetes":
@@ -100,12 +103,21 @@ class Kit:
             s3 = aws_client("s3", self.endpoint)
             versions = s3.list_object_versions(Bucket=TEST_BUCKET, Prefix=self.key).get("Versions", [])
             body = s3.get_object(Bucket=TEST_BUCKET, Key=self.key)["Body"].read()
-            return body, sorted(v["VersionId"] for v in versions if v["Key"] == self.key)
+            try:
+                public = s3.get_object(Bucket=TEST_BUCKET, Key=f"{self.key}.public")["Body"].read()
+            except s3.exceptions.NoSuchKey:
+                public = None
+            return body, sorted(v["VersionId"] for v in versions if v["Key"] == self.key), public
         sm = aws_client("secretsmanager", self.endpoint)
         cur = sm.get_secret_value(SecretId=self.name, VersionStage="AWSCURRENT")
         stages = sm.describe_secret(SecretId=self.name)["VersionIdsToStages"]
         labelled = {v: s for v, s in stages.items() if s}  # a version without a label never serves
-        return cur["SecretString"], cur["VersionId"], labelled
+        try:
+            public = sm.get_secret_value(SecretId=f"{self.name}.public", VersionStage="AWSCURRENT")
+            public_part = public["SecretString"], public["VersionId"]
+        except sm.exceptions.ResourceNotFoundException:
+            public_part = None
+        return cur["SecretString"], cur["VersionId"], labelled, public_part
 
 
 @pytest.fixture(params=KINDS)
@@ -363,3 +375,157 @@ def test_secrets_manager_arn_names_the_public_secret(aws_env):
     assert (
         store.load_public().items["ca.crt"] == bundle.anchors_pem
     )  # sentryca/by-arn.public, repaired on load
+
+
+@pytest.mark.parametrize("kit", ["s3", "secretsmanager"], indirect=True)
+def test_public_part_repair_never_installs_an_older_bundle(kit):
+    """A load reads bundle v1; another writer replaces it with v2 (bundle and public part) while
+    the load checks the public part; the repair must not write v1's public part over v2's.
+    The other writer is interleaved with botocore's own event hook (``before-parameter-build``) on the
+    loader's client, just before it reads the public part; requests still go to moto."""
+    store, other = kit.store(), kit.store()
+    assert store.create(make_bundle().to_items())
+    v1 = store.load().version
+    newer = make_bundle().to_items()
+    if kit.kind == "s3":
+        event, param, public_name = "before-parameter-build.s3.GetObject", "Key", store.public_key
+    else:
+        event, param, public_name = (
+            "before-parameter-build.secrets-manager.GetSecretValue",
+            "SecretId",
+            store.public_id,
+        )
+    replaced = []
+
+    def other_writer(params, **_kwargs):
+        if params.get(param) == public_name and not replaced:
+            replaced.append(other.replace(newer, v1))
+
+    store.client.meta.events.register(event, other_writer)
+    loaded = store.load()
+    assert replaced == [True] and loaded.version == v1  # the load read v1, then v2 landed
+    assert store.load_public().items == {k: newer[k] for k in ("ca.crt", "issuer.crt")}
+
+
+# -- retries ----------------------------------------------------------------------------------------
+
+
+def test_retry_delays_are_exponential_capped_and_scaled_by_the_jitter_draw():
+    delays, calls = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 5:
+            raise Unavailable("down", reason="store_unreachable")
+        return "ok"
+
+    retry = Retry(sleep=delays.append, random=lambda: 0.25, attempts=5, base_delay=1.0, max_delay=3.0)
+    assert retry.run("read", flaky) == "ok"
+    assert delays == [0.25, 0.5, 0.75, 0.75]  # 0.25 × min(3, 1·2**n)
+    delays.clear()
+    default = Retry(sleep=delays.append, random=lambda: 0.25)
+    with pytest.raises(Unavailable, match="gave up after 5 attempts"):
+        default.run("read", lambda: (_ for _ in ()).throw(Unavailable("down", reason="store_unreachable")))
+    assert delays == [0.125, 0.25, 0.5, 1.0]  # defaults: base 0.5 s, cap 8 s, 5 attempts
+
+
+# -- AWS errors and SDK retries against a loopback HTTP endpoint ----------------------------------
+
+
+class _ScriptedS3:
+    """A loopback HTTP endpoint answering S3 requests from a script: ``answers`` is a list of
+    (status, S3 error code) consumed one per request; once empty, GETs are answered with
+    ``documents[path suffix]``. Records every request's method and path."""
+
+    def __init__(self, answers: list[tuple[int, str]], documents: dict[str, bytes] | None = None) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.answers, self.documents, self.requests = list(answers), documents or {}, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _answer(self) -> None:
+                outer.requests.append((self.command, self.path))
+                if int(self.headers.get("Content-Length") or 0):
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.answers:
+                    status, code = outer.answers.pop(0)
+                    body = (
+                        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                        f"<Message>{code}</Message><RequestId>r1</RequestId></Error>"
+                    ).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                else:
+                    body = next(
+                        (d for suffix, d in outer.documents.items() if self.path.endswith(suffix)), b""
+                    )
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("ETag", '"e1"')
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_HEAD = _answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted_s3(aws_env, monkeypatch):
+    servers = []
+
+    def start(answers, documents=None):
+        servers.append(_ScriptedS3(answers, documents))
+        monkeypatch.setenv("AWS_ENDPOINT_URL", servers[-1].url)
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_access_denied_is_a_permission_error_without_retries_and_nothing_generated(scripted_s3):
+    endpoint = scripted_s3([(403, "AccessDenied")] * 10)
+    delays, generated = [], []
+    store = open_store(f"s3://{TEST_BUCKET}/denied.json")
+    with pytest.raises(Unavailable) as e:
+        load_or_create(store, lambda: generated.append(1) or make_bundle(), Retry(delays.append, lambda: 1.0))
+    assert e.value.reason == "store_denied" and "AccessDenied" in str(e.value)
+    assert endpoint.requests == [("GET", f"/{TEST_BUCKET}/denied.json")]  # one request: no SDK retry
+    assert not delays and not generated
+
+
+def test_sdk_retry_mode_is_standard_unless_aws_retry_mode_says_otherwise(aws_env, monkeypatch):
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    assert open_store(f"s3://{TEST_BUCKET}/k.json").client.meta.config.retries["mode"] == "standard"
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    assert open_store(f"s3://{TEST_BUCKET}/k.json").client.meta.config.retries["mode"] == "adaptive"
+    assert open_store("secretsmanager://k").client.meta.config.retries["mode"] == "adaptive"
+
+
+def test_throttling_is_retried_by_the_sdk_and_the_read_then_succeeds(scripted_s3, monkeypatch):
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    items = make_bundle().to_items()
+    public = {k: items[k] for k in ("ca.crt", "issuer.crt")}
+    endpoint = scripted_s3(
+        [(503, "SlowDown"), (503, "SlowDown")],
+        {".json.public": encode_document(public).encode(), ".json": encode_document(items).encode()},
+    )
+    stored = open_store(f"s3://{TEST_BUCKET}/slow.json").load()
+    assert stored is not None and dict(stored.items) == items
+    bundle_reads = [r for r in endpoint.requests if r == ("GET", f"/{TEST_BUCKET}/slow.json")]
+    assert len(bundle_reads) == 3  # two SlowDown answers retried by the SDK, then the bundle

@@ -202,7 +202,8 @@ def _sdk_calls(module: str) -> set[str]:
     """IAM actions of the SDK calls a store module makes (``self.client.get_object`` → GetObject)."""
     text = (ROOT / "src" / "ca_core" / "stores" / f"{module}.py").read_text()
     service = {"s3": "s3", "secretsmanager": "secretsmanager"}[module]
-    renamed = {"ListObjectVersions": "ListBucketVersions"}  # the IAM name differs from the API's
+    # The IAM name differs from the API's; HeadObject is authorised by s3:GetObject.
+    renamed = {"ListObjectVersions": "ListBucketVersions", "HeadObject": "GetObject"}
     calls = set()
     for method in re.findall(r"self\.client\.(\w+)\(", text):
         api = "".join(p.capitalize() for p in method.split("_"))

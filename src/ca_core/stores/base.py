@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from ..bundle import STORE_ITEMS, TrustBundle, parse_bundle
-from ..errors import BundleError, Unavailable
+from ..errors import BundleError, CAError, Unavailable
 
 T = TypeVar("T")
 
@@ -61,6 +61,17 @@ class BundleStore(Protocol):
     def replace(self, items: Mapping[str, bytes], expected_version: str) -> bool:
         """Replace the bundle only if its version is still ``expected_version``; False otherwise."""
         ...
+
+
+def loads(stored: StoredBundle, labels: Mapping[str, str]) -> bool:
+    """True when ``stored`` holds a bundle the CA would load (``parse_bundle`` accepts it).
+    Stores with a separate public part repair it from the bundle only then, so a bundle the CA
+    refuses is never distributed and a refused start writes nothing."""
+    try:
+        parse_bundle(stored.items, labels)
+    except CAError:
+        return False
+    return True
 
 
 RETRYABLE_REASONS = frozenset({"store_unreachable"})

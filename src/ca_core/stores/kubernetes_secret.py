@@ -21,8 +21,9 @@ the expiry check and ``sentryca inspect`` need no Secret access), and the annota
 ``sentryca/bundle-version`` (the Secret's resourceVersion it mirrors). It is written after the
 Secret, and repaired from the Secret on load when it differs or is missing, never the other
 way; the repair happens only when the Secret holds a bundle that loads, so a bundle the CA
-refuses is never distributed and a refused start writes nothing. Other keys of the ConfigMap
-are kept.
+refuses is never distributed and a refused start writes nothing. Every ConfigMap write first
+re-reads the Secret and is skipped when its resourceVersion is no longer the one mirrored, so an
+older bundle is never mirrored over a newer one. Other keys of the ConfigMap are kept.
 
 Errors: unreachable API, timeouts, 429 and 5xx → Unavailable ``store_unreachable`` (retried at
 start); 401/403 → ``store_denied`` naming the RBAC the CA needs; other API refusals (e.g. 404
@@ -37,9 +38,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..bundle import ANCHORS, ISSUER_CHAIN, STORE_ITEMS, parse_bundle
-from ..errors import BundleError, CAError, Unavailable
-from .base import StoredBundle
+from ..bundle import ANCHORS, ISSUER_CHAIN, STORE_ITEMS
+from ..errors import BundleError, Unavailable
+from .base import StoredBundle, loads
 from .files import FileNames
 
 log = logging.getLogger(__name__)
@@ -200,12 +201,10 @@ class KubernetesSecretBundleStore:
         if not items:
             return None  # a Secret without bundle keys, e.g. created empty by Dapr's Helm chart
         stored = StoredBundle(items, secret.metadata.resource_version)
-        try:
-            parse_bundle(items, self.labels())
-        except CAError:
-            log.debug("the bundle in %s does not load; its ConfigMap is left as it is", self.description)
-        else:
+        if loads(stored, self.labels()):
             self._sync_config_map(stored, repair=True)
+        else:
+            log.debug("the bundle in %s does not load; its ConfigMap is left as it is", self.description)
         return stored
 
     def create(self, items: Mapping[str, bytes]) -> bool:
@@ -305,6 +304,14 @@ class KubernetesSecretBundleStore:
                         annotations.get(VERSION_ANNOTATION) == stored.version
                     ):
                         return
+                current = self._read_secret("check the trust bundle's version")
+                if current is None or current.metadata.resource_version != stored.version:
+                    # Another writer replaced the Secret since it was read: never mirror the
+                    # older bundle over the public part; the newer writer (or the next load) does.
+                    log.info(
+                        "%s changed meanwhile; its ConfigMap is left to the newer writer", self.description
+                    )
+                    return
                 if repair:
                     log.info("repairing the ConfigMap %s from the Secret", self._where("ConfigMap"))
                 try:

@@ -6,8 +6,10 @@ on the ETag (``IfMatch``); both answer 412 (or 409 for a concurrent conditional 
 another writer won. Objects are encrypted at rest: SSE-S3 (AES256) by default, SSE-KMS with
 ``kms-key-id``. The public part (``ca.crt`` and ``issuer.crt``, no key) is its own object at
 ``KEY.public`` (SSE-S3, so readers need no KMS grant), written after each successful write and
-repaired on load when it disagrees with the bundle, never the other way. Use a versioned
-bucket: every replaced bundle stays recoverable. Version token: the bundle object's ETag.
+repaired on load when it disagrees with the bundle, never the other way; the repair happens only
+when the bundle loads (a bundle the CA refuses is never distributed) and is still the version
+read (``HeadObject`` ETag re-checked just before the write, so it never installs an older one).
+Use a versioned bucket: every replaced bundle stays recoverable. Version token: the bundle object's ETag.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from ..bundle import PUBLIC_ITEMS, STORE_ITEMS
 from ..errors import Unavailable
 from . import aws
-from .base import StoredBundle, decode_document, encode_document
+from .base import StoredBundle, decode_document, encode_document, loads
 
 log = logging.getLogger(__name__)
 _LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
@@ -61,7 +63,10 @@ class S3BundleStore:
         body, r = got
         items = decode_document(body, self.description)
         stored = StoredBundle(items, r["ETag"])
-        self._repair_public(stored)
+        if loads(stored, self.labels()):
+            self._repair_public(stored)
+        else:
+            log.debug("the bundle in %s does not load; its public part is left as it is", self.description)
         return stored
 
     def load_public(self) -> StoredBundle | None:
@@ -142,8 +147,23 @@ class S3BundleStore:
                     return
             except Exception:  # noqa: BLE001 - a damaged derived copy is simply rewritten
                 log.debug("public part unreadable; rewriting it")
+        if not self._still_current(stored.version):
+            log.info(
+                "%s changed while its public part was being repaired; left to the newer writer",
+                self.description,
+            )
+            return
         log.info("repairing the public part s3://%s/%s from the bundle", self.bucket, self.public_key)
         self._write_public(stored.items, stored.version)
+
+    def _still_current(self, etag: str) -> bool:
+        """Whether the bundle object's ETag is still ``etag`` (False when it changed, is gone or
+        cannot be checked: a repair is skipped rather than risk installing an older bundle)."""
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self.key)["ETag"] == etag
+        except aws.sdk_errors() as e:
+            log.warning("%s", aws.unavailable(e, self.description, "check the trust bundle's version"))
+            return False
 
     def create(self, items: Mapping[str, bytes]) -> bool:
         etag = self._put(items, {"IfNoneMatch": "*"}, "create the trust bundle")

@@ -11,7 +11,8 @@ stays as AWSPREVIOUS. Reads always ask for ``VersionStage='AWSCURRENT'``. Versio
 VersionId of AWSCURRENT. ``kms-key-id`` encrypts the secret with that KMS key (else the account's
 ``aws/secretsmanager`` key). The public part (no keys) is a second secret named
 ``<NAME>.public`` (for an ARN: the name in it, without the six-character suffix), written after
-each write and repaired on load, encrypted with the default key so readers need no KMS grant.
+each write and repaired on load (only when the bundle loads and AWSCURRENT is still the version
+read, re-checked just before the write), encrypted with the default key so readers need no KMS grant.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from ..bundle import PUBLIC_ITEMS, STORE_ITEMS
 from ..errors import Unavailable
 from . import aws
-from .base import StoredBundle, decode_document, encode_document
+from .base import StoredBundle, decode_document, encode_document, loads
 
 log = logging.getLogger(__name__)
 CURRENT, PENDING = "AWSCURRENT", "SENTRYCA_PENDING"
@@ -88,7 +89,10 @@ class SecretsManagerBundleStore:
         if got is None:
             return None
         stored = StoredBundle(*got)
-        self._repair_public(stored)
+        if loads(stored, self.labels()):
+            self._repair_public(stored)
+        else:
+            log.debug("the bundle in %s does not load; its public part is left as it is", self.description)
         return stored
 
     def load_public(self) -> StoredBundle | None:
@@ -188,5 +192,21 @@ class SecretsManagerBundleStore:
             got = None
         if got is not None and got[0] == want:
             return
+        if not self._still_current(stored.version):
+            log.info(
+                "%s changed while its public part was being repaired; left to the newer writer",
+                self.description,
+            )
+            return
         log.info("repairing the public part secretsmanager://%s from the bundle", self.public_id)
         self._write_public(stored.items)
+
+    def _still_current(self, version_id: str) -> bool:
+        """Whether AWSCURRENT is still on ``version_id`` (False when it moved or cannot be
+        checked: a repair is skipped rather than risk installing an older bundle)."""
+        try:
+            stages = self.client.describe_secret(SecretId=self.secret_id).get("VersionIdsToStages", {})
+        except aws.sdk_errors() as e:
+            log.warning("%s", aws.unavailable(e, self.description, "check the trust bundle's version"))
+            return False
+        return CURRENT in stages.get(version_id, [])
