@@ -412,3 +412,33 @@ def test_server_without_a_port_is_a_usage_error(server, tmp_path):
 def test_abbreviated_flags_are_not_guessed(tmp_path):
     r = run("inspect", "--issuer-cred", str(tmp_path))
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+
+
+def test_server_names_are_added_to_the_cas_tls_certificate(store_dir):
+    import ipaddress
+
+    from cryptography import x509
+
+    from handlers.server import server_sans
+
+    cfg = load_config({"server_names": "CA.internal.example, 10.0.0.7", "listen_address": "127.0.0.1"}, {})
+    dns, ips = server_sans(cfg)
+    assert dns == ("localhost", "ca.internal.example")
+    assert ipaddress.ip_address("10.0.0.7") in ips
+    with pytest.raises(ConfigError, match="neither a DNS name"):
+        load_config({"server_names": "bad_name!"}, {})
+    ca = CertificateAuthority()
+    ca.start(ca_config(store_dir, server_names="ca.internal.example"))
+    try:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(store_dir / "ca.crt"))
+        ctx.set_alpn_protocols(["h2"])
+        with socket.create_connection(("127.0.0.1", ca.grpc_port), timeout=5) as sock:
+            # the name the CA is reached by verifies (SNI/hostname check against the new SAN)
+            with ctx.wrap_socket(sock, server_hostname="ca.internal.example") as tls:
+                cert = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert "ca.internal.example" in san.get_values_for_type(x509.DNSName)
+    finally:
+        ca.stop(grace=0)

@@ -7,6 +7,8 @@ Pure: the environment and file contents are passed in, never looked up here.
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
@@ -75,6 +77,23 @@ def _audiences(text: str) -> tuple[str, ...]:
     return items
 
 
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+def _server_names(text: str) -> tuple[str, ...]:
+    """Comma-separated DNS names and IP addresses (RFC 1123 names, lowercase; IPv4/IPv6)."""
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    for name in names:
+        try:
+            ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            if not _DNS_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is neither a DNS name nor an IP address") from None
+    return names
+
+
 def _log_level(text: str) -> str:
     v = text.strip().lower()
     if v not in ("debug", "info", "warn", "warning", "error", "fatal"):
@@ -113,6 +132,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "token-audience",
         _audiences,
         "TokenReview audiences, comma-separated (default: dapr.io/sentry and the CA's SPIFFE ID)",
+    ),
+    Option(
+        "server-names",
+        _server_names,
+        "extra DNS names / IPs for the CA's TLS certificate, comma-separated, e.g. the load "
+        "balancer's name (always: localhost, 127.0.0.1, ::1 and a specific --listen-address)",
     ),
     Option("workload-cert-ttl", parse_duration, "workload certificate lifetime, Go duration (default 24h)"),
     Option("allowed-clock-skew", parse_duration, "NotBefore backdating, Go duration (default 15m)"),
@@ -216,6 +241,7 @@ class Config:
     config: str | None = None
     kubeconfig: str | None = None
     token_audience: tuple[str, ...] | None = None
+    server_names: tuple[str, ...] = ()
     jwks: JwksSettings | None = None
     workload_cert_ttl: timedelta = timedelta(hours=24)
     allowed_clock_skew: timedelta = timedelta(minutes=15)

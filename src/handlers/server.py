@@ -77,18 +77,19 @@ class ServerCertificate:
 
 
 def server_sans(cfg: Config) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-    """DNS and IP SANs of the server certificate: localhost, 127.0.0.1, ::1, plus a specific
-    listen address (SPEC §9)."""
+    """DNS and IP SANs of the server certificate (SPEC §9): localhost, 127.0.0.1, ::1, a specific
+    listen address, and the names the CA is reached by (``--server-names``)."""
     dns = ["localhost"]
     ips: list[Any] = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
-    addr = cfg.listen_address.strip("[]")
-    try:
-        ip = ipaddress.ip_address(addr)
-        if not ip.is_unspecified and ip not in ips:
-            ips.append(ip)
-    except ValueError:
-        if addr and addr not in dns:
-            dns.append(addr)
+    for name in (cfg.listen_address, *cfg.server_names):
+        addr = name.strip("[]")
+        try:
+            ip = ipaddress.ip_address(addr)
+            if not ip.is_unspecified and ip not in ips:
+                ips.append(ip)
+        except ValueError:
+            if addr and addr not in dns:
+                dns.append(addr)
     return tuple(dns), tuple(ips)
 
 
