@@ -209,9 +209,9 @@ def test_replace_loses_to_a_writer_in_between_and_the_config_map_follows_the_sec
     finally:
         kube_api.server.handle("PUT", "v1", "secrets", lambda _r: None)
     assert base64.b64decode(secret(kube_api.server, n)["data"]["ca.crt"]) == theirs["ca.crt"]
-    # The other writer did not update the ConfigMap; the next load mirrors the Secret.
+    # The other writer did not update the ConfigMap; publishing the accepted Secret mirrors it.
     assert store.load_public().items["ca.crt"] != theirs["ca.crt"]
-    store.load()
+    store.publish_public(store.load())
     assert store.load_public().items["ca.crt"] == theirs["ca.crt"]
 
 
@@ -319,7 +319,7 @@ def test_a_config_map_that_cannot_be_written_does_not_fail_the_bundle_write(own_
     assert api.get("v1", "secrets", NS, "b") is not None and api.get("v1", "configmaps", NS, "b") is None
     assert "ConfigMap" in caplog.text and "403" in caplog.text
     api.clear_failures()
-    store.load()  # repaired on the next load
+    store.publish_public(store.load())  # repaired by the next publish
     assert api.get("v1", "configmaps", NS, "b") is not None
 
 
@@ -333,8 +333,8 @@ def test_unloadable_kubeconfig_is_a_configuration_error(tmp_path):
 
 
 def test_config_map_repair_never_mirrors_an_older_bundle(kube_api):
-    """A load reads Secret v1; another writer replaces the Secret and its ConfigMap with v2 just
-    before the load reads the ConfigMap; the repair must not write v1 over v2."""
+    """A CA publishes Secret v1; another writer replaces the Secret and its ConfigMap with v2 just
+    before the publish reads the ConfigMap; the repair must not write v1 over v2."""
     n = name()
     store = open_store(f"kubernetes://{NS}/{n}", kubeconfig=kube_api.kubeconfig)
     assert store.create(make_bundle().to_items())
@@ -351,9 +351,11 @@ def test_config_map_repair_never_mirrors_an_older_bundle(kube_api):
         cm["metadata"]["annotations"] = {VERSION_ANNOTATION: s["metadata"]["resourceVersion"]}
         kube_api.server.put("v1", "configmaps", NS, cm)
 
+    stored = store.load()
+    assert stored.version == v1
     kube_api.server.before("GET", "v1", "configmaps", newer_writer)
     try:
-        assert store.load().version == v1  # read before the other writer's replace
+        store.publish_public(stored)  # v1, read before the other writer's replace
     finally:
         kube_api.server.handle("GET", "v1", "configmaps", lambda _r: None)
     assert other.load_public().items == {k: newer[k] for k in ("ca.crt", "issuer.crt")}

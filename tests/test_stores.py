@@ -74,6 +74,16 @@ class Kit:
             except sm.exceptions.ResourceExistsException:
                 sm.put_secret_value(SecretId=self.name, SecretString=body.decode())
 
+    def write_truth(self, items: dict[str, bytes]) -> None:
+        """Replace only the source of truth, as an operator editing the Secret or object
+        directly would (the public part, a derived copy, is left alone)."""
+        if self.kind != "kubernetes":
+            self.write_raw(items)
+            return
+        s = self.kube.server.get("v1", "secrets", KUBE_NAMESPACE, self.name)
+        s["data"] = {k: base64.b64encode(v).decode() for k, v in items.items()}
+        self.kube.server.put("v1", "secrets", KUBE_NAMESPACE, s)
+
     def write_empty(self) -> None:
         """Kubernetes only: an empty Secret and ConfigMap, as Dapr's Helm chart creates them."""
         meta = {"name": self.name, "labels": {"app": "dapr-sentry"}}
@@ -344,6 +354,10 @@ def test_s3_objects_are_encrypted_and_the_public_part_is_repaired(aws_env):
     assert s3.head_object(Bucket=TEST_BUCKET, Key="sse-s3.json")["ServerSideEncryption"] == "AES256"
     s3.put_object(Bucket=TEST_BUCKET, Key="sse-s3.json.public", Body=b"stale")
     loaded = plain.load()
+    assert (
+        s3.get_object(Bucket=TEST_BUCKET, Key="sse-s3.json.public")["Body"].read() == b"stale"
+    )  # load reads
+    plain.publish_public(loaded)
     assert plain.load_public().items == {k: loaded.items[k] for k in ("ca.crt", "issuer.crt")}
     assert plain.load_public().version == loaded.version
 
@@ -374,13 +388,13 @@ def test_secrets_manager_arn_names_the_public_secret(aws_env):
     assert not created
     assert (
         store.load_public().items["ca.crt"] == bundle.anchors_pem
-    )  # sentryca/by-arn.public, repaired on load
+    )  # sentryca/by-arn.public, repaired when load_or_create accepted the bundle
 
 
 @pytest.mark.parametrize("kit", ["s3", "secretsmanager"], indirect=True)
 def test_public_part_repair_never_installs_an_older_bundle(kit):
-    """A load reads bundle v1; another writer replaces it with v2 (bundle and public part) while
-    the load checks the public part; the repair must not write v1's public part over v2's.
+    """A CA publishes bundle v1; another writer replaces it with v2 (bundle and public part) while
+    the publish checks the public part; the repair must not write v1's public part over v2's.
     The other writer is interleaved with botocore's own event hook (``before-parameter-build``) on the
     loader's client, just before it reads the public part; requests still go to moto."""
     store, other = kit.store(), kit.store()
@@ -401,10 +415,53 @@ def test_public_part_repair_never_installs_an_older_bundle(kit):
         if params.get(param) == public_name and not replaced:
             replaced.append(other.replace(newer, v1))
 
-    store.client.meta.events.register(event, other_writer)
     loaded = store.load()
-    assert replaced == [True] and loaded.version == v1  # the load read v1, then v2 landed
+    store.client.meta.events.register(event, other_writer)
+    store.publish_public(loaded)
+    assert replaced == [True] and loaded.version == v1  # the publish had v1, then v2 landed
     assert store.load_public().items == {k: newer[k] for k in ("ca.crt", "issuer.crt")}
+
+
+@pytest.mark.parametrize("kit", ["s3", "secretsmanager", "kubernetes"], indirect=True)
+def test_a_new_root_written_directly_is_published_only_once_the_ca_accepts_it(kit, tmp_path):
+    """SPEC §5: an operator writes a bundle with a new root straight into the store. The running
+    CA refuses it (trust continuity), so the public part (relying parties' trust anchors) keeps
+    the old anchors byte for byte; a forced restart accepts it and publishes the new anchors."""
+    from conftest import ca_config
+
+    from handlers.server import CertificateAuthority
+
+    flags = {"trust_bundle_store": kit.url} | ({"kubeconfig": kit.kubeconfig} if kit.kubeconfig else {})
+    config = ca_config(tmp_path / "unused", **flags)
+    ca = CertificateAuthority()
+    ca.start(config)
+    try:
+        old_public = kit.raw()[-1]
+        old_anchors = kit.store().load_public().items["ca.crt"]
+        new = make_bundle().to_items()
+        kit.write_truth(new)
+        with pytest.raises(BundleError, match="active root"):
+            ca.restart(config)
+        assert kit.raw()[-1] == old_public  # byte-identical, same version marker
+        assert ca.signer.bundle.anchors_pem == old_anchors  # still serving the old bundle
+        ca.restart(config, force=True)
+        public = kit.store().load_public()
+        assert public.items == {k: new[k] for k in ("ca.crt", "issuer.crt")}
+        if kit.kind != "secretsmanager":  # its public secret has versions of its own
+            assert public.version == kit.store().load().version
+    finally:
+        ca.stop(grace=0)
+
+
+@pytest.mark.parametrize("kit", ["s3", "secretsmanager", "kubernetes"], indirect=True)
+def test_load_never_writes_the_public_part(kit):
+    """The store poll calls ``load`` on every poll: it must not publish what it read."""
+    store = kit.store()
+    assert store.create(make_bundle().to_items())
+    before = kit.raw()[-1]
+    kit.write_truth(make_bundle().to_items())
+    assert parse_bundle(store.load().items, store.labels())  # it parses, and still nothing is written
+    assert kit.raw()[-1] == before
 
 
 # -- retries ----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ca_core.bundle import TrustBundle, generate_bundle
 from ca_core.config import Config
 from ca_core.errors import BundleError, ConfigError
 from ca_core.service import Signer, SigningPolicy
-from ca_core.stores import BundleStore, Retry, load_or_create, open_store
+from ca_core.stores import BundleStore, Retry, StoredBundle, load_or_create_stored, open_store
 from ca_core.validators import InsecureValidator, TokenValidatorKind, Validator
 
 log = logging.getLogger(__name__)
@@ -111,15 +111,19 @@ class LoadedBundle:
     bundle: TrustBundle
     version: str
     created: bool
+    stored: StoredBundle  # as read (or read back after the create): for ``store.publish_public``
 
 
 def load_bundle(
-    cfg: Config, store: BundleStore, now: datetime, *, create_if_empty: bool = True
+    cfg: Config, store: BundleStore, now: datetime, *, create_if_empty: bool = True, publish: bool = True
 ) -> LoadedBundle:
     """Load the store's bundle, or generate one (SPEC §4) when the store is empty (SPEC §5).
 
     create_if_empty=False (a restart) raises BundleError for an empty store instead: a new CA is
-    only ever made at a first start or by an explicit operator verb.
+    only ever made at a first start or by an explicit operator verb. publish=True repairs the
+    store's public part from the loaded bundle (a first start: no current root, so loading is
+    acceptance); a running CA passes False and publishes once its trust-continuity check
+    accepted the bundle (``store.publish_public(loaded.stored)``).
     """
     policy = signing_policy(cfg)
 
@@ -136,8 +140,10 @@ def load_bundle(
         )
         return generate_bundle(cfg.trust_domain, policy.ca_identity, now, algorithm=cfg.ca_key_algorithm)
 
-    bundle, version, created = load_or_create(store, generate, store_retry())
-    return LoadedBundle(bundle, version, created)
+    bundle, stored, created = load_or_create_stored(store, generate, store_retry())
+    if publish and not created:
+        store.publish_public(stored)
+    return LoadedBundle(bundle, stored.version, created, stored)
 
 
 def build_signer(

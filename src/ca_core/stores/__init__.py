@@ -15,7 +15,16 @@ from urllib.parse import parse_qsl, urlparse
 
 from ..errors import ConfigError
 from ..spiffe_id import namespace_problem
-from .base import NO_RETRY, BundleStore, Retry, StoredBundle, decode_document, encode_document, load_or_create
+from .base import (
+    NO_RETRY,
+    BundleStore,
+    Retry,
+    StoredBundle,
+    decode_document,
+    encode_document,
+    load_or_create,
+    load_or_create_stored,
+)
 from .files import FileBundleStore, FileNames
 
 __all__ = [
@@ -29,6 +38,7 @@ __all__ = [
     "decode_document",
     "encode_document",
     "load_or_create",
+    "load_or_create_stored",
     "open_store",
 ]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from ..bundle import STORE_ITEMS, TrustBundle, parse_bundle
-from ..errors import BundleError, CAError, Unavailable
+from ..errors import BundleError, Unavailable
 
 T = TypeVar("T")
 
@@ -47,7 +47,16 @@ class BundleStore(Protocol):
         ...
 
     def load(self) -> StoredBundle | None:
-        """Every item present, or None when the store holds no item at all."""
+        """Every item present, or None when the store holds no item at all. Never writes: a
+        bundle that parses may still be refused by the CA (trust continuity, SPEC §5)."""
+        ...
+
+    def publish_public(self, stored: StoredBundle) -> None:
+        """Make the separate public part (anchors and issuer chain) mirror ``stored``, a bundle
+        the CA has accepted, but only while the store still holds that version (re-checked just
+        before the write, so an older bundle never overwrites a newer one's public part).
+        Failures are logged, never raised: the public part is a derived copy. No-op for stores
+        without a separate public part (files)."""
         ...
 
     def load_public(self) -> StoredBundle | None:
@@ -61,17 +70,6 @@ class BundleStore(Protocol):
     def replace(self, items: Mapping[str, bytes], expected_version: str) -> bool:
         """Replace the bundle only if its version is still ``expected_version``; False otherwise."""
         ...
-
-
-def loads(stored: StoredBundle, labels: Mapping[str, str]) -> bool:
-    """True when ``stored`` holds a bundle the CA would load (``parse_bundle`` accepts it).
-    Stores with a separate public part repair it from the bundle only then, so a bundle the CA
-    refuses is never distributed and a refused start writes nothing."""
-    try:
-        parse_bundle(stored.items, labels)
-    except CAError:
-        return False
-    return True
 
 
 RETRYABLE_REASONS = frozenset({"store_unreachable"})
@@ -112,7 +110,11 @@ NO_RETRY = Retry(sleep=lambda _s: None, random=lambda: 0.0, attempts=1)
 
 
 def load_or_create(
-    store: BundleStore, generate: Callable[[], TrustBundle], retry: Retry = NO_RETRY
+    store: BundleStore,
+    generate: Callable[[], TrustBundle],
+    retry: Retry = NO_RETRY,
+    *,
+    publish: bool = True,
 ) -> tuple[TrustBundle, str, bool]:
     """Load the store's bundle, or generate and conditionally create one when it is empty.
 
@@ -120,7 +122,24 @@ def load_or_create(
     BundleError naming the item and is never replaced. If the conditional create loses a race
     with another replica, the winner's bundle is loaded. A store that cannot be read raises
     Unavailable (after ``retry``): a failed read never leads to a new CA.
+
+    publish: repair the store's public part from a loaded bundle (``publish_public``). True at
+    a first start, where there is no current root, so loading is acceptance; a running CA
+    passes False and publishes only after its trust-continuity check accepted the bundle
+    (:func:`load_or_create_stored`).
     """
+    bundle, stored, created = load_or_create_stored(store, generate, retry)
+    if publish and not created:
+        store.publish_public(stored)
+    return bundle, stored.version, created
+
+
+def load_or_create_stored(
+    store: BundleStore, generate: Callable[[], TrustBundle], retry: Retry = NO_RETRY
+) -> tuple[TrustBundle, StoredBundle, bool]:
+    """:func:`load_or_create` without publishing: returns (bundle, stored, created), ``stored``
+    being the bundle as read, for a later ``store.publish_public(stored)`` once accepted. A
+    created bundle's public part is already written by ``create``."""
     stored = retry.run(f"read the trust bundle in {store.description}", store.load)
     if stored is None:
         bundle = generate()
@@ -129,7 +148,7 @@ def load_or_create(
             stored = retry.run(f"read back the trust bundle in {store.description}", store.load)
             if stored is None:
                 raise BundleError(f"{store.description}: the bundle just written cannot be read back")
-            return bundle, stored.version, True
+            return bundle, stored, True
         log.info("another replica created the trust bundle in %s first; loading it", store.description)
         stored = retry.run(f"read the trust bundle in {store.description}", store.load)
         if stored is None:
@@ -145,7 +164,7 @@ def load_or_create(
             "Nothing was changed. Repair or import the bundle, or regenerate it explicitly "
             "(keeping a backup) if you mean to replace the CA."
         ) from None
-    return bundle, stored.version, False
+    return bundle, stored, False
 
 
 def encode_document(items: Mapping[str, bytes]) -> str:

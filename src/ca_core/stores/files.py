@@ -127,6 +127,9 @@ class FileBundleStore:
         with self._shared() as exists:
             return self._read() if exists else None
 
+    def publish_public(self, stored: StoredBundle) -> None:
+        """No-op: the files are the public part (no separate copy to repair)."""
+
     def load_public(self) -> StoredBundle | None:
         with self._shared() as exists:
             return self._read(PUBLIC_ITEMS) if exists else None

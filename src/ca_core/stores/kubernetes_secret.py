@@ -19,9 +19,10 @@ readable by anyone allowed to read ConfigMaps: key ``<--issuer-ca-filename>`` (`
 Dapr's sidecars and injector read) and ``<--issuer-certificate-filename>`` (``issuer.crt``, so
 the expiry check and ``sentryca inspect`` need no Secret access), and the annotation
 ``sentryca/bundle-version`` (the Secret's resourceVersion it mirrors). It is written after the
-Secret, and repaired from the Secret on load when it differs or is missing, never the other
-way; the repair happens only when the Secret holds a bundle that loads, so a bundle the CA
-refuses is never distributed and a refused start writes nothing. Every ConfigMap write first
+Secret, and repaired from the Secret by ``publish_public`` when it differs or is missing, never
+the other way. ``load`` never writes: the CA publishes only a bundle it accepted (a bundle that
+parses may still be refused for trust continuity, SPEC §5), so a refused bundle is never
+distributed and a refused start writes nothing. Every ConfigMap write first
 re-reads the Secret and is skipped when its resourceVersion is no longer the one mirrored, so an
 older bundle is never mirrored over a newer one. Other keys of the ConfigMap are kept.
 
@@ -40,7 +41,7 @@ from typing import Any
 
 from ..bundle import ANCHORS, ISSUER_CHAIN, STORE_ITEMS
 from ..errors import BundleError, Unavailable
-from .base import StoredBundle, loads
+from .base import StoredBundle
 from .files import FileNames
 
 log = logging.getLogger(__name__)
@@ -200,12 +201,13 @@ class KubernetesSecretBundleStore:
         items = self._items(secret)
         if not items:
             return None  # a Secret without bundle keys, e.g. created empty by Dapr's Helm chart
-        stored = StoredBundle(items, secret.metadata.resource_version)
-        if loads(stored, self.labels()):
-            self._sync_config_map(stored, repair=True)
-        else:
-            log.debug("the bundle in %s does not load; its ConfigMap is left as it is", self.description)
-        return stored
+        return StoredBundle(items, secret.metadata.resource_version)
+
+    def publish_public(self, stored: StoredBundle) -> None:
+        """Repair the ConfigMap from ``stored`` (an accepted bundle) when it differs or is
+        missing, only while the Secret's resourceVersion is still ``stored.version``; failures
+        are logged."""
+        self._sync_config_map(stored, repair=True)
 
     def create(self, items: Mapping[str, bytes]) -> bool:
         body = self._secret_body(items, None)
@@ -288,9 +290,11 @@ class KubernetesSecretBundleStore:
             return None
 
     def _sync_config_map(self, stored: StoredBundle, *, repair: bool = False) -> None:
-        """Make the ConfigMap mirror ``stored`` (the Secret as read or just written). Its
-        failures are logged, never raised: the ConfigMap is derived and repaired on load. When
-        another writer changes the ConfigMap meanwhile, the Secret is read again and mirrored."""
+        """Make the ConfigMap mirror ``stored`` (the Secret as accepted or just written). Its
+        failures are logged, never raised: the ConfigMap is derived and repaired by
+        ``publish_public``. When another writer changes the ConfigMap meanwhile: after a write,
+        the Secret is read again and mirrored; for a ``repair`` (publishing an accepted bundle)
+        only ``stored`` is ever mirrored, and only while the Secret is still at its version."""
         try:
             for _ in range(_SYNC_ATTEMPTS):
                 want = self._public_data(stored)
@@ -318,11 +322,16 @@ class KubernetesSecretBundleStore:
                     self._write_config_map(want, stored.version, cm)
                     return
                 except _Conflict:
+                    if repair:
+                        continue  # publish only the accepted ``stored``; the version check above
+                        # leaves a Secret changed meanwhile to its writer or the next acceptance
                     secret = self._read_secret("read the trust bundle")
                     if secret is None or not self._items(secret):
                         return
                     stored = StoredBundle(self._items(secret), secret.metadata.resource_version)
-            log.warning("%s: the ConfigMap kept changing; it is repaired at the next load", self.description)
+            log.warning(
+                "%s: the ConfigMap kept changing; it is repaired at the next publish", self.description
+            )
         except (Unavailable, BundleError) as e:
             log.warning("cannot update the public part (ConfigMap) of %s: %s", self.description, e)
 

@@ -6,9 +6,10 @@ on the ETag (``IfMatch``); both answer 412 (or 409 for a concurrent conditional 
 another writer won. Objects are encrypted at rest: SSE-S3 (AES256) by default, SSE-KMS with
 ``kms-key-id``. The public part (``ca.crt`` and ``issuer.crt``, no key) is its own object at
 ``KEY.public`` (SSE-S3, so readers need no KMS grant), written after each successful write and
-repaired on load when it disagrees with the bundle, never the other way; the repair happens only
-when the bundle loads (a bundle the CA refuses is never distributed) and is still the version
-read (``HeadObject`` ETag re-checked just before the write, so it never installs an older one).
+repaired by ``publish_public`` when it disagrees with the bundle, never the other way. ``load``
+never writes: the CA publishes only a bundle it accepted (a bundle that parses may still be
+refused for trust continuity, SPEC §5), and only while it is still the version read
+(``HeadObject`` ETag re-checked just before the write, so it never installs an older one).
 Use a versioned bucket: every replaced bundle stays recoverable. Version token: the bundle object's ETag.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 from ..bundle import PUBLIC_ITEMS, STORE_ITEMS
 from ..errors import Unavailable
 from . import aws
-from .base import StoredBundle, decode_document, encode_document, loads
+from .base import StoredBundle, decode_document, encode_document
 
 log = logging.getLogger(__name__)
 _LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
@@ -62,12 +63,7 @@ class S3BundleStore:
             return None
         body, r = got
         items = decode_document(body, self.description)
-        stored = StoredBundle(items, r["ETag"])
-        if loads(stored, self.labels()):
-            self._repair_public(stored)
-        else:
-            log.debug("the bundle in %s does not load; its public part is left as it is", self.description)
-        return stored
+        return StoredBundle(items, r["ETag"])
 
     def load_public(self) -> StoredBundle | None:
         got = self._get(self.public_key, "read the public part of the trust bundle")
@@ -134,7 +130,9 @@ class S3BundleStore:
                 "%s", aws.unavailable(e, f"s3://{self.bucket}/{self.public_key}", "write the public part")
             )
 
-    def _repair_public(self, stored: StoredBundle) -> None:
+    def publish_public(self, stored: StoredBundle) -> None:
+        """Repair ``KEY.public`` from ``stored`` (an accepted bundle) when it differs, only while
+        the bundle object's ETag is still ``stored.version``; failures are logged."""
         try:
             got = self._get(self.public_key, "read the public part of the trust bundle")
         except Unavailable as e:

@@ -11,7 +11,8 @@ stays as AWSPREVIOUS. Reads always ask for ``VersionStage='AWSCURRENT'``. Versio
 VersionId of AWSCURRENT. ``kms-key-id`` encrypts the secret with that KMS key (else the account's
 ``aws/secretsmanager`` key). The public part (no keys) is a second secret named
 ``<NAME>.public`` (for an ARN: the name in it, without the six-character suffix), written after
-each write and repaired on load (only when the bundle loads and AWSCURRENT is still the version
+each write and repaired by ``publish_public`` (``load`` never writes: the CA publishes only a
+bundle it accepted, SPEC §5 trust continuity; and only while AWSCURRENT is still the version
 read, re-checked just before the write), encrypted with the default key so readers need no KMS grant.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 from ..bundle import PUBLIC_ITEMS, STORE_ITEMS
 from ..errors import Unavailable
 from . import aws
-from .base import StoredBundle, decode_document, encode_document, loads
+from .base import StoredBundle, decode_document, encode_document
 
 log = logging.getLogger(__name__)
 CURRENT, PENDING = "AWSCURRENT", "SENTRYCA_PENDING"
@@ -88,12 +89,7 @@ class SecretsManagerBundleStore:
         got = self._get(self.secret_id, "read the trust bundle")
         if got is None:
             return None
-        stored = StoredBundle(*got)
-        if loads(stored, self.labels()):
-            self._repair_public(stored)
-        else:
-            log.debug("the bundle in %s does not load; its public part is left as it is", self.description)
-        return stored
+        return StoredBundle(*got)
 
     def load_public(self) -> StoredBundle | None:
         got = self._get(self.public_id, "read the public part of the trust bundle")
@@ -176,12 +172,14 @@ class SecretsManagerBundleStore:
                     SecretString=text,
                     Description="sentryca trust bundle, public part (trust anchors and issuer chain)",
                 )
-        except Exception as e:  # noqa: BLE001 - the public part is derived and repaired on load
+        except Exception as e:  # noqa: BLE001 - the public part is derived; publish_public repairs it
             log.warning(
                 "%s", aws.unavailable(e, f"secretsmanager://{self.public_id}", "write the public part")
             )
 
-    def _repair_public(self, stored: StoredBundle) -> None:
+    def publish_public(self, stored: StoredBundle) -> None:
+        """Repair ``NAME.public`` from ``stored`` (an accepted bundle) when it differs, only while
+        AWSCURRENT is still ``stored.version``; failures are logged."""
         want = {k: stored.items[k] for k in PUBLIC_ITEMS if k in stored.items}
         try:
             got = self._get(self.public_id, "read the public part of the trust bundle")
