@@ -24,6 +24,8 @@ from ca_core.spiffe_id import SpiffeId
 from ca_core.stores import FileBundleStore
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+# `sentryca serve` flags for a test server: every port picked free by the OS
+EPHEMERAL_PORTS = ("--port", "0", "--healthz-port", "0", "--metrics-port", "0")
 
 
 def make_key(kind: str = "p256"):

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_bundle, run_openssl, snapshot, write_bundle
+from conftest import EPHEMERAL_PORTS, make_bundle, run_openssl, snapshot, write_bundle
 from cryptography import x509
 
 SENTRYCA = str(Path(sys.executable).with_name("sentryca"))
@@ -166,12 +166,7 @@ def test_serve_refuses_a_damaged_bundle_naming_the_file(tmp_path):
         "serve",
         "--issuer-credentials",
         str(creds),
-        "--port",
-        "0",
-        "--healthz-port",
-        "0",
-        "--metrics-port",
-        "0",
+        *EPHEMERAL_PORTS,
     )
     assert r.returncode == 1
     assert str(creds / "issuer.key") in r.stderr and "refusing to start" in r.stderr

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import KUBE_NAMESPACE, TEST_BUCKET, make_bundle, snapshot, write_bundle
+from conftest import EPHEMERAL_PORTS, KUBE_NAMESPACE, TEST_BUCKET, make_bundle, snapshot, write_bundle
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -223,12 +223,7 @@ def test_regenerate_replaces_a_damaged_file_store_only_when_asked(tmp_path):
         "serve",
         "--issuer-credentials",
         str(creds),
-        "--port",
-        "0",
-        "--healthz-port",
-        "0",
-        "--metrics-port",
-        "0",
+        *EPHEMERAL_PORTS,
     )
     assert r.returncode == 1 and "refusing to start" in r.stderr and snapshot(creds) == damaged
     r = run(
@@ -268,12 +263,7 @@ def test_serve_exits_with_a_clear_message_when_the_store_is_unreachable(aws_env,
         "serve",
         "--trust-bundle-store",
         url,
-        "--port",
-        "0",
-        "--healthz-port",
-        "0",
-        "--metrics-port",
-        "0",
+        *EPHEMERAL_PORTS,
         env=env,
     )
     assert r.returncode == 1 and "gave up after 5 attempts" in r.stderr and "Traceback" not in r.stderr

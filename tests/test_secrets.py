@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ca_config, make_csr
+from conftest import EPHEMERAL_PORTS, ca_config, make_csr
 from jwks_server import SigningKey, claims, jwks
 from kube_api_server import KubeApiServer
 from test_validators_kubernetes import Cluster
@@ -120,12 +120,7 @@ def test_cli_writes_keep_keys_private_and_logs_clean(tmp_path):
             "serve",
             "--issuer-credentials",
             str(creds),
-            "--port",
-            "0",
-            "--healthz-port",
-            "0",
-            "--metrics-port",
-            "0",
+            *EPHEMERAL_PORTS,
             "--mode",
             "standalone",
             "--log-level",
