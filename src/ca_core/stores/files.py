@@ -75,6 +75,16 @@ def version_of(items: Mapping[str, bytes]) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _flocked(fd: int, operation: int) -> Iterator[None]:
+    """Hold ``flock(fd, operation)``; closing ``fd`` at the end releases it."""
+    try:
+        fcntl.flock(fd, operation)
+        yield
+    finally:
+        os.close(fd)
+
+
 class FileBundleStore:
     """A trust bundle in a local directory. ``directory``: path (created 0700 on first write)."""
 
@@ -148,15 +158,9 @@ class FileBundleStore:
             yield False
             return
         except OSError as e:
-            raise Unavailable(
-                f"{self.directory}: cannot open the credentials directory ({e.strerror})",
-                reason="store_denied" if e.errno in (errno.EACCES, errno.EPERM) else "store_unreachable",
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            raise self._unusable_directory("open", e) from None
+        with _flocked(fd, fcntl.LOCK_SH):
             yield True
-        finally:
-            os.close(fd)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -167,15 +171,15 @@ class FileBundleStore:
                 os.chmod(self.directory, 0o700)
             fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
-            raise Unavailable(
-                f"{self.directory}: cannot use the credentials directory ({e.strerror})",
-                reason="store_denied" if e.errno in (errno.EACCES, errno.EPERM) else "store_unreachable",
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            raise self._unusable_directory("use", e) from None
+        with _flocked(fd, fcntl.LOCK_EX):
             yield
-        finally:
-            os.close(fd)  # closing releases the lock
+
+    def _unusable_directory(self, verb: str, e: OSError) -> Unavailable:
+        return Unavailable(
+            f"{self.directory}: cannot {verb} the credentials directory ({e.strerror})",
+            reason="store_denied" if e.errno in (errno.EACCES, errno.EPERM) else "store_unreachable",
+        )
 
     # -- writing (atomic writer) -----------------------------------------------------------
 
