@@ -16,7 +16,7 @@ export SAM_CLI_TELEMETRY := 0
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download
 
-.PHONY: run test lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-invoke proto proto-check bench clean
+.PHONY: run test lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-build sam-invoke proto proto-check bench clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -74,11 +74,14 @@ invoke: $(VENV)/.installed-test
 	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=<LogicalId> EVENT=events/<file>"; exit 2; }
 	$(PY) -m handlers.local_invoke --template template.yaml --env-vars events/env.json $(FN) $(EVENT)
 
-## sam-invoke: sam build + sam local invoke (needs a container runtime)
-sam-invoke: $(TOOLS)/.installed
+## sam-build: sam build of the functions (src/Makefile; no container runtime needed) into .aws-sam/
+sam-build: $(TOOLS)/.installed
+	$(TOOLS)/bin/sam build --template template.yaml
+
+## sam-invoke: sam build + sam local invoke (the invoke needs a container runtime)
+sam-invoke: sam-build
 	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make sam-invoke FN=<LogicalId> EVENT=events/<file>"; exit 2; }
 	@docker info >/dev/null 2>&1 || { echo "sam local invoke needs a running container runtime (docker); use make invoke"; exit 1; }
-	$(TOOLS)/bin/sam build --use-container
 	$(TOOLS)/bin/sam local invoke $(FN) --event $(EVENT) --env-vars events/env.json
 
 ## proto: regenerate the gRPC code from proto/ (commit the result)

@@ -213,6 +213,16 @@ def moto_endpoint() -> Iterator[str]:
 _DUMMY_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
+@pytest.fixture(scope="session")
+def slim_botocore_data(tmp_path_factory) -> Path:
+    """botocore's data without prose, as the Lambda build ships it (handlers.slim_botocore)."""
+    from handlers import slim_botocore
+
+    out = tmp_path_factory.mktemp("botocore") / "data"
+    slim_botocore.build(out)
+    return out
+
+
 @pytest.fixture
 def aws_env(moto_endpoint, monkeypatch) -> dict[str, str]:
     """Point boto3 (here and in subprocesses given the returned env) at the moto server."""

@@ -73,8 +73,10 @@ def reissued(bundle: TrustBundle, now: datetime, lifetime: timedelta = timedelta
 
 
 @pytest.fixture
-def fn_env(aws_env, monkeypatch):
-    """Set events/env.json's variables for a function (as make invoke does), over moto."""
+def fn_env(aws_env, monkeypatch, slim_botocore_data):
+    """Set events/env.json's variables for a function (as make invoke does), over moto, with
+    botocore loading the slim data the SAM build ships (src/Makefile)."""
+    monkeypatch.setenv("SENTRY_BOTOCORE_DATA", str(slim_botocore_data))
 
     def use(logical_id: str, **overrides: str) -> None:
         for k, v in {**ENV[logical_id], **overrides}.items():

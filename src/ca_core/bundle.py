@@ -15,7 +15,6 @@ from functools import cached_property
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
 from .certs import DEFAULT_CA_LIFETIME, DEFAULT_CLOCK_SKEW, generate_issuer, generate_root
 from .errors import BundleError
@@ -37,7 +36,9 @@ STORE_ITEMS = (*ALL_ITEMS, ROTATION_STATE)
 
 def certificates_pem(certs: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> bytes:
     """Concatenated PEM of ``certs`` in order."""
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+    from cryptography.hazmat.primitives.serialization import Encoding  # lazy: see keys._LAZY
+
+    return b"".join(c.public_bytes(Encoding.PEM) for c in certs)
 
 
 @dataclass(frozen=True)

@@ -6,19 +6,21 @@ Pure: the environment and file contents are passed in, never looked up here.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .durations import format_duration, parse_duration
 from .errors import ConfigError
 from .keys import KeyAlgorithm
 from .spiffe_id import namespace_problem, trust_domain_problem
 from .stores.files import FileNames
+
+if TYPE_CHECKING:  # argparse is only a type here: the Lambda functions import this module cold
+    import argparse
 
 MODES = ("auto", "kubernetes", "standalone")
 # Bounds that keep every certificate date computable and every setting sane; leaves are capped by
@@ -411,7 +413,7 @@ def load_config(
     env: the process environment (NAMESPACE and KUBERNETES_SERVICE_HOST are read from it too);
     read_file: returns a file's text (for ``--config``). Raises ConfigError naming the source.
     """
-    given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
+    given = dict(flags) if isinstance(flags, Mapping) else vars(flags)
     values: dict[str, Any] = {}
     config_path = given.get("config") or env.get("SENTRY_CONFIG")
     if config_path:

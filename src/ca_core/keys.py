@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
@@ -51,12 +51,18 @@ def signature_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
     return hashes.SHA256()
 
 
+# _LAZY: cryptography's serialization package also loads its SSH and cipher modules (~5 ms);
+# the expiry function only reads certificates, so key (de)serialisation imports it on first use.
+
+
 def load_private_key(pem: bytes) -> PrivateKey:
     """Parse a PEM private key: PKCS#8, SEC1 EC or PKCS#1 RSA, unencrypted.
 
     Raises ValueError with a readable reason when the bytes are not such a key or the key
     type is not one a CA can use (ECDSA, Ed25519, RSA).
     """
+    from cryptography.hazmat.primitives import serialization  # not at the top: see _LAZY
+
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except TypeError:
@@ -70,6 +76,8 @@ def load_private_key(pem: bytes) -> PrivateKey:
 
 def private_key_pem(key: PrivateKey) -> bytes:
     """``key`` as unencrypted PKCS#8 PEM (``PRIVATE KEY``)."""
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -79,6 +87,8 @@ def private_key_pem(key: PrivateKey) -> bytes:
 
 def public_key_der(key: PublicKey) -> bytes:
     """SubjectPublicKeyInfo DER of ``key``, to compare keys for equality."""
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
