@@ -75,8 +75,8 @@ invoke: $(VENV)/.installed-test
 	$(PY) -m handlers.local_invoke --template template.yaml --env-vars events/env.json $(FN) $(EVENT)
 
 ## sam-build: sam build of the functions (src/Makefile; no container runtime needed) into .aws-sam/
-sam-build: $(TOOLS)/.installed
-	$(TOOLS)/bin/sam build --template template.yaml
+sam-build: $(TOOLS)/.installed | $(VENV)/bin/python
+	PYTHON="$(abspath $(PY))" $(TOOLS)/bin/sam build --template template.yaml
 
 ## sam-invoke: sam build + sam local invoke (the invoke needs a container runtime)
 sam-invoke: sam-build
