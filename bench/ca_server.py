@@ -1,8 +1,10 @@
 """The CA under load, run as its own process by ``bench/run.py``.
 
-Usage: ``ca_server.py CREDENTIALS_DIR LOG_LEVEL [canned]``. Starts ``CertificateAuthority`` on
+Usage: ``ca_server.py CREDENTIALS_DIR LOG_LEVEL [canned | workers=N]``. Starts the CA on
 127.0.0.1 with ephemeral ports (the bundle is generated in CREDENTIALS_DIR), prints one JSON
-line ``{"port": ..., "pid": ...}`` on stdout, and stops when stdin closes.
+line ``{"port": ..., "pids": [...]}`` on stdout (every process serving: this one, and with
+``workers=N`` the N worker processes of ``handlers.workers.Supervisor``), and stops when stdin
+closes.
 
 With ``canned``, ``Signer.sign`` is replaced by one that returns a certificate signed once at
 start: the server then measures the gRPC/TLS/servicer path without the signing work.
@@ -24,6 +26,7 @@ from ca_core.service import Signer
 from ca_core.validators import SignRequest
 from handlers.logs import setup_logging
 from handlers.server import CertificateAuthority
+from handlers.workers import Supervisor
 
 
 def can_signing(ca: CertificateAuthority) -> None:
@@ -37,6 +40,7 @@ def can_signing(ca: CertificateAuthority) -> None:
 
 def main(argv: list[str]) -> int:
     credentials, log_level, *mode = argv
+    workers = int(mode[0].split("=", 1)[1]) if mode and mode[0].startswith("workers=") else 1
     cfg = load_config(
         {
             "issuer_credentials": credentials,
@@ -46,16 +50,27 @@ def main(argv: list[str]) -> int:
             "metrics_port": "0",
             "log_level": log_level,
             "rate_limit": "0",  # one caller on purpose: the per-caller limit is not what is measured
+            "workers": str(workers),
         },
         {},
     )
     setup_logging(cfg.log_level, cfg.log_as_json)  # as `sentryca serve` does
+    if workers > 1:
+        supervisor = Supervisor(cfg)
+        supervisor.start()
+        try:
+            pids = [os.getpid(), *supervisor.worker_pids]
+            print(json.dumps({"port": supervisor.grpc_port, "pids": pids}), flush=True)
+            sys.stdin.read()
+        finally:
+            supervisor.stop(grace=1.0)
+        return 0
     ca = CertificateAuthority()
     ca.start(cfg)
     if mode == ["canned"]:
         can_signing(ca)
     try:
-        print(json.dumps({"port": ca.grpc_port, "pid": os.getpid()}), flush=True)
+        print(json.dumps({"port": ca.grpc_port, "pids": [os.getpid()]}), flush=True)
         sys.stdin.read()  # returns at EOF: the parent is done
     finally:
         ca.stop(grace=1.0)

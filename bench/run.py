@@ -4,11 +4,17 @@ Sections, from one run:
   1. crypto floor: raw ECDSA P-256 sign + verify (SHA-256) per second, one thread;
   2. core: ``Signer.sign`` (INSECURE validator) per second over distinct pre-generated CSRs,
      and its ratio to the floor, plus a per-stage breakdown of one sign;
-  3. gRPC: signs per second and p50/p99 latency through the real TLS server (a subprocess)
-     at several concurrency levels, with the CPU used by the server and by the load generator,
-     then the same server with signing replaced by a canned answer (the transport's ceiling);
-  4. machine facts.
+  3. the CA in one process: signs per second and p50/p99 latency through the real TLS server
+     (a subprocess) at several concurrency levels, with the CPU used by the server and by the
+     load generator, then the same server with signing replaced by a canned answer;
+  4. on all cores: the CA with ``--workers`` (one per CPU) and the peer, CFSSL's ``cfssl serve``
+     (``bench/cfssl_peer.py``), each driven by the same load generator (spawned processes of
+     blocking threads, one distinct CSR per call): closed-loop levels, then open-loop levels at
+     fractions of each server's best rate (latency counted from when each call was due), peak
+     RSS of every server process, and the ratios to the peer and to the crypto floor;
+  5. machine facts.
 
+``--soak N`` instead drives the CA with ``--workers`` for N signs and reports its memory.
 Options: ``--quick`` (a short run), ``--json FILE`` (write the results as JSON); see ``--help``.
 """
 
@@ -261,14 +267,17 @@ def bench_inprocess(rounds: int, per_round: int) -> dict[str, object]:
     }
 
 
-# --- 3. gRPC load -----------------------------------------------------------------------------
+# --- 3-5. load through the network: the CA (one process, then workers) and the peer -------------
 
 
 @dataclass
 class LevelResult:
-    """One load level: throughput, latency (of calls made within the measured window) and CPU."""
+    """One load level: throughput, latency (of calls made within the measured window) and CPU.
+    ``offered_per_s``: the open-loop rate asked for (None: closed loop, ``concurrency`` calls
+    always in flight)."""
 
     concurrency: int
+    offered_per_s: float | None
     client_processes: int
     threads_per_process: int
     completed: int
@@ -278,7 +287,7 @@ class LevelResult:
     p50_ms: float
     p99_ms: float
     max_ms: float
-    server_cpu_pct: float  # % of one core
+    server_cpu_pct: float  # % of one core, every server process
     client_cpu_pct: float  # % of one core, all load-generator processes
     other_cpu_pct: float  # % of one core: everything else on the machine
     machine_idle_pct: float  # % of all cores
@@ -288,16 +297,76 @@ class LevelResult:
     csrs_exhausted: bool
 
 
-def run_load(
-    chan, pool: list[bytes], first: int, threads: int, t_start: float, t_measure: float, t_end: float
-) -> tuple[int, list[float], int, float, bool, int]:
-    """``threads`` threads each making blocking sign calls from ``t_start`` to ``t_end``, each
-    with the next unused CSR of ``pool`` (from index ``first``). Returns (calls completed within
-    [t_measure, t_end], latencies in s of the calls made entirely within it, failed calls, this
-    process's CPU seconds in it, whether the pool ran out, index of the next unused CSR)."""
+def _grpc_caller(target: tuple):
+    """(call(item, thread), close, encode) for the CA: one TLS channel per process."""
     from handlers import client
 
-    taken = itertools.count(first)  # next() on it is atomic under the GIL
+    _, port, anchors = target
+    chan = client.channel(f"localhost:{port}", anchors)
+
+    def call(csr_pem: bytes, thread: int) -> None:
+        client.sign(chan, csr_pem, f"app-{thread}", "default")
+
+    return call, chan.close, lambda csr_pem: csr_pem
+
+
+def _cfssl_caller(target: tuple):
+    """(call(item, thread), close, encode) for CFSSL: one kept-alive HTTP/1.1 connection per
+    thread; a call fails unless the answer is 200 with ``"success":true``."""
+    import http.client
+
+    from cfssl_peer import SIGN_PATH, request_body
+
+    _, port = target
+    local = threading.local()
+    opened: list[http.client.HTTPConnection] = []
+    headers = {"Content-Type": "application/json"}
+
+    def call(body: bytes, thread: int) -> None:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            opened.append(conn)
+        try:
+            conn.request("POST", SIGN_PATH, body, headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            local.conn = None
+            raise
+        if response.status != 200 or b'"success":true' not in data:
+            raise RuntimeError(f"cfssl answered {response.status}: {data[:200]!r}")
+
+    def close() -> None:
+        for conn in opened:
+            conn.close()
+
+    return call, close, request_body
+
+
+CALLERS = {"grpc": _grpc_caller, "cfssl": _cfssl_caller}
+
+
+def run_load(
+    call,
+    pool: list[bytes],
+    first: int,
+    threads: int,
+    t_start: float,
+    t_measure: float,
+    t_end: float,
+    rate: float,
+) -> tuple[int, list[float], int, float, bool, int]:
+    """``threads`` threads each making blocking calls from ``t_start`` to ``t_end``, each with
+    the next unused item of ``pool`` (from index ``first``). Closed loop when ``rate`` is 0 (a
+    thread calls again as soon as it has an answer); else open loop: call k is due at
+    ``t_start + k / rate`` and its latency counts from then, so a late start (every thread busy)
+    is charged to the server. Returns (calls completed within [t_measure, t_end], latencies in s
+    of the calls begun within it, failed calls, this process's CPU seconds in it, whether the
+    pool ran out, index of the next unused item)."""
+    taken = itertools.count(first)  # next() on these is atomic under the GIL
+    schedule = itertools.count()
     latencies: list[list[float]] = [[] for _ in range(threads)]
     completed = [0] * threads
     errors = [0] * threads
@@ -312,15 +381,21 @@ def run_load(
     def load(i: int) -> None:
         sleep_until(t_start)
         while True:
+            if rate:
+                began = t_start + next(schedule) / rate
+                if began >= t_end:
+                    return
+                sleep_until(began)
+            else:
+                began = time.monotonic()
+                if began >= t_end:
+                    return
             index = next(taken)
             if index >= len(pool):
                 exhausted[i] = True
                 return
-            began = time.monotonic()
-            if began >= t_end:
-                return
             try:
-                client.sign(chan, pool[index], f"app-{i}", "default")
+                call(pool[index], i)
             except Exception:  # noqa: BLE001 - counted and reported, never fatal to the bench
                 errors[i] += 1
                 continue
@@ -347,66 +422,76 @@ def run_load(
     )
 
 
-def client_worker(port: int, anchors_pem: bytes, commands, results) -> None:
-    """A load-generator process: holds one TLS channel and a pool of distinct CSRs, and runs
-    the commands it is sent: ``prepare`` (top up the pool, warm the channel), ``run``, ``stop``."""
-    from handlers import client
-
-    chan = client.channel(f"localhost:{port}", anchors_pem)
+def client_worker(target: tuple, commands, results) -> None:
+    """A load-generator process for ``target`` (``("grpc", port, anchors)`` or ``("cfssl",
+    port)``): holds its connection(s) and a pool of distinct CSRs (encoded for the target once,
+    before any measurement), and runs the commands it is sent: ``prepare`` (top up the pool, warm
+    the connection), ``run``, ``stop``."""
+    sys.path.insert(0, str(HERE))
+    call, close, encode = CALLERS[target[0]](target)
     pool: list[bytes] = []
     used = 0
     while True:
         command = commands.get()
         if command[0] == "stop":
-            chan.close()
+            close()
             return
         if command[0] == "prepare":
             pool = pool[used:]
             used = 0
-            pool += make_csrs(max(0, command[1] - len(pool)))
-            client.sign(chan, make_csrs(1)[0], "warmup", "default")  # TLS handshake, warm paths
+            pool += [encode(c) for c in make_csrs(max(0, command[1] - len(pool)))]
+            for t in range(command[2]):  # warm every thread's connection (TLS handshake, paths)
+                call(encode(make_csrs(1)[0]), t)
             results.put(("ready",))
             continue
-        _, threads, t_start, t_measure, t_end = command
+        _, threads, t_start, t_measure, t_end, rate = command
         completed, latencies, errors, cpu, exhausted, used = run_load(
-            chan, pool, used, threads, t_start, t_measure, t_end
+            call, pool, used, threads, t_start, t_measure, t_end, rate
         )
         results.put(("done", completed, latencies, errors, cpu, exhausted))
 
 
 class LoadGenerator:
     """Up to ``processes`` client processes (spawned, so none shares the server's or the
-    parent's GIL) driving ``concurrency`` blocking calls in flight."""
+    parent's GIL); the same program drives the CA and the peer."""
 
-    def __init__(self, port: int, anchors_pem: bytes, processes: int) -> None:
+    def __init__(self, target: tuple, processes: int) -> None:
         ctx = mp.get_context("spawn")
         self.results = ctx.Queue()
         self.commands = [ctx.Queue() for _ in range(processes)]
         self.procs = [
-            ctx.Process(target=client_worker, args=(port, anchors_pem, q, self.results), daemon=True)
+            ctx.Process(target=client_worker, args=(target, q, self.results), daemon=True)
             for q in self.commands
         ]
         for p in self.procs:
             p.start()
 
     def run_level(
-        self, concurrency: int, warmup: float, duration: float, csrs_each: int, server_pid: int
+        self,
+        concurrency: int,
+        warmup: float,
+        duration: float,
+        csrs_each: int,
+        server_pids: list[int],
+        rate: float = 0.0,
     ) -> LevelResult:
+        """Closed loop with ``concurrency`` calls in flight, or (``rate`` > 0) open loop offering
+        ``rate`` calls/s from ``concurrency`` threads in all."""
         nproc = min(concurrency, len(self.procs))
         threads = [concurrency // nproc + (1 if i < concurrency % nproc else 0) for i in range(nproc)]
-        for q in self.commands[:nproc]:
-            q.put(("prepare", csrs_each))
+        for q, n in zip(self.commands, threads, strict=False):
+            q.put(("prepare", csrs_each, n))
         for _ in range(nproc):
             self._result(timeout=60 + csrs_each * 0.001)  # generous: ~0.1 ms per CSR on this machine
         t_start = time.monotonic() + 0.2
         t_measure = t_start + warmup
         t_end = t_measure + duration
         for q, n in zip(self.commands, threads, strict=False):
-            q.put(("run", n, t_start, t_measure, t_end))
+            q.put(("run", n, t_start, t_measure, t_end, rate / nproc))
         sleep_until(t_measure)
-        server0, machine0 = cpu_seconds_of(server_pid), machine_cpu()
+        server0, machine0 = sum(cpu_seconds_of(p) for p in server_pids), machine_cpu()
         sleep_until(t_end)
-        server1, machine1 = cpu_seconds_of(server_pid), machine_cpu()
+        server1, machine1 = sum(cpu_seconds_of(p) for p in server_pids), machine_cpu()
         latencies: list[float] = []
         completed, errors, client_cpu, exhausted = 0, 0, 0.0, False
         for _ in range(nproc):
@@ -423,6 +508,7 @@ class LoadGenerator:
         server_cpu = server1 - server0
         return LevelResult(
             concurrency=concurrency,
+            offered_per_s=rate or None,
             client_processes=nproc,
             threads_per_process=max(threads),
             completed=completed,
@@ -456,16 +542,31 @@ class LoadGenerator:
             p.join(timeout=10)
 
 
+def memory_kib(pids: list[int], field: str) -> int:
+    """Sum of ``field`` (``VmRSS`` now, ``VmHWM`` peak) over ``pids``, in KiB, from /proc."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                total += int(line.split()[1])
+    return total
+
+
 @contextlib.contextmanager
-def ca_server(log_level: str, canned: bool = False):
-    """Run ``ca_server.py`` as a subprocess; yields (port, pid, trust anchors PEM)."""
+def ca_server(log_level: str, canned: bool = False, workers: int = 1):
+    """Run ``ca_server.py`` as a subprocess; yields (port, pids of every server process,
+    trust anchors PEM)."""
     with (
         tempfile.TemporaryDirectory(prefix="sentryca-bench-") as credentials,
         tempfile.TemporaryFile() as stderr,
     ):
         argv = [sys.executable, str(HERE / "ca_server.py"), credentials, log_level]
+        if canned:
+            argv.append("canned")
+        elif workers > 1:
+            argv.append(f"workers={workers}")
         server = subprocess.Popen(
-            [*argv, "canned"] if canned else argv,
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,  # a file: an info-level server logs a line per certificate
@@ -479,78 +580,191 @@ def ca_server(log_level: str, canned: bool = False):
                 tail = stderr.read()[-2000:].decode(errors="replace")
                 raise RuntimeError(f"the CA server exited before serving:\n{tail}")
             info = json.loads(line)
-            yield info["port"], info["pid"], (Path(credentials) / "ca.crt").read_bytes()
+            yield info["port"], info["pids"], (Path(credentials) / "ca.crt").read_bytes()
         finally:
             if server.stdin:
                 server.stdin.close()
             try:
-                server.wait(timeout=15)
+                server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
 
 
+@dataclass
+class Run:
+    """A server's section: closed-loop levels, then open-loop levels at fractions of its best."""
+
+    name: str
+    levels: list[LevelResult]
+    open_levels: list[LevelResult]
+    peak_rss_mib: float
+    rss_mib: float
+
+    @property
+    def best(self) -> float:
+        return max((r.signs_per_s for r in self.levels), default=0.0)
+
+
 def drive(
-    server: tuple[int, int, bytes],
+    name: str,
+    target: tuple,
+    pids: list[int],
     levels: list[int],
     warmup: float,
     duration: float,
     client_processes: int,
     rate_cap: float,
-) -> list[LevelResult]:
-    """Drive ``server`` at each concurrency level in turn."""
-    port, pid, anchors = server
-    gen = LoadGenerator(port, anchors, client_processes)
+    open_fractions: tuple[float, ...] = (),
+    open_threads: int = 64,
+) -> Run:
+    """Drive a server at each closed-loop level, then open loop at ``open_fractions`` of its best
+    closed-loop rate."""
+    gen = LoadGenerator(target, client_processes)
     try:
         out = []
         for c in levels:
             nproc = min(c, client_processes)
             # Enough distinct CSRs for the fastest rate the server could reach, with margin.
             csrs_each = math.ceil(rate_cap * (warmup + duration) / nproc) + c
-            out.append(gen.run_level(c, warmup, duration, csrs_each, pid))
-        return out
+            out.append(gen.run_level(c, warmup, duration, csrs_each, pids))
+        best = max((r.signs_per_s for r in out), default=0.0)
+        opened = []
+        for fraction in open_fractions:
+            rate = fraction * best
+            csrs_each = math.ceil(rate * (warmup + duration) * 1.2 / client_processes) + open_threads
+            opened.append(gen.run_level(open_threads, warmup, duration, csrs_each, pids, rate=rate))
+        return Run(
+            name,
+            out,
+            opened,
+            memory_kib(pids, "VmHWM") / 1024,
+            memory_kib(pids, "VmRSS") / 1024,
+        )
     finally:
         gen.close()
 
 
-def bench_grpc(
-    levels: list[int],
-    baseline_levels: list[int],
-    warmup: float,
-    duration: float,
-    client_processes: int,
-    core_rate: float,
-    log_level: str,
-) -> dict[str, object]:
-    """Section 3: the real CA at each level, then the same server with signing canned."""
-    with ca_server(log_level) as server:
-        real = drive(server, levels, warmup, duration, client_processes, 1.5 * core_rate)
-    canned: list[LevelResult] = []
-    if baseline_levels:
-        best = max(r.signs_per_s for r in real)
-        with ca_server(log_level, canned=True) as server:
-            canned = drive(server, baseline_levels, warmup, duration, client_processes, 3 * best + 500)
+def bench_network(args, core_rate: float, warmup: float, duration: float) -> dict[str, object]:
+    """Sections 3-5: the CA in one process (and with signing canned), the CA with --workers, and
+    the peer, each driven by the same load generator."""
+    out: dict[str, object] = {"client_processes": args.client_processes, "warmup_s": warmup}
+    procs = max(1, args.client_processes)
+    fractions = tuple(float(f) for f in args.open_fractions.split(",") if f.strip())
+    if _levels(args.concurrency):
+        with ca_server(args.server_log_level) as (port, pids, anchors):
+            run = drive(
+                "CA, 1 process",
+                ("grpc", port, anchors),
+                pids,
+                _levels(args.concurrency),
+                warmup,
+                duration,
+                procs,
+                1.5 * core_rate,
+            )
+        out["single"] = run
+        if _levels(args.baseline_concurrency):
+            with ca_server(args.server_log_level, canned=True) as (port, pids, anchors):
+                out["canned"] = drive(
+                    "CA, 1 process, signing canned",
+                    ("grpc", port, anchors),
+                    pids,
+                    _levels(args.baseline_concurrency),
+                    warmup,
+                    duration,
+                    procs,
+                    3 * run.best + 500,
+                )
+    workers = args.workers or len(os.sched_getaffinity(0))
+    peer_levels = _levels(args.peer_concurrency)
+    if peer_levels:
+        with ca_server(args.server_log_level, workers=workers) as (port, pids, anchors):
+            out["workers"] = drive(
+                f"CA, --workers {workers}",
+                ("grpc", port, anchors),
+                pids,
+                peer_levels,
+                warmup,
+                duration,
+                procs,
+                workers * 1.5 * core_rate,
+                fractions,
+            )
+        out["workers_count"] = workers
+        import cfssl_peer
+
+        missing = cfssl_peer.available()
+        if missing:
+            out["peer_missing"] = missing
+        else:
+            out["peer_version"] = cfssl_peer.version()
+            with cfssl_peer.cfssl_server() as (port, pids):
+                out["peer"] = drive(
+                    "cfssl serve",
+                    ("cfssl", port),
+                    pids,
+                    peer_levels,
+                    warmup,
+                    duration,
+                    procs,
+                    20_000,
+                    fractions,
+                )
+    return out
+
+
+def soak(args, warmup: float) -> dict[str, object]:
+    """``--soak N``: the CA with --workers under closed-loop load until N signs, resident memory
+    of all its processes sampled after every 20 s stretch."""
+    workers = args.workers or len(os.sched_getaffinity(0))
+    concurrency = _levels(args.peer_concurrency)[-1] if _levels(args.peer_concurrency) else 32
+    samples: list[tuple[int, float]] = []
+    signed = 0
+    with ca_server(args.server_log_level, workers=workers) as (port, pids, anchors):
+        gen = LoadGenerator(("grpc", port, anchors), max(1, args.client_processes))
+        try:
+            stretch = 20.0
+            while signed < args.soak:
+                level = gen.run_level(concurrency, warmup, stretch, 4000 * int(stretch) // 2, pids)
+                signed += level.completed
+                if level.errors:
+                    raise RuntimeError(f"{level.errors} failed calls during the soak")
+                samples.append((signed, memory_kib(pids, "VmRSS") / 1024))
+                print(f"  {signed:>8} signs: {samples[-1][1]:7.1f} MiB", file=sys.stderr, flush=True)
+        finally:
+            gen.close()
+        peak = memory_kib(pids, "VmHWM") / 1024
+    first = samples[min(1, len(samples) - 1)][1]  # after the first stretch: caches warm
+    last = samples[-1][1]
     return {
-        "server": "subprocess: handlers.server.CertificateAuthority on 127.0.0.1, TLS",
-        "server_log_level": log_level,
-        "client_processes": client_processes,
-        "warmup_s": warmup,
-        "levels": [vars(r) for r in real],
-        "canned_signing_levels": [vars(r) for r in canned],
+        "workers": workers,
+        "concurrency": concurrency,
+        "signs": signed,
+        "samples": samples,
+        "rss_after_first_stretch_mib": first,
+        "rss_at_end_mib": last,
+        "growth_pct": 100 * (last - first) / first,
+        "peak_rss_mib": peak,
     }
 
 
 # --- output -----------------------------------------------------------------------------------
 
+TARGET_PEER_RATIO = 0.5  # CA with --workers / cfssl, signs per second
+TARGET_P99_MS = 25.0  # at half of the maximum rate
+TARGET_RSS_MIB = 200.0  # every server process together
+
 
 def _level_rows(levels: list[dict]) -> None:
     print(
-        f"   {'in-flight':>9} {'signs/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"
+        f"   {'load':>10} {'signs/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"
         f" {'server':>7} {'client':>7} {'other':>6} {'idle':>5} {'server µs':>10} {'client µs':>10}"
     )
     for r in levels:
+        load = f"{r['offered_per_s']:.0f}/s" if r.get("offered_per_s") else f"{r['concurrency']} in fl."
         print(
-            f"   {r['concurrency']:>9} {r['signs_per_s']:8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f}"
+            f"   {load:>10} {r['signs_per_s']:8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f}"
             f" {r['max_ms']:7.2f} {r['server_cpu_pct']:6.0f}% {r['client_cpu_pct']:6.0f}%"
             f" {r['other_cpu_pct']:5.0f}% {r['machine_idle_pct']:4.0f}%"
             f" {r['server_cpu_us_per_sign']:10.0f} {r['client_cpu_us_per_sign']:10.0f}"
@@ -565,7 +779,23 @@ def _level_rows(levels: list[dict]) -> None:
         if r["other_cpu_pct"] >= NOISY_PCT:
             notes.append("other processes were busy: figures perturbed")
         if notes:
-            print(f"   {'':>9} ^ {'; '.join(notes)}")
+            print(f"   {'':>10} ^ {'; '.join(notes)}")
+
+
+def _run_block(title: str, run: dict) -> None:
+    print(f"   {title}: peak RSS {run['peak_rss_mib']:.0f} MiB (all its processes)")
+    _level_rows(run["levels"] + run["open_levels"])
+
+
+def _best(run: dict) -> float:
+    return max((r["signs_per_s"] for r in run["levels"]), default=0.0)
+
+
+def _half_rate(run: dict) -> dict | None:
+    """The open-loop level offered closest to half of the best closed-loop rate."""
+    half = _best(run) / 2
+    levels = [r for r in run["open_levels"] if r["offered_per_s"]]
+    return min(levels, key=lambda r: abs(r["offered_per_s"] - half)) if levels else None
 
 
 def print_report(results: dict) -> None:
@@ -588,27 +818,67 @@ def print_report(results: dict) -> None:
     for name, us in ip["breakdown_us"].items():
         print(f"     {name:38s} {us:7.1f}")
     print()
-    g = results["grpc"]
-    if g["levels"]:
-        print("== 3. gRPC over TLS on 127.0.0.1: CA server in a subprocess ==")
-        print(
-            f"   load: up to {g['client_processes']} client processes, threads making blocking"
-            f" handlers.client.sign calls, distinct CSRs; {g['warmup_s']} s warm-up per level"
-        )
-        print(
-            f"   the {m['usable_cpus']} CPUs are shared by server and load generator; server log level"
-            f" {g['server_log_level']}"
-        )
-        _level_rows(g["levels"])
-        if g["canned_signing_levels"]:
+    net = results["network"]
+    load = (
+        f"   load: the same generator for every server: up to {net['client_processes']} client"
+        f" processes of blocking threads, distinct CSRs; {net['warmup_s']} s warm-up per level;"
+        f" the {m['usable_cpus']} CPUs are shared by server and load generator"
+    )
+    if "single" in net:
+        print("== 3. The CA in one process: gRPC over TLS on 127.0.0.1, INSECURE validator ==")
+        print(load)
+        _run_block("CA, 1 process", net["single"])
+        if "canned" in net:
             print("   same server, Signer.sign replaced by a canned answer (transport + servicer only):")
-            _level_rows(g["canned_signing_levels"])
+            _level_rows(net["canned"]["levels"])
         print(
-            "   server/client/other: CPU as % of one core (other = rest of the machine); idle: % of all"
-            " cores; µs: CPU per completed sign"
+            "   load: calls in flight (closed loop) or offered/s (open loop, latency from when each call"
+            " was due); server/client/other: CPU as % of one core; idle: % of all cores;"
+            " µs: CPU per completed sign"
         )
         print()
-    print("== 4. Machine ==")
+    if "workers" in net:
+        print(
+            f"== 4. On all cores: the CA with --workers {net['workers_count']} (gRPC/TLS) beside the peer"
+            " CFSSL (HTTP/1.1 JSON API) =="
+        )
+        print(load)
+        _run_block(f"CA, --workers {net['workers_count']}", net["workers"])
+        if "peer" in net:
+            _run_block(f"cfssl serve ({net['peer_version']}), ECDSA P-256 CA", net["peer"])
+        else:
+            print(f"   peer not measured: {net['peer_missing']}")
+        ca = net["workers"]
+        floor = ip["floor_ops_per_s"]
+        print("   summary:")
+        print(
+            f"     max signs/s: CA {_best(ca):.0f}"
+            + (f", cfssl {_best(net['peer']):.0f}" if "peer" in net else "")
+            + f"; crypto floor × {m['usable_cpus']} cores = {floor * m['usable_cpus']:.0f}"
+        )
+        if "peer" in net:
+            r = _best(ca) / _best(net["peer"])
+            verdict = "met" if r >= TARGET_PEER_RATIO else "NOT met"
+            print(f"     CA / cfssl = {r:.2f}  (target ≥ {TARGET_PEER_RATIO}: {verdict})")
+        for name, run in (("CA", ca), ("cfssl", net.get("peer"))):
+            if run is None:
+                continue
+            half = _half_rate(run)
+            if half is not None:
+                verdict = (
+                    ""
+                    if name != "CA"
+                    else f" (target ≤ {TARGET_P99_MS:.0f} ms: "
+                    + ("met)" if half["p99_ms"] <= TARGET_P99_MS else "NOT met)")
+                )
+                print(
+                    f"     {name} at {half['offered_per_s']:.0f}/s offered (~half its max):"
+                    f" p50 {half['p50_ms']:.2f} ms, p99 {half['p99_ms']:.2f} ms{verdict}"
+                )
+        verdict = "met" if ca["peak_rss_mib"] <= TARGET_RSS_MIB else "NOT met"
+        print(f"     CA peak RSS {ca['peak_rss_mib']:.0f} MiB (target ≤ {TARGET_RSS_MIB:.0f}: {verdict})")
+        print()
+    print("== 5. Machine ==")
     print(f"   CPU: {m['cpu_model']} ({m['cpu_family_model']}, {m['cpu_mhz']} MHz)")
     print(f"   {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable); {m['os']}")
     print(
@@ -618,10 +888,25 @@ def print_report(results: dict) -> None:
     print(f"   load average at start: {m['load_average_at_start']}; run took {results['elapsed_s']:.0f} s")
 
 
+def print_soak(s: dict) -> None:
+    print(
+        f"== Soak: the CA with --workers {s['workers']}, {s['concurrency']} in flight, {s['signs']} signs =="
+    )
+    for signed, mib in s["samples"]:
+        print(f"   {signed:>8} signs  RSS {mib:7.1f} MiB")
+    print(
+        f"   RSS after the first stretch {s['rss_after_first_stretch_mib']:.1f} MiB, at the end"
+        f" {s['rss_at_end_mib']:.1f} MiB: {s['growth_pct']:+.1f} % (target ≤ +10 %); peak"
+        f" {s['peak_rss_mib']:.1f} MiB"
+    )
+
+
 def _json_safe(value: object) -> object:
-    """``value`` with NaN floats replaced by None (strict JSON has no NaN)."""
+    """``value`` with NaN floats replaced by None (strict JSON has no NaN); dataclasses as dicts."""
     if isinstance(value, float) and math.isnan(value):
         return None
+    if hasattr(value, "__dataclass_fields__"):
+        return _json_safe(vars(value))
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -638,14 +923,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a short run: fewer rounds, 2 s load levels")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     p.add_argument(
-        "--concurrency", default="1,4,16", help="in-flight requests per gRPC level (default 1,4,16)"
+        "--concurrency",
+        default="1,4,16",
+        help="in-flight calls per level for the CA in one process ('' to skip; default 1,4,16)",
     )
     p.add_argument(
         "--baseline-concurrency",
         default="1,16",
-        help="levels for the canned-signing server ('' to skip; default 1,16)",
+        help="levels for the one-process CA with signing canned ('' to skip; default 1,16)",
     )
-    p.add_argument("--duration", type=float, help="measured seconds per gRPC level (default 8; quick 2)")
+    p.add_argument(
+        "--peer-concurrency",
+        default="8,32",
+        help="in-flight calls per level for the CA with --workers and for cfssl ('' to skip; default 8,32)",
+    )
+    p.add_argument(
+        "--open-fractions",
+        default="0.25,0.5,0.75",
+        help="open-loop levels, as fractions of each server's best closed-loop rate (default 0.25,0.5,0.75)",
+    )
+    p.add_argument("--workers", type=int, default=0, help="--workers of the CA (default 0: one per CPU)")
+    p.add_argument("--duration", type=float, help="measured seconds per load level (default 8; quick 2)")
     p.add_argument("--client-processes", type=int, default=2, help="load-generator processes (default 2)")
     p.add_argument(
         "--server-log-level",
@@ -653,7 +951,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["debug", "info", "warn", "error"],
         help="the CA server's log level (default warn; info logs a line per signed certificate)",
     )
-    p.add_argument("--skip-grpc", action="store_true", help="only the in-process sections")
+    p.add_argument("--skip-network", action="store_true", help="only the in-process sections")
+    p.add_argument(
+        "--soak",
+        type=int,
+        metavar="N",
+        help="instead of the report: N signs against the CA with --workers, watching its memory",
+    )
     return p.parse_args(argv)
 
 
@@ -667,27 +971,32 @@ def main(argv: list[str] | None = None) -> int:
     rounds, per_round = (2, 500) if args.quick else (5, 2000)
     duration = args.duration or (2.0 if args.quick else 8.0)
     warmup = 0.5 if args.quick else 1.0
+    sys.path.insert(0, str(HERE))
+    if args.soak:
+        result = soak(args, warmup)
+        print_soak(result)
+        if args.json:
+            Path(args.json).write_text(json.dumps(_json_safe(result), indent=2) + "\n")
+        return 0
     results: dict[str, object] = {"machine": machine_facts(), "quick": args.quick}
     print("generating CSRs, measuring in-process…", file=sys.stderr, flush=True)
     inprocess = bench_inprocess(rounds, per_round)
     results["inprocess"] = inprocess
-    if args.skip_grpc:
-        results["grpc"] = {"levels": []}
+    if args.skip_network:
+        results["network"] = {"client_processes": args.client_processes, "warmup_s": warmup}
     else:
-        print("measuring through gRPC…", file=sys.stderr, flush=True)
-        results["grpc"] = bench_grpc(
-            _levels(args.concurrency),
-            _levels(args.baseline_concurrency),
+        print("measuring through the network…", file=sys.stderr, flush=True)
+        results["network"] = bench_network(
+            args,
+            float(inprocess["core_signs_per_s"]),
             warmup,
-            duration,
-            max(1, args.client_processes),
-            core_rate=float(inprocess["core_signs_per_s"]),  # type: ignore[arg-type]
-            log_level=args.server_log_level,
+            duration,  # type: ignore[arg-type]
         )
     results["elapsed_s"] = time.monotonic() - started
+    results = _json_safe(results)  # type: ignore[assignment]
     print_report(results)
     if args.json:
-        Path(args.json).write_text(json.dumps(_json_safe(results), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nresults written to {args.json}")
     return 0
 

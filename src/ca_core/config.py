@@ -47,6 +47,16 @@ def _port(text: str) -> int:
     return n
 
 
+MAX_WORKERS = 64
+
+
+def _workers(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= MAX_WORKERS:
+        raise ValueError(f"{n} must be between 0 (one per CPU) and {MAX_WORKERS}")
+    return n
+
+
 def _positive_int(text: str) -> int:
     n = int(text)
     if n < 1:
@@ -173,6 +183,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "SignCertificate requests per second allowed to one caller (peer IP address), bursts of as "
         "many; more get RESOURCE_EXHAUSTED. 0: no limit (default 1000)",
     ),
+    Option(
+        "workers",
+        _workers,
+        "gRPC server processes sharing --port (SO_REUSEPORT), each a whole CA on the same store, "
+        "under one supervisor that serves /healthz, /livez and /metrics for all; 0: one per CPU "
+        "(default 1: no supervisor)",
+    ),
     Option("log-level", _log_level, "debug, info, warn, error (default info)"),
     Option("log-as-json", _bool, "log JSON lines (default false)"),
 )
@@ -255,6 +272,7 @@ class Config:
     allow_insecure_on_network: bool = False
     max_concurrent_streams: int = 100
     rate_limit: float = 1000.0
+    workers: int = 1
     issuer_credentials: str = "./.sentry/credentials"
     trust_bundle_store: str | None = None
     issuer_ca_filename: str = "ca.crt"

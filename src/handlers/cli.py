@@ -47,10 +47,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     setup_logging(cfg.log_level, cfg.log_as_json)
-    ca = CertificateAuthority()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.set())
+    from .workers import Supervisor, worker_count
+
+    if worker_count(cfg) > 1:
+        return _serve_workers(cfg, Supervisor(cfg), stop)
+    ca = CertificateAuthority()
     try:
         ca.start(cfg)
     except CAError as e:
@@ -72,6 +76,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop.wait()
     log.info("signal received: stopping")
     ca.stop()
+    return 0
+
+
+def _serve_workers(cfg, supervisor, stop: threading.Event) -> int:
+    """``serve --workers N``: start the supervisor's workers, supervise until a signal."""
+    try:
+        supervisor.start()
+    except CAError as e:
+        log.critical("cannot start the CA: %s", e)
+        return 1
+    if not cfg.log_as_json:
+        host = "localhost" if cfg.listen_address in _LOCAL_OR_ANY else cfg.listen_address
+        _print_banner(cfg, supervisor, host)
+        print(f"  ({supervisor.count} worker processes share the gRPC port)\n", file=sys.stderr, flush=True)
+    supervisor.run(stop)
+    log.info("signal received: stopping the workers")
+    supervisor.stop()
     return 0
 
 

@@ -61,16 +61,19 @@ class Metrics:
             "dapr_sentry_issuercert_expiry_timestamp",
             "Issuer certificate NotAfter (Unix seconds)",
             registry=r,
+            multiprocess_mode="livemin",  # with --workers: the least advanced live worker
         )
         self.root_expiry = Gauge(
             "dapr_sentry_rootcert_expiry_timestamp",
             "Earliest trust anchor NotAfter (Unix seconds)",
             registry=r,
+            multiprocess_mode="livemin",  # with --workers: the least advanced live worker
         )
         self.coverage_expiry = Gauge(
             "sentryca_signing_coverage_expiry_timestamp",
             "Latest NotAfter among the active and prepared signing chains (Unix seconds; SPEC §9)",
             registry=r,
+            multiprocess_mode="livemin",  # with --workers: the least advanced live worker
         )
         self.issuer_changed = Counter(
             "dapr_sentry_issuercert_changed", "Times the issuer certificate changed", registry=r

@@ -145,8 +145,19 @@ class CertificateAuthority:
     Thread-safe: start/stop/restart are serialised by one lock.
     """
 
-    def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime] = utc_now,
+        *,
+        reuse_port: bool = False,
+        http_address: str | None = None,
+    ) -> None:
+        """``reuse_port``: bind the gRPC port with SO_REUSEPORT (the worker processes of
+        ``handlers.workers`` share one port); ``http_address``: bind /healthz and /metrics there
+        instead of ``--listen-address`` (a worker's, reached only by its supervisor)."""
         self._clock = clock
+        self._reuse_port = reuse_port
+        self._http_address = http_address
         self._lock = threading.RLock()  # start/stop/restart
         self._swap_lock = threading.Lock()  # the state in force and its server certificate
         self._state: _State | None = None
@@ -357,7 +368,7 @@ class CertificateAuthority:
                 ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4), thread_name_prefix="grpc"),
                 options=[
                     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                    ("grpc.so_reuseport", 0),
+                    ("grpc.so_reuseport", 1 if self._reuse_port else 0),
                     ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
                 ],
             )
@@ -376,7 +387,7 @@ class CertificateAuthority:
         else:
             log.error("gRPC server not started: %s", self._server_cert_error)
         health = HttpEndpoints(
-            cfg.listen_address,
+            self._http_address or cfg.listen_address,
             cfg.healthz_port,
             {
                 "/healthz": json_route(self.readiness),
@@ -387,7 +398,7 @@ class CertificateAuthority:
         self.healthz_port = health.port
         if cfg.enable_metrics:
             metrics = HttpEndpoints(
-                cfg.listen_address,
+                self._http_address or cfg.listen_address,
                 cfg.metrics_port,
                 {
                     "/metrics": lambda: (200, "text/plain; version=0.0.4", self.metrics.exposition()),

@@ -1,0 +1,329 @@
+"""Several CA processes on one gRPC port (``--workers N``): a supervisor and N workers.
+
+One CPython process signs at most ~1 500 certificates/s here, held by the GIL with cores idle
+(``bench/README.md``). With ``--workers N`` the ``sentryca serve`` process becomes a supervisor:
+
+- it starts N worker processes (``multiprocessing`` *spawn*: fresh interpreters, no fork of a
+  process that has gRPC threads), each a whole :class:`~handlers.server.CertificateAuthority` on
+  the same configuration and store, binding ``--port`` with SO_REUSEPORT so the kernel spreads
+  new connections across them. Each loads the one bundle from the store (a race on an empty
+  store still ends with one bundle: the stores' create is conditional) and, with
+  ``--store-poll-interval``, picks up a new version in place as a single CA does; every worker
+  applies a change within one poll interval;
+- it serves ``/healthz`` (200 only when every worker is ready; the body lists each worker's own
+  readiness), ``/livez`` and ``/metrics`` on the configured ports. Workers keep their own
+  ``/healthz`` on an ephemeral loopback port that only the supervisor reads; their metrics are
+  aggregated with prometheus-client's multiprocess mode (counters and histograms summed; expiry
+  and coverage gauges take the least advanced live worker);
+- a worker that exits unexpectedly is started again (backoff 1 s doubling to 30 s); SIGTERM or
+  SIGINT stops every worker gracefully (in-flight calls get the grace period), then exits.
+
+The per-caller ``--rate-limit`` applies per worker: one client connection always lands on one
+worker, so a caller spreading connections over N workers may reach N times the limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from ca_core.config import Config
+from ca_core.errors import CAError
+
+from .http_endpoints import HttpEndpoints, json_route
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 120.0  # seconds for a worker to load the bundle and serve (store retries included)
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0  # seconds before restarting a worker that exited
+PROBE_TIMEOUT = 2.0  # seconds for a worker's /healthz answer
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def worker_count(config: Config) -> int:
+    """``config.workers``, with 0 meaning one per usable CPU."""
+    if config.workers:
+        return config.workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _worker_main(config: Config, index: int, conn: Connection) -> None:
+    """A worker process: run one CA until SIGTERM or until the supervisor goes away."""
+    from .logs import setup_logging
+    from .server import CertificateAuthority
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    setup_logging(config.log_level, config.log_as_json)
+    ca = CertificateAuthority(reuse_port=True, http_address="127.0.0.1")
+    try:
+        ca.start(config)
+    except CAError as e:
+        log.critical("worker %d cannot start the CA: %s", index, e)
+        conn.send({"error": str(e)})
+        raise SystemExit(1) from None
+    conn.send({"pid": os.getpid(), "grpc_port": ca.grpc_port, "healthz_port": ca.healthz_port})
+
+    def supervisor_gone() -> None:
+        try:
+            conn.recv()  # the supervisor never sends: this returns when its end closes
+        except (EOFError, OSError):
+            pass
+        stop.set()
+
+    threading.Thread(target=supervisor_gone, name="supervisor-watch", daemon=True).start()
+    stop.wait()
+    ca.stop()
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: Any  # multiprocessing.Process (spawn context)
+    conn: Connection
+    pid: int | None = None
+    healthz_port: int | None = None
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    """Runs ``worker_count(config)`` CA worker processes on one gRPC port; see the module doc.
+
+    ``start()`` returns once every worker serves (raises CAError naming the first failure,
+    with nothing left running); ``run(stop)`` supervises until ``stop`` is set; ``stop()``.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.count = worker_count(config)
+        self._ctx = mp.get_context("spawn")
+        self._workers: list[_Worker] = []
+        self._http: list[HttpEndpoints] = []
+        self._multiproc_dir: str | None = None
+        self._worker_config: Config | None = None
+        self._restarts = 0
+        self._lock = threading.Lock()
+        self.grpc_port: int | None = None
+        self.healthz_port: int | None = None
+        self.metrics_port: int | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        self._multiproc_dir = tempfile.mkdtemp(prefix="sentryca-metrics-")
+        os.environ[MULTIPROC_ENV] = self._multiproc_dir  # inherited by the spawned workers
+        reservation = None
+        try:
+            port = cfg.port
+            if port == 0:  # one free port for all workers, held until they listen on it
+                reservation, port = _reserve_port(cfg.listen_address)
+            self._worker_config = cfg.with_changes(port=port, healthz_port=0, enable_metrics=False)
+            pending = [self._spawn(i) for i in range(self.count)]
+            for worker in pending:
+                self._await_ready(worker)
+            self.grpc_port = port
+            self._serve_http()
+        except BaseException:
+            self.stop(grace=0)
+            raise
+        finally:
+            if reservation is not None:
+                reservation.close()
+        log.info(
+            "supervisor: %d CA workers serving gRPC %s:%s (TLS, SO_REUSEPORT), healthz :%s%s",
+            self.count,
+            cfg.listen_address,
+            self.grpc_port,
+            self.healthz_port,
+            f", metrics :{self.metrics_port}" if self.metrics_port else "",
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """Supervise until ``stop`` is set: restart workers that exit (with backoff)."""
+        backoff: dict[int, float] = {}
+        restart_at: dict[int, float] = {}
+        while not stop.is_set():
+            sentinels = [w.process.sentinel for w in self._workers if w.process.is_alive()]
+            wait(sentinels, timeout=0.2) if sentinels else stop.wait(0.2)
+            now = time.monotonic()
+            for i, worker in enumerate(list(self._workers)):
+                if stop.is_set():
+                    return
+                if worker.process.is_alive() or i in restart_at:
+                    continue
+                code = worker.process.exitcode
+                self._forget(worker)
+                # a worker that served for a minute earns a fresh backoff
+                delay = BACKOFF_FIRST if now - worker.started_at > 60 else backoff.get(i, BACKOFF_FIRST)
+                backoff[i] = min(BACKOFF_MAX, delay * 2)
+                restart_at[i] = now + delay
+                log.error(
+                    "worker %d (pid %s) exited with %s; restarting it in %.0f s", i, worker.pid, code, delay
+                )
+            for i, at in list(restart_at.items()):
+                if now >= at and not stop.is_set():
+                    del restart_at[i]
+                    try:
+                        self._await_ready(self._spawn(i))
+                        self._restarts += 1
+                        log.info("worker %d restarted (pid %s)", i, self._workers[i].pid)
+                    except CAError as e:
+                        log.error("worker %d did not start again: %s", i, e)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop every worker (SIGTERM: each drains for ``grace`` s), then the HTTP endpoints."""
+        with self._lock:
+            workers, self._workers = self._workers, []
+        for w in workers:
+            if w.process.is_alive():
+                w.process.terminate()
+        deadline = time.monotonic() + grace + 10
+        for w in workers:
+            w.process.join(max(0.1, deadline - time.monotonic()))
+            if w.process.is_alive():
+                log.error("worker %d (pid %s) did not stop in time: killed", w.index, w.pid)
+                w.process.kill()
+                w.process.join()
+            w.conn.close()
+        for endpoint in self._http:
+            endpoint.stop()
+        self._http.clear()
+        if self._multiproc_dir:
+            shutil.rmtree(self._multiproc_dir, ignore_errors=True)
+            if os.environ.get(MULTIPROC_ENV) == self._multiproc_dir:
+                del os.environ[MULTIPROC_ENV]
+            self._multiproc_dir = None
+        self.grpc_port = self.healthz_port = self.metrics_port = None
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def _spawn(self, index: int) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=_worker_main,
+            args=(self._worker_config, index, child),
+            name=f"sentryca-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        worker = _Worker(index, process, parent)
+        with self._lock:
+            if index < len(self._workers):
+                self._workers[index] = worker
+            else:
+                self._workers.append(worker)
+        return worker
+
+    def _await_ready(self, worker: _Worker) -> None:
+        if not worker.conn.poll(START_TIMEOUT):
+            raise CAError(f"worker {worker.index} did not start serving within {START_TIMEOUT:.0f} s")
+        try:
+            message = worker.conn.recv()
+        except EOFError:
+            worker.process.join(5)
+            raise CAError(
+                f"worker {worker.index} exited ({worker.process.exitcode}) before serving"
+            ) from None
+        if "error" in message:
+            raise CAError(message["error"])
+        if message["grpc_port"] is None:
+            raise CAError(f"worker {worker.index} started without gRPC (see its log)")
+        worker.pid, worker.healthz_port = message["pid"], message["healthz_port"]
+
+    def _forget(self, worker: _Worker) -> None:
+        """A worker has exited: drop its live gauges from the aggregated metrics."""
+        if worker.pid is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid, self._multiproc_dir)
+        worker.conn.close()
+
+    # --- HTTP: readiness, liveness, metrics for all workers ----------------------------------
+
+    def _serve_http(self) -> None:
+        cfg = self.config
+        health = HttpEndpoints(
+            cfg.listen_address,
+            cfg.healthz_port,
+            {"/healthz": json_route(self.readiness), "/livez": json_route(self.liveness)},
+        ).start()
+        self._http.append(health)
+        self.healthz_port = health.port
+        if cfg.enable_metrics:
+            metrics = HttpEndpoints(
+                cfg.listen_address,
+                cfg.metrics_port,
+                {"/metrics": lambda: (200, "text/plain; version=0.0.4", self.exposition())},
+            ).start()
+            self._http.append(metrics)
+            self.metrics_port = metrics.port
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The process ids of the workers serving now."""
+        with self._lock:
+            return [w.pid for w in self._workers if w.pid is not None and w.process.is_alive()]
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when every worker answers its /healthz with 200; the body lists each."""
+        with self._lock:
+            workers = list(self._workers)
+        details = [_probe(w) for w in workers]
+        ready = len(details) == self.count and all(d["ready"] for d in details)
+        return ready, {"ready": ready, "workers": details, "worker_restarts": self._restarts}
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        with self._lock:
+            alive = sum(1 for w in self._workers if w.process.is_alive())
+        return True, {"alive": True, "workers_alive": alive, "workers": self.count}
+
+    def exposition(self) -> bytes:
+        """Every worker's metrics, aggregated (prometheus-client multiprocess mode)."""
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self._multiproc_dir)
+        return generate_latest(registry)
+
+
+def _probe(worker: _Worker) -> dict[str, Any]:
+    out: dict[str, Any] = {"worker": worker.index, "pid": worker.pid, "alive": worker.process.is_alive()}
+    if not out["alive"] or worker.healthz_port is None:
+        return {**out, "ready": False}
+    url = f"http://127.0.0.1:{worker.healthz_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as r:
+            return {**out, "ready": True, "details": json.loads(r.read())}
+    except urllib.error.HTTPError as e:
+        return {**out, "ready": False, "details": json.loads(e.read() or b"{}")}
+    except (OSError, ValueError) as e:
+        return {**out, "ready": False, "error": f"no answer from the worker's /healthz: {e}"}
+
+
+def _reserve_port(address: str) -> tuple[socket.socket, int]:
+    """A bound (not listening) SO_REUSEPORT socket on a free port of ``address``, and the port:
+    the workers bind the same port while it is held, and nothing else can take it meanwhile."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((address, 0))
+    return s, s.getsockname()[1]

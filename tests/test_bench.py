@@ -1,0 +1,41 @@
+"""`make bench` keeps working: a very short run of bench/run.py drives every server (the CA in
+one process, with --workers, and the cfssl peer) through the same load generator without a
+failed call. Figures are not checked here: timing goals live in the benchmark (bench/README.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_short_benchmark_run_measures_every_server_without_failures(tmp_path):
+    assert shutil.which("cfssl"), "cfssl is missing: apt-get install golang-cfssl (.ci/run does)"
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--duration", "0.5"]
+    argv += ["--concurrency", "2", "--baseline-concurrency", "2", "--peer-concurrency", "4"]
+    argv += ["--open-fractions", "0.5", "--json", str(out)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(out.read_text())
+    net = results["network"]
+    assert set(net) >= {"single", "canned", "workers", "peer"}
+    for name in ("single", "canned", "workers", "peer"):
+        levels = net[name]["levels"] + net[name]["open_levels"]
+        assert levels, name
+        for level in levels:
+            assert level["errors"] == 0 and level["completed"] > 0 and not level["csrs_exhausted"], (
+                name,
+                level,
+            )
+        assert net[name]["peak_rss_mib"] > 0
+    assert [lvl["offered_per_s"] is not None for lvl in net["workers"]["open_levels"]] == [True]
+    assert net["workers_count"] >= 1 and "cfssl" in r.stdout and "CA / cfssl" in r.stdout

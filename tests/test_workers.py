@@ -1,0 +1,162 @@
+"""`sentryca serve --workers N`: N CA processes on one port under a supervisor (handlers.workers),
+run for real: TLS handshakes, signed certificates, the supervisor's /healthz and /metrics, a
+killed worker, a new bundle in the store, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import ssl
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import make_csr, make_key, snapshot
+from cryptography import x509
+from test_validators_e2e import Served, serve
+
+from ca_core.bundle import TrustBundle, parse_bundle
+from ca_core.certs import generate_issuer
+from ca_core.spiffe_id import SpiffeId
+from ca_core.stores import FileBundleStore
+from handlers import client
+
+pytestmark = pytest.mark.slow
+
+
+def server_certificate(port: int, anchors: bytes) -> x509.Certificate:
+    """The TLS server certificate presented on one fresh connection to ``port``."""
+    ctx = ssl.create_default_context(cadata=anchors.decode())
+    ctx.check_hostname = False  # the CA's certificate names its SPIFFE ID; we only read it
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def sign_on_fresh_connections(ca: Served, n: int) -> list[x509.Certificate]:
+    """``n`` signs, each on its own new channel (so the kernel picks a worker each time); the
+    verified leaves."""
+    leaves = []
+    for i in range(n):
+        channel = client.channel(f"localhost:{ca.port}", ca.anchors)
+        try:
+            response = client.sign(channel, make_csr(), f"app{i}", "default", timeout=20)
+        finally:
+            channel.close()
+        leaves.append(client.verify_response(response, ca.anchors).leaf)
+    return leaves
+
+
+def worker_pids(ca: Served) -> list[int]:
+    return [w["pid"] for w in ca.wait_ready()["workers"]]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def metric(text: str, name: str) -> float:
+    m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.MULTILINE)
+    assert m, f"{name} not in the exposition"
+    return float(m.group(1))
+
+
+@pytest.fixture
+def two_workers(tmp_path):
+    ca = serve(tmp_path, "--mode", "standalone", "--workers", "2", "--store-poll-interval", "200ms")
+    yield ca
+    ca.stop()
+
+
+def test_two_workers_share_one_port_and_one_bundle(two_workers):
+    ca = two_workers
+    body = ca.wait_ready()
+    assert [w["worker"] for w in body["workers"]] == [0, 1] and all(w["ready"] for w in body["workers"])
+    pids = [w["pid"] for w in body["workers"]]
+    assert len(set(pids)) == 2 and all(alive(p) for p in pids)
+    # each worker issued its own TLS certificate: fresh connections land on both
+    serials = {server_certificate(ca.port, ca.anchors).serial_number for _ in range(30)}
+    assert len(serials) == 2
+    leaves = sign_on_fresh_connections(ca, 12)
+    assert len({leaf.issuer for leaf in leaves}) == 1  # one bundle behind both workers
+    # the supervisor's metrics add up every worker's
+    assert metric(ca.metrics(), "dapr_sentry_cert_sign_success_total") == 12
+    assert metric(ca.metrics(), "dapr_sentry_cert_sign_request_received_total") == 12
+    issuer = x509.load_pem_x509_certificate((ca.creds / "issuer.crt").read_bytes())
+    assert (
+        metric(ca.metrics(), "dapr_sentry_issuercert_expiry_timestamp")
+        == issuer.not_valid_after_utc.timestamp()
+    )
+
+
+def test_a_killed_worker_is_started_again_and_the_others_keep_serving(two_workers):
+    ca = two_workers
+    first, second = worker_pids(ca)
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        status, body = ca.healthz()
+        pids = [w["pid"] for w in body["workers"]]
+        if status == 200 and first not in pids:
+            break
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
+    assert second in pids and body["worker_restarts"] == 1
+    assert len(sign_on_fresh_connections(ca, 6)) == 6
+
+
+def test_sigterm_stops_every_worker_and_closes_the_port(two_workers):
+    ca = two_workers
+    pids = worker_pids(ca)
+    assert len(sign_on_fresh_connections(ca, 2)) == 2
+    log = ca.stop()
+    assert ca.proc.returncode == 0, log
+    assert log.count("CA stopped") == 2
+    assert not any(alive(p) for p in pids)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", ca.port), timeout=2).close()
+
+
+def test_every_worker_applies_a_new_bundle_from_the_store(two_workers):
+    ca = two_workers
+    store = FileBundleStore(ca.creds)
+    stored = store.load()
+    old = parse_bundle(stored.items)
+    now = datetime.now(UTC)
+    key = make_key()
+    issuer = generate_issuer(
+        old.trust_anchors[0],
+        old.root_key,
+        key,
+        SpiffeId("localhost", "default", "dapr-sentry"),
+        now,
+        lifetime=timedelta(days=100),
+    )
+    new = TrustBundle(old.trust_anchors, (issuer,), key, old.root_key)
+    assert store.replace(new.to_items(), stored.version)
+    deadline = time.monotonic() + 60
+    while True:
+        _, body = ca.healthz()
+        seen = [w.get("details", {}).get("issuer", "") for w in body["workers"]]
+        if all(issuer.not_valid_after_utc.isoformat() in s for s in seen):
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.2)
+    leaves = sign_on_fresh_connections(ca, 10)
+    assert {leaf.issuer for leaf in leaves} == {issuer.subject}
+
+
+def test_a_bundle_the_workers_refuse_stops_the_start_with_the_reason(tmp_path):
+    creds = tmp_path / "creds"
+    creds.mkdir(mode=0o700)
+    (creds / "ca.crt").write_text("not a certificate\n")
+    before = snapshot(creds)
+    with pytest.raises(AssertionError, match=r"ca\.crt"):
+        serve(tmp_path, "--mode", "standalone", "--workers", "2")
+    assert snapshot(creds) == before
