@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_short_benchmark_run_measures_every_server_without_failures(tmp_path):
-    assert shutil.which("cfssl"), "cfssl is missing: apt-get install golang-cfssl (.ci/run does)"
+    """With cfssl installed (.ci/run installs Debian's golang-cfssl) the peer is measured too;
+    without it the report says how to install it."""
+    peer = shutil.which("cfssl") is not None
     out = tmp_path / "bench.json"
     argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--duration", "0.5"]
     argv += ["--concurrency", "2", "--baseline-concurrency", "2", "--peer-concurrency", "4"]
@@ -27,8 +29,11 @@ def test_a_short_benchmark_run_measures_every_server_without_failures(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads(out.read_text())
     net = results["network"]
-    assert set(net) >= {"single", "canned", "workers", "peer"}
-    for name in ("single", "canned", "workers", "peer"):
+    servers = ["single", "canned", "workers"] + (["peer"] if peer else [])
+    assert set(net) >= set(servers)
+    if not peer:
+        assert "apt-get install golang-cfssl" in net["peer_missing"] and "peer not measured" in r.stdout
+    for name in servers:
         levels = net[name]["levels"] + net[name]["open_levels"]
         assert levels, name
         for level in levels:
@@ -38,4 +43,5 @@ def test_a_short_benchmark_run_measures_every_server_without_failures(tmp_path):
             )
         assert net[name]["peak_rss_mib"] > 0
     assert [lvl["offered_per_s"] is not None for lvl in net["workers"]["open_levels"]] == [True]
-    assert net["workers_count"] >= 1 and "cfssl" in r.stdout and "CA / cfssl" in r.stdout
+    assert net["workers_count"] >= 1
+    assert ("CA / cfssl" in r.stdout) is peer

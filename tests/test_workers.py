@@ -160,3 +160,20 @@ def test_a_bundle_the_workers_refuse_stops_the_start_with_the_reason(tmp_path):
     with pytest.raises(AssertionError, match=r"ca\.crt"):
         serve(tmp_path, "--mode", "standalone", "--workers", "2")
     assert snapshot(creds) == before
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000\n", None), ("150000 100000\n", 2), ("50000 100000\n", 1), (None, None)],
+)
+def test_one_worker_per_cpu_respects_a_cgroup_quota(tmp_path, cpu_max, expected):
+    from ca_core.config import load_config
+    from handlers.workers import worker_count
+
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    cpus = len(os.sched_getaffinity(0))
+    got = worker_count(load_config({"workers": "0"}, {}), str(path))
+    assert got == (min(cpus, expected) if expected else cpus)
+    assert worker_count(load_config({"workers": "3"}, {}), str(path)) == 3

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -53,14 +54,23 @@ PROBE_TIMEOUT = 2.0  # seconds for a worker's /healthz answer
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def worker_count(config: Config) -> int:
-    """``config.workers``, with 0 meaning one per usable CPU."""
+def worker_count(config: Config, cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """``config.workers``, with 0 meaning one per usable CPU: the CPUs this process may run on,
+    capped by a cgroup v2 CPU quota (a container limited to 1.5 CPUs gets 2 workers, not one
+    per CPU of the node)."""
     if config.workers:
         return config.workers
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = open(cgroup_cpu_max).read().split()[:2]  # "max 100000" or "150000 100000"
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 def _worker_main(config: Config, index: int, conn: Connection) -> None:
