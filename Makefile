@@ -54,10 +54,11 @@ lint: $(VENV)/.installed-test lint-template lint-docker lint-k8s
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/bandit -q -c pyproject.toml -r src
 
-## lint-template: cfn-lint and sam validate --lint (both offline)
-lint-template: $(TOOLS)/.installed
+## lint-template: cfn-lint, sam validate --lint and checkov (all offline; skips justified in the template)
+lint-template: $(TOOLS)/.installed $(CHECKOV_VENV)/.installed
 	$(TOOLS)/bin/cfn-lint template.yaml
 	$(TOOLS)/bin/sam validate --lint --region us-east-1 --template template.yaml
+	$(CHECKOV) --framework cloudformation -f template.yaml
 
 ## lint-docker: hadolint and checkov on the Dockerfile (no Docker engine needed)
 lint-docker: $(TOOLS)/.installed $(CHECKOV_VENV)/.installed
