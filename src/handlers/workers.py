@@ -138,7 +138,13 @@ class Supervisor:
 
     def start(self) -> None:
         cfg = self.config
-        self._multiproc_dir = tempfile.mkdtemp(prefix="sentryca-metrics-")
+        try:
+            self._multiproc_dir = tempfile.mkdtemp(prefix="sentryca-metrics-")
+        except OSError as e:
+            raise CAError(
+                f"--workers needs a writable temporary directory for the workers' metrics "
+                f"(TMPDIR, e.g. an emptyDir on /tmp): {e}"
+            ) from None
         os.environ[MULTIPROC_ENV] = self._multiproc_dir  # inherited by the spawned workers
         reservation = None
         try:
