@@ -23,10 +23,10 @@ from typing import Any
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca_core.bundle import certificates_pem, check_trust_continuity
+from ca_core import rotation
+from ca_core.bundle import ROTATION_STATE, certificates_pem, check_trust_continuity, fingerprint
 from ca_core.certs import check_issuer_valid, sign_workload
 from ca_core.config import Config
 from ca_core.errors import CAError, FailedPrecondition, Unavailable
@@ -40,15 +40,12 @@ from . import composition
 from .grpc_health import ReadinessHealth, add_health_to_server
 from .grpc_service import CAServicer, add_to_server, audit_log
 from .http_endpoints import HttpEndpoints, json_route
+from .logs import audit_rotation
 from .metrics import Metrics
 from .rate_limit import RateLimiter
 
 log = logging.getLogger("sentryca")
 expiry_log = logging.getLogger("sentryca.expiry")
-
-
-def _fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex()
 
 
 MAX_REQUEST_BYTES = 64 * 1024  # SPEC §3 step 0
@@ -260,7 +257,8 @@ class CertificateAuthority:
                 return
             new = self._build_state(config, create_if_empty=force, publish=False)
             if not force:
-                check_trust_continuity(old.signer.bundle, new.signer.bundle, new.store.description)
+                released = rotation.released_roots(new.stored.items) if new.stored else frozenset()
+                check_trust_continuity(old.signer.bundle, new.signer.bundle, new.store.description, released)
             if not self._can_hand_over(old.config, config):
                 # A listener that stays on the port it is bound to but changes (address, gRPC
                 # options) cannot be opened twice (so_reuseport is off): stop, then start, and
@@ -325,7 +323,7 @@ class CertificateAuthority:
         fields: dict[str, Any] = {
             "issuer_serial": f"{issuer.serial_number:x}",
             "issuer_not_after": issuer.not_valid_after_utc.isoformat(),
-            "anchors": ",".join(_fingerprint(a) for a in bundle.trust_anchors),
+            "anchors": ",".join(fingerprint(a) for a in bundle.trust_anchors),
             "store": state.store.description,
             "version": state.bundle_version,
         }
@@ -632,7 +630,13 @@ class CertificateAuthority:
 
     def _check_expiry(self, state: _State) -> list[ExpiryFinding]:
         bundle = state.signer.bundle
-        report = expiry_report(bundle.anchors_pem, bundle.issuer_chain_pem, self._clock())
+        raw_state = state.stored.items.get(ROTATION_STATE) if state.stored else None
+        report = expiry_report(
+            bundle.anchors_pem,
+            bundle.issuer_chain_pem,
+            self._clock(),
+            prepared_not_after=rotation.prepared_not_after(raw_state, bundle.trust_anchors),
+        )
         for f in report.findings:
             expiry_log.log(f.level, "%s", f.message, extra={"role": f.role, "days_left": f.days_left})
         if report.coverage_not_after is not None:
@@ -640,16 +644,22 @@ class CertificateAuthority:
         return report.findings
 
     def maintain(self) -> datetime:
-        """One round of background upkeep at the clock's now: the expiry check when due, the
-        server certificate's renewal when due (at half its life; after a failure, again a minute
-        later, the old certificate staying in use). Returns when the next round is due.
-        Raises NotRunning when the CA is not running."""
+        """One round of background upkeep at the clock's now: the store poll when due; when the
+        expiry check is due, first the rotation steps due (:meth:`rotate_if_due`), then the
+        expiry check; the server certificate's renewal when due (at half its life; after a
+        failure, again a minute later, the old certificate staying in use). Returns when the next
+        round is due. Serialised with start/stop/restart. Raises NotRunning when idle."""
+        with self._lock:
+            return self._maintain()
+
+    def _maintain(self) -> datetime:
         state = self._state
         if state is None:
             raise NotRunning("the CA is not running")
         now = self._clock()
         state = self._poll_store(state)
         if now >= self._next_expiry_check:
+            state, _ = self._rotate(state, now)
             self._check_expiry(state)
             self._next_expiry_check = now + state.config.expiry_check_interval
         due = self._renewal_due()
@@ -667,6 +677,57 @@ class CertificateAuthority:
             left = max(self._next_store_poll - time.monotonic(), 0.0)
             wake = min(wake, now + timedelta(seconds=left))
         return wake
+
+    def rotate_if_due(self) -> bool:
+        """Take the rotation steps due now (``ca_core.rotation.advance``: pruning and activations
+        of a rotation in progress always; starting one only with ``--auto-rotate``). Returns
+        whether this CA wrote a step. Raises NotRunning when idle."""
+        with self._lock:
+            state = self._state
+            if state is None:
+                raise NotRunning("the CA is not running")
+            return self._rotate(state, self._clock())[1]
+
+    def _rotate(self, state: _State, now: datetime) -> tuple[_State, bool]:
+        """Compute the rotation steps due for the bundle in force and write them with
+        ``store.replace(items, version in force)``: with several replicas exactly one writes a
+        step; a loser (the store changed since it loaded) loads the store's bundle instead. The
+        writer counts each step (``sentryca_rotation_steps_total{kind,step}``), logs it and writes
+        one audit record per step (``event=rotation_step``); the bundle written is then put in
+        force with ``restart`` (trust continuity applies). Returns (the state in force, whether
+        this CA wrote a step)."""
+        bundle = state.signer.bundle
+        try:
+            current = rotation.parse_state(state.stored.items if state.stored else {}, bundle)
+            result = rotation.advance(bundle, current, now, composition.rotation_policy(state.config))
+        except CAError as e:
+            log.error("rotation: cannot evaluate the rotation state of %s: %s", state.store.description, e)
+            return state, False
+        if result is None:
+            return state, False
+        try:
+            won = state.store.replace(result.items(), state.bundle_version)
+        except Unavailable as e:
+            log.warning(
+                "rotation: cannot write %s (%s); retrying at the next check", state.store.description, e
+            )
+            return state, False
+        if not won:
+            log.info(
+                "rotation: %s changed since it was loaded (another replica or an operator); loading it",
+                state.store.description,
+            )
+        else:
+            for step in result.steps:
+                self.metrics.rotation_steps.labels(kind=step.kind, step=step.action).inc()
+                log.log(logging.WARNING if step.action == "emergency" else logging.INFO, "%s", step.message)
+                audit_rotation(step, state.store.description)
+        try:
+            self.restart(state.config)
+        except CAError as e:
+            self._refuse(state, None, str(e))
+            return state, won
+        return self._state or state, won
 
     def _poll_store(self, state: _State) -> _State:
         """When ``--store-poll-interval`` is set and due: read the store's version; if it differs
@@ -718,13 +779,19 @@ class CertificateAuthority:
 
     def _watch(self, stop: threading.Event) -> None:
         while True:
-            try:
-                wake = self.maintain()
-            except NotRunning:
-                return
-            except Exception:
-                log.exception("background upkeep failed; retrying in a minute")
-                wake = self._clock() + timedelta(minutes=1)
+            # Never wait for the lifecycle lock here: stop() holds it while it joins this thread.
+            if not self._lock.acquire(blocking=False):
+                wake = self._clock() + timedelta(seconds=1)  # a start/stop/restart is under way
+            else:
+                try:
+                    wake = self._maintain()
+                except NotRunning:
+                    return
+                except Exception:
+                    log.exception("background upkeep failed; retrying in a minute")
+                    wake = self._clock() + timedelta(minutes=1)
+                finally:
+                    self._lock.release()
             if stop.wait(min(max((wake - self._clock()).total_seconds(), 1.0), 300.0)):
                 return
 
