@@ -244,10 +244,14 @@ def _chain_not_after(bundle: TrustBundle) -> datetime:
     return min(c.not_valid_after_utc for c in (*bundle.issuer_chain, active_root(bundle)))
 
 
-def _holds_root_key(bundle: TrustBundle) -> bool:
-    return bundle.root_key is not None and public_key_der(bundle.root_key.public_key()) == public_key_der(  # type: ignore[arg-type]
-        active_root(bundle).public_key()  # type: ignore[arg-type]
-    )
+def _root_key(bundle: TrustBundle) -> PrivateKey | None:
+    """The active root's key when the bundle holds it (``root.key`` may belong to another anchor
+    in an imported bundle), else None."""
+    key = bundle.root_key
+    if key is None:
+        return None
+    root_public = active_root(bundle).public_key()
+    return key if public_key_der(key.public_key()) == public_key_der(root_public) else None  # type: ignore[arg-type]
 
 
 def _anchor(bundle: TrustBundle, sha256: str) -> x509.Certificate | None:
@@ -383,7 +387,7 @@ def _activate_issuer(bundle, state, now, policy):
 
 
 def _auto_prepare_root(bundle, state, now, policy):
-    if not policy.auto or state.prepared_root is not None or not _holds_root_key(bundle):
+    if not policy.auto or state.prepared_root is not None or _root_key(bundle) is None:
         return None
     root = active_root(bundle)
     prepare_within, _ = margins(root)
@@ -393,7 +397,8 @@ def _auto_prepare_root(bundle, state, now, policy):
 
 
 def _auto_prepare_issuer(bundle, state, now, policy):
-    if not policy.auto or state.prepared_issuer is not None or not _holds_root_key(bundle):
+    root_key = _root_key(bundle)
+    if not policy.auto or state.prepared_issuer is not None or root_key is None:
         return None
     root, issuer = active_root(bundle), bundle.issuer
     if not root.not_valid_before_utc <= now < root.not_valid_after_utc:
@@ -404,10 +409,9 @@ def _auto_prepare_issuer(bundle, state, now, policy):
     if min(now + policy.issuer_lifetime, root.not_valid_after_utc) <= issuer.not_valid_after_utc:
         return None  # a new issuer would not outlive this one: the root's rotation renews it
     key = policy.algorithm.generate()
-    assert bundle.root_key is not None
     cert = generate_issuer(
         root,
-        bundle.root_key,
+        root_key,
         key,
         policy.ca_identity,
         now,
@@ -546,19 +550,19 @@ def rotate_issuer(
             reason="root_invalid",
         )
     if supplied is None:
-        if not _holds_root_key(bundle):
+        root_key = _root_key(bundle)
+        if root_key is None:
             raise FailedPrecondition(
                 "the CA does not hold the active root's key (the bundle was imported without it): "
                 "supply the new issuer with --issuer-cert and --issuer-key, signed by the active root "
                 f"{_subject(root)}. Nothing was changed",
                 reason="root_key_missing",
             )
-        assert bundle.root_key is not None
         key = policy.algorithm.generate()
         chain: tuple[x509.Certificate, ...] = (
             generate_issuer(
                 root,
-                bundle.root_key,
+                root_key,
                 key,
                 policy.ca_identity,
                 now,

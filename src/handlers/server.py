@@ -454,8 +454,7 @@ class CertificateAuthority:
         opened_grpc = None
         opened_http: dict[str, HttpEndpoints | None] = {}
         try:
-            if open_grpc:
-                assert cert is not None
+            if open_grpc and cert is not None:
                 opened_grpc = self._open_grpc(cfg, cert)
             for name in _HTTP_LISTENERS:
                 if name in changed:
