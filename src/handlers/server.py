@@ -5,7 +5,8 @@ server certificate, serves gRPC (TLS), ``/healthz``/``/livez`` and ``/metrics``,
 expiry watcher; ``stop()`` shuts all of it down and leaves the CA idle; ``restart(config)``
 swaps bundle, validators and settings in place when the listeners are unchanged (no dropped
 calls, no refused connections); a listener moving to another port is opened first, then the old
-one drains; only a listener changing on the port it is bound to is stopped, then started.
+one drains; only a listener changing on the port it is bound to is stopped, then started. The
+background upkeep (``maintain``) also takes the rotation steps due (``ca_core.rotation``).
 """
 
 from __future__ import annotations
@@ -245,8 +246,9 @@ class CertificateAuthority:
     def restart(self, config: Config, *, force: bool = False) -> None:
         """Apply ``config`` (SPEC §8). The new state is built first; if it cannot be (bad bundle or
         settings, an empty store) the running CA keeps serving its current state and the error is
-        raised. A bundle whose trust anchors drop the active root is refused unless ``force``
-        (trust continuity, SPEC §5). Same listeners → in-place swap. A listener with a new port
+        raised. A bundle whose trust anchors drop the active root is refused unless ``force``, or
+        its rotation state records that root as removed (trust continuity, SPEC §5; a pruned
+        or emergency-removed root). Same listeners → in-place swap. A listener with a new port
         (or port 0) → the new one is opened first, then the old one stops accepting and its calls
         in flight complete (up to DRAIN_GRACE seconds). A listener that changes but stays on the
         port it is bound to (another address, other gRPC options) → stop, then start."""
