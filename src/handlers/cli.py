@@ -318,17 +318,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     except BundleError as e:
         print(f"bundle: UNUSABLE: {e}")
         return 1
-    print("bundle: complete (anchors, issuer chain and key match)")
     from ca_core.rotation import describe, parse_state
 
     bundle = parse_bundle(whole.items, store.labels())
     try:
         state = parse_state(whole.items, bundle, store.labels())
     except BundleError as e:
-        print(f"rotation: UNUSABLE state: {e}")
+        print(f"bundle: UNUSABLE: {e}")
         return 1
     for line in describe(state, bundle):
         print(f"rotation: {line}")
+    print("bundle: complete (anchors, issuer chain and key match)")
     return 0
 
 
