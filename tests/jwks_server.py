@@ -137,6 +137,9 @@ class JwksServer:
     """Serves ``document`` (a JWKS dict) at ``/jwks.json`` over HTTPS on 127.0.0.1.
 
     ``status``: when set, every request is answered with it instead; ``fetches`` counts requests.
+    ``paths``: every path that serves ``document``; ``hold``: path → Event, a request for that
+    path waits until the Event is set (at most a minute) before it is answered; ``parked``
+    counts requests waiting so.
     """
 
     tls_dir: Path
@@ -144,6 +147,9 @@ class JwksServer:
     status: int | None = None
     fetches: int = 0
     redirects: dict = field(default_factory=dict)  # path -> Location answered with 302
+    paths: tuple = ("/jwks.json",)
+    hold: dict = field(default_factory=dict)  # path -> threading.Event
+    parked: int = 0
 
     def start(self) -> JwksServer:
         self.ca_pem, cert, key = self_signed_tls(self.tls_dir)
@@ -161,7 +167,11 @@ class JwksServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                code = server.status or (200 if self.path == "/jwks.json" else 404)
+                gate = server.hold.get(self.path)
+                if gate is not None and not gate.is_set():
+                    server.parked += 1
+                    gate.wait(60)
+                code = server.status or (200 if self.path in server.paths else 404)
                 body = json.dumps(server.document if code == 200 else {"error": code}).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -182,7 +192,10 @@ class JwksServer:
 
     @property
     def url(self) -> str:
-        return f"https://localhost:{self._httpd.server_address[1]}/jwks.json"
+        return self.url_for("/jwks.json")
+
+    def url_for(self, path: str) -> str:
+        return f"https://localhost:{self._httpd.server_address[1]}{path}"
 
     def stop(self) -> None:
         self._httpd.shutdown()

@@ -187,3 +187,22 @@ def test_store_poll_interval_is_off_by_default_and_bounded():
     assert load_config({}, {"SENTRY_STORE_POLL_INTERVAL": "30s"}).store_poll_interval == timedelta(seconds=30)
     with pytest.raises(ConfigError, match="--store-poll-interval must be between 0s"):
         load_config({"store_poll_interval": "48h"}, {})
+
+
+def test_rotation_options_are_off_by_default_bounded_and_feed_the_policy():
+    from handlers.composition import rotation_policy
+
+    cfg = load_config({}, {})
+    assert cfg.auto_rotate is False and cfg.root_propagation_window == timedelta(hours=24)
+    cfg = load_config(
+        {"root_propagation_window": "48h", "store_poll_interval": "30s"},
+        {"SENTRY_AUTO_ROTATE": "true", "SENTRY_WORKLOAD_CERT_TTL": "1h"},
+    )
+    policy = rotation_policy(cfg)
+    assert policy.auto is True and policy.propagation_window == timedelta(hours=48)
+    # a leaf of a retired issuer may live its TTL, plus the skew, plus one poll of another replica
+    assert policy.leaf_bound == timedelta(hours=1, minutes=15, seconds=30)
+    with pytest.raises(ConfigError, match="--root-propagation-window must be between 0s and 720h"):
+        load_config({"root_propagation_window": "721h"}, {})
+    with pytest.raises(ConfigError, match="SENTRY_AUTO_ROTATE"):
+        load_config({}, {"SENTRY_AUTO_ROTATE": "sometimes"})

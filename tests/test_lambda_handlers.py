@@ -148,6 +148,27 @@ def test_scheduled_event_reports_days_and_coverage_from_the_public_part(fn_env, 
     assert "issuer.key" not in store.load_public().items
 
 
+def test_a_prepared_root_rotation_counts_in_the_coverage_from_the_public_part(fn_env, bucket, capsys):
+    """SPEC §9: the alarm fires under 30 days of coverage, so a prepared rotation silences it; the
+    function sees the prepared chain in the public rotation state (no key is read)."""
+    from ca_core import rotation
+
+    fn_env("ExpiryCheckFunction")
+    now = datetime.now(UTC)
+    bundle = make_bundle(now - timedelta(days=345))  # 20 days left
+    store = S3BundleStore(BUCKET, KEY)
+    assert store.create(bundle.to_items())
+    assert invoke("ExpiryCheckFunction", event("scheduled.json"), TEMPLATE)["coverage_days"] < 21
+    prepared = rotation.prepare_root(bundle, rotation.EMPTY, now, rotation.RotationPolicy())
+    assert store.replace(prepared.items(), store.load().version)
+    capsys.readouterr()
+    summary = invoke("ExpiryCheckFunction", event("scheduled.json"), TEMPLATE)
+    assert 364 < summary["coverage_days"] < 366
+    assert len([c for c in summary["certificates"] if c["role"] == "root"]) == 2
+    public = store.load_public().items
+    assert "rotation.json" in public and b"PRIVATE KEY" not in public["rotation.json"]
+
+
 def test_expiry_check_of_an_expired_issuer_logs_an_error_and_zero_coverage(fn_env, bucket, capsys):
     fn_env("ExpiryCheckFunction")
     now = datetime.now(UTC)
@@ -244,6 +265,28 @@ def test_s3_change_with_a_bad_bundle_is_rejected_and_nothing_rolls(case, fn_env,
     assert {(ns, dims) for ns, dims, _ in metrics["ConfigChangeRejected"]} == {("SentryCA", ("service",))}
     assert "DeploymentForced" not in metrics
     assert any(x["level"] == "ERROR" and "REJECTED" in x["message"] for x in log_lines(out))
+
+
+def test_s3_changes_made_by_rotation_are_accepted_even_when_they_drop_a_root(fn_env, bucket, ecs, capsys):
+    """Prepare, activate, prune, and an emergency rotation: each is one accepted change, though
+    the last two drop a root (the rotation state records it); an unrelated bundle still is not."""
+    from ca_core import rotation
+
+    fn_env("ConfigChangeFunction")
+    now = datetime.now(UTC)
+    bundle, store = _bundle_in_s3(now)
+    policy = rotation.RotationPolicy(propagation_window=timedelta(0), leaf_bound=timedelta(hours=1))
+    prepared = rotation.prepare_root(bundle, rotation.EMPTY, now, policy)
+    activated = rotation.advance(prepared.bundle, prepared.state, now, policy)
+    pruned = rotation.advance(activated.bundle, activated.state, now + timedelta(hours=2), policy)
+    assert [s.action for s in pruned.steps] == ["prune"]
+    emergency = rotation.emergency_root(pruned.bundle, pruned.state, now, policy)
+    for result in (prepared, activated, pruned, emergency):
+        assert store.replace(result.items(), store.load().version)
+        outcome = invoke("ConfigChangeFunction", event("s3_eventbridge.json"), TEMPLATE)
+        assert outcome["outcome"] == "accepted", (result.steps[-1].action, outcome)
+    assert store.replace(make_bundle(now).to_items(), store.load().version)
+    assert invoke("ConfigChangeFunction", event("s3_eventbridge.json"), TEMPLATE)["outcome"] == "rejected"
 
 
 def test_an_event_for_another_object_is_ignored(fn_env, bucket, ecs):

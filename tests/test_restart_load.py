@@ -1,14 +1,21 @@
 """Zero-downtime restart (SPEC §8, issue 6 item 3): 50 in-place restarts while 32 clients sign
 over TLS against a real server on loopback. No call fails, and every certificate issued wholly
-between two restarts carries the settings of the restart before it."""
+between two restarts carries the settings of the restart before it. A restart that moves the gRPC
+port opens the new one first and lets the old one finish its calls in flight."""
 
+import socket
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
+import grpc
+import pytest
 from conftest import ca_config, make_csr
 from cryptography import x509
+from jwks_server import JwksServer, SigningKey, claims, jwks
 
+from ca_core.config import load_config
 from handlers import client
 from handlers.server import CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
@@ -103,3 +110,90 @@ def test_fifty_restarts_under_load_fail_no_call_and_apply_each_setting(store_dir
                 assert got == ttl
                 checked += 1
     assert checked >= RESTARTS  # many calls fell wholly between two restarts
+
+
+# --- a restart that moves the gRPC port (SPEC §8): the new listener first, then the old drains ---------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _jwks_config(tmp_path, server: JwksServer, path: str, **flags: str):
+    """A test CA's Config whose only validator is JWKS from ``path`` of ``server``."""
+    f = tmp_path / f"config{path.replace('/', '-')}.yaml"
+    f.write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nspec:\n  mtls:\n    tokenValidators:\n"
+        f"      - name: jwks\n        options:\n          source: {server.url_for(path)}\n"
+        f"          caCertificate: {server.ca_pem}\n          minRefreshInterval: 1ms\n"
+        "          requestTimeout: 60s\n"
+    )
+    flags = {
+        "issuer_credentials": str(tmp_path / "credentials"),
+        "port": "0",
+        "healthz_port": "0",
+        "metrics_port": "0",
+        "mode": "standalone",
+        "config": str(f),
+    } | flags
+    return load_config(flags, {}, lambda name: Path(name).read_text())
+
+
+def _wait(predicate, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_restart_to_a_new_port_serves_it_before_the_old_one_drains_its_calls(tmp_path):
+    """Calls parked in the old server (their validator waits on a held JWKS fetch) complete after
+    the restart; the new port serves while they are still in flight; then the old port closes."""
+    key = SigningKey("k1", "ES256")
+    jwks_server = JwksServer(tmp_path / "tls", jwks(key), paths=("/jwks.json", "/jwks-2.json")).start()
+    store = tmp_path / "credentials"
+    ca = CertificateAuthority()
+    ca.start(_jwks_config(tmp_path, jwks_server, "/jwks.json"))
+    old_port = ca.grpc_port
+    anchors = (store / "ca.crt").read_bytes()
+    token = key.token(claims("spiffe://public/ns/prod/orders", "spiffe://localhost/ns/default/dapr-sentry"))
+    request = sentry_pb2.SignCertificateRequest(
+        id="orders", namespace="prod", certificate_signing_request=make_csr(), token=token, token_validator=3
+    )
+    old_chan = client.channel(f"localhost:{old_port}", anchors)
+    results: list = []
+    try:
+        _wait(lambda: ca.readiness()[0], "the CA to be ready (JWKS keys held)")
+        stub = sentry_pb2_grpc.CAStub(old_chan)
+        assert stub.SignCertificate(request, timeout=30).workload_certificate  # the old port serves
+        received = ca.metrics.sign_received._value.get()
+        jwks_server.hold["/jwks.json"] = threading.Event()  # every key fetch of the old validator waits
+        in_flight = [stub.SignCertificate.future(request, timeout=60) for _ in range(4)]
+        _wait(lambda: ca.metrics.sign_received._value.get() == received + 4, "4 calls in the old server")
+        _wait(lambda: jwks_server.parked >= 1, "a call parked in its JWKS fetch")
+
+        new_port = _free_port()
+        ca.restart(_jwks_config(tmp_path, jwks_server, "/jwks-2.json", port=str(new_port)))
+        assert ca.grpc_port == new_port
+        # The new port serves while the old server still has its 4 calls in flight.
+        with client.channel(f"localhost:{new_port}", anchors) as new_chan:
+            response = sentry_pb2_grpc.CAStub(new_chan).SignCertificate(request, timeout=30)
+        assert client.verify_response(response, anchors).spiffe_id.endswith("/orders")
+        assert not any(f.done() for f in in_flight)
+
+        jwks_server.hold["/jwks.json"].set()
+        results = [f.result(timeout=60) for f in in_flight]  # raises for a failed call
+        assert all(client.verify_response(r, anchors).spiffe_id.endswith("/orders") for r in results)
+        _wait(lambda: all(done.is_set() for _, done in ca._draining), "the old server to drain")
+        with client.channel(f"localhost:{old_port}", anchors) as again, pytest.raises(grpc.RpcError) as e:
+            sentry_pb2_grpc.CAStub(again).SignCertificate(request, timeout=5)
+        assert e.value.code() is grpc.StatusCode.UNAVAILABLE  # the old port is closed
+    finally:
+        for gate in jwks_server.hold.values():
+            gate.set()
+        old_chan.close()
+        ca.stop(grace=0)
+        jwks_server.stop()
+    assert len(results) == 4

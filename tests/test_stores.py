@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import KUBE_NAMESPACE, TEST_BUCKET, aws_client, make_bundle, snapshot
+from conftest import KUBE_NAMESPACE, NOW, TEST_BUCKET, aws_client, make_bundle, snapshot
 from cryptography.hazmat.primitives import serialization
 
 from ca_core.bundle import parse_bundle, parse_public_bundle
@@ -175,6 +175,29 @@ def test_rotation_state_item_is_kept(kit):
     assert store.create(items)
     assert dict(store.load().items) == items
     assert parse_bundle(store.load().items).root_key is not None
+
+
+def test_a_rotation_state_is_published_without_its_keys(kit):
+    """The public part (what the expiry function and relying parties read) carries every anchor,
+    the prepared root included, and the rotation state without the prepared keys."""
+    from ca_core import rotation
+
+    bundle = make_bundle()
+    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, rotation.RotationPolicy())
+    store = kit.store()
+    assert store.create(bundle.to_items())
+    assert store.replace(prepared.items(), store.load().version)
+    assert dict(store.load().items) == prepared.items()
+    public = store.load_public().items
+    assert set(public) == {"ca.crt", "issuer.crt", "rotation.json"}
+    assert len(parse_public_bundle(public).trust_anchors) == 2
+    assert b"PRIVATE KEY" not in public["rotation.json"]
+    assert rotation.prepared_not_after(public["rotation.json"], prepared.bundle.trust_anchors) == (
+        prepared.state.prepared_root.not_after,
+    )
+    # a bundle written without a rotation state drops it from the public part again
+    assert store.replace(bundle.to_items(), store.load().version)
+    assert set(store.load_public().items) == {"ca.crt", "issuer.crt"}
 
 
 def _sec1(pem: bytes) -> bytes:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import aws_client, make_bundle, write_bundle
 
+from ca_core.config import load_config
 from handlers import lambda_support as ls
 from handlers.local_invoke import function_handler, load_template, resolve_handler
 
@@ -74,6 +75,22 @@ def test_insecure_is_only_an_explicit_opt_in():
     assert env["SENTRY_LISTEN_ADDRESS"] == "0.0.0.0"
     assert "JwksUnlessInsecure" in TEMPLATE["Rules"]
     assert RESOURCES["LoadBalancer"]["Properties"]["Scheme"] == "internal"
+
+
+def test_the_service_rotates_automatically_with_a_propagation_window_option():
+    env = {
+        e["Name"]: e["Value"]
+        for e in RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
+    }
+    assert env["SENTRY_AUTO_ROTATE"] == "true"
+    assert env["SENTRY_ROOT_PROPAGATION_WINDOW"] == {"Ref": "RootPropagationWindow"}
+    assert env["SENTRY_STORE_POLL_INTERVAL"] == "30s"  # replicas apply each other's rotation steps
+    cfg = load_config(
+        {},
+        {k: v for k, v in env.items() if isinstance(v, str)}
+        | {"SENTRY_ROOT_PROPAGATION_WINDOW": TEMPLATE["Parameters"]["RootPropagationWindow"]["Default"]},
+    )
+    assert cfg.auto_rotate and cfg.root_propagation_window.total_seconds() == 86400
 
 
 def _emitted_dimensions(capsys, tmp_path, monkeypatch) -> dict[str, set[tuple[str, ...]]]:

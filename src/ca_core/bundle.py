@@ -8,13 +8,14 @@ names (``--issuer-*-filename``). Parsing and verification are pure and name the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 
 from .certs import DEFAULT_CA_LIFETIME, DEFAULT_CLOCK_SKEW, generate_issuer, generate_root
 from .errors import BundleError
@@ -32,6 +33,12 @@ PUBLIC_ITEMS = (ANCHORS, ISSUER_CHAIN)
 # retiring, and since when). Stores keep and return it like any item; parse_bundle ignores it.
 ROTATION_STATE = "rotation.json"
 STORE_ITEMS = (*ALL_ITEMS, ROTATION_STATE)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """The SHA-256 fingerprint of ``cert``'s DER, lower-case hex (how anchors are named in audit
+    records and in the rotation state)."""
+    return cert.fingerprint(hashes.SHA256()).hex()
 
 
 def certificates_pem(certs: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> bytes:
@@ -95,17 +102,24 @@ class TrustBundle(PublicBundle):
         return items
 
 
-def check_trust_continuity(current: PublicBundle, new: PublicBundle, where: str) -> None:
+def check_trust_continuity(
+    current: PublicBundle, new: PublicBundle, where: str, released: Collection[str] = ()
+) -> None:
     """Refuse a replacement bundle whose trust anchors drop the current active root (SPEC §5):
     every workload holding a current certificate would stop being trusted. ``where`` names the
-    new bundle's location in the message. Raises BundleError (reason ``bundle_invalid``)."""
+    new bundle's location in the message. ``released``: SHA-256 fingerprints (see
+    :func:`fingerprint`) of roots the new bundle's rotation state records as removed by rotation
+    (pruned after retirement, or removed by an emergency rotation, ``rotation.released_roots``):
+    dropping one of those is the rotation's own step, not an accident. Raises BundleError
+    (reason ``bundle_invalid``)."""
     active_root = current.anchor_for(current.issuer_chain[-1])
-    if active_root is not None and active_root not in new.trust_anchors:
-        raise BundleError(
-            f"the trust bundle in {where} does not include the active root "
-            f"({active_root.subject.rfc4514_string()}); applying it would break every workload "
-            "holding a current certificate. Rotate the root instead, or force the change explicitly"
-        )
+    if active_root is None or active_root in new.trust_anchors or fingerprint(active_root) in released:
+        return
+    raise BundleError(
+        f"the trust bundle in {where} does not include the active root "
+        f"({active_root.subject.rfc4514_string()}); applying it would break every workload "
+        "holding a current certificate. Rotate the root instead, or force the change explicitly"
+    )
 
 
 def generate_bundle(
@@ -208,6 +222,16 @@ def _strip_anchors(
     while len(chain) > 1 and chain[-1] in anchors:
         chain = chain[:-1]
     return chain
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s key signed ``cert`` and ``cert`` names ``issuer`` as its issuer."""
+    return _directly_issued(cert, issuer)
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` has basicConstraints CA:TRUE."""
+    return _is_ca(cert)
 
 
 def _directly_issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

@@ -29,6 +29,7 @@ MAX_WORKLOAD_TTL = timedelta(days=3650)
 MAX_CLOCK_SKEW = timedelta(hours=24)
 MAX_EXPIRY_CHECK_INTERVAL = timedelta(days=30)
 MAX_STORE_POLL_INTERVAL = timedelta(hours=24)
+MAX_PROPAGATION_WINDOW = timedelta(days=30)
 
 
 def _bool(text: str) -> bool:
@@ -168,6 +169,19 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "when it changed, Go duration; 0s = never (default 0s)",
     ),
     Option(
+        "auto-rotate",
+        _bool,
+        "rotate the root and the issuer automatically: prepare a successor when less than "
+        "min(lifetime/2, 30 days) remains, activate it when less than min(lifetime/6, 7 days) "
+        "remains (only for a root whose key the CA holds; default false)",
+    ),
+    Option(
+        "root-propagation-window",
+        parse_duration,
+        "how long a new root is in the trust anchors before its issuer signs (so workloads learn it "
+        "first); at least --workload-cert-ttl, Go duration, 0s-720h (default 24h)",
+    ),
+    Option(
         "allow-insecure-on-network",
         _bool,
         "allow the INSECURE validator on a non-loopback --listen-address (default false)",
@@ -267,6 +281,8 @@ class Config:
     ca_key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
     expiry_check_interval: timedelta = timedelta(hours=1)
     store_poll_interval: timedelta = timedelta(0)
+    auto_rotate: bool = False
+    root_propagation_window: timedelta = timedelta(hours=24)
     log_level: str = "info"
     log_as_json: bool = False
     allow_insecure_on_network: bool = False
@@ -467,6 +483,8 @@ def _validated(cfg: Config) -> Config:
         problems.append("--expiry-check-interval must be positive and at most 720h (30 days)")
     if not timedelta(0) <= cfg.store_poll_interval <= MAX_STORE_POLL_INTERVAL:
         problems.append("--store-poll-interval must be between 0s (off) and 24h")
+    if not timedelta(0) <= cfg.root_propagation_window <= MAX_PROPAGATION_WINDOW:
+        problems.append("--root-propagation-window must be between 0s and 720h (30 days)")
     for name in (cfg.issuer_ca_filename, cfg.issuer_certificate_filename, cfg.issuer_key_filename):
         if not name or "/" in name or name in (".", ".."):
             problems.append(f"file name {name!r} must be a plain file name")

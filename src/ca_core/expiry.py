@@ -177,14 +177,17 @@ def expiry_report(
     now: datetime,
     *,
     prepared_chains: tuple[tuple[x509.Certificate, ...], ...] = (),
+    prepared_not_after: tuple[datetime, ...] = (),
     warn_within: timedelta = WARN_WITHIN,
 ) -> ExpiryReport:
     """Findings plus coverage for a bundle's public part (``ca.crt``, ``issuer.crt`` PEM bytes).
 
     The active chain is the issuer chain plus the anchor that issued its last certificate;
-    ``prepared_chains`` (root rotation, not implemented yet) are full chains, issuer first, root
-    last. Coverage = max over chains of each chain's earliest NotAfter (SPEC §9). Never raises
-    for bad input: an unreadable or unverifiable public part gives no active chain.
+    ``prepared_chains`` are full chains, issuer first, root last; ``prepared_not_after`` the
+    end of each prepared chain as a rotation state records it (``rotation.prepared_not_after``,
+    readable from the public part without keys). Coverage = max over chains of each chain's
+    earliest NotAfter (SPEC §9). Never raises for bad input: an unreadable or unverifiable public
+    part gives no active chain.
     """
     findings = check_expiry(anchors_pem, issuer_chain_pem, now, warn_within)
     try:
@@ -192,8 +195,9 @@ def expiry_report(
     except BundleError:
         public = None
     root = public.anchor_for(public.issuer_chain[-1]) if public is not None else None
+    prepared = (*(chain_not_after(c) for c in prepared_chains), *prepared_not_after)
     if public is not None and root is not None:
-        coverage: datetime | None = signing_coverage((*public.issuer_chain, root), prepared_chains)
+        coverage: datetime | None = max((chain_not_after((*public.issuer_chain, root)), *prepared))
     else:
-        coverage = max((chain_not_after(c) for c in prepared_chains), default=None)
+        coverage = max(prepared, default=None)
     return ExpiryReport(findings, coverage, now)

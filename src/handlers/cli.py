@@ -5,6 +5,7 @@
     sentryca sign     --csr FILE --id APP ...       get a CSR made elsewhere signed
     sentryca inspect  [store options]               show trust anchors, issuer, expiry
     sentryca bundle init|import|export|regenerate   operate on the trust bundle in a store
+    sentryca rotate issuer|root|advance             rotate the issuer or the root (SPEC §5)
 
 Exit codes: 0 success; 1 the CA refused or could not be reached; 2 bad usage or configuration.
 """
@@ -30,6 +31,20 @@ from ca_core.keys import KeyAlgorithm
 from ca_core.validators import TokenValidatorKind
 
 log = logging.getLogger("sentryca")
+# The serve options the rotate verbs take: names, algorithm and lifetimes of what they generate,
+# the propagation window, the automatic policy, and what bounds a retired issuer's leaves.
+ROTATION_FLAGS = (
+    "trust-domain",
+    "ca-key-algorithm",
+    "config",
+    "workload-cert-ttl",
+    "allowed-clock-skew",
+    "store-poll-interval",
+    "auto-rotate",
+    "root-propagation-window",
+    "log-level",
+    "log-as-json",
+)
 _LOCAL_OR_ANY = ("127.0.0.1", "0.0.0.0", "::", "::1")  # noqa: S104  # nosec B104: compared, never bound
 
 
@@ -324,6 +339,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     except BundleError as e:
         print(f"bundle: UNUSABLE: {e}")
         return 1
+    from ca_core.rotation import describe, parse_state
+
+    bundle = parse_bundle(whole.items, store.labels())
+    try:
+        state = parse_state(whole.items, bundle, store.labels())
+    except BundleError as e:
+        print(f"bundle: UNUSABLE: {e}")
+        return 1
+    for line in describe(state, bundle):
+        print(f"rotation: {line}")
     print("bundle: complete (anchors, issuer chain and key match)")
     return 0
 
@@ -370,23 +395,55 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_import(args: argparse.Namespace) -> int:
-    from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, ROOT_KEY, parse_bundle, parse_public_bundle
+    from ca_core.bundle import (
+        ANCHORS,
+        ISSUER_CHAIN,
+        ISSUER_KEY,
+        ROOT_KEY,
+        ROTATION_STATE,
+        fingerprint,
+        parse_bundle,
+        parse_public_bundle,
+    )
     from ca_core.keys import public_key_der
+    from ca_core.rotation import parse_state, released_roots
+    from ca_core.stores import FileBundleStore
 
     from .composition import store_retry
 
     _, store = _store(args)
-    items = {
-        ANCHORS: _read_input(args.root, "--root"),
-        ISSUER_CHAIN: _read_input(args.issuer_cert, "--issuer-cert"),
-        ISSUER_KEY: _read_input(args.issuer_key, "--issuer-key"),
-    }
-    if args.root_key:
-        items[ROOT_KEY] = _read_input(args.root_key, "--root-key")
-    labels = {ANCHORS: f"--root {args.root}", ISSUER_CHAIN: f"--issuer-cert {args.issuer_cert}"}
-    labels |= {ISSUER_KEY: f"--issuer-key {args.issuer_key}", ROOT_KEY: f"--root-key {args.root_key}"}
-    new = parse_bundle(items, labels)  # verified before anything is written
-    items = new.to_items()  # normalised: keys as PKCS#8, the root never in issuer.crt
+    if args.from_dir:
+        if args.root or args.issuer_cert or args.issuer_key or args.root_key:
+            raise ConfigError("--from takes a whole exported bundle: give no --root/--issuer-*/--root-key")
+        source = FileBundleStore(args.from_dir)
+        exported = source.load()
+        if exported is None:
+            raise ConfigError(
+                f"--from {args.from_dir}: no trust bundle there (write one with `bundle export`)"
+            )
+        new = parse_bundle(exported.items, source.labels())
+        parse_state(exported.items, new, source.labels())  # verified before anything is written
+        items = new.to_items()
+        if ROTATION_STATE in exported.items:
+            items[ROTATION_STATE] = exported.items[ROTATION_STATE]
+        if ROOT_KEY in exported.items:
+            items[ROOT_KEY] = exported.items[ROOT_KEY]
+    else:
+        missing = [f for f, v in (("--root", args.root), ("--issuer-cert", args.issuer_cert)) if not v]
+        missing += ["--issuer-key"] if not args.issuer_key else []
+        if missing:
+            raise ConfigError(f"bundle import needs {', '.join(missing)} (or --from DIR)")
+        items = {
+            ANCHORS: _read_input(args.root, "--root"),
+            ISSUER_CHAIN: _read_input(args.issuer_cert, "--issuer-cert"),
+            ISSUER_KEY: _read_input(args.issuer_key, "--issuer-key"),
+        }
+        if args.root_key:
+            items[ROOT_KEY] = _read_input(args.root_key, "--root-key")
+        labels = {ANCHORS: f"--root {args.root}", ISSUER_CHAIN: f"--issuer-cert {args.issuer_cert}"}
+        labels |= {ISSUER_KEY: f"--issuer-key {args.issuer_key}", ROOT_KEY: f"--root-key {args.root_key}"}
+        new = parse_bundle(items, labels)  # verified before anything is written
+        items = new.to_items()  # normalised: keys as PKCS#8, the root never in issuer.crt
     current = store_retry().run(f"read {store.description}", store.load)
     if current is None:
         if not store.create(items):
@@ -407,7 +464,8 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
         old = None
     if old is not None:
         active_root = old.anchor_for(old.issuer_chain[-1])
-        if active_root is not None and active_root not in new.trust_anchors and not args.force:
+        dropped = active_root is not None and active_root not in new.trust_anchors
+        if dropped and fingerprint(active_root) not in released_roots(items) and not args.force:
             print(
                 f"error: the imported trust anchors do not include the current active root "
                 f"{active_root.subject.rfc4514_string()}: every workload holding a current certificate "
@@ -501,6 +559,109 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotation_context(args: argparse.Namespace):
+    """(config, store, stored, bundle, rotation state) of the store named by ``args``; logging
+    set up so the audit records (``sentryca.audit``) of the steps go to stderr."""
+    from ca_core.bundle import parse_bundle
+    from ca_core.errors import BundleError
+    from ca_core.rotation import parse_state
+
+    from .composition import store_retry
+    from .logs import setup_logging
+
+    cfg, store = _store(args)
+    setup_logging(cfg.log_level, cfg.log_as_json)
+    current = store_retry().run(f"read {store.description}", store.load)
+    if current is None:
+        raise BundleError(f"{store.description} holds no trust bundle; nothing to rotate")
+    bundle = parse_bundle(current.items, store.labels())
+    state = parse_state(current.items, bundle, store.labels())
+    return cfg, store, current, bundle, state
+
+
+def _write_rotation(store, current, result) -> int:
+    """Write ``result`` only over the version read (CAS); audit and print each step."""
+    from .logs import audit_rotation
+
+    if not store.replace(result.items(), current.version):
+        print(
+            f"error: {store.description} changed while rotating (another replica or operator); nothing "
+            "was written, run the command again",
+            file=sys.stderr,
+        )
+        return 1
+    for step in result.steps:
+        audit_rotation(step, store.description)
+        print(step.message)
+    return 0
+
+
+def cmd_rotate_issuer(args: argparse.Namespace) -> int:
+    from ca_core.bundle import parse_certificates
+    from ca_core.keys import load_private_key
+    from ca_core.rotation import rotate_issuer
+
+    from .composition import rotation_policy
+
+    cfg, store, current, bundle, state = _rotation_context(args)
+    supplied = None
+    if args.issuer_cert or args.issuer_key:
+        if not (args.issuer_cert and args.issuer_key):
+            raise ConfigError("--issuer-cert and --issuer-key go together")
+        chain = parse_certificates(
+            _read_input(args.issuer_cert, "--issuer-cert"), f"--issuer-cert {args.issuer_cert}"
+        )
+        while len(chain) > 1 and chain[-1] in bundle.trust_anchors:
+            chain = chain[:-1]  # the root appended to the chain file
+        try:
+            key = load_private_key(_read_input(args.issuer_key, "--issuer-key"))
+        except ValueError as e:
+            raise ConfigError(f"--issuer-key {args.issuer_key}: {e}") from None
+        supplied = (chain, key)
+    result = rotate_issuer(bundle, state, datetime.now(UTC), rotation_policy(cfg), supplied)
+    return _write_rotation(store, current, result)
+
+
+def cmd_rotate_root(args: argparse.Namespace) -> int:
+    from ca_core.rotation import emergency_root, prepare_root
+
+    from .composition import rotation_policy
+
+    cfg, store, current, bundle, state = _rotation_context(args)
+    policy = rotation_policy(cfg)
+    now = datetime.now(UTC)
+    if args.emergency:
+        result = emergency_root(bundle, state, now, policy)
+    else:
+        result = prepare_root(bundle, state, now, policy)
+    code = _write_rotation(store, current, result)
+    if code == 0 and not args.emergency:
+        print(
+            "The running CA takes the next steps itself (with --store-poll-interval, or after a restart); "
+            "without one, run `sentryca rotate advance` after the propagation window."
+        )
+    if code == 0 and args.emergency:
+        print(
+            "Every workload must now fetch the new trust anchors (ca.crt) and a new certificate; "
+            "certificates issued before no longer verify.",
+            file=sys.stderr,
+        )
+    return code
+
+
+def cmd_rotate_advance(args: argparse.Namespace) -> int:
+    from ca_core.rotation import advance
+
+    from .composition import rotation_policy
+
+    cfg, store, current, bundle, state = _rotation_context(args)
+    result = advance(bundle, state, datetime.now(UTC), rotation_policy(cfg))
+    if result is None:
+        print(f"{store.description}: no rotation step is due")
+        return 0
+    return _write_rotation(store, current, result)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         allow_abbrev=False,
@@ -545,10 +706,16 @@ def build_parser() -> argparse.ArgumentParser:
         "import", allow_abbrev=False, help="bring your own CA: verify, then write it into the store"
     )
     add_options(p, STORE_OPTIONS)
-    p.add_argument("--root", required=True, help="PEM trust anchors (one or more self-signed roots)")
-    p.add_argument("--issuer-cert", required=True, help="PEM issuer certificate (chain), issuer first")
-    p.add_argument("--issuer-key", required=True, help="PEM issuer private key (PKCS#8, SEC1 or PKCS#1)")
+    p.add_argument("--root", help="PEM trust anchors (one or more self-signed roots)")
+    p.add_argument("--issuer-cert", help="PEM issuer certificate (chain), issuer first")
+    p.add_argument("--issuer-key", help="PEM issuer private key (PKCS#8, SEC1 or PKCS#1)")
     p.add_argument("--root-key", help="PEM root private key (lets the CA rotate issuers itself)")
+    p.add_argument(
+        "--from",
+        dest="from_dir",
+        help="a directory written by `bundle export` (every item: keys, root key, rotation state); "
+        "instead of --root/--issuer-cert/--issuer-key/--root-key",
+    )
     p.add_argument("--force", action="store_true", help="allow dropping the current active root")
     p.set_defaults(func=cmd_bundle_import)
     p = bundle.add_parser(
@@ -563,6 +730,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, STORE_OPTIONS + gen_options)
     p.add_argument("--backup-to", required=True, help="an empty store URL that receives the old bundle")
     p.set_defaults(func=cmd_bundle_regenerate)
+
+    rotate = sub.add_parser(
+        "rotate", allow_abbrev=False, help="rotate the issuer or the root of the trust bundle in a store"
+    ).add_subparsers(dest="rotate_command", required=True)
+    rotation_options = STORE_OPTIONS + tuple(o for o in SERVE_OPTIONS if o.flag in ROTATION_FLAGS)
+    p = rotate.add_parser(
+        "issuer",
+        allow_abbrev=False,
+        help="a new issuer under the active root, active at once (leaves issued before still verify)",
+    )
+    add_options(p, rotation_options)
+    p.add_argument(
+        "--issuer-cert", help="PEM issuer certificate (chain) signed by the active root, issuer first"
+    )
+    p.add_argument("--issuer-key", help="PEM key of --issuer-cert (needed when the store has no root.key)")
+    p.set_defaults(func=cmd_rotate_issuer)
+    p = rotate.add_parser(
+        "root",
+        allow_abbrev=False,
+        help="prepare a new root: a trust anchor now, its issuer active after --root-propagation-window",
+    )
+    add_options(p, rotation_options)
+    p.add_argument(
+        "--emergency",
+        action="store_true",
+        help="after a key compromise: the new root and issuer active at once, every other root removed "
+        "(every certificate issued before stops verifying)",
+    )
+    p.set_defaults(func=cmd_rotate_root)
+    p = rotate.add_parser(
+        "advance",
+        allow_abbrev=False,
+        help="take the rotation steps due now (what the running CA does at each expiry check)",
+    )
+    add_options(p, rotation_options)
+    p.set_defaults(func=cmd_rotate_advance)
     return parser
 
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from ca_core.bundle import TrustBundle, generate_bundle
 from ca_core.config import Config
 from ca_core.errors import BundleError, ConfigError
+from ca_core.rotation import RotationPolicy
 from ca_core.service import Signer, SigningPolicy
 from ca_core.stores import BundleStore, Retry, StoredBundle, load_or_create_stored, open_store
 from ca_core.validators import InsecureValidator, TokenValidatorKind, Validator
@@ -29,6 +30,23 @@ def signing_policy(cfg: Config) -> SigningPolicy:
         namespace=cfg.namespace,
         workload_ttl=cfg.workload_cert_ttl,
         clock_skew=cfg.allowed_clock_skew,
+    )
+
+
+def rotation_policy(cfg: Config) -> RotationPolicy:
+    """The rotation settings of ``cfg`` (``ca_core.rotation``): names and key algorithm of
+    generated roots and issuers, ``--auto-rotate``, ``--root-propagation-window``, and how long a
+    leaf signed by a retired issuer may still be valid: the workload TTL, plus the clock skew,
+    plus the store poll interval (another replica signs with the old issuer until it polls)."""
+    policy = signing_policy(cfg)
+    return RotationPolicy(
+        trust_domain=cfg.trust_domain,
+        ca_identity=policy.ca_identity,
+        auto=cfg.auto_rotate,
+        propagation_window=cfg.root_propagation_window,
+        leaf_bound=cfg.workload_cert_ttl + cfg.allowed_clock_skew + cfg.store_poll_interval,
+        clock_skew=cfg.allowed_clock_skew,
+        algorithm=cfg.ca_key_algorithm,
     )
 
 

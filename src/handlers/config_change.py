@@ -11,7 +11,9 @@ Accepted events (samples in ``events/``):
 
 Events about anything other than the configured bundle or parameter are ignored. The changed
 bundle is loaded from the store and validated with the core (``parse_bundle``: structure, chain,
-keys) and for trust continuity against the previous version (``check_trust_continuity``); a
+keys; ``rotation.parse_state``: its rotation state) and for trust continuity against the previous
+version (``check_trust_continuity``, which accepts dropping a root the rotation state records as
+pruned or removed in an emergency); a
 changed parameter is parsed as a Configuration. Invalid → ERROR log, ``ConfigChangeRejected``
 metric, nothing restarted (the running CA keeps its bundle: its own poll refuses the same bundle).
 Valid → ``ConfigChangeAccepted``, and when ``SENTRYCA_ECS_CLUSTER`` and ``SENTRYCA_ECS_SERVICE``
@@ -36,6 +38,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from ca_core.bundle import check_trust_continuity, parse_bundle
 from ca_core.config import read_config_file
 from ca_core.errors import BundleError, CAError, Unavailable
+from ca_core.rotation import parse_state, released_roots
 from ca_core.stores import open_store
 
 from . import lambda_support as ls
@@ -186,6 +189,7 @@ def _validate_bundle(store: Any) -> None:
     if stored is None:
         raise BundleError(f"{store.description} holds no trust bundle any more")
     new = parse_bundle(stored.items, store.labels())
+    parse_state(stored.items, new, store.labels())
     load_previous = getattr(store, "load_previous", None)
     previous = load_previous() if load_previous else None
     if previous is None:
@@ -200,7 +204,7 @@ def _validate_bundle(store: Any) -> None:
             "the previous bundle version in %s is unusable (%s); continuity not checked", store.description, e
         )
         return
-    check_trust_continuity(old, new, store.description)
+    check_trust_continuity(old, new, store.description, released_roots(stored.items))
 
 
 def _validate_parameter(name: str) -> None:

@@ -7,7 +7,8 @@ EMF metrics in namespace ``SentryCA``:
 
 - ``DaysToExpiry`` (days; dimensions service, Role, Subject), one per trust anchor and the issuer;
 - ``SigningCoverageDays`` (days; dimension service): days until the latest NotAfter among the
-  active and prepared signing chains; the template's alarm fires below 30;
+  active and prepared signing chains (the prepared ones as the public ``rotation.json`` records
+  them: no key is read); the template's alarm fires below 30;
 - ``ExpiryCheckFailed`` (count; dimension service) when the store cannot be read or is empty;
   the invocation then raises, so the function's Errors metric also counts it.
 
@@ -23,10 +24,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from cryptography import x509
 
-from ca_core.bundle import ANCHORS, ISSUER_CHAIN
+from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE
 from ca_core.errors import BundleError, CAError
 from ca_core.expiry import ExpiryReport, expiry_report
+from ca_core.rotation import prepared_not_after
 from ca_core.stores import open_store
 
 from . import lambda_support as ls
@@ -54,7 +57,12 @@ def handler(event: dict[str, Any], context: Any, now: datetime | None = None) ->
         metrics.add_metric(name=ls.EXPIRY_CHECK_FAILED, unit=MetricUnit.Count, value=1)
         metrics.flush_metrics()
         raise
-    report = expiry_report(stored.items.get(ANCHORS, b""), stored.items.get(ISSUER_CHAIN, b""), now)
+    report = expiry_report(
+        stored.items.get(ANCHORS, b""),
+        stored.items.get(ISSUER_CHAIN, b""),
+        now,
+        prepared_not_after=prepared_not_after(stored.items.get(ROTATION_STATE), _anchors(stored.items)),
+    )
     summary = summarize(report, store.description, stored.version)
     for finding, item in zip(report.findings, summary["certificates"], strict=True):
         _log(finding.level, finding.message, role=finding.role, days_left=item["days_left"])
@@ -74,6 +82,13 @@ def handler(event: dict[str, Any], context: Any, now: datetime | None = None) ->
     metrics.flush_metrics()
     logger.info("expiry check done", extra={k: v for k, v in summary.items() if k != "certificates"})
     return summary
+
+
+def _anchors(items) -> tuple[x509.Certificate, ...]:
+    try:
+        return tuple(x509.load_pem_x509_certificates(items.get(ANCHORS, b"")))
+    except ValueError:
+        return ()
 
 
 def summarize(report: ExpiryReport, store: str, version: str) -> dict[str, Any]:

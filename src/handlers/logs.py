@@ -6,6 +6,12 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ca_core.rotation import Step
+
+audit_log = logging.getLogger("sentryca.audit")
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,3 +44,24 @@ def setup_logging(level: str = "info", as_json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def audit_rotation(step: Step, store: str) -> None:
+    """One audit record (logger ``sentryca.audit``) for a rotation step: event ``rotation_step``,
+    kind (root | issuer), step (prepare | activate | prune | rotate | emergency), trigger
+    (manual | auto), store, and the step's fingerprints, serials and times."""
+    audit_log.info(
+        "rotation_step: %s %s (%s) in %s",
+        step.kind,
+        step.action,
+        step.trigger,
+        store,
+        extra={
+            "event": "rotation_step",
+            "kind": step.kind,
+            "step": step.action,
+            "trigger": step.trigger,
+            "store": store,
+            **step.fields,
+        },
+    )

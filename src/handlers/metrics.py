@@ -83,6 +83,13 @@ class Metrics:
             "New bundle versions seen in the store and refused (invalid, or dropping the active root)",
             registry=r,
         )
+        self.rotation_steps = Counter(
+            "sentryca_rotation_steps",
+            "Rotation steps this CA wrote, by kind (root, issuer) and step (prepare, activate, "
+            "prune, rotate, emergency)",
+            ["kind", "step"],
+            registry=r,
+        )
         self.servercert_issue_failed = Counter(
             "dapr_sentry_servercert_issue_failed",
             "Failures issuing the CA's own server certificate",

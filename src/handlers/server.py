@@ -4,7 +4,9 @@ Created idle; ``start(config)`` loads (or creates) the trust bundle, issues the 
 server certificate, serves gRPC (TLS), ``/healthz``/``/livez`` and ``/metrics``, and runs the
 expiry watcher; ``stop()`` shuts all of it down and leaves the CA idle; ``restart(config)``
 swaps bundle, validators and settings in place when the listeners are unchanged (no dropped
-calls, no refused connections), else stops and starts.
+calls, no refused connections); a listener moving to another port is opened first, then the old
+one drains; only a listener changing on the port it is bound to is stopped, then started. The
+background upkeep (``maintain``) also takes the rotation steps due (``ca_core.rotation``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from typing import Any
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca_core.bundle import certificates_pem, check_trust_continuity
+from ca_core import rotation
+from ca_core.bundle import ROTATION_STATE, certificates_pem, check_trust_continuity, fingerprint
 from ca_core.certs import check_issuer_valid, sign_workload
 from ca_core.config import Config
 from ca_core.errors import CAError, FailedPrecondition, Unavailable
@@ -39,6 +41,7 @@ from . import composition
 from .grpc_health import ReadinessHealth, add_health_to_server
 from .grpc_service import CAServicer, add_to_server, audit_log
 from .http_endpoints import HttpEndpoints, json_route
+from .logs import audit_rotation
 from .metrics import Metrics
 from .rate_limit import RateLimiter
 
@@ -46,11 +49,10 @@ log = logging.getLogger("sentryca")
 expiry_log = logging.getLogger("sentryca.expiry")
 
 
-def _fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex()
-
-
 MAX_REQUEST_BYTES = 64 * 1024  # SPEC §3 step 0
+# Seconds a gRPC server replaced by a restart with a new port keeps for its calls in flight (the
+# slowest call waits on an identity backend: at most the JWKS request timeout, 30 s by default).
+DRAIN_GRACE = 30.0
 
 
 class AlreadyRunning(RuntimeError):
@@ -164,7 +166,8 @@ class CertificateAuthority:
         self._server: grpc.Server | None = None
         self._health: ReadinessHealth | None = None
         self._limiter: RateLimiter | None = None
-        self._http: list[HttpEndpoints] = []
+        self._http: dict[str, HttpEndpoints] = {}  # "healthz", "metrics"
+        self._draining: list[tuple[grpc.Server, threading.Event]] = []  # old servers after a hand-over
         self._watcher: threading.Thread | None = None
         self._stop_watch = threading.Event()
         self._server_cert: ServerCertificate | None = None
@@ -254,8 +257,12 @@ class CertificateAuthority:
     def restart(self, config: Config, *, force: bool = False) -> None:
         """Apply ``config`` (SPEC §8). The new state is built first; if it cannot be (bad bundle or
         settings, an empty store) the running CA keeps serving its current state and the error is
-        raised. A bundle whose trust anchors drop the active root is refused unless ``force``
-        (trust continuity, SPEC §5). Same listeners → in-place swap; else stop, then start."""
+        raised. A bundle whose trust anchors drop the active root is refused unless ``force``, or
+        its rotation state records that root as removed (trust continuity, SPEC §5; a pruned
+        or emergency-removed root). Same listeners → in-place swap. A listener with a new port
+        (or port 0) → the new one is opened first, then the old one stops accepting and its calls
+        in flight complete (up to DRAIN_GRACE seconds). A listener that changes but stays on the
+        port it is bound to (another address, other gRPC options) → stop, then start."""
         with self._lock:
             old = self._state
             if old is None:
@@ -263,23 +270,18 @@ class CertificateAuthority:
                 return
             new = self._build_state(config, create_if_empty=force, publish=False)
             if not force:
-                check_trust_continuity(old.signer.bundle, new.signer.bundle, new.store.description)
-            if _listeners(old.config) != _listeners(config):
-                # A gRPC port cannot be shared (so_reuseport is off), so a listener change stops,
-                # then starts: connections are refused in between. Same listeners → swap below.
+                released = rotation.released_roots(new.stored.items) if new.stored else frozenset()
+                check_trust_continuity(old.signer.bundle, new.signer.bundle, new.store.description, released)
+            if not self._can_hand_over(old.config, config):
+                # A listener that stays on the port it is bound to but changes (address, gRPC
+                # options) cannot be opened twice (so_reuseport is off): stop, then start, and
+                # connections are refused in between. Everything else is handed over below.
                 self.stop()
                 self._start_with(new)
                 self._publish_public(new)
                 self._publish_bundle(new, old)
                 return
-            cert = self._issue_server_certificate(new)
-            with self._swap_lock:
-                self._state = new
-                if cert is not None:
-                    self._server_cert = cert
-            if self._limiter is not None and config.rate_limit != old.config.rate_limit:
-                self._limiter.configure(config.rate_limit)
-            log.info("CA restarted in place with the new configuration")
+            self._hand_over(old, new)
             self._publish_public(new)
             self._publish_bundle(new, old)
             self._check_expiry(new)
@@ -334,7 +336,7 @@ class CertificateAuthority:
         fields: dict[str, Any] = {
             "issuer_serial": f"{issuer.serial_number:x}",
             "issuer_not_after": issuer.not_valid_after_utc.isoformat(),
-            "anchors": ",".join(_fingerprint(a) for a in bundle.trust_anchors),
+            "anchors": ",".join(fingerprint(a) for a in bundle.trust_anchors),
             "store": state.store.description,
             "version": state.bundle_version,
         }
@@ -361,51 +363,14 @@ class CertificateAuthority:
         cfg = state.config
         self._state = state  # before the first call can arrive
         if self._server_cert is not None:
-            initial = self._cert_config(self._server_cert)
-            creds = grpc.dynamic_ssl_server_credentials(initial, self._fetch_cert_config)
-            self._served_cert = self._server_cert
-            server = grpc.server(
-                ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4), thread_name_prefix="grpc"),
-                options=[
-                    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                    ("grpc.so_reuseport", 1 if self._reuse_port else 0),
-                    ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
-                ],
-            )
-            self._limiter = RateLimiter(cfg.rate_limit)
-            add_to_server(CAServicer(lambda: self.signer, self._clock, self.metrics, self._limiter), server)
-            self._health = add_health_to_server(self.readiness, server)
-            address = _host_port(cfg.listen_address, cfg.port)
-            try:
-                port = server.add_secure_port(address, creds)
-            except RuntimeError as e:
-                raise CAError(f"cannot listen on {address}: {e}") from None
-            if port == 0:
-                raise CAError(f"cannot listen on {address}: address in use or unavailable")
-            server.start()
-            self._server, self.grpc_port = server, port
+            self._served_cert = cert = self._server_cert
+            self._server, self.grpc_port, self._health, self._limiter = self._open_grpc(cfg, cert)
         else:
             log.error("gRPC server not started: %s", self._server_cert_error)
-        health = HttpEndpoints(
-            self._http_address or cfg.listen_address,
-            cfg.healthz_port,
-            {
-                "/healthz": json_route(self.readiness),
-                "/livez": json_route(lambda: (True, {"alive": True})),
-            },
-        ).start()
-        self._http.append(health)
-        self.healthz_port = health.port
-        if cfg.enable_metrics:
-            metrics = HttpEndpoints(
-                self._http_address or cfg.listen_address,
-                cfg.metrics_port,
-                {
-                    "/metrics": lambda: (200, "text/plain; version=0.0.4", self.metrics.exposition()),
-                },
-            ).start()
-            self._http.append(metrics)
-            self.metrics_port = metrics.port
+        for name in _HTTP_LISTENERS:
+            endpoint = self._open_http(name, cfg)
+            if endpoint is not None:
+                self._set_http(name, endpoint)
         self._check_expiry(state)
         self._next_expiry_check = self._clock() + cfg.expiry_check_interval
         self._next_store_poll = time.monotonic() + cfg.store_poll_interval.total_seconds()
@@ -416,6 +381,142 @@ class CertificateAuthority:
         )
         self._watcher.start()
 
+    def _open_grpc(
+        self, cfg: Config, cert: ServerCertificate
+    ) -> tuple[grpc.Server, int, ReadinessHealth, RateLimiter]:
+        """A started gRPC server (TLS with ``cert``, renewed through ``_fetch_cert_config``) on
+        ``cfg``'s address and port: (server, bound port, health servicer, rate limiter). Raises
+        CAError when the address cannot be bound; nothing stays open then."""
+        creds = grpc.dynamic_ssl_server_credentials(self._cert_config(cert), self._fetch_cert_config)
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4), thread_name_prefix="grpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
+                ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
+            ],
+        )
+        limiter = RateLimiter(cfg.rate_limit)
+        add_to_server(CAServicer(lambda: self.signer, self._clock, self.metrics, limiter), server)
+        health = add_health_to_server(self.readiness, server)
+        address = _host_port(cfg.listen_address, cfg.port)
+        try:
+            port = server.add_secure_port(address, creds)
+        except RuntimeError as e:
+            server.stop(0)
+            raise CAError(f"cannot listen on {address}: {e}") from None
+        if port == 0:
+            server.stop(0)
+            raise CAError(f"cannot listen on {address}: address in use or unavailable")
+        server.start()
+        return server, port, health, limiter
+
+    def _open_http(self, name: str, cfg: Config) -> HttpEndpoints | None:
+        """The started HTTP listener ``name`` ("healthz" or "metrics") of ``cfg``, or None when
+        ``cfg`` disables it. Raises CAError when the port cannot be bound."""
+        if name == "healthz":
+            routes = {
+                "/healthz": json_route(self.readiness),
+                "/livez": json_route(lambda: (True, {"alive": True})),
+            }
+            return HttpEndpoints(self._http_address or cfg.listen_address, cfg.healthz_port, routes).start()
+        if not cfg.enable_metrics:
+            return None
+        routes = {"/metrics": lambda: (200, "text/plain; version=0.0.4", self.metrics.exposition())}
+        return HttpEndpoints(self._http_address or cfg.listen_address, cfg.metrics_port, routes).start()
+
+    def _set_http(self, name: str, endpoint: HttpEndpoints | None) -> None:
+        if endpoint is None:
+            self._http.pop(name, None)
+        else:
+            self._http[name] = endpoint
+        port = endpoint.port if endpoint is not None else None
+        if name == "healthz":
+            self.healthz_port = port
+        else:
+            self.metrics_port = port
+
+    def _bound_port(self, group: str) -> int | None:
+        if group == "grpc":
+            return self.grpc_port if self._server is not None else None
+        endpoint = self._http.get(group)
+        return endpoint.port if endpoint is not None else None
+
+    def _can_hand_over(self, old: Config, new: Config) -> bool:
+        """Whether every listener that changes can be opened before the old one closes: its new
+        port is 0 (any free port) or not the port bound now, or it is switched off."""
+        for group, key in _LISTENER_GROUPS.items():
+            if key(old) == key(new):
+                continue
+            port = _group_port(group, new)
+            bound = self._bound_port(group)
+            if port is not None and port != 0 and port == bound:
+                return False
+        return True
+
+    def _hand_over(self, old: _State, new: _State) -> None:
+        """Put ``new`` in force without refusing a connection (SPEC §8): listeners whose settings
+        are unchanged stay open (bundle, validators, settings and server certificate are swapped
+        under them); a changed listener is opened first, then the old one stops accepting and
+        its calls in flight get DRAIN_GRACE seconds to complete. If a new listener cannot be
+        opened, nothing changes and CAError is raised."""
+        cfg = new.config
+        changed = {g for g, key in _LISTENER_GROUPS.items() if key(old.config) != key(cfg)}
+        cert = self._issue_server_certificate(new)
+        open_grpc = cert is not None and ("grpc" in changed or self._server is None)
+        opened_grpc = None
+        opened_http: dict[str, HttpEndpoints | None] = {}
+        try:
+            if open_grpc and cert is not None:
+                opened_grpc = self._open_grpc(cfg, cert)
+            for name in _HTTP_LISTENERS:
+                if name in changed:
+                    opened_http[name] = self._open_http(name, cfg)
+        except BaseException:
+            if opened_grpc is not None:
+                opened_grpc[0].stop(0)
+            for endpoint in opened_http.values():
+                if endpoint is not None:
+                    endpoint.stop()
+            raise
+        retired: tuple[grpc.Server, ReadinessHealth | None] | None = None
+        with self._swap_lock:
+            self._state = new
+            if cert is not None:
+                self._server_cert = cert
+            if opened_grpc is not None or "grpc" in changed:
+                if self._server is not None:
+                    retired = (self._server, self._health)
+                if opened_grpc is not None:
+                    self._server, self.grpc_port, self._health, self._limiter = opened_grpc
+                    self._served_cert = cert
+                else:
+                    self._server = self._health = self._limiter = None
+                    self.grpc_port = None
+        if opened_grpc is None and self._limiter is not None and cfg.rate_limit != old.config.rate_limit:
+            self._limiter.configure(cfg.rate_limit)
+        if retired is not None:
+            server, health = retired
+            if health is not None:
+                health.enter_graceful_shutdown()  # watchers on the old port learn NOT_SERVING
+            self._draining.append((server, server.stop(DRAIN_GRACE)))
+        for name, endpoint in opened_http.items():
+            previous = self._http.get(name)
+            self._set_http(name, endpoint)
+            if previous is not None:
+                previous.stop()
+        if changed:
+            log.info(
+                "CA handed over to new listeners (%s): gRPC %s:%s, healthz :%s%s",
+                ", ".join(sorted(changed)),
+                cfg.listen_address,
+                self.grpc_port,
+                self.healthz_port,
+                f", metrics :{self.metrics_port}" if self.metrics_port else "",
+            )
+        else:
+            log.info("CA restarted in place with the new configuration")
+
     def _shutdown(self, grace: float) -> None:
         self._stop_watch.set()
         if self._watcher is not None and self._watcher is not threading.current_thread():
@@ -425,9 +526,13 @@ class CertificateAuthority:
             self._health.enter_graceful_shutdown()  # health watchers see NOT_SERVING first
         if self._server is not None:
             self._server.stop(grace).wait()
+        for server, _ in self._draining:  # servers a hand-over left draining: at most ``grace`` more
+            server.stop(grace).wait()
+        self._draining.clear()
         self._server = None
         self._health = None
-        for endpoint in self._http:
+        self._limiter = None
+        for endpoint in self._http.values():
             endpoint.stop()
         self._http.clear()
         self._state = None
@@ -537,7 +642,13 @@ class CertificateAuthority:
 
     def _check_expiry(self, state: _State) -> list[ExpiryFinding]:
         bundle = state.signer.bundle
-        report = expiry_report(bundle.anchors_pem, bundle.issuer_chain_pem, self._clock())
+        raw_state = state.stored.items.get(ROTATION_STATE) if state.stored else None
+        report = expiry_report(
+            bundle.anchors_pem,
+            bundle.issuer_chain_pem,
+            self._clock(),
+            prepared_not_after=rotation.prepared_not_after(raw_state, bundle.trust_anchors),
+        )
         for f in report.findings:
             expiry_log.log(f.level, "%s", f.message, extra={"role": f.role, "days_left": f.days_left})
         if report.coverage_not_after is not None:
@@ -545,16 +656,22 @@ class CertificateAuthority:
         return report.findings
 
     def maintain(self) -> datetime:
-        """One round of background upkeep at the clock's now: the expiry check when due, the
-        server certificate's renewal when due (at half its life; after a failure, again a minute
-        later, the old certificate staying in use). Returns when the next round is due.
-        Raises NotRunning when the CA is not running."""
+        """One round of background upkeep at the clock's now: the store poll when due; when the
+        expiry check is due, first the rotation steps due (:meth:`rotate_if_due`), then the
+        expiry check; the server certificate's renewal when due (at half its life; after a
+        failure, again a minute later, the old certificate staying in use). Returns when the next
+        round is due. Serialised with start/stop/restart. Raises NotRunning when idle."""
+        with self._lock:
+            return self._maintain()
+
+    def _maintain(self) -> datetime:
         state = self._state
         if state is None:
             raise NotRunning("the CA is not running")
         now = self._clock()
         state = self._poll_store(state)
         if now >= self._next_expiry_check:
+            state, _ = self._rotate(state, now)
             self._check_expiry(state)
             self._next_expiry_check = now + state.config.expiry_check_interval
         due = self._renewal_due()
@@ -572,6 +689,57 @@ class CertificateAuthority:
             left = max(self._next_store_poll - time.monotonic(), 0.0)
             wake = min(wake, now + timedelta(seconds=left))
         return wake
+
+    def rotate_if_due(self) -> bool:
+        """Take the rotation steps due now (``ca_core.rotation.advance``: pruning and activations
+        of a rotation in progress always; starting one only with ``--auto-rotate``). Returns
+        whether this CA wrote a step. Raises NotRunning when idle."""
+        with self._lock:
+            state = self._state
+            if state is None:
+                raise NotRunning("the CA is not running")
+            return self._rotate(state, self._clock())[1]
+
+    def _rotate(self, state: _State, now: datetime) -> tuple[_State, bool]:
+        """Compute the rotation steps due for the bundle in force and write them with
+        ``store.replace(items, version in force)``: with several replicas exactly one writes a
+        step; a loser (the store changed since it loaded) loads the store's bundle instead. The
+        writer counts each step (``sentryca_rotation_steps_total{kind,step}``), logs it and writes
+        one audit record per step (``event=rotation_step``); the bundle written is then put in
+        force with ``restart`` (trust continuity applies). Returns (the state in force, whether
+        this CA wrote a step)."""
+        bundle = state.signer.bundle
+        try:
+            current = rotation.parse_state(state.stored.items if state.stored else {}, bundle)
+            result = rotation.advance(bundle, current, now, composition.rotation_policy(state.config))
+        except CAError as e:
+            log.error("rotation: cannot evaluate the rotation state of %s: %s", state.store.description, e)
+            return state, False
+        if result is None:
+            return state, False
+        try:
+            won = state.store.replace(result.items(), state.bundle_version)
+        except Unavailable as e:
+            log.warning(
+                "rotation: cannot write %s (%s); retrying at the next check", state.store.description, e
+            )
+            return state, False
+        if not won:
+            log.info(
+                "rotation: %s changed since it was loaded (another replica or an operator); loading it",
+                state.store.description,
+            )
+        else:
+            for step in result.steps:
+                self.metrics.rotation_steps.labels(kind=step.kind, step=step.action).inc()
+                log.log(logging.WARNING if step.action == "emergency" else logging.INFO, "%s", step.message)
+                audit_rotation(step, state.store.description)
+        try:
+            self.restart(state.config)
+        except CAError as e:
+            self._refuse(state, None, str(e))
+            return state, won
+        return self._state or state, won
 
     def _poll_store(self, state: _State) -> _State:
         """When ``--store-poll-interval`` is set and due: read the store's version; if it differs
@@ -623,27 +791,40 @@ class CertificateAuthority:
 
     def _watch(self, stop: threading.Event) -> None:
         while True:
-            try:
-                wake = self.maintain()
-            except NotRunning:
-                return
-            except Exception:
-                log.exception("background upkeep failed; retrying in a minute")
-                wake = self._clock() + timedelta(minutes=1)
+            # Never wait for the lifecycle lock here: stop() holds it while it joins this thread.
+            if not self._lock.acquire(blocking=False):
+                wake = self._clock() + timedelta(seconds=1)  # a start/stop/restart is under way
+            else:
+                try:
+                    wake = self._maintain()
+                except NotRunning:
+                    return
+                except Exception:
+                    log.exception("background upkeep failed; retrying in a minute")
+                    wake = self._clock() + timedelta(minutes=1)
+                finally:
+                    self._lock.release()
             if stop.wait(min(max((wake - self._clock()).total_seconds(), 1.0), 300.0)):
                 return
 
 
-def _listeners(cfg: Config) -> tuple[Any, ...]:
-    # the gRPC server options are fixed at start: a change needs a new server
-    return (
-        cfg.listen_address,
-        cfg.port,
-        cfg.healthz_port,
-        cfg.enable_metrics,
-        cfg.metrics_port,
-        cfg.max_concurrent_streams,
-    )
+_HTTP_LISTENERS = ("healthz", "metrics")
+
+# Each listener and the settings fixed when it opens: a change needs a new listener.
+_LISTENER_GROUPS: dict[str, Callable[[Config], tuple[Any, ...]]] = {
+    "grpc": lambda c: (c.listen_address, c.port, c.max_concurrent_streams),
+    "healthz": lambda c: (c.listen_address, c.healthz_port),
+    "metrics": lambda c: (c.listen_address, c.enable_metrics, c.metrics_port),
+}
+
+
+def _group_port(group: str, cfg: Config) -> int | None:
+    """The port ``cfg`` asks for the listener ``group`` (None: switched off)."""
+    if group == "grpc":
+        return cfg.port
+    if group == "healthz":
+        return cfg.healthz_port
+    return cfg.metrics_port if cfg.enable_metrics else None
 
 
 def _host_port(host: str, port: int) -> str:

@@ -10,6 +10,7 @@ from typing import Protocol, TypeVar
 
 from ..bundle import STORE_ITEMS, TrustBundle, parse_bundle
 from ..errors import BundleError, Unavailable
+from ..rotation import parse_state
 
 T = TypeVar("T")
 
@@ -118,8 +119,9 @@ def load_or_create(
 ) -> tuple[TrustBundle, str, bool]:
     """Load the store's bundle, or generate and conditionally create one when it is empty.
 
-    Returns (bundle, version, created). A partial, corrupt or mismatched bundle raises
-    BundleError naming the item and is never replaced. If the conditional create loses a race
+    Returns (bundle, version, created). A partial, corrupt or mismatched bundle (its rotation
+    state included, ``rotation.parse_state``) raises BundleError naming the item and is never
+    replaced. If the conditional create loses a race
     with another replica, the winner's bundle is loaded. A store that cannot be read raises
     Unavailable (after ``retry``): a failed read never leads to a new CA.
 
@@ -158,6 +160,7 @@ def load_or_create_stored(
             )
     try:
         bundle = parse_bundle(stored.items, store.labels())
+        parse_state(stored.items, bundle, store.labels())  # a rotation state that cannot be acted on
     except BundleError as e:
         raise BundleError(
             f"refusing to start: the trust bundle in {store.description} is unusable: {e}. "

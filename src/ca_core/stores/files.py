@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, PUBLIC_ITEMS, ROOT_KEY, ROTATION_STATE
 from ..errors import BundleError, Unavailable
+from ..rotation import public_items
 from .base import StoredBundle
 
 DATA_LINK = "..data"
@@ -142,7 +143,11 @@ class FileBundleStore:
 
     def load_public(self) -> StoredBundle | None:
         with self._shared() as exists:
-            return self._read(PUBLIC_ITEMS) if exists else None
+            stored = self._read((*PUBLIC_ITEMS, ROTATION_STATE)) if exists else None
+        if stored is None:
+            return None
+        # the keys of a prepared rotation stay out of what public readers are handed
+        return StoredBundle(public_items(stored.items), stored.version)
 
     # -- locking ---------------------------------------------------------------------------
 

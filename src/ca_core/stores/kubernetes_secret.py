@@ -39,8 +39,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..bundle import ANCHORS, ISSUER_CHAIN, STORE_ITEMS
+from ..bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE, STORE_ITEMS
 from ..errors import BundleError, Unavailable
+from ..rotation import public_items
 from .base import StoredBundle
 from .files import FileNames
 
@@ -80,7 +81,7 @@ class KubernetesSecretBundleStore:
         self.request_timeout = request_timeout
         self.description = f"kubernetes://{namespace}/{secret}"
         self._keys = {item: key for item, key in self.names.mapping().items() if item in STORE_ITEMS}
-        self._public_keys = {ANCHORS: self._keys[ANCHORS], ISSUER_CHAIN: self._keys[ISSUER_CHAIN]}
+        self._public_keys = {i: self._keys[i] for i in (ANCHORS, ISSUER_CHAIN, ROTATION_STATE)}
         self._api_client = api_client
         self._core: Any = None
 
@@ -281,10 +282,9 @@ class KubernetesSecretBundleStore:
 
     def _public_data(self, stored: StoredBundle) -> dict[str, str] | None:
         try:
+            public = public_items(stored.items)
             return {
-                key: stored.items[item].decode("ascii")
-                for item, key in self._public_keys.items()
-                if item in stored.items
+                key: public[item].decode("ascii") for item, key in self._public_keys.items() if item in public
             }
         except UnicodeDecodeError:
             return None
@@ -304,9 +304,8 @@ class KubernetesSecretBundleStore:
                 if cm is not None:
                     data = cm.data or {}
                     annotations = cm.metadata.annotations or {}
-                    if all(data.get(k) == v for k, v in want.items()) and (
-                        annotations.get(VERSION_ANNOTATION) == stored.version
-                    ):
+                    mirrored = {k: data[k] for k in self._public_keys.values() if k in data}
+                    if mirrored == want and (annotations.get(VERSION_ANNOTATION) == stored.version):
                         return
                 current = self._read_secret("check the trust bundle's version")
                 if current is None or current.metadata.resource_version != stored.version:

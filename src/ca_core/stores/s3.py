@@ -19,8 +19,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from ..bundle import PUBLIC_ITEMS, STORE_ITEMS
+from ..bundle import STORE_ITEMS
 from ..errors import Unavailable
+from ..rotation import public_items
 from . import aws
 from .base import StoredBundle, decode_document, encode_document
 
@@ -115,7 +116,7 @@ class S3BundleStore:
         return r["ETag"]
 
     def _write_public(self, items: Mapping[str, bytes], etag: str) -> None:
-        public = {k: items[k] for k in PUBLIC_ITEMS if k in items}
+        public = public_items(items)
         try:
             self.client.put_object(
                 Bucket=self.bucket,
@@ -138,7 +139,7 @@ class S3BundleStore:
         except Unavailable as e:
             log.warning("%s", e)
             return
-        want = {k: stored.items[k] for k in PUBLIC_ITEMS if k in stored.items}
+        want = public_items(stored.items)
         if got is not None:
             try:
                 if decode_document(got[0], self.public_key) == want:

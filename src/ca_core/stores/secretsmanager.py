@@ -23,8 +23,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ..bundle import PUBLIC_ITEMS, STORE_ITEMS
+from ..bundle import STORE_ITEMS
 from ..errors import Unavailable
+from ..rotation import public_items
 from . import aws
 from .base import StoredBundle, decode_document, encode_document
 
@@ -160,7 +161,7 @@ class SecretsManagerBundleStore:
             log.debug("could not remove %s from %s: %s", PENDING, token, e)
 
     def _write_public(self, items: Mapping[str, bytes]) -> None:
-        text = encode_document({k: items[k] for k in PUBLIC_ITEMS if k in items})
+        text = encode_document(public_items(items))
         try:
             try:
                 self.client.put_secret_value(SecretId=self.public_id, SecretString=text)
@@ -180,7 +181,7 @@ class SecretsManagerBundleStore:
     def publish_public(self, stored: StoredBundle) -> None:
         """Repair ``NAME.public`` from ``stored`` (an accepted bundle) when it differs, only while
         AWSCURRENT is still ``stored.version``; failures are logged."""
-        want = {k: stored.items[k] for k in PUBLIC_ITEMS if k in stored.items}
+        want = public_items(stored.items)
         try:
             got = self._get(self.public_id, "read the public part of the trust bundle")
         except Unavailable as e:
