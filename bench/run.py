@@ -298,48 +298,55 @@ class LevelResult:
 
 
 def _grpc_caller(target: tuple):
-    """(call(item, thread), close, encode) for the CA: one TLS channel per process."""
+    """(call(item, thread), close, encode) for the CA: one TLS channel (connection) per load
+    thread, as many sidecars each hold their own. With --workers the kernel assigns each new
+    connection to a worker, so a handful of shared connections would measure its hashing luck."""
     from handlers import client
 
     _, port, anchors = target
-    chan = client.channel(f"localhost:{port}", anchors)
+    channels: dict[int, object] = {}
 
     def call(csr_pem: bytes, thread: int) -> None:
+        chan = channels.get(thread)
+        if chan is None:
+            chan = channels[thread] = client.channel(f"localhost:{port}", anchors)
         client.sign(chan, csr_pem, f"app-{thread}", "default")
 
-    return call, chan.close, lambda csr_pem: csr_pem
+    def close() -> None:
+        for chan in channels.values():
+            chan.close()
+
+    return call, close, lambda csr_pem: csr_pem
 
 
 def _cfssl_caller(target: tuple):
-    """(call(item, thread), close, encode) for CFSSL: one kept-alive HTTP/1.1 connection per
+    """(call(item, thread), close, encode) for CFSSL: one kept-alive HTTP/1.1 connection per load
     thread; a call fails unless the answer is 200 with ``"success":true``."""
     import http.client
 
     from cfssl_peer import SIGN_PATH, request_body
 
     _, port = target
-    local = threading.local()
-    opened: list[http.client.HTTPConnection] = []
+    connections: dict[int, http.client.HTTPConnection] = {}
     headers = {"Content-Type": "application/json"}
 
     def call(body: bytes, thread: int) -> None:
-        conn = getattr(local, "conn", None)
+        conn = connections.get(thread)
         if conn is None:
-            conn = local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            opened.append(conn)
+            conn = connections[thread] = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
             conn.request("POST", SIGN_PATH, body, headers)
             response = conn.getresponse()
             data = response.read()
         except (OSError, http.client.HTTPException):
             conn.close()
-            local.conn = None
+            del connections[thread]
             raise
         if response.status != 200 or b'"success":true' not in data:
             raise RuntimeError(f"cfssl answered {response.status}: {data[:200]!r}")
 
     def close() -> None:
-        for conn in opened:
+        for conn in connections.values():
             conn.close()
 
     return call, close, request_body
