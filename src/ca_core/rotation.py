@@ -89,9 +89,11 @@ from .certs import (
 )
 from .errors import BundleError, FailedPrecondition
 from .keys import KeyAlgorithm, PrivateKey, load_private_key, private_key_pem, public_key_der
+from .rotation_document import FORMAT, load_document
+from .rotation_document import prepared_not_after as prepared_not_after  # re-exported
+from .rotation_document import released_roots as released_roots  # re-exported
 from .spiffe_id import SpiffeId
 
-FORMAT = 1
 PREPARE_WITHIN = timedelta(days=30)  # prepare when less than min(lifetime/2, this) remains
 ACTIVATE_WITHIN = timedelta(days=7)  # activate when less than min(lifetime/6, this) remains
 DEFAULT_PROPAGATION_WINDOW = timedelta(hours=24)
@@ -750,18 +752,6 @@ class _Reader:
         return value
 
 
-def _load_document(raw: bytes, item: str) -> dict[str, Any]:
-    r = _Reader(item)
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise r.fail("is not JSON") from None
-    doc = r.obj(doc, "the document")
-    if doc.get("format") != FORMAT:
-        raise r.fail(f"has format {doc.get('format')!r}; this version reads format {FORMAT}")
-    return doc
-
-
 def parse_state(
     items: Mapping[str, bytes], bundle: TrustBundle, labels: Mapping[str, str] | None = None
 ) -> RotationState:
@@ -779,7 +769,7 @@ def parse_state(
         return EMPTY
     item = (labels or {}).get(ROTATION_STATE, ROTATION_STATE)
     r = _Reader(item)
-    doc = _load_document(raw, item)
+    doc = load_document(raw, item)
     root_doc = r.obj(doc.get("root") or {}, "root")
     issuer_doc = r.obj(doc.get("issuer") or {}, "issuer")
     root = active_root(bundle)
@@ -896,7 +886,7 @@ def public_state(raw: bytes) -> bytes | None:
     """``rotation.json`` without keys and prepared issuer chains (the store's public part), or
     None when ``raw`` is not a rotation state document."""
     try:
-        doc = _load_document(raw, ROTATION_STATE)
+        doc = load_document(raw, ROTATION_STATE)
     except BundleError:
         return None
     for section in ("root", "issuer"):
@@ -914,49 +904,6 @@ def public_items(items: Mapping[str, bytes]) -> dict[str, bytes]:
     if ROTATION_STATE in items and (reduced := public_state(items[ROTATION_STATE])) is not None:
         public[ROTATION_STATE] = reduced
     return public
-
-
-def prepared_not_after(raw: bytes | None, anchors: tuple[x509.Certificate, ...]) -> tuple[datetime, ...]:
-    """NotAfter of each prepared signing chain a rotation state (full or public) records, for
-    signing coverage (SPEC §9): a prepared root counts only while it is among ``anchors``, each
-    chain until its earliest NotAfter capped by its root's. Lenient: unreadable → ()."""
-    if not raw:
-        return ()
-    try:
-        doc = _load_document(raw, ROTATION_STATE)
-    except BundleError:
-        return ()
-    by_fp = {fingerprint(a): a for a in anchors}
-    out = []
-    for section, root_field in (("root", "sha256"), ("issuer", "root")):
-        prepared = doc.get(section, {}).get("prepared") if isinstance(doc.get(section), dict) else None
-        if not isinstance(prepared, dict):
-            continue
-        root = by_fp.get(str(prepared.get(root_field)))
-        try:
-            not_after = datetime.fromisoformat(str(prepared.get("not_after")))
-        except ValueError:
-            continue
-        if root is not None and not_after.tzinfo is not None:
-            out.append(min(not_after, root.not_valid_after_utc))
-    return tuple(out)
-
-
-def released_roots(items: Mapping[str, bytes]) -> frozenset[str]:
-    """Fingerprints of the roots a bundle's rotation state records as removed by rotation (for
-    ``bundle.check_trust_continuity``). Lenient: unreadable → empty."""
-    raw = items.get(ROTATION_STATE)
-    if not raw:
-        return frozenset()
-    try:
-        doc = _load_document(raw, ROTATION_STATE)
-    except BundleError:
-        return frozenset()
-    root = doc.get("root")
-    removed = root.get("removed") if isinstance(root, dict) else None
-    if not isinstance(removed, list):
-        return frozenset()
-    return frozenset(str(e["sha256"]) for e in removed if isinstance(e, dict) and "sha256" in e)
 
 
 def describe(state: RotationState, bundle: TrustBundle) -> list[str]:

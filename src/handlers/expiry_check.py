@@ -29,7 +29,7 @@ from cryptography import x509
 from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE
 from ca_core.errors import BundleError, CAError
 from ca_core.expiry import ExpiryReport, expiry_report
-from ca_core.rotation import prepared_not_after
+from ca_core.rotation_document import prepared_not_after
 from ca_core.stores import open_store
 
 from . import lambda_support as ls
