@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -93,6 +96,46 @@ def bundle_with_issuer_window(
         backdate=timedelta(0),
     )
     return TrustBundle((root,), (issuer,), issuer_key, root_key)
+
+
+SENTRYCA = str(Path(sys.executable).with_name("sentryca"))  # the CLI installed beside this Python
+
+
+def run_sentryca(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess:
+    """Run ``sentryca ARGS`` to completion; ``env``: variables added to this process's environment."""
+    return subprocess.run(
+        [SENTRYCA, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=os.environ | (env or {}),
+    )
+
+
+def wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+
+
+def reissued(bundle: TrustBundle, now: datetime, lifetime: timedelta = timedelta(days=200)) -> TrustBundle:
+    """The same root with a new issuer (what an operator's issuer renewal imports)."""
+    key = make_key()
+    issuer = generate_issuer(
+        bundle.trust_anchors[0],
+        bundle.root_key,
+        key,
+        SpiffeId("localhost", "default", "dapr-sentry"),
+        now,
+        lifetime=lifetime,
+    )
+    return TrustBundle(bundle.trust_anchors, (issuer,), key, bundle.root_key)
 
 
 def write_bundle(directory: Path, bundle: TrustBundle) -> None:

@@ -4,19 +4,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import EPHEMERAL_PORTS, make_bundle, run_openssl, snapshot, write_bundle
+from conftest import EPHEMERAL_PORTS, SENTRYCA, make_bundle, run_openssl, snapshot, write_bundle
+from conftest import run_sentryca as run
 from cryptography import x509
-
-SENTRYCA = str(Path(sys.executable).with_name("sentryca"))
-
-
-def run(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([SENTRYCA, *args], capture_output=True, text=True, timeout=60, check=False, **kw)
 
 
 @pytest.fixture

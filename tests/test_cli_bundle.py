@@ -5,30 +5,25 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import EPHEMERAL_PORTS, KUBE_NAMESPACE, TEST_BUCKET, make_bundle, snapshot, write_bundle
+from conftest import (
+    EPHEMERAL_PORTS,
+    KUBE_NAMESPACE,
+    SENTRYCA,
+    TEST_BUCKET,
+    make_bundle,
+    snapshot,
+    write_bundle,
+)
+from conftest import run_sentryca as run
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca_core.stores import open_store
-
-SENTRYCA = str(Path(sys.executable).with_name("sentryca"))
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [SENTRYCA, *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-        env=os.environ | (env or {}),
-    )
 
 
 def store_url(kind: str, tmp_path: Path) -> str:

@@ -3,17 +3,14 @@ what they wrote (SPEC §5, issue 6 item 5). Leaves are checked with OpenSSL and 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ca_config, make_bundle, make_csr, make_key, run_openssl
+from conftest import ca_config, make_bundle, make_csr, make_key, run_openssl, wait_for
+from conftest import run_sentryca as run
 from cryptography import x509
 from test_rotation import verifies
 
@@ -26,19 +23,7 @@ from ca_core.stores import FileBundleStore
 from handlers import client
 from handlers.server import CertificateAuthority
 
-SENTRYCA = str(Path(sys.executable).with_name("sentryca"))
 CA_ID = SpiffeId("localhost", "default", "dapr-sentry")
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [SENTRYCA, *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-        env=os.environ | (env or {}),
-    )
 
 
 def loaded(store_dir: Path):
@@ -214,14 +199,6 @@ class Signing(threading.Thread):
             self.last = (chain[1], resp.trust_chain_certificates[0])
             self.responses.append(resp)
             self.calls += 1
-
-
-def wait_for(condition, what: str, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def test_a_running_ca_picks_up_cli_rotations_without_a_failed_call(tmp_path):

@@ -5,8 +5,6 @@ import logging
 import os
 import socket
 import stat
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,19 +19,13 @@ from conftest import (
     snapshot,
     write_bundle,
 )
+from conftest import run_sentryca as run
 from cryptography.hazmat.primitives import serialization
 
 from ca_core.config import load_config
 from ca_core.errors import BundleError, ConfigError
 from handlers import client, composition
 from handlers.server import CertificateAuthority
-
-SENTRYCA = str(Path(sys.executable).with_name("sentryca"))
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([SENTRYCA, *args], capture_output=True, text=True, timeout=60, check=False)
-
 
 # --- INSECURE is never silently reachable from a network (SPEC §6) ---------------------------
 

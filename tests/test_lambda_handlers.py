@@ -11,11 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import aws_client, make_bundle, make_key
+from conftest import aws_client, make_bundle, reissued
 
 from ca_core.bundle import TrustBundle
-from ca_core.certs import generate_issuer
-from ca_core.spiffe_id import SpiffeId
 from ca_core.stores.s3 import S3BundleStore
 from ca_core.stores.secretsmanager import SecretsManagerBundleStore
 from handlers.local_invoke import apply_env_vars, invoke
@@ -56,20 +54,6 @@ def emitted(out: str) -> dict[str, list[tuple[str, tuple[str, ...], dict]]]:
 
 def log_lines(out: str) -> list[dict]:
     return [json.loads(x) for x in out.splitlines() if x.startswith("{") and '"_aws"' not in x]
-
-
-def reissued(bundle: TrustBundle, now: datetime, lifetime: timedelta = timedelta(days=200)) -> TrustBundle:
-    """The same root with a new issuer (what an operator's issuer renewal imports)."""
-    key = make_key()
-    issuer = generate_issuer(
-        bundle.trust_anchors[0],
-        bundle.root_key,
-        key,
-        SpiffeId("localhost", "default", "dapr-sentry"),
-        now,
-        lifetime=lifetime,
-    )
-    return TrustBundle(bundle.trust_anchors, (issuer,), key, bundle.root_key)
 
 
 @pytest.fixture

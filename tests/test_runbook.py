@@ -25,6 +25,7 @@ from conftest import (
     make_bundle,
     make_csr,
     make_key,
+    wait_for,
 )
 from cryptography import x509
 from test_rotation import verifies
@@ -76,14 +77,6 @@ def sh(name: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     )
     assert r.returncode == 0, f"runbook block {name!r} failed:\n{r.stdout}\n{r.stderr}"
     return r
-
-
-def wait_for(condition, what: str, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def test_every_sh_block_of_the_runbook_is_marked_and_run_by_a_test():

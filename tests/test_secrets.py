@@ -9,11 +9,10 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import EPHEMERAL_PORTS, ca_config, make_csr
+from conftest import EPHEMERAL_PORTS, SENTRYCA, ca_config, make_csr
 from jwks_server import SigningKey, claims, jwks
 from kube_api_server import KubeApiServer
 from test_validators_kubernetes import Cluster
@@ -22,7 +21,6 @@ from ca_core.config import JwksSettings
 from handlers import client
 from handlers.server import CertificateAuthority
 
-SENTRYCA = str(Path(sys.executable).with_name("sentryca"))
 SUB = "spiffe://public/ns/prod/orders"
 AUD = "spiffe://localhost/ns/default/dapr-sentry"
 

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ca_config, make_csr
+from conftest import SENTRYCA, ca_config, make_csr
 from jwks_server import JwksServer, SigningKey, claims, jwks
 from kube_api_server import KubeApiServer
 from test_validators_kubernetes import Cluster
@@ -27,7 +26,6 @@ from ca_core.validators import TokenValidatorKind
 from handlers import client
 from handlers.composition import build_validators
 
-SENTRYCA = str(Path(sys.executable).with_name("sentryca"))
 INSECURE, KUBERNETES, JWKS = 1, 2, 3
 
 

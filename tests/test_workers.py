@@ -13,13 +13,11 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import make_csr, make_key, snapshot
+from conftest import make_csr, reissued, snapshot
 from cryptography import x509
 from test_validators_e2e import Served, serve
 
-from ca_core.bundle import TrustBundle, parse_bundle
-from ca_core.certs import generate_issuer
-from ca_core.spiffe_id import SpiffeId
+from ca_core.bundle import parse_bundle
 from ca_core.stores import FileBundleStore
 from handlers import client
 
@@ -127,18 +125,8 @@ def test_every_worker_applies_a_new_bundle_from_the_store(two_workers):
     ca = two_workers
     store = FileBundleStore(ca.creds)
     stored = store.load()
-    old = parse_bundle(stored.items)
-    now = datetime.now(UTC)
-    key = make_key()
-    issuer = generate_issuer(
-        old.trust_anchors[0],
-        old.root_key,
-        key,
-        SpiffeId("localhost", "default", "dapr-sentry"),
-        now,
-        lifetime=timedelta(days=100),
-    )
-    new = TrustBundle(old.trust_anchors, (issuer,), key, old.root_key)
+    new = reissued(parse_bundle(stored.items), datetime.now(UTC), lifetime=timedelta(days=100))
+    issuer = new.issuer
     assert store.replace(new.to_items(), stored.version)
     deadline = time.monotonic() + 60
     while True:
