@@ -36,7 +36,12 @@ def sam_build(out: Path, function: str, **env: str) -> Path:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "SAM_CLI_TELEMETRY": "0", "PYTHON": sys.executable, **env},
+        env={
+            **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},  # as on most machines
+            "SAM_CLI_TELEMETRY": "0",
+            "PYTHON": sys.executable,
+            **env,
+        },
         timeout=600,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

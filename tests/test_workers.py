@@ -4,20 +4,22 @@ killed worker, a new bundle in the store, SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import ssl
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import make_csr, reissued, snapshot
+from conftest import bundle_with_issuer_window, make_csr, reissued, run_sentryca, snapshot, write_bundle
 from cryptography import x509
 from test_validators_e2e import Served, serve
 
-from ca_core.bundle import parse_bundle
+from ca_core.bundle import TrustBundle, parse_bundle
 from ca_core.stores import FileBundleStore
 from handlers import client
 
@@ -138,6 +140,8 @@ def test_every_worker_applies_a_new_bundle_from_the_store(two_workers):
         time.sleep(0.2)
     leaves = sign_on_fresh_connections(ca, 10)
     assert {leaf.issuer for leaf in leaves} == {issuer.subject}
+    # every worker saw the change; it is counted once
+    assert metric(ca.metrics(), "dapr_sentry_issuercert_changed_total") == 1
 
 
 def test_a_bundle_the_workers_refuse_stops_the_start_with_the_reason(tmp_path):
@@ -165,3 +169,71 @@ def test_one_worker_per_cpu_respects_a_cgroup_quota(tmp_path, cpu_max, expected)
     got = worker_count(load_config({"workers": "0"}, {}), str(path))
     assert got == (min(cpus, expected) if expected else cpus)
     assert worker_count(load_config({"workers": "3"}, {}), str(path)) == 3
+
+
+def test_the_port_stays_this_cas_and_a_second_ca_cannot_share_it(two_workers, tmp_path):
+    ca = two_workers
+    for workers in ("2", "1"):
+        other = tmp_path / f"other-{workers}"
+        other.mkdir()
+        with pytest.raises(AssertionError, match=rf"cannot listen on 127\.0\.0\.1:{ca.port}"):
+            serve(other, "--mode", "standalone", "--workers", workers, "--port", str(ca.port))
+    assert len(sign_on_fresh_connections(ca, 2)) == 2
+
+
+def test_a_hung_worker_is_killed_and_started_again(two_workers):
+    ca = two_workers
+    first, second = worker_pids(ca)
+    os.kill(first, signal.SIGSTOP)  # alive, but answers nothing
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            status, body = ca.healthz()
+            pids = [w["pid"] for w in body["workers"]]
+            if status == 200 and first not in pids:
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(0.5)
+    finally:
+        if alive(first):
+            os.kill(first, signal.SIGKILL)
+    assert second in pids and body["worker_restarts"] == 1
+    assert len(sign_on_fresh_connections(ca, 4)) == 4
+
+
+def test_workers_start_with_an_expired_issuer_not_ready_until_it_is_rotated(tmp_path):
+    now = datetime.now(UTC)
+    creds = tmp_path / "creds"
+    write_bundle(creds, bundle_with_issuer_window(now - timedelta(days=30), now - timedelta(days=1), now))
+    ca = serve(tmp_path, "--mode", "standalone", "--workers", "2", "--store-poll-interval", "200ms")
+    try:
+        status, body = ca.healthz()
+        assert status == 503 and len(body["workers"]) == 2
+        assert all("expired" in json.dumps(w["details"]) for w in body["workers"]), body
+        alive_body = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ca.healthz_port}/livez").read())
+        assert alive_body["alive"] and alive_body["workers_alive"] == 2
+        r = run_sentryca("rotate", "issuer", "--issuer-credentials", str(creds))
+        assert r.returncode == 0, r.stderr
+        ca.wait_ready(60)
+        assert len(sign_on_fresh_connections(ca, 4)) == 4
+    finally:
+        ca.stop()
+
+
+def test_workers_without_grpc_start_and_say_why(tmp_path):
+    """An expired issuer and no root key: no server certificate, so no gRPC (as one CA would);
+    the supervisor still starts and its /healthz names the problem."""
+    now = datetime.now(UTC)
+    expired = bundle_with_issuer_window(now - timedelta(days=30), now - timedelta(days=1), now)
+    write_bundle(
+        tmp_path / "creds", TrustBundle(expired.trust_anchors, expired.issuer_chain, expired.issuer_key)
+    )
+    ca = serve(tmp_path, "--mode", "standalone", "--workers", "2")
+    try:
+        status, body = ca.healthz()
+        assert status == 503 and [w["alive"] for w in body["workers"]] == [True, True], body
+        assert all("expired" in json.dumps(w["details"]) for w in body["workers"]), body
+        assert all(w["details"]["grpc"] != f"serving on port {ca.port}" for w in body["workers"]), body
+    finally:
+        log = ca.stop()
+    assert ca.proc.returncode == 0, log

@@ -32,10 +32,21 @@ def bounded_reason(reason: str) -> str:
     return reason if _REASON.fullmatch(reason) else "other"
 
 
-class Metrics:
-    """The CA's metrics. ``registry`` is private to this instance (tests run several CAs)."""
+class _NotCounted:
+    """Stands for a counter another worker process keeps (see Metrics ``count_shared_events``)."""
 
-    def __init__(self) -> None:
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+
+class Metrics:
+    """The CA's metrics. ``registry`` is private to this instance (tests run several CAs).
+
+    count_shared_events: False in all but one of several worker processes (``--workers``),
+    whose counters are summed: events every worker sees alike (the issuer changed, a bundle
+    version refused) are then counted once, by the one worker that counts them."""
+
+    def __init__(self, count_shared_events: bool = True) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.sign_received = Counter(
@@ -100,6 +111,9 @@ class Metrics:
             "Renewals of the CA's own server certificate (at half its lifetime)",
             registry=r,
         )
+
+        if not count_shared_events:
+            self.issuer_changed = self.bundle_change_refused = _NotCounted()  # type: ignore[assignment]
 
     def count_failure(self, category: str, reason: str) -> None:
         """Count one failed sign request. ``category``: one of CATEGORIES; ``reason``: a code label."""

@@ -153,10 +153,12 @@ class CertificateAuthority:
         *,
         reuse_port: bool = False,
         http_address: str | None = None,
+        count_shared_events: bool = True,
     ) -> None:
         """``reuse_port``: bind the gRPC port with SO_REUSEPORT (the worker processes of
         ``handlers.workers`` share one port); ``http_address``: bind /healthz and /metrics there
-        instead of ``--listen-address`` (a worker's, reached only by its supervisor)."""
+        instead of ``--listen-address`` (a worker's, reached only by its supervisor);
+        ``count_shared_events``: see :class:`~handlers.metrics.Metrics`."""
         self._clock = clock
         self._reuse_port = reuse_port
         self._http_address = http_address
@@ -177,7 +179,7 @@ class CertificateAuthority:
         self._renew_retry_at: datetime | None = None
         self._next_store_poll = 0.0  # time.monotonic() of the next store poll
         self._refused_version: str | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(count_shared_events)
         self.grpc_port: int | None = None
         self.healthz_port: int | None = None
         self.metrics_port: int | None = None

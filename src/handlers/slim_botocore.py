@@ -37,15 +37,17 @@ from pathlib import Path
 from typing import Any
 
 # What the functions and stores call, plus what botocore's own credential providers create
-# clients for (sts for assume-role/web identity, sso, sso-oidc). None: every operation.
+# clients for (sts for assume-role/web identity, sso, sso-oidc, signin). None: every operation.
 OPERATIONS: dict[str, tuple[str, ...] | None] = {
-    "s3": ("GetObject", "HeadObject", "ListObjectVersions", "PutObject"),
+    # HeadBucket: botocore's region redirector asks it when a wrong-region answer names no region
+    "s3": ("GetObject", "HeadBucket", "HeadObject", "ListObjectVersions", "PutObject"),
     "ssm": ("GetParameter",),
     "ecs": ("UpdateService",),
     "secretsmanager": None,
     "sts": None,
     "sso": None,
     "sso-oidc": None,
+    "signin": None,
 }
 SERVICES = tuple(OPERATIONS)
 PROSE_KEYS = frozenset({"documentation", "documentationUrl"})

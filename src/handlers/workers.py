@@ -50,7 +50,10 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 120.0  # seconds for a worker to load the bundle and serve (store retries included)
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0  # seconds before restarting a worker that exited
-PROBE_TIMEOUT = 2.0  # seconds for a worker's /healthz answer
+PROBE_TIMEOUT = 1.0  # seconds for a worker's /healthz or /livez answer (all asked at once)
+PROBE_EVERY = 5.0  # seconds between liveness probes of the workers
+MAX_MISSED_PROBES = 3  # a worker that misses this many in a row is killed and started again
+LOOP_STALL = 30.0  # seconds without a supervision pass before /livez fails
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -74,7 +77,9 @@ def worker_count(config: Config, cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max")
 
 
 def _worker_main(config: Config, index: int, conn: Connection) -> None:
-    """A worker process: run one CA until SIGTERM or until the supervisor goes away."""
+    """A worker process: run one CA until SIGTERM or until the supervisor goes away. Worker 0
+    alone counts the events every worker sees alike (issuer changed, bundle refused), so the
+    summed metrics count each once."""
     from .logs import setup_logging
     from .server import CertificateAuthority
 
@@ -82,13 +87,14 @@ def _worker_main(config: Config, index: int, conn: Connection) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     setup_logging(config.log_level, config.log_as_json)
-    ca = CertificateAuthority(reuse_port=True, http_address="127.0.0.1")
+    ca = CertificateAuthority(reuse_port=True, http_address="127.0.0.1", count_shared_events=index == 0)
     try:
         ca.start(config)
     except CAError as e:
         log.critical("worker %d cannot start the CA: %s", index, e)
         conn.send({"error": str(e)})
         raise SystemExit(1) from None
+    # grpc_port None: the CA runs without gRPC (e.g. an expired issuer) and its /healthz says why
     conn.send({"pid": os.getpid(), "grpc_port": ca.grpc_port, "healthz_port": ca.healthz_port})
 
     def supervisor_gone() -> None:
@@ -110,13 +116,15 @@ class _Worker:
     conn: Connection
     pid: int | None = None
     healthz_port: int | None = None
+    serving: bool = False  # reported ready to serve (gRPC, or its /healthz saying why not)
     started_at: float = field(default_factory=time.monotonic)
+    missed_probes: int = 0
 
 
 class Supervisor:
     """Runs ``worker_count(config)`` CA worker processes on one gRPC port; see the module doc.
 
-    ``start()`` returns once every worker serves (raises CAError naming the first failure,
+    ``start()`` returns once every worker has started (raises CAError naming the first failure,
     with nothing left running); ``run(stop)`` supervises until ``stop`` is set; ``stop()``.
     """
 
@@ -128,7 +136,9 @@ class Supervisor:
         self._http: list[HttpEndpoints] = []
         self._multiproc_dir: str | None = None
         self._worker_config: Config | None = None
+        self._port_holder: socket.socket | None = None
         self._restarts = 0
+        self._heartbeat = time.monotonic()
         self._lock = threading.Lock()
         self.grpc_port: int | None = None
         self.healthz_port: int | None = None
@@ -146,23 +156,18 @@ class Supervisor:
                 f"(TMPDIR, e.g. an emptyDir on /tmp): {e}"
             ) from None
         os.environ[MULTIPROC_ENV] = self._multiproc_dir  # inherited by the spawned workers
-        reservation = None
         try:
-            port = cfg.port
-            if port == 0:  # one free port for all workers, held until they listen on it
-                reservation, port = _reserve_port(cfg.listen_address)
+            self._port_holder, port = _hold_port(cfg.listen_address, cfg.port)
             self._worker_config = cfg.with_changes(port=port, healthz_port=0, enable_metrics=False)
             pending = [self._spawn(i) for i in range(self.count)]
+            deadline = time.monotonic() + START_TIMEOUT
             for worker in pending:
-                self._await_ready(worker)
+                self._await_start(worker, deadline)
             self.grpc_port = port
             self._serve_http()
         except BaseException:
             self.stop(grace=0)
             raise
-        finally:
-            if reservation is not None:
-                reservation.close()
         log.info(
             "supervisor: %d CA workers serving gRPC %s:%s (TLS, SO_REUSEPORT), healthz :%s%s",
             self.count,
@@ -173,36 +178,68 @@ class Supervisor:
         )
 
     def run(self, stop: threading.Event) -> None:
-        """Supervise until ``stop`` is set: restart workers that exit (with backoff)."""
+        """Supervise until ``stop`` is set: start again (with backoff) a worker that exits, fails
+        to start in time, or stops answering its liveness probe; never blocks on one worker."""
         backoff: dict[int, float] = {}
         restart_at: dict[int, float] = {}
+        next_probe = time.monotonic() + PROBE_EVERY
         while not stop.is_set():
-            sentinels = [w.process.sentinel for w in self._workers if w.process.is_alive()]
-            wait(sentinels, timeout=0.2) if sentinels else stop.wait(0.2)
+            self._heartbeat = now = time.monotonic()
+            with self._lock:
+                workers = list(self._workers)
+            waiting = [w.process.sentinel for w in workers if w.process.is_alive()]
+            waiting += [w.conn for w in workers if not w.serving and not w.conn.closed]
+            wait(waiting, timeout=0.2) if waiting else stop.wait(0.2)
             now = time.monotonic()
-            for i, worker in enumerate(list(self._workers)):
+            for worker in workers:
                 if stop.is_set():
                     return
-                if worker.process.is_alive() or i in restart_at:
+                i = worker.index
+                if i in restart_at:
                     continue
-                code = worker.process.exitcode
-                self._forget(worker)
+                problem = self._check(worker, now)
+                if problem is None:
+                    continue
+                self._retire(worker)
                 # a worker that served for a minute earns a fresh backoff
-                delay = BACKOFF_FIRST if now - worker.started_at > 60 else backoff.get(i, BACKOFF_FIRST)
+                if worker.serving and now - worker.started_at > 60:
+                    backoff[i] = BACKOFF_FIRST
+                delay = backoff.get(i, BACKOFF_FIRST)
                 backoff[i] = min(BACKOFF_MAX, delay * 2)
                 restart_at[i] = now + delay
-                log.error(
-                    "worker %d (pid %s) exited with %s; restarting it in %.0f s", i, worker.pid, code, delay
-                )
+                log.error("worker %d (pid %s) %s; starting it again in %.0f s", i, worker.pid, problem, delay)
             for i, at in list(restart_at.items()):
                 if now >= at and not stop.is_set():
                     del restart_at[i]
-                    try:
-                        self._await_ready(self._spawn(i))
-                        self._restarts += 1
-                        log.info("worker %d restarted (pid %s)", i, self._workers[i].pid)
-                    except CAError as e:
-                        log.error("worker %d did not start again: %s", i, e)
+                    self._spawn(i)
+                    self._restarts += 1
+            if now >= next_probe:
+                next_probe = now + PROBE_EVERY
+                self._probe_liveness()
+
+    def _check(self, worker: _Worker, now: float) -> str | None:
+        """None while ``worker`` is fine (or still starting in time), else what is wrong."""
+        if not worker.serving:
+            if worker.conn.poll():
+                try:
+                    message = worker.conn.recv()
+                except (EOFError, OSError):
+                    return f"exited ({worker.process.exitcode}) before serving"
+                if "error" in message:
+                    return f"could not start: {message['error']}"
+                self._started(worker, message)
+                log.info("worker %d started again (pid %s)", worker.index, worker.pid)
+                return None
+            if not worker.process.is_alive():
+                return f"exited ({worker.process.exitcode}) before serving"
+            if now - worker.started_at > START_TIMEOUT:
+                return f"did not start within {START_TIMEOUT:.0f} s"
+            return None
+        if not worker.process.is_alive():
+            return f"exited with {worker.process.exitcode}"
+        if worker.missed_probes >= MAX_MISSED_PROBES:
+            return f"did not answer {worker.missed_probes} liveness probes in a row"
+        return None
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop every worker (SIGTERM: each drains for ``grace`` s), then the HTTP endpoints."""
@@ -222,6 +259,9 @@ class Supervisor:
         for endpoint in self._http:
             endpoint.stop()
         self._http.clear()
+        if self._port_holder is not None:
+            self._port_holder.close()
+            self._port_holder = None
         if self._multiproc_dir:
             shutil.rmtree(self._multiproc_dir, ignore_errors=True)
             if os.environ.get(MULTIPROC_ENV) == self._multiproc_dir:
@@ -249,29 +289,54 @@ class Supervisor:
                 self._workers.append(worker)
         return worker
 
-    def _await_ready(self, worker: _Worker) -> None:
-        if not worker.conn.poll(START_TIMEOUT):
-            raise CAError(f"worker {worker.index} did not start serving within {START_TIMEOUT:.0f} s")
+    def _await_start(self, worker: _Worker, deadline: float) -> None:
+        """Block until ``worker`` reports (the first start only). Raises CAError when it fails
+        or misses ``deadline``."""
+        if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+            raise CAError(f"worker {worker.index} did not start within {START_TIMEOUT:.0f} s")
         try:
             message = worker.conn.recv()
         except EOFError:
             worker.process.join(5)
-            raise CAError(
-                f"worker {worker.index} exited ({worker.process.exitcode}) before serving"
-            ) from None
+            code = worker.process.exitcode
+            raise CAError(f"worker {worker.index} exited ({code}) before serving") from None
         if "error" in message:
             raise CAError(message["error"])
-        if message["grpc_port"] is None:
-            raise CAError(f"worker {worker.index} started without gRPC (see its log)")
-        worker.pid, worker.healthz_port = message["pid"], message["healthz_port"]
+        self._started(worker, message)
 
-    def _forget(self, worker: _Worker) -> None:
-        """A worker has exited: drop its live gauges from the aggregated metrics."""
-        if worker.pid is not None:
+    def _started(self, worker: _Worker, message: dict[str, Any]) -> None:
+        worker.pid, worker.healthz_port, worker.serving = message["pid"], message["healthz_port"], True
+        worker.started_at = time.monotonic()
+        if message["grpc_port"] is None:
+            log.error(
+                "worker %d runs without gRPC: its /healthz says why (in the supervisor's)", worker.index
+            )
+
+    def _retire(self, worker: _Worker) -> None:
+        """``worker`` is done with: make sure its process is gone, drop its live gauges."""
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join(5)
+        pid = worker.pid or worker.process.pid
+        if pid is not None and self._multiproc_dir:
             from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(worker.pid, self._multiproc_dir)
+            multiprocess.mark_process_dead(pid, self._multiproc_dir)
         worker.conn.close()
+
+    def _probe_liveness(self) -> None:
+        """Ask every serving worker's /livez at once; count the ones that do not answer."""
+        with self._lock:
+            serving = [w for w in self._workers if w.serving and w.process.is_alive()]
+        answers = _probe_all(serving, "/livez")
+        for worker, answer in zip(serving, answers, strict=True):
+            worker.missed_probes = 0 if answer.get("ready") else worker.missed_probes + 1
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The process ids of the workers serving now."""
+        with self._lock:
+            return [w.pid for w in self._workers if w.pid is not None and w.process.is_alive()]
 
     # --- HTTP: readiness, liveness, metrics for all workers ----------------------------------
 
@@ -293,24 +358,28 @@ class Supervisor:
             self._http.append(metrics)
             self.metrics_port = metrics.port
 
-    @property
-    def worker_pids(self) -> list[int]:
-        """The process ids of the workers serving now."""
-        with self._lock:
-            return [w.pid for w in self._workers if w.pid is not None and w.process.is_alive()]
-
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when every worker answers its /healthz with 200; the body lists each."""
+        """Ready when every worker answers its /healthz with 200 (asked all at once, within
+        PROBE_TIMEOUT); the body lists each."""
         with self._lock:
             workers = list(self._workers)
-        details = [_probe(w) for w in workers]
+        details = _probe_all(workers, "/healthz")
         ready = len(details) == self.count and all(d["ready"] for d in details)
         return ready, {"ready": ready, "workers": details, "worker_restarts": self._restarts}
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """Alive while the supervision loop runs (it has looked at its workers within
+        LOOP_STALL seconds); a crash-looping worker shows in /healthz, not here."""
         with self._lock:
             alive = sum(1 for w in self._workers if w.process.is_alive())
-        return True, {"alive": True, "workers_alive": alive, "workers": self.count}
+        stalled = time.monotonic() - self._heartbeat
+        ok = stalled < LOOP_STALL
+        return ok, {
+            "alive": ok,
+            "workers_alive": alive,
+            "workers": self.count,
+            "loop_stalled_s": round(stalled, 1),
+        }
 
     def exposition(self) -> bytes:
         """Every worker's metrics, aggregated (prometheus-client multiprocess mode)."""
@@ -321,11 +390,37 @@ class Supervisor:
         return generate_latest(registry)
 
 
-def _probe(worker: _Worker) -> dict[str, Any]:
+def _probe_all(workers: list[_Worker], path: str) -> list[dict[str, Any]]:
+    """``_probe`` of every worker concurrently; the whole takes at most about PROBE_TIMEOUT."""
+    if not workers:
+        return []
+    results: list[dict[str, Any]] = [{} for _ in workers]
+
+    def one(i: int) -> None:
+        results[i] = _probe(workers[i], path)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(workers))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + PROBE_TIMEOUT + 0.5
+    for i, t in enumerate(threads):
+        t.join(max(0.0, deadline - time.monotonic()))
+        if not results[i]:
+            results[i] = {
+                "worker": workers[i].index,
+                "pid": workers[i].pid,
+                "ready": False,
+                "error": "no answer",
+            }
+    return results
+
+
+def _probe(worker: _Worker, path: str) -> dict[str, Any]:
+    """GET ``path`` (/healthz or /livez) of ``worker``'s loopback HTTP endpoint: ready when 200."""
     out: dict[str, Any] = {"worker": worker.index, "pid": worker.pid, "alive": worker.process.is_alive()}
     if not out["alive"] or worker.healthz_port is None:
-        return {**out, "ready": False}
-    url = f"http://127.0.0.1:{worker.healthz_port}/healthz"
+        return {**out, "ready": False, "error": "starting" if out["alive"] else "not running"}
+    url = f"http://127.0.0.1:{worker.healthz_port}{path}"
     try:
         # a fixed http://127.0.0.1 URL: the worker's own /healthz
         with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as r:  # nosec B310
@@ -336,11 +431,18 @@ def _probe(worker: _Worker) -> dict[str, Any]:
         return {**out, "ready": False, "error": f"no answer from the worker's /healthz: {e}"}
 
 
-def _reserve_port(address: str) -> tuple[socket.socket, int]:
-    """A bound (not listening) SO_REUSEPORT socket on a free port of ``address``, and the port:
-    the workers bind the same port while it is held, and nothing else can take it meanwhile."""
+def _hold_port(address: str, port: int) -> tuple[socket.socket, int]:
+    """A socket bound to ``(address, port)`` (0: a free port) without SO_REUSEPORT, so binding
+    fails when anything else holds the port (another CA, another supervisor), then marked
+    SO_REUSEPORT so the workers can join it. Held, not listening (it takes no connections), for
+    the supervisor's life: the port stays this CA's even while every worker restarts. Returns
+    (socket, port); raises CAError when the port is taken."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.bind((address, port))
+    except OSError as e:
+        s.close()
+        raise CAError(f"cannot listen on {address}:{port}: {e.strerror}") from None
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    s.bind((address, 0))
     return s, s.getsockname()[1]
