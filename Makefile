@@ -80,9 +80,10 @@ sam-build: $(TOOLS)/.installed | $(VENV)/bin/python
 	PYTHON="$(abspath $(PY))" $(TOOLS)/bin/sam build --template template.yaml
 
 ## sam-invoke: sam build + sam local invoke (the invoke needs a container runtime)
-sam-invoke: sam-build
+sam-invoke: $(TOOLS)/.installed
 	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make sam-invoke FN=<LogicalId> EVENT=events/<file>"; exit 2; }
 	@docker info >/dev/null 2>&1 || { echo "sam local invoke needs a running container runtime (docker); use make invoke"; exit 1; }
+	$(MAKE) sam-build
 	$(TOOLS)/bin/sam local invoke $(FN) --event $(EVENT) --env-vars events/env.json
 
 ## proto: regenerate the gRPC code from proto/ (commit the result)

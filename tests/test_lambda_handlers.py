@@ -357,6 +357,25 @@ def test_make_invoke_runs_the_template_handler_with_env_json(tmp_path, monkeypat
     assert bad.returncode == 2 and "ExpiryCheckFunction" in bad.stderr
 
 
+def test_make_invoke_names_an_unreadable_event_without_a_traceback(tmp_path):
+    from handlers import local_invoke
+
+    (tmp_path / "broken.json").write_text("{not json")
+    for event, says in (
+        (tmp_path / "absent.json", "cannot read the event"),
+        (tmp_path / "broken.json", "not JSON"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "handlers.local_invoke", "ExpiryCheckFunction", str(event)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert local_invoke.main(["--env-vars", str(tmp_path / "broken.json"), "ExpiryCheckFunction", "x"]) == 2
+
+
 def test_env_json_fills_only_unset_variables():
     environ = {"SENTRY_TRUST_BUNDLE_STORE": "file://mine"}
     apply_env_vars(EVENTS / "env.json", "ConfigChangeFunction", environ)

@@ -41,8 +41,15 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r} (use true or false)")
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+
+
 def _port(text: str) -> int:
-    n = int(text)
+    n = _integer(text)
     if not 0 <= n <= 65535:
         raise ValueError(f"port {n} is out of range 0-65535")
     return n
@@ -52,21 +59,24 @@ MAX_WORKERS = 64
 
 
 def _workers(text: str) -> int:
-    n = int(text)
+    n = _integer(text)
     if not 0 <= n <= MAX_WORKERS:
         raise ValueError(f"{n} must be between 0 (one per CPU) and {MAX_WORKERS}")
     return n
 
 
 def _positive_int(text: str) -> int:
-    n = int(text)
+    n = _integer(text)
     if n < 1:
         raise ValueError(f"{n} must be at least 1")
     return n
 
 
 def _rate(text: str) -> float:
-    v = float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
     if not 0 <= v < float("inf"):
         raise ValueError(f"{text!r} must be a number of requests per second, 0 or more (0: no limit)")
     return v

@@ -45,7 +45,9 @@ ROTATION_FLAGS = (
     "log-level",
     "log-as-json",
 )
-_LOCAL_OR_ANY = ("127.0.0.1", "0.0.0.0", "::", "::1")  # noqa: S104  # nosec B104: compared, never bound
+# compared with --listen-address, never bound
+_ANY_V4 = "0.0.0.0"  # noqa: S104  # nosec B104
+_LOCAL_OR_ANY = ("127.0.0.1", _ANY_V4, "::", "::1")
 
 
 def _read_text(path: str) -> str:

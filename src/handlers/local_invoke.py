@@ -51,7 +51,9 @@ _CfnLoader.add_multi_constructor("!", _intrinsic)
 
 def load_template(path: str | Path) -> dict[str, Any]:
     """``template.yaml`` as plain data (intrinsics as their JSON long forms)."""
-    return yaml.load(Path(path).read_text(), Loader=_CfnLoader)  # noqa: S506  # nosec B506: a SafeLoader subclass
+    text = Path(path).read_text()
+    # _CfnLoader is a SafeLoader subclass: no arbitrary objects
+    return yaml.load(text, Loader=_CfnLoader)  # noqa: S506  # nosec B506
 
 
 def function_handler(template: dict[str, Any], logical_id: str) -> str:
@@ -121,8 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("logical_id")
     parser.add_argument("event")
     args = parser.parse_args(argv)
-    apply_env_vars(args.env_vars, args.logical_id)
-    event = json.loads(Path(args.event).read_text())
+    try:
+        apply_env_vars(args.env_vars, args.logical_id)
+    except (OSError, ValueError) as e:
+        print(f"make invoke: cannot read the variables file {args.env_vars}: {e}", file=sys.stderr)
+        return 2
+    try:
+        event = json.loads(Path(args.event).read_text())
+    except OSError as e:
+        print(f"make invoke: cannot read the event {args.event}: {e.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"make invoke: the event {args.event} is not JSON: {e}", file=sys.stderr)
+        return 2
     try:
         result = invoke(args.logical_id, event, args.template)
     except KeyError as e:

@@ -406,10 +406,12 @@ class CertificateAuthority:
             port = server.add_secure_port(address, creds)
         except RuntimeError as e:
             server.stop(0)
-            raise CAError(f"cannot listen on {address}: {e}") from None
+            raise CAError(f"cannot listen on {address}: {_bind_problem(cfg) or e}") from None
         if port == 0:
             server.stop(0)
-            raise CAError(f"cannot listen on {address}: address in use or unavailable")
+            raise CAError(
+                f"cannot listen on {address}: {_bind_problem(cfg) or 'address in use or unavailable'}"
+            )
         server.start()
         return server, port, health, limiter
 
@@ -827,6 +829,20 @@ def _group_port(group: str, cfg: Config) -> int | None:
     if group == "healthz":
         return cfg.healthz_port
     return cfg.metrics_port if cfg.enable_metrics else None
+
+
+def _bind_problem(cfg: Config) -> str | None:
+    """Why the gRPC address cannot be bound, in the system's words (gRPC's own error says only
+    "Failed to bind"), or None when a plain bind works now."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in cfg.listen_address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((cfg.listen_address, cfg.port))
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def _host_port(host: str, port: int) -> str:
