@@ -549,6 +549,24 @@ class LoadGenerator:
             p.join(timeout=10)
 
 
+def process_tree(pids: list[int]) -> list[int]:
+    """``pids`` and all their descendants (e.g. multiprocessing's resource tracker), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.append(pid)
+            todo += children.get(pid, [])
+    return out
+
+
 def memory_kib(pids: list[int], field: str) -> int:
     """Sum of ``field`` (``VmRSS`` now, ``VmHWM`` peak) over ``pids``, in KiB, from /proc."""
     total = 0
@@ -641,13 +659,8 @@ def drive(
             rate = fraction * best
             csrs_each = math.ceil(rate * (warmup + duration) * 1.2 / client_processes) + open_threads
             opened.append(gen.run_level(open_threads, warmup, duration, csrs_each, pids, rate=rate))
-        return Run(
-            name,
-            out,
-            opened,
-            memory_kib(pids, "VmHWM") / 1024,
-            memory_kib(pids, "VmRSS") / 1024,
-        )
+        tree = process_tree(pids)  # every server process, helpers included
+        return Run(name, out, opened, memory_kib(tree, "VmHWM") / 1024, memory_kib(tree, "VmRSS") / 1024)
     finally:
         gen.close()
 
@@ -737,11 +750,11 @@ def soak(args, warmup: float) -> dict[str, object]:
                 signed += level.completed
                 if level.errors:
                     raise RuntimeError(f"{level.errors} failed calls during the soak")
-                samples.append((signed, memory_kib(pids, "VmRSS") / 1024))
+                samples.append((signed, memory_kib(process_tree(pids), "VmRSS") / 1024))
                 print(f"  {signed:>8} signs: {samples[-1][1]:7.1f} MiB", file=sys.stderr, flush=True)
         finally:
             gen.close()
-        peak = memory_kib(pids, "VmHWM") / 1024
+        peak = memory_kib(process_tree(pids), "VmHWM") / 1024
     first = samples[min(1, len(samples) - 1)][1]  # after the first stretch: caches warm
     last = samples[-1][1]
     return {

@@ -60,17 +60,17 @@ def _config(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .logs import setup_logging
-    from .server import CertificateAuthority
+    from .workers import Supervisor, worker_count
 
     cfg = _config(args)
     setup_logging(cfg.log_level, cfg.log_as_json)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.set())
-    from .workers import Supervisor, worker_count
-
-    if worker_count(cfg) > 1:
+    if worker_count(cfg) > 1:  # the supervisor never imports gRPC: only its workers serve
         return _serve_workers(cfg, Supervisor(cfg), stop)
+    from .server import CertificateAuthority
+
     ca = CertificateAuthority()
     try:
         ca.start(cfg)
