@@ -13,10 +13,10 @@ import json
 import logging
 import threading
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import NOW, ca_config, make_bundle, make_key
+from conftest import NOW, ca_config, make_bundle, make_key, wait_for
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -307,7 +307,7 @@ def test_emergency_removes_every_other_root_and_continuity_accepts_only_that():
     assert result.bundle.trust_anchors[0] not in prepared.bundle.trust_anchors
     assert result.state.prepared_root is None
     items = result.items()
-    released = rotation.released_roots(items)
+    released = rotation.released_roots(prepared.items(), items, NOW)
     assert released == {fingerprint(a) for a in prepared.bundle.trust_anchors}
     check_trust_continuity(bundle, result.bundle, "test", released)
     with pytest.raises(BundleError, match="does not include the active root"):
@@ -316,6 +316,79 @@ def test_emergency_removes_every_other_root_and_continuity_accepts_only_that():
         check_trust_continuity(
             bundle, make_bundle(NOW), "test", released - {fingerprint(bundle.trust_anchors[0])}
         )
+
+
+# Claims an unrelated bundle's state can make about the current root: (reason, when its own
+# root became active relative to the removal; None: no active record). None of them may count.
+CRAFTED_CLAIMS = [("pruned", timedelta(0)), ("emergency", None), ("emergency", -timedelta(hours=1))]
+
+
+def crafted_items(current: TrustBundle, now, reason: str, active_since) -> dict[str, bytes]:
+    """An unrelated bundle whose rotation state lists ``current``'s active root as removed."""
+    other = make_bundle(now)
+    root = rotation.active_root(current)
+    removed = rotation.RemovedRoot(fingerprint(root), root.subject.rfc4514_string(), now, reason)
+    since = None if active_since is None else now + active_since
+    state = rotation.RotationState(root_since=since, removed=(removed,))
+    return {**other.to_items(), ROTATION_STATE: rotation.encode_state(state, other)}
+
+
+@pytest.mark.parametrize("reason, active_since", CRAFTED_CLAIMS)
+def test_continuity_ignores_what_an_unrelated_bundle_claims_about_the_current_root(reason, active_since):
+    bundle = make_bundle(NOW)
+    crafted = crafted_items(bundle, NOW, reason, active_since)
+    assert rotation.released_roots(bundle.to_items(), crafted, NOW) == frozenset()
+    with pytest.raises(BundleError, match="does not include the active root"):
+        check_trust_continuity(
+            bundle, parse_bundle(crafted), "test", rotation.released_roots(bundle.to_items(), crafted, NOW)
+        )
+
+
+def test_continuity_releases_roots_by_the_current_state_expiry_or_a_recorded_emergency():
+    policy = RotationPolicy(propagation_window=timedelta(0), leaf_bound=TTL)
+    bundle = make_bundle(NOW)
+    old_fp = fingerprint(bundle.trust_anchors[0])
+    activated = rotation.advance(*_prepared(bundle, policy), NOW, policy)
+    (retiring,) = activated.state.retiring
+    assert retiring.sha256 == old_fp
+    # pruning: only the CURRENT state's schedule counts, and only once prune_after has passed
+    pruned = rotation.advance(activated.bundle, activated.state, retiring.prune_after, policy)
+    assert [s.action for s in pruned.steps] == ["prune"]
+    assert old_fp in rotation.released_roots(activated.items(), pruned.items(), retiring.prune_after)
+    assert old_fp not in rotation.released_roots(activated.items(), pruned.items(), NOW)
+    assert old_fp not in rotation.released_roots(bundle.to_items(), pruned.items(), retiring.prune_after)
+    # expiry: a root that has expired covers nothing
+    after = bundle.trust_anchors[0].not_valid_after_utc
+    assert old_fp in rotation.released_roots(bundle.to_items(), make_bundle(after).to_items(), after)
+    # emergency: recorded together with the new active root
+    emergency = rotation.emergency_root(bundle, rotation.EMPTY, NOW, policy)
+    assert old_fp in rotation.released_roots(bundle.to_items(), emergency.items(), NOW)
+    later = rotation.rotate_issuer(emergency.bundle, emergency.state, NOW + DAY, policy)
+    assert old_fp in rotation.released_roots(bundle.to_items(), later.items(), NOW + DAY)
+
+
+def _prepared(bundle: TrustBundle, policy: RotationPolicy):
+    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, policy)
+    return prepared.bundle, prepared.state
+
+
+def test_a_polling_ca_refuses_an_unrelated_bundle_claiming_its_root_was_removed(store_dir):
+    ca = CertificateAuthority()
+    ca.start(ca_config(store_dir, store_poll_interval="1s"))
+    try:
+        first = ca.signer.bundle
+        store = FileBundleStore(store_dir)
+        for n, (reason, active_since) in enumerate(CRAFTED_CLAIMS, 1):
+            crafted = crafted_items(first, datetime.now(UTC), reason, active_since)
+            assert store.replace(crafted, store.load().version)
+            wait_for(lambda n=n: refused(ca) == n, f"the crafted bundle ({reason}) is refused")
+            assert ca.signer.bundle is first
+    finally:
+        ca.stop(grace=0)
+
+
+def refused(ca: CertificateAuthority) -> float:
+    return ca.metrics.registry.get_sample_value("sentryca_bundle_change_refused_total") or 0.0
 
 
 def test_the_state_round_trips_and_its_public_part_has_no_key():

@@ -57,7 +57,10 @@ is the anchor with that fingerprint. ``not_after`` of a prepared chain is the ea
 its certificates (what signing coverage counts). The public part of a store carries the same
 document without ``key``, ``issuer_chain`` and ``issuer_key`` (:func:`public_items`), so the
 expiry function can count prepared chains without any key. ``removed`` keeps the last
-:data:`REMOVED_HISTORY` roots; trust continuity accepts a bundle dropping a root listed there.
+:data:`REMOVED_HISTORY` roots. Trust continuity (:func:`released_roots`) accepts a bundle
+dropping the active root only when the CURRENT state scheduled its pruning and the time has
+come, when it has expired, or when the new state records its emergency removal together with
+the new active root since then; a ``removed`` entry alone releases nothing.
 """
 
 from __future__ import annotations

@@ -465,7 +465,8 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
     if old is not None:
         active_root = old.anchor_for(old.issuer_chain[-1])
         dropped = active_root is not None and active_root not in new.trust_anchors
-        if dropped and fingerprint(active_root) not in released_roots(items) and not args.force:
+        released = released_roots(current.items, items, datetime.now(UTC))
+        if dropped and fingerprint(active_root) not in released and not args.force:
             print(
                 f"error: the imported trust anchors do not include the current active root "
                 f"{active_root.subject.rfc4514_string()}: every workload holding a current certificate "
