@@ -182,6 +182,7 @@ def test_bundle_import_from_refuses_an_unrelated_bundle_claiming_the_current_roo
         assert FileBundleStore(exported).create(crafted_items(ours, datetime.now(UTC), reason, active_since))
         r = run("bundle", "import", "--trust-bundle-store", f"file://{store_dir}", "--from", str(exported))
         assert r.returncode == 1 and "active root" in r.stderr, (reason, r.stderr)
+        assert f"--from {exported}" in r.stderr and "Add the current root to --root" not in r.stderr
         assert snapshot(store_dir) == before
 
 

@@ -467,11 +467,21 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
         dropped = active_root is not None and active_root not in new.trust_anchors
         released = released_roots(current.items, items, datetime.now(UTC))
         if dropped and fingerprint(active_root) not in released and not args.force:
+            if args.from_dir:
+                source, remedy = (
+                    f"the trust anchors in --from {args.from_dir}",
+                    "Import an export of this CA whose anchors include that root (e.g. a newer "
+                    "`bundle export`), rotate with `sentryca rotate root`, or use --force.",
+                )
+            else:
+                source, remedy = (
+                    "the imported trust anchors",
+                    "Add the current root to --root, rotate, or use --force.",
+                )
             print(
-                f"error: the imported trust anchors do not include the current active root "
+                f"error: {source} do not include the current active root "
                 f"{active_root.subject.rfc4514_string()}: every workload holding a current certificate "
-                "would stop being trusted. Nothing was changed. Add the current root to --root, rotate, "
-                "or use --force.",
+                f"would stop being trusted. Nothing was changed. {remedy}",
                 file=sys.stderr,
             )
             return 1
