@@ -145,17 +145,22 @@ def test_rotate_root_prepares_then_advance_activates_and_emergency_replaces_ever
     r = run("inspect", "--issuer-credentials", str(store))
     assert "rotation: root    prepared" in r.stdout, r.stdout
 
-    # Another rotation, with no window: advance activates it at once.
+    # Another rotation, with no window: advance activates it at once. `rotate root` ran with the
+    # serving CA's 48h TTL, `advance` with the defaults (24h): the old root stays for the longer
+    # bound recorded in the state, and without --store-poll-interval the expiry-check interval
+    # (1h) bounds how long another CA may still sign with the old issuer.
     emergency_dir = tmp_path / "second"
     assert run("bundle", "init", "--issuer-credentials", str(emergency_dir)).returncode == 0
     second, _ = loaded(emergency_dir)
-    env = {"SENTRY_ROOT_PROPAGATION_WINDOW": "0s"}
+    env = {"SENTRY_ROOT_PROPAGATION_WINDOW": "0s", "SENTRY_WORKLOAD_CERT_TTL": "48h"}
     assert run("rotate", "root", "--issuer-credentials", str(emergency_dir), env=env).returncode == 0
     r = run("rotate", "advance", "--issuer-credentials", str(emergency_dir))
     assert r.returncode == 0 and "is now active" in r.stdout, r.stdout + r.stderr
     active, state = loaded(emergency_dir)
     assert active.issuer != second.issuer and active.anchor_for(active.issuer) != second.trust_anchors[0]
     assert [t.sha256 for t in state.retiring] and len(active.trust_anchors) == 2
+    (retiring,) = state.retiring
+    assert retiring.prune_after - retiring.since == timedelta(hours=48 + 1, minutes=15)
     now = datetime.now(UTC)
     second_leaf, new_leaf = leaf_from(second), leaf_from(active)
     for leaf, chain in (second_leaf, new_leaf):  # both verify against the anchors clients now get

@@ -261,6 +261,32 @@ def test_a_manual_root_rotation_waits_for_the_window_and_prunes_after_the_leaves
         rotation.prepare_root(prepared.bundle, prepared.state, NOW, policy)
 
 
+def test_the_longest_leaf_bound_any_writer_used_keeps_the_old_root():
+    """A CA with a long TTL prepared the rotation; the CLI, with shorter settings, activates it:
+    the old root stays for the CA's bound. A writer with a still longer bound pushes it later."""
+    bundle = make_bundle(NOW)
+    serving = RotationPolicy(propagation_window=timedelta(0), leaf_bound=2 * DAY)
+    cli = RotationPolicy(propagation_window=timedelta(0), leaf_bound=DAY)
+    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, serving)
+    assert prepared.state.leaf_bound == 2 * DAY
+    items = prepared.items()
+    assert json.loads(items[ROTATION_STATE])["root"]["leaf_bound_seconds"] == 2 * 86400
+    state = parse_state(items, prepared.bundle)
+    assert state.leaf_bound == 2 * DAY
+    activated = advance(prepared.bundle, state, NOW + timedelta(hours=1), cli)
+    assert [s.action for s in activated.steps] == ["activate"]
+    (retiring,) = activated.state.retiring
+    assert retiring.prune_after == NOW + timedelta(hours=1) + 2 * DAY
+    assert advance(activated.bundle, activated.state, NOW + 2 * DAY, cli) is None
+    longer = RotationPolicy(leaf_bound=3 * DAY)
+    pushed = advance(activated.bundle, activated.state, NOW + 2 * DAY, longer)
+    assert [s.action for s in pushed.steps] == ["bound"]
+    (retiring,) = pushed.state.retiring
+    assert retiring.prune_after == NOW + timedelta(hours=1) + 3 * DAY and pushed.state.leaf_bound == 3 * DAY
+    assert advance(pushed.bundle, pushed.state, NOW + 2 * DAY, longer) is None  # recorded once
+    assert advance(pushed.bundle, pushed.state, NOW + 2 * DAY, cli) is None  # shorter: nothing to do
+
+
 def test_an_expired_active_chain_activates_the_prepared_root_at_once():
     bundle = bundle_with_lifetimes(10, 10)
     policy = RotationPolicy(propagation_window=30 * DAY)

@@ -40,6 +40,7 @@ ROTATION_FLAGS = (
     "workload-cert-ttl",
     "allowed-clock-skew",
     "store-poll-interval",
+    "expiry-check-interval",
     "auto-rotate",
     "root-propagation-window",
     "log-level",
