@@ -65,6 +65,8 @@ def test_rotate_issuer_makes_a_new_issuer_active_and_old_leaves_still_verify(tmp
     r = run("rotate", "issuer", "--issuer-credentials", str(store))
     assert r.returncode == 0, r.stderr
     assert "issuer rotation" in r.stdout and "event" not in r.stdout
+    # a running CA does not sign with it before it loads the bundle: the output says when it does
+    assert "is active now" not in r.stdout and "with --store-poll-interval, or after a restart" in r.stdout
     assert "rotation_step: issuer rotate (manual)" in r.stderr  # the audit record
     after, state = loaded(store)
     assert after.issuer != before.issuer and after.trust_anchors == before.trust_anchors
@@ -142,6 +144,11 @@ def test_rotate_root_prepares_then_advance_activates_and_emergency_replaces_ever
     assert r.returncode == 1 and "already prepared" in r.stderr
     r = run("rotate", "advance", "--issuer-credentials", str(store))
     assert r.returncode == 0 and "no rotation step is due" in r.stdout
+    when = state.prepared_root.activate_after.isoformat()
+    assert (
+        f"the activation of the prepared root {state.prepared_root.root.subject.rfc4514_string()}" in r.stdout
+    )
+    assert f"is due at {when}" in r.stdout, r.stdout
     r = run("inspect", "--issuer-credentials", str(store))
     assert "rotation: root    prepared" in r.stdout, r.stdout
 

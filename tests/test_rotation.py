@@ -287,6 +287,23 @@ def test_the_longest_leaf_bound_any_writer_used_keeps_the_old_root():
     assert advance(pushed.bundle, pushed.state, NOW + 2 * DAY, cli) is None  # shorter: nothing to do
 
 
+def test_next_step_due_is_the_earliest_scheduled_step():
+    bundle = make_bundle(NOW)
+    root_end = bundle.trust_anchors[0].not_valid_after_utc
+    assert rotation.next_step_due(bundle, rotation.EMPTY, RotationPolicy()) is None
+    at, what = rotation.next_step_due(bundle, rotation.EMPTY, RotationPolicy(auto=True))
+    assert at == root_end - 30 * DAY and "preparation of a new root" in what
+    assert advance(bundle, rotation.EMPTY, at, RotationPolicy(auto=True)).steps[0].action == "prepare"
+    policy = RotationPolicy(propagation_window=DAY, leaf_bound=TTL)
+    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, policy)
+    at, what = rotation.next_step_due(prepared.bundle, prepared.state, policy)
+    assert at == NOW + DAY and "activation of the prepared root" in what
+    activated = advance(prepared.bundle, prepared.state, at, policy)
+    at, what = rotation.next_step_due(activated.bundle, activated.state, policy)
+    assert at == NOW + DAY + TTL and "removal of the retiring root" in what
+    assert advance(activated.bundle, activated.state, at, policy).steps[0].action == "prune"
+
+
 def test_an_expired_active_chain_activates_the_prepared_root_at_once():
     bundle = bundle_with_lifetimes(10, 10)
     policy = RotationPolicy(propagation_window=30 * DAY)

@@ -546,6 +546,44 @@ def _prepare_root(bundle, state, now, policy, trigger):
     return new_bundle, replace(state, prepared_root=prepared), step
 
 
+def next_step_due(
+    bundle: TrustBundle, state: RotationState, policy: RotationPolicy
+) -> tuple[datetime, str] | None:
+    """When :func:`advance` next has a step to take if nothing else changes, and which step:
+    (aware UTC time, description), or None when none is scheduled (no rotation in progress, and
+    the automatic policy off or not applicable: no root key). What ``rotate advance`` reports
+    when nothing is due now."""
+    chain_end = _chain_not_after(bundle)
+    due: list[tuple[datetime, str]] = []
+    for r in state.retiring:
+        cert = _anchor(bundle, r.sha256)
+        end = r.prune_after if cert is None else min(r.prune_after, cert.not_valid_after_utc)
+        due.append((end, f"the removal of the retiring root {r.subject}"))
+    if (p := state.prepared_root) is not None:
+        due.append(
+            (min(p.activate_after, chain_end), f"the activation of the prepared root {_subject(p.root)}")
+        )
+    if (q := state.prepared_issuer) is not None:
+        serial = q.issuer_chain[0].serial_number
+        due.append(
+            (min(q.activate_after, chain_end), f"the activation of the prepared issuer serial {serial:x}")
+        )
+    if policy.auto and _root_key(bundle) is not None:
+        root, issuer = active_root(bundle), bundle.issuer
+        if state.prepared_root is None:
+            due.append(
+                (root.not_valid_after_utc - margins(root)[0], "the preparation of a new root (--auto-rotate)")
+            )
+        at = issuer.not_valid_after_utc - margins(issuer)[0]
+        if (
+            state.prepared_issuer is None
+            and at < root.not_valid_after_utc
+            and min(at + policy.issuer_lifetime, root.not_valid_after_utc) > issuer.not_valid_after_utc
+        ):
+            due.append((at, "the preparation of a new issuer (--auto-rotate)"))
+    return min(due, key=lambda d: d[0]) if due else None
+
+
 # --- operator actions ----------------------------------------------------------------------
 
 
@@ -655,8 +693,9 @@ def rotate_issuer(
         "issuer",
         "rotate",
         MANUAL,
-        f"issuer rotation: issuer serial {issuer.serial_number:x} ({_subject(issuer)}) is active now, "
-        f"valid until {_iso(issuer.not_valid_after_utc)}; leaves issued before still verify",
+        f"issuer rotation: issuer serial {issuer.serial_number:x} ({_subject(issuer)}) is the bundle's "
+        f"active issuer from now on, valid until {_iso(issuer.not_valid_after_utc)}; leaves issued before "
+        "still verify",
         {
             "issuer_serial": f"{issuer.serial_number:x}",
             "previous_issuer_serial": f"{bundle.issuer.serial_number:x}",
