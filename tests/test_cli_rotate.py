@@ -217,11 +217,12 @@ def test_a_running_ca_picks_up_cli_rotations_without_a_failed_call(tmp_path):
     store = tmp_path / "store"
     ca = CertificateAuthority()
     ca.start(ca_config(store, store_poll_interval="1s"))
-    first = ca.signer.bundle
-    chan = client.channel(f"localhost:{ca.grpc_port}", first.anchors_pem)
-    loop = Signing(chan)
-    loop.start()
-    try:
+    chan, loop = None, None
+    try:  # one finally stops the signing loop, closes the channel and stops the CA, whatever fails
+        first = ca.signer.bundle
+        chan = client.channel(f"localhost:{ca.grpc_port}", first.anchors_pem)
+        loop = Signing(chan)
+        loop.start()
         wait_for(lambda: loop.calls > 0, "a first signature")
         early = loop.responses[0]
         # 1. rotate issuer: the CA signs with the new issuer.
@@ -239,11 +240,8 @@ def test_a_running_ca_picks_up_cli_rotations_without_a_failed_call(tmp_path):
         wait_for(lambda: loop.last[0] == third.issuer, "the new root's issuer is served")
         calls = loop.calls
         wait_for(lambda: loop.calls > calls + 5, "signing continues")
-    finally:
         loop.stop.set()
         loop.join(timeout=30)
-        chan.close()
-    try:
         assert loop.failures == []
         now = datetime.now(UTC)
         for resp in (early, loop.responses[-1]):  # issued before and after: verify with today's anchors
@@ -266,4 +264,9 @@ def test_a_running_ca_picks_up_cli_rotations_without_a_failed_call(tmp_path):
         ):
             client.sign(stale, make_csr(), "orders", "prod", timeout=5)  # old anchors: the CA is not trusted
     finally:
+        if loop is not None:
+            loop.stop.set()
+            loop.join(timeout=30)
+        if chan is not None:
+            chan.close()
         ca.stop(grace=0)
