@@ -16,7 +16,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import NOW, ca_config, make_bundle, make_key, wait_for
+from conftest import NOW, bundle_with_issuer_window, ca_config, make_bundle, make_key, wait_for
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -426,6 +426,28 @@ def test_a_polling_ca_refuses_an_unrelated_bundle_claiming_its_root_was_removed(
             assert store.replace(crafted, store.load().version)
             wait_for(lambda n=n: refused(ca) == n, f"the crafted bundle ({reason}) is refused")
             assert ca.signer.bundle is first
+    finally:
+        ca.stop(grace=0)
+
+
+def test_a_ca_whose_issuer_expired_serves_the_early_activation_and_pruning_it_wrote(store_dir):
+    """The active chain expired (the root did not): advance activates the prepared root early
+    and prunes the old one in the same write; the CA's own restart must accept that bundle (the
+    new active root is the one its state prepared, and the old chain covers no valid leaf)."""
+    bundle = bundle_with_issuer_window(NOW - 100 * DAY, NOW + DAY, NOW)
+    policy = RotationPolicy(propagation_window=30 * DAY)
+    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, policy)
+    assert FileBundleStore(store_dir).create(prepared.items())
+    ca = CertificateAuthority(clock=Clock(NOW + 3 * DAY))
+    ca.start(ca_config(store_dir))
+    try:
+        assert ca.rotate_if_due()
+        assert refused(ca) == 0
+        served = ca.signer.bundle
+        assert served.trust_anchors == (prepared.state.prepared_root.root,)
+        assert served.issuer == prepared.state.prepared_root.issuer_chain[0]
+        # an unrelated bundle still is not accepted in the same situation
+        assert rotation.released_roots(prepared.items(), make_bundle(NOW).to_items(), NOW + 3 * DAY) == set()
     finally:
         ca.stop(grace=0)
 
