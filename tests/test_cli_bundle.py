@@ -7,6 +7,7 @@ import re
 import subprocess
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,24 @@ def test_bundle_import_verifies_keeps_trust_continuity_and_force_overrides(kind_
     )
     assert r.returncode == 0, r.stderr
     assert store.load().items["ca.crt"] == other["ca.crt"].read_bytes() and "root.key" in store.load().items
+
+
+def test_bundle_import_from_refuses_an_unrelated_bundle_claiming_the_current_root_was_removed(tmp_path):
+    from test_rotation import CRAFTED_CLAIMS, crafted_items
+
+    from ca_core.stores import FileBundleStore
+
+    store_dir = tmp_path / "store"
+    ours = make_bundle()
+    write_bundle(store_dir, ours)
+    before = snapshot(store_dir)
+    for n, (reason, active_since) in enumerate(CRAFTED_CLAIMS):
+        exported = tmp_path / f"crafted-{n}"
+        assert FileBundleStore(exported).create(crafted_items(ours, datetime.now(UTC), reason, active_since))
+        r = run("bundle", "import", "--trust-bundle-store", f"file://{store_dir}", "--from", str(exported))
+        assert r.returncode == 1 and "active root" in r.stderr, (reason, r.stderr)
+        assert f"--from {exported}" in r.stderr and "Add the current root to --root" not in r.stderr
+        assert snapshot(store_dir) == before
 
 
 def test_bundle_import_refuses_an_unreadable_current_bundle_and_keeps_a_staying_root_key(tmp_path):

@@ -65,6 +65,8 @@ def test_rotate_issuer_makes_a_new_issuer_active_and_old_leaves_still_verify(tmp
     r = run("rotate", "issuer", "--issuer-credentials", str(store))
     assert r.returncode == 0, r.stderr
     assert "issuer rotation" in r.stdout and "event" not in r.stdout
+    # a running CA does not sign with it before it loads the bundle: the output says when it does
+    assert "is active now" not in r.stdout and "with --store-poll-interval, or after a restart" in r.stdout
     assert "rotation_step: issuer rotate (manual)" in r.stderr  # the audit record
     after, state = loaded(store)
     assert after.issuer != before.issuer and after.trust_anchors == before.trust_anchors
@@ -142,20 +144,30 @@ def test_rotate_root_prepares_then_advance_activates_and_emergency_replaces_ever
     assert r.returncode == 1 and "already prepared" in r.stderr
     r = run("rotate", "advance", "--issuer-credentials", str(store))
     assert r.returncode == 0 and "no rotation step is due" in r.stdout
+    when = state.prepared_root.activate_after.isoformat()
+    assert (
+        f"the activation of the prepared root {state.prepared_root.root.subject.rfc4514_string()}" in r.stdout
+    )
+    assert f"is due at {when}" in r.stdout, r.stdout
     r = run("inspect", "--issuer-credentials", str(store))
     assert "rotation: root    prepared" in r.stdout, r.stdout
 
-    # Another rotation, with no window: advance activates it at once.
+    # Another rotation, with no window: advance activates it at once. `rotate root` ran with the
+    # serving CA's 48h TTL, `advance` with the defaults (24h): the old root stays for the longer
+    # bound recorded in the state, and without --store-poll-interval the expiry-check interval
+    # (1h) bounds how long another CA may still sign with the old issuer.
     emergency_dir = tmp_path / "second"
     assert run("bundle", "init", "--issuer-credentials", str(emergency_dir)).returncode == 0
     second, _ = loaded(emergency_dir)
-    env = {"SENTRY_ROOT_PROPAGATION_WINDOW": "0s"}
+    env = {"SENTRY_ROOT_PROPAGATION_WINDOW": "0s", "SENTRY_WORKLOAD_CERT_TTL": "48h"}
     assert run("rotate", "root", "--issuer-credentials", str(emergency_dir), env=env).returncode == 0
     r = run("rotate", "advance", "--issuer-credentials", str(emergency_dir))
     assert r.returncode == 0 and "is now active" in r.stdout, r.stdout + r.stderr
     active, state = loaded(emergency_dir)
     assert active.issuer != second.issuer and active.anchor_for(active.issuer) != second.trust_anchors[0]
     assert [t.sha256 for t in state.retiring] and len(active.trust_anchors) == 2
+    (retiring,) = state.retiring
+    assert retiring.prune_after - retiring.since == timedelta(hours=48 + 1, minutes=15)
     now = datetime.now(UTC)
     second_leaf, new_leaf = leaf_from(second), leaf_from(active)
     for leaf, chain in (second_leaf, new_leaf):  # both verify against the anchors clients now get
@@ -205,11 +217,12 @@ def test_a_running_ca_picks_up_cli_rotations_without_a_failed_call(tmp_path):
     store = tmp_path / "store"
     ca = CertificateAuthority()
     ca.start(ca_config(store, store_poll_interval="1s"))
-    first = ca.signer.bundle
-    chan = client.channel(f"localhost:{ca.grpc_port}", first.anchors_pem)
-    loop = Signing(chan)
-    loop.start()
-    try:
+    chan, loop = None, None
+    try:  # one finally stops the signing loop, closes the channel and stops the CA, whatever fails
+        first = ca.signer.bundle
+        chan = client.channel(f"localhost:{ca.grpc_port}", first.anchors_pem)
+        loop = Signing(chan)
+        loop.start()
         wait_for(lambda: loop.calls > 0, "a first signature")
         early = loop.responses[0]
         # 1. rotate issuer: the CA signs with the new issuer.
@@ -227,11 +240,8 @@ def test_a_running_ca_picks_up_cli_rotations_without_a_failed_call(tmp_path):
         wait_for(lambda: loop.last[0] == third.issuer, "the new root's issuer is served")
         calls = loop.calls
         wait_for(lambda: loop.calls > calls + 5, "signing continues")
-    finally:
         loop.stop.set()
         loop.join(timeout=30)
-        chan.close()
-    try:
         assert loop.failures == []
         now = datetime.now(UTC)
         for resp in (early, loop.responses[-1]):  # issued before and after: verify with today's anchors
@@ -254,4 +264,9 @@ def test_a_running_ca_picks_up_cli_rotations_without_a_failed_call(tmp_path):
         ):
             client.sign(stale, make_csr(), "orders", "prod", timeout=5)  # old anchors: the CA is not trusted
     finally:
+        if loop is not None:
+            loop.stop.set()
+            loop.join(timeout=30)
+        if chan is not None:
+            chan.close()
         ca.stop(grace=0)

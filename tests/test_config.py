@@ -202,6 +202,12 @@ def test_rotation_options_are_off_by_default_bounded_and_feed_the_policy():
     assert policy.auto is True and policy.propagation_window == timedelta(hours=48)
     # a leaf of a retired issuer may live its TTL, plus the skew, plus one poll of another replica
     assert policy.leaf_bound == timedelta(hours=1, minutes=15, seconds=30)
+    # without polling, another replica notices an activation only at its own rotation check,
+    # which runs every --expiry-check-interval: that bounds it instead of the (zero) poll interval
+    cfg = load_config({}, {"SENTRY_WORKLOAD_CERT_TTL": "1h"})
+    assert rotation_policy(cfg).leaf_bound == timedelta(hours=2, minutes=15)
+    cfg = load_config({"expiry_check_interval": "10m"}, {"SENTRY_WORKLOAD_CERT_TTL": "1h"})
+    assert rotation_policy(cfg).leaf_bound == timedelta(hours=1, minutes=25)
     with pytest.raises(ConfigError, match="--root-propagation-window must be between 0s and 720h"):
         load_config({"root_propagation_window": "721h"}, {})
     with pytest.raises(ConfigError, match="SENTRY_AUTO_ROTATE"):

@@ -273,6 +273,22 @@ def test_s3_changes_made_by_rotation_are_accepted_even_when_they_drop_a_root(fn_
     assert invoke("ConfigChangeFunction", event("s3_eventbridge.json"), TEMPLATE)["outcome"] == "rejected"
 
 
+def test_an_unrelated_bundle_claiming_the_current_root_was_removed_is_rejected(fn_env, bucket, ecs):
+    """Only the previous version's schedule releases a pruned root, and an emergency counts only
+    with the new active root recorded since the removal: a ``removed`` entry alone is refused."""
+    from test_rotation import CRAFTED_CLAIMS, crafted_items
+
+    fn_env("ConfigChangeFunction")
+    now = datetime.now(UTC)
+    bundle, store = _bundle_in_s3(now)
+    for reason, active_since in CRAFTED_CLAIMS:
+        assert store.replace(crafted_items(bundle, now, reason, active_since), store.load().version)
+        outcome = invoke("ConfigChangeFunction", event("s3_eventbridge.json"), TEMPLATE)
+        assert outcome["outcome"] == "rejected", (reason, outcome)
+        assert "does not include the active root" in outcome["reason"]
+        assert store.replace(bundle.to_items(), store.load().version)  # the previous version again
+
+
 def test_an_event_for_another_object_is_ignored(fn_env, bucket, ecs):
     fn_env("ConfigChangeFunction")
     ev = event("s3_eventbridge.json")

@@ -13,10 +13,10 @@ import json
 import logging
 import threading
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import NOW, ca_config, make_bundle, make_key
+from conftest import NOW, bundle_with_issuer_window, ca_config, make_bundle, make_key, wait_for
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -261,6 +261,49 @@ def test_a_manual_root_rotation_waits_for_the_window_and_prunes_after_the_leaves
         rotation.prepare_root(prepared.bundle, prepared.state, NOW, policy)
 
 
+def test_the_longest_leaf_bound_any_writer_used_keeps_the_old_root():
+    """A CA with a long TTL prepared the rotation; the CLI, with shorter settings, activates it:
+    the old root stays for the CA's bound. A writer with a still longer bound pushes it later."""
+    bundle = make_bundle(NOW)
+    serving = RotationPolicy(propagation_window=timedelta(0), leaf_bound=2 * DAY)
+    cli = RotationPolicy(propagation_window=timedelta(0), leaf_bound=DAY)
+    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, serving)
+    assert prepared.state.leaf_bound == 2 * DAY
+    items = prepared.items()
+    assert json.loads(items[ROTATION_STATE])["root"]["leaf_bound_seconds"] == 2 * 86400
+    state = parse_state(items, prepared.bundle)
+    assert state.leaf_bound == 2 * DAY
+    activated = advance(prepared.bundle, state, NOW + timedelta(hours=1), cli)
+    assert [s.action for s in activated.steps] == ["activate"]
+    (retiring,) = activated.state.retiring
+    assert retiring.prune_after == NOW + timedelta(hours=1) + 2 * DAY
+    assert advance(activated.bundle, activated.state, NOW + 2 * DAY, cli) is None
+    longer = RotationPolicy(leaf_bound=3 * DAY)
+    pushed = advance(activated.bundle, activated.state, NOW + 2 * DAY, longer)
+    assert [s.action for s in pushed.steps] == ["bound"]
+    (retiring,) = pushed.state.retiring
+    assert retiring.prune_after == NOW + timedelta(hours=1) + 3 * DAY and pushed.state.leaf_bound == 3 * DAY
+    assert advance(pushed.bundle, pushed.state, NOW + 2 * DAY, longer) is None  # recorded once
+    assert advance(pushed.bundle, pushed.state, NOW + 2 * DAY, cli) is None  # shorter: nothing to do
+
+
+def test_next_step_due_is_the_earliest_scheduled_step():
+    bundle = make_bundle(NOW)
+    root_end = bundle.trust_anchors[0].not_valid_after_utc
+    assert rotation.next_step_due(bundle, rotation.EMPTY, RotationPolicy()) is None
+    at, what = rotation.next_step_due(bundle, rotation.EMPTY, RotationPolicy(auto=True))
+    assert at == root_end - 30 * DAY and "preparation of a new root" in what
+    assert advance(bundle, rotation.EMPTY, at, RotationPolicy(auto=True)).steps[0].action == "prepare"
+    policy = RotationPolicy(propagation_window=DAY, leaf_bound=TTL)
+    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, policy)
+    at, what = rotation.next_step_due(prepared.bundle, prepared.state, policy)
+    assert at == NOW + DAY and "activation of the prepared root" in what
+    activated = advance(prepared.bundle, prepared.state, at, policy)
+    at, what = rotation.next_step_due(activated.bundle, activated.state, policy)
+    assert at == NOW + DAY + TTL and "removal of the retiring root" in what
+    assert advance(activated.bundle, activated.state, at, policy).steps[0].action == "prune"
+
+
 def test_an_expired_active_chain_activates_the_prepared_root_at_once():
     bundle = bundle_with_lifetimes(10, 10)
     policy = RotationPolicy(propagation_window=30 * DAY)
@@ -307,7 +350,7 @@ def test_emergency_removes_every_other_root_and_continuity_accepts_only_that():
     assert result.bundle.trust_anchors[0] not in prepared.bundle.trust_anchors
     assert result.state.prepared_root is None
     items = result.items()
-    released = rotation.released_roots(items)
+    released = rotation.released_roots(prepared.items(), items, NOW)
     assert released == {fingerprint(a) for a in prepared.bundle.trust_anchors}
     check_trust_continuity(bundle, result.bundle, "test", released)
     with pytest.raises(BundleError, match="does not include the active root"):
@@ -316,6 +359,101 @@ def test_emergency_removes_every_other_root_and_continuity_accepts_only_that():
         check_trust_continuity(
             bundle, make_bundle(NOW), "test", released - {fingerprint(bundle.trust_anchors[0])}
         )
+
+
+# Claims an unrelated bundle's state can make about the current root: (reason, when its own
+# root became active relative to the removal; None: no active record). None of them may count.
+CRAFTED_CLAIMS = [("pruned", timedelta(0)), ("emergency", None), ("emergency", -timedelta(hours=1))]
+
+
+def crafted_items(current: TrustBundle, now, reason: str, active_since) -> dict[str, bytes]:
+    """An unrelated bundle whose rotation state lists ``current``'s active root as removed."""
+    other = make_bundle(now)
+    root = rotation.active_root(current)
+    removed = rotation.RemovedRoot(fingerprint(root), root.subject.rfc4514_string(), now, reason)
+    since = None if active_since is None else now + active_since
+    state = rotation.RotationState(root_since=since, removed=(removed,))
+    return {**other.to_items(), ROTATION_STATE: rotation.encode_state(state, other)}
+
+
+@pytest.mark.parametrize("reason, active_since", CRAFTED_CLAIMS)
+def test_continuity_ignores_what_an_unrelated_bundle_claims_about_the_current_root(reason, active_since):
+    bundle = make_bundle(NOW)
+    crafted = crafted_items(bundle, NOW, reason, active_since)
+    assert rotation.released_roots(bundle.to_items(), crafted, NOW) == frozenset()
+    with pytest.raises(BundleError, match="does not include the active root"):
+        check_trust_continuity(
+            bundle, parse_bundle(crafted), "test", rotation.released_roots(bundle.to_items(), crafted, NOW)
+        )
+
+
+def test_continuity_releases_roots_by_the_current_state_expiry_or_a_recorded_emergency():
+    policy = RotationPolicy(propagation_window=timedelta(0), leaf_bound=TTL)
+    bundle = make_bundle(NOW)
+    old_fp = fingerprint(bundle.trust_anchors[0])
+    activated = rotation.advance(*_prepared(bundle, policy), NOW, policy)
+    (retiring,) = activated.state.retiring
+    assert retiring.sha256 == old_fp
+    # pruning: only the CURRENT state's schedule counts, and only once prune_after has passed
+    pruned = rotation.advance(activated.bundle, activated.state, retiring.prune_after, policy)
+    assert [s.action for s in pruned.steps] == ["prune"]
+    assert old_fp in rotation.released_roots(activated.items(), pruned.items(), retiring.prune_after)
+    assert old_fp not in rotation.released_roots(activated.items(), pruned.items(), NOW)
+    assert old_fp not in rotation.released_roots(bundle.to_items(), pruned.items(), retiring.prune_after)
+    # expiry: a root that has expired covers nothing
+    after = bundle.trust_anchors[0].not_valid_after_utc
+    assert old_fp in rotation.released_roots(bundle.to_items(), make_bundle(after).to_items(), after)
+    # emergency: recorded together with the new active root
+    emergency = rotation.emergency_root(bundle, rotation.EMPTY, NOW, policy)
+    assert old_fp in rotation.released_roots(bundle.to_items(), emergency.items(), NOW)
+    later = rotation.rotate_issuer(emergency.bundle, emergency.state, NOW + DAY, policy)
+    assert old_fp in rotation.released_roots(bundle.to_items(), later.items(), NOW + DAY)
+
+
+def _prepared(bundle: TrustBundle, policy: RotationPolicy):
+    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, policy)
+    return prepared.bundle, prepared.state
+
+
+def test_a_polling_ca_refuses_an_unrelated_bundle_claiming_its_root_was_removed(store_dir):
+    ca = CertificateAuthority()
+    ca.start(ca_config(store_dir, store_poll_interval="1s"))
+    try:
+        first = ca.signer.bundle
+        store = FileBundleStore(store_dir)
+        for n, (reason, active_since) in enumerate(CRAFTED_CLAIMS, 1):
+            crafted = crafted_items(first, datetime.now(UTC), reason, active_since)
+            assert store.replace(crafted, store.load().version)
+            wait_for(lambda n=n: refused(ca) == n, f"the crafted bundle ({reason}) is refused")
+            assert ca.signer.bundle is first
+    finally:
+        ca.stop(grace=0)
+
+
+def test_a_ca_whose_issuer_expired_serves_the_early_activation_and_pruning_it_wrote(store_dir):
+    """The active chain expired (the root did not): advance activates the prepared root early
+    and prunes the old one in the same write; the CA's own restart must accept that bundle (the
+    new active root is the one its state prepared, and the old chain covers no valid leaf)."""
+    bundle = bundle_with_issuer_window(NOW - 100 * DAY, NOW + DAY, NOW)
+    policy = RotationPolicy(propagation_window=30 * DAY)
+    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, policy)
+    assert FileBundleStore(store_dir).create(prepared.items())
+    ca = CertificateAuthority(clock=Clock(NOW + 3 * DAY))
+    ca.start(ca_config(store_dir))
+    try:
+        assert ca.rotate_if_due()
+        assert refused(ca) == 0
+        served = ca.signer.bundle
+        assert served.trust_anchors == (prepared.state.prepared_root.root,)
+        assert served.issuer == prepared.state.prepared_root.issuer_chain[0]
+        # an unrelated bundle still is not accepted in the same situation
+        assert rotation.released_roots(prepared.items(), make_bundle(NOW).to_items(), NOW + 3 * DAY) == set()
+    finally:
+        ca.stop(grace=0)
+
+
+def refused(ca: CertificateAuthority) -> float:
+    return ca.metrics.registry.get_sample_value("sentryca_bundle_change_refused_total") or 0.0
 
 
 def test_the_state_round_trips_and_its_public_part_has_no_key():

@@ -244,14 +244,24 @@ def test_rotation_by_hand_as_the_runbook_says(tmp_path):
 
 
 def test_an_operator_supplied_issuer_as_the_runbook_says(tmp_path):
-    """The bundle was imported without its root key; the operator signs an issuer with OpenSSL."""
+    """The bundle was imported without its root key; the operator signs an issuer with OpenSSL,
+    with the active root kept offline, while the store holds a second trust anchor."""
     ours = make_bundle(datetime.now(UTC))
-    (tmp_path / "root.crt").write_bytes(ours.anchors_pem)
-    (tmp_path / "root.key").write_bytes(private_key_pem(ours.root_key))
-    keyless = TrustBundle(ours.trust_anchors, ours.issuer_chain, ours.issuer_key, None)
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    (offline / "my-root.pem").write_bytes(ours.anchors_pem)
+    (offline / "my-root.key").write_bytes(private_key_pem(ours.root_key))
+    other = make_bundle(datetime.now(UTC)).trust_anchors[0]  # listed first: OpenSSL would sign with it
+    keyless = TrustBundle((other, *ours.trust_anchors), ours.issuer_chain, ours.issuer_key, None)
     assert FileBundleStore(tmp_path / "store").create(keyless.to_items())
     old_leaf = _leaf(ours)
-    sh("rotate-issuer-supplied", tmp_path, STORE=f"file://{tmp_path / 'store'}")
+    sh(
+        "rotate-issuer-supplied",
+        tmp_path,
+        STORE=f"file://{tmp_path / 'store'}",
+        ROOT_CERT=str(offline / "my-root.pem"),
+        ROOT_KEY=str(offline / "my-root.key"),
+    )
     after, _ = _loaded(tmp_path / "store")
     assert after.issuer == x509.load_pem_x509_certificate((tmp_path / "new-issuer.crt").read_bytes())
     assert after.root_key is None
@@ -267,7 +277,8 @@ def test_emergency_rotation_and_its_consequences(tmp_path):
     try:
         old_anchors = ca.signer.bundle.anchors_pem
         before = sign(ca, old_anchors)
-        sh("emergency", tmp_path, STORE=f"file://{store}")
+        sh("emergency", tmp_path, STORE=f"file://{store}", BACKUP=str(tmp_path / "backup"))
+        assert_only_public_anchors_handed_out(tmp_path)
         new_anchors = (tmp_path / "trust-new" / "ca.crt").read_bytes()
         assert (
             new_anchors == (store / "ca.crt").read_bytes()
@@ -320,7 +331,8 @@ def test_recovery_from_an_expired_root(tmp_path):
     ca.start(ca_config(store, store_poll_interval="1s"))
     try:
         assert ca.grpc_port is None  # nothing can sign, not even the CA's own TLS certificate
-        sh("expired-root", tmp_path, STORE=f"file://{store}")
+        sh("expired-root", tmp_path, STORE=f"file://{store}", BACKUP=str(tmp_path / "backup"))
+        assert_only_public_anchors_handed_out(tmp_path)
         wait_for(lambda: ca.grpc_port is not None and ca.readiness()[0], "the CA serves again")
         sh("workload-renew", tmp_path, CA=f"localhost:{ca.grpc_port}")
         chain = x509.load_pem_x509_certificates((tmp_path / "certs" / "tls.crt").read_bytes())
@@ -329,6 +341,15 @@ def test_recovery_from_an_expired_root(tmp_path):
         assert root not in x509.load_pem_x509_certificates(anchors)
     finally:
         ca.stop(grace=0)
+
+
+def assert_only_public_anchors_handed_out(tmp_path: Path) -> None:
+    """The directory handed out holds ca.crt only; the keys are in the new backup."""
+    assert sorted(p.name for p in (tmp_path / "trust-new").iterdir()) == ["ca.crt"]
+    assert b"PRIVATE KEY" not in (tmp_path / "trust-new" / "ca.crt").read_bytes()
+    (backup,) = tmp_path.glob("backup-*")
+    assert {"ca.crt", "issuer.key", "root.key"} <= {p.name for p in backup.iterdir()}
+    assert (backup / "ca.crt").read_bytes() == (tmp_path / "trust-new" / "ca.crt").read_bytes()
 
 
 def _loaded(directory: Path):

@@ -108,10 +108,10 @@ def check_trust_continuity(
     """Refuse a replacement bundle whose trust anchors drop the current active root (SPEC §5):
     every workload holding a current certificate would stop being trusted. ``where`` names the
     new bundle's location in the message. ``released``: SHA-256 fingerprints (see
-    :func:`fingerprint`) of roots the new bundle's rotation state records as removed by rotation
-    (pruned after retirement, or removed by an emergency rotation, ``rotation.released_roots``):
-    dropping one of those is the rotation's own step, not an accident. Raises BundleError
-    (reason ``bundle_invalid``)."""
+    :func:`fingerprint`) of roots the replacement may drop, from
+    ``rotation_document.released_roots(old items, new items, now)`` (expired, pruned as the
+    CURRENT rotation state scheduled, or removed by an emergency rotation): dropping one of those
+    is the rotation's own step, not an accident. Raises BundleError (reason ``bundle_invalid``)."""
     active_root = current.anchor_for(current.issuer_chain[-1])
     if active_root is None or active_root in new.trust_anchors or fingerprint(active_root) in released:
         return

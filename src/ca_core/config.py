@@ -189,7 +189,9 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "root-propagation-window",
         parse_duration,
         "how long a new root is in the trust anchors before its issuer signs (so workloads learn it "
-        "first); at least --workload-cert-ttl, Go duration, 0s-720h (default 24h)",
+        "first: a workload learns new anchors when it renews, so set it to at least "
+        "--workload-cert-ttl for a rotation no workload notices; shorter is allowed, e.g. for tests), "
+        "Go duration, 0s-720h (default 24h)",
     ),
     Option(
         "allow-insecure-on-network",

@@ -15,11 +15,18 @@ issuer (``issuer.crt``/``issuer.key``) and at most one **prepared** issuer under
 
 Rules, in the order :func:`advance` applies them (one call applies every step that is due):
 
+0. **Bound**: ``leaf_bound`` is how long after an issuer stops being active a leaf it signed
+   may still be valid: workload TTL + clock skew + how long a CA may go on signing with a
+   superseded issuer (``composition.rotation_policy``: the store poll interval, or without
+   polling the expiry-check interval). The state records the longest bound any writer used
+   (``leaf_bound``); whoever acts on it (a CA or the CLI, each with its own settings) uses the
+   larger of its own and the recorded one. When a root rotation is in progress and this
+   writer's bound is longer than the recorded one, it records its own and pushes each retiring
+   root's ``prune_after`` to at least ``since + leaf_bound``.
 1. **Prune** a retiring root once ``now >= prune_after`` or the root itself has expired.
    ``prune_after`` is fixed at activation: ``min(activated + leaf_bound, old chain NotAfter +
-   clock skew)``, ``leaf_bound`` = workload TTL + clock skew + store poll interval (another
-   replica may sign with the old issuer until it polls). Every leaf the old root covers was
-   issued before that replica noticed, so it has expired by then.
+   clock skew)`` (rule 0 may only push it later). Every leaf the old root covers was issued
+   before the last CA noticed the activation, so it has expired by then.
 2. **Activate** a prepared root once ``now >= activate_after`` (at once when the active signing
    chain has expired: nothing could be signed otherwise): its issuer and keys become the active
    ones, the old root starts retiring, a prepared issuer (under the old root) is dropped.
@@ -46,7 +53,8 @@ The state (``rotation.json``, :func:`encode_state`) is a JSON object, format 1::
                            "key": PEM, "issuer_chain": PEM, "issuer_key": PEM} | null,
               "retiring": [{"sha256": FP, "subject": S, "since": T, "prune_after": T}],
               "removed": [{"sha256": FP, "subject": S, "at": T,
-                           "reason": "pruned"|"expired"|"emergency"}]},
+                           "reason": "pruned"|"expired"|"emergency"}],
+              "leaf_bound_seconds": N},
      "issuer": {"active": {"serial": HEX, "since": T},
                 "prepared": {"serial": HEX, "subject": S, "root": FP, "not_after": T, "since": T,
                              "activate_after": T, "trigger": ..., "issuer_chain": PEM,
@@ -57,12 +65,16 @@ is the anchor with that fingerprint. ``not_after`` of a prepared chain is the ea
 its certificates (what signing coverage counts). The public part of a store carries the same
 document without ``key``, ``issuer_chain`` and ``issuer_key`` (:func:`public_items`), so the
 expiry function can count prepared chains without any key. ``removed`` keeps the last
-:data:`REMOVED_HISTORY` roots; trust continuity accepts a bundle dropping a root listed there.
+:data:`REMOVED_HISTORY` roots. Trust continuity (:func:`released_roots`) accepts a bundle
+dropping the active root only when the CURRENT state scheduled its pruning and the time has
+come, when it has expired, or when the new state records its emergency removal together with
+the new active root since then; a ``removed`` entry alone releases nothing.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -87,6 +99,7 @@ from .certs import (
     generate_issuer,
     generate_root,
 )
+from .durations import format_duration
 from .errors import BundleError, FailedPrecondition
 from .keys import KeyAlgorithm, PrivateKey, load_private_key, private_key_pem, public_key_der
 from .rotation_document import FORMAT, load_document
@@ -170,6 +183,7 @@ class RotationState:
     prepared_issuer: PreparedIssuer | None = None
     retiring: tuple[RetiringRoot, ...] = ()
     removed: tuple[RemovedRoot, ...] = ()
+    leaf_bound: timedelta | None = None  # the longest leaf bound any writer used (rule 0)
 
 
 EMPTY = RotationState()
@@ -184,8 +198,10 @@ class RotationPolicy:
     propagation_window: how long a prepared root is in the anchors before its issuer becomes
     active after a manual ``rotate root`` (and at least that long after an automatic one);
     leaf_bound: how long after an issuer stops being active a leaf it signed may still be valid
-    (workload TTL + clock skew + store poll interval); clock_skew: backdating of generated
-    certificates; algorithm, root_lifetime, issuer_lifetime: of generated keys and certificates.
+    (workload TTL + clock skew + how long a CA may still sign with it: the store poll interval,
+    or the expiry-check interval without polling; module docstring, rule 0); clock_skew:
+    backdating of generated certificates; algorithm, root_lifetime, issuer_lifetime: of
+    generated keys and certificates.
     """
 
     trust_domain: str = "localhost"
@@ -201,7 +217,7 @@ class RotationPolicy:
 
 @dataclass(frozen=True)
 class Step:
-    """One rotation step: kind root | issuer; action prepare | activate | prune | rotate |
+    """One rotation step: kind root | issuer; action bound | prepare | activate | prune | rotate |
     emergency; trigger manual | auto; a log line; audit fields (fingerprints, serials, times)."""
 
     kind: str
@@ -282,6 +298,7 @@ def advance(
         if taken is None:
             break
         bundle, state, step = taken
+        state = _recorded(state, policy)  # a step taken here used this writer's bound
         steps.append(step)
     return Rotation(bundle, state, tuple(steps)) if steps else None
 
@@ -289,11 +306,58 @@ def advance(
 def _next_step(
     bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
 ) -> tuple[TrustBundle, RotationState, Step] | None:
-    for rule in (_prune, _activate_root, _activate_issuer, _auto_prepare_root, _auto_prepare_issuer):
+    for rule in (
+        _raise_bound,
+        _prune,
+        _activate_root,
+        _activate_issuer,
+        _auto_prepare_root,
+        _auto_prepare_issuer,
+    ):
         taken = rule(bundle, state, now, policy)
         if taken is not None:
             return taken
     return None
+
+
+def _leaf_bound(state: RotationState, policy: RotationPolicy) -> timedelta:
+    """The bound to act on: the longer of this writer's and the one the state records."""
+    return max(policy.leaf_bound, state.leaf_bound or timedelta(0))
+
+
+def _recorded(state: RotationState, policy: RotationPolicy) -> RotationState:
+    """``state`` recording this writer's leaf bound when it is the longest yet."""
+    bound = _leaf_bound(state, policy)
+    return state if state.leaf_bound == bound else replace(state, leaf_bound=bound)
+
+
+def _raise_bound(bundle, state, now, policy):
+    recorded = state.leaf_bound or timedelta(0)
+    if policy.leaf_bound <= recorded or (state.prepared_root is None and not state.retiring):
+        return None
+    retiring = tuple(
+        replace(r, prune_after=max(r.prune_after, r.since + policy.leaf_bound)) for r in state.retiring
+    )
+    later = [r for r, was in zip(retiring, state.retiring, strict=True) if r.prune_after != was.prune_after]
+    was = format_duration(recorded) if state.leaf_bound is not None else "none"
+    effect = (
+        "retiring roots now stay until " + ", ".join(f"{r.subject} {_iso(r.prune_after)}" for r in later)
+        if later
+        else "the next activation keeps the old root that long"
+    )
+    step = Step(
+        "root",
+        "bound",
+        AUTO,
+        f"root rotation: recorded this writer's leaf bound (workload TTL + clock skew + store poll or "
+        f"expiry-check interval), {format_duration(policy.leaf_bound)}, longer than the one recorded "
+        f"({was}); {effect}",
+        {
+            "leaf_bound_seconds": str(_seconds(policy.leaf_bound)),
+            "previous_seconds": "" if state.leaf_bound is None else str(_seconds(recorded)),
+        },
+    )
+    return bundle, replace(state, leaf_bound=policy.leaf_bound, retiring=retiring), step
 
 
 def _prune(bundle, state, now, policy):
@@ -334,7 +398,7 @@ def _activate_root(bundle, state, now, policy):
     if prepared is None or (now < prepared.activate_after and now < _chain_not_after(bundle)):
         return None
     old = active_root(bundle)
-    prune_after = min(now + policy.leaf_bound, _chain_not_after(bundle) + policy.clock_skew)
+    prune_after = min(now + _leaf_bound(state, policy), _chain_not_after(bundle) + policy.clock_skew)
     new_bundle = TrustBundle(
         bundle.trust_anchors, prepared.issuer_chain, prepared.issuer_key, prepared.root_key
     )
@@ -482,6 +546,44 @@ def _prepare_root(bundle, state, now, policy, trigger):
     return new_bundle, replace(state, prepared_root=prepared), step
 
 
+def next_step_due(
+    bundle: TrustBundle, state: RotationState, policy: RotationPolicy
+) -> tuple[datetime, str] | None:
+    """When :func:`advance` next has a step to take if nothing else changes, and which step:
+    (aware UTC time, description), or None when none is scheduled (no rotation in progress, and
+    the automatic policy off or not applicable: no root key). What ``rotate advance`` reports
+    when nothing is due now."""
+    chain_end = _chain_not_after(bundle)
+    due: list[tuple[datetime, str]] = []
+    for r in state.retiring:
+        cert = _anchor(bundle, r.sha256)
+        end = r.prune_after if cert is None else min(r.prune_after, cert.not_valid_after_utc)
+        due.append((end, f"the removal of the retiring root {r.subject}"))
+    if (p := state.prepared_root) is not None:
+        due.append(
+            (min(p.activate_after, chain_end), f"the activation of the prepared root {_subject(p.root)}")
+        )
+    if (q := state.prepared_issuer) is not None:
+        serial = q.issuer_chain[0].serial_number
+        due.append(
+            (min(q.activate_after, chain_end), f"the activation of the prepared issuer serial {serial:x}")
+        )
+    if policy.auto and _root_key(bundle) is not None:
+        root, issuer = active_root(bundle), bundle.issuer
+        if state.prepared_root is None:
+            due.append(
+                (root.not_valid_after_utc - margins(root)[0], "the preparation of a new root (--auto-rotate)")
+            )
+        at = issuer.not_valid_after_utc - margins(issuer)[0]
+        if (
+            state.prepared_issuer is None
+            and at < root.not_valid_after_utc
+            and min(at + policy.issuer_lifetime, root.not_valid_after_utc) > issuer.not_valid_after_utc
+        ):
+            due.append((at, "the preparation of a new issuer (--auto-rotate)"))
+    return min(due, key=lambda d: d[0]) if due else None
+
+
 # --- operator actions ----------------------------------------------------------------------
 
 
@@ -500,7 +602,7 @@ def prepare_root(
             reason="rotation_in_progress",
         )
     new_bundle, new_state, step = _prepare_root(bundle, state, now, policy, MANUAL)
-    return Rotation(new_bundle, new_state, (step,))
+    return Rotation(new_bundle, _recorded(new_state, policy), (step,))
 
 
 def emergency_root(
@@ -513,7 +615,12 @@ def emergency_root(
     root, root_key, issuer, issuer_key = _generate_root_and_issuer(now, policy)
     removed = tuple(RemovedRoot(fingerprint(a), _subject(a), now, "emergency") for a in bundle.trust_anchors)
     new_bundle = TrustBundle((root,), (issuer,), issuer_key, root_key)
-    new_state = RotationState(root_since=now, issuer_since=now, removed=_remember(state.removed, *removed))
+    new_state = RotationState(
+        root_since=now,
+        issuer_since=now,
+        removed=_remember(state.removed, *removed),
+        leaf_bound=_leaf_bound(state, policy),
+    )
     step = Step(
         "root",
         "emergency",
@@ -581,13 +688,14 @@ def rotate_issuer(
             )
     issuer = chain[0]
     new_bundle = replace(bundle, issuer_chain=chain, issuer_key=key)
-    new_state = replace(state, issuer_since=now, prepared_issuer=None)
+    new_state = _recorded(replace(state, issuer_since=now, prepared_issuer=None), policy)
     step = Step(
         "issuer",
         "rotate",
         MANUAL,
-        f"issuer rotation: issuer serial {issuer.serial_number:x} ({_subject(issuer)}) is active now, "
-        f"valid until {_iso(issuer.not_valid_after_utc)}; leaves issued before still verify",
+        f"issuer rotation: issuer serial {issuer.serial_number:x} ({_subject(issuer)}) is the bundle's "
+        f"active issuer from now on, valid until {_iso(issuer.not_valid_after_utc)}; leaves issued before "
+        "still verify",
         {
             "issuer_serial": f"{issuer.serial_number:x}",
             "previous_issuer_serial": f"{bundle.issuer.serial_number:x}",
@@ -678,6 +786,7 @@ def encode_state(state: RotationState, bundle: TrustBundle) -> bytes:
                 {"sha256": r.sha256, "subject": r.subject, "at": _iso(r.at), "reason": r.reason}
                 for r in state.removed
             ],
+            "leaf_bound_seconds": None if state.leaf_bound is None else int(state.leaf_bound.total_seconds()),
         },
         "issuer": {
             "active": {"serial": f"{issuer.serial_number:x}", "since": _opt_iso(state.issuer_since)},
@@ -685,6 +794,10 @@ def encode_state(state: RotationState, bundle: TrustBundle) -> bytes:
         },
     }
     return (json.dumps(doc, indent=1) + "\n").encode("ascii")
+
+
+def _seconds(d: timedelta) -> int:
+    return math.ceil(d.total_seconds())  # never below the bound it records
 
 
 def _opt_iso(t: datetime | None) -> str | None:
@@ -850,6 +963,11 @@ def parse_state(
                 r.text(entry, "reason", where),
             )
         )
+    leaf_bound = root_doc.get("leaf_bound_seconds")
+    if leaf_bound is not None and (
+        not isinstance(leaf_bound, int) or isinstance(leaf_bound, bool) or leaf_bound < 0
+    ):
+        raise r.fail("root.leaf_bound_seconds is not a whole number of seconds")
     return RotationState(
         root_since,
         issuer_since,
@@ -857,6 +975,7 @@ def parse_state(
         prepared_issuer,
         tuple(retiring),
         tuple(removed[-REMOVED_HISTORY:]),
+        None if leaf_bound is None else timedelta(seconds=leaf_bound),
     )
 
 

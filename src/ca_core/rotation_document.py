@@ -2,8 +2,8 @@
 
 What needs only a few fields of a rotation state, and must stay cheap to import (the expiry
 function reads the public part on every cold start): the end of each prepared signing chain
-(for signing coverage) and the roots a rotation removed (for trust continuity). The full,
-strict reading and every rotation step are ``ca_core.rotation``'s.
+(for signing coverage) and the roots a replacement bundle may drop (for trust continuity). The
+full, strict reading and every rotation step are ``ca_core.rotation``'s.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography import x509
 
-from .bundle import ROTATION_STATE, fingerprint
+from .bundle import ROTATION_STATE, PublicBundle, fingerprint, parse_public_bundle
 from .errors import BundleError
 
 FORMAT = 1  # the version of the document this code reads and writes
@@ -61,18 +61,90 @@ def prepared_not_after(raw: bytes | None, anchors: tuple[x509.Certificate, ...])
     return tuple(out)
 
 
-def released_roots(items: Mapping[str, bytes]) -> frozenset[str]:
-    """Fingerprints of the roots a bundle's rotation state records as removed by rotation (for
-    ``bundle.check_trust_continuity``). Lenient: unreadable → empty."""
+def released_roots(
+    old_items: Mapping[str, bytes], new_items: Mapping[str, bytes], now: datetime
+) -> frozenset[str]:
+    """Fingerprints of the current bundle's roots that a replacement may leave out of its trust
+    anchors (for ``bundle.check_trust_continuity``, SPEC §5), judged at ``now`` (aware UTC).
+
+    old_items: the store items of the bundle in force (its ``ca.crt``, ``issuer.crt`` and
+    ``rotation.json``); new_items: those of the replacement. A root is released when:
+
+    - it has expired (an anchor of ``old_items`` with NotAfter <= now): nothing verifies to it;
+    - pruned: the CURRENT state (``old_items``' rotation state) lists it as retiring and its
+      ``prune_after`` has passed: every leaf it covered has expired. What the new bundle's state
+      says about pruning counts for nothing (any bundle can carry any ``removed`` list);
+    - activated and pruned at once: it is the current active root, its signing chain in the
+      current bundle has expired, and the new bundle's active root is the root the CURRENT state
+      has prepared (what ``advance`` writes when the active chain expired: the prepared root
+      takes over early and the old one, covering no valid leaf, goes in the same step);
+    - emergency: the new state records it as removed with reason ``emergency`` at T, and the
+      new bundle's active root is the root that state records as active since T or later (both
+      written in one step by ``sentryca rotate root --emergency``).
+
+    Lenient: an unreadable part releases nothing."""
+    released: set[str] = set()
+    old, new_active = _public(old_items), _active_root(new_items)
+    if old is not None:
+        released.update(fingerprint(a) for a in old.trust_anchors if a.not_valid_after_utc <= now)
+    old_root = _root_section(old_items)
+    for entry in _entries(old_root, "retiring"):
+        prune_after = _time(entry.get("prune_after"))
+        if prune_after is not None and prune_after <= now:
+            released.add(str(entry["sha256"]))
+    prepared = old_root.get("prepared") if isinstance(old_root.get("prepared"), dict) else {}
+    if old is not None and new_active is not None and prepared.get("sha256") == new_active:
+        active = old.anchor_for(old.issuer_chain[-1])
+        if active is not None and min(c.not_valid_after_utc for c in (*old.issuer_chain, active)) <= now:
+            released.add(fingerprint(active))
+    new_root = _root_section(new_items)
+    active_record = new_root.get("active") if isinstance(new_root.get("active"), dict) else {}
+    since = _time(active_record.get("since"))
+    if since is None or new_active is None or active_record.get("sha256") != new_active:
+        return frozenset(released)
+    for entry in _entries(new_root, "removed"):
+        at = _time(entry.get("at"))
+        if entry.get("reason") == "emergency" and at is not None and at <= since:
+            released.add(str(entry["sha256"]))
+    return frozenset(released)
+
+
+def _root_section(items: Mapping[str, bytes]) -> dict[str, Any]:
     raw = items.get(ROTATION_STATE)
     if not raw:
-        return frozenset()
+        return {}
     try:
         doc = load_document(raw, ROTATION_STATE)
     except BundleError:
-        return frozenset()
+        return {}
     root = doc.get("root")
-    removed = root.get("removed") if isinstance(root, dict) else None
-    if not isinstance(removed, list):
-        return frozenset()
-    return frozenset(str(e["sha256"]) for e in removed if isinstance(e, dict) and "sha256" in e)
+    return root if isinstance(root, dict) else {}
+
+
+def _entries(section: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = section.get(key)
+    if not isinstance(value, list):
+        return []
+    return [e for e in value if isinstance(e, dict) and "sha256" in e]
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        t = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else None
+
+
+def _public(items: Mapping[str, bytes]) -> PublicBundle | None:
+    try:
+        return parse_public_bundle(items)
+    except BundleError:
+        return None
+
+
+def _active_root(items: Mapping[str, bytes]) -> str | None:
+    """Fingerprint of the anchor the issuer chain of ``items`` verifies to, or None."""
+    public = _public(items)
+    root = None if public is None else public.anchor_for(public.issuer_chain[-1])
+    return None if root is None else fingerprint(root)

@@ -40,6 +40,7 @@ ROTATION_FLAGS = (
     "workload-cert-ttl",
     "allowed-clock-skew",
     "store-poll-interval",
+    "expiry-check-interval",
     "auto-rotate",
     "root-propagation-window",
     "log-level",
@@ -467,12 +468,23 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
     if old is not None:
         active_root = old.anchor_for(old.issuer_chain[-1])
         dropped = active_root is not None and active_root not in new.trust_anchors
-        if dropped and fingerprint(active_root) not in released_roots(items) and not args.force:
+        released = released_roots(current.items, items, datetime.now(UTC))
+        if dropped and fingerprint(active_root) not in released and not args.force:
+            if args.from_dir:
+                source, remedy = (
+                    f"the trust anchors in --from {args.from_dir}",
+                    "Import an export of this CA whose anchors include that root (e.g. a newer "
+                    "`bundle export`), rotate with `sentryca rotate root`, or use --force.",
+                )
+            else:
+                source, remedy = (
+                    "the imported trust anchors",
+                    "Add the current root to --root, rotate, or use --force.",
+                )
             print(
-                f"error: the imported trust anchors do not include the current active root "
+                f"error: {source} do not include the current active root "
                 f"{active_root.subject.rfc4514_string()}: every workload holding a current certificate "
-                "would stop being trusted. Nothing was changed. Add the current root to --root, rotate, "
-                "or use --force.",
+                f"would stop being trusted. Nothing was changed. {remedy}",
                 file=sys.stderr,
             )
             return 1
@@ -598,6 +610,10 @@ def _write_rotation(store, current, result) -> int:
     return 0
 
 
+# What a running CA needs to see what the CLI wrote (it reads the store only then).
+PICKED_UP = "with --store-poll-interval, or after a restart"
+
+
 def cmd_rotate_issuer(args: argparse.Namespace) -> int:
     from ca_core.bundle import parse_certificates
     from ca_core.keys import load_private_key
@@ -621,7 +637,13 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
             raise ConfigError(f"--issuer-key {args.issuer_key}: {e}") from None
         supplied = (chain, key)
     result = rotate_issuer(bundle, state, datetime.now(UTC), rotation_policy(cfg), supplied)
-    return _write_rotation(store, current, result)
+    code = _write_rotation(store, current, result)
+    if code == 0:
+        print(
+            f"A running CA signs with the new issuer once it loads this bundle ({PICKED_UP}); until "
+            "then it keeps signing with the old one."
+        )
+    return code
 
 
 def cmd_rotate_root(args: argparse.Namespace) -> int:
@@ -639,27 +661,36 @@ def cmd_rotate_root(args: argparse.Namespace) -> int:
     code = _write_rotation(store, current, result)
     if code == 0 and not args.emergency:
         print(
-            "The running CA takes the next steps itself (with --store-poll-interval, or after a restart); "
+            f"The running CA takes the next steps itself ({PICKED_UP}); "
             "without one, run `sentryca rotate advance` after the propagation window."
         )
     if code == 0 and args.emergency:
         print(
             "Every workload must now fetch the new trust anchors (ca.crt) and a new certificate; "
-            "certificates issued before no longer verify.",
+            "certificates issued before no longer verify. Running CAs serve the new root once they load "
+            f"this bundle ({PICKED_UP}).",
             file=sys.stderr,
         )
     return code
 
 
 def cmd_rotate_advance(args: argparse.Namespace) -> int:
-    from ca_core.rotation import advance
+    from ca_core.rotation import advance, next_step_due
 
     from .composition import rotation_policy
 
     cfg, store, current, bundle, state = _rotation_context(args)
-    result = advance(bundle, state, datetime.now(UTC), rotation_policy(cfg))
+    policy = rotation_policy(cfg)
+    result = advance(bundle, state, datetime.now(UTC), policy)
     if result is None:
-        print(f"{store.description}: no rotation step is due")
+        upcoming = next_step_due(bundle, state, policy)
+        if upcoming is not None:
+            when = f"; the next one, {upcoming[1]}, is due at {upcoming[0].isoformat()}"
+        else:
+            when = "; none is scheduled (no rotation in progress" + (
+                ")" if cfg.auto_rotate else ", and --auto-rotate is off)"
+            )
+        print(f"{store.description}: no rotation step is due{when}")
         return 0
     return _write_rotation(store, current, result)
 

@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ca_core.bundle import TrustBundle, generate_bundle
 from ca_core.config import Config
@@ -33,18 +33,29 @@ def signing_policy(cfg: Config) -> SigningPolicy:
     )
 
 
+def stale_signing_bound(cfg: Config) -> timedelta:
+    """How long a CA running with ``cfg`` may go on signing with an issuer after another writer
+    (a replica, a worker, the CLI) activated a new one in the store: ``--store-poll-interval``
+    when set (the poll reloads any new version). Without polling, ``--expiry-check-interval``:
+    ``CertificateAuthority.maintain`` then reads the store only when its own rotation check, run
+    at that interval, finds a step due; for an activation it holds the same prepared root, so it
+    finds the same step due, loses the conditional write and reloads the store. (A prepared root
+    it never loaded is seen only at a restart: the runbook says so.)"""
+    return cfg.store_poll_interval or cfg.expiry_check_interval
+
+
 def rotation_policy(cfg: Config) -> RotationPolicy:
     """The rotation settings of ``cfg`` (``ca_core.rotation``): names and key algorithm of
     generated roots and issuers, ``--auto-rotate``, ``--root-propagation-window``, and how long a
     leaf signed by a retired issuer may still be valid: the workload TTL, plus the clock skew,
-    plus the store poll interval (another replica signs with the old issuer until it polls)."""
+    plus :func:`stale_signing_bound` (another CA signs with the old issuer until it notices)."""
     policy = signing_policy(cfg)
     return RotationPolicy(
         trust_domain=cfg.trust_domain,
         ca_identity=policy.ca_identity,
         auto=cfg.auto_rotate,
         propagation_window=cfg.root_propagation_window,
-        leaf_bound=cfg.workload_cert_ttl + cfg.allowed_clock_skew + cfg.store_poll_interval,
+        leaf_bound=cfg.workload_cert_ttl + cfg.allowed_clock_skew + stale_signing_bound(cfg),
         clock_skew=cfg.allowed_clock_skew,
         algorithm=cfg.ca_key_algorithm,
     )

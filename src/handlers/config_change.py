@@ -12,8 +12,9 @@ Accepted events (samples in ``events/``):
 Events about anything other than the configured bundle or parameter are ignored. The changed
 bundle is loaded from the store and validated with the core (``parse_bundle``: structure, chain,
 keys; ``rotation.parse_state``: its rotation state) and for trust continuity against the previous
-version (``check_trust_continuity``, which accepts dropping a root the rotation state records as
-pruned or removed in an emergency); a
+version (``check_trust_continuity``, which accepts dropping a root only when
+``released_roots`` releases it: expired, pruned as the previous version's rotation state
+scheduled, or removed by an emergency rotation the new state records); a
 changed parameter is parsed as a Configuration. Invalid → ERROR log, ``ConfigChangeRejected``
 metric, nothing restarted (the running CA keeps its bundle: its own poll refuses the same bundle).
 Valid → ``ConfigChangeAccepted``, and when ``SENTRYCA_ECS_CLUSTER`` and ``SENTRYCA_ECS_SERVICE``
@@ -30,6 +31,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -204,7 +206,8 @@ def _validate_bundle(store: Any) -> None:
             "the previous bundle version in %s is unusable (%s); continuity not checked", store.description, e
         )
         return
-    check_trust_continuity(old, new, store.description, released_roots(stored.items))
+    released = released_roots(previous.items, stored.items, datetime.now(UTC))
+    check_trust_continuity(old, new, store.description, released)
 
 
 def _validate_parameter(name: str) -> None:

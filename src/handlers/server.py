@@ -260,10 +260,11 @@ class CertificateAuthority:
         """Apply ``config`` (SPEC §8). The new state is built first; if it cannot be (bad bundle or
         settings, an empty store) the running CA keeps serving its current state and the error is
         raised. A bundle whose trust anchors drop the active root is refused unless ``force``, or
-        its rotation state records that root as removed (trust continuity, SPEC §5; a pruned
-        or emergency-removed root). Same listeners → in-place swap. A listener with a new port
-        (or port 0) → the new one is opened first, then the old one stops accepting and its calls
-        in flight complete (up to DRAIN_GRACE seconds). A listener that changes but stays on the
+        that root is released (trust continuity, SPEC §5; ``rotation.released_roots``: expired,
+        pruned as the state in force scheduled, or removed by an emergency rotation). Same
+        listeners → in-place swap. A listener with a new port (or port 0) → the new one is opened
+        first, then the old one stops accepting and its calls in flight complete (up to
+        DRAIN_GRACE seconds). A listener that changes but stays on the
         port it is bound to (another address, other gRPC options) → stop, then start."""
         with self._lock:
             old = self._state
@@ -272,7 +273,11 @@ class CertificateAuthority:
                 return
             new = self._build_state(config, create_if_empty=force, publish=False)
             if not force:
-                released = rotation.released_roots(new.stored.items) if new.stored else frozenset()
+                released = rotation.released_roots(
+                    old.stored.items if old.stored else {},
+                    new.stored.items if new.stored else {},
+                    self._clock(),
+                )
                 check_trust_continuity(old.signer.bundle, new.signer.bundle, new.store.description, released)
             if not self._can_hand_over(old.config, config):
                 # A listener that stays on the port it is bound to but changes (address, gRPC
