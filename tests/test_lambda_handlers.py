@@ -197,6 +197,26 @@ def test_the_lambda_path_imports_neither_grpc_nor_kubernetes(tmp_path):
     assert json.loads(r.stdout.strip().splitlines()[-1]) == []
 
 
+def test_the_expiry_function_loads_no_more_than_it_needs(tmp_path):
+    """Its cold start is budgeted (bench/cold_start.py): no rotation machinery, boto3 layer or
+    key serialisation on the path that reads only certificates."""
+    store = tmp_path / "credentials"
+    from conftest import write_bundle
+
+    write_bundle(store, make_bundle(datetime.now(UTC)))
+    code = (
+        "import io, json, sys; out, sys.stdout = sys.stdout, io.StringIO();"
+        "from handlers import expiry_check; s = expiry_check.handler({}, None); sys.stdout = out;"
+        "heavy = ('grpc', 'kubernetes', 'boto3', 'yaml', 'argparse', 'ca_core.rotation',"
+        " 'cryptography.hazmat.primitives.serialization.ssh');"
+        "print(json.dumps([s['status'], sorted(m for m in heavy if m in sys.modules)]))"
+    )
+    env = {"SENTRY_ISSUER_CREDENTIALS": str(store), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == ["ok", []]
+
+
 # --- config change -----------------------------------------------------------------------------
 
 

@@ -83,7 +83,6 @@ from typing import Any
 from cryptography import x509
 
 from .bundle import (
-    PUBLIC_ITEMS,
     ROTATION_STATE,
     TrustBundle,
     certificates_pem,
@@ -103,7 +102,10 @@ from .durations import format_duration
 from .errors import BundleError, FailedPrecondition
 from .keys import KeyAlgorithm, PrivateKey, load_private_key, private_key_pem, public_key_der
 from .rotation_document import FORMAT, load_document
+from .rotation_document import SECRET_FIELDS as SECRET_FIELDS  # re-exported
 from .rotation_document import prepared_not_after as prepared_not_after  # re-exported
+from .rotation_document import public_items as public_items  # re-exported
+from .rotation_document import public_state as public_state  # re-exported
 from .rotation_document import released_roots as released_roots  # re-exported
 from .spiffe_id import SpiffeId
 
@@ -111,7 +113,6 @@ PREPARE_WITHIN = timedelta(days=30)  # prepare when less than min(lifetime/2, th
 ACTIVATE_WITHIN = timedelta(days=7)  # activate when less than min(lifetime/6, this) remains
 DEFAULT_PROPAGATION_WINDOW = timedelta(hours=24)
 REMOVED_HISTORY = 16
-SECRET_FIELDS = ("key", "issuer_chain", "issuer_key")
 MANUAL, AUTO = "manual", "auto"
 
 
@@ -999,30 +1000,6 @@ def _check_not_after(r: _Reader, obj: dict[str, Any], where: str, actual: dateti
 
 
 # --- what readers without keys use -----------------------------------------------------------
-
-
-def public_state(raw: bytes) -> bytes | None:
-    """``rotation.json`` without keys and prepared issuer chains (the store's public part), or
-    None when ``raw`` is not a rotation state document."""
-    try:
-        doc = load_document(raw, ROTATION_STATE)
-    except BundleError:
-        return None
-    for section in ("root", "issuer"):
-        prepared = (doc.get(section) or {}).get("prepared") if isinstance(doc.get(section), dict) else None
-        if isinstance(prepared, dict):
-            for name in SECRET_FIELDS:
-                prepared.pop(name, None)
-    return (json.dumps(doc, indent=1) + "\n").encode("ascii")
-
-
-def public_items(items: Mapping[str, bytes]) -> dict[str, bytes]:
-    """The public part of a bundle's store items: ``ca.crt``, ``issuer.crt`` and, when present
-    and readable, ``rotation.json`` reduced by :func:`public_state`. Stores publish this."""
-    public = {k: items[k] for k in PUBLIC_ITEMS if k in items}
-    if ROTATION_STATE in items and (reduced := public_state(items[ROTATION_STATE])) is not None:
-        public[ROTATION_STATE] = reduced
-    return public
 
 
 def describe(state: RotationState, bundle: TrustBundle) -> list[str]:

@@ -2,8 +2,9 @@
 
 What needs only a few fields of a rotation state, and must stay cheap to import (the expiry
 function reads the public part on every cold start): the end of each prepared signing chain
-(for signing coverage) and the roots a replacement bundle may drop (for trust continuity). The
-full, strict reading and every rotation step are ``ca_core.rotation``'s.
+(for signing coverage), the roots a replacement bundle may drop (for trust continuity), and the
+public part every store publishes (the document without keys). The full, strict reading and
+every rotation step are ``ca_core.rotation``'s.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 
 from cryptography import x509
 
-from .bundle import ROTATION_STATE, PublicBundle, fingerprint, parse_public_bundle
+from .bundle import PUBLIC_ITEMS, ROTATION_STATE, PublicBundle, fingerprint, parse_public_bundle
 from .errors import BundleError
 
 FORMAT = 1  # the version of the document this code reads and writes
+SECRET_FIELDS = ("key", "issuer_chain", "issuer_key")  # of a prepared slot: never in the public part
 
 
 def load_document(raw: bytes, item: str) -> dict[str, Any]:
@@ -148,3 +150,27 @@ def _active_root(items: Mapping[str, bytes]) -> str | None:
     public = _public(items)
     root = None if public is None else public.anchor_for(public.issuer_chain[-1])
     return None if root is None else fingerprint(root)
+
+
+def public_state(raw: bytes) -> bytes | None:
+    """``rotation.json`` without keys and prepared issuer chains (the store's public part), or
+    None when ``raw`` is not a rotation state document."""
+    try:
+        doc = load_document(raw, ROTATION_STATE)
+    except BundleError:
+        return None
+    for section in ("root", "issuer"):
+        prepared = (doc.get(section) or {}).get("prepared") if isinstance(doc.get(section), dict) else None
+        if isinstance(prepared, dict):
+            for name in SECRET_FIELDS:
+                prepared.pop(name, None)
+    return (json.dumps(doc, indent=1) + "\n").encode("ascii")
+
+
+def public_items(items: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The public part of a bundle's store items: ``ca.crt``, ``issuer.crt`` and, when present
+    and readable, ``rotation.json`` reduced by :func:`public_state`. Stores publish this."""
+    public = {k: items[k] for k in PUBLIC_ITEMS if k in items}
+    if ROTATION_STATE in items and (reduced := public_state(items[ROTATION_STATE])) is not None:
+        public[ROTATION_STATE] = reduced
+    return public

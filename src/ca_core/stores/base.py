@@ -10,7 +10,6 @@ from typing import Protocol, TypeVar
 
 from ..bundle import STORE_ITEMS, TrustBundle, parse_bundle
 from ..errors import BundleError, Unavailable
-from ..rotation import parse_state
 
 T = TypeVar("T")
 
@@ -160,6 +159,8 @@ def load_or_create_stored(
             )
     try:
         bundle = parse_bundle(stored.items, store.labels())
+        from ..rotation import parse_state  # here: the expiry function never loads a full bundle
+
         parse_state(stored.items, bundle, store.labels())  # a rotation state that cannot be acted on
     except BundleError as e:
         raise BundleError(

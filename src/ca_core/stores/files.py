@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, PUBLIC_ITEMS, ROOT_KEY, ROTATION_STATE
 from ..errors import BundleError, Unavailable
-from ..rotation import public_items
+from ..rotation_document import public_items
 from .base import StoredBundle
 
 DATA_LINK = "..data"

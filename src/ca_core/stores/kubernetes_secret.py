@@ -41,7 +41,7 @@ from typing import Any
 
 from ..bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE, STORE_ITEMS
 from ..errors import BundleError, Unavailable
-from ..rotation import public_items
+from ..rotation_document import public_items
 from .base import StoredBundle
 from .files import FileNames
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..bundle import STORE_ITEMS
 from ..errors import Unavailable
-from ..rotation import public_items
+from ..rotation_document import public_items
 from . import aws
 from .base import StoredBundle, decode_document, encode_document
 
