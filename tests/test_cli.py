@@ -1,43 +1,21 @@
 """The ``sentryca`` console script, run as a user would: serve in a subprocess, then the client verbs."""
 
-import os
 import re
 import signal
-import subprocess
-import time
 
 import pytest
-from conftest import EPHEMERAL_PORTS, SENTRYCA, make_bundle, run_openssl, snapshot, write_bundle
+from conftest import EPHEMERAL_PORTS, make_bundle, run_openssl, serve, snapshot, write_bundle
 from conftest import run_sentryca as run
 from cryptography import x509
 
 
 @pytest.fixture
 def served(tmp_path):
-    creds = tmp_path / "creds"
-    env = os.environ | {"SENTRY_HEALTHZ_PORT": "0", "SENTRY_METRICS_PORT": "0", "SENTRY_MODE": "standalone"}
-    proc = subprocess.Popen(
-        [SENTRYCA, "serve", "--issuer-credentials", str(creds), "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines = []
-    deadline = time.monotonic() + 60
-    port = None
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if m := re.search(r"serving on 127\.0\.0\.1:(\d+)", line):
-            port = int(m.group(1))
-            break
-    assert port, "".join(lines)
-    yield proc, creds, port
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    ca = serve(tmp_path, "--mode", "standalone")
+    yield ca.proc, ca.creds, ca.port
+    if ca.proc.poll() is None:
+        ca.proc.kill()
+        ca.proc.wait()
 
 
 def test_serve_request_sign_inspect_and_graceful_stop(served, tmp_path):

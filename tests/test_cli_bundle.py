@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,9 +11,9 @@ import pytest
 from conftest import (
     EPHEMERAL_PORTS,
     KUBE_NAMESPACE,
-    SENTRYCA,
     TEST_BUCKET,
     make_bundle,
+    serve,
     snapshot,
     write_bundle,
 )
@@ -57,23 +54,9 @@ def store_of(url: str, env: dict[str, str]):
 def test_serve_on_each_store_kind_signs_a_csr_end_to_end(kind_env, tmp_path):
     kind, env = kind_env
     url = store_url(kind, tmp_path)
-    env = env | {"SENTRY_HEALTHZ_PORT": "0", "SENTRY_METRICS_PORT": "0", "SENTRY_MODE": "standalone"}
-    proc = subprocess.Popen(
-        [SENTRYCA, "serve", "--trust-bundle-store", url, "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ | env,
-    )
+    ca = serve(tmp_path, "--trust-bundle-store", url, "--mode", "standalone", env=env)
+    port = ca.port
     try:
-        lines, port, deadline = [], None, time.monotonic() + 60
-        while time.monotonic() < deadline and port is None:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            if m := re.search(r"serving on 127\.0\.0\.1:(\d+)", line):
-                port = int(m.group(1))
-        assert port, "".join(lines)
         trust = tmp_path / "trust"
         r = run("bundle", "export", "--trust-bundle-store", url, "--out", str(trust), env=env)
         assert r.returncode == 0, r.stderr
@@ -99,8 +82,7 @@ def test_serve_on_each_store_kind_signs_a_csr_end_to_end(kind_env, tmp_path):
         r = run("inspect", "--trust-bundle-store", url, env=env)
         assert r.returncode == 0 and re.search(r"issuer\s+ok", r.stdout), r.stdout + r.stderr
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        ca.stop()
 
 
 def test_bundle_init_then_refuses_a_second_init(kind_env, tmp_path):

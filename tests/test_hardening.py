@@ -167,41 +167,21 @@ def served(running_ca, store_dir):
     return running_ca, f"localhost:{running_ca.grpc_port}", str(store_dir / "ca.crt")
 
 
+def ask(verb: str, server: str, anchors: str, out, *extra: str, app_id: str = "a"):
+    """``sentryca VERB`` (request or sign) for APP_ID in namespace default, into ``out``."""
+    flags = ("--id", app_id, "--namespace", "default", "--server", server, "--trust-anchors", anchors)
+    return run(verb, *extra, *flags, "--out", str(out))
+
+
 def test_sign_refuses_to_leave_a_mismatched_key_beside_the_certificate(served, tmp_path):
     _, server, anchors = served
     out = tmp_path / "out"
-    r = run(
-        "request",
-        "--id",
-        "a",
-        "--namespace",
-        "default",
-        "--server",
-        server,
-        "--trust-anchors",
-        anchors,
-        "--out",
-        str(out),
-    )
+    r = ask("request", server, anchors, out)
     assert r.returncode == 0, r.stderr
     before = snapshot(out)
     csr = tmp_path / "other.csr"
     csr.write_bytes(make_csr())
-    r = run(
-        "sign",
-        "--csr",
-        str(csr),
-        "--id",
-        "b",
-        "--namespace",
-        "default",
-        "--server",
-        server,
-        "--trust-anchors",
-        anchors,
-        "--out",
-        str(out),
-    )
+    r = ask("sign", server, anchors, out, "--csr", str(csr), app_id="b")
     assert r.returncode == 2 and "another key" in r.stderr
     assert snapshot(out) == before
 
@@ -218,21 +198,7 @@ def test_sign_into_a_directory_whose_key_matches_is_fine(served, tmp_path):
     )
     csr = tmp_path / "app.csr"
     csr.write_bytes(make_csr(key))
-    r = run(
-        "sign",
-        "--csr",
-        str(csr),
-        "--id",
-        "b",
-        "--namespace",
-        "default",
-        "--server",
-        server,
-        "--trust-anchors",
-        anchors,
-        "--out",
-        str(out),
-    )
+    r = ask("sign", server, anchors, out, "--csr", str(csr), app_id="b")
     assert r.returncode == 0, r.stderr
 
 
@@ -243,19 +209,7 @@ def test_request_writes_the_key_private_whatever_was_left_in_the_directory(serve
     stale = out / ".tls.key.tmp"
     stale.write_bytes(b"old")
     os.chmod(stale, 0o644)
-    r = run(
-        "request",
-        "--id",
-        "a",
-        "--namespace",
-        "default",
-        "--server",
-        server,
-        "--trust-anchors",
-        anchors,
-        "--out",
-        str(out),
-    )
+    r = ask("request", server, anchors, out)
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE((out / "tls.key").stat().st_mode) == 0o600
 
@@ -295,21 +249,7 @@ def test_sign_refuses_a_private_key_given_as_csr_before_sending_it(served, tmp_p
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
-    r = run(
-        "sign",
-        "--csr",
-        str(key_file),
-        "--id",
-        "a",
-        "--namespace",
-        "default",
-        "--server",
-        server,
-        "--trust-anchors",
-        anchors,
-        "--out",
-        str(tmp_path / "o"),
-    )
+    r = ask("sign", server, anchors, tmp_path / "o", "--csr", str(key_file))
     assert r.returncode == 2 and "invalid CSR" in r.stderr
     assert not (tmp_path / "o" / "tls.crt").exists()
 
@@ -344,21 +284,7 @@ def test_unreachable_ca_is_not_called_a_refusal(tmp_path, store_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    r = run(
-        "request",
-        "--id",
-        "a",
-        "--namespace",
-        "default",
-        "--server",
-        f"127.0.0.1:{port}",
-        "--trust-anchors",
-        str(store_dir / "ca.crt"),
-        "--out",
-        str(tmp_path / "o"),
-        "--timeout",
-        "5",
-    )
+    r = ask("request", f"127.0.0.1:{port}", str(store_dir / "ca.crt"), tmp_path / "o", "--timeout", "5")
     assert r.returncode == 1 and "cannot reach the CA" in r.stderr
 
 
@@ -385,19 +311,7 @@ def test_grpc_status_of_a_reserved_identity_names_the_reservation(running_ca, ch
 
 @pytest.mark.parametrize("server", ["localhost", "127.0.0.1", "::1", "host:port"])
 def test_server_without_a_port_is_a_usage_error(server, tmp_path):
-    r = run(
-        "request",
-        "--id",
-        "a",
-        "--namespace",
-        "default",
-        "--server",
-        server,
-        "--trust-anchors",
-        "x",
-        "--out",
-        str(tmp_path / "o"),
-    )
+    r = ask("request", server, "x", tmp_path / "o")
     assert r.returncode == 2 and "expected HOST:PORT" in r.stderr
 
 

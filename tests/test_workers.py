@@ -15,9 +15,17 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import bundle_with_issuer_window, make_csr, reissued, run_sentryca, snapshot, write_bundle
+from conftest import (
+    Served,
+    bundle_with_issuer_window,
+    make_csr,
+    reissued,
+    run_sentryca,
+    serve,
+    snapshot,
+    write_bundle,
+)
 from cryptography import x509
-from test_validators_e2e import Served, serve
 
 from ca_core.bundle import TrustBundle, parse_bundle
 from ca_core.stores import FileBundleStore
