@@ -290,6 +290,23 @@ def aws_env(moto_endpoint, monkeypatch) -> dict[str, str]:
     return env
 
 
+BUCKET = "sentryca-bundles-example"  # the bucket the sample events (events/) name
+
+
+@pytest.fixture
+def bucket(aws_env):
+    """BUCKET on the moto server, versioned and emptied."""
+    s3 = aws_client("s3", aws_env["AWS_ENDPOINT_URL"])
+    try:
+        s3.create_bucket(Bucket=BUCKET)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    for v in s3.list_object_versions(Bucket=BUCKET).get("Versions", []):
+        s3.delete_object(Bucket=BUCKET, Key=v["Key"], VersionId=v["VersionId"])
+    return s3
+
+
 def aws_client(service: str, endpoint: str):
     import boto3
 

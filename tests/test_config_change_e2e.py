@@ -13,9 +13,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import aws_client, ca_config, make_bundle, make_csr
+from conftest import BUCKET, ca_config, make_bundle, make_csr, reissued
 from cryptography import x509
-from test_lambda_handlers import BUCKET, ENV, reissued
+from test_lambda_handlers import ENV
 
 from ca_core.stores.s3 import S3BundleStore
 from handlers import client
@@ -68,14 +68,9 @@ class SigningLoop(threading.Thread):
 
 
 @pytest.mark.slow
-def test_config_change_restarts_in_place_without_failed_calls(aws_env, tmp_path, monkeypatch, capsys):
+def test_config_change_restarts_in_place_without_failed_calls(bucket, tmp_path, monkeypatch, capsys):
     key = f"e2e/{tmp_path.name}/bundle.json"
-    s3 = aws_client("s3", aws_env["AWS_ENDPOINT_URL"])
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    s3 = bucket
     now = datetime.now(UTC)
     store = S3BundleStore(BUCKET, key)
     first = make_bundle(now)

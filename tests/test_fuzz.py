@@ -184,16 +184,15 @@ def test_corpus_tokens_over_grpc(idp_ca):
             assert code in want, (path.name, validator, code)
 
 
+def signs_a_good_token(idp_ca, idp_key) -> bool:
+    token = idp_key.token(claims(SUB, AUD))
+    call = {"id": "orders", "namespace": "prod", "token": token, "token_validator": JWKS}
+    return idp_ca.call(certificate_signing_request=make_csr(), **call) == grpc.StatusCode.OK
+
+
 def test_the_idp_ca_does_sign_good_tokens(idp_ca, idp_key):
     """The control case: the refusals above are not the CA refusing everything."""
-    token = idp_key.token(claims(SUB, AUD))
-    assert idp_ca.call(
-        id="orders",
-        namespace="prod",
-        certificate_signing_request=make_csr(),
-        token=token,
-        token_validator=JWKS,
-    ) == (grpc.StatusCode.OK)
+    assert signs_a_good_token(idp_ca, idp_key)
 
 
 # --- strategies ------------------------------------------------------------------------------
@@ -439,14 +438,7 @@ def test_grpc_tokens(idp_ca, token, validator, authenticated):
 
 def test_servers_still_serve_after_everything(insecure_ca, idp_ca, idp_key):
     insecure_ca.still_serving()
-    token = idp_key.token(claims(SUB, AUD))
-    assert idp_ca.call(
-        id="orders",
-        namespace="prod",
-        certificate_signing_request=make_csr(),
-        token=token,
-        token_validator=JWKS,
-    ) == (grpc.StatusCode.OK)
+    assert signs_a_good_token(idp_ca, idp_key)
 
 
 # --- defects the cases above found, pinned ----------------------------------------------------

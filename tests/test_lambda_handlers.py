@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import aws_client, make_bundle, reissued
+from conftest import BUCKET, aws_client, make_bundle, reissued
 
 from ca_core.bundle import TrustBundle
 from ca_core.stores.s3 import S3BundleStore
@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
 TEMPLATE = ROOT / "template.yaml"
 ENV = json.loads((EVENTS / "env.json").read_text())
-BUCKET = "sentryca-bundles-example"  # the bucket the sample events name
 KEY = "sentry/bundle.json"
 SECRET = "sentryca-bundle"
 PARAMETER = "/sentryca/config"
@@ -67,19 +66,6 @@ def fn_env(aws_env, monkeypatch, slim_botocore_data):
             monkeypatch.setenv(k, v)
 
     return use
-
-
-@pytest.fixture
-def bucket(aws_env):
-    s3 = aws_client("s3", aws_env["AWS_ENDPOINT_URL"])
-    try:
-        s3.create_bucket(Bucket=BUCKET)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-    for v in s3.list_object_versions(Bucket=BUCKET).get("Versions", []):
-        s3.delete_object(Bucket=BUCKET, Key=v["Key"], VersionId=v["VersionId"])
-    return s3
 
 
 @pytest.fixture
