@@ -163,11 +163,22 @@ def test_expiry_check_of_an_empty_store_fails_and_counts_it(fn_env, bucket, caps
     assert "SigningCoverageDays" not in emitted(out)  # missing data: the alarm breaches
 
 
-def test_the_lambda_path_imports_neither_grpc_nor_kubernetes(tmp_path):
-    store = tmp_path / "credentials"
+def last_json_line_of_fresh_python(tmp_path, code: str, *argv: str):
+    """Run ``code`` in a fresh interpreter whose file store (SENTRY_ISSUER_CREDENTIALS) holds a
+    bundle; the JSON of its last output line."""
     from conftest import write_bundle
 
+    store = tmp_path / "credentials"
     write_bundle(store, make_bundle(datetime.now(UTC)))
+    env = {"SENTRY_ISSUER_CREDENTIALS": str(store), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_the_lambda_path_imports_neither_grpc_nor_kubernetes(tmp_path):
     code = (
         "import json, sys; from handlers.local_invoke import invoke;"
         "invoke('ExpiryCheckFunction', {}, sys.argv[1]);"
@@ -175,21 +186,12 @@ def test_the_lambda_path_imports_neither_grpc_nor_kubernetes(tmp_path):
         "heavy = ('grpc', 'kubernetes', 'jwt', 'prometheus_client');"
         "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))"
     )
-    env = {"SENTRY_ISSUER_CREDENTIALS": str(store), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run(
-        [sys.executable, "-c", code, str(TEMPLATE)], capture_output=True, text=True, env=env, check=False
-    )
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+    assert last_json_line_of_fresh_python(tmp_path, code, str(TEMPLATE)) == []
 
 
 def test_the_expiry_function_loads_no_more_than_it_needs(tmp_path):
     """Its cold start is budgeted (bench/cold_start.py): no rotation machinery, boto3 layer or
     key serialisation on the path that reads only certificates."""
-    store = tmp_path / "credentials"
-    from conftest import write_bundle
-
-    write_bundle(store, make_bundle(datetime.now(UTC)))
     code = (
         "import io, json, sys; out, sys.stdout = sys.stdout, io.StringIO();"
         "from handlers import expiry_check; s = expiry_check.handler({}, None); sys.stdout = out;"
@@ -197,10 +199,7 @@ def test_the_expiry_function_loads_no_more_than_it_needs(tmp_path):
         " 'cryptography.hazmat.primitives.serialization.ssh');"
         "print(json.dumps([s['status'], sorted(m for m in heavy if m in sys.modules)]))"
     )
-    env = {"SENTRY_ISSUER_CREDENTIALS": str(store), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == ["ok", []]
+    assert last_json_line_of_fresh_python(tmp_path, code) == ["ok", []]
 
 
 # --- config change -----------------------------------------------------------------------------

@@ -100,6 +100,7 @@ from .certs import (
 )
 from .durations import format_duration
 from .errors import BundleError, FailedPrecondition
+from .expiry import chain_not_after
 from .keys import KeyAlgorithm, PrivateKey, load_private_key, private_key_pem, public_key_der
 from .rotation_document import FORMAT, load_document
 from .rotation_document import SECRET_FIELDS as SECRET_FIELDS  # re-exported
@@ -134,7 +135,7 @@ class PreparedRoot:
     @property
     def not_after(self) -> datetime:
         """When this chain stops being usable: its earliest NotAfter."""
-        return min(c.not_valid_after_utc for c in (*self.issuer_chain, self.root))
+        return chain_not_after((*self.issuer_chain, self.root))
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class PreparedIssuer:
 
     @property
     def not_after(self) -> datetime:
-        return min(c.not_valid_after_utc for c in (*self.issuer_chain, self.root))
+        return chain_not_after((*self.issuer_chain, self.root))
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,7 @@ def active_root(bundle: TrustBundle) -> x509.Certificate:
 
 
 def _chain_not_after(bundle: TrustBundle) -> datetime:
-    return min(c.not_valid_after_utc for c in (*bundle.issuer_chain, active_root(bundle)))
+    return chain_not_after((*bundle.issuer_chain, active_root(bundle)))
 
 
 def _root_key(bundle: TrustBundle) -> PrivateKey | None:

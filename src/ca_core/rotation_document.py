@@ -18,6 +18,7 @@ from cryptography import x509
 
 from .bundle import PUBLIC_ITEMS, ROTATION_STATE, PublicBundle, fingerprint, parse_public_bundle
 from .errors import BundleError
+from .expiry import chain_not_after
 
 FORMAT = 1  # the version of the document this code reads and writes
 SECRET_FIELDS = ("key", "issuer_chain", "issuer_key")  # of a prepared slot: never in the public part
@@ -97,7 +98,7 @@ def released_roots(
     prepared = old_root.get("prepared") if isinstance(old_root.get("prepared"), dict) else {}
     if old is not None and new_active is not None and prepared.get("sha256") == new_active:
         active = old.anchor_for(old.issuer_chain[-1])
-        if active is not None and min(c.not_valid_after_utc for c in (*old.issuer_chain, active)) <= now:
+        if active is not None and chain_not_after((*old.issuer_chain, active)) <= now:
             released.add(fingerprint(active))
     new_root = _root_section(new_items)
     active_record = new_root.get("active") if isinstance(new_root.get("active"), dict) else {}
