@@ -31,9 +31,11 @@ FROM public.ecr.aws/lambda/python:${PYTHON_VERSION} AS lambda
 COPY src/requirements.txt ${LAMBDA_TASK_ROOT}/
 RUN python -m pip install --no-cache-dir --requirement "${LAMBDA_TASK_ROOT}/requirements.txt" --target "${LAMBDA_TASK_ROOT}"
 COPY src/ca_core ${LAMBDA_TASK_ROOT}/ca_core
+COPY src/adapters ${LAMBDA_TASK_ROOT}/adapters
 COPY src/handlers ${LAMBDA_TASK_ROOT}/handlers
-# botocore's models without prose (handlers.slim_botocore): ~60 ms less per cold start
-RUN PYTHONPATH="${LAMBDA_TASK_ROOT}" python -m handlers.slim_botocore "${LAMBDA_TASK_ROOT}/botocore-data"
+COPY src/tools /tmp/build-tools/tools
+# botocore's models without prose (tools.slim_botocore): ~60 ms less per cold start
+RUN PYTHONPATH="${LAMBDA_TASK_ROOT}:/tmp/build-tools" python -m tools.slim_botocore "${LAMBDA_TASK_ROOT}/botocore-data"
 ENV SENTRY_BOTOCORE_DATA=${LAMBDA_TASK_ROOT}/botocore-data
 USER 1000:1000
 CMD ["handlers.expiry_check.handler"]

@@ -73,7 +73,7 @@ lint-k8s: $(TOOLS)/.installed $(CHECKOV_VENV)/.installed
 ## invoke: run a template function's handler in-process, e.g. make invoke FN=ExpiryCheckFunction EVENT=events/scheduled.json
 invoke: $(VENV)/.installed-test
 	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=<LogicalId> EVENT=events/<file>"; exit 2; }
-	$(PY) -m handlers.local_invoke --template template.yaml --env-vars events/env.json $(FN) $(EVENT)
+	$(PY) -m tools.local_invoke --template template.yaml --env-vars events/env.json $(FN) $(EVENT)
 
 ## sam-build: sam build of the functions (src/Makefile; no container runtime needed) into .aws-sam/
 sam-build: $(TOOLS)/.installed | $(VENV)/bin/python

@@ -5,7 +5,7 @@ Each sample is a fresh interpreter (``python -X importtime`` is not used: it slo
 - ``+ client``: the baseline plus creating an S3 client (what any function reading S3 pays);
 - ``function``: import ``handlers.expiry_check`` and run its first invocation against an S3
   store on a moto server (loopback), i.e. import + boto3 client + one GetObject + parse + EMF,
-  as deployed: botocore loading the slim data the SAM build ships (``handlers.slim_botocore``,
+  as deployed: botocore loading the slim data the SAM build ships (``tools.slim_botocore``,
   ``SENTRY_BOTOCORE_DATA``);
 - ``function, full data``: the same with botocore's own data (what the slim data saves).
 Samples alternate so drift affects all; the figure is the median. Target: the function at most
@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     from moto.server import ThreadedMotoServer
 
     sys.path.insert(0, str(ROOT / "src"))
+    from adapters.stores.s3 import S3BundleStore
     from ca_core.bundle import generate_bundle
-    from ca_core.stores.s3 import S3BundleStore
-    from handlers.slim_botocore import build as build_slim
+    from tools.slim_botocore import build as build_slim
 
     slim = None
 

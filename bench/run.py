@@ -301,7 +301,7 @@ def _grpc_caller(target: tuple):
     """(call(item, thread), close, encode) for the CA: one TLS channel (connection) per load
     thread, as many sidecars each hold their own. With --workers the kernel assigns each new
     connection to a worker, so a handful of shared connections would measure its hashing luck."""
-    from handlers import client
+    import sentryca_client as client
 
     _, port, anchors = target
     channels: dict[int, object] = {}

@@ -25,14 +25,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+import sentryca_client as client
+from adapters.stores import FileBundleStore
 from ca_core.bundle import TrustBundle, generate_bundle
 from ca_core.certs import generate_issuer, generate_root
 from ca_core.config import Config, load_config
 from ca_core.keys import KeyAlgorithm
 from ca_core.service import SigningPolicy
 from ca_core.spiffe_id import SpiffeId
-from ca_core.stores import FileBundleStore
-from handlers import client
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 # `sentryca serve` flags for a test server: every port picked free by the OS
@@ -188,7 +188,7 @@ def running_ca(store_dir: Path) -> Iterator:
 @pytest.fixture
 def channel_to(store_dir: Path):
     """Open TLS channels to a running CA, trusting only its ca.crt; closed afterwards."""
-    from handlers import client
+    import sentryca_client as client
 
     opened = []
 
@@ -266,8 +266,8 @@ _DUMMY_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing
 
 @pytest.fixture(scope="session")
 def slim_botocore_data(tmp_path_factory) -> Path:
-    """botocore's data without prose, as the Lambda build ships it (handlers.slim_botocore)."""
-    from handlers import slim_botocore
+    """botocore's data without prose, as the Lambda build ships it (tools.slim_botocore)."""
+    from tools import slim_botocore
 
     out = tmp_path_factory.mktemp("botocore") / "data"
     slim_botocore.build(out)

@@ -21,7 +21,7 @@ from conftest import run_sentryca as run
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca_core.stores import open_store
+from adapters.stores import open_store
 
 
 def store_url(kind: str, tmp_path: Path) -> str:
@@ -153,7 +153,7 @@ def test_bundle_import_verifies_keeps_trust_continuity_and_force_overrides(kind_
 def test_bundle_import_from_refuses_an_unrelated_bundle_claiming_the_current_root_was_removed(tmp_path):
     from test_rotation import CRAFTED_CLAIMS, crafted_items
 
-    from ca_core.stores import FileBundleStore
+    from adapters.stores import FileBundleStore
 
     store_dir = tmp_path / "store"
     ours = make_bundle()

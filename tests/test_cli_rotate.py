@@ -14,13 +14,13 @@ from conftest import run_sentryca as run
 from cryptography import x509
 from test_rotation import verifies
 
+import sentryca_client as client
+from adapters.stores import FileBundleStore
 from ca_core.bundle import certificates_pem, parse_bundle
 from ca_core.certs import generate_issuer
 from ca_core.keys import private_key_pem
 from ca_core.rotation import parse_state
 from ca_core.spiffe_id import SpiffeId
-from ca_core.stores import FileBundleStore
-from handlers import client
 from handlers.server import CertificateAuthority
 
 CA_ID = SpiffeId("localhost", "default", "dapr-sentry")

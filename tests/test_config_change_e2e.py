@@ -17,11 +17,11 @@ from conftest import BUCKET, ca_config, make_bundle, make_csr, reissued
 from cryptography import x509
 from test_lambda_handlers import ENV
 
-from ca_core.stores.s3 import S3BundleStore
-from handlers import client
-from handlers.local_invoke import invoke
+import sentryca_client as client
+from adapters.stores.s3 import S3BundleStore
 from handlers.server import CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2
+from tools.local_invoke import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0  # generous: the poll interval is 1 s
@@ -138,7 +138,7 @@ def test_config_change_restarts_in_place_without_failed_calls(bucket, tmp_path, 
 
 
 def test_store_poll_on_a_file_store_refuses_a_root_drop_then_applies_a_valid_bundle(tmp_path):
-    from ca_core.stores import FileBundleStore
+    from adapters.stores import FileBundleStore
 
     store_dir = tmp_path / "credentials"
     ca = CertificateAuthority()

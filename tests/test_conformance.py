@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store
 from spiffe import X509Svid
 
+import sentryca_client as client
 from ca_core.keys import KeyAlgorithm
-from handlers import client
 from handlers.server import CertificateAuthority
 
 # pkilint's URI check knows only common schemes and flags every spiffe:// URI; nothing else is excused.

@@ -6,7 +6,7 @@ from pathlib import Path
 from cryptography import x509
 from google.protobuf import json_format
 
-from handlers import client
+import sentryca_client as client
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"

@@ -23,13 +23,13 @@ from jwks_server import JwksServer, SigningKey, claims, jwks, self_signed_tls
 from kube_api_server import KubeApiServer
 from test_validators_kubernetes import Cluster
 
+import sentryca_client as client
+from adapters.stores import FileBundleStore
 from ca_core.config import JwksSettings
 from ca_core.errors import Unavailable
 from ca_core.spiffe_id import SpiffeId
-from ca_core.stores import FileBundleStore
 from ca_core.validators import SignRequest
 from ca_core.validators_jwks import FAILED_FETCH_RETRY, JwksValidator
-from handlers import client
 from handlers.server import CertificateAuthority
 
 CA_ID = SpiffeId("localhost", "default", "dapr-sentry")
@@ -121,7 +121,7 @@ def test_file_size_limit_while_writing_is_unavailable_and_loses_nothing(tmp_path
     script = f"""
 import json, resource, signal, sys
 from ca_core.errors import Unavailable
-from ca_core.stores import FileBundleStore
+from adapters.stores import FileBundleStore
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 store = FileBundleStore({str(store_dir)!r})
 current = store.load()

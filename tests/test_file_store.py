@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import make_bundle, snapshot
 
+from adapters.stores import FileBundleStore, FileNames, load_or_create, open_store
 from ca_core.bundle import ANCHORS, ISSUER_KEY
 from ca_core.errors import BundleError
-from ca_core.stores import FileBundleStore, FileNames, load_or_create, open_store
 
 
 def mode(p: Path) -> int:
@@ -191,7 +191,7 @@ def test_a_reader_never_sees_a_half_written_bundle(tmp_path):
 _CRASH_CHILD = """
 import os, signal, sys
 from pathlib import Path
-from ca_core.stores import files
+from adapters.stores import files
 
 directory, items_dir, crash_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 calls = []

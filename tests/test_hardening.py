@@ -22,9 +22,10 @@ from conftest import (
 from conftest import run_sentryca as run
 from cryptography.hazmat.primitives import serialization
 
+import sentryca_client as client
 from ca_core.config import load_config
 from ca_core.errors import BundleError, ConfigError
-from handlers import client, composition
+from handlers import composition
 from handlers.server import CertificateAuthority
 
 # --- INSECURE is never silently reachable from a network (SPEC §6) ---------------------------
@@ -118,7 +119,7 @@ def test_expired_issuer_without_root_key_starts_without_grpc_and_says_so(store_d
     bundle = bundle_with_issuer_window(now - timedelta(days=30), now - timedelta(days=1), now)
     items = bundle.to_items()
     items.pop("root.key")
-    from ca_core.stores import FileBundleStore
+    from adapters.stores import FileBundleStore
 
     assert FileBundleStore(store_dir).create(items)
     ca = CertificateAuthority()

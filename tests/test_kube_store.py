@@ -12,10 +12,10 @@ import pytest
 from conftest import KUBE_NAMESPACE, ca_config, make_bundle
 from kube_api_server import KubeApiServer
 
+from adapters.stores import FileNames, Retry, load_or_create, open_store
+from adapters.stores.kubernetes_secret import VERSION_ANNOTATION, KubernetesSecretBundleStore
 from ca_core.bundle import parse_public_bundle
 from ca_core.errors import BundleError, Unavailable
-from ca_core.stores import FileNames, Retry, load_or_create, open_store
-from ca_core.stores.kubernetes_secret import VERSION_ANNOTATION, KubernetesSecretBundleStore
 
 NS = KUBE_NAMESPACE
 

@@ -1,4 +1,4 @@
-"""The Lambda handlers, run as template.yaml names them (handlers.local_invoke), on every sample
+"""The Lambda handlers, run as template.yaml names them (tools.local_invoke), on every sample
 event in events/, against moto in server mode (S3, Secrets Manager, SSM, ECS) over loopback.
 Asserts the returned summary and the EMF lines (namespace, metric names, dimensions)."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import BUCKET, aws_client, make_bundle, reissued
 
+from adapters.stores.s3 import S3BundleStore
+from adapters.stores.secretsmanager import SecretsManagerBundleStore
 from ca_core.bundle import TrustBundle
-from ca_core.stores.s3 import S3BundleStore
-from ca_core.stores.secretsmanager import SecretsManagerBundleStore
-from handlers.local_invoke import apply_env_vars, invoke
+from tools.local_invoke import apply_env_vars, invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -180,7 +180,7 @@ def last_json_line_of_fresh_python(tmp_path, code: str, *argv: str):
 
 def test_the_lambda_path_imports_neither_grpc_nor_kubernetes(tmp_path):
     code = (
-        "import json, sys; from handlers.local_invoke import invoke;"
+        "import json, sys; from tools.local_invoke import invoke;"
         "invoke('ExpiryCheckFunction', {}, sys.argv[1]);"
         "import handlers.config_change;"
         "heavy = ('grpc', 'kubernetes', 'jwt', 'prometheus_client');"
@@ -355,7 +355,7 @@ def test_make_invoke_runs_the_template_handler_with_env_json(tmp_path, monkeypat
     write_bundle(store, make_bundle(datetime.now(UTC)))
     env = {"PATH": "/usr/bin:/bin", "SENTRY_TRUST_BUNDLE_STORE": f"file://{store}"}
     r = subprocess.run(
-        [sys.executable, "-m", "handlers.local_invoke", "ExpiryCheckFunction", "events/scheduled.json"],
+        [sys.executable, "-m", "tools.local_invoke", "ExpiryCheckFunction", "events/scheduled.json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -368,7 +368,7 @@ def test_make_invoke_runs_the_template_handler_with_env_json(tmp_path, monkeypat
     # env.json filled what the shell did not set: the service dimension.
     assert any(d.get("service") == "sentryca-local" for d in emf_lines(r.stdout))
     bad = subprocess.run(
-        [sys.executable, "-m", "handlers.local_invoke", "NoSuchFunction", "events/scheduled.json"],
+        [sys.executable, "-m", "tools.local_invoke", "NoSuchFunction", "events/scheduled.json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -379,7 +379,7 @@ def test_make_invoke_runs_the_template_handler_with_env_json(tmp_path, monkeypat
 
 
 def test_make_invoke_names_an_unreadable_event_without_a_traceback(tmp_path):
-    from handlers import local_invoke
+    from tools import local_invoke
 
     (tmp_path / "broken.json").write_text("{not json")
     for event, says in (
@@ -387,7 +387,7 @@ def test_make_invoke_names_an_unreadable_event_without_a_traceback(tmp_path):
         (tmp_path / "broken.json", "not JSON"),
     ):
         r = subprocess.run(
-            [sys.executable, "-m", "handlers.local_invoke", "ExpiryCheckFunction", str(event)],
+            [sys.executable, "-m", "tools.local_invoke", "ExpiryCheckFunction", str(event)],
             cwd=ROOT,
             capture_output=True,
             text=True,

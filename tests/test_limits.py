@@ -7,9 +7,9 @@ import grpc
 import pytest
 from conftest import ca_config, make_csr
 
+import sentryca_client as client
 from ca_core.config import load_config
 from ca_core.errors import ConfigError
-from handlers import client
 from handlers.rate_limit import MAX_CALLERS, RateLimiter, peer_host
 from handlers.server import CertificateAuthority
 

@@ -12,10 +12,10 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+import sentryca_client as client
 from ca_core.bundle import TrustBundle
 from ca_core.certs import generate_issuer
 from ca_core.spiffe_id import SpiffeId
-from handlers import client
 from handlers.grpc_service import CALL_ID_TRAILER, SERVICE
 from handlers.logs import JsonFormatter
 from handlers.metrics import bounded_reason

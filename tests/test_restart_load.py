@@ -15,8 +15,8 @@ from conftest import ca_config, make_csr
 from cryptography import x509
 from jwks_server import JwksServer, SigningKey, claims, jwks
 
+import sentryca_client as client
 from ca_core.config import load_config
-from handlers import client
 from handlers.server import CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
 

@@ -20,6 +20,7 @@ from conftest import NOW, bundle_with_issuer_window, ca_config, make_bundle, mak
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from adapters.stores import FileBundleStore
 from ca_core import rotation
 from ca_core.bundle import (
     ROTATION_STATE,
@@ -35,7 +36,6 @@ from ca_core.errors import BundleError, FailedPrecondition
 from ca_core.expiry import expiry_report
 from ca_core.rotation import RotationPolicy, advance, parse_state, public_items
 from ca_core.spiffe_id import SpiffeId
-from ca_core.stores import FileBundleStore
 from ca_core.validators import Identity
 from handlers.server import CertificateAuthority
 

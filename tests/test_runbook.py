@@ -30,13 +30,13 @@ from conftest import (
 from cryptography import x509
 from test_rotation import verifies
 
+import sentryca_client as client
+from adapters.stores import FileBundleStore, open_store
 from ca_core.bundle import TrustBundle, parse_bundle
 from ca_core.certs import generate_issuer, generate_root
 from ca_core.keys import private_key_pem
 from ca_core.rotation import parse_state
 from ca_core.spiffe_id import SpiffeId
-from ca_core.stores import FileBundleStore, open_store
-from handlers import client
 from handlers.server import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parent.parent

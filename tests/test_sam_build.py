@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import TEST_BUCKET, make_bundle
 
-from ca_core.stores import open_store
-from handlers.local_invoke import load_template
+from adapters.stores import open_store
+from tools.local_invoke import load_template
 
 ROOT = Path(__file__).resolve().parent.parent
 SAM = ROOT / ".venv-tools" / "bin" / "sam"

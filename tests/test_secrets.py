@@ -17,8 +17,8 @@ from jwks_server import SigningKey, claims, jwks
 from kube_api_server import KubeApiServer
 from test_validators_kubernetes import Cluster
 
+import sentryca_client as client
 from ca_core.config import JwksSettings
-from handlers import client
 from handlers.server import CertificateAuthority
 
 SUB = "spiffe://public/ns/prod/orders"

@@ -23,8 +23,8 @@ from conftest import (
 )
 from cryptography import x509
 
+import sentryca_client as client
 from ca_core.errors import BundleError, CAError
-from handlers import client
 from handlers.server import AlreadyRunning, CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
 

@@ -1,4 +1,4 @@
-"""The Lambda functions' slim botocore data (handlers.slim_botocore) drops prose and nothing else,
+"""The Lambda functions' slim botocore data (tools.slim_botocore) drops prose and nothing else,
 and a client built on it works against a real protocol peer (moto server)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 from botocore import xform_name
 from conftest import TEST_BUCKET
 
+from adapters.stores import aws, open_store
 from ca_core.bundle import generate_bundle
 from ca_core.errors import ConfigError
-from ca_core.stores import aws, open_store
-from handlers import slim_botocore
+from tools import slim_botocore
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,10 +15,10 @@ import pytest
 from conftest import KUBE_NAMESPACE, NOW, TEST_BUCKET, aws_client, make_bundle, snapshot
 from cryptography.hazmat.primitives import serialization
 
+from adapters.stores import Retry, encode_document, load_or_create, open_store
 from ca_core.bundle import parse_bundle, parse_public_bundle
 from ca_core.errors import BundleError, Unavailable
 from ca_core.keys import KeyAlgorithm
-from ca_core.stores import Retry, encode_document, load_or_create, open_store
 
 KINDS = ["file", "s3", "secretsmanager", "kubernetes"]
 

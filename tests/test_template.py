@@ -16,7 +16,7 @@ from conftest import aws_client, make_bundle, write_bundle
 
 from ca_core.config import load_config
 from handlers import lambda_support as ls
-from handlers.local_invoke import function_handler, load_template, resolve_handler
+from tools.local_invoke import function_handler, load_template, resolve_handler
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = load_template(ROOT / "template.yaml")

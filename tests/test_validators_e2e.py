@@ -14,10 +14,10 @@ from jwks_server import JwksServer, SigningKey, claims, jwks
 from kube_api_server import KubeApiServer
 from test_validators_kubernetes import Cluster
 
+import sentryca_client as client
 from ca_core.config import JwksSettings
 from ca_core.errors import ConfigError
 from ca_core.validators import TokenValidatorKind
-from handlers import client
 from handlers.composition import build_validators
 
 INSECURE, KUBERNETES, JWKS = 1, 2, 3

@@ -27,9 +27,9 @@ from conftest import (
 )
 from cryptography import x509
 
+import sentryca_client as client
+from adapters.stores import FileBundleStore
 from ca_core.bundle import TrustBundle, parse_bundle
-from ca_core.stores import FileBundleStore
-from handlers import client
 
 pytestmark = pytest.mark.slow
 

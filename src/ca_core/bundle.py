@@ -35,6 +35,27 @@ ROTATION_STATE = "rotation.json"
 STORE_ITEMS = (*ALL_ITEMS, ROTATION_STATE)
 
 
+@dataclass(frozen=True)
+class FileNames:
+    """File names of the items (``--issuer-ca-filename`` etc.)."""
+
+    ca: str = "ca.crt"
+    issuer_certificate: str = "issuer.crt"
+    issuer_key: str = "issuer.key"
+    root_key: str = "root.key"
+    rotation_state: str = "rotation.json"
+
+    def mapping(self) -> dict[str, str]:
+        """Logical item name → file name."""
+        return {
+            ANCHORS: self.ca,
+            ISSUER_CHAIN: self.issuer_certificate,
+            ISSUER_KEY: self.issuer_key,
+            ROOT_KEY: self.root_key,
+            ROTATION_STATE: self.rotation_state,
+        }
+
+
 def fingerprint(cert: x509.Certificate) -> str:
     """The SHA-256 fingerprint of ``cert``'s DER, lower-case hex (how anchors are named in audit
     records and in the rotation state)."""

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from .bundle import FileNames
 from .durations import format_duration, parse_duration
 from .errors import ConfigError
 from .keys import KeyAlgorithm
 from .spiffe_id import namespace_problem, trust_domain_problem
-from .stores.files import FileNames
 
 if TYPE_CHECKING:  # argparse is only a type here: the Lambda functions import this module cold
     import argparse

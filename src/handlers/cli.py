@@ -212,10 +212,9 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
     import grpc
     from cryptography import x509
 
+    import sentryca_client as client
     from ca_core.csr import csr_public_key
     from ca_core.errors import InvalidRequest
-
-    from . import client
 
     try:
         validator = TokenValidatorKind.parse(args.token_validator)
@@ -314,9 +313,9 @@ def cmd_request(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Exit 0 when the whole bundle is usable, 1 when it is empty or unusable; the public part
     (anchors, issuer) is shown whenever it can be read, with the time each has left."""
+    from adapters.stores import open_store
     from ca_core.bundle import parse_bundle, parse_public_bundle
     from ca_core.errors import BundleError, Unavailable
-    from ca_core.stores import open_store
 
     cfg = _config(args)
     store = open_store(cfg.store_url, cfg.file_names, kubeconfig=cfg.kubeconfig)
@@ -398,6 +397,7 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_import(args: argparse.Namespace) -> int:
+    from adapters.stores import FileBundleStore
     from ca_core.bundle import (
         ANCHORS,
         ISSUER_CHAIN,
@@ -410,7 +410,6 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
     )
     from ca_core.keys import public_key_der
     from ca_core.rotation import parse_state, released_roots
-    from ca_core.stores import FileBundleStore
 
     from .composition import store_retry
 
@@ -510,8 +509,8 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_export(args: argparse.Namespace) -> int:
+    from adapters.stores import FileBundleStore
     from ca_core.bundle import parse_bundle
-    from ca_core.stores import FileBundleStore
 
     from .composition import store_retry
 
@@ -533,8 +532,8 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
+    from adapters.stores import open_store
     from ca_core.bundle import generate_bundle
-    from ca_core.stores import open_store
 
     from .composition import signing_policy, store_retry
 

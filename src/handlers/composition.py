@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from adapters.stores import BundleStore, Retry, StoredBundle, load_or_create_stored, open_store
 from ca_core.bundle import TrustBundle, generate_bundle
 from ca_core.config import Config
 from ca_core.errors import BundleError, ConfigError
 from ca_core.rotation import RotationPolicy
 from ca_core.service import Signer, SigningPolicy
-from ca_core.stores import BundleStore, Retry, StoredBundle, load_or_create_stored, open_store
 from ca_core.validators import InsecureValidator, TokenValidatorKind, Validator
 
 log = logging.getLogger(__name__)

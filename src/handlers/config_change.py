@@ -37,11 +37,11 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from adapters.stores import open_store
 from ca_core.bundle import check_trust_continuity, parse_bundle
 from ca_core.config import read_config_file
 from ca_core.errors import BundleError, CAError, Unavailable
 from ca_core.rotation import parse_state, released_roots
-from ca_core.stores import open_store
 
 from . import lambda_support as ls
 
@@ -116,7 +116,7 @@ def _same_secret(configured: str, named: str) -> bool:
     """A secret given as a name or ARN on either side (ARNs end in ``:secret:NAME-XXXXXX``)."""
     if configured == named:
         return True
-    from ca_core.stores.secretsmanager import _name_of
+    from adapters.stores.secretsmanager import _name_of
 
     return _name_of(configured) == _name_of(named)
 
@@ -212,7 +212,7 @@ def _validate_bundle(store: Any) -> None:
 
 def _validate_parameter(name: str) -> None:
     """Read the SSM parameter and parse it as a Dapr Configuration. Raises ConfigError, Unavailable."""
-    from ca_core.stores import aws
+    from adapters.stores import aws
 
     try:
         value = aws.client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
@@ -229,7 +229,7 @@ def _force_new_deployment() -> str | None:
     service = os.environ.get("SENTRYCA_ECS_SERVICE")
     if not cluster or not service:
         return None
-    from ca_core.stores import aws
+    from adapters.stores import aws
 
     try:
         r = aws.client("ecs").update_service(cluster=cluster, service=service, forceNewDeployment=True)

@@ -26,11 +26,11 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from cryptography import x509
 
+from adapters.stores import open_store
 from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE
 from ca_core.errors import BundleError, CAError
 from ca_core.expiry import ExpiryReport, expiry_report
 from ca_core.rotation_document import prepared_not_after
-from ca_core.stores import open_store
 
 from . import lambda_support as ls
 

@@ -26,6 +26,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from adapters.stores import BundleStore, StoredBundle
 from ca_core import rotation
 from ca_core.bundle import ROTATION_STATE, certificates_pem, check_trust_continuity, fingerprint
 from ca_core.certs import check_issuer_valid, sign_workload
@@ -34,7 +35,6 @@ from ca_core.errors import CAError, FailedPrecondition, Unavailable
 from ca_core.expiry import ExpiryFinding, expiry_report
 from ca_core.keys import private_key_pem
 from ca_core.service import Signer
-from ca_core.stores import BundleStore, StoredBundle
 from ca_core.validators import Identity, validator_readiness
 
 from . import composition

@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Any
 
-from ..errors import ConfigError, Unavailable
+from ca_core.errors import ConfigError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def client(service: str, region: str | None = None) -> Any:
         raise ConfigError(
             f"botocore has no model for {service!r}"
             + (
-                " in SENTRY_BOTOCORE_DATA (rebuild it with python -m handlers.slim_botocore)"
+                " in SENTRY_BOTOCORE_DATA (rebuild it with python -m tools.slim_botocore)"
                 if os.environ.get("SENTRY_BOTOCORE_DATA")
                 else ""
             )
@@ -82,7 +82,7 @@ def client(service: str, region: str | None = None) -> Any:
 
 def _use_slim_data(session: Any) -> None:
     """With ``SENTRY_BOTOCORE_DATA`` set to a directory built by ``python -m
-    handlers.slim_botocore`` (the Lambda functions' build does it), ``session`` loads its models
+    tools.slim_botocore`` (the Lambda functions' build does it), ``session`` loads its models
     only from there: the same models without their prose, parsed in a third of the time on the
     cold-start path. A missing directory is logged and botocore's own data used instead."""
     data = os.environ.get("SENTRY_BOTOCORE_DATA")

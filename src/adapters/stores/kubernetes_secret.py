@@ -39,11 +39,11 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE, STORE_ITEMS
-from ..errors import BundleError, Unavailable
-from ..rotation_document import public_items
+from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE, STORE_ITEMS, FileNames
+from ca_core.errors import BundleError, Unavailable
+from ca_core.rotation_document import public_items
+
 from .base import StoredBundle
-from .files import FileNames
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class KubernetesSecretBundleStore:
             from kubernetes import client
 
             if self._api_client is None:
-                from ..kube_client import api_client
+                from adapters.kube_client import api_client
 
                 self._api_client = api_client(self.kubeconfig)
             self._core = client.CoreV1Api(self._api_client)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ConfigError
+from ca_core.errors import ConfigError
 
 
 def api_client(kubeconfig: str | None) -> Any:

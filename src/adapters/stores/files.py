@@ -26,12 +26,20 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, PUBLIC_ITEMS, ROOT_KEY, ROTATION_STATE
-from ..errors import BundleError, Unavailable
-from ..rotation_document import public_items
+from ca_core.bundle import (
+    ANCHORS,
+    ISSUER_CHAIN,
+    ISSUER_KEY,
+    PUBLIC_ITEMS,
+    ROOT_KEY,
+    ROTATION_STATE,
+    FileNames,
+)
+from ca_core.errors import BundleError, Unavailable
+from ca_core.rotation_document import public_items
+
 from .base import StoredBundle
 
 DATA_LINK = "..data"
@@ -45,27 +53,6 @@ def _no_crash(point: str) -> None:
 # Test hook: called with the name of each step of a write; the crash-safety test sets it (in a
 # subprocess) to kill the process at one step. Never set by the product.
 crash_point: Callable[[str], None] = _no_crash
-
-
-@dataclass(frozen=True)
-class FileNames:
-    """File names of the items (``--issuer-ca-filename`` etc.)."""
-
-    ca: str = "ca.crt"
-    issuer_certificate: str = "issuer.crt"
-    issuer_key: str = "issuer.key"
-    root_key: str = "root.key"
-    rotation_state: str = "rotation.json"
-
-    def mapping(self) -> dict[str, str]:
-        """Logical item name → file name."""
-        return {
-            ANCHORS: self.ca,
-            ISSUER_CHAIN: self.issuer_certificate,
-            ISSUER_KEY: self.issuer_key,
-            ROOT_KEY: self.root_key,
-            ROTATION_STATE: self.rotation_state,
-        }
 
 
 def version_of(items: Mapping[str, bytes]) -> str:

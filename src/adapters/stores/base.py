@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from ..bundle import STORE_ITEMS, TrustBundle, parse_bundle
-from ..errors import BundleError, Unavailable
+from ca_core.bundle import STORE_ITEMS, TrustBundle, parse_bundle
+from ca_core.errors import BundleError, Unavailable
 
 T = TypeVar("T")
 
@@ -159,7 +159,7 @@ def load_or_create_stored(
             )
     try:
         bundle = parse_bundle(stored.items, store.labels())
-        from ..rotation import parse_state  # here: the expiry function never loads a full bundle
+        from ca_core.rotation import parse_state  # here: the expiry function never loads a full bundle
 
         parse_state(stored.items, bundle, store.labels())  # a rotation state that cannot be acted on
     except BundleError as e:

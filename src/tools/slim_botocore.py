@@ -14,13 +14,13 @@ derives from the *installed* botocore (so the data always matches its code) a di
 - the other top-level data files (``partitions.json``, ``_retry.json``,
   ``sdk-default-configuration.json``) copied unchanged.
 
-Point ``SENTRY_BOTOCORE_DATA`` at the directory and ``ca_core.stores.aws.client`` loads only from
+Point ``SENTRY_BOTOCORE_DATA`` at the directory and ``adapters.aws.client`` loads only from
 it (``botocore.loaders.Loader(extra_search_paths=[dir], include_default_search_paths=False)``).
 The SAM build (``src/Makefile``) does this for both functions. ``tests/test_slim_botocore.py``
 compares every slim model with botocore's own and checks that every SDK call in ``src/`` is kept;
 the Lambda handlers' tests run on the slim data.
 
-Usage: ``python -m handlers.slim_botocore OUT_DIR [--services s3,secretsmanager,...]``. Imports
+Usage: ``python -m tools.slim_botocore OUT_DIR [--services s3,secretsmanager,...]``. Imports
 only botocore, so it also runs against packages installed for another platform.
 """
 

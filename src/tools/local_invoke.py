@@ -7,7 +7,7 @@ calling shell, so ``SENTRY_TRUST_BUNDLE_STORE=file://.sentry/credentials make in
 function elsewhere. Prints the handler's return value as JSON on stdout (after the handler's own
 log and EMF lines); exit status 1 when the handler raised.
 
-Usage: python -m handlers.local_invoke [--template template.yaml] [--env-vars events/env.json]
+Usage: python -m tools.local_invoke [--template template.yaml] [--env-vars events/env.json]
 LOGICAL_ID EVENT_FILE
 """
 

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlparse
 
-from ..errors import ConfigError
-from ..spiffe_id import namespace_problem
+from ca_core.errors import ConfigError
+from ca_core.spiffe_id import namespace_problem
+
 from .base import (
     NO_RETRY,
     BundleStore,

@@ -23,10 +23,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ..bundle import STORE_ITEMS
-from ..errors import Unavailable
-from ..rotation_document import public_items
-from . import aws
+from adapters import aws
+from ca_core.bundle import STORE_ITEMS
+from ca_core.errors import Unavailable
+from ca_core.rotation_document import public_items
+
 from .base import StoredBundle, decode_document, encode_document
 
 log = logging.getLogger(__name__)

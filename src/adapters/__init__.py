@@ -1,0 +1,4 @@
+"""Everything that talks to something, one module per counterpart: the trust-bundle stores
+(``adapters.stores``), the AWS client factory (``aws``), the Kubernetes API client
+(``kube_client``). Adapters import the core and their SDKs; they never import ``handlers``
+(design §10)."""
