@@ -190,7 +190,7 @@ def test_store_poll_interval_is_off_by_default_and_bounded():
 
 
 def test_rotation_options_are_off_by_default_bounded_and_feed_the_policy():
-    from handlers.composition import rotation_policy
+    from ca_core.policy import rotation_policy
 
     cfg = load_config({}, {})
     assert cfg.auto_rotate is False and cfg.root_propagation_window == timedelta(hours=24)

@@ -26,12 +26,12 @@ from ca_core.bundle import (
     ROTATION_STATE,
     TrustBundle,
     certificates_pem,
-    check_trust_continuity,
     fingerprint,
     parse_bundle,
     parse_public_bundle,
 )
 from ca_core.certs import generate_issuer, generate_root, sign_workload
+from ca_core.continuity import check_replacement
 from ca_core.errors import BundleError, FailedPrecondition
 from ca_core.expiry import expiry_report
 from ca_core.rotation import RotationPolicy, advance, parse_state, public_items
@@ -352,13 +352,13 @@ def test_emergency_removes_every_other_root_and_continuity_accepts_only_that():
     items = result.items()
     released = rotation.released_roots(prepared.items(), items, NOW)
     assert released == {fingerprint(a) for a in prepared.bundle.trust_anchors}
-    check_trust_continuity(bundle, result.bundle, "test", released)
+    check_replacement(bundle, prepared.items(), result.bundle, items, NOW, "test")
     with pytest.raises(BundleError, match="does not include the active root"):
-        check_trust_continuity(bundle, result.bundle, "test")  # without its rotation state
+        # without its rotation state
+        check_replacement(bundle, prepared.items(), result.bundle, result.bundle.to_items(), NOW, "test")
     with pytest.raises(BundleError, match="does not include the active root"):
-        check_trust_continuity(
-            bundle, make_bundle(NOW), "test", released - {fingerprint(bundle.trust_anchors[0])}
-        )
+        other = make_bundle(NOW)  # released lists only the emergency's own roots, not this one
+        check_replacement(bundle, prepared.items(), other, other.to_items(), NOW, "test")
 
 
 # Claims an unrelated bundle's state can make about the current root: (reason, when its own
@@ -382,9 +382,7 @@ def test_continuity_ignores_what_an_unrelated_bundle_claims_about_the_current_ro
     crafted = crafted_items(bundle, NOW, reason, active_since)
     assert rotation.released_roots(bundle.to_items(), crafted, NOW) == frozenset()
     with pytest.raises(BundleError, match="does not include the active root"):
-        check_trust_continuity(
-            bundle, parse_bundle(crafted), "test", rotation.released_roots(bundle.to_items(), crafted, NOW)
-        )
+        check_replacement(bundle, bundle.to_items(), parse_bundle(crafted), crafted, NOW, "test")
 
 
 def test_continuity_releases_roots_by_the_current_state_expiry_or_a_recorded_emergency():

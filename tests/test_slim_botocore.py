@@ -13,7 +13,8 @@ import pytest
 from botocore import xform_name
 from conftest import TEST_BUCKET
 
-from adapters.stores import aws, open_store
+from adapters import aws
+from adapters.stores import open_store
 from ca_core.bundle import generate_bundle
 from ca_core.errors import ConfigError
 from tools import slim_botocore

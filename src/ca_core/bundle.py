@@ -8,7 +8,7 @@ names (``--issuer-*-filename``). Parsing and verification are pure and name the 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -60,6 +60,11 @@ def fingerprint(cert: x509.Certificate) -> str:
     """The SHA-256 fingerprint of ``cert``'s DER, lower-case hex (how anchors are named in audit
     records and in the rotation state)."""
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def chain_not_after(chain: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> datetime:
+    """When a signing chain (issuer first, its root last) stops being usable: its earliest NotAfter."""
+    return min(c.not_valid_after_utc for c in chain)
 
 
 def certificates_pem(certs: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> bytes:
@@ -121,26 +126,6 @@ class TrustBundle(PublicBundle):
         if self.root_key is not None:
             items[ROOT_KEY] = private_key_pem(self.root_key)
         return items
-
-
-def check_trust_continuity(
-    current: PublicBundle, new: PublicBundle, where: str, released: Collection[str] = ()
-) -> None:
-    """Refuse a replacement bundle whose trust anchors drop the current active root (SPEC §5):
-    every workload holding a current certificate would stop being trusted. ``where`` names the
-    new bundle's location in the message. ``released``: SHA-256 fingerprints (see
-    :func:`fingerprint`) of roots the replacement may drop, from
-    ``rotation_document.released_roots(old items, new items, now)`` (expired, pruned as the
-    CURRENT rotation state scheduled, or removed by an emergency rotation): dropping one of those
-    is the rotation's own step, not an accident. Raises BundleError (reason ``bundle_invalid``)."""
-    active_root = current.anchor_for(current.issuer_chain[-1])
-    if active_root is None or active_root in new.trust_anchors or fingerprint(active_root) in released:
-        return
-    raise BundleError(
-        f"the trust bundle in {where} does not include the active root "
-        f"({active_root.subject.rfc4514_string()}); applying it would break every workload "
-        "holding a current certificate. Rotate the root instead, or force the change explicitly"
-    )
 
 
 def generate_bundle(

@@ -9,13 +9,15 @@ validity. Used by the server's watcher and the scheduled expiry function alike.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
 
-from .bundle import ANCHORS, ISSUER_CHAIN, parse_public_bundle
+from .bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE, chain_not_after, parse_public_bundle
 from .errors import BundleError
+from .rotation_document import prepared_not_after as recorded_prepared_not_after
 
 WARN_WITHIN = timedelta(days=30)
 
@@ -152,11 +154,6 @@ class ExpiryReport:
         return logging.ERROR if self.coverage_not_after is None else worst
 
 
-def chain_not_after(chain: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> datetime:
-    """When a signing chain (issuer first, its root last) stops being usable: its earliest NotAfter."""
-    return min(c.not_valid_after_utc for c in chain)
-
-
 def signing_coverage(
     active_chain: tuple[x509.Certificate, ...] | list[x509.Certificate],
     prepared_chains: tuple[tuple[x509.Certificate, ...], ...] = (),
@@ -201,3 +198,21 @@ def expiry_report(
     else:
         coverage = max(prepared, default=None)
     return ExpiryReport(findings, coverage, now)
+
+
+def stored_expiry_report(items: Mapping[str, bytes], now: datetime) -> ExpiryReport:
+    """:func:`expiry_report` for a bundle's store items (its public part suffices: ``ca.crt``,
+    ``issuer.crt`` and, when present, ``rotation.json``, whose prepared chains count for coverage
+    without any key being read). The one report the server's watcher and the scheduled expiry
+    function both give (design §9.3). Never raises for bad input."""
+    anchors_pem = items.get(ANCHORS, b"")
+    try:
+        anchors = tuple(x509.load_pem_x509_certificates(anchors_pem))
+    except ValueError:
+        anchors = ()
+    return expiry_report(
+        anchors_pem,
+        items.get(ISSUER_CHAIN, b""),
+        now,
+        prepared_not_after=recorded_prepared_not_after(items.get(ROTATION_STATE), anchors),
+    )

@@ -17,7 +17,7 @@ Rules, in the order :func:`advance` applies them (one call applies every step th
 
 0. **Bound**: ``leaf_bound`` is how long after an issuer stops being active a leaf it signed
    may still be valid: workload TTL + clock skew + how long a CA may go on signing with a
-   superseded issuer (``composition.rotation_policy``: the store poll interval, or without
+   superseded issuer (``ca_core.policy.rotation_policy``: the store poll interval, or without
    polling the expiry-check interval). The state records the longest bound any writer used
    (``leaf_bound``); whoever acts on it (a CA or the CLI, each with its own settings) uses the
    larger of its own and the recorded one. When a root rotation is in progress and this
@@ -86,6 +86,7 @@ from .bundle import (
     ROTATION_STATE,
     TrustBundle,
     certificates_pem,
+    chain_not_after,
     fingerprint,
     is_ca,
     issued_by,
@@ -100,7 +101,6 @@ from .certs import (
 )
 from .durations import format_duration
 from .errors import BundleError, FailedPrecondition
-from .expiry import chain_not_after
 from .keys import KeyAlgorithm, PrivateKey, load_private_key, private_key_pem, public_key_der
 from .rotation_document import FORMAT, load_document
 from .rotation_document import SECRET_FIELDS as SECRET_FIELDS  # re-exported
@@ -193,7 +193,7 @@ EMPTY = RotationState()
 
 @dataclass(frozen=True)
 class RotationPolicy:
-    """How rotations are made (from the configuration; see ``composition.rotation_policy``).
+    """How rotations are made (from the configuration; see ``ca_core.policy.rotation_policy``).
 
     trust_domain / ca_identity: names of generated roots (O=) and issuers (O=); auto: the
     automatic policy starts rotations (steps of a rotation in progress are taken regardless);

@@ -16,9 +16,15 @@ from typing import Any
 
 from cryptography import x509
 
-from .bundle import PUBLIC_ITEMS, ROTATION_STATE, PublicBundle, fingerprint, parse_public_bundle
+from .bundle import (
+    PUBLIC_ITEMS,
+    ROTATION_STATE,
+    PublicBundle,
+    chain_not_after,
+    fingerprint,
+    parse_public_bundle,
+)
 from .errors import BundleError
-from .expiry import chain_not_after
 
 FORMAT = 1  # the version of the document this code reads and writes
 SECRET_FIELDS = ("key", "issuer_chain", "issuer_key")  # of a prepared slot: never in the public part

@@ -153,7 +153,7 @@ class KubernetesApi:
         """Client from ``kubeconfig`` (a file) or the in-cluster service account
         (:func:`kube_client.api_client`). Raises ConfigError when neither can be loaded. Nothing
         is contacted yet."""
-        from .kube_client import api_client
+        from adapters.kube_client import api_client  # moves with KubernetesApi to adapters
 
         return cls(api_client(kubeconfig), request_timeout)
 

@@ -313,12 +313,13 @@ def cmd_request(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Exit 0 when the whole bundle is usable, 1 when it is empty or unusable; the public part
     (anchors, issuer) is shown whenever it can be read, with the time each has left."""
-    from adapters.stores import open_store
     from ca_core.bundle import parse_bundle, parse_public_bundle
     from ca_core.errors import BundleError, Unavailable
 
+    from .composition import build_store
+
     cfg = _config(args)
-    store = open_store(cfg.store_url, cfg.file_names, kubeconfig=cfg.kubeconfig)
+    store = build_store(cfg)
     stored = store.load_public()
     if stored is None:
         print(f"{store.description}: empty (no trust bundle yet; `sentryca serve` creates one)")
@@ -397,27 +398,25 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_import(args: argparse.Namespace) -> int:
-    from adapters.stores import FileBundleStore
     from ca_core.bundle import (
         ANCHORS,
         ISSUER_CHAIN,
         ISSUER_KEY,
         ROOT_KEY,
         ROTATION_STATE,
-        fingerprint,
         parse_bundle,
         parse_public_bundle,
     )
-    from ca_core.keys import public_key_der
-    from ca_core.rotation import parse_state, released_roots
+    from ca_core.continuity import judge_replacement, kept_root_key
+    from ca_core.rotation import parse_state
 
-    from .composition import store_retry
+    from .composition import directory_store, store_retry
 
     _, store = _store(args)
     if args.from_dir:
         if args.root or args.issuer_cert or args.issuer_key or args.root_key:
             raise ConfigError("--from takes a whole exported bundle: give no --root/--issuer-*/--root-key")
-        source = FileBundleStore(args.from_dir)
+        source = directory_store(args.from_dir)
         exported = source.load()
         if exported is None:
             raise ConfigError(
@@ -465,10 +464,8 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
             return 1
         old = None
     if old is not None:
-        active_root = old.anchor_for(old.issuer_chain[-1])
-        dropped = active_root is not None and active_root not in new.trust_anchors
-        released = released_roots(current.items, items, datetime.now(UTC))
-        if dropped and fingerprint(active_root) not in released and not args.force:
+        verdict = judge_replacement(old, current.items, new, items, datetime.now(UTC), force=args.force)
+        if not verdict.allowed and verdict.dropped_root is not None:
             if args.from_dir:
                 source, remedy = (
                     f"the trust anchors in --from {args.from_dir}",
@@ -482,22 +479,15 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
                 )
             print(
                 f"error: {source} do not include the current active root "
-                f"{active_root.subject.rfc4514_string()}: every workload holding a current certificate "
-                f"would stop being trusted. Nothing was changed. {remedy}",
+                f"{verdict.dropped_root.subject.rfc4514_string()}: every workload holding a current "
+                f"certificate would stop being trusted. Nothing was changed. {remedy}",
                 file=sys.stderr,
             )
             return 1
         # Keep the root key of an anchor that stays, so issuer rotation remains possible.
-        if ROOT_KEY not in items and ROOT_KEY in current.items:
-            try:
-                from ca_core.keys import load_private_key
-
-                key = load_private_key(current.items[ROOT_KEY])
-                pub = public_key_der(key.public_key())  # type: ignore[arg-type]
-                if any(public_key_der(a.public_key()) == pub for a in new.trust_anchors):  # type: ignore[arg-type]
-                    items[ROOT_KEY] = current.items[ROOT_KEY]
-            except ValueError:
-                pass
+        kept = kept_root_key(current.items, new) if ROOT_KEY not in items else None
+        if kept is not None:
+            items[ROOT_KEY] = kept
     if not store.replace(items, current.version):
         print(
             f"error: {store.description} changed while importing; nothing imported, try again",
@@ -509,10 +499,9 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_export(args: argparse.Namespace) -> int:
-    from adapters.stores import FileBundleStore
     from ca_core.bundle import parse_bundle
 
-    from .composition import store_retry
+    from .composition import directory_store, store_retry
 
     _, store = _store(args)
     current = store_retry().run(f"read {store.description}", store.load)
@@ -523,7 +512,7 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
         parse_bundle(current.items, store.labels())
     except CAError as e:
         print(f"warning: exporting a bundle that does not load: {e}", file=sys.stderr)
-    out = FileBundleStore(args.out)
+    out = directory_store(args.out)
     if not out.create(current.items):
         print(f"error: {args.out} already holds a trust bundle; choose an empty directory", file=sys.stderr)
         return 1
@@ -532,13 +521,13 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
-    from adapters.stores import open_store
     from ca_core.bundle import generate_bundle
+    from ca_core.policy import signing_policy
 
-    from .composition import signing_policy, store_retry
+    from .composition import build_store, store_retry
 
     cfg, store = _store(args)
-    backup = open_store(args.backup_to, cfg.file_names, kubeconfig=cfg.kubeconfig)
+    backup = build_store(cfg, args.backup_to)
     current = store_retry().run(f"read {store.description}", store.load)
     if current is None:
         print(f"error: {store.description} is empty; use `bundle init`", file=sys.stderr)
@@ -616,9 +605,8 @@ PICKED_UP = "with --store-poll-interval, or after a restart"
 def cmd_rotate_issuer(args: argparse.Namespace) -> int:
     from ca_core.bundle import parse_certificates
     from ca_core.keys import load_private_key
+    from ca_core.policy import rotation_policy
     from ca_core.rotation import rotate_issuer
-
-    from .composition import rotation_policy
 
     cfg, store, current, bundle, state = _rotation_context(args)
     supplied = None
@@ -646,9 +634,8 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_root(args: argparse.Namespace) -> int:
+    from ca_core.policy import rotation_policy
     from ca_core.rotation import emergency_root, prepare_root
-
-    from .composition import rotation_policy
 
     cfg, store, current, bundle, state = _rotation_context(args)
     policy = rotation_policy(cfg)
@@ -674,9 +661,8 @@ def cmd_rotate_root(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_advance(args: argparse.Namespace) -> int:
+    from ca_core.policy import rotation_policy
     from ca_core.rotation import advance, next_step_due
-
-    from .composition import rotation_policy
 
     cfg, store, current, bundle, state = _rotation_context(args)
     policy = rotation_policy(cfg)

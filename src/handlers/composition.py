@@ -1,64 +1,35 @@
 """The composition root: builds the store, bundle, validators and signer from a Config.
 
-The server, the CLI (and later the serverless handlers) all build through here.
+Every entry point (the server, the CLI, the Lambda functions) builds through here, and this
+module only wires: each decision it applies is ``ca_core.policy``'s. The heavier parts are
+imported where they are built, so the expiry function, which needs only a store, loads neither
+the signing nor the rotation code (its cold start is budgeted).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from adapters.stores import BundleStore, Retry, StoredBundle, load_or_create_stored, open_store
+from adapters.stores import (
+    BundleStore,
+    FileBundleStore,
+    Retry,
+    StoredBundle,
+    load_or_create_stored,
+    open_store,
+)
+from ca_core import policy
 from ca_core.bundle import TrustBundle, generate_bundle
 from ca_core.config import Config
-from ca_core.errors import BundleError, ConfigError
-from ca_core.rotation import RotationPolicy
-from ca_core.service import Signer, SigningPolicy
+from ca_core.errors import BundleError
+from ca_core.service import Signer
 from ca_core.validators import InsecureValidator, TokenValidatorKind, Validator
 
 log = logging.getLogger(__name__)
-
-
-def signing_policy(cfg: Config) -> SigningPolicy:
-    """The issuance settings of ``cfg``."""
-    return SigningPolicy(
-        trust_domain=cfg.trust_domain,
-        namespace=cfg.namespace,
-        workload_ttl=cfg.workload_cert_ttl,
-        clock_skew=cfg.allowed_clock_skew,
-    )
-
-
-def stale_signing_bound(cfg: Config) -> timedelta:
-    """How long a CA running with ``cfg`` may go on signing with an issuer after another writer
-    (a replica, a worker, the CLI) activated a new one in the store: ``--store-poll-interval``
-    when set (the poll reloads any new version). Without polling, ``--expiry-check-interval``:
-    ``CertificateAuthority.maintain`` then reads the store only when its own rotation check, run
-    at that interval, finds a step due; for an activation it holds the same prepared root, so it
-    finds the same step due, loses the conditional write and reloads the store. (A prepared root
-    it never loaded is seen only at a restart: the runbook says so.)"""
-    return cfg.store_poll_interval or cfg.expiry_check_interval
-
-
-def rotation_policy(cfg: Config) -> RotationPolicy:
-    """The rotation settings of ``cfg`` (``ca_core.rotation``): names and key algorithm of
-    generated roots and issuers, ``--auto-rotate``, ``--root-propagation-window``, and how long a
-    leaf signed by a retired issuer may still be valid: the workload TTL, plus the clock skew,
-    plus :func:`stale_signing_bound` (another CA signs with the old issuer until it notices)."""
-    policy = signing_policy(cfg)
-    return RotationPolicy(
-        trust_domain=cfg.trust_domain,
-        ca_identity=policy.ca_identity,
-        auto=cfg.auto_rotate,
-        propagation_window=cfg.root_propagation_window,
-        leaf_bound=cfg.workload_cert_ttl + cfg.allowed_clock_skew + stale_signing_bound(cfg),
-        clock_skew=cfg.allowed_clock_skew,
-        algorithm=cfg.ca_key_algorithm,
-    )
 
 
 def store_retry() -> Retry:
@@ -67,72 +38,45 @@ def store_retry() -> Retry:
     return Retry(sleep=time.sleep, random=random.random)
 
 
-def build_store(cfg: Config) -> BundleStore:
-    """The configured trust-bundle store (raises ConfigError for an unusable URL)."""
-    return open_store(cfg.store_url, cfg.file_names, kubeconfig=cfg.kubeconfig)
+def build_store(cfg: Config, url: str | None = None) -> BundleStore:
+    """The configured trust-bundle store, or the store at ``url`` (e.g. a backup destination)
+    with the file names and Kubernetes access of ``cfg``. Raises ConfigError for an unusable URL."""
+    return open_store(url or cfg.store_url, cfg.file_names, kubeconfig=cfg.kubeconfig)
 
 
-def listens_on_loopback_only(cfg: Config) -> bool:
-    """True when ``--listen-address`` is ``localhost`` or a loopback IP (127.0.0.0/8, ::1)."""
-    address = cfg.listen_address.strip("[]")
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-def check_insecure_allowed(cfg: Config) -> None:
-    """INSECURE signs for anyone who asks: on an address reachable from a network it needs the
-    explicit opt-in ``--allow-insecure-on-network`` (SPEC §6). Raises ConfigError otherwise."""
-    if listens_on_loopback_only(cfg):
-        return
-    if not cfg.allow_insecure_on_network:
-        raise ConfigError(
-            f"--listen-address {cfg.listen_address} is reachable from a network, and the only token "
-            "validator would be INSECURE, which signs any identity for anyone who asks. Configure a "
-            "JWKS validator (--config) or kubernetes mode, or opt in explicitly with "
-            "--allow-insecure-on-network true"
-        )
-    log.warning(
-        "the INSECURE validator is enabled on %s (--allow-insecure-on-network): any caller that "
-        "reaches this address can obtain any workload identity",
-        cfg.listen_address,
-    )
+def directory_store(directory: str) -> FileBundleStore:
+    """A file store over ``directory`` with the default file names (what ``bundle export``
+    writes and ``bundle import --from`` reads)."""
+    return FileBundleStore(directory)
 
 
 def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], TokenValidatorKind | None]:
-    """Enabled validators and the default one (SPEC §6, §7; Sentry's selection rules).
+    """The enabled validators of ``cfg`` (chosen by ``ca_core.policy.select_validators``), built,
+    and the default one. Raises ConfigError when one cannot be built (Kubernetes configuration,
+    JWKS source) or INSECURE would be reachable from a network without the opt-in."""
+    from ca_core.validators import TokenValidatorKind
 
-    kubernetes mode: KUBERNETES (the default), plus JWKS when configured.
-    standalone without ``tokenValidators``: INSECURE (the default).
-    standalone with JWKS configured: only JWKS, no default (requests must name it).
-    Raises ConfigError when a validator cannot be built (Kubernetes config, JWKS source).
-    """
-    ca_identity = signing_policy(cfg).ca_identity
+    choice = policy.select_validators(cfg)
+    ca_identity = policy.signing_policy(cfg).ca_identity
     validators: dict[TokenValidatorKind, Validator] = {}
-    default: TokenValidatorKind | None = None
-    if cfg.effective_mode == "kubernetes":
-        from ca_core.validators_kubernetes import KubernetesApi, KubernetesValidator
+    for kind in choice.enabled:
+        if kind is TokenValidatorKind.KUBERNETES:
+            from ca_core.validators_kubernetes import KubernetesApi, KubernetesValidator
 
-        api = KubernetesApi.connect(cfg.kubeconfig)
-        validators[TokenValidatorKind.KUBERNETES] = KubernetesValidator(api, ca_identity, cfg.token_audience)
-        default = TokenValidatorKind.KUBERNETES
-    elif cfg.jwks is None:
-        check_insecure_allowed(cfg)
-        validators[TokenValidatorKind.INSECURE] = InsecureValidator()
-        default = TokenValidatorKind.INSECURE
-    if cfg.jwks is not None:
-        from ca_core.validators_jwks import JwksValidator
+            api = KubernetesApi.connect(cfg.kubeconfig)
+            validators[kind] = KubernetesValidator(api, ca_identity, cfg.token_audience)
+        elif kind is TokenValidatorKind.INSECURE:
+            validators[kind] = InsecureValidator()
+        elif kind is TokenValidatorKind.JWKS and cfg.jwks is not None:
+            from ca_core.validators_jwks import JwksValidator
 
-        validators[TokenValidatorKind.JWKS] = JwksValidator.from_settings(cfg.jwks, ca_identity)
+            validators[kind] = JwksValidator.from_settings(cfg.jwks, ca_identity)
     log.info(
         "token validators: %s (default: %s)",
         ", ".join(k.name for k in validators),
-        default.name if default else "none; requests must name one",
+        choice.default.name if choice.default else "none; requests must name one",
     )
-    return validators, default
+    return validators, choice.default
 
 
 @dataclass(frozen=True)
@@ -154,7 +98,9 @@ def load_bundle(
     acceptance); a running CA passes False and publishes once its trust-continuity check
     accepted the bundle (``store.publish_public(loaded.stored)``).
     """
-    policy = signing_policy(cfg)
+    from ca_core.policy import signing_policy
+
+    ca_identity = signing_policy(cfg).ca_identity
 
     def generate() -> TrustBundle:
         if not create_if_empty:
@@ -167,7 +113,7 @@ def load_bundle(
             store.description,
             cfg.ca_key_algorithm.value,
         )
-        return generate_bundle(cfg.trust_domain, policy.ca_identity, now, algorithm=cfg.ca_key_algorithm)
+        return generate_bundle(cfg.trust_domain, ca_identity, now, algorithm=cfg.ca_key_algorithm)
 
     bundle, stored, created = load_or_create_stored(store, generate, store_retry())
     if publish and not created:
@@ -182,5 +128,8 @@ def build_signer(
 ) -> Signer:
     """A Signer over ``bundle`` with the policy of ``cfg`` and ``validators`` (enabled, default),
     built from ``cfg`` when not given."""
+    from ca_core.policy import signing_policy
+    from ca_core.service import Signer
+
     enabled, default = validators if validators is not None else build_validators(cfg)
     return Signer(bundle, signing_policy(cfg), enabled, default)

@@ -12,9 +12,7 @@ Accepted events (samples in ``events/``):
 Events about anything other than the configured bundle or parameter are ignored. The changed
 bundle is loaded from the store and validated with the core (``parse_bundle``: structure, chain,
 keys; ``rotation.parse_state``: its rotation state) and for trust continuity against the previous
-version (``check_trust_continuity``, which accepts dropping a root only when
-``released_roots`` releases it: expired, pruned as the previous version's rotation state
-scheduled, or removed by an emergency rotation the new state records); a
+version (``ca_core.continuity.check_replacement``, the rule every entry point applies); a
 changed parameter is parsed as a Configuration. Invalid → ERROR log, ``ConfigChangeRejected``
 metric, nothing restarted (the running CA keeps its bundle: its own poll refuses the same bundle).
 Valid → ``ConfigChangeAccepted``, and when ``SENTRYCA_ECS_CLUSTER`` and ``SENTRYCA_ECS_SERVICE``
@@ -37,12 +35,13 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from adapters.stores import open_store
-from ca_core.bundle import check_trust_continuity, parse_bundle
+from ca_core.bundle import parse_bundle
 from ca_core.config import read_config_file
+from ca_core.continuity import check_replacement
 from ca_core.errors import BundleError, CAError, Unavailable
-from ca_core.rotation import parse_state, released_roots
+from ca_core.rotation import parse_state
 
+from . import composition
 from . import lambda_support as ls
 
 logger = ls.make_logger("config-change")
@@ -140,7 +139,7 @@ def _handle(event: dict[str, Any], metrics: Any) -> dict[str, Any]:
     if change is None:
         logger.warning("ignored an event of an unknown shape", extra={"keys": sorted(event)[:10]})
         return _result("ignored", "unknown", "", "unknown event shape")
-    store = open_store(cfg.store_url, cfg.file_names, kubeconfig=cfg.kubeconfig)
+    store = composition.build_store(cfg)
     target = {
         "s3": f"s3://{change.bucket}/{change.key}",
         "secretsmanager": f"secretsmanager://{change.secret}",
@@ -206,13 +205,12 @@ def _validate_bundle(store: Any) -> None:
             "the previous bundle version in %s is unusable (%s); continuity not checked", store.description, e
         )
         return
-    released = released_roots(previous.items, stored.items, datetime.now(UTC))
-    check_trust_continuity(old, new, store.description, released)
+    check_replacement(old, previous.items, new, stored.items, datetime.now(UTC), store.description)
 
 
 def _validate_parameter(name: str) -> None:
     """Read the SSM parameter and parse it as a Dapr Configuration. Raises ConfigError, Unavailable."""
-    from adapters.stores import aws
+    from adapters import aws
 
     try:
         value = aws.client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
@@ -229,7 +227,7 @@ def _force_new_deployment() -> str | None:
     service = os.environ.get("SENTRYCA_ECS_SERVICE")
     if not cluster or not service:
         return None
-    from adapters.stores import aws
+    from adapters import aws
 
     try:
         r = aws.client("ecs").update_service(cluster=cluster, service=service, forceNewDeployment=True)

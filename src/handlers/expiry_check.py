@@ -24,14 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
-from cryptography import x509
 
-from adapters.stores import open_store
-from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE
 from ca_core.errors import BundleError, CAError
-from ca_core.expiry import ExpiryReport, expiry_report
-from ca_core.rotation_document import prepared_not_after
+from ca_core.expiry import ExpiryReport, stored_expiry_report
 
+from . import composition
 from . import lambda_support as ls
 
 logger = ls.make_logger("expiry-check")
@@ -48,7 +45,7 @@ def handler(event: dict[str, Any], context: Any, now: datetime | None = None) ->
     now = now or datetime.now(UTC)
     try:
         cfg = ls.config_from_env()
-        store = open_store(cfg.store_url, cfg.file_names, kubeconfig=cfg.kubeconfig)
+        store = composition.build_store(cfg)
         stored = store.load_public()
         if stored is None:
             raise BundleError(f"{store.description} holds no public trust bundle part to check")
@@ -57,12 +54,7 @@ def handler(event: dict[str, Any], context: Any, now: datetime | None = None) ->
         metrics.add_metric(name=ls.EXPIRY_CHECK_FAILED, unit=MetricUnit.Count, value=1)
         metrics.flush_metrics()
         raise
-    report = expiry_report(
-        stored.items.get(ANCHORS, b""),
-        stored.items.get(ISSUER_CHAIN, b""),
-        now,
-        prepared_not_after=prepared_not_after(stored.items.get(ROTATION_STATE), _anchors(stored.items)),
-    )
+    report = stored_expiry_report(stored.items, now)
     summary = summarize(report, store.description, stored.version)
     for finding, item in zip(report.findings, summary["certificates"], strict=True):
         _log(finding.level, finding.message, role=finding.role, days_left=item["days_left"])
@@ -82,13 +74,6 @@ def handler(event: dict[str, Any], context: Any, now: datetime | None = None) ->
     metrics.flush_metrics()
     logger.info("expiry check done", extra={k: v for k, v in summary.items() if k != "certificates"})
     return summary
-
-
-def _anchors(items) -> tuple[x509.Certificate, ...]:
-    try:
-        return tuple(x509.load_pem_x509_certificates(items.get(ANCHORS, b"")))
-    except ValueError:
-        return ()
 
 
 def summarize(report: ExpiryReport, store: str, version: str) -> dict[str, Any]:

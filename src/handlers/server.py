@@ -11,7 +11,6 @@ background upkeep (``maintain``) also takes the rotation steps due (``ca_core.ro
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
@@ -24,18 +23,18 @@ from typing import Any
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from adapters.stores import BundleStore, StoredBundle
-from ca_core import rotation
-from ca_core.bundle import ROTATION_STATE, certificates_pem, check_trust_continuity, fingerprint
-from ca_core.certs import check_issuer_valid, sign_workload
+from ca_core import policy, rotation
+from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE, fingerprint
+from ca_core.certs import check_issuer_valid
 from ca_core.config import Config
+from ca_core.continuity import check_replacement
 from ca_core.errors import CAError, FailedPrecondition, Unavailable
-from ca_core.expiry import ExpiryFinding, expiry_report
-from ca_core.keys import private_key_pem
+from ca_core.expiry import ExpiryFinding, stored_expiry_report
+from ca_core.policy import ServerCertificate, issue_server_certificate
 from ca_core.service import Signer
-from ca_core.validators import Identity, validator_readiness
+from ca_core.validators import validator_readiness
 
 from . import composition
 from .grpc_health import ReadinessHealth, add_health_to_server
@@ -65,70 +64,6 @@ class NotRunning(RuntimeError):
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class ServerCertificate:
-    """The CA's own TLS certificate: chain PEM (leaf first), key PEM, when to renew."""
-
-    chain_pem: bytes
-    key_pem: bytes
-    not_after: datetime
-    renew_at: datetime
-    signed_by: str  # "issuer" or "root"
-
-
-def server_sans(cfg: Config) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-    """DNS and IP SANs of the server certificate (SPEC §9): localhost, 127.0.0.1, ::1, a specific
-    listen address, and the names the CA is reached by (``--server-names``)."""
-    dns = ["localhost"]
-    ips: list[Any] = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
-    for name in (cfg.listen_address, *cfg.server_names):
-        addr = name.strip("[]")
-        try:
-            ip = ipaddress.ip_address(addr)
-            if not ip.is_unspecified and ip not in ips:
-                ips.append(ip)
-        except ValueError:
-            if addr and addr not in dns:
-                dns.append(addr)
-    return tuple(dns), tuple(ips)
-
-
-def issue_server_certificate(signer: Signer, cfg: Config, now: datetime) -> ServerCertificate:
-    """Issue the CA's TLS certificate for its own SPIFFE ID (SPEC §9) with a fresh P-256 key.
-
-    Signed by the issuer; when the issuer is not valid now but the root key is at hand, signed
-    directly by the root so clients can still reach the CA and be told FAILED_PRECONDITION.
-    Raises FailedPrecondition when neither can sign.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    dns, ips = server_sans(cfg)
-    identity = Identity(signer.policy.ca_identity)
-    ttl = cfg.workload_cert_ttl
-    bundle = signer.bundle
-    try:
-        signed = signer.issue(key.public_key(), identity, now, ttl=ttl, dns_names=dns, ip_addresses=ips)
-        chain_pem, not_after, by = signed.chain_pem, signed.not_after, "issuer"
-    except FailedPrecondition:
-        root = bundle.anchor_for(bundle.issuer_chain[-1])
-        if bundle.root_key is None or root is None:
-            raise
-        check_issuer_valid(root, now)
-        cert = sign_workload(
-            root,
-            bundle.root_key,
-            key.public_key(),
-            identity.spiffe_id,
-            now,
-            ttl=ttl,
-            clock_skew=cfg.allowed_clock_skew,
-            dns_names=dns,
-            ip_addresses=ips,
-        )
-        chain_pem, not_after, by = certificates_pem([cert]), cert.not_valid_after_utc, "root"
-    renew_at = now + (not_after - now) / 2
-    return ServerCertificate(chain_pem, private_key_pem(key), not_after, renew_at, by)
 
 
 @dataclass(frozen=True)
@@ -260,8 +195,7 @@ class CertificateAuthority:
         """Apply ``config`` (SPEC §8). The new state is built first; if it cannot be (bad bundle or
         settings, an empty store) the running CA keeps serving its current state and the error is
         raised. A bundle whose trust anchors drop the active root is refused unless ``force``, or
-        that root is released (trust continuity, SPEC §5; ``rotation.released_roots``: expired,
-        pruned as the state in force scheduled, or removed by an emergency rotation). Same
+        that root is released (trust continuity: ``ca_core.continuity``). Same
         listeners → in-place swap. A listener with a new port (or port 0) → the new one is opened
         first, then the old one stops accepting and its calls in flight complete (up to
         DRAIN_GRACE seconds). A listener that changes but stays on the
@@ -272,13 +206,15 @@ class CertificateAuthority:
                 self.start(config)
                 return
             new = self._build_state(config, create_if_empty=force, publish=False)
-            if not force:
-                released = rotation.released_roots(
-                    old.stored.items if old.stored else {},
-                    new.stored.items if new.stored else {},
-                    self._clock(),
-                )
-                check_trust_continuity(old.signer.bundle, new.signer.bundle, new.store.description, released)
+            check_replacement(
+                old.signer.bundle,
+                old.stored.items if old.stored else {},
+                new.signer.bundle,
+                new.stored.items if new.stored else {},
+                self._clock(),
+                new.store.description,
+                force=force,
+            )
             if not self._can_hand_over(old.config, config):
                 # A listener that stays on the port it is bound to but changes (address, gRPC
                 # options) cannot be opened twice (so_reuseport is off): stop, then start, and
@@ -651,13 +587,10 @@ class CertificateAuthority:
 
     def _check_expiry(self, state: _State) -> list[ExpiryFinding]:
         bundle = state.signer.bundle
-        raw_state = state.stored.items.get(ROTATION_STATE) if state.stored else None
-        report = expiry_report(
-            bundle.anchors_pem,
-            bundle.issuer_chain_pem,
-            self._clock(),
-            prepared_not_after=rotation.prepared_not_after(raw_state, bundle.trust_anchors),
-        )
+        items = {ANCHORS: bundle.anchors_pem, ISSUER_CHAIN: bundle.issuer_chain_pem}
+        if state.stored is not None and ROTATION_STATE in state.stored.items:
+            items[ROTATION_STATE] = state.stored.items[ROTATION_STATE]
+        report = stored_expiry_report(items, self._clock())
         for f in report.findings:
             expiry_log.log(f.level, "%s", f.message, extra={"role": f.role, "days_left": f.days_left})
         if report.coverage_not_after is not None:
@@ -720,7 +653,7 @@ class CertificateAuthority:
         bundle = state.signer.bundle
         try:
             current = rotation.parse_state(state.stored.items if state.stored else {}, bundle)
-            result = rotation.advance(bundle, current, now, composition.rotation_policy(state.config))
+            result = rotation.advance(bundle, current, now, policy.rotation_policy(state.config))
         except CAError as e:
             log.error("rotation: cannot evaluate the rotation state of %s: %s", state.store.description, e)
             return state, False

@@ -1,0 +1,114 @@
+"""Trust continuity: may a replacement bundle replace the one in force? (design §5.5)
+
+The one decision every entry point asks before a new bundle takes effect: the running CA (a
+restart, a store poll, its own rotation step), the config-change function, and ``sentryca bundle
+import``. Each keeps only its I/O and its wording of the refusal.
+
+The rule: a replacement whose trust anchors leave out the current active root (the root the
+current issuer chain ends at) is refused, since every workload holding a current certificate
+would stop trusting its peers, unless that root is *released*
+(:func:`ca_core.rotation_document.released_roots`: expired, pruned as the current rotation state
+scheduled, activated-and-pruned when its chain expired, or removed by a recorded emergency
+rotation), or the operator forces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+
+from .bundle import ROOT_KEY, PublicBundle, fingerprint, parse_public_bundle
+from .errors import BundleError
+from .keys import load_private_key, public_key_der
+from .rotation_document import released_roots
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer for one replacement.
+
+    allowed: whether it may take effect. dropped_root: the current active root the replacement
+    leaves out of its trust anchors (None when it keeps it or there is none); set also when the
+    drop is allowed (released or forced). released: that root is released by the rotation rules.
+    """
+
+    allowed: bool
+    dropped_root: x509.Certificate | None = None
+    released: bool = False
+
+
+def judge_replacement(
+    current: PublicBundle,
+    current_items: Mapping[str, bytes],
+    new: PublicBundle,
+    new_items: Mapping[str, bytes],
+    now: datetime,
+    *,
+    force: bool = False,
+) -> Verdict:
+    """Judge replacing ``current`` (the bundle in force, parsed, and its store items) with ``new``
+    at ``now`` (aware UTC). The items supply the rotation states (``rotation.json``) that decide
+    which roots are released. ``force``: the operator's explicit override (``--force``). Pure."""
+    active_root = current.anchor_for(current.issuer_chain[-1])
+    if active_root is None or active_root in new.trust_anchors:
+        return Verdict(True)
+    released = fingerprint(active_root) in released_roots(current_items, new_items, now)
+    return Verdict(released or force, active_root, released)
+
+
+def check_replacement(
+    current: PublicBundle,
+    current_items: Mapping[str, bytes],
+    new: PublicBundle,
+    new_items: Mapping[str, bytes],
+    now: datetime,
+    where: str,
+    *,
+    force: bool = False,
+) -> None:
+    """:func:`judge_replacement`, raising BundleError (reason ``bundle_invalid``) for a refusal;
+    ``where`` names the replacement's location in the message."""
+    verdict = judge_replacement(current, current_items, new, new_items, now, force=force)
+    if verdict.allowed or verdict.dropped_root is None:
+        return
+    raise BundleError(
+        f"the trust bundle in {where} does not include the active root "
+        f"({verdict.dropped_root.subject.rfc4514_string()}); applying it would break every workload "
+        "holding a current certificate. Rotate the root instead, or force the change explicitly"
+    )
+
+
+def check_item_replacement(
+    current_items: Mapping[str, bytes],
+    new_items: Mapping[str, bytes],
+    now: datetime,
+    where: str,
+    labels: Mapping[str, str] | None = None,
+    *,
+    force: bool = False,
+) -> None:
+    """:func:`check_replacement` for two sets of store items (both parsed here; ``labels`` name
+    the items in errors). Raises BundleError when either public part is unusable or the
+    replacement is refused."""
+    current = parse_public_bundle(current_items, labels)
+    new = parse_public_bundle(new_items, labels)
+    check_replacement(current, current_items, new, new_items, now, where, force=force)
+
+
+def kept_root_key(current_items: Mapping[str, bytes], new: PublicBundle) -> bytes | None:
+    """The current ``root.key`` when its root stays among ``new``'s trust anchors (a replacement
+    without a root key of its own keeps it, so issuer rotation stays possible); None otherwise,
+    also for a root key that cannot be read."""
+    raw = current_items.get(ROOT_KEY)
+    if raw is None:
+        return None
+    try:
+        public = public_key_der(load_private_key(raw).public_key())  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    if any(public_key_der(a.public_key()) == public for a in new.trust_anchors):  # type: ignore[arg-type]
+        return raw
+    return None

@@ -1,0 +1,211 @@
+"""The CA's policies from its configuration, each decided once (design §10): issuance settings, the
+leaf bound a rotation must respect, which token validators are enabled and which is the default,
+the INSECURE opt-in, and the rule for the CA's own TLS server certificate.
+
+Values in, values out: every entry point (the server, the CLI, the Lambda functions) asks here
+through ``handlers.composition``, which only wires.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .bundle import certificates_pem
+from .certs import check_issuer_valid, sign_workload
+from .config import Config
+from .errors import ConfigError, FailedPrecondition
+from .keys import private_key_pem
+from .service import SigningPolicy
+from .validators import Identity, TokenValidatorKind
+
+if TYPE_CHECKING:
+    from .rotation import RotationPolicy
+    from .service import Signer
+
+log = logging.getLogger("sentryca")
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def signing_policy(cfg: Config) -> SigningPolicy:
+    """The issuance settings of ``cfg``: trust domain, the CA's namespace, workload TTL, clock skew."""
+    return SigningPolicy(
+        trust_domain=cfg.trust_domain,
+        namespace=cfg.namespace,
+        workload_ttl=cfg.workload_cert_ttl,
+        clock_skew=cfg.allowed_clock_skew,
+    )
+
+
+def stale_signing_bound(cfg: Config) -> timedelta:
+    """How long a CA running with ``cfg`` may go on signing with an issuer after another writer
+    (a replica, a worker, the CLI) activated a new one in the store: ``--store-poll-interval``
+    when set (the poll reloads any new version). Without polling, ``--expiry-check-interval``: the
+    CA then reads the store only when its own rotation check, run at that interval, finds a step
+    due; for an activation it holds the same prepared root, so it finds the same step due, loses
+    the conditional write and reloads the store. (A prepared root it never loaded is seen only at a
+    restart: the runbook says so.)"""
+    return cfg.store_poll_interval or cfg.expiry_check_interval
+
+
+def leaf_bound(cfg: Config) -> timedelta:
+    """How long a leaf signed by a retired issuer may still be valid (design §5.3): the workload
+    TTL, plus the clock skew it is backdated by, plus :func:`stale_signing_bound` (another CA
+    signs with the old issuer until it notices)."""
+    return cfg.workload_cert_ttl + cfg.allowed_clock_skew + stale_signing_bound(cfg)
+
+
+def rotation_policy(cfg: Config) -> RotationPolicy:
+    """The rotation settings of ``cfg`` (``ca_core.rotation``): names and key algorithm of
+    generated roots and issuers, ``--auto-rotate``, ``--root-propagation-window``, and
+    :func:`leaf_bound`."""
+    from .rotation import RotationPolicy  # here: the expiry function never loads the rotation rules
+
+    return RotationPolicy(
+        trust_domain=cfg.trust_domain,
+        ca_identity=signing_policy(cfg).ca_identity,
+        auto=cfg.auto_rotate,
+        propagation_window=cfg.root_propagation_window,
+        leaf_bound=leaf_bound(cfg),
+        clock_skew=cfg.allowed_clock_skew,
+        algorithm=cfg.ca_key_algorithm,
+    )
+
+
+# --- token validators -------------------------------------------------------------------------
+
+
+def listens_on_loopback_only(cfg: Config) -> bool:
+    """True when ``--listen-address`` is ``localhost`` or a loopback IP (127.0.0.0/8, ::1)."""
+    address = cfg.listen_address.strip("[]")
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def check_insecure_allowed(cfg: Config) -> None:
+    """INSECURE signs for anyone who asks: on an address reachable from a network it needs the
+    explicit opt-in ``--allow-insecure-on-network`` (design §6.1). Raises ConfigError otherwise;
+    logs a warning when the opt-in is used."""
+    if listens_on_loopback_only(cfg):
+        return
+    if not cfg.allow_insecure_on_network:
+        raise ConfigError(
+            f"--listen-address {cfg.listen_address} is reachable from a network, and the only token "
+            "validator would be INSECURE, which signs any identity for anyone who asks. Configure a "
+            "JWKS validator (--config) or kubernetes mode, or opt in explicitly with "
+            "--allow-insecure-on-network true"
+        )
+    log.warning(
+        "the INSECURE validator is enabled on %s (--allow-insecure-on-network): any caller that "
+        "reaches this address can obtain any workload identity",
+        cfg.listen_address,
+    )
+
+
+@dataclass(frozen=True)
+class ValidatorChoice:
+    """Which token validators a configuration enables (in this order) and the default one (None:
+    requests must name one)."""
+
+    enabled: tuple[TokenValidatorKind, ...]
+    default: TokenValidatorKind | None
+
+
+def select_validators(cfg: Config) -> ValidatorChoice:
+    """The validators of ``cfg`` (design §6.4; Sentry's selection rules):
+
+    kubernetes mode: KUBERNETES (the default), plus JWKS when configured;
+    standalone without ``tokenValidators``: INSECURE (the default; :func:`check_insecure_allowed`);
+    standalone with JWKS configured: only JWKS, no default (requests must name it).
+    Raises ConfigError when INSECURE would be reachable from a network without the opt-in."""
+    enabled: list[TokenValidatorKind] = []
+    default: TokenValidatorKind | None = None
+    if cfg.effective_mode == "kubernetes":
+        enabled.append(TokenValidatorKind.KUBERNETES)
+        default = TokenValidatorKind.KUBERNETES
+    elif cfg.jwks is None:
+        check_insecure_allowed(cfg)
+        enabled.append(TokenValidatorKind.INSECURE)
+        default = TokenValidatorKind.INSECURE
+    if cfg.jwks is not None:
+        enabled.append(TokenValidatorKind.JWKS)
+    return ValidatorChoice(tuple(enabled), default)
+
+
+# --- the CA's own TLS server certificate ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerCertificate:
+    """The CA's own TLS certificate: chain PEM (leaf first), key PEM (PKCS#8), NotAfter, when to
+    renew (half its life), and who signed it (``"issuer"`` or ``"root"``)."""
+
+    chain_pem: bytes
+    key_pem: bytes
+    not_after: datetime
+    renew_at: datetime
+    signed_by: str
+
+
+def server_sans(cfg: Config) -> tuple[tuple[str, ...], tuple[IpAddress, ...]]:
+    """DNS and IP SANs of the server certificate (design §9.1): localhost, 127.0.0.1, ::1, a
+    specific listen address, and the names the CA is reached by (``--server-names``)."""
+    dns = ["localhost"]
+    ips: list[IpAddress] = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    for name in (cfg.listen_address, *cfg.server_names):
+        addr = name.strip("[]")
+        try:
+            ip = ipaddress.ip_address(addr)
+            if not ip.is_unspecified and ip not in ips:
+                ips.append(ip)
+        except ValueError:
+            if addr and addr not in dns:
+                dns.append(addr)
+    return tuple(dns), tuple(ips)
+
+
+def issue_server_certificate(signer: Signer, cfg: Config, now: datetime) -> ServerCertificate:
+    """Issue the CA's TLS certificate for its own SPIFFE ID (design §9.1) with a fresh P-256 key,
+    valid for the workload TTL.
+
+    Signed by the issuer; when the issuer is not valid now but the root key is at hand, signed
+    directly by the root, so clients can still reach the CA and be told FAILED_PRECONDITION.
+    Raises FailedPrecondition when neither can sign.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    dns, ips = server_sans(cfg)
+    identity = Identity(signer.policy.ca_identity)
+    ttl = cfg.workload_cert_ttl
+    bundle = signer.bundle
+    try:
+        signed = signer.issue(key.public_key(), identity, now, ttl=ttl, dns_names=dns, ip_addresses=ips)
+        chain_pem, not_after, by = signed.chain_pem, signed.not_after, "issuer"
+    except FailedPrecondition:
+        root = bundle.anchor_for(bundle.issuer_chain[-1])
+        if bundle.root_key is None or root is None:
+            raise
+        check_issuer_valid(root, now)
+        cert = sign_workload(
+            root,
+            bundle.root_key,
+            key.public_key(),
+            identity.spiffe_id,
+            now,
+            ttl=ttl,
+            clock_skew=cfg.allowed_clock_skew,
+            dns_names=dns,
+            ip_addresses=ips,
+        )
+        chain_pem, not_after, by = certificates_pem([cert]), cert.not_valid_after_utc, "root"
+    renew_at = now + (not_after - now) / 2
+    return ServerCertificate(chain_pem, private_key_pem(key), not_after, renew_at, by)
