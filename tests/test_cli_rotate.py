@@ -19,7 +19,7 @@ from adapters.stores import FileBundleStore
 from ca_core.bundle import certificates_pem, parse_bundle
 from ca_core.certs import generate_issuer
 from ca_core.keys import private_key_pem
-from ca_core.rotation import parse_state
+from ca_core.rotation.codec import parse_state
 from ca_core.spiffe_id import SpiffeId
 from handlers.server import CertificateAuthority
 

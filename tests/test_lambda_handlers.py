@@ -121,7 +121,8 @@ def test_scheduled_event_reports_days_and_coverage_from_the_public_part(fn_env, 
 def test_a_prepared_root_rotation_counts_in_the_coverage_from_the_public_part(fn_env, bucket, capsys):
     """SPEC §9: the alarm fires under 30 days of coverage, so a prepared rotation silences it; the
     function sees the prepared chain in the public rotation state (no key is read)."""
-    from ca_core import rotation
+    from ca_core.rotation import actions
+    from ca_core.rotation.state import EMPTY, RotationPolicy
 
     fn_env("ExpiryCheckFunction")
     now = datetime.now(UTC)
@@ -129,7 +130,7 @@ def test_a_prepared_root_rotation_counts_in_the_coverage_from_the_public_part(fn
     store = S3BundleStore(BUCKET, KEY)
     assert store.create(bundle.to_items())
     assert invoke("ExpiryCheckFunction", event("scheduled.json"), TEMPLATE)["coverage_days"] < 21
-    prepared = rotation.prepare_root(bundle, rotation.EMPTY, now, rotation.RotationPolicy())
+    prepared = actions.prepare_root(bundle, EMPTY, now, RotationPolicy())
     assert store.replace(prepared.items(), store.load().version)
     capsys.readouterr()
     summary = invoke("ExpiryCheckFunction", event("scheduled.json"), TEMPLATE)
@@ -195,7 +196,8 @@ def test_the_expiry_function_loads_no_more_than_it_needs(tmp_path):
     code = (
         "import io, json, sys; out, sys.stdout = sys.stdout, io.StringIO();"
         "from handlers import expiry_check; s = expiry_check.handler({}, None); sys.stdout = out;"
-        "heavy = ('grpc', 'kubernetes', 'boto3', 'yaml', 'argparse', 'ca_core.rotation',"
+        "heavy = ('grpc', 'kubernetes', 'boto3', 'yaml', 'argparse', 'ca_core.rotation.rules',"
+        " 'ca_core.rotation.actions', 'ca_core.rotation.codec',"
         " 'cryptography.hazmat.primitives.serialization.ssh');"
         "print(json.dumps([s['status'], sorted(m for m in heavy if m in sys.modules)]))"
     )
@@ -259,17 +261,18 @@ def test_s3_change_with_a_bad_bundle_is_rejected_and_nothing_rolls(case, fn_env,
 def test_s3_changes_made_by_rotation_are_accepted_even_when_they_drop_a_root(fn_env, bucket, ecs, capsys):
     """Prepare, activate, prune, and an emergency rotation: each is one accepted change, though
     the last two drop a root (the rotation state records it); an unrelated bundle still is not."""
-    from ca_core import rotation
+    from ca_core.rotation import actions, rules
+    from ca_core.rotation.state import EMPTY, RotationPolicy
 
     fn_env("ConfigChangeFunction")
     now = datetime.now(UTC)
     bundle, store = _bundle_in_s3(now)
-    policy = rotation.RotationPolicy(propagation_window=timedelta(0), leaf_bound=timedelta(hours=1))
-    prepared = rotation.prepare_root(bundle, rotation.EMPTY, now, policy)
-    activated = rotation.advance(prepared.bundle, prepared.state, now, policy)
-    pruned = rotation.advance(activated.bundle, activated.state, now + timedelta(hours=2), policy)
+    policy = RotationPolicy(propagation_window=timedelta(0), leaf_bound=timedelta(hours=1))
+    prepared = actions.prepare_root(bundle, EMPTY, now, policy)
+    activated = rules.advance(prepared.bundle, prepared.state, now, policy)
+    pruned = rules.advance(activated.bundle, activated.state, now + timedelta(hours=2), policy)
     assert [s.action for s in pruned.steps] == ["prune"]
-    emergency = rotation.emergency_root(pruned.bundle, pruned.state, now, policy)
+    emergency = actions.emergency_root(pruned.bundle, pruned.state, now, policy)
     for result in (prepared, activated, pruned, emergency):
         assert store.replace(result.items(), store.load().version)
         outcome = invoke("ConfigChangeFunction", event("s3_eventbridge.json"), TEMPLATE)

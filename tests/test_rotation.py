@@ -21,7 +21,6 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from adapters.stores import FileBundleStore
-from ca_core import rotation
 from ca_core.bundle import (
     ROTATION_STATE,
     TrustBundle,
@@ -34,7 +33,11 @@ from ca_core.certs import generate_issuer, generate_root, sign_workload
 from ca_core.continuity import check_replacement
 from ca_core.errors import BundleError, FailedPrecondition
 from ca_core.expiry import expiry_report
-from ca_core.rotation import RotationPolicy, advance, parse_state, public_items
+from ca_core.rotation import actions, codec, document, rules
+from ca_core.rotation.codec import parse_state
+from ca_core.rotation.document import public_items
+from ca_core.rotation.rules import advance
+from ca_core.rotation.state import EMPTY, RemovedRoot, RotationPolicy, RotationState, active_root
 from ca_core.spiffe_id import SpiffeId
 from ca_core.validators import Identity
 from handlers.server import CertificateAuthority
@@ -97,7 +100,7 @@ def public_coverage_days(store: FileBundleStore, now) -> float:
         stored.items["ca.crt"],
         stored.items["issuer.crt"],
         now,
-        prepared_not_after=rotation.prepared_not_after(stored.items.get(ROTATION_STATE), anchors),
+        prepared_not_after=document.prepared_not_after(stored.items.get(ROTATION_STATE), anchors),
     )
     return report.coverage_days
 
@@ -204,7 +207,7 @@ def test_an_issuer_walked_through_its_life_under_a_three_year_root():
             public_items(items)["ca.crt"],
             public_items(items)["issuer.crt"],
             now,
-            prepared_not_after=rotation.prepared_not_after(
+            prepared_not_after=document.prepared_not_after(
                 public_items(items).get(ROTATION_STATE), bundle.trust_anchors
             ),
         )
@@ -221,8 +224,8 @@ def test_prepare_and_activate_thresholds_follow_the_lifetime():
     bundle = bundle_with_lifetimes(60, 60)
     end = bundle.trust_anchors[0].not_valid_after_utc
     policy = RotationPolicy(auto=True, propagation_window=DAY)
-    assert advance(bundle, rotation.EMPTY, end - 30 * DAY - timedelta(minutes=1), policy) is None
-    prepared = advance(bundle, rotation.EMPTY, end - 30 * DAY, policy)
+    assert advance(bundle, EMPTY, end - 30 * DAY - timedelta(minutes=1), policy) is None
+    prepared = advance(bundle, EMPTY, end - 30 * DAY, policy)
     assert [s.action for s in prepared.steps] == ["prepare"]
     state = prepared.state
     assert state.prepared_root.activate_after == end - 7 * DAY
@@ -232,14 +235,14 @@ def test_prepare_and_activate_thresholds_follow_the_lifetime():
     # A 6-day root: min(3, 30) and min(1, 7) days.
     short = bundle_with_lifetimes(6, 6)
     end = short.trust_anchors[0].not_valid_after_utc
-    assert advance(short, rotation.EMPTY, end - 3 * DAY - timedelta(minutes=1), policy) is None
-    assert advance(short, rotation.EMPTY, end - 3 * DAY, policy).state.prepared_root is not None
+    assert advance(short, EMPTY, end - 3 * DAY - timedelta(minutes=1), policy) is None
+    assert advance(short, EMPTY, end - 3 * DAY, policy).state.prepared_root is not None
 
 
 def test_a_manual_root_rotation_waits_for_the_window_and_prunes_after_the_leaves():
     bundle = make_bundle(NOW)
     policy = RotationPolicy(propagation_window=2 * DAY, leaf_bound=TTL + timedelta(minutes=15))
-    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, policy)
+    prepared = actions.prepare_root(bundle, EMPTY, NOW, policy)
     assert len(prepared.bundle.trust_anchors) == 2 and prepared.bundle.issuer == bundle.issuer
     assert advance(prepared.bundle, prepared.state, NOW + 2 * DAY - timedelta(seconds=1), policy) is None
     activated = advance(prepared.bundle, prepared.state, NOW + 2 * DAY, policy)
@@ -258,7 +261,7 @@ def test_a_manual_root_rotation_waits_for_the_window_and_prunes_after_the_leaves
     assert pruned.bundle.trust_anchors == (prepared.state.prepared_root.root,)
     assert [r.reason for r in pruned.state.removed] == ["pruned"]
     with pytest.raises(FailedPrecondition, match="already prepared"):
-        rotation.prepare_root(prepared.bundle, prepared.state, NOW, policy)
+        actions.prepare_root(prepared.bundle, prepared.state, NOW, policy)
 
 
 def test_the_longest_leaf_bound_any_writer_used_keeps_the_old_root():
@@ -267,7 +270,7 @@ def test_the_longest_leaf_bound_any_writer_used_keeps_the_old_root():
     bundle = make_bundle(NOW)
     serving = RotationPolicy(propagation_window=timedelta(0), leaf_bound=2 * DAY)
     cli = RotationPolicy(propagation_window=timedelta(0), leaf_bound=DAY)
-    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, serving)
+    prepared = actions.prepare_root(bundle, EMPTY, NOW, serving)
     assert prepared.state.leaf_bound == 2 * DAY
     items = prepared.items()
     assert json.loads(items[ROTATION_STATE])["root"]["leaf_bound_seconds"] == 2 * 86400
@@ -290,16 +293,16 @@ def test_the_longest_leaf_bound_any_writer_used_keeps_the_old_root():
 def test_next_step_due_is_the_earliest_scheduled_step():
     bundle = make_bundle(NOW)
     root_end = bundle.trust_anchors[0].not_valid_after_utc
-    assert rotation.next_step_due(bundle, rotation.EMPTY, RotationPolicy()) is None
-    at, what = rotation.next_step_due(bundle, rotation.EMPTY, RotationPolicy(auto=True))
+    assert rules.next_step_due(bundle, EMPTY, RotationPolicy()) is None
+    at, what = rules.next_step_due(bundle, EMPTY, RotationPolicy(auto=True))
     assert at == root_end - 30 * DAY and "preparation of a new root" in what
-    assert advance(bundle, rotation.EMPTY, at, RotationPolicy(auto=True)).steps[0].action == "prepare"
+    assert advance(bundle, EMPTY, at, RotationPolicy(auto=True)).steps[0].action == "prepare"
     policy = RotationPolicy(propagation_window=DAY, leaf_bound=TTL)
-    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, policy)
-    at, what = rotation.next_step_due(prepared.bundle, prepared.state, policy)
+    prepared = actions.prepare_root(bundle, EMPTY, NOW, policy)
+    at, what = rules.next_step_due(prepared.bundle, prepared.state, policy)
     assert at == NOW + DAY and "activation of the prepared root" in what
     activated = advance(prepared.bundle, prepared.state, at, policy)
-    at, what = rotation.next_step_due(activated.bundle, activated.state, policy)
+    at, what = rules.next_step_due(activated.bundle, activated.state, policy)
     assert at == NOW + DAY + TTL and "removal of the retiring root" in what
     assert advance(activated.bundle, activated.state, at, policy).steps[0].action == "prune"
 
@@ -307,7 +310,7 @@ def test_next_step_due_is_the_earliest_scheduled_step():
 def test_an_expired_active_chain_activates_the_prepared_root_at_once():
     bundle = bundle_with_lifetimes(10, 10)
     policy = RotationPolicy(propagation_window=30 * DAY)
-    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW + 9 * DAY, policy)
+    prepared = actions.prepare_root(bundle, EMPTY, NOW + 9 * DAY, policy)
     after_expiry = NOW + 10 * DAY + timedelta(minutes=1)
     result = advance(prepared.bundle, prepared.state, after_expiry, policy)
     assert [s.action for s in result.steps] == ["activate", "prune"]  # the old chain covers nothing
@@ -318,8 +321,8 @@ def test_the_automatic_policy_leaves_a_root_without_its_key_alone():
     bundle = bundle_with_lifetimes(60, 60)
     keyless = TrustBundle(bundle.trust_anchors, bundle.issuer_chain, bundle.issuer_key, None)
     end = bundle.trust_anchors[0].not_valid_after_utc
-    assert advance(keyless, rotation.EMPTY, end - 10 * DAY, RotationPolicy(auto=True)) is None
-    assert advance(bundle, rotation.EMPTY, end - 10 * DAY, RotationPolicy(auto=True)) is not None
+    assert advance(keyless, EMPTY, end - 10 * DAY, RotationPolicy(auto=True)) is None
+    assert advance(bundle, EMPTY, end - 10 * DAY, RotationPolicy(auto=True)) is not None
 
 
 def test_rotate_issuer_needs_the_root_key_or_a_supplied_issuer_under_the_active_root():
@@ -327,30 +330,30 @@ def test_rotate_issuer_needs_the_root_key_or_a_supplied_issuer_under_the_active_
     keyless = TrustBundle(bundle.trust_anchors, bundle.issuer_chain, bundle.issuer_key, None)
     policy = RotationPolicy()
     with pytest.raises(FailedPrecondition, match="does not hold the active root's key"):
-        rotation.rotate_issuer(keyless, rotation.EMPTY, NOW, policy)
+        actions.rotate_issuer(keyless, EMPTY, NOW, policy)
     new_key = make_key()
     good = generate_issuer(bundle.trust_anchors[0], bundle.root_key, new_key, CA_ID, NOW)
-    result = rotation.rotate_issuer(keyless, rotation.EMPTY, NOW, policy, ((good,), new_key))
+    result = actions.rotate_issuer(keyless, EMPTY, NOW, policy, ((good,), new_key))
     assert result.bundle.issuer == good and result.bundle.root_key is None
     other = make_bundle(NOW)
     foreign = generate_issuer(other.trust_anchors[0], other.root_key, new_key, CA_ID, NOW)
     with pytest.raises(FailedPrecondition, match="does not verify to the active root"):
-        rotation.rotate_issuer(keyless, rotation.EMPTY, NOW, policy, ((foreign,), new_key))
+        actions.rotate_issuer(keyless, EMPTY, NOW, policy, ((foreign,), new_key))
     with pytest.raises(FailedPrecondition, match="key does not match"):
-        rotation.rotate_issuer(keyless, rotation.EMPTY, NOW, policy, ((good,), make_key()))
+        actions.rotate_issuer(keyless, EMPTY, NOW, policy, ((good,), make_key()))
     with pytest.raises(FailedPrecondition, match="not valid now"):
-        rotation.rotate_issuer(keyless, rotation.EMPTY, NOW + 400 * DAY, policy, ((good,), new_key))
+        actions.rotate_issuer(keyless, EMPTY, NOW + 400 * DAY, policy, ((good,), new_key))
 
 
 def test_emergency_removes_every_other_root_and_continuity_accepts_only_that():
     bundle = make_bundle(NOW)
-    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, RotationPolicy())
-    result = rotation.emergency_root(prepared.bundle, prepared.state, NOW, RotationPolicy())
+    prepared = actions.prepare_root(bundle, EMPTY, NOW, RotationPolicy())
+    result = actions.emergency_root(prepared.bundle, prepared.state, NOW, RotationPolicy())
     assert len(result.bundle.trust_anchors) == 1
     assert result.bundle.trust_anchors[0] not in prepared.bundle.trust_anchors
     assert result.state.prepared_root is None
     items = result.items()
-    released = rotation.released_roots(prepared.items(), items, NOW)
+    released = document.released_roots(prepared.items(), items, NOW)
     assert released == {fingerprint(a) for a in prepared.bundle.trust_anchors}
     check_replacement(bundle, prepared.items(), result.bundle, items, NOW, "test")
     with pytest.raises(BundleError, match="does not include the active root"):
@@ -369,18 +372,18 @@ CRAFTED_CLAIMS = [("pruned", timedelta(0)), ("emergency", None), ("emergency", -
 def crafted_items(current: TrustBundle, now, reason: str, active_since) -> dict[str, bytes]:
     """An unrelated bundle whose rotation state lists ``current``'s active root as removed."""
     other = make_bundle(now)
-    root = rotation.active_root(current)
-    removed = rotation.RemovedRoot(fingerprint(root), root.subject.rfc4514_string(), now, reason)
+    root = active_root(current)
+    removed = RemovedRoot(fingerprint(root), root.subject.rfc4514_string(), now, reason)
     since = None if active_since is None else now + active_since
-    state = rotation.RotationState(root_since=since, removed=(removed,))
-    return {**other.to_items(), ROTATION_STATE: rotation.encode_state(state, other)}
+    state = RotationState(root_since=since, removed=(removed,))
+    return {**other.to_items(), ROTATION_STATE: codec.encode_state(state, other)}
 
 
 @pytest.mark.parametrize("reason, active_since", CRAFTED_CLAIMS)
 def test_continuity_ignores_what_an_unrelated_bundle_claims_about_the_current_root(reason, active_since):
     bundle = make_bundle(NOW)
     crafted = crafted_items(bundle, NOW, reason, active_since)
-    assert rotation.released_roots(bundle.to_items(), crafted, NOW) == frozenset()
+    assert document.released_roots(bundle.to_items(), crafted, NOW) == frozenset()
     with pytest.raises(BundleError, match="does not include the active root"):
         check_replacement(bundle, bundle.to_items(), parse_bundle(crafted), crafted, NOW, "test")
 
@@ -389,27 +392,27 @@ def test_continuity_releases_roots_by_the_current_state_expiry_or_a_recorded_eme
     policy = RotationPolicy(propagation_window=timedelta(0), leaf_bound=TTL)
     bundle = make_bundle(NOW)
     old_fp = fingerprint(bundle.trust_anchors[0])
-    activated = rotation.advance(*_prepared(bundle, policy), NOW, policy)
+    activated = rules.advance(*_prepared(bundle, policy), NOW, policy)
     (retiring,) = activated.state.retiring
     assert retiring.sha256 == old_fp
     # pruning: only the CURRENT state's schedule counts, and only once prune_after has passed
-    pruned = rotation.advance(activated.bundle, activated.state, retiring.prune_after, policy)
+    pruned = rules.advance(activated.bundle, activated.state, retiring.prune_after, policy)
     assert [s.action for s in pruned.steps] == ["prune"]
-    assert old_fp in rotation.released_roots(activated.items(), pruned.items(), retiring.prune_after)
-    assert old_fp not in rotation.released_roots(activated.items(), pruned.items(), NOW)
-    assert old_fp not in rotation.released_roots(bundle.to_items(), pruned.items(), retiring.prune_after)
+    assert old_fp in document.released_roots(activated.items(), pruned.items(), retiring.prune_after)
+    assert old_fp not in document.released_roots(activated.items(), pruned.items(), NOW)
+    assert old_fp not in document.released_roots(bundle.to_items(), pruned.items(), retiring.prune_after)
     # expiry: a root that has expired covers nothing
     after = bundle.trust_anchors[0].not_valid_after_utc
-    assert old_fp in rotation.released_roots(bundle.to_items(), make_bundle(after).to_items(), after)
+    assert old_fp in document.released_roots(bundle.to_items(), make_bundle(after).to_items(), after)
     # emergency: recorded together with the new active root
-    emergency = rotation.emergency_root(bundle, rotation.EMPTY, NOW, policy)
-    assert old_fp in rotation.released_roots(bundle.to_items(), emergency.items(), NOW)
-    later = rotation.rotate_issuer(emergency.bundle, emergency.state, NOW + DAY, policy)
-    assert old_fp in rotation.released_roots(bundle.to_items(), later.items(), NOW + DAY)
+    emergency = actions.emergency_root(bundle, EMPTY, NOW, policy)
+    assert old_fp in document.released_roots(bundle.to_items(), emergency.items(), NOW)
+    later = actions.rotate_issuer(emergency.bundle, emergency.state, NOW + DAY, policy)
+    assert old_fp in document.released_roots(bundle.to_items(), later.items(), NOW + DAY)
 
 
 def _prepared(bundle: TrustBundle, policy: RotationPolicy):
-    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, policy)
+    prepared = actions.prepare_root(bundle, EMPTY, NOW, policy)
     return prepared.bundle, prepared.state
 
 
@@ -434,7 +437,7 @@ def test_a_ca_whose_issuer_expired_serves_the_early_activation_and_pruning_it_wr
     new active root is the one its state prepared, and the old chain covers no valid leaf)."""
     bundle = bundle_with_issuer_window(NOW - 100 * DAY, NOW + DAY, NOW)
     policy = RotationPolicy(propagation_window=30 * DAY)
-    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, policy)
+    prepared = actions.prepare_root(bundle, EMPTY, NOW, policy)
     assert FileBundleStore(store_dir).create(prepared.items())
     ca = CertificateAuthority(clock=Clock(NOW + 3 * DAY))
     ca.start(ca_config(store_dir))
@@ -445,7 +448,7 @@ def test_a_ca_whose_issuer_expired_serves_the_early_activation_and_pruning_it_wr
         assert served.trust_anchors == (prepared.state.prepared_root.root,)
         assert served.issuer == prepared.state.prepared_root.issuer_chain[0]
         # an unrelated bundle still is not accepted in the same situation
-        assert rotation.released_roots(prepared.items(), make_bundle(NOW).to_items(), NOW + 3 * DAY) == set()
+        assert document.released_roots(prepared.items(), make_bundle(NOW).to_items(), NOW + 3 * DAY) == set()
     finally:
         ca.stop(grace=0)
 
@@ -456,18 +459,18 @@ def refused(ca: CertificateAuthority) -> float:
 
 def test_the_state_round_trips_and_its_public_part_has_no_key():
     bundle = make_bundle(NOW)
-    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, RotationPolicy())
+    prepared = actions.prepare_root(bundle, EMPTY, NOW, RotationPolicy())
     items = prepared.items()
     again = parse_state(items, parse_bundle(items))
-    assert rotation.encode_state(again, parse_bundle(items)) == items[ROTATION_STATE]
+    assert codec.encode_state(again, parse_bundle(items)) == items[ROTATION_STATE]
     public = public_items(items)
     assert set(public) == {"ca.crt", "issuer.crt", ROTATION_STATE}
     assert b"PRIVATE KEY" not in public[ROTATION_STATE] and b"PRIVATE KEY" in items[ROTATION_STATE]
     assert json.loads(public[ROTATION_STATE])["root"]["prepared"]["activate_after"]
-    (end,) = rotation.prepared_not_after(public[ROTATION_STATE], prepared.bundle.trust_anchors)
+    (end,) = document.prepared_not_after(public[ROTATION_STATE], prepared.bundle.trust_anchors)
     assert end == prepared.state.prepared_root.not_after
     assert (
-        rotation.prepared_not_after(public[ROTATION_STATE], bundle.trust_anchors) == ()
+        document.prepared_not_after(public[ROTATION_STATE], bundle.trust_anchors) == ()
     )  # root not anchored
 
 
@@ -504,7 +507,7 @@ def test_the_state_round_trips_and_its_public_part_has_no_key():
 )
 def test_a_damaged_state_is_refused_naming_the_problem(damage, words, store_dir):
     bundle = make_bundle(NOW)
-    items = rotation.prepare_root(bundle, rotation.EMPTY, NOW, RotationPolicy()).items()
+    items = actions.prepare_root(bundle, EMPTY, NOW, RotationPolicy()).items()
     items[ROTATION_STATE] = json.dumps(damage(json.loads(items[ROTATION_STATE]))).encode()
     with pytest.raises(BundleError, match=words):
         parse_state(items, parse_bundle(items))

@@ -180,10 +180,11 @@ def test_rotation_state_item_is_kept(kit):
 def test_a_rotation_state_is_published_without_its_keys(kit):
     """The public part (what the expiry function and relying parties read) carries every anchor,
     the prepared root included, and the rotation state without the prepared keys."""
-    from ca_core import rotation
+    from ca_core.rotation import actions, document
+    from ca_core.rotation.state import EMPTY, RotationPolicy
 
     bundle = make_bundle()
-    prepared = rotation.prepare_root(bundle, rotation.EMPTY, NOW, rotation.RotationPolicy())
+    prepared = actions.prepare_root(bundle, EMPTY, NOW, RotationPolicy())
     store = kit.store()
     assert store.create(bundle.to_items())
     assert store.replace(prepared.items(), store.load().version)
@@ -192,7 +193,7 @@ def test_a_rotation_state_is_published_without_its_keys(kit):
     assert set(public) == {"ca.crt", "issuer.crt", "rotation.json"}
     assert len(parse_public_bundle(public).trust_anchors) == 2
     assert b"PRIVATE KEY" not in public["rotation.json"]
-    assert rotation.prepared_not_after(public["rotation.json"], prepared.bundle.trust_anchors) == (
+    assert document.prepared_not_after(public["rotation.json"], prepared.bundle.trust_anchors) == (
         prepared.state.prepared_root.not_after,
     )
     # a bundle written without a rotation state drops it from the public part again

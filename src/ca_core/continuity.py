@@ -7,7 +7,7 @@ import``. Each keeps only its I/O and its wording of the refusal.
 The rule: a replacement whose trust anchors leave out the current active root (the root the
 current issuer chain ends at) is refused, since every workload holding a current certificate
 would stop trusting its peers, unless that root is *released*
-(:func:`ca_core.rotation_document.released_roots`: expired, pruned as the current rotation state
+(:func:`ca_core.rotation.document.released_roots`: expired, pruned as the current rotation state
 scheduled, activated-and-pruned when its chain expired, or removed by a recorded emergency
 rotation), or the operator forces it.
 """
@@ -23,7 +23,7 @@ from cryptography import x509
 from .bundle import ROOT_KEY, PublicBundle, fingerprint, parse_public_bundle
 from .errors import BundleError
 from .keys import load_private_key, public_key_der
-from .rotation_document import released_roots
+from .rotation.document import released_roots
 
 
 @dataclass(frozen=True)

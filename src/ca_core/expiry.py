@@ -17,7 +17,7 @@ from cryptography import x509
 
 from .bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE, chain_not_after, parse_public_bundle
 from .errors import BundleError
-from .rotation_document import prepared_not_after as recorded_prepared_not_after
+from .rotation.document import prepared_not_after as recorded_prepared_not_after
 
 WARN_WITHIN = timedelta(days=30)
 
@@ -181,7 +181,7 @@ def expiry_report(
 
     The active chain is the issuer chain plus the anchor that issued its last certificate;
     ``prepared_chains`` are full chains, issuer first, root last; ``prepared_not_after`` the
-    end of each prepared chain as a rotation state records it (``rotation.prepared_not_after``,
+    end of each prepared chain as a rotation state records it (``rotation.document.prepared_not_after``,
     readable from the public part without keys). Coverage = max over chains of each chain's
     earliest NotAfter (SPEC §9). Never raises for bad input: an unreadable or unverifiable public
     part gives no active chain.

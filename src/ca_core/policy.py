@@ -25,7 +25,7 @@ from .service import SigningPolicy
 from .validators import Identity, TokenValidatorKind
 
 if TYPE_CHECKING:
-    from .rotation import RotationPolicy
+    from .rotation.state import RotationPolicy
     from .service import Signer
 
 log = logging.getLogger("sentryca")
@@ -65,7 +65,7 @@ def rotation_policy(cfg: Config) -> RotationPolicy:
     """The rotation settings of ``cfg`` (``ca_core.rotation``): names and key algorithm of
     generated roots and issuers, ``--auto-rotate``, ``--root-propagation-window``, and
     :func:`leaf_bound`."""
-    from .rotation import RotationPolicy  # here: the expiry function never loads the rotation rules
+    from .rotation.state import RotationPolicy  # here: the expiry function never loads the rotation rules
 
     return RotationPolicy(
         trust_domain=cfg.trust_domain,

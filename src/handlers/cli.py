@@ -342,7 +342,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     except BundleError as e:
         print(f"bundle: UNUSABLE: {e}")
         return 1
-    from ca_core.rotation import describe, parse_state
+    from ca_core.rotation.codec import describe, parse_state
 
     bundle = parse_bundle(whole.items, store.labels())
     try:
@@ -408,7 +408,7 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
         parse_public_bundle,
     )
     from ca_core.continuity import judge_replacement, kept_root_key
-    from ca_core.rotation import parse_state
+    from ca_core.rotation.codec import parse_state
 
     from .composition import directory_store, store_retry
 
@@ -566,7 +566,7 @@ def _rotation_context(args: argparse.Namespace):
     set up so the audit records (``sentryca.audit``) of the steps go to stderr."""
     from ca_core.bundle import parse_bundle
     from ca_core.errors import BundleError
-    from ca_core.rotation import parse_state
+    from ca_core.rotation.codec import parse_state
 
     from .composition import store_retry
     from .logs import setup_logging
@@ -606,7 +606,7 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
     from ca_core.bundle import parse_certificates
     from ca_core.keys import load_private_key
     from ca_core.policy import rotation_policy
-    from ca_core.rotation import rotate_issuer
+    from ca_core.rotation.actions import rotate_issuer
 
     cfg, store, current, bundle, state = _rotation_context(args)
     supplied = None
@@ -635,7 +635,7 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
 
 def cmd_rotate_root(args: argparse.Namespace) -> int:
     from ca_core.policy import rotation_policy
-    from ca_core.rotation import emergency_root, prepare_root
+    from ca_core.rotation.actions import emergency_root, prepare_root
 
     cfg, store, current, bundle, state = _rotation_context(args)
     policy = rotation_policy(cfg)
@@ -662,7 +662,7 @@ def cmd_rotate_root(args: argparse.Namespace) -> int:
 
 def cmd_rotate_advance(args: argparse.Namespace) -> int:
     from ca_core.policy import rotation_policy
-    from ca_core.rotation import advance, next_step_due
+    from ca_core.rotation.rules import advance, next_step_due
 
     cfg, store, current, bundle, state = _rotation_context(args)
     policy = rotation_policy(cfg)

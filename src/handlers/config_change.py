@@ -11,7 +11,7 @@ Accepted events (samples in ``events/``):
 
 Events about anything other than the configured bundle or parameter are ignored. The changed
 bundle is loaded from the store and validated with the core (``parse_bundle``: structure, chain,
-keys; ``rotation.parse_state``: its rotation state) and for trust continuity against the previous
+keys; ``rotation.codec.parse_state``: its rotation state) and for trust continuity against the previous
 version (``ca_core.continuity.check_replacement``, the rule every entry point applies); a
 changed parameter is parsed as a Configuration. Invalid → ERROR log, ``ConfigChangeRejected``
 metric, nothing restarted (the running CA keeps its bundle: its own poll refuses the same bundle).
@@ -39,7 +39,7 @@ from ca_core.bundle import parse_bundle
 from ca_core.config import read_config_file
 from ca_core.continuity import check_replacement
 from ca_core.errors import BundleError, CAError, Unavailable
-from ca_core.rotation import parse_state
+from ca_core.rotation.codec import parse_state
 
 from . import composition
 from . import lambda_support as ls

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ca_core.rotation import Step
+    from ca_core.rotation.state import Step
 
 audit_log = logging.getLogger("sentryca.audit")
 

@@ -25,7 +25,7 @@ import grpc
 from cryptography import x509
 
 from adapters.stores import BundleStore, StoredBundle
-from ca_core import policy, rotation
+from ca_core import policy
 from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE, fingerprint
 from ca_core.certs import check_issuer_valid
 from ca_core.config import Config
@@ -33,6 +33,7 @@ from ca_core.continuity import check_replacement
 from ca_core.errors import CAError, FailedPrecondition, Unavailable
 from ca_core.expiry import ExpiryFinding, stored_expiry_report
 from ca_core.policy import ServerCertificate, issue_server_certificate
+from ca_core.rotation import codec, rules
 from ca_core.service import Signer
 from ca_core.validators import validator_readiness
 
@@ -633,7 +634,7 @@ class CertificateAuthority:
         return wake
 
     def rotate_if_due(self) -> bool:
-        """Take the rotation steps due now (``ca_core.rotation.advance``: pruning and activations
+        """Take the rotation steps due now (``ca_core.rotation.rules.advance``: pruning and activations
         of a rotation in progress always; starting one only with ``--auto-rotate``). Returns
         whether this CA wrote a step. Raises NotRunning when idle."""
         with self._lock:
@@ -652,8 +653,8 @@ class CertificateAuthority:
         this CA wrote a step)."""
         bundle = state.signer.bundle
         try:
-            current = rotation.parse_state(state.stored.items if state.stored else {}, bundle)
-            result = rotation.advance(bundle, current, now, policy.rotation_policy(state.config))
+            current = codec.parse_state(state.stored.items if state.stored else {}, bundle)
+            result = rules.advance(bundle, current, now, policy.rotation_policy(state.config))
         except CAError as e:
             log.error("rotation: cannot evaluate the rotation state of %s: %s", state.store.description, e)
             return state, False

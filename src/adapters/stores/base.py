@@ -119,7 +119,7 @@ def load_or_create(
     """Load the store's bundle, or generate and conditionally create one when it is empty.
 
     Returns (bundle, version, created). A partial, corrupt or mismatched bundle (its rotation
-    state included, ``rotation.parse_state``) raises BundleError naming the item and is never
+    state included, ``rotation.codec.parse_state``) raises BundleError naming the item and is never
     replaced. If the conditional create loses a race
     with another replica, the winner's bundle is loaded. A store that cannot be read raises
     Unavailable (after ``retry``): a failed read never leads to a new CA.
@@ -159,7 +159,7 @@ def load_or_create_stored(
             )
     try:
         bundle = parse_bundle(stored.items, store.labels())
-        from ca_core.rotation import parse_state  # here: the expiry function never loads a full bundle
+        from ca_core.rotation.codec import parse_state  # here: the expiry function never loads a full bundle
 
         parse_state(stored.items, bundle, store.labels())  # a rotation state that cannot be acted on
     except BundleError as e:

@@ -38,7 +38,7 @@ from ca_core.bundle import (
     FileNames,
 )
 from ca_core.errors import BundleError, Unavailable
-from ca_core.rotation_document import public_items
+from ca_core.rotation.document import public_items
 
 from .base import StoredBundle
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE, STORE_ITEMS, FileNames
 from ca_core.errors import BundleError, Unavailable
-from ca_core.rotation_document import public_items
+from ca_core.rotation.document import public_items
 
 from .base import StoredBundle
 

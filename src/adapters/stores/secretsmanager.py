@@ -26,7 +26,7 @@ from typing import Any
 from adapters import aws
 from ca_core.bundle import STORE_ITEMS
 from ca_core.errors import Unavailable
-from ca_core.rotation_document import public_items
+from ca_core.rotation.document import public_items
 
 from .base import StoredBundle, decode_document, encode_document
 

@@ -3,8 +3,9 @@
 What needs only a few fields of a rotation state, and must stay cheap to import (the expiry
 function reads the public part on every cold start): the end of each prepared signing chain
 (for signing coverage), the roots a replacement bundle may drop (for trust continuity), and the
-public part every store publishes (the document without keys). The full, strict reading and
-every rotation step are ``ca_core.rotation``'s.
+public part every store publishes (the document without keys). Imports nothing of the
+rotation machinery: the full, strict reading is :mod:`.codec`'s, every rotation step
+:mod:`.rules`' and :mod:`.actions`'.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from cryptography import x509
 
-from .bundle import (
+from ..bundle import (
     PUBLIC_ITEMS,
     ROTATION_STATE,
     PublicBundle,
@@ -24,7 +25,7 @@ from .bundle import (
     fingerprint,
     parse_public_bundle,
 )
-from .errors import BundleError
+from ..errors import BundleError
 
 FORMAT = 1  # the version of the document this code reads and writes
 SECRET_FIELDS = ("key", "issuer_chain", "issuer_key")  # of a prepared slot: never in the public part
@@ -85,7 +86,7 @@ def released_roots(
       says about pruning counts for nothing (any bundle can carry any ``removed`` list);
     - activated and pruned at once: it is the current active root, its signing chain in the
       current bundle has expired, and the new bundle's active root is the root the CURRENT state
-      has prepared (what ``advance`` writes when the active chain expired: the prepared root
+      has prepared (what :func:`.rules.advance` writes when the active chain expired: the prepared root
       takes over early and the old one, covering no valid leaf, goes in the same step);
     - emergency: the new state records it as removed with reason ``emergency`` at T, and the
       new bundle's active root is the root that state records as active since T or later (both

@@ -1,0 +1,378 @@
+"""What is due, and the automatic steps (SPEC §5): :func:`advance` and :func:`next_step_due`.
+
+Rules, in the order :func:`advance` applies them (one call applies every step that is due):
+
+0. **Bound**: ``leaf_bound`` is how long after an issuer stops being active a leaf it signed
+   may still be valid: workload TTL + clock skew + how long a CA may go on signing with a
+   superseded issuer (``ca_core.policy.rotation_policy``: the store poll interval, or without
+   polling the expiry-check interval). The state records the longest bound any writer used
+   (``leaf_bound``); whoever acts on it (a CA or the CLI, each with its own settings) uses the
+   larger of its own and the recorded one. When a root rotation is in progress and this
+   writer's bound is longer than the recorded one, it records its own and pushes each retiring
+   root's ``prune_after`` to at least ``since + leaf_bound``.
+1. **Prune** a retiring root once ``now >= prune_after`` or the root itself has expired.
+   ``prune_after`` is fixed at activation: ``min(activated + leaf_bound, old chain NotAfter +
+   clock skew)`` (rule 0 may only push it later). Every leaf the old root covers was issued
+   before the last CA noticed the activation, so it has expired by then.
+2. **Activate** a prepared root once ``now >= activate_after`` (at once when the active signing
+   chain has expired: nothing could be signed otherwise): its issuer and keys become the active
+   ones, the old root starts retiring, a prepared issuer (under the old root) is dropped.
+3. **Activate** a prepared issuer once ``now >= activate_after`` (or the active chain expired).
+4. With the automatic policy only, and only for a root whose key the CA holds (it generated the
+   root, or was given the key; a bundle imported without it is the operator's PKI): **prepare**
+   a root when less than ``min(lifetime/2, 30 days)`` of the active root remains;
+   ``activate_after = max(now + propagation window, NotAfter - min(lifetime/6, 7 days))``.
+5. Likewise **prepare** an issuer under the active root when less than ``min(lifetime/2, 30
+   days)`` of the active issuer remains and a new one would end later (an issuer never outlives
+   its root, so with the default equal lifetimes the root's rotation renews the issuer);
+   ``activate_after = NotAfter - min(lifetime/6, 7 days)``.
+
+The operator's actions (:mod:`.actions`) share the public helpers among the step functions:
+the bound to act on and its record (rule 0), the removal history, a new root and issuer, and the
+step that prepares a root (rule 4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from cryptography import x509
+
+from ..bundle import TrustBundle, chain_not_after, fingerprint
+from ..certs import generate_issuer, generate_root
+from ..durations import format_duration
+from ..keys import PrivateKey
+from .state import (
+    AUTO,
+    REMOVED_HISTORY,
+    PreparedIssuer,
+    PreparedRoot,
+    RemovedRoot,
+    RetiringRoot,
+    Rotation,
+    RotationPolicy,
+    RotationState,
+    Step,
+    active_root,
+    find_anchor,
+    held_root_key,
+    iso,
+    margins,
+    subject_of,
+)
+
+
+def _chain_not_after(bundle: TrustBundle) -> datetime:
+    return chain_not_after((*bundle.issuer_chain, active_root(bundle)))
+
+
+def _seconds(d: timedelta) -> int:
+    return math.ceil(d.total_seconds())  # never below the bound it records
+
+
+def advance(
+    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+) -> Rotation | None:
+    """Every rotation step due at ``now`` (rules 1-5 of the module docstring), or None.
+
+    bundle: the bundle in force; state: its rotation state (:func:`.codec.parse_state`); now: aware
+    UTC. Never raises for a due step it cannot take (e.g. no root key): it is simply not taken.
+    """
+    steps: list[Step] = []
+    for _ in range(8):  # each rule changes the state so that it no longer applies
+        taken = _next_step(bundle, state, now, policy)
+        if taken is None:
+            break
+        bundle, state, step = taken
+        state = with_leaf_bound_recorded(state, policy)  # a step taken here used this writer's bound
+        steps.append(step)
+    return Rotation(bundle, state, tuple(steps)) if steps else None
+
+
+def _next_step(
+    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+) -> tuple[TrustBundle, RotationState, Step] | None:
+    for rule in (
+        _raise_bound,
+        _prune,
+        _activate_root,
+        _activate_issuer,
+        _auto_prepare_root,
+        _auto_prepare_issuer,
+    ):
+        taken = rule(bundle, state, now, policy)
+        if taken is not None:
+            return taken
+    return None
+
+
+def acting_leaf_bound(state: RotationState, policy: RotationPolicy) -> timedelta:
+    """The bound to act on: the longer of this writer's and the one the state records."""
+    return max(policy.leaf_bound, state.leaf_bound or timedelta(0))
+
+
+def with_leaf_bound_recorded(state: RotationState, policy: RotationPolicy) -> RotationState:
+    """``state`` recording this writer's leaf bound when it is the longest yet."""
+    bound = acting_leaf_bound(state, policy)
+    return state if state.leaf_bound == bound else replace(state, leaf_bound=bound)
+
+
+def _raise_bound(bundle, state, now, policy):
+    recorded = state.leaf_bound or timedelta(0)
+    if policy.leaf_bound <= recorded or (state.prepared_root is None and not state.retiring):
+        return None
+    retiring = tuple(
+        replace(r, prune_after=max(r.prune_after, r.since + policy.leaf_bound)) for r in state.retiring
+    )
+    later = [r for r, was in zip(retiring, state.retiring, strict=True) if r.prune_after != was.prune_after]
+    was = format_duration(recorded) if state.leaf_bound is not None else "none"
+    effect = (
+        "retiring roots now stay until " + ", ".join(f"{r.subject} {iso(r.prune_after)}" for r in later)
+        if later
+        else "the next activation keeps the old root that long"
+    )
+    step = Step(
+        "root",
+        "bound",
+        AUTO,
+        f"root rotation: recorded this writer's leaf bound (workload TTL + clock skew + store poll or "
+        f"expiry-check interval), {format_duration(policy.leaf_bound)}, longer than the one recorded "
+        f"({was}); {effect}",
+        {
+            "leaf_bound_seconds": str(_seconds(policy.leaf_bound)),
+            "previous_seconds": "" if state.leaf_bound is None else str(_seconds(recorded)),
+        },
+    )
+    return bundle, replace(state, leaf_bound=policy.leaf_bound, retiring=retiring), step
+
+
+def _prune(bundle, state, now, policy):
+    active = fingerprint(active_root(bundle))
+    for retiring in state.retiring:
+        cert = find_anchor(bundle, retiring.sha256)
+        if cert is None or retiring.sha256 == active:
+            continue  # dropped from the state by parse_state; never prune the active root
+        expired = now >= cert.not_valid_after_utc
+        if now < retiring.prune_after and not expired:
+            continue
+        reason = "expired" if expired and now < retiring.prune_after else "pruned"
+        anchors = tuple(a for a in bundle.trust_anchors if a is not cert)
+        new_bundle = replace(bundle, trust_anchors=anchors)
+        new_state = replace(
+            state,
+            retiring=tuple(r for r in state.retiring if r is not retiring),
+            removed=remember_removed(
+                state.removed, RemovedRoot(retiring.sha256, retiring.subject, now, reason)
+            ),
+        )
+        step = Step(
+            "root",
+            "prune",
+            AUTO,
+            f"root rotation: removed the retired root {retiring.subject} from the trust anchors "
+            f"({'it expired' if reason == 'expired' else 'every leaf it covered has expired'})",
+            {"root": retiring.sha256, "subject": retiring.subject, "reason": reason},
+        )
+        return new_bundle, new_state, step
+    return None
+
+
+def remember_removed(removed: tuple[RemovedRoot, ...], *more: RemovedRoot) -> tuple[RemovedRoot, ...]:
+    """``removed`` and ``more``, the last :data:`REMOVED_HISTORY` of them."""
+    return (*removed, *more)[-REMOVED_HISTORY:]
+
+
+def _activate_root(bundle, state, now, policy):
+    prepared = state.prepared_root
+    if prepared is None or (now < prepared.activate_after and now < _chain_not_after(bundle)):
+        return None
+    old = active_root(bundle)
+    prune_after = min(now + acting_leaf_bound(state, policy), _chain_not_after(bundle) + policy.clock_skew)
+    new_bundle = TrustBundle(
+        bundle.trust_anchors, prepared.issuer_chain, prepared.issuer_key, prepared.root_key
+    )
+    new_state = replace(
+        state,
+        root_since=now,
+        issuer_since=now,
+        prepared_root=None,
+        prepared_issuer=None,  # it chains to the old root
+        retiring=(*state.retiring, RetiringRoot(fingerprint(old), subject_of(old), now, prune_after)),
+    )
+    early = now < prepared.activate_after
+    step = Step(
+        "root",
+        "activate",
+        prepared.trigger,
+        f"root rotation: the prepared root {subject_of(prepared.root)} is now active with issuer serial "
+        f"{prepared.issuer_chain[0].serial_number:x}"
+        + (" (early: the active signing chain expired)" if early else "")
+        + f"; the old root {subject_of(old)} stays in the trust anchors until {iso(prune_after)}",
+        {
+            "root": fingerprint(prepared.root),
+            "subject": subject_of(prepared.root),
+            "issuer_serial": f"{prepared.issuer_chain[0].serial_number:x}",
+            "retiring_root": fingerprint(old),
+            "prune_after": iso(prune_after),
+        },
+    )
+    return new_bundle, new_state, step
+
+
+def _activate_issuer(bundle, state, now, policy):
+    prepared = state.prepared_issuer
+    if prepared is None or (now < prepared.activate_after and now < _chain_not_after(bundle)):
+        return None
+    new_bundle = replace(bundle, issuer_chain=prepared.issuer_chain, issuer_key=prepared.issuer_key)
+    new_state = replace(state, issuer_since=now, prepared_issuer=None)
+    issuer = prepared.issuer_chain[0]
+    step = Step(
+        "issuer",
+        "activate",
+        prepared.trigger,
+        f"issuer rotation: issuer serial {issuer.serial_number:x} ({subject_of(issuer)}) is now active, "
+        f"valid until {iso(issuer.not_valid_after_utc)}",
+        {
+            "issuer_serial": f"{issuer.serial_number:x}",
+            "previous_issuer_serial": f"{bundle.issuer.serial_number:x}",
+            "not_after": iso(issuer.not_valid_after_utc),
+        },
+    )
+    return new_bundle, new_state, step
+
+
+def _auto_prepare_root(bundle, state, now, policy):
+    if not policy.auto or state.prepared_root is not None or held_root_key(bundle) is None:
+        return None
+    root = active_root(bundle)
+    prepare_within, _ = margins(root)
+    if now < root.not_valid_after_utc - prepare_within:
+        return None
+    return prepare_root_step(bundle, state, now, policy, AUTO)
+
+
+def _auto_prepare_issuer(bundle, state, now, policy):
+    root_key = held_root_key(bundle)
+    if not policy.auto or state.prepared_issuer is not None or root_key is None:
+        return None
+    root, issuer = active_root(bundle), bundle.issuer
+    if not root.not_valid_before_utc <= now < root.not_valid_after_utc:
+        return None
+    prepare_within, activate_within = margins(issuer)
+    if now < issuer.not_valid_after_utc - prepare_within:
+        return None
+    if min(now + policy.issuer_lifetime, root.not_valid_after_utc) <= issuer.not_valid_after_utc:
+        return None  # a new issuer would not outlive this one: the root's rotation renews it
+    key = policy.algorithm.generate()
+    cert = generate_issuer(
+        root,
+        root_key,
+        key,
+        policy.ca_identity,
+        now,
+        lifetime=policy.issuer_lifetime,
+        backdate=policy.clock_skew,
+    )
+    activate_after = max(now, issuer.not_valid_after_utc - activate_within)
+    prepared = PreparedIssuer((cert,), key, root, now, activate_after, AUTO)
+    step = Step(
+        "issuer",
+        "prepare",
+        AUTO,
+        f"issuer rotation: prepared issuer serial {cert.serial_number:x} (valid until "
+        f"{iso(cert.not_valid_after_utc)}); it becomes active at {iso(activate_after)}",
+        {
+            "issuer_serial": f"{cert.serial_number:x}",
+            "not_after": iso(cert.not_valid_after_utc),
+            "activate_after": iso(activate_after),
+        },
+    )
+    return bundle, replace(state, prepared_issuer=prepared), step
+
+
+def generate_root_and_issuer(
+    now: datetime, policy: RotationPolicy
+) -> tuple[x509.Certificate, PrivateKey, x509.Certificate, PrivateKey]:
+    """A new root and an issuer under it, as ``policy`` makes them: (root, key, issuer, key)."""
+    root_key = policy.algorithm.generate()
+    root = generate_root(
+        policy.trust_domain, root_key, now, lifetime=policy.root_lifetime, backdate=policy.clock_skew
+    )
+    issuer_key = policy.algorithm.generate()
+    issuer = generate_issuer(
+        root,
+        root_key,
+        issuer_key,
+        policy.ca_identity,
+        now,
+        lifetime=policy.issuer_lifetime,
+        backdate=policy.clock_skew,
+    )
+    return root, root_key, issuer, issuer_key
+
+
+def prepare_root_step(bundle, state, now, policy, trigger):
+    """Rule 4's step, and ``sentryca rotate root``'s: a new root (and its issuer) joins the trust
+    anchors now and becomes active at ``activate_after`` (module docstring). (bundle, state, step)."""
+    root, root_key, issuer, issuer_key = generate_root_and_issuer(now, policy)
+    activate_after = now + policy.propagation_window
+    if trigger == AUTO:
+        current = active_root(bundle)
+        activate_after = max(activate_after, current.not_valid_after_utc - margins(current)[1])
+    prepared = PreparedRoot(root, root_key, (issuer,), issuer_key, now, activate_after, trigger)
+    new_bundle = replace(bundle, trust_anchors=(*bundle.trust_anchors, root))
+    step = Step(
+        "root",
+        "prepare",
+        trigger,
+        f"root rotation: prepared root {subject_of(root)} (valid until {iso(root.not_valid_after_utc)}), "
+        f"added to the trust anchors; its issuer becomes active at {iso(activate_after)}",
+        {
+            "root": fingerprint(root),
+            "subject": subject_of(root),
+            "issuer_serial": f"{issuer.serial_number:x}",
+            "not_after": iso(prepared.not_after),
+            "activate_after": iso(activate_after),
+        },
+    )
+    return new_bundle, replace(state, prepared_root=prepared), step
+
+
+def next_step_due(
+    bundle: TrustBundle, state: RotationState, policy: RotationPolicy
+) -> tuple[datetime, str] | None:
+    """When :func:`advance` next has a step to take if nothing else changes, and which step:
+    (aware UTC time, description), or None when none is scheduled (no rotation in progress, and
+    the automatic policy off or not applicable: no root key). What ``rotate advance`` reports
+    when nothing is due now."""
+    chain_end = _chain_not_after(bundle)
+    due: list[tuple[datetime, str]] = []
+    for r in state.retiring:
+        cert = find_anchor(bundle, r.sha256)
+        end = r.prune_after if cert is None else min(r.prune_after, cert.not_valid_after_utc)
+        due.append((end, f"the removal of the retiring root {r.subject}"))
+    if (p := state.prepared_root) is not None:
+        due.append(
+            (min(p.activate_after, chain_end), f"the activation of the prepared root {subject_of(p.root)}")
+        )
+    if (q := state.prepared_issuer) is not None:
+        serial = q.issuer_chain[0].serial_number
+        due.append(
+            (min(q.activate_after, chain_end), f"the activation of the prepared issuer serial {serial:x}")
+        )
+    if policy.auto and held_root_key(bundle) is not None:
+        root, issuer = active_root(bundle), bundle.issuer
+        if state.prepared_root is None:
+            due.append(
+                (root.not_valid_after_utc - margins(root)[0], "the preparation of a new root (--auto-rotate)")
+            )
+        at = issuer.not_valid_after_utc - margins(issuer)[0]
+        if (
+            state.prepared_issuer is None
+            and at < root.not_valid_after_utc
+            and min(at + policy.issuer_lifetime, root.not_valid_after_utc) > issuer.not_valid_after_utc
+        ):
+            due.append((at, "the preparation of a new issuer (--auto-rotate)"))
+    return min(due, key=lambda d: d[0]) if due else None
