@@ -1,4 +1,4 @@
-"""Trust continuity: may a replacement bundle replace the one in force? (design §5.5)
+"""Trust continuity: may a replacement bundle replace the one in force? (design §5.4)
 
 The one decision every entry point asks before a new bundle takes effect: the running CA (a
 restart, a store poll, its own rotation step), the config-change function, and ``sentryca bundle

@@ -55,7 +55,7 @@ def stale_signing_bound(cfg: Config) -> timedelta:
 
 
 def leaf_bound(cfg: Config) -> timedelta:
-    """How long a leaf signed by a retired issuer may still be valid (design §5.3): the workload
+    """How long a leaf signed by a retired issuer may still be valid (design §5.10): the workload
     TTL, plus the clock skew it is backdated by, plus :func:`stale_signing_bound` (another CA
     signs with the old issuer until it notices)."""
     return cfg.workload_cert_ttl + cfg.allowed_clock_skew + stale_signing_bound(cfg)
