@@ -13,6 +13,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from adapters.stores import (
     BundleStore,
@@ -22,12 +23,13 @@ from adapters.stores import (
     load_or_create_stored,
     open_store,
 )
-from ca_core import policy
-from ca_core.bundle import TrustBundle, generate_bundle
+from ca_core.bundle import TrustBundle
 from ca_core.config import Config
 from ca_core.errors import BundleError
-from ca_core.service import Signer
-from ca_core.validators import InsecureValidator, TokenValidatorKind, Validator
+
+if TYPE_CHECKING:
+    from ca_core.service import Signer
+    from ca_core.validators import TokenValidatorKind, Validator
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,8 @@ def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], 
     """The enabled validators of ``cfg`` (chosen by ``ca_core.policy.select_validators``), built,
     and the default one. Raises ConfigError when one cannot be built (Kubernetes configuration,
     JWKS source) or INSECURE would be reachable from a network without the opt-in."""
-    from ca_core.validators import TokenValidatorKind
+    from ca_core import policy
+    from ca_core.validators import InsecureValidator, TokenValidatorKind
 
     choice = policy.select_validators(cfg)
     ca_identity = policy.signing_policy(cfg).ca_identity
@@ -98,6 +101,7 @@ def load_bundle(
     acceptance); a running CA passes False and publishes once its trust-continuity check
     accepted the bundle (``store.publish_public(loaded.stored)``).
     """
+    from ca_core.bundle import generate_bundle
     from ca_core.policy import signing_policy
 
     ca_identity = signing_policy(cfg).ca_identity
