@@ -30,7 +30,7 @@ import sentryca_client as client
 from ca_core.config import JwksSettings
 from ca_core.errors import CAError, InvalidRequest, PermissionDenied
 from ca_core.validators import SignRequest
-from ca_core.validators_kubernetes import pod_name_claim
+from ca_core.validators.kubernetes import pod_name_claim
 from handlers.grpc_service import status_for
 from handlers.server import CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2

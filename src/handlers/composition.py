@@ -61,9 +61,10 @@ def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], 
     validators: dict[TokenValidatorKind, Validator] = {}
     for kind in choice.enabled:
         if kind is TokenValidatorKind.KUBERNETES:
-            from ca_core.validators_kubernetes import KubernetesApi, KubernetesValidator
+            from adapters.kube_api import KubernetesApi
+            from ca_core.validators.kubernetes import KubernetesValidator
 
-            api = KubernetesApi.connect(cfg.kubeconfig)
+            api = KubernetesApi.connect(cfg.kubeconfig, clock=time.monotonic)
             validators[kind] = KubernetesValidator(api, ca_identity, cfg.token_audience)
         elif kind is TokenValidatorKind.INSECURE:
             validators[kind] = InsecureValidator()
