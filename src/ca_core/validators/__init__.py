@@ -1,8 +1,10 @@
 """Identity validators (design §6), one module per kind: ``base`` (the request, the
-:class:`Validator` port, the common checks), ``insecure`` and ``kubernetes``.
+:class:`Validator` port, the common checks), ``insecure``, ``kubernetes`` and ``jwks``.
 
-Rules only: a validator's I/O goes through a small port (``kubernetes.KubernetesApiPort``) that
-an adapter implements. ``kubernetes`` is not imported here: it is loaded where it is built.
+Rules only: a validator's I/O goes through a small port (``kubernetes.KubernetesApiPort``,
+``jwks.JwksKeysPort``) that an adapter implements. ``kubernetes`` and ``jwks`` are not imported
+here: they are loaded where they are built, so a path that needs neither (the Lambda functions)
+never loads the ``jwt`` library.
 """
 
 from __future__ import annotations
