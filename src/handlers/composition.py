@@ -64,16 +64,19 @@ def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], 
     validators: dict[TokenValidatorKind, Validator] = {}
     for kind in choice.enabled:
         if kind is TokenValidatorKind.KUBERNETES:
-            from ca_core.validators_kubernetes import KubernetesApi, KubernetesValidator
+            from adapters.kube_api import KubernetesApi
+            from ca_core.validators.kubernetes import KubernetesValidator
 
-            api = KubernetesApi.connect(cfg.kubeconfig)
+            api = KubernetesApi.connect(cfg.kubeconfig, clock=time.monotonic)
             validators[kind] = KubernetesValidator(api, ca_identity, cfg.token_audience)
         elif kind is TokenValidatorKind.INSECURE:
             validators[kind] = InsecureValidator()
         elif kind is TokenValidatorKind.JWKS and cfg.jwks is not None:
-            from ca_core.validators_jwks import JwksValidator
+            from adapters.jwks_source import JwksCache
+            from ca_core.validators.jwks import JwksValidator
 
-            validators[kind] = JwksValidator.from_settings(cfg.jwks, ca_identity)
+            keys = JwksCache.from_settings(cfg.jwks, clock=time.monotonic)
+            validators[kind] = JwksValidator(keys, ca_identity)
     log.info(
         "token validators: %s (default: %s)",
         ", ".join(k.name for k in validators),

@@ -95,7 +95,7 @@ class KubernetesSecretBundleStore:
             from kubernetes import client
 
             if self._api_client is None:
-                from adapters.kube_client import api_client
+                from adapters.kube_api import api_client
 
                 self._api_client = api_client(self.kubeconfig)
             self._core = client.CoreV1Api(self._api_client)
