@@ -106,9 +106,9 @@ def kept_root_key(current_items: Mapping[str, bytes], new: PublicBundle) -> byte
     if raw is None:
         return None
     try:
-        public = public_key_der(load_private_key(raw).public_key())  # type: ignore[arg-type]
+        public = public_key_der(load_private_key(raw).public_key())
     except ValueError:
         return None
-    if any(public_key_der(a.public_key()) == public for a in new.trust_anchors):  # type: ignore[arg-type]
+    if any(public_key_der(a.public_key()) == public for a in new.trust_anchors):
         return raw
     return None

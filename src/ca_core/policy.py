@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .bundle import certificates_pem
-from .certs import check_issuer_valid, sign_workload
+from .certs import IpAddress, check_issuer_valid, sign_workload
 from .config import Config
 from .errors import ConfigError, FailedPrecondition
 from .keys import private_key_pem
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from .service import Signer
 
 log = logging.getLogger("sentryca")
-
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def signing_policy(cfg: Config) -> SigningPolicy:
