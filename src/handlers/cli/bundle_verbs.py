@@ -76,9 +76,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     print(f"store: {store.description} (version {stored.version[:12]})")
     for f in check_expiry(public.anchors_pem, public.issuer_chain_pem, now):
-        state = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
+        level = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
         not_after = f.not_after.isoformat() if f.not_after else "?"
-        print(f"{f.role:6} {state:15} {_time_left(f.remaining):>20}  NotAfter {not_after}  {f.subject}")
+        print(f"{f.role:6} {level:15} {_time_left(f.remaining):>20}  NotAfter {not_after}  {f.subject}")
     try:
         whole = store.load()
         if whole is None:
