@@ -21,12 +21,14 @@ from adapters.stores import (
     StoredBundle,
     load_or_create_stored,
     open_store,
+    parse_stored,
 )
 from ca_core import policy
 from ca_core.bundle import TrustBundle, generate_bundle
-from ca_core.config import Config
+from ca_core.config import Config, JwksSettings
 from ca_core.errors import BundleError
 from ca_core.service import Signer
+from ca_core.spiffe_id import SpiffeId
 from ca_core.validators import InsecureValidator, TokenValidatorKind, Validator
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,34 @@ def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], 
 
 
 @dataclass(frozen=True)
+class ValidatorSettings:
+    """Every setting :func:`build_validators` reads (design §6.4): two configurations with equal
+    settings get equivalent validators, so a restart between them keeps the running ones (their
+    JWKS key cache, their Kubernetes client). Files named by a setting (``kubeconfig``, a JWKS
+    ``ca_certificate`` path) are compared by name, not content."""
+
+    mode: str  # the effective mode: kubernetes or standalone
+    jwks: JwksSettings | None
+    kubeconfig: str | None
+    token_audience: tuple[str, ...] | None
+    ca_identity: SpiffeId  # from the trust domain and namespace
+    loopback_only: bool  # the listen address, as it decides whether INSECURE needs the opt-in
+    allow_insecure_on_network: bool
+
+    @classmethod
+    def of(cls, cfg: Config) -> ValidatorSettings:
+        return cls(
+            mode=cfg.effective_mode,
+            jwks=cfg.jwks,
+            kubeconfig=cfg.kubeconfig,
+            token_audience=cfg.token_audience,
+            ca_identity=policy.signing_policy(cfg).ca_identity,
+            loopback_only=policy.listens_on_loopback_only(cfg),
+            allow_insecure_on_network=cfg.allow_insecure_on_network,
+        )
+
+
+@dataclass(frozen=True)
 class LoadedBundle:
     bundle: TrustBundle
     version: str
@@ -88,7 +118,13 @@ class LoadedBundle:
 
 
 def load_bundle(
-    cfg: Config, store: BundleStore, now: datetime, *, create_if_empty: bool = True, publish: bool = True
+    cfg: Config,
+    store: BundleStore,
+    now: datetime,
+    *,
+    create_if_empty: bool = True,
+    publish: bool = True,
+    stored: StoredBundle | None = None,
 ) -> LoadedBundle:
     """Load the store's bundle, or generate one (SPEC §4) when the store is empty (SPEC §5).
 
@@ -97,7 +133,15 @@ def load_bundle(
     store's public part from the loaded bundle (a first start: no current root, so loading is
     acceptance); a running CA passes False and publishes once its trust-continuity check
     accepted the bundle (``store.publish_public(loaded.stored)``).
+
+    stored: the store's content when the caller has it already (a store poll just read it, a
+    rotation step just wrote it, design §8.4–8.5): parsed as if loaded, without reading the store.
     """
+    if stored is not None:
+        bundle = parse_stored(store, stored)
+        if publish:
+            store.publish_public(stored)
+        return LoadedBundle(bundle, stored.version, False, stored)
     from ca_core.policy import signing_policy
 
     ca_identity = signing_policy(cfg).ca_identity
