@@ -7,7 +7,10 @@ swaps bundle, validators and settings in place when the listeners are unchanged 
 calls, no refused connections); a listener moving to another port is opened first, then the old
 one drains; only a listener changing on the port it is bound to is stopped, then started.
 
-The collaborators: ``listeners`` (gRPC and HTTP, the hand-over), ``server_certificate``
+A restart swaps only what changed: validators whose settings are unchanged
+(``composition.ValidatorSettings``) are kept, with their key caches and API clients; a store poll
+applies the content it read, and a rotation step the items it wrote, without reading the store
+again. The collaborators: ``listeners`` (gRPC and HTTP, the hand-over), ``server_certificate``
 (the certificate served), ``upkeep`` (poll, rotation, renewal, the watcher thread) and
 ``readiness`` (``/healthz``, the expiry check, the bundle's publication).
 """
@@ -22,13 +25,14 @@ from typing import Any
 
 import grpc
 
-from adapters.stores import BundleStore
+from adapters.stores import BundleStore, StoredBundle
 from ca_core.certs import check_issuer_valid
 from ca_core.config import Config
 from ca_core.continuity import check_replacement
 from ca_core.errors import FailedPrecondition
 from ca_core.expiry import ExpiryFinding
 from ca_core.service import Signer
+from ca_core.validators import TokenValidatorKind, Validator
 
 from .. import composition
 from ..metrics import Metrics
@@ -83,7 +87,7 @@ class CertificateAuthority:
             metrics=self.metrics,
             certs=self._certs,
             in_force=lambda: self._state,
-            restart=self._restart_in_place,
+            apply=self._apply_stored,
             check_expiry=self._check_expiry,
             refresh_health=self._listeners.refresh_health,
         )
@@ -203,26 +207,31 @@ class CertificateAuthority:
     def restart(self, config: Config, *, force: bool = False) -> None:
         """Apply ``config`` (design §8.3). The new state is built first; if it cannot be (bad
         bundle or settings, an empty store) the running CA keeps serving its current state and the
-        error is raised. A bundle whose trust anchors drop the active root is refused unless
-        ``force``, or that root is released (trust continuity: ``ca_core.continuity``). Same
-        listeners → in-place swap. A listener with a new port (or port 0) → the new one is opened
-        first, then the old one stops accepting and its calls in flight complete (up to
-        DRAIN_GRACE seconds). A listener that changes but stays on the port it is bound to
-        (another address, other gRPC options) → stop, then start."""
+        error is raised. Validators whose settings are unchanged are kept. A bundle whose trust
+        anchors drop the active root is refused unless ``force``, or that root is released (trust
+        continuity: ``ca_core.continuity``). Same listeners → in-place swap. A listener with a new
+        port (or port 0) → the new one is opened first, then the old one stops accepting and its
+        calls in flight complete (up to DRAIN_GRACE seconds). A listener that changes but stays on
+        the port it is bound to (another address, other gRPC options) → stop, then start."""
         with self._lock:
             old = self._state
             if old is None:
                 self.start(config)
                 return
             store = composition.build_store(config)
-            new = self._build_state(config, store, create_if_empty=force, publish=False)
+            new = self._build_state(config, store, previous=old, create_if_empty=force, publish=False)
             self._put_in_force(old, new, force=force)
 
-    def _restart_in_place(self, old: State) -> State:
-        """:meth:`restart` with ``old``'s config (a store poll, a rotation step). Returns the state
-        in force afterwards; raises CAError as :meth:`restart` does, the CA then serving ``old``."""
+    def _apply_stored(self, old: State, stored: StoredBundle | None) -> State:
+        """Restart in place on ``old``'s config and store with the store's content ``stored``
+        (read by a store poll, or just written by a rotation step; None: read it now), trust
+        continuity applying. Returns the state in force afterwards; raises CAError as
+        :meth:`restart` does, the CA then serving ``old``."""
         with self._lock:
-            self.restart(old.config)
+            new = self._build_state(
+                old.config, old.store, previous=old, stored=stored, create_if_empty=False, publish=False
+            )
+            self._put_in_force(old, new, force=False)
             return self._state or old
 
     def _put_in_force(self, old: State, new: State, *, force: bool) -> None:
@@ -261,20 +270,34 @@ class CertificateAuthority:
         self._listeners.hand_over(old.config, new.config, cert, commit)
 
     def _build_state(
-        self, config: Config, store: BundleStore, *, create_if_empty: bool = True, publish: bool = True
+        self,
+        config: Config,
+        store: BundleStore,
+        *,
+        previous: State | None = None,
+        stored: StoredBundle | None = None,
+        create_if_empty: bool = True,
+        publish: bool = True,
     ) -> State:
-        """The state for ``config`` over ``store``; publish: repair the store's public part from
-        the loaded bundle (a first start); a restart passes False and publishes after its
-        continuity check."""
-        # Validators first: a configuration that cannot run must not leave a new CA in the store.
-        validators = composition.build_validators(config)
+        """The state for ``config`` over ``store``. previous: the state in force, whose validators
+        are kept when their settings are unchanged; stored: the store's content already at hand
+        (else it is loaded); publish: repair the store's public part from the loaded bundle (a
+        first start); a restart passes False and publishes after its continuity check."""
+        settings = composition.ValidatorSettings.of(config)
+        validators: tuple[dict[TokenValidatorKind, Validator], TokenValidatorKind | None]
+        if previous is not None and previous.validator_settings == settings:
+            validators = dict(previous.signer.validators), previous.signer.default_validator
+            log.debug("token validators: settings unchanged, the running ones kept")
+        else:
+            # Validators first: a configuration that cannot run must not leave a new CA in the store.
+            validators = composition.build_validators(config)
         loaded = composition.load_bundle(
-            config, store, self._clock(), create_if_empty=create_if_empty, publish=publish
+            config, store, self._clock(), create_if_empty=create_if_empty, publish=publish, stored=stored
         )
         if loaded.created:
             log.info("generated a new trust bundle in %s", store.description)
         signer = composition.build_signer(config, loaded.bundle, validators)
-        state = State(config, store, signer, loaded.version, loaded.created, loaded.stored)
+        state = State(config, store, signer, loaded.version, settings, loaded.created, loaded.stored)
         issuer = loaded.bundle.issuer
         log.info(
             "issuer certificate %s valid until %s",

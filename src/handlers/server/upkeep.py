@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from adapters.stores import StoredBundle
 from ca_core import policy, rotation
 from ca_core.errors import CAError, Unavailable
 from ca_core.expiry import ExpiryFinding
@@ -21,15 +22,16 @@ from .state import NotRunning, State
 
 log = logging.getLogger("sentryca")
 
-# Restart in place with the config of the state in force (design §8.4): the state in force → the
-# state in force afterwards. Raises CAError as ``restart`` does.
-RestartInPlace = Callable[[State], State]
+# Apply the store's content to the running CA in place, on the config and store of the state in
+# force (design §8.4): (state in force, the content already read or just written, or None to read
+# it) → the state in force afterwards. Raises CAError as ``restart`` does.
+ApplyStored = Callable[[State, StoredBundle | None], State]
 
 
 class Upkeep:
     """Rounds of upkeep for one CA. ``lock`` is the CA's lifecycle lock (held by the caller of
     :meth:`round` and :meth:`rotate`; the watcher only ever tries it); ``in_force`` returns the
-    state in force (None: idle); ``restart`` restarts in place with its config; ``check_expiry``
+    state in force (None: idle); ``apply`` puts the store's content in force; ``check_expiry``
     runs the expiry check over a state; ``refresh_health`` publishes readiness to health
     watchers."""
 
@@ -41,7 +43,7 @@ class Upkeep:
         metrics: Metrics,
         certs: ServedCertificate,
         in_force: Callable[[], State | None],
-        restart: RestartInPlace,
+        apply: ApplyStored,
         check_expiry: Callable[[State], list[ExpiryFinding]],
         refresh_health: Callable[[], None],
     ) -> None:
@@ -50,7 +52,7 @@ class Upkeep:
         self._metrics = metrics
         self._certs = certs
         self._in_force = in_force
-        self._restart = restart
+        self._apply = apply
         self._check_expiry = check_expiry
         self._refresh_health = refresh_health
         self._watcher: threading.Thread | None = None
@@ -104,13 +106,13 @@ class Upkeep:
 
     def rotate(self, state: State, now: datetime) -> tuple[State, bool]:
         """Compute the rotation steps due for the bundle in force and write them with
-        ``store.replace(items, version in force)`` (the caller holds the lifecycle lock): with
-        several replicas exactly one writes a step (design §5.13); a loser (the store changed
-        since it loaded) loads the store's bundle instead. The writer counts each step
+        ``store.replace_version(items, version in force)`` (the caller holds the lifecycle lock):
+        with several replicas exactly one writes a step (design §5.13); a loser (the store
+        changed since it loaded) loads the store's bundle instead. The writer counts each step
         (``sentryca_rotation_steps_total{kind,step}``), logs it and writes one audit record per
-        step (``event=rotation_step``); the bundle written is then put in force with a restart in
-        place (trust continuity applies). Returns (the state in force, whether this CA wrote a
-        step)."""
+        step (``event=rotation_step``), then puts the items it wrote in force under the version
+        token the store answered, without reading them back (trust continuity applies). Returns
+        (the state in force, whether this CA wrote a step)."""
         bundle = state.signer.bundle
         try:
             current = rotation.parse_state(state.stored.items if state.stored else {}, bundle)
@@ -120,14 +122,16 @@ class Upkeep:
             return state, False
         if result is None:
             return state, False
+        items = result.items()
         try:
-            won = state.store.replace(result.items(), state.bundle_version)
+            version = state.store.replace_version(items, state.bundle_version)
         except Unavailable as e:
             log.warning(
                 "rotation: cannot write %s (%s); retrying at the next check", state.store.description, e
             )
             return state, False
-        if not won:
+        written = None if version is None else StoredBundle(items, version)
+        if written is None:
             log.info(
                 "rotation: %s changed since it was loaded (another replica or an operator); loading it",
                 state.store.description,
@@ -138,15 +142,15 @@ class Upkeep:
                 log.log(logging.WARNING if step.action == "emergency" else logging.INFO, "%s", step.message)
                 audit_rotation(step, state.store.description)
         try:
-            return self._restart(state), won
+            return self._apply(state, written), written is not None
         except CAError as e:
             self._refuse(state, None, str(e))
-            return state, won
+            return state, written is not None
 
     def _poll_store(self, state: State) -> State:
-        """When ``--store-poll-interval`` is set and due: read the store's version; if it differs
-        from the bundle in force, restart in place with the same config (design §8.4), which
-        applies the trust-continuity rule. A refused or unreadable bundle is
+        """When ``--store-poll-interval`` is set and due: read the store once; if its version
+        differs from the bundle in force, apply what was read in place with the same config
+        (design §8.4), which applies the trust-continuity rule. A refused or unreadable bundle is
         logged once per version and the CA keeps serving the bundle in force. Returns the state
         in force afterwards."""
         interval = state.config.store_poll_interval.total_seconds()
@@ -165,7 +169,7 @@ class Upkeep:
             return state
         log.info("store poll: %s has a new bundle version; restarting in place", state.store.description)
         try:
-            return self._restart(state)
+            return self._apply(state, stored)
         except Unavailable as e:
             log.warning("store poll: cannot apply the new bundle yet (%s); retrying at the next poll", e)
             return state
