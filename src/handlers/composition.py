@@ -22,6 +22,7 @@ from adapters.stores import (
     StoredBundle,
     load_or_create_stored,
     open_store,
+    parse_stored,
 )
 from ca_core.bundle import TrustBundle
 from ca_core.config import Config
@@ -94,7 +95,13 @@ class LoadedBundle:
 
 
 def load_bundle(
-    cfg: Config, store: BundleStore, now: datetime, *, create_if_empty: bool = True, publish: bool = True
+    cfg: Config,
+    store: BundleStore,
+    now: datetime,
+    *,
+    create_if_empty: bool = True,
+    publish: bool = True,
+    stored: StoredBundle | None = None,
 ) -> LoadedBundle:
     """Load the store's bundle, or generate one (SPEC §4) when the store is empty (SPEC §5).
 
@@ -103,7 +110,15 @@ def load_bundle(
     store's public part from the loaded bundle (a first start: no current root, so loading is
     acceptance); a running CA passes False and publishes once its trust-continuity check
     accepted the bundle (``store.publish_public(loaded.stored)``).
+
+    stored: the store's content when the caller has it already (a store poll just read it, a
+    rotation step just wrote it, design §8.4–8.5): parsed as if loaded, without reading the store.
     """
+    if stored is not None:
+        bundle = parse_stored(store, stored)
+        if publish:
+            store.publish_public(stored)
+        return LoadedBundle(bundle, stored.version, False, stored)
     from ca_core.bundle import generate_bundle
     from ca_core.policy import signing_policy
 
