@@ -48,10 +48,12 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test proto-check lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## lint: static checks (code and security with bandit; the SAM template, Dockerfile and manifests offline)
+## lint: static checks (code, types, import contracts, security with bandit; the SAM template, Dockerfile and manifests offline)
 lint: $(VENV)/.installed-test lint-template lint-docker lint-k8s
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy src
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/bandit -q -c pyproject.toml -r src
 
 ## lint-template: cfn-lint, sam validate --lint and checkov (all offline; skips justified in the template)
@@ -107,4 +109,4 @@ bench-cold-start: $(VENV)/.installed-test
 	$(PY) bench/cold_start.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache build src/*.egg-info
+	rm -rf $(VENV) $(TOOLS) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache .import_linter_cache build src/*.egg-info

@@ -212,3 +212,50 @@ def test_rotation_options_are_off_by_default_bounded_and_feed_the_policy():
         load_config({"root_propagation_window": "721h"}, {})
     with pytest.raises(ConfigError, match="SENTRY_AUTO_ROTATE"):
         load_config({}, {"SENTRY_AUTO_ROTATE": "sometimes"})
+
+
+# --- the option table is the single source of the settings (design §7) -----------------------
+
+
+def test_every_option_is_a_config_field_and_every_field_an_option_or_documented():
+    from dataclasses import fields
+
+    from ca_core.config import FIELDS_WITHOUT_OPTION, SERVE_OPTIONS, STORE_OPTIONS
+
+    options = (*SERVE_OPTIONS, *STORE_OPTIONS)
+    dests = [opt.dest for opt in options]
+    assert len(set(dests)) == len(dests), "an option is listed twice"
+    assert len({opt.env_name for opt in options}) == len(options), "two options share a variable"
+    config_fields = {f.name for f in fields(Config)}
+    assert set(dests) - config_fields == set(), "options without a Config field"
+    assert config_fields - set(dests) == set(FIELDS_WITHOUT_OPTION), "fields without an option or reason"
+    assert set(FIELDS_WITHOUT_OPTION) & set(dests) == set()
+    assert all(reason.strip() for reason in FIELDS_WITHOUT_OPTION.values())
+
+
+def test_the_default_each_help_line_states_is_the_config_default():
+    import re
+
+    from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS
+
+    stated = 0
+    for opt in (*SERVE_OPTIONS, *STORE_OPTIONS):
+        m = re.search(r"(?:\(|; )default ([^\s:;)]+)[):]", opt.help)  # "(default X)", "; default X)"
+        if m:
+            stated += 1
+            assert opt.parse(m.group(1)) == getattr(Config(), opt.dest), opt.flag
+    assert stated >= 20
+
+
+def test_the_config_file_fills_only_config_fields():
+    from dataclasses import fields
+
+    from ca_core.config import read_config_file
+
+    values = read_config_file(
+        "spec: {mtls: {workloadCertTTL: 1h, allowedClockSkew: 1m,"
+        " tokenValidators: [{name: jwks, options: {source: x}}]}}",
+        "c.yaml",
+    )
+    assert set(values) == {"workload_cert_ttl", "allowed_clock_skew", "jwks"}
+    assert set(values) <= {f.name for f in fields(Config)}

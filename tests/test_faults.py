@@ -24,12 +24,13 @@ from kube_api_server import KubeApiServer
 from test_validators_kubernetes import Cluster
 
 import sentryca_client as client
+from adapters.jwks_source import FAILED_FETCH_RETRY, JwksCache
 from adapters.stores import FileBundleStore
 from ca_core.config import JwksSettings
 from ca_core.errors import Unavailable
 from ca_core.spiffe_id import SpiffeId
 from ca_core.validators import SignRequest
-from ca_core.validators_jwks import FAILED_FETCH_RETRY, JwksValidator
+from ca_core.validators.jwks import JwksValidator
 from handlers.server import CertificateAuthority
 
 CA_ID = SpiffeId("localhost", "default", "dapr-sentry")
@@ -161,7 +162,7 @@ def test_jwks_server_down_then_back_recovers(tmp_path):
     clock = Clock()
     try:
         settings = JwksSettings(server.url, str(server.ca_pem), timedelta(minutes=1), timedelta(seconds=5))
-        v = JwksValidator.from_settings(settings, CA_ID, clock)
+        v = JwksValidator(JwksCache.from_settings(settings, clock), CA_ID)
         request = SignRequest("orders", "prod", make_csr(), token=key.token(claims(SUB, str(CA_ID))))
         server.status = 503  # down: answers 5xx
         with pytest.raises(Unavailable):
@@ -223,7 +224,7 @@ def test_a_trickling_jwks_server_is_unavailable_within_the_timeout(tmp_path):
     server = TricklingServer(tmp_path / "tls")
     try:
         settings = JwksSettings(server.url, str(server.ca_pem), timedelta(minutes=1), timedelta(seconds=1))
-        v = JwksValidator.from_settings(settings, CA_ID, Clock())
+        v = JwksValidator(JwksCache.from_settings(settings, Clock()), CA_ID)
         request = SignRequest(
             "orders", "prod", make_csr(), token=SigningKey("k", "ES256").token(claims(SUB, "x"))
         )

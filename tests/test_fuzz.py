@@ -30,7 +30,7 @@ import sentryca_client as client
 from ca_core.config import JwksSettings
 from ca_core.errors import CAError, InvalidRequest, PermissionDenied
 from ca_core.validators import SignRequest
-from ca_core.validators_kubernetes import pod_name_claim
+from ca_core.validators.kubernetes import pod_name_claim
 from handlers.grpc_service import status_for
 from handlers.server import CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2
@@ -346,12 +346,15 @@ def jwks_signer(tmp_path_factory):
     """A Signer with the JWKS validator (inline key set holding SIGNER's key)."""
     from conftest import make_bundle
 
+    from adapters.jwks_source import JwksCache
     from ca_core.service import Signer, SigningPolicy
     from ca_core.validators import TokenValidatorKind
-    from ca_core.validators_jwks import JwksValidator
+    from ca_core.validators.jwks import JwksValidator
 
     policy = SigningPolicy()
-    validator = JwksValidator.from_settings(JwksSettings(json.dumps(jwks(SIGNER))), policy.ca_identity)
+    validator = JwksValidator(
+        JwksCache.from_settings(JwksSettings(json.dumps(jwks(SIGNER)))), policy.ca_identity
+    )
     from datetime import UTC, datetime
 
     return Signer(make_bundle(datetime.now(UTC)), policy, {TokenValidatorKind.JWKS: validator})

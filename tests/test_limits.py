@@ -99,11 +99,11 @@ def test_changing_max_concurrent_streams_restarts_the_grpc_server(tmp_path):
     ca = CertificateAuthority()
     ca.start(ca_config(store, max_concurrent_streams="4"))
     try:
-        first = ca._server
+        first = ca.grpc_server
         ca.restart(ca_config(store, max_concurrent_streams="4"))
-        assert ca._server is first  # unchanged: swapped in place
+        assert ca.grpc_server is first  # unchanged: swapped in place
         ca.restart(ca_config(store, max_concurrent_streams="8"))
-        assert ca._server is not first and ca.config.max_concurrent_streams == 8
+        assert ca.grpc_server is not first and ca.config.max_concurrent_streams == 8
         chan = client.channel(f"localhost:{ca.grpc_port}", (store / "ca.crt").read_bytes())
         assert client.sign(chan, make_csr(), "orders", "prod").workload_certificate
         chan.close()

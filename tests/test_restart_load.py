@@ -148,6 +148,11 @@ def _wait(predicate, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def _received(ca: CertificateAuthority) -> float:
+    """``dapr_sentry_cert_sign_request_received_total`` of ``ca``."""
+    return ca.metrics.registry.get_sample_value("dapr_sentry_cert_sign_request_received_total") or 0.0
+
+
 def test_restart_to_a_new_port_serves_it_before_the_old_one_drains_its_calls(tmp_path):
     """Calls parked in the old server (their validator waits on a held JWKS fetch) complete after
     the restart; the new port serves while they are still in flight; then the old port closes."""
@@ -168,10 +173,10 @@ def test_restart_to_a_new_port_serves_it_before_the_old_one_drains_its_calls(tmp
         _wait(lambda: ca.readiness()[0], "the CA to be ready (JWKS keys held)")
         stub = sentry_pb2_grpc.CAStub(old_chan)
         assert stub.SignCertificate(request, timeout=30).workload_certificate  # the old port serves
-        received = ca.metrics.sign_received._value.get()
+        received = _received(ca)
         jwks_server.hold["/jwks.json"] = threading.Event()  # every key fetch of the old validator waits
         in_flight = [stub.SignCertificate.future(request, timeout=60) for _ in range(4)]
-        _wait(lambda: ca.metrics.sign_received._value.get() == received + 4, "4 calls in the old server")
+        _wait(lambda: _received(ca) == received + 4, "4 calls in the old server")
         _wait(lambda: jwks_server.parked >= 1, "a call parked in its JWKS fetch")
 
         new_port = _free_port()
@@ -186,7 +191,7 @@ def test_restart_to_a_new_port_serves_it_before_the_old_one_drains_its_calls(tmp
         jwks_server.hold["/jwks.json"].set()
         results = [f.result(timeout=60) for f in in_flight]  # raises for a failed call
         assert all(client.verify_response(r, anchors).spiffe_id.endswith("/orders") for r in results)
-        _wait(lambda: all(done.is_set() for _, done in ca._draining), "the old server to drain")
+        _wait(lambda: not ca.draining, "the old server to drain")
         with client.channel(f"localhost:{old_port}", anchors) as again, pytest.raises(grpc.RpcError) as e:
             sentry_pb2_grpc.CAStub(again).SignCertificate(request, timeout=5)
         assert e.value.code() is grpc.StatusCode.UNAVAILABLE  # the old port is closed

@@ -169,6 +169,26 @@ def test_create_is_conditional_and_replace_compares_versions(kit):
     assert store.load_public().items == {k: third[k] for k in ("ca.crt", "issuer.crt")}
 
 
+def test_replace_version_answers_the_version_load_then_reports(kit):
+    """A writer can put what it wrote in force without reading it back (design §8.5): the token
+    replace_version answers is the version load() reports for those items; a stale expected
+    version answers None and writes nothing."""
+    from ca_core import rotation
+
+    store = kit.store()
+    bundle = make_bundle()
+    assert store.create(bundle.to_items())
+    v1 = store.load().version
+    written = rotation.prepare_root(bundle, rotation.EMPTY, NOW, rotation.RotationPolicy()).items()
+    v2 = store.replace_version(written, v1)
+    assert v2 is not None and v2 != v1
+    loaded = store.load()
+    assert (dict(loaded.items), loaded.version) == (written, v2)
+    stale = kit.raw()
+    assert store.replace_version(make_bundle().to_items(), v1) is None
+    assert kit.raw() == stale
+
+
 def test_rotation_state_item_is_kept(kit):
     store = kit.store()
     items = make_bundle().to_items() | {"rotation.json": b'{"active": "root-1"}\n'}

@@ -217,7 +217,7 @@ def _actions(statements) -> set[str]:
 
 def _sdk_calls(module: str) -> set[str]:
     """IAM actions of the SDK calls a store module makes (``self.client.get_object`` → GetObject)."""
-    text = (ROOT / "src" / "ca_core" / "stores" / f"{module}.py").read_text()
+    text = (ROOT / "src" / "adapters" / "stores" / f"{module}.py").read_text()
     service = {"s3": "s3", "secretsmanager": "secretsmanager"}[module]
     # The IAM name differs from the API's; HeadObject is authorised by s3:GetObject.
     renamed = {"ListObjectVersions": "ListBucketVersions", "HeadObject": "GetObject"}

@@ -15,11 +15,12 @@ from conftest import make_csr
 from jwks_server import JwksServer as _JwksServer
 from jwks_server import SigningKey, claims, jwks
 
+from adapters.jwks_source import JwksCache
 from ca_core.config import JwksSettings
 from ca_core.errors import ConfigError, PermissionDenied, Unavailable
 from ca_core.spiffe_id import SpiffeId
 from ca_core.validators import SignRequest
-from ca_core.validators_jwks import JwksValidator
+from ca_core.validators.jwks import JwksValidator
 
 CA_ID = SpiffeId("localhost", "default", "dapr-sentry")
 AUD = str(CA_ID)
@@ -60,7 +61,7 @@ def https_validator(server, clock, *, min_refresh="1m", timeout="5s") -> JwksVal
         timedelta(seconds=_secs(min_refresh)),
         timedelta(seconds=_secs(timeout)),
     )
-    return JwksValidator.from_settings(settings, CA_ID, clock)
+    return JwksValidator(JwksCache.from_settings(settings, clock), CA_ID)
 
 
 def _secs(text: str) -> float:
@@ -252,7 +253,7 @@ def test_jwks_error_status_without_keys_is_unavailable(server, validator, key):
 
 def test_untrusted_server_certificate_is_unavailable(server, clock, key):
     settings = JwksSettings(server.url)  # the system trust store does not know the test CA
-    v = JwksValidator.from_settings(settings, CA_ID, clock)
+    v = JwksValidator(JwksCache.from_settings(settings, clock), CA_ID)
     with pytest.raises(Unavailable, match="unreachable"):
         v.validate(req(key.token(claims(SUB, AUD))))
 
@@ -266,14 +267,14 @@ def test_file_and_inline_sources(tmp_path, clock, key):
     f.write_text(json.dumps(jwks(key)))
     token = key.token(claims(SUB, AUD))
     for source in (str(f), json.dumps(jwks(key)), base64.b64encode(json.dumps(jwks(key)).encode()).decode()):
-        v = JwksValidator.from_settings(JwksSettings(source), CA_ID, clock)
+        v = JwksValidator(JwksCache.from_settings(JwksSettings(source), clock), CA_ID)
         assert str(v.validate(req(token)).spiffe_id) == SUB
 
 
 def test_symmetric_keys_in_the_set_are_never_used(tmp_path, clock):
     secret = b"s" * 32
     doc = {"keys": [{"kty": "oct", "kid": "h", "k": _b64(secret)}, SigningKey("e", "ES256").jwk]}
-    v = JwksValidator.from_settings(JwksSettings(json.dumps(doc)), CA_ID, clock)
+    v = JwksValidator(JwksCache.from_settings(JwksSettings(json.dumps(doc)), clock), CA_ID)
     token = _raw_token(
         {"alg": "HS256", "kid": "h"}, claims(SUB, AUD), lambda d: hmac.new(secret, d, hashlib.sha256).digest()
     )
@@ -291,12 +292,14 @@ def test_symmetric_keys_in_the_set_are_never_used(tmp_path, clock):
 )
 def test_bad_sources_are_config_errors(source, words, clock):
     with pytest.raises(ConfigError, match=words):
-        JwksValidator.from_settings(JwksSettings(source), CA_ID, clock)
+        JwksValidator(JwksCache.from_settings(JwksSettings(source), clock), CA_ID)
 
 
 def test_unreadable_ca_certificate_is_a_config_error(clock):
     with pytest.raises(ConfigError, match="caCertificate"):
-        JwksValidator.from_settings(JwksSettings("https://localhost/jwks", "/no/such/ca.pem"), CA_ID, clock)
+        JwksValidator(
+            JwksCache.from_settings(JwksSettings("https://localhost/jwks", "/no/such/ca.pem"), clock), CA_ID
+        )
 
 
 def test_source_failing_without_keys_is_retried_soon(server, validator, clock, key):
@@ -317,8 +320,9 @@ def _settings_for(url: str, server) -> JwksSettings:
 
 def test_redirect_to_another_https_url_is_followed(server, clock, key):
     server.redirects["/moved"] = server.url
-    v = JwksValidator.from_settings(
-        _settings_for(server.url.replace("/jwks.json", "/moved"), server), CA_ID, clock
+    v = JwksValidator(
+        JwksCache.from_settings(_settings_for(server.url.replace("/jwks.json", "/moved"), server), clock),
+        CA_ID,
     )
     sub = "spiffe://public/ns/prod/orders"
     assert v.validate(req(key.token(claims(sub, str(CA_ID))))).spiffe_id.app_id == "orders"
@@ -348,8 +352,9 @@ def test_redirect_to_plain_http_is_refused_and_never_fetched(server, clock, key)
     thread.start()
     try:
         server.redirects["/moved"] = f"http://127.0.0.1:{plain.server_address[1]}/jwks.json"
-        v = JwksValidator.from_settings(
-            _settings_for(server.url.replace("/jwks.json", "/moved"), server), CA_ID, clock
+        v = JwksValidator(
+            JwksCache.from_settings(_settings_for(server.url.replace("/jwks.json", "/moved"), server), clock),
+            CA_ID,
         )
         with pytest.raises(Unavailable, match="non-https"):
             v.validate(req(key.token(claims("spiffe://public/ns/prod/orders", str(CA_ID)))))

@@ -13,11 +13,12 @@ from conftest import make_bundle, make_csr
 from cryptography import x509
 from kube_api_server import KubeApiServer, TokenReviews
 
+from adapters.kube_api import KubernetesApi
 from ca_core.errors import ConfigError, PermissionDenied, Unavailable
 from ca_core.service import Signer, SigningPolicy
 from ca_core.spiffe_id import SpiffeId
 from ca_core.validators import SignRequest, TokenValidatorKind, validator_readiness
-from ca_core.validators_kubernetes import KubernetesApi, KubernetesValidator
+from ca_core.validators.kubernetes import KubernetesValidator
 
 CA_NS = "dapr-system"
 CA_ID = SpiffeId("cluster.local", CA_NS, "dapr-sentry")
@@ -338,11 +339,12 @@ def test_hanging_api_times_out_as_unavailable(cluster, tmp_path):
 
 
 def test_not_ready_until_the_api_first_answers(cluster, tmp_path):
-    v = make_validator(cluster, tmp_path)
+    api = KubernetesApi.connect(str(cluster.server.write_kubeconfig(tmp_path / "kubeconfig")))
+    v = KubernetesValidator(api, CA_ID)
     cluster.server.fail(503, path="/version", times=1)
     ready, detail = v.ready()
     assert not ready and "503" in detail
-    v._last_probe = None  # the next probe is due (instead of waiting PROBE_INTERVAL)
+    api._last_probe = None  # the next probe is due (instead of waiting PROBE_INTERVAL)
     assert v.ready() == (True, "Kubernetes API reachable")
     assert [r.path for r in cluster.server.requests].count("/version/") == 2
 

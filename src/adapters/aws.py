@@ -58,7 +58,14 @@ def client(service: str, region: str | None = None) -> Any:
     retries: dict[str, Any] = {"mode": os.environ.get("AWS_RETRY_MODE") or "standard"}
     if os.environ.get("AWS_MAX_ATTEMPTS"):
         retries["max_attempts"] = int(os.environ["AWS_MAX_ATTEMPTS"])
-    config = Config(retries=retries, connect_timeout=5, read_timeout=15, user_agent_extra="sentryca")
+    # arg-type: the stubs type `mode` as the three names botocore knows; AWS_RETRY_MODE is passed
+    # on as written and botocore itself refuses another.
+    config = Config(
+        retries=retries,  # type: ignore[arg-type]
+        connect_timeout=5,
+        read_timeout=15,
+        user_agent_extra="sentryca",
+    )
     session = botocore.session.get_session()
     _use_slim_data(session)
     try:
@@ -126,7 +133,7 @@ def unavailable(e: Exception, where: str, doing: str) -> Unavailable:
         return Unavailable(f"{where}: cannot {doing}: no usable AWS credentials ({e})", reason="store_denied")
     if isinstance(e, bex.ClientError):
         code, status = error_code(e), http_status(e)
-        message = e.response.get("Error", {}).get("Message", "")  # type: ignore[attr-defined]
+        message = e.response.get("Error", {}).get("Message", "")
         if code in DENIED_CODES or status == 403:
             return Unavailable(
                 f"{where}: cannot {doing}: access denied ({code}: {message}); check the credentials "

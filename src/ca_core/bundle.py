@@ -8,7 +8,7 @@ names (``--issuer-*-filename``). Parsing and verification are pure and name the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -196,7 +196,7 @@ def parse_bundle(items: Mapping[str, bytes], labels: Mapping[str, str] | None = 
         )
     public = parse_public_bundle(items, labels)
     issuer_key = _parse_key(items[ISSUER_KEY], label(ISSUER_KEY))
-    if public_key_der(issuer_key.public_key()) != public_key_der(public.issuer.public_key()):  # type: ignore[arg-type]
+    if public_key_der(issuer_key.public_key()) != public_key_der(public.issuer.public_key()):
         raise BundleError(
             f"does not match the public key of the issuer certificate in {label(ISSUER_CHAIN)}",
             item=label(ISSUER_KEY),
@@ -204,13 +204,13 @@ def parse_bundle(items: Mapping[str, bytes], labels: Mapping[str, str] | None = 
     root_key = None
     if ROOT_KEY in items:
         root_key = _parse_key(items[ROOT_KEY], label(ROOT_KEY))
-        root_pub = public_key_der(root_key.public_key())  # type: ignore[arg-type]
-        if not any(public_key_der(a.public_key()) == root_pub for a in public.trust_anchors):  # type: ignore[arg-type]
+        root_pub = public_key_der(root_key.public_key())
+        if not any(public_key_der(a.public_key()) == root_pub for a in public.trust_anchors):
             raise BundleError(f"does not match any trust anchor in {label(ANCHORS)}", item=label(ROOT_KEY))
     return TrustBundle(public.trust_anchors, public.issuer_chain, issuer_key, root_key)
 
 
-def _labeller(labels: Mapping[str, str] | None):
+def _labeller(labels: Mapping[str, str] | None) -> Callable[[str], str]:
     return (lambda item: labels.get(item, item)) if labels else (lambda item: item)
 
 
@@ -255,7 +255,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
-def _verify_public(public: PublicBundle, label) -> None:
+def _verify_public(public: PublicBundle, label: Callable[[str], str]) -> None:
     for n, anchor in enumerate(public.trust_anchors, 1):
         where = f"certificate {n} of {len(public.trust_anchors)}"
         if anchor.subject != anchor.issuer or not _directly_issued(anchor, anchor):

@@ -6,6 +6,7 @@ Pure functions: every input, ``now`` included, is an argument. References: RFC 5
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -20,6 +21,8 @@ from .spiffe_id import SpiffeId
 DEFAULT_CA_LIFETIME = timedelta(days=365)
 DEFAULT_WORKLOAD_TTL = timedelta(hours=24)
 DEFAULT_CLOCK_SKEW = timedelta(minutes=15)
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def new_serial() -> int:
@@ -129,6 +132,8 @@ def _aki_for(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
     except x509.ExtensionNotFound:
+        # arg-type: a certificate's key may be any type (X25519, DH, ...); one that signed a
+        # certificate is a signing key, which is all from_issuer_public_key takes.
         return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
 
 
@@ -198,17 +203,17 @@ class WorkloadSigner:
         ttl: timedelta = DEFAULT_WORKLOAD_TTL,
         clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
         dns_names: Sequence[str] = (),
-        ip_addresses: Sequence[object] = (),
+        ip_addresses: Sequence[IpAddress] = (),
     ) -> x509.Certificate:
         """Sign an X509-SVID for ``public_key`` (SPEC §4; see :func:`sign_workload`)."""
         issuer = self.issuer
         check_issuer_valid(issuer, now)
         general_names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
         general_names += [x509.DNSName(n) for n in dns_names]
-        general_names += [x509.IPAddress(ip) for ip in ip_addresses]  # type: ignore[arg-type]
+        general_names += [x509.IPAddress(ip) for ip in ip_addresses]
         not_before = max(now - clock_skew, issuer.not_valid_before_utc)
         not_after = min(now + ttl, issuer.not_valid_after_utc)
-        extensions = [
+        extensions: list[x509.Extension[x509.ExtensionType]] = [
             *self._static_extensions,
             x509.Extension(
                 ExtensionOID.SUBJECT_KEY_IDENTIFIER,
@@ -246,7 +251,7 @@ def sign_workload(
     ttl: timedelta = DEFAULT_WORKLOAD_TTL,
     clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
     dns_names: Sequence[str] = (),
-    ip_addresses: Sequence[object] = (),
+    ip_addresses: Sequence[IpAddress] = (),
 ) -> x509.Certificate:
     """Sign an X509-SVID for ``public_key`` with ``issuer``.
 

@@ -1,4 +1,4 @@
-"""Trust continuity: may a replacement bundle replace the one in force? (design §5.5)
+"""Trust continuity: may a replacement bundle replace the one in force? (design §5.4)
 
 The one decision every entry point asks before a new bundle takes effect: the running CA (a
 restart, a store poll, its own rotation step), the config-change function, and ``sentryca bundle
@@ -106,9 +106,9 @@ def kept_root_key(current_items: Mapping[str, bytes], new: PublicBundle) -> byte
     if raw is None:
         return None
     try:
-        public = public_key_der(load_private_key(raw).public_key())  # type: ignore[arg-type]
+        public = public_key_der(load_private_key(raw).public_key())
     except ValueError:
         return None
-    if any(public_key_der(a.public_key()) == public for a in new.trust_anchors):  # type: ignore[arg-type]
+    if any(public_key_der(a.public_key()) == public for a in new.trust_anchors):
         return raw
     return None

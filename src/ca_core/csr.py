@@ -78,7 +78,7 @@ def _parse_checked(pem: bytes) -> tuple[x509.CertificateSigningRequest, PublicKe
     return csr, checked
 
 
-_ECDSA_SIGNATURES = {
+_ECDSA_SIGNATURES: dict[x509.ObjectIdentifier, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
     SignatureAlgorithmOID.ECDSA_WITH_SHA256: hashes.SHA256,
     SignatureAlgorithmOID.ECDSA_WITH_SHA384: hashes.SHA384,
     SignatureAlgorithmOID.ECDSA_WITH_SHA512: hashes.SHA512,

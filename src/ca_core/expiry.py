@@ -204,7 +204,7 @@ def stored_expiry_report(items: Mapping[str, bytes], now: datetime) -> ExpiryRep
     """:func:`expiry_report` for a bundle's store items (its public part suffices: ``ca.crt``,
     ``issuer.crt`` and, when present, ``rotation.json``, whose prepared chains count for coverage
     without any key being read). The one report the server's watcher and the scheduled expiry
-    function both give (design §9.3). Never raises for bad input."""
+    function both give (design §9.5). Never raises for bad input."""
     anchors_pem = items.get(ANCHORS, b"")
     try:
         anchors = tuple(x509.load_pem_x509_certificates(anchors_pem))

@@ -7,10 +7,14 @@ Keys are written as PKCS#8 PEM and read as PKCS#8, SEC1 (``EC PRIVATE KEY``) or 
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
@@ -41,7 +45,7 @@ class KeyAlgorithm(enum.Enum):
         return ed25519.Ed25519PrivateKey.generate()
 
 
-def signature_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
     """The digest to sign with ``key``: SHA-384 for P-384 and larger curves, None for Ed25519
     (pure EdDSA), SHA-256 otherwise (RFC 5758 §3.2, RFC 8410 §6)."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
@@ -85,8 +89,9 @@ def private_key_pem(key: PrivateKey) -> bytes:
     )
 
 
-def public_key_der(key: PublicKey) -> bytes:
-    """SubjectPublicKeyInfo DER of ``key``, to compare keys for equality."""
+def public_key_der(key: CertificatePublicKeyTypes) -> bytes:
+    """SubjectPublicKeyInfo DER of ``key`` (a CA key's public half or any certificate's key), to
+    compare keys for equality."""
     from cryptography.hazmat.primitives import serialization
 
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .bundle import certificates_pem
-from .certs import check_issuer_valid, sign_workload
-from .config import Config
+from .certs import IpAddress, check_issuer_valid, sign_workload
+from .config import Config, JwksSettings
 from .errors import ConfigError, FailedPrecondition
 from .keys import private_key_pem
 from .service import SigningPolicy
+from .spiffe_id import SpiffeId
 from .validators import Identity, TokenValidatorKind
 
 if TYPE_CHECKING:
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     from .service import Signer
 
 log = logging.getLogger("sentryca")
-
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def signing_policy(cfg: Config) -> SigningPolicy:
@@ -55,7 +54,7 @@ def stale_signing_bound(cfg: Config) -> timedelta:
 
 
 def leaf_bound(cfg: Config) -> timedelta:
-    """How long a leaf signed by a retired issuer may still be valid (design §5.3): the workload
+    """How long a leaf signed by a retired issuer may still be valid (design §5.10): the workload
     TTL, plus the clock skew it is backdated by, plus :func:`stale_signing_bound` (another CA
     signs with the old issuer until it notices)."""
     return cfg.workload_cert_ttl + cfg.allowed_clock_skew + stale_signing_bound(cfg)
@@ -140,6 +139,35 @@ def select_validators(cfg: Config) -> ValidatorChoice:
     if cfg.jwks is not None:
         enabled.append(TokenValidatorKind.JWKS)
     return ValidatorChoice(tuple(enabled), default)
+
+
+@dataclass(frozen=True)
+class ValidatorSettings:
+    """Every setting the validators are built from (``handlers.composition.build_validators``,
+    design §6.4): two configurations with equal settings get equivalent validators, so a restart
+    between them keeps the running ones (their JWKS key cache, their Kubernetes client). Files
+    named by a setting (``kubeconfig``, a JWKS ``ca_certificate`` path) are compared by name, not
+    content."""
+
+    mode: str  # the effective mode: kubernetes or standalone
+    jwks: JwksSettings | None
+    kubeconfig: str | None
+    token_audience: tuple[str, ...] | None
+    ca_identity: SpiffeId  # from the trust domain and namespace
+    loopback_only: bool  # the listen address, as it decides whether INSECURE needs the opt-in
+    allow_insecure_on_network: bool
+
+    @classmethod
+    def of(cls, cfg: Config) -> ValidatorSettings:
+        return cls(
+            mode=cfg.effective_mode,
+            jwks=cfg.jwks,
+            kubeconfig=cfg.kubeconfig,
+            token_audience=cfg.token_audience,
+            ca_identity=signing_policy(cfg).ca_identity,
+            loopback_only=listens_on_loopback_only(cfg),
+            allow_insecure_on_network=cfg.allow_insecure_on_network,
+        )
 
 
 # --- the CA's own TLS server certificate ------------------------------------------------------

@@ -12,9 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .bundle import TrustBundle
-from .certs import DEFAULT_CLOCK_SKEW, DEFAULT_WORKLOAD_TTL, WorkloadSigner
+from .certs import DEFAULT_CLOCK_SKEW, DEFAULT_WORKLOAD_TTL, IpAddress, WorkloadSigner
 from .csr import csr_public_key
 from .errors import InvalidRequest, PermissionDenied
+from .keys import PublicKey
 from .spiffe_id import SpiffeId
 from .validators import Identity, SignRequest, TokenValidatorKind, Validator
 
@@ -128,13 +129,13 @@ class Signer:
 
     def issue(
         self,
-        public_key,
+        public_key: PublicKey,
         identity: Identity,
         now: datetime,
         *,
         ttl: timedelta | None = None,
         dns_names: tuple[str, ...] = (),
-        ip_addresses: tuple[object, ...] = (),
+        ip_addresses: tuple[IpAddress, ...] = (),
     ) -> SignedCertificate:
         """Sign ``public_key`` for a proven ``identity`` (no validator or reservation check:
         callers are the CA itself or :meth:`sign`). Control-plane ids in the CA's namespace

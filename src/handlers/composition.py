@@ -13,6 +13,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from adapters.stores import (
     BundleStore,
@@ -21,13 +22,15 @@ from adapters.stores import (
     StoredBundle,
     load_or_create_stored,
     open_store,
+    parse_stored,
 )
-from ca_core import policy
-from ca_core.bundle import TrustBundle, generate_bundle
+from ca_core.bundle import TrustBundle
 from ca_core.config import Config
 from ca_core.errors import BundleError
-from ca_core.service import Signer
-from ca_core.validators import InsecureValidator, TokenValidatorKind, Validator
+
+if TYPE_CHECKING:
+    from ca_core.service import Signer
+    from ca_core.validators import TokenValidatorKind, Validator
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +57,27 @@ def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], 
     """The enabled validators of ``cfg`` (chosen by ``ca_core.policy.select_validators``), built,
     and the default one. Raises ConfigError when one cannot be built (Kubernetes configuration,
     JWKS source) or INSECURE would be reachable from a network without the opt-in."""
-    from ca_core.validators import TokenValidatorKind
+    from ca_core import policy
+    from ca_core.validators import InsecureValidator, TokenValidatorKind
 
     choice = policy.select_validators(cfg)
     ca_identity = policy.signing_policy(cfg).ca_identity
     validators: dict[TokenValidatorKind, Validator] = {}
     for kind in choice.enabled:
         if kind is TokenValidatorKind.KUBERNETES:
-            from ca_core.validators_kubernetes import KubernetesApi, KubernetesValidator
+            from adapters.kube_api import KubernetesApi
+            from ca_core.validators.kubernetes import KubernetesValidator
 
-            api = KubernetesApi.connect(cfg.kubeconfig)
+            api = KubernetesApi.connect(cfg.kubeconfig, clock=time.monotonic)
             validators[kind] = KubernetesValidator(api, ca_identity, cfg.token_audience)
         elif kind is TokenValidatorKind.INSECURE:
             validators[kind] = InsecureValidator()
         elif kind is TokenValidatorKind.JWKS and cfg.jwks is not None:
-            from ca_core.validators_jwks import JwksValidator
+            from adapters.jwks_source import JwksCache
+            from ca_core.validators.jwks import JwksValidator
 
-            validators[kind] = JwksValidator.from_settings(cfg.jwks, ca_identity)
+            keys = JwksCache.from_settings(cfg.jwks, clock=time.monotonic)
+            validators[kind] = JwksValidator(keys, ca_identity)
     log.info(
         "token validators: %s (default: %s)",
         ", ".join(k.name for k in validators),
@@ -88,7 +95,13 @@ class LoadedBundle:
 
 
 def load_bundle(
-    cfg: Config, store: BundleStore, now: datetime, *, create_if_empty: bool = True, publish: bool = True
+    cfg: Config,
+    store: BundleStore,
+    now: datetime,
+    *,
+    create_if_empty: bool = True,
+    publish: bool = True,
+    stored: StoredBundle | None = None,
 ) -> LoadedBundle:
     """Load the store's bundle, or generate one (SPEC §4) when the store is empty (SPEC §5).
 
@@ -97,7 +110,16 @@ def load_bundle(
     store's public part from the loaded bundle (a first start: no current root, so loading is
     acceptance); a running CA passes False and publishes once its trust-continuity check
     accepted the bundle (``store.publish_public(loaded.stored)``).
+
+    stored: the store's content when the caller has it already (a store poll just read it, a
+    rotation step just wrote it, design §8.4–8.5): parsed as if loaded, without reading the store.
     """
+    if stored is not None:
+        bundle = parse_stored(store, stored)
+        if publish:
+            store.publish_public(stored)
+        return LoadedBundle(bundle, stored.version, False, stored)
+    from ca_core.bundle import generate_bundle
     from ca_core.policy import signing_policy
 
     ca_identity = signing_policy(cfg).ca_identity

@@ -20,7 +20,7 @@ class JsonFormatter(logging.Formatter):
     _std = frozenset(vars(logging.makeLogRecord({})))
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {
+        out: dict[str, str | int | float | bool | None] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,

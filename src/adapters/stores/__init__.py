@@ -25,6 +25,7 @@ from .base import (
     encode_document,
     load_or_create,
     load_or_create_stored,
+    parse_stored,
 )
 from .files import FileBundleStore, FileNames
 
@@ -41,6 +42,7 @@ __all__ = [
     "load_or_create",
     "load_or_create_stored",
     "open_store",
+    "parse_stored",
 ]
 
 

@@ -71,6 +71,12 @@ class BundleStore(Protocol):
         """Replace the bundle only if its version is still ``expected_version``; False otherwise."""
         ...
 
+    def replace_version(self, items: Mapping[str, bytes], expected_version: str) -> str | None:
+        """:meth:`replace`, answering the new version token on success (what ``load()`` reports
+        for ``items`` until the next write, so the writer can put ``StoredBundle(items, token)``
+        in force without reading the store back), None when nothing was written."""
+        ...
+
 
 RETRYABLE_REASONS = frozenset({"store_unreachable"})
 
@@ -157,6 +163,13 @@ def load_or_create_stored(
                 f"refusing to start: {store.description} reports that a bundle exists but none can be "
                 "read (e.g. a secret without a current value); nothing was changed"
             )
+    return parse_stored(store, stored), stored, False
+
+
+def parse_stored(store: BundleStore, stored: StoredBundle) -> TrustBundle:
+    """The bundle of ``stored`` (content read from, or just written to, ``store``), its rotation
+    state checked too. No I/O. Raises BundleError naming the item, with the advice of a refused
+    start, for a partial, corrupt or mismatched bundle or a rotation state that cannot be acted on."""
     try:
         bundle = parse_bundle(stored.items, store.labels())
         from ca_core.rotation.codec import parse_state  # here: the expiry function never loads a full bundle
@@ -168,7 +181,7 @@ def load_or_create_stored(
             "Nothing was changed. Repair or import the bundle, or regenerate it explicitly "
             "(keeping a backup) if you mean to replace the CA."
         ) from None
-    return bundle, stored, False
+    return bundle
 
 
 def encode_document(items: Mapping[str, bytes]) -> str:

@@ -283,12 +283,15 @@ class FileBundleStore:
             return True
 
     def replace(self, items: Mapping[str, bytes], expected_version: str) -> bool:
+        return self.replace_version(items, expected_version) is not None
+
+    def replace_version(self, items: Mapping[str, bytes], expected_version: str) -> str | None:
         with self._locked():
             current = self._read()
             if current is None or current.version != expected_version:
-                return False
+                return None
             self._write_all(items)
-            return True
+            return version_of(items)  # what _read() computes over the same items
 
 
 def _fsync_dir(path: Path) -> None:

@@ -95,7 +95,7 @@ class KubernetesSecretBundleStore:
             from kubernetes import client
 
             if self._api_client is None:
-                from adapters.kube_client import api_client
+                from adapters.kube_api import api_client
 
                 self._api_client = api_client(self.kubeconfig)
             self._core = client.CoreV1Api(self._api_client)
@@ -232,14 +232,18 @@ class KubernetesSecretBundleStore:
         return True
 
     def replace(self, items: Mapping[str, bytes], expected_version: str) -> bool:
+        return self.replace_version(items, expected_version) is not None
+
+    def replace_version(self, items: Mapping[str, bytes], expected_version: str) -> str | None:
         existing = self._read_secret("read the trust bundle")
         if existing is None or existing.metadata.resource_version != expected_version:
-            return False
+            return None
         written = self._put_secret(items, existing, "replace the trust bundle")
         if written is None:
-            return False
-        self._sync_config_map(StoredBundle(dict(items), written.metadata.resource_version))
-        return True
+            return None
+        version: str = written.metadata.resource_version  # the written Secret's, which load() reports
+        self._sync_config_map(StoredBundle(dict(items), version))
+        return version
 
     def _put_secret(self, items: Mapping[str, bytes], existing: Any, doing: str) -> Any:
         """PUT ``items`` over ``existing`` with its resourceVersion; None when another writer won."""

@@ -173,8 +173,11 @@ class S3BundleStore:
         return True
 
     def replace(self, items: Mapping[str, bytes], expected_version: str) -> bool:
+        return self.replace_version(items, expected_version) is not None
+
+    def replace_version(self, items: Mapping[str, bytes], expected_version: str) -> str | None:
         etag = self._put(items, {"IfMatch": expected_version}, "replace the trust bundle")
         if etag is None:
-            return False
+            return None
         self._write_public(items, etag)
-        return True
+        return etag  # the object's ETag, which load() reports

@@ -123,6 +123,9 @@ class SecretsManagerBundleStore:
         return True
 
     def replace(self, items: Mapping[str, bytes], expected_version: str) -> bool:
+        return self.replace_version(items, expected_version) is not None
+
+    def replace_version(self, items: Mapping[str, bytes], expected_version: str) -> str | None:
         token = str(uuid.uuid4())
         try:
             self.client.put_secret_value(
@@ -133,7 +136,7 @@ class SecretsManagerBundleStore:
             )
         except aws.sdk_errors() as e:
             if aws.error_code(e) == "ResourceNotFoundException":
-                return False
+                return None
             raise aws.unavailable(e, self.description, "stage the new trust bundle") from None
         try:
             self.client.update_secret_version_stage(
@@ -147,11 +150,11 @@ class SecretsManagerBundleStore:
             # version keeps only the PENDING label, which the next replace moves away.
             if aws.error_code(e) in ("InvalidParameterException", "ResourceNotFoundException"):
                 self._unstage(token)  # the loser's version keeps no label; AWS deprecates it
-                return False
+                return None
             raise aws.unavailable(e, self.description, "make the new trust bundle current") from None
         self._unstage(token)
         self._write_public(items)
-        return True
+        return token  # the ClientRequestToken is the id of the version made current
 
     def _unstage(self, token: str) -> None:
         try:

@@ -1,21 +1,22 @@
-"""Identity validation: the request shape, the ``Validator`` port, common checks and INSECURE.
+"""Identity validation: the request shape, the ``Validator`` port and the common checks.
 
-SPEC §3 step 2 and §6. A validator turns a :class:`SignRequest` into a proven
+Design §3 (step 2) and §6. A validator turns a :class:`SignRequest` into a proven
 :class:`Identity` or raises PermissionDenied (identity failure) / Unavailable (backend).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from .errors import PermissionDenied
-from .spiffe_id import DEFAULT_TRUST_DOMAIN, SpiffeId, app_id_problem, namespace_problem, trust_domain_problem
+from ..errors import PermissionDenied
+from ..spiffe_id import SpiffeId, app_id_problem, namespace_problem
 
 
 class TokenValidatorKind(enum.IntEnum):
-    """The wire enum ``SignCertificateRequest.TokenValidator`` (SPEC §2)."""
+    """The wire enum ``SignCertificateRequest.TokenValidator`` (design §2)."""
 
     UNKNOWN = 0
     INSECURE = 1
@@ -38,7 +39,7 @@ class TokenValidatorKind(enum.IntEnum):
 
 @dataclass(frozen=True)
 class SignRequest:
-    """A decoded ``SignCertificateRequest`` (SPEC §2). ``token_validator`` is the raw wire number
+    """A decoded ``SignCertificateRequest`` (design §2). ``token_validator`` is the raw wire number
     (the enum is open: any int may arrive)."""
 
     app_id: str
@@ -72,14 +73,14 @@ class Validator(Protocol):
 def validator_readiness(validator: Validator) -> tuple[bool, str]:
     """(ready, detail) of a validator. A validator may define ``ready() -> (bool, str)``
     (e.g. not ready until its backend first answered); without it, it is always ready."""
-    hook = getattr(validator, "ready", None)
+    hook: Callable[[], tuple[bool, str]] | None = getattr(validator, "ready", None)
     if hook is None:
         return True, "ready"
     return hook()
 
 
 def common_problems(request: SignRequest) -> list[str]:
-    """The checks every validator applies (SPEC §3 step 2): id non-empty, no '.', ≤ 64
+    """The checks every validator applies (design §3, step 2): id non-empty, no '.', ≤ 64
     characters; namespace a DNS label; CSR present. Returns every problem found."""
     problems = [p for p in (app_id_problem(request.app_id), namespace_problem(request.namespace)) if p]
     if not request.csr_pem:
@@ -92,18 +93,3 @@ def check_common(request: SignRequest, *extra: str | None) -> None:
     problems = common_problems(request) + [p for p in extra if p]
     if problems:
         raise PermissionDenied("invalid request: " + "; ".join(problems), reason="invalid_identity")
-
-
-class InsecureValidator:
-    """INSECURE ("selfhosted"): no proof of identity, only the common checks.
-
-    The trust domain is the request's (a valid SPIFFE trust domain) or ``public`` when empty.
-    Meant for development and self-hosted mode; a networked deployment must opt in explicitly.
-    """
-
-    kind = TokenValidatorKind.INSECURE
-
-    def validate(self, request: SignRequest) -> Identity:
-        trust_domain = request.trust_domain or DEFAULT_TRUST_DOMAIN
-        check_common(request, trust_domain_problem(trust_domain))
-        return Identity(SpiffeId(trust_domain, request.namespace, request.app_id))

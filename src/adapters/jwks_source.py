@@ -1,0 +1,240 @@
+"""The JWKS key set (design §6): where it comes from (an https URL, a file, inline JSON) and the
+cache that holds it.
+
+The set is refetched no more often than ``min_refresh_interval``: when it is that old, and when a
+token names an unknown ``kid``. A failed fetch keeps the keys already held; with no keys at all
+the request gets Unavailable (fail closed). A fetch is bounded in size (MAX_JWKS_BYTES) and in
+time (the request timeout for the whole answer, not only per read).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.client import HTTPMessage
+from typing import IO, Any
+
+import jwt
+
+from ca_core.config import JwksSettings
+from ca_core.errors import ConfigError, Unavailable
+from ca_core.validators.jwks import parse_key_set
+
+log = logging.getLogger(__name__)
+
+MAX_JWKS_BYTES = 1024 * 1024
+FAILED_FETCH_RETRY = 5.0  # seconds before a failed fetch is tried again (capped by the minimum interval)
+
+
+def _ssl_context(ca_certificate: str | None) -> ssl.SSLContext:
+    if ca_certificate is None:
+        return ssl.create_default_context()
+    try:
+        if "-----BEGIN" in ca_certificate:
+            return ssl.create_default_context(cadata=ca_certificate)
+        return ssl.create_default_context(cafile=ca_certificate)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"jwks caCertificate: cannot be loaded ({e})") from None
+
+
+@dataclass(frozen=True)
+class JwksSource:
+    """Where the key set comes from. kind: ``url``, ``file`` or ``inline``; ``load()`` returns the
+    document's bytes (raises Unavailable for a url or file that cannot be read now)."""
+
+    kind: str
+    location: str
+    inline: bytes = b""
+    timeout: float = 30.0
+    ssl_context: ssl.SSLContext | None = None
+
+    @classmethod
+    def from_settings(cls, settings: JwksSettings) -> JwksSource:
+        """Classify ``settings.source``; raises ConfigError for an http:// URL or a source that is
+        neither an https URL, an existing file nor (base64 of) JSON."""
+        src = settings.source.strip()
+        timeout = settings.request_timeout.total_seconds()
+        if src.lower().startswith("https://"):
+            return cls("url", src, timeout=timeout, ssl_context=_ssl_context(settings.ca_certificate))
+        if src.lower().startswith("http://"):
+            raise ConfigError(
+                "jwks source: plain http:// is refused (keys could be altered in transit); use https://"
+            )
+        if src.startswith("{"):
+            return cls("inline", "inline JWKS", src.encode())
+        if os.path.isfile(src):
+            return cls("file", src, timeout=timeout)
+        try:
+            decoded = base64.b64decode(src, validate=True)
+        except (binascii.Error, ValueError):
+            decoded = b""
+        if decoded.lstrip().startswith(b"{"):
+            return cls("inline", "inline JWKS (base64)", decoded)
+        raise ConfigError(
+            "jwks source: neither an https:// URL, an existing file, nor JWKS JSON (plain or base64)"
+        )
+
+    def load(self) -> bytes:
+        """The document's bytes (at most MAX_JWKS_BYTES); raises Unavailable."""
+        if self.kind == "inline":
+            return self.inline
+        if self.kind == "file":
+            try:
+                with open(self.location, "rb") as f:
+                    return f.read(MAX_JWKS_BYTES + 1)[:MAX_JWKS_BYTES]
+            except OSError as e:
+                raise Unavailable(
+                    f"JWKS file {self.location}: {e.strerror}", reason="jwks_unavailable"
+                ) from None
+        # Only https:// reaches here: from_settings refuses every other scheme.
+        request = urllib.request.Request(self.location, headers={"Accept": "application/json"})  # noqa: S310
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=self.ssl_context), _HttpsOnlyRedirects()
+        )
+        try:
+            with opener.open(request, timeout=self.timeout) as resp:
+                return _read_within(resp, time.monotonic() + self.timeout, self.location)
+        except urllib.error.HTTPError as e:
+            raise Unavailable(f"JWKS {self.location} answered {e.code}", reason="jwks_unavailable") from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise Unavailable(
+                f"JWKS {self.location} unreachable: {reason}", reason="jwks_unavailable"
+            ) from None
+
+
+class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to another https:// URL: keys fetched in plaintext could have been
+    replaced in transit, which is why an http:// source is refused in the first place."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if not newurl.lower().startswith("https://"):
+            raise urllib.error.URLError(f"redirect to a non-https URL refused ({newurl[:200]})")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _read_within(resp: Any, deadline: float, location: str) -> bytes:
+    """The body, at most MAX_JWKS_BYTES, read by chunks so that the whole fetch is bounded: the
+    socket timeout bounds each read only, and a server that trickles bytes would hold the
+    (locked) refresh, and every request waiting on it, for ever. Raises Unavailable."""
+    body = b""
+    while len(body) < MAX_JWKS_BYTES:
+        if time.monotonic() > deadline:
+            raise Unavailable(
+                f"JWKS {location}: no complete answer within the timeout", reason="jwks_unavailable"
+            )
+        chunk = resp.read1(MAX_JWKS_BYTES - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body
+
+
+class JwksCache:
+    """The key set in force, refetched with a minimum interval (the validator's
+    ``ca_core.validators.jwks.JwksKeysPort``). Thread-safe.
+
+    clock: monotonic seconds (injected in tests); min_refresh: seconds between fetches. Raises
+    ConfigError when a file or inline set holds no usable key.
+    """
+
+    def __init__(
+        self, source: JwksSource, min_refresh: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.source = source
+        self.min_refresh = min_refresh
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._keys: list[jwt.PyJWK] = []
+        self._fetched_at: float | None = None  # last successful fetch
+        self._attempted_at: float | None = None
+        self._last_failed = False
+        self.last_problem = "the JWKS has not been fetched yet"
+        self.fetches = 0
+        if source.kind != "url":  # a file or inline set must be usable from the start
+            try:
+                self._install(parse_key_set(source.load(), source.location))
+            except (ValueError, Unavailable) as e:
+                raise ConfigError(f"jwks source: {e}") from None
+
+    @classmethod
+    def from_settings(cls, settings: JwksSettings, clock: Callable[[], float] = time.monotonic) -> JwksCache:
+        """The cache over the ``--config`` JWKS options; raises ConfigError for an unusable source
+        or CA certificate."""
+        return cls(JwksSource.from_settings(settings), settings.min_refresh_interval.total_seconds(), clock)
+
+    @property
+    def location(self) -> str:
+        return self.source.location
+
+    def held(self) -> list[jwt.PyJWK]:
+        """The keys held now; never fetches."""
+        return self._keys
+
+    def _install(self, keys: list[jwt.PyJWK]) -> None:
+        self._keys = keys
+        self._fetched_at = self._attempted_at = self._clock()
+        self._last_failed = False
+
+    def _may_fetch(self, now: float) -> bool:
+        if self.source.kind == "inline":
+            return False
+        if self._attempted_at is None:
+            return True
+        # Without keys every request fails: retry a failed fetch sooner. With keys, a failing
+        # source is retried only at the minimum interval, so requests do not keep paying timeouts.
+        failing_without_keys = self._last_failed and not self._keys
+        wait = min(self.min_refresh, FAILED_FETCH_RETRY) if failing_without_keys else self.min_refresh
+        return now - self._attempted_at >= wait
+
+    def refresh(self, *, force_stale: bool = False) -> bool:
+        """Fetch now if the minimum interval allows (``force_stale``: only when the held set is at
+        least that old). Returns True when a new set was installed; a failure keeps the held keys."""
+        with self._lock:
+            now = self._clock()
+            if not self._may_fetch(now):
+                return False
+            if force_stale and self._fetched_at is not None and now - self._fetched_at < self.min_refresh:
+                return False
+            self._attempted_at = now
+            self.fetches += 1
+            try:
+                keys = parse_key_set(self.source.load(), self.source.location)
+            except (ValueError, Unavailable) as e:
+                self._last_failed = True
+                self.last_problem = str(e)
+                log.warning("JWKS refresh failed (%s); %d key(s) stay in use", e, len(self._keys))
+                return False
+            self._install(keys)
+            log.info("JWKS loaded from %s: %d key(s)", self.source.location, len(keys))
+            return True
+
+    def keys(self, kid: str | None) -> list[jwt.PyJWK]:
+        """The held keys with ``kid`` (every key when None): refreshes first when the set is stale
+        or ``kid`` is unknown (rate-limited). Raises Unavailable when no key is held."""
+        if not self._keys or self._fetched_at is None:
+            self.refresh()
+        else:
+            self.refresh(force_stale=True)
+        if not self._keys:
+            raise Unavailable(f"no JWKS keys available: {self.last_problem}", reason="jwks_unavailable")
+        if kid is not None and not any(k.key_id == kid for k in self._keys):
+            self.refresh()
+        return list(self._keys) if kid is None else [k for k in self._keys if k.key_id == kid]

@@ -1,0 +1,164 @@
+"""The one configuration object (design §7): every setting of the CA, typed, with its default and
+its bounds, validated once by :func:`validate`.
+
+Pure: built from values the loader has already read and parsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from typing import Any
+
+from ..bundle import FileNames
+from ..durations import format_duration
+from ..errors import ConfigError
+from ..keys import KeyAlgorithm
+from ..spiffe_id import namespace_problem, trust_domain_problem
+
+MODES = ("auto", "kubernetes", "standalone")
+# Bounds that keep every certificate date computable and every setting sane; leaves are capped by
+# the issuer's NotAfter anyway.
+MAX_WORKLOAD_TTL = timedelta(days=3650)
+MAX_CLOCK_SKEW = timedelta(hours=24)
+MAX_EXPIRY_CHECK_INTERVAL = timedelta(days=30)
+MAX_STORE_POLL_INTERVAL = timedelta(hours=24)
+MAX_PROPAGATION_WINDOW = timedelta(days=30)
+MAX_WORKERS = 64
+
+DEFAULT_JWKS_MIN_REFRESH = timedelta(minutes=10)
+DEFAULT_JWKS_REQUEST_TIMEOUT = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class JwksSettings:
+    """``spec.mtls.tokenValidators[name=jwks].options`` (design §6, §7).
+
+    source: an https:// URL (plain http:// is refused), a file path, or the JWKS JSON itself (optionally
+    base64-encoded); ca_certificate: PEM text or a PEM file path trusted for an https source
+    (None: the system's trust store); min_refresh_interval: the least time between two fetches;
+    request_timeout: the bound of one fetch.
+    """
+
+    source: str
+    ca_certificate: str | None = None
+    min_refresh_interval: timedelta = DEFAULT_JWKS_MIN_REFRESH
+    request_timeout: timedelta = DEFAULT_JWKS_REQUEST_TIMEOUT
+
+    def __repr__(self) -> str:  # the inline JWKS or CA PEM may be long: name the kind only
+        src = self.source if len(self.source) < 200 else f"<inline JWKS, {len(self.source)} chars>"
+        return (
+            f"JwksSettings(source={src!r}, min_refresh_interval={format_duration(self.min_refresh_interval)})"
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the CA, typed and validated. Build with :func:`load_config`.
+
+    Durations are timedelta; ports ints (0 = any free port, for tests). Each field is an option of
+    the table (``ca_core.config.options``) except those of :data:`FIELDS_WITHOUT_OPTION`.
+    """
+
+    port: int = 50001
+    listen_address: str = "127.0.0.1"
+    healthz_port: int = 8080
+    metrics_port: int = 9090
+    enable_metrics: bool = True
+    trust_domain: str = "localhost"
+    namespace: str = "default"
+    mode: str = "auto"
+    config: str | None = None
+    kubeconfig: str | None = None
+    token_audience: tuple[str, ...] | None = None
+    server_names: tuple[str, ...] = ()
+    jwks: JwksSettings | None = None
+    workload_cert_ttl: timedelta = timedelta(hours=24)
+    allowed_clock_skew: timedelta = timedelta(minutes=15)
+    ca_key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
+    expiry_check_interval: timedelta = timedelta(hours=1)
+    store_poll_interval: timedelta = timedelta(0)
+    auto_rotate: bool = False
+    root_propagation_window: timedelta = timedelta(hours=24)
+    log_level: str = "info"
+    log_as_json: bool = False
+    allow_insecure_on_network: bool = False
+    max_concurrent_streams: int = 100
+    rate_limit: float = 1000.0
+    workers: int = 1
+    issuer_credentials: str = "./.sentry/credentials"
+    trust_bundle_store: str | None = None
+    issuer_ca_filename: str = "ca.crt"
+    issuer_certificate_filename: str = "issuer.crt"
+    issuer_key_filename: str = "issuer.key"
+    kubernetes_detected: bool = field(default=False, repr=False)
+
+    @property
+    def store_url(self) -> str:
+        """The trust-bundle store URL: ``--trust-bundle-store``, else ``file://`` + issuer credentials."""
+        return self.trust_bundle_store or f"file://{self.issuer_credentials}"
+
+    @property
+    def file_names(self) -> FileNames:
+        """The store's item names: ``--issuer-ca-filename``, ``--issuer-certificate-filename``, …"""
+        return FileNames(self.issuer_ca_filename, self.issuer_certificate_filename, self.issuer_key_filename)
+
+    @property
+    def effective_mode(self) -> str:
+        """``kubernetes`` or ``standalone`` (``auto`` resolved by KUBERNETES_SERVICE_HOST)."""
+        if self.mode != "auto":
+            return self.mode
+        return "kubernetes" if self.kubernetes_detected else "standalone"
+
+    def with_changes(self, **changes: Any) -> Config:
+        """A validated copy with ``changes`` applied. Raises ConfigError."""
+        return validate(replace(self, **changes))
+
+    def describe(self) -> dict[str, str]:
+        """Settings as strings, for a start-up log line (no secrets are held here)."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            v: object = getattr(self, f.name)
+            if isinstance(v, timedelta):
+                v = format_duration(v)
+            elif isinstance(v, KeyAlgorithm):
+                v = v.value
+            elif isinstance(v, tuple):
+                v = ",".join(v)
+            out[f.name] = str(v)
+        return out
+
+
+# The fields of Config that no --flag / SENTRY_* option sets, and where each comes from instead
+# (tests/test_config.py checks that every other field has an option and every option a field).
+FIELDS_WITHOUT_OPTION: dict[str, str] = {
+    "namespace": "the NAMESPACE environment variable (the pod's namespace; default 'default')",
+    "jwks": "spec.mtls.tokenValidators of the --config file (a structured value, not a flag)",
+    "kubernetes_detected": "derived: whether KUBERNETES_SERVICE_HOST is set (resolves --mode auto)",
+}
+
+
+def validate(cfg: Config) -> Config:
+    """``cfg`` itself if every cross-checked bound holds; else ConfigError listing every problem
+    (``invalid configuration: P1; P2``), each naming its flag or variable."""
+    problems: list[str] = []
+    if p := trust_domain_problem(cfg.trust_domain):
+        problems.append(f"--trust-domain: {p}")
+    if p := namespace_problem(cfg.namespace):
+        problems.append(f"NAMESPACE: {p}")
+    if not timedelta(0) < cfg.workload_cert_ttl <= MAX_WORKLOAD_TTL:
+        problems.append("--workload-cert-ttl must be positive and at most 87600h (10 years)")
+    if not timedelta(0) <= cfg.allowed_clock_skew <= MAX_CLOCK_SKEW:
+        problems.append("--allowed-clock-skew must be between 0s and 24h")
+    if not timedelta(0) < cfg.expiry_check_interval <= MAX_EXPIRY_CHECK_INTERVAL:
+        problems.append("--expiry-check-interval must be positive and at most 720h (30 days)")
+    if not timedelta(0) <= cfg.store_poll_interval <= MAX_STORE_POLL_INTERVAL:
+        problems.append("--store-poll-interval must be between 0s (off) and 24h")
+    if not timedelta(0) <= cfg.root_propagation_window <= MAX_PROPAGATION_WINDOW:
+        problems.append("--root-propagation-window must be between 0s and 720h (30 days)")
+    for name in (cfg.issuer_ca_filename, cfg.issuer_certificate_filename, cfg.issuer_key_filename):
+        if not name or "/" in name or name in (".", ".."):
+            problems.append(f"file name {name!r} must be a plain file name")
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    return cfg

@@ -1,0 +1,241 @@
+"""The option table (design §7): every ``--flag`` ↔ ``SENTRY_FLAG`` ↔ :class:`Config` field, with the
+parser of its text value. The single source of the settings a flag or the environment may give.
+
+A parser takes the flag's text and returns the typed value, or raises ValueError with a message the
+loader prefixes with the source (``--port: ...``, ``SENTRY_PORT: ...``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..durations import parse_duration
+from ..keys import KeyAlgorithm
+from .model import MAX_WORKERS, MODES
+
+if TYPE_CHECKING:  # argparse is only a type here: the Lambda functions import this package cold
+    import argparse
+
+
+def _bool(text: str) -> bool:
+    v = str(text).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+
+
+def _port(text: str) -> int:
+    n = _integer(text)
+    if not 0 <= n <= 65535:
+        raise ValueError(f"port {n} is out of range 0-65535")
+    return n
+
+
+def _workers(text: str) -> int:
+    n = _integer(text)
+    if not 0 <= n <= MAX_WORKERS:
+        raise ValueError(f"{n} must be between 0 (one per CPU) and {MAX_WORKERS}")
+    return n
+
+
+def _positive_int(text: str) -> int:
+    n = _integer(text)
+    if n < 1:
+        raise ValueError(f"{n} must be at least 1")
+    return n
+
+
+def _rate(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 <= v < float("inf"):
+        raise ValueError(f"{text!r} must be a number of requests per second, 0 or more (0: no limit)")
+    return v
+
+
+def _mode(text: str) -> str:
+    v = text.strip().lower()
+    if v not in MODES:
+        raise ValueError(f"unknown mode {text!r}; use one of {', '.join(MODES)}")
+    return v
+
+
+def _algorithm(text: str) -> KeyAlgorithm:
+    return KeyAlgorithm.parse(text)
+
+
+def _audiences(text: str) -> tuple[str, ...]:
+    items = tuple(a.strip() for a in text.split(",") if a.strip())
+    if not items:
+        raise ValueError("--token-audience needs at least one audience (comma-separated)")
+    return items
+
+
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+def _server_names(text: str) -> tuple[str, ...]:
+    """Comma-separated DNS names and IP addresses (RFC 1123 names, lowercase; IPv4/IPv6)."""
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    for name in names:
+        try:
+            ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            if not _DNS_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is neither a DNS name nor an IP address") from None
+    return names
+
+
+def _log_level(text: str) -> str:
+    v = text.strip().lower()
+    if v not in ("debug", "info", "warn", "warning", "error", "fatal"):
+        raise ValueError(f"unknown log level {text!r}; use debug, info, warn, error or fatal")
+    return {"warn": "warning", "fatal": "critical"}.get(v, v)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration option: ``--flag`` ↔ ``SENTRY_FLAG`` ↔ attribute ``dest``.
+
+    parse: text → typed value, ValueError on a bad one; help: the ``--help`` line, whose
+    ``(default X)`` states the :class:`Config` default; env: the variable, if not ``SENTRY_<FLAG>``.
+    """
+
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    env: str | None = None  # default: SENTRY_<FLAG>
+
+    @property
+    def dest(self) -> str:
+        """The :class:`Config` field (and argparse dest): the flag with ``-`` → ``_``."""
+        return self.flag.replace("-", "_")
+
+    @property
+    def env_name(self) -> str:
+        """The environment variable: ``env``, else ``SENTRY_`` + the flag upper-cased."""
+        return self.env or "SENTRY_" + self.flag.upper().replace("-", "_")
+
+
+SERVE_OPTIONS: tuple[Option, ...] = (
+    Option("port", _port, "gRPC port (default 50001)"),
+    Option("listen-address", str, "bind address of gRPC, /healthz and /metrics (default 127.0.0.1)"),
+    Option("healthz-port", _port, "HTTP port of /healthz and /livez (default 8080)"),
+    Option("metrics-port", _port, "Prometheus metrics port (default 9090)"),
+    Option("enable-metrics", _bool, "serve Prometheus metrics (default true)"),
+    Option("trust-domain", str, "the CA's (control-plane) trust domain (default localhost)"),
+    Option("mode", _mode, "auto, kubernetes or standalone: selects the default validators (default auto)"),
+    Option("config", str, "YAML file in the shape of Dapr's Configuration (spec.mtls.*)"),
+    Option(
+        "token-audience",
+        _audiences,
+        "TokenReview audiences, comma-separated (default: dapr.io/sentry and the CA's SPIFFE ID)",
+    ),
+    Option(
+        "server-names",
+        _server_names,
+        "extra DNS names / IPs for the CA's TLS certificate, comma-separated, e.g. the load "
+        "balancer's name (always: localhost, 127.0.0.1, ::1 and a specific --listen-address)",
+    ),
+    Option("workload-cert-ttl", parse_duration, "workload certificate lifetime, Go duration (default 24h)"),
+    Option("allowed-clock-skew", parse_duration, "NotBefore backdating, Go duration (default 15m)"),
+    Option(
+        "ca-key-algorithm", _algorithm, "for generated roots and issuers: ecdsa-p256, ecdsa-p384, ed25519"
+    ),
+    Option(
+        "expiry-check-interval",
+        parse_duration,
+        "how often the watcher checks root/issuer expiry (default 1h)",
+    ),
+    Option(
+        "store-poll-interval",
+        parse_duration,
+        "how often the running CA checks the store for a new bundle version and restarts in place "
+        "when it changed, Go duration; 0s = never (default 0s)",
+    ),
+    Option(
+        "auto-rotate",
+        _bool,
+        "rotate the root and the issuer automatically: prepare a successor when less than "
+        "min(lifetime/2, 30 days) remains, activate it when less than min(lifetime/6, 7 days) "
+        "remains (only for a root whose key the CA holds; default false)",
+    ),
+    Option(
+        "root-propagation-window",
+        parse_duration,
+        "how long a new root is in the trust anchors before its issuer signs (so workloads learn it "
+        "first: a workload learns new anchors when it renews, so set it to at least "
+        "--workload-cert-ttl for a rotation no workload notices; shorter is allowed, e.g. for tests), "
+        "Go duration, 0s-720h (default 24h)",
+    ),
+    Option(
+        "allow-insecure-on-network",
+        _bool,
+        "allow the INSECURE validator on a non-loopback --listen-address (default false)",
+    ),
+    Option(
+        "max-concurrent-streams",
+        _positive_int,
+        "gRPC: most concurrent calls on one client connection (HTTP/2 streams; default 100)",
+    ),
+    Option(
+        "rate-limit",
+        _rate,
+        "SignCertificate requests per second allowed to one caller (peer IP address), bursts of as "
+        "many; more get RESOURCE_EXHAUSTED. 0: no limit (default 1000)",
+    ),
+    Option(
+        "workers",
+        _workers,
+        "gRPC server processes sharing --port (SO_REUSEPORT), each a whole CA on the same store, "
+        "under one supervisor that serves /healthz, /livez and /metrics for all; 0: one per CPU "
+        "(default 1: no supervisor)",
+    ),
+    Option("log-level", _log_level, "debug, info, warn, error (default info)"),
+    Option("log-as-json", _bool, "log JSON lines (default false)"),
+)
+
+STORE_OPTIONS: tuple[Option, ...] = (
+    Option("issuer-credentials", str, "directory of the file store (default ./.sentry/credentials)"),
+    Option(
+        "trust-bundle-store",
+        str,
+        "file://DIR (default: file:// + --issuer-credentials), s3://BUCKET/KEY, secretsmanager://NAME-OR-ARN "
+        "(both with optional ?kms-key-id=KEY), kubernetes://NAMESPACE/SECRET",
+    ),
+    Option(
+        "kubeconfig",
+        str,
+        "kubeconfig file for the Kubernetes API (validator, kubernetes:// store; default: in-cluster)",
+    ),
+    Option("issuer-ca-filename", str, "trust anchors file name / Secret key (default ca.crt)"),
+    Option(
+        "issuer-certificate-filename", str, "issuer certificate file name / Secret key (default issuer.crt)"
+    ),
+    Option("issuer-key-filename", str, "issuer key file name / Secret key (default issuer.key)"),
+)
+
+
+def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
+    """Add ``options`` as flags whose default is 'unset' (so env and file can fill them)."""
+    for opt in options:
+        parser.add_argument(
+            f"--{opt.flag}", dest=opt.dest, default=None, metavar=opt.dest.upper(), help=opt.help
+        )

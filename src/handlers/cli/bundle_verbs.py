@@ -1,0 +1,278 @@
+"""``sentryca inspect`` and ``sentryca bundle init|import|export|regenerate``: read or write the
+trust bundle in a store (design §5). Every write is a create of an empty store or a replace of
+the version read (compare-and-swap), so a concurrent writer makes the verb refuse, not overwrite."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import UTC, datetime, timedelta
+
+from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
+from ca_core.errors import CAError
+from ca_core.expiry import check_expiry
+
+from .common import USAGE, CommandError, open_store, read_input
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``inspect`` and ``bundle`` with its verbs."""
+    p = sub.add_parser(
+        "inspect", allow_abbrev=False, help="show the trust anchors and issuer of a store, with time left"
+    )
+    add_options(p, STORE_OPTIONS)
+    p.set_defaults(func=cmd_inspect)
+
+    bundle = sub.add_parser(
+        "bundle", allow_abbrev=False, help="operate on the trust bundle in a store"
+    ).add_subparsers(dest="bundle_command", required=True)
+    gen_options = tuple(o for o in SERVE_OPTIONS if o.flag in ("trust-domain", "ca-key-algorithm"))
+    p = bundle.add_parser("init", allow_abbrev=False, help="generate a root and issuer into an empty store")
+    add_options(p, STORE_OPTIONS + gen_options)
+    p.set_defaults(func=cmd_bundle_init)
+    p = bundle.add_parser(
+        "import", allow_abbrev=False, help="bring your own CA: verify, then write it into the store"
+    )
+    add_options(p, STORE_OPTIONS)
+    p.add_argument("--root", help="PEM trust anchors (one or more self-signed roots)")
+    p.add_argument("--issuer-cert", help="PEM issuer certificate (chain), issuer first")
+    p.add_argument("--issuer-key", help="PEM issuer private key (PKCS#8, SEC1 or PKCS#1)")
+    p.add_argument("--root-key", help="PEM root private key (lets the CA rotate issuers itself)")
+    p.add_argument(
+        "--from",
+        dest="from_dir",
+        help="a directory written by `bundle export` (every item: keys, root key, rotation state); "
+        "instead of --root/--issuer-cert/--issuer-key/--root-key",
+    )
+    p.add_argument("--force", action="store_true", help="allow dropping the current active root")
+    p.set_defaults(func=cmd_bundle_import)
+    p = bundle.add_parser(
+        "export", allow_abbrev=False, help="write the store's bundle to a directory (file-store layout)"
+    )
+    add_options(p, STORE_OPTIONS)
+    p.add_argument("--out", required=True, help="an empty or new directory")
+    p.set_defaults(func=cmd_bundle_export)
+    p = bundle.add_parser(
+        "regenerate", allow_abbrev=False, help="replace the CA with a new root and issuer, keeping a backup"
+    )
+    add_options(p, STORE_OPTIONS + gen_options)
+    p.add_argument("--backup-to", required=True, help="an empty store URL that receives the old bundle")
+    p.set_defaults(func=cmd_bundle_regenerate)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Exit 0 when the whole bundle is usable, 1 when it is empty or unusable; the public part
+    (anchors, issuer) is shown whenever it can be read, with the time each has left."""
+    from ca_core.bundle import parse_bundle, parse_public_bundle
+    from ca_core.errors import BundleError, Unavailable
+
+    _, store = open_store(args)
+    stored = store.load_public()
+    if stored is None:
+        print(f"{store.description}: empty (no trust bundle yet; `sentryca serve` creates one)")
+        return 1
+    public = parse_public_bundle(stored.items, store.labels())
+    now = datetime.now(UTC)
+    print(f"store: {store.description} (version {stored.version[:12]})")
+    for f in check_expiry(public.anchors_pem, public.issuer_chain_pem, now):
+        level = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
+        not_after = f.not_after.isoformat() if f.not_after else "?"
+        print(f"{f.role:6} {level:15} {_time_left(f.remaining):>20}  NotAfter {not_after}  {f.subject}")
+    try:
+        whole = store.load()
+        if whole is None:
+            raise BundleError("the keys are missing")
+        parse_bundle(whole.items, store.labels())
+    except Unavailable as e:
+        print(f"bundle: the keys cannot be read here ({e}); only the public part was checked")
+        return 0
+    except BundleError as e:
+        print(f"bundle: UNUSABLE: {e}")
+        return 1
+    from ca_core.rotation.codec import describe, parse_state
+
+    bundle = parse_bundle(whole.items, store.labels())
+    try:
+        state = parse_state(whole.items, bundle, store.labels())
+    except BundleError as e:
+        print(f"bundle: UNUSABLE: {e}")
+        return 1
+    for line in describe(state, bundle):
+        print(f"rotation: {line}")
+    print("bundle: complete (anchors, issuer chain and key match)")
+    return 0
+
+
+def _time_left(left: timedelta | None) -> str:
+    if left is None:
+        return "?"
+    seconds = int(left.total_seconds())
+    days, hours = abs(seconds) // 86400, abs(seconds) % 86400 // 3600
+    return f"{days}d {hours}h left" if seconds > 0 else f"expired {days}d {hours}h ago"
+
+
+def cmd_bundle_init(args: argparse.Namespace) -> int:
+    """Generate a root and issuer into an empty store. Raises CommandError (1) when it is not."""
+    from handlers.composition import load_bundle, store_retry
+
+    cfg, store = open_store(args)
+    current = store_retry().run(f"read {store.description}", store.load)
+    if current is not None:
+        raise CommandError(
+            f"{store.description} already holds a trust bundle (version {current.version[:12]}); "
+            "nothing was changed (use `bundle regenerate --backup-to URL` to replace it)"
+        )
+    loaded = load_bundle(cfg, store, datetime.now(UTC))
+    verb = "created" if loaded.created else "another writer created"
+    root = loaded.bundle.trust_anchors[0].subject.rfc4514_string()
+    print(f"{store.description}: {verb} a trust bundle; root {root}")
+    return 0
+
+
+def cmd_bundle_import(args: argparse.Namespace) -> int:
+    """Verify the given bundle (files or ``--from DIR``), then create or replace the store's,
+    keeping trust continuity unless ``--force`` (design §5). Raises CommandError (1 refused,
+    2 usage), ConfigError, CAError (the given bundle does not verify)."""
+    from ca_core.bundle import (
+        ANCHORS,
+        ISSUER_CHAIN,
+        ISSUER_KEY,
+        ROOT_KEY,
+        ROTATION_STATE,
+        parse_bundle,
+        parse_public_bundle,
+    )
+    from ca_core.continuity import judge_replacement, kept_root_key
+    from ca_core.rotation.codec import parse_state
+    from handlers.composition import directory_store, store_retry
+
+    _, store = open_store(args)
+    if args.from_dir:
+        if args.root or args.issuer_cert or args.issuer_key or args.root_key:
+            raise CommandError(
+                "--from takes a whole exported bundle: give no --root/--issuer-*/--root-key", USAGE
+            )
+        source = directory_store(args.from_dir)
+        exported = source.load()
+        if exported is None:
+            raise CommandError(
+                f"--from {args.from_dir}: no trust bundle there (write one with `bundle export`)", USAGE
+            )
+        new = parse_bundle(exported.items, source.labels())
+        parse_state(exported.items, new, source.labels())  # verified before anything is written
+        items = new.to_items()
+        if ROTATION_STATE in exported.items:
+            items[ROTATION_STATE] = exported.items[ROTATION_STATE]
+        if ROOT_KEY in exported.items:
+            items[ROOT_KEY] = exported.items[ROOT_KEY]
+    else:
+        missing = [f for f, v in (("--root", args.root), ("--issuer-cert", args.issuer_cert)) if not v]
+        missing += ["--issuer-key"] if not args.issuer_key else []
+        if missing:
+            raise CommandError(f"bundle import needs {', '.join(missing)} (or --from DIR)", USAGE)
+        items = {
+            ANCHORS: read_input(args.root, "--root"),
+            ISSUER_CHAIN: read_input(args.issuer_cert, "--issuer-cert"),
+            ISSUER_KEY: read_input(args.issuer_key, "--issuer-key"),
+        }
+        if args.root_key:
+            items[ROOT_KEY] = read_input(args.root_key, "--root-key")
+        labels = {ANCHORS: f"--root {args.root}", ISSUER_CHAIN: f"--issuer-cert {args.issuer_cert}"}
+        labels |= {ISSUER_KEY: f"--issuer-key {args.issuer_key}", ROOT_KEY: f"--root-key {args.root_key}"}
+        new = parse_bundle(items, labels)  # verified before anything is written
+        items = new.to_items()  # normalised: keys as PKCS#8, the root never in issuer.crt
+    current = store_retry().run(f"read {store.description}", store.load)
+    if current is None:
+        if not store.create(items):
+            raise CommandError(f"{store.description} was written concurrently; nothing imported")
+        print(f"{store.description}: imported the trust bundle")
+        return 0
+    try:
+        old = parse_public_bundle(current.items, store.labels())
+    except CAError as e:
+        if not args.force:
+            raise CommandError(
+                f"the current bundle in {store.description} cannot be read ({e}), so trust "
+                "continuity cannot be checked; nothing was changed (use --force to replace it)"
+            ) from None
+        old = None
+    if old is not None:
+        verdict = judge_replacement(old, current.items, new, items, datetime.now(UTC), force=args.force)
+        if not verdict.allowed and verdict.dropped_root is not None:
+            if args.from_dir:
+                given, remedy = (
+                    f"the trust anchors in --from {args.from_dir}",
+                    "Import an export of this CA whose anchors include that root (e.g. a newer "
+                    "`bundle export`), rotate with `sentryca rotate root`, or use --force.",
+                )
+            else:
+                given, remedy = (
+                    "the imported trust anchors",
+                    "Add the current root to --root, rotate, or use --force.",
+                )
+            raise CommandError(
+                f"{given} do not include the current active root "
+                f"{verdict.dropped_root.subject.rfc4514_string()}: every workload holding a current "
+                f"certificate would stop being trusted. Nothing was changed. {remedy}"
+            )
+        # Keep the root key of an anchor that stays, so issuer rotation remains possible.
+        kept = kept_root_key(current.items, new) if ROOT_KEY not in items else None
+        if kept is not None:
+            items[ROOT_KEY] = kept
+    if not store.replace(items, current.version):
+        raise CommandError(f"{store.description} changed while importing; nothing imported, try again")
+    print(f"{store.description}: imported the trust bundle (replacing version {current.version[:12]})")
+    return 0
+
+
+def cmd_bundle_export(args: argparse.Namespace) -> int:
+    """Write the store's bundle, every item, to the empty directory ``--out`` (a file store).
+    Raises CommandError (1) when the store is empty or ``--out`` holds a bundle."""
+    from ca_core.bundle import parse_bundle
+    from handlers.composition import directory_store, store_retry
+
+    _, store = open_store(args)
+    current = store_retry().run(f"read {store.description}", store.load)
+    if current is None:
+        raise CommandError(f"{store.description} is empty; nothing to export")
+    try:
+        parse_bundle(current.items, store.labels())
+    except CAError as e:
+        print(f"warning: exporting a bundle that does not load: {e}", file=sys.stderr)
+    out = directory_store(args.out)
+    if not out.create(current.items):
+        raise CommandError(f"{args.out} already holds a trust bundle; choose an empty directory")
+    print(f"exported {store.description} to {args.out} ({', '.join(sorted(current.items))})")
+    return 0
+
+
+def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
+    """Copy the store's bundle to the empty store ``--backup-to``, check it reads back, then
+    replace it with a new root and issuer. Raises CommandError (1) and changes nothing on refusal."""
+    from ca_core.bundle import generate_bundle
+    from ca_core.policy import signing_policy
+    from handlers.composition import build_store, store_retry
+
+    cfg, store = open_store(args)
+    backup = build_store(cfg, args.backup_to)
+    current = store_retry().run(f"read {store.description}", store.load)
+    if current is None:
+        raise CommandError(f"{store.description} is empty; use `bundle init`")
+    if not backup.create(current.items):
+        raise CommandError(f"the backup store {backup.description} is not empty; nothing was changed")
+    saved = backup.load()
+    if saved is None or dict(saved.items) != dict(current.items):
+        raise CommandError(f"the backup in {backup.description} does not read back; nothing was changed")
+    policy = signing_policy(cfg)
+    bundle = generate_bundle(
+        cfg.trust_domain, policy.ca_identity, datetime.now(UTC), algorithm=cfg.ca_key_algorithm
+    )
+    if not store.replace(bundle.to_items(), current.version):
+        raise CommandError(f"{store.description} changed meanwhile; nothing replaced (backup kept)")
+    print(
+        f"{store.description}: regenerated the trust bundle (new root "
+        f"{bundle.trust_anchors[0].subject.rfc4514_string()}); the old one is in {backup.description}. "
+        "Workloads must get the new trust anchors."
+    )
+    return 0

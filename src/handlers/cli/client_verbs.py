@@ -1,0 +1,186 @@
+"""``sentryca request`` and ``sentryca sign``: have a running CA sign a CSR over gRPC (design §2,
+§3), verify the answer with ``sentryca_client`` and write the result to ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+
+from ca_core.keys import KeyAlgorithm
+from ca_core.validators import TokenValidatorKind
+
+from .common import REFUSED, USAGE, CommandError, write_file
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``request`` and ``sign``."""
+    p = sub.add_parser(
+        "request",
+        allow_abbrev=False,
+        help="generate a key and CSR, have the CA sign it, verify and write the result",
+    )
+    _client_args(p, with_csr=False)
+    p.add_argument("--key-algorithm", default="ecdsa-p256", help="ecdsa-p256 (default), ecdsa-p384, ed25519")
+    p.set_defaults(func=cmd_request)
+    p = sub.add_parser(
+        "sign", allow_abbrev=False, help="have the CA sign a CSR made elsewhere, verify and write the result"
+    )
+    _client_args(p, with_csr=True)
+    p.set_defaults(func=cmd_sign)
+
+
+def _client_args(p: argparse.ArgumentParser, with_csr: bool) -> None:
+    if with_csr:
+        p.add_argument("--csr", required=True, help="PEM CSR file (made e.g. with openssl req)")
+    p.add_argument("--id", required=True, help="app id")
+    p.add_argument("--namespace", required=True, help="namespace")
+    p.add_argument(
+        "--trust-domain", default="", help="trust domain to ask for (INSECURE/JWKS; default public)"
+    )
+    p.add_argument(
+        "--token", default=os.environ.get("SENTRY_TOKEN", ""), help="identity token (or SENTRY_TOKEN)"
+    )
+    p.add_argument(
+        "--token-validator", default="0", help="insecure, kubernetes, jwks or a number (default: the CA's)"
+    )
+    p.add_argument(
+        "--server", default="localhost:50001", help="CA address HOST:PORT (default localhost:50001)"
+    )
+    p.add_argument("--server-name", default=None, help="TLS name to expect from the CA, if not HOST")
+    p.add_argument("--trust-anchors", required=True, help="PEM file of the CA's trust anchors (ca.crt)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="directory for tls.crt (chain) and ca.crt" + ("" if with_csr else " and tls.key"),
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Sign ``--csr``; writes tls.crt and ca.crt. Raises CommandError (1 refused, 2 usage)."""
+    try:
+        csr_pem = Path(args.csr).read_bytes()
+    except OSError as e:
+        raise CommandError(f"--csr {args.csr}: {e.strerror}", USAGE) from None
+    return _sign_and_write(args, csr_pem, None)
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    """Generate a key of ``--key-algorithm`` and its CSR, sign it; writes tls.key too.
+    Raises CommandError (1 refused, 2 usage)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from ca_core.keys import private_key_pem, signature_hash
+
+    try:
+        algorithm = KeyAlgorithm.parse(args.key_algorithm)
+    except ValueError as e:
+        raise CommandError(f"--key-algorithm: {e}", USAGE) from None
+    key = algorithm.generate()
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, signature_hash(key))
+    return _sign_and_write(args, csr.public_bytes(Encoding.PEM), private_key_pem(key))
+
+
+def _existing_key_conflict(out: Path, csr_key: object) -> str | None:
+    """Why OUT/tls.key must not be left beside the new certificate, or None."""
+    from cryptography.hazmat.primitives import serialization
+
+    key_file = out / "tls.key"
+    if not key_file.exists():
+        return None
+    try:
+        existing = serialization.load_pem_private_key(key_file.read_bytes(), password=None).public_key()
+    except (OSError, ValueError, TypeError):
+        return f"{key_file} exists and is not a readable private key"
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if existing.public_bytes(*spki) != csr_key.public_bytes(*spki):  # type: ignore[attr-defined]
+        return (
+            f"{key_file} holds another key than the CSR's: the new certificate would not match it. "
+            "Choose another --out, or remove that file"
+        )
+    return None
+
+
+def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | None) -> int:
+    """Check the arguments, have the CA sign ``csr_pem``, verify the answer, then write it (and
+    ``key_pem`` when given) to ``--out``: nothing is written unless every check passed."""
+    import grpc
+    from cryptography import x509
+
+    import sentryca_client as client
+    from ca_core.csr import csr_public_key
+    from ca_core.errors import InvalidRequest
+
+    try:
+        validator = TokenValidatorKind.parse(args.token_validator)
+    except ValueError as e:
+        raise CommandError(f"--token-validator: {e}", USAGE) from None
+    if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):[0-9]{1,5}", args.server):
+        raise CommandError(
+            f"--server {args.server}: expected HOST:PORT, e.g. localhost:50001 or [::1]:50001", USAGE
+        )
+    try:
+        anchors = Path(args.trust_anchors).read_bytes()
+        x509.load_pem_x509_certificates(anchors)
+    except OSError as e:
+        raise CommandError(f"--trust-anchors {args.trust_anchors}: {e.strerror}", USAGE) from None
+    except ValueError:
+        raise CommandError(
+            f"--trust-anchors {args.trust_anchors}: not a PEM file of certificates", USAGE
+        ) from None
+    try:
+        csr_key = csr_public_key(csr_pem)
+    except InvalidRequest as e:
+        raise CommandError(f"--csr: {e}", USAGE) from None
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CommandError(f"--out {out}: {e.strerror or e}", USAGE) from None
+    if key_pem is None and (conflict := _existing_key_conflict(out, csr_key)):
+        raise CommandError(conflict, USAGE)
+    try:
+        with client.channel(args.server, anchors, args.server_name) as chan:
+            response = client.sign(
+                chan,
+                csr_pem,
+                args.id,
+                args.namespace,
+                trust_domain=args.trust_domain,
+                token=args.token,
+                token_validator=int(validator),
+                timeout=args.timeout,
+            )
+        signed = client.verify_response(
+            response,
+            anchors,
+            namespace=args.namespace,
+            app_id=args.id,
+            trust_domain=args.trust_domain or None,
+            public_key=csr_key,
+        )
+    except grpc.RpcError as e:
+        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise CommandError(
+                f"cannot reach the CA at {args.server}, or its TLS certificate does not verify against "
+                f"--trust-anchors {args.trust_anchors} ({e.code().name}: {e.details()})",
+                REFUSED,
+            ) from None
+        raise CommandError(f"the CA refused: {e.code().name}: {e.details()}", REFUSED) from None
+    except client.VerifyError as e:
+        raise CommandError(f"{e}; nothing was written", REFUSED) from None
+    try:
+        if key_pem is not None:
+            write_file(out / "tls.key", key_pem, 0o600)
+        write_file(out / "tls.crt", signed.chain_pem, 0o644)
+        write_file(out / "ca.crt", signed.anchors_pem, 0o644)
+    except OSError as e:
+        raise CommandError(f"--out {out}: cannot write ({e.strerror or e})", USAGE) from None
+    print(
+        f"{signed.spiffe_id}\nvalid until {signed.valid_until.isoformat()}\nwritten to {out}/"
+        f"{{tls.crt,ca.crt{',tls.key' if key_pem else ''}}}"
+    )
+    return 0

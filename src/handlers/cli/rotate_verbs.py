@@ -1,0 +1,194 @@
+"""``sentryca rotate issuer|root|advance``: rotation steps on the trust bundle in a store
+(design §5.x). The core decides each step; these verbs read the store, write the outcome over the
+version read (compare-and-swap), audit and print each step."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
+
+from .common import USAGE, CommandError, open_store, read_input
+
+if TYPE_CHECKING:
+    from adapters.stores import BundleStore, StoredBundle
+    from ca_core.bundle import TrustBundle
+    from ca_core.config import Config
+    from ca_core.rotation.state import Rotation, RotationState
+
+# The serve options the rotate verbs take: names, algorithm and lifetimes of what they generate,
+# the propagation window, the automatic policy, and what bounds a retired issuer's leaves.
+ROTATION_FLAGS = (
+    "trust-domain",
+    "ca-key-algorithm",
+    "config",
+    "workload-cert-ttl",
+    "allowed-clock-skew",
+    "store-poll-interval",
+    "expiry-check-interval",
+    "auto-rotate",
+    "root-propagation-window",
+    "log-level",
+    "log-as-json",
+)
+# What a running CA needs to see what the CLI wrote (it reads the store only then).
+PICKED_UP = "with --store-poll-interval, or after a restart"
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``rotate`` with its verbs."""
+    rotate = sub.add_parser(
+        "rotate", allow_abbrev=False, help="rotate the issuer or the root of the trust bundle in a store"
+    ).add_subparsers(dest="rotate_command", required=True)
+    rotation_options = STORE_OPTIONS + tuple(o for o in SERVE_OPTIONS if o.flag in ROTATION_FLAGS)
+    p = rotate.add_parser(
+        "issuer",
+        allow_abbrev=False,
+        help="a new issuer under the active root, active at once (leaves issued before still verify)",
+    )
+    add_options(p, rotation_options)
+    p.add_argument(
+        "--issuer-cert", help="PEM issuer certificate (chain) signed by the active root, issuer first"
+    )
+    p.add_argument("--issuer-key", help="PEM key of --issuer-cert (needed when the store has no root.key)")
+    p.set_defaults(func=cmd_rotate_issuer)
+    p = rotate.add_parser(
+        "root",
+        allow_abbrev=False,
+        help="prepare a new root: a trust anchor now, its issuer active after --root-propagation-window",
+    )
+    add_options(p, rotation_options)
+    p.add_argument(
+        "--emergency",
+        action="store_true",
+        help="after a key compromise: the new root and issuer active at once, every other root removed "
+        "(every certificate issued before stops verifying)",
+    )
+    p.set_defaults(func=cmd_rotate_root)
+    p = rotate.add_parser(
+        "advance",
+        allow_abbrev=False,
+        help="take the rotation steps due now (what the running CA does at each expiry check)",
+    )
+    add_options(p, rotation_options)
+    p.set_defaults(func=cmd_rotate_advance)
+
+
+def _rotation_context(
+    args: argparse.Namespace,
+) -> tuple[Config, BundleStore, StoredBundle, TrustBundle, RotationState]:
+    """(config, store, stored, bundle, rotation state) of the store named by ``args``; logging
+    set up so the audit records (``sentryca.audit``) of the steps go to stderr. Raises
+    CommandError (1) for an empty store, CAError for an unusable bundle."""
+    from ca_core.bundle import parse_bundle
+    from ca_core.rotation.codec import parse_state
+    from handlers.composition import store_retry
+    from handlers.logs import setup_logging
+
+    cfg, store = open_store(args)
+    setup_logging(cfg.log_level, cfg.log_as_json)
+    current = store_retry().run(f"read {store.description}", store.load)
+    if current is None:
+        raise CommandError(f"{store.description} holds no trust bundle; nothing to rotate")
+    bundle = parse_bundle(current.items, store.labels())
+    state = parse_state(current.items, bundle, store.labels())
+    return cfg, store, current, bundle, state
+
+
+def _write_rotation(store: BundleStore, current: StoredBundle, result: Rotation) -> None:
+    """Write ``result`` only over the version read (CAS); audit and print each step. Raises
+    CommandError (1) when the store changed meanwhile."""
+    from handlers.logs import audit_rotation
+
+    if not store.replace(result.items(), current.version):
+        raise CommandError(
+            f"{store.description} changed while rotating (another replica or operator); nothing "
+            "was written, run the command again"
+        )
+    for step in result.steps:
+        audit_rotation(step, store.description)
+        print(step.message)
+
+
+def cmd_rotate_issuer(args: argparse.Namespace) -> int:
+    """A new issuer under the active root: generated, or ``--issuer-cert``/``--issuer-key``."""
+    from ca_core.bundle import parse_certificates
+    from ca_core.keys import load_private_key
+    from ca_core.policy import rotation_policy
+    from ca_core.rotation.actions import rotate_issuer
+
+    cfg, store, current, bundle, state = _rotation_context(args)
+    supplied = None
+    if args.issuer_cert or args.issuer_key:
+        if not (args.issuer_cert and args.issuer_key):
+            raise CommandError("--issuer-cert and --issuer-key go together", USAGE)
+        chain = parse_certificates(
+            read_input(args.issuer_cert, "--issuer-cert"), f"--issuer-cert {args.issuer_cert}"
+        )
+        while len(chain) > 1 and chain[-1] in bundle.trust_anchors:
+            chain = chain[:-1]  # the root appended to the chain file
+        try:
+            key = load_private_key(read_input(args.issuer_key, "--issuer-key"))
+        except ValueError as e:
+            raise CommandError(f"--issuer-key {args.issuer_key}: {e}", USAGE) from None
+        supplied = (chain, key)
+    result = rotate_issuer(bundle, state, datetime.now(UTC), rotation_policy(cfg), supplied)
+    _write_rotation(store, current, result)
+    print(
+        f"A running CA signs with the new issuer once it loads this bundle ({PICKED_UP}); until "
+        "then it keeps signing with the old one."
+    )
+    return 0
+
+
+def cmd_rotate_root(args: argparse.Namespace) -> int:
+    """Prepare a new root, or with ``--emergency`` replace every root at once."""
+    from ca_core.policy import rotation_policy
+    from ca_core.rotation.actions import emergency_root, prepare_root
+
+    cfg, store, current, bundle, state = _rotation_context(args)
+    policy = rotation_policy(cfg)
+    now = datetime.now(UTC)
+    if args.emergency:
+        result = emergency_root(bundle, state, now, policy)
+    else:
+        result = prepare_root(bundle, state, now, policy)
+    _write_rotation(store, current, result)
+    if args.emergency:
+        print(
+            "Every workload must now fetch the new trust anchors (ca.crt) and a new certificate; "
+            "certificates issued before no longer verify. Running CAs serve the new root once they load "
+            f"this bundle ({PICKED_UP}).",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"The running CA takes the next steps itself ({PICKED_UP}); "
+            "without one, run `sentryca rotate advance` after the propagation window."
+        )
+    return 0
+
+
+def cmd_rotate_advance(args: argparse.Namespace) -> int:
+    """Take the rotation steps due now; says when the next one is due when none is."""
+    from ca_core.policy import rotation_policy
+    from ca_core.rotation.rules import advance, next_step_due
+
+    cfg, store, current, bundle, state = _rotation_context(args)
+    policy = rotation_policy(cfg)
+    result = advance(bundle, state, datetime.now(UTC), policy)
+    if result is None:
+        upcoming = next_step_due(bundle, state, policy)
+        if upcoming is not None:
+            when = f"; the next one, {upcoming[1]}, is due at {upcoming[0].isoformat()}"
+        else:
+            when = "; none is scheduled (no rotation in progress" + (
+                ")" if cfg.auto_rotate else ", and --auto-rotate is off)"
+            )
+        print(f"{store.description}: no rotation step is due{when}")
+        return 0
+    _write_rotation(store, current, result)
+    return 0

@@ -1,0 +1,130 @@
+"""``sentryca serve``: run the CA in this process, or as a supervisor of ``--workers N``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
+from ca_core.errors import CAError
+
+from .common import config
+
+if TYPE_CHECKING:
+    from ca_core.config import Config
+    from handlers.server import CertificateAuthority
+    from handlers.workers import Supervisor
+
+log = logging.getLogger("sentryca")
+# compared with --listen-address, never bound
+_ANY_V4 = "0.0.0.0"  # noqa: S104  # nosec B104
+_LOCAL_OR_ANY = ("127.0.0.1", _ANY_V4, "::", "::1")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve`` with every option of design §7."""
+    p = sub.add_parser(
+        "serve",
+        allow_abbrev=False,
+        help="run the CA (flags override SENTRY_* env vars, which override --config)",
+    )
+    add_options(p, SERVE_OPTIONS + STORE_OPTIONS)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; 0 after a clean stop, 1 when the CA cannot start."""
+    from handlers.logs import setup_logging
+    from handlers.workers import Supervisor, worker_count
+
+    cfg = config(args)
+    setup_logging(cfg.log_level, cfg.log_as_json)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    if worker_count(cfg) > 1:  # the supervisor never imports gRPC: only its workers serve
+        return _serve_workers(cfg, Supervisor(cfg), stop)
+    from handlers.server import CertificateAuthority
+
+    ca = CertificateAuthority()
+    try:
+        ca.start(cfg)
+    except CAError as e:
+        log.critical("cannot start the CA: %s", e)
+        return 1
+    host = _host(cfg)
+    if cfg.log_as_json:
+        pass  # JSON lines only: the start-up log line says where the CA serves
+    elif ca.grpc_port is None:
+        print(
+            f"\nThe CA is NOT serving gRPC: {ca.server_certificate_error}.\n"
+            f"  Health:        http://{host}:{ca.healthz_port}/healthz (503, says what is not ready)\n"
+            "Repair or import the trust bundle, then restart the CA. Stop with Ctrl-C.\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        _print_banner(cfg, ca, host)
+    stop.wait()
+    log.info("signal received: stopping")
+    ca.stop()
+    return 0
+
+
+def _host(cfg: Config) -> str:
+    """The host a client on this machine dials for ``--listen-address``."""
+    return "localhost" if cfg.listen_address in _LOCAL_OR_ANY else cfg.listen_address
+
+
+def _serve_workers(cfg: Config, supervisor: Supervisor, stop: threading.Event) -> int:
+    """``serve --workers N``: start the supervisor's workers, supervise until a signal."""
+    try:
+        supervisor.start()
+    except CAError as e:
+        log.critical("cannot start the CA: %s", e)
+        return 1
+    if not cfg.log_as_json:
+        _print_banner(cfg, supervisor, _host(cfg))
+        print(f"  ({supervisor.count} worker processes share the gRPC port)\n", file=sys.stderr, flush=True)
+    supervisor.run(stop)
+    log.info("signal received: stopping the workers")
+    supervisor.stop()
+    return 0
+
+
+def _print_banner(cfg: Config, ca: CertificateAuthority | Supervisor, host: str) -> None:
+    """Where the CA serves and how to get a first certificate from it (stderr)."""
+    if cfg.store_url.startswith("file://"):
+        anchors = str(Path(cfg.store_url[len("file://") :]) / cfg.issuer_ca_filename)
+        export = ""
+    else:
+        anchors = "./trust/ca.crt"
+        kube = (
+            f" --kubeconfig '{cfg.kubeconfig}'"
+            if cfg.kubeconfig and cfg.store_url.startswith("kubernetes:")
+            else ""
+        )
+        export = (
+            f"  .venv/bin/sentryca bundle export --trust-bundle-store '{cfg.store_url}'{kube} --out ./trust\n"
+        )
+    print(
+        f"\nThe CA is serving on {cfg.listen_address}:{ca.grpc_port} (gRPC over TLS).\n"
+        f"  Trust bundle:  {cfg.store_url}\n"
+        f"  Health:        http://{host}:{ca.healthz_port}/healthz\n"
+        f"Get a workload certificate (in another terminal):\n{export}"
+        f"  .venv/bin/sentryca request --id myapp --namespace default "
+        f"--server {host}:{ca.grpc_port} --trust-anchors {anchors} --out ./certs\n"
+        f"Stop with Ctrl-C.\n",
+        file=sys.stderr,
+        flush=True,
+    )
