@@ -1,4 +1,4 @@
-"""Trust bundle parse/verify/serialise (SPEC §5), including the key encodings older Sentry wrote."""
+"""Trust bundle parse/verify/serialise (design §5), including the key encodings older Sentry wrote."""
 
 from datetime import timedelta
 

@@ -1,4 +1,4 @@
-"""Certificate profiles of SPEC §4, checked field by field for every CA key algorithm."""
+"""Certificate profiles of design §4, checked field by field for every CA key algorithm."""
 
 from datetime import timedelta
 

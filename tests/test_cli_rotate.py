@@ -1,5 +1,5 @@
 """`sentryca rotate issuer|root|advance` run as an operator would, and a running CA that picks up
-what they wrote (SPEC §5, issue 6 item 5). Leaves are checked with OpenSSL and pyca/cryptography."""
+what they wrote (design §5, issue 6 item 5). Leaves are checked with OpenSSL and pyca/cryptography."""
 
 from __future__ import annotations
 

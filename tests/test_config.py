@@ -1,4 +1,4 @@
-"""Configuration (SPEC §7): flags > SENTRY_* env > --config file > defaults; Go durations."""
+"""Configuration (design §7): flags > SENTRY_* env > --config file > defaults; Go durations."""
 
 from datetime import timedelta
 

@@ -1,4 +1,4 @@
-"""Independent verification of everything the CA issues (SPEC §4): a CSR made with the OpenSSL
+"""Independent verification of everything the CA issues (design §4): a CSR made with the OpenSSL
 CLI is signed by the running server over TLS, then checked by OpenSSL, pyca/cryptography's
 X.509 verifier, pkilint's RFC 5280 linter and the ``spiffe`` package's X509-SVID parser."""
 

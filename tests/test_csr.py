@@ -1,4 +1,4 @@
-"""CSR parsing (SPEC §3 step 4): every bad input is an InvalidRequest with a reason."""
+"""CSR parsing (design §3 step 4): every bad input is an InvalidRequest with a reason."""
 
 import pytest
 from conftest import make_csr, make_key

@@ -1,4 +1,4 @@
-"""The expiry rule of SPEC §8 as a pure function."""
+"""The expiry rule of design §8 as a pure function."""
 
 import logging
 from datetime import timedelta

@@ -1,5 +1,5 @@
 """Faults (issue 7, hardening 2): the disk full while a bundle is written, the JWKS server and
-the Kubernetes API down or trickling, each → the defined behaviour of SPEC §3/§5, nothing lost,
+the Kubernetes API down or trickling, each → the defined behaviour of design §3/§5, nothing lost,
 and recovery once the fault clears. (Store unreachable at start: tests/test_stores.py,
 tests/test_cli_bundle.py; API down without recovery: tests/test_validators_*.py.)"""
 

@@ -1,4 +1,4 @@
-"""The local-directory store: permissions, atomic conditional writes, load-or-create (SPEC §5)."""
+"""The local-directory store: permissions, atomic conditional writes, load-or-create (design §5)."""
 
 import multiprocessing
 import os

@@ -2,7 +2,7 @@
 cases (hypothesis) for every parser of untrusted bytes — the request message, its fields, the
 CSR, the JWKS and KUBERNETES tokens.
 
-Every case must end in a defined status of SPEC §3: success, INVALID_ARGUMENT,
+Every case must end in a defined status of design §3: success, INVALID_ARGUMENT,
 PERMISSION_DENIED or RESOURCE_EXHAUSTED. Never INTERNAL, never a crash; the server keeps
 serving. The bulk runs in process through ``Signer.sign`` (the same code the servicer calls);
 several thousand cases go through the real gRPC server over TLS.
@@ -167,7 +167,7 @@ def test_corpus_tokens_over_grpc(idp_ca):
     for path in corpus("token"):
         token = path.read_text()
         idp_ca.cluster.reviews.tokens[token] = "system:serviceaccount:prod:default"
-        big = len(token) > 64 * 1024  # SPEC §3 step 0
+        big = len(token) > 64 * 1024  # design §3 step 0
         for validator in (JWKS, KUBERNETES):
             code = idp_ca.call(
                 id="orders",
@@ -308,7 +308,7 @@ SIGNER = SigningKey("key-1", "ES256")
 
 
 def defined_outcome(signer, request: SignRequest) -> None:
-    """Sign and accept only a certificate or the SPEC §3 refusals; anything else fails."""
+    """Sign and accept only a certificate or the design §3 refusals; anything else fails."""
     from datetime import UTC, datetime
 
     try:

@@ -28,7 +28,7 @@ from ca_core.errors import BundleError, ConfigError
 from handlers import composition
 from handlers.server import CertificateAuthority
 
-# --- INSECURE is never silently reachable from a network (SPEC §6) ---------------------------
+# --- INSECURE is never silently reachable from a network (design §6) ---------------------------
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "::", "10.1.2.3", "ca.example.internal"])
@@ -63,7 +63,7 @@ def test_a_refused_configuration_creates_no_ca(store_dir):
     assert not ca.running
 
 
-# --- restart keeps trust continuity and never creates a CA (SPEC §5) -------------------------
+# --- restart keeps trust continuity and never creates a CA (design §5) -------------------------
 
 
 def test_restart_onto_an_empty_store_is_refused_and_keeps_serving(

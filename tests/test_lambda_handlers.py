@@ -119,7 +119,7 @@ def test_scheduled_event_reports_days_and_coverage_from_the_public_part(fn_env, 
 
 
 def test_a_prepared_root_rotation_counts_in_the_coverage_from_the_public_part(fn_env, bucket, capsys):
-    """SPEC §9: the alarm fires under 30 days of coverage, so a prepared rotation silences it; the
+    """design §9: the alarm fires under 30 days of coverage, so a prepared rotation silences it; the
     function sees the prepared chain in the public rotation state (no key is read)."""
     from ca_core.rotation import actions
     from ca_core.rotation.state import EMPTY, RotationPolicy

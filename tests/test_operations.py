@@ -1,4 +1,4 @@
-"""Operations (SPEC §9, issue 6): metrics, the gRPC health service, server-certificate renewal
+"""Operations (design §9, issue 6): metrics, the gRPC health service, server-certificate renewal
 counted in metrics, request ids and audit records. Real CA servers on loopback, over TLS."""
 
 import json

@@ -1,4 +1,4 @@
-"""The wire contract (SPEC §2), read from the generated descriptors: package, names, numbers, types."""
+"""The wire contract (design §2), read from the generated descriptors: package, names, numbers, types."""
 
 from google.protobuf.descriptor import FieldDescriptor as F
 

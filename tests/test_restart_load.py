@@ -1,4 +1,4 @@
-"""Zero-downtime restart (SPEC §8, issue 6 item 3): 50 in-place restarts while 32 clients sign
+"""Zero-downtime restart (design §8, issue 6 item 3): 50 in-place restarts while 32 clients sign
 over TLS against a real server on loopback. No call fails, and every certificate issued wholly
 between two restarts carries the settings of the restart before it. A restart that moves the gRPC
 port opens the new one first and lets the old one finish its calls in flight."""
@@ -112,7 +112,7 @@ def test_fifty_restarts_under_load_fail_no_call_and_apply_each_setting(store_dir
     assert checked >= RESTARTS  # many calls fell wholly between two restarts
 
 
-# --- a restart that moves the gRPC port (SPEC §8): the new listener first, then the old drains ---------
+# --- a restart that moves the gRPC port (design §8): the new listener first, then the old drains ---------
 
 
 def _free_port() -> int:

@@ -1,4 +1,4 @@
-"""Root and issuer rotation without downtime (SPEC §5, issue 6 item 5).
+"""Root and issuer rotation without downtime (design §5, issue 6 item 5).
 
 Injected clocks walk a root and an issuer through their whole lives; at every step every live
 leaf (issued before or after a rotation step) verifies against the trust anchors every live

@@ -1,5 +1,5 @@
 """No private key is ever world-readable on disk after a store or CLI write, and no private key
-or token ever appears in a log (issue 7, hardening 4; SPEC §5 files 0600 / directory 0700)."""
+or token ever appears in a log (issue 7, hardening 4; design §5 files 0600 / directory 0700)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def key_files(root: Path) -> list[Path]:
 
 
 def assert_private(root: Path, expected_at_least: int, *, store: bool = True) -> list[Path]:
-    """Key files 0600 (no group/other bits); a store's directories also 0700 (SPEC §5)."""
+    """Key files 0600 (no group/other bits); a store's directories also 0700 (design §5)."""
     keys = key_files(root)
     assert len(keys) >= expected_at_least, keys
     for p in keys:

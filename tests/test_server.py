@@ -1,6 +1,6 @@
 """The real CA server on loopback: gRPC over TLS, health, metrics, bundle cases, lifecycle.
 
-SPEC §3, §5, §8, §9."""
+design §3, §5, §8, §9."""
 
 import json
 import logging
@@ -184,7 +184,7 @@ def test_metrics_count_requests_by_outcome(running_ca, channel_to):
     assert "dapr_sentry_issuercert_expiry_timestamp" in text
 
 
-# --- bundle cases at start (SPEC §5) -------------------------------------------------------
+# --- bundle cases at start (design §5) -------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -258,7 +258,7 @@ def test_existing_bundle_is_loaded_not_replaced(store_dir):
     assert snapshot(store_dir) == before
 
 
-# --- lifecycle (SPEC §8) -------------------------------------------------------------------
+# --- lifecycle (design §8) -------------------------------------------------------------------
 
 
 def test_start_twice_is_an_error(running_ca, store_dir):

@@ -1,4 +1,4 @@
-"""Signer: SPEC §3's order of checks and the error class of each failure."""
+"""Signer: design §3's order of checks and the error class of each failure."""
 
 from datetime import timedelta
 
@@ -97,7 +97,7 @@ def test_several_problems_are_reported_together():
 
 
 def test_identity_is_checked_before_the_csr():
-    """SPEC §3: a bad id with a bad CSR is PERMISSION_DENIED, not INVALID_ARGUMENT."""
+    """design §3: a bad id with a bad CSR is PERMISSION_DENIED, not INVALID_ARGUMENT."""
     with pytest.raises(PermissionDenied):
         signer().sign(req(app_id="a.b", csr_pem=b"junk"), NOW)
 

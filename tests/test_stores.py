@@ -468,7 +468,7 @@ def test_public_part_repair_never_installs_an_older_bundle(kit):
 
 @pytest.mark.parametrize("kit", ["s3", "secretsmanager", "kubernetes"], indirect=True)
 def test_a_new_root_written_directly_is_published_only_once_the_ca_accepts_it(kit, tmp_path):
-    """SPEC §5: an operator writes a bundle with a new root straight into the store. The running
+    """design §5: an operator writes a bundle with a new root straight into the store. The running
     CA refuses it (trust continuity), so the public part (relying parties' trust anchors) keeps
     the old anchors byte for byte; a forced restart accepts it and publishes the new anchors."""
     from conftest import ca_config

@@ -1,4 +1,4 @@
-"""Validator selection (SPEC §7) and ``sentryca serve`` end to end in each mode, over TLS:
+"""Validator selection (design §7) and ``sentryca serve`` end to end in each mode, over TLS:
 standalone INSECURE, standalone with JWKS, kubernetes (``--kubeconfig`` → the loopback API)."""
 
 from __future__ import annotations

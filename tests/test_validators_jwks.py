@@ -1,4 +1,4 @@
-"""JWKS validator (SPEC §6): real keys, real JWTs, the key set served over HTTPS on loopback
+"""JWKS validator (design §6): real keys, real JWTs, the key set served over HTTPS on loopback
 and trusted through ``caCertificate``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""KUBERNETES validator (SPEC §6, §3 step 2) with the real ``kubernetes`` client talking HTTP to
+"""KUBERNETES validator (design §6, §3 step 2) with the real ``kubernetes`` client talking HTTP to
 the loopback API server of ``kube_api_server.py``: TokenReview, pods, Dapr Configurations."""
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def test_control_plane_pod_gets_the_ca_trust_domain_and_dns_sans(cluster, valida
 
 
 def test_control_plane_trust_domain_ignores_the_pods_configuration(cluster, validator):
-    """SPEC §6: the control plane's trust domain is the CA's own, whatever dapr.io/config says."""
+    """design §6: the control plane's trust domain is the CA's own, whatever dapr.io/config says."""
     cluster.configuration(CA_NS, "appconfig", "elsewhere.org")
     cluster.pod(
         CA_NS,

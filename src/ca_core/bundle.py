@@ -1,4 +1,4 @@
-"""The trust bundle: trust anchors, issuer chain, issuer key (and root key), SPEC §5.
+"""The trust bundle: trust anchors, issuer chain, issuer key (and root key), design §5.
 
 A bundle travels between stores as a mapping of logical item names to bytes
 (:data:`ANCHORS` ``ca.crt``, :data:`ISSUER_CHAIN` ``issuer.crt``, :data:`ISSUER_KEY`
@@ -138,7 +138,7 @@ def generate_bundle(
     issuer_lifetime: timedelta = DEFAULT_CA_LIFETIME,
     backdate: timedelta = DEFAULT_CLOCK_SKEW,
 ) -> TrustBundle:
-    """A fresh root and issuer (SPEC §4) for ``trust_domain``; the bundle keeps the root key.
+    """A fresh root and issuer (design §4) for ``trust_domain``; the bundle keeps the root key.
 
     ca_identity: the CA's SPIFFE ID (issuer subject O); now: aware UTC datetime.
     """
@@ -178,7 +178,7 @@ def parse_public_bundle(items: Mapping[str, bytes], labels: Mapping[str, str] | 
 
 
 def parse_bundle(items: Mapping[str, bytes], labels: Mapping[str, str] | None = None) -> TrustBundle:
-    """Parse and structurally verify a whole bundle (SPEC §5 load rules).
+    """Parse and structurally verify a whole bundle (design §5 load rules).
 
     items: logical name → bytes; ``ca.crt``, ``issuer.crt`` and ``issuer.key`` are required,
     ``root.key`` optional. Checks: anchors self-signed CAs; issuer chain in order and

@@ -1,4 +1,4 @@
-"""Building certificates: the root, the issuer and workload X509-SVIDs (SPEC §4).
+"""Building certificates: the root, the issuer and workload X509-SVIDs (design §4).
 
 Pure functions: every input, ``now`` included, is an argument. References: RFC 5280 §4.2
 (extensions), SPIFFE X509-SVID §4 and §5 (leaf and signing certificates).
@@ -138,7 +138,7 @@ def _aki_for(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
 
 
 def check_issuer_valid(issuer: x509.Certificate, now: datetime) -> None:
-    """Raise FailedPrecondition unless ``now`` is within the issuer's validity (SPEC §3 step 5)."""
+    """Raise FailedPrecondition unless ``now`` is within the issuer's validity (design §3 step 5)."""
     if now < issuer.not_valid_before_utc:
         raise FailedPrecondition(
             f"issuer certificate is not valid yet (NotBefore {issuer.not_valid_before_utc.isoformat()}); "
@@ -205,7 +205,7 @@ class WorkloadSigner:
         dns_names: Sequence[str] = (),
         ip_addresses: Sequence[IpAddress] = (),
     ) -> x509.Certificate:
-        """Sign an X509-SVID for ``public_key`` (SPEC §4; see :func:`sign_workload`)."""
+        """Sign an X509-SVID for ``public_key`` (design §4; see :func:`sign_workload`)."""
         issuer = self.issuer
         check_issuer_valid(issuer, now)
         general_names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]

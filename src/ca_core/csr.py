@@ -1,4 +1,4 @@
-"""Parsing and checking certificate signing requests (SPEC §3 step 4; RFC 2986).
+"""Parsing and checking certificate signing requests (design §3 step 4; RFC 2986).
 
 Only the CSR's public key is used: its subject, SANs and requested extensions are ignored.
 """

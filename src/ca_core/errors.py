@@ -1,4 +1,4 @@
-"""Typed errors of the core; the gRPC layer maps each class to one status code (SPEC §3).
+"""Typed errors of the core; the gRPC layer maps each class to one status code (design §3).
 
 | class               | gRPC status          | meaning                                         |
 |---------------------|----------------------|-------------------------------------------------|

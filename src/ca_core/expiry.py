@@ -1,4 +1,4 @@
-"""The expiry rule of SPEC §8, as a pure function over certificates and ``now``.
+"""The expiry rule of design §8, as a pure function over certificates and ``now``.
 
 For each trust anchor (role ``root``) and the issuer (role ``issuer``):
 unparseable → WARNING; expired (or not yet valid) → ERROR; less than ``warn_within``
@@ -127,7 +127,7 @@ def check_expiry(
 
 @dataclass(frozen=True)
 class ExpiryReport:
-    """The expiry state of a bundle's public part (SPEC §8, §9).
+    """The expiry state of a bundle's public part (design §8, §9).
 
     findings: one per trust anchor and the issuer (see :func:`check_expiry`);
     coverage_not_after: the latest NotAfter among the signing chains (active and prepared) that
@@ -158,7 +158,7 @@ def signing_coverage(
     active_chain: tuple[x509.Certificate, ...] | list[x509.Certificate],
     prepared_chains: tuple[tuple[x509.Certificate, ...], ...] = (),
 ) -> datetime:
-    """Signing coverage (SPEC §9): the latest NotAfter among the active and prepared signing
+    """Signing coverage (design §9): the latest NotAfter among the active and prepared signing
     chains, each chain counting until its earliest NotAfter (issuer, intermediates, root).
 
     active_chain: the issuer chain in force plus the anchor it verifies to (issuer first, root
@@ -183,7 +183,7 @@ def expiry_report(
     ``prepared_chains`` are full chains, issuer first, root last; ``prepared_not_after`` the
     end of each prepared chain as a rotation state records it (``rotation.document.prepared_not_after``,
     readable from the public part without keys). Coverage = max over chains of each chain's
-    earliest NotAfter (SPEC §9). Never raises for bad input: an unreadable or unverifiable public
+    earliest NotAfter (design §9). Never raises for bad input: an unreadable or unverifiable public
     part gives no active chain.
     """
     findings = check_expiry(anchors_pem, issuer_chain_pem, now, warn_within)

@@ -1,4 +1,4 @@
-"""Signing a request end to end (SPEC §3): pick the validator, prove the identity, protect the
+"""Signing a request end to end (design §3): pick the validator, prove the identity, protect the
 CA's own identity, parse the CSR, sign, and shape the response. Pure given ``now``."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ CA_APP_ID = "dapr-sentry"
 
 
 def control_plane_dns_names(app_id: str, namespace: str) -> tuple[str, ...]:
-    """The DNS SANs Dapr gives its control-plane services in the CA's namespace (SPEC §3)."""
+    """The DNS SANs Dapr gives its control-plane services in the CA's namespace (design §3)."""
     if app_id == "dapr-injector":
         return (f"dapr-sidecar-injector.{namespace}.svc",)
     if app_id == "dapr-operator":
@@ -87,7 +87,7 @@ class Signer:
         return WorkloadSigner(self.bundle.issuer, self.bundle.issuer_key)
 
     def select_validator(self, requested: int) -> Validator:
-        """SPEC §3 step 1. Raises InvalidRequest when none resolves, or it is unknown / not enabled."""
+        """design §3 step 1. Raises InvalidRequest when none resolves, or it is unknown / not enabled."""
         kind_number = requested or (self.default_validator or 0)
         if not kind_number:
             raise InvalidRequest("a validator name must be specified", reason="validator_missing")
@@ -107,7 +107,7 @@ class Signer:
         return validator
 
     def sign(self, request: SignRequest, now: datetime) -> SignedCertificate:
-        """Run SPEC §3 steps 1–6 for ``request`` at ``now`` (aware UTC).
+        """Run design §3 steps 1–6 for ``request`` at ``now`` (aware UTC).
 
         Raises InvalidRequest (validator choice, CSR bytes), PermissionDenied (identity),
         Unavailable (identity backend), FailedPrecondition (issuer not valid now).

@@ -103,7 +103,7 @@ def load_bundle(
     publish: bool = True,
     stored: StoredBundle | None = None,
 ) -> LoadedBundle:
-    """Load the store's bundle, or generate one (SPEC §4) when the store is empty (SPEC §5).
+    """Load the store's bundle, or generate one (design §4) when the store is empty (design §5).
 
     create_if_empty=False (a restart) raises BundleError for an empty store instead: a new CA is
     only ever made at a first start or by an explicit operator verb. publish=True repairs the

@@ -1,4 +1,4 @@
-"""The config-change function (SPEC §1, §5): ``handler(event, context) -> dict``.
+"""The config-change function (design §1, §5): ``handler(event, context) -> dict``.
 
 Accepted events (samples in ``events/``):
 
@@ -7,7 +7,7 @@ Accepted events (samples in ``events/``):
 - Secrets Manager via CloudTrail (``source`` aws.secretsmanager, ``detail-type`` "AWS API Call
   via CloudTrail"): the bundle secret of a ``secretsmanager://`` store changed;
 - SSM ``Parameter Store Change`` (``source`` aws.ssm): the parameter named by
-  ``SENTRYCA_CONFIG_PARAMETER`` (a Dapr Configuration YAML, SPEC §7 ``--config``) changed.
+  ``SENTRYCA_CONFIG_PARAMETER`` (a Dapr Configuration YAML, design §7 ``--config``) changed.
 
 Events about anything other than the configured bundle or parameter are ignored. The changed
 bundle is loaded from the store and validated with the core (``parse_bundle``: structure, chain,

@@ -1,8 +1,8 @@
-"""The scheduled expiry check (SPEC §8, §9): ``handler(event, context) -> dict``.
+"""The scheduled expiry check (design §8, §9): ``handler(event, context) -> dict``.
 
 Reads only the public part (``ca.crt``, ``issuer.crt``) of the store named by
-``SENTRY_TRUST_BUNDLE_STORE`` (or ``SENTRY_ISSUER_CREDENTIALS``), logs each finding with SPEC
-§8's level and wording (``ca_core.expiry``, the same rule as the server's watcher), and emits
+``SENTRY_TRUST_BUNDLE_STORE`` (or ``SENTRY_ISSUER_CREDENTIALS``), logs each finding with the
+level and wording of design §8.5 (``ca_core.expiry``, the same rule as the server's watcher), and emits
 EMF metrics in namespace ``SentryCA``:
 
 - ``DaysToExpiry`` (days; dimensions service, Role, Subject), one per trust anchor and the issuer;

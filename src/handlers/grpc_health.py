@@ -1,5 +1,5 @@
 """The standard gRPC health service (``grpc.health.v1.Health``, from ``grpcio-health-checking``)
-answering from the CA's readiness (SPEC §9).
+answering from the CA's readiness (design §9).
 
 Services reported: ``""`` (the whole server) and ``dapr.proto.sentry.v1.CA``; both SERVING only
 while the CA is ready (the same rule as ``/healthz``), NOT_SERVING otherwise. Any other service

@@ -1,4 +1,4 @@
-"""The gRPC ``dapr.proto.sentry.v1.CA`` service: decode, call the core, map errors (SPEC §2–§3).
+"""The gRPC ``dapr.proto.sentry.v1.CA`` service: decode, call the core, map errors (design §2–§3).
 
 The one place where core errors become gRPC status codes.
 """

@@ -1,5 +1,5 @@
 """What the Lambda handlers share: Powertools Logger and Metrics (CloudWatch EMF) set up the same
-way, the configuration from ``SENTRY_*`` environment variables (SPEC §7), and the metric names and
+way, the configuration from ``SENTRY_*`` environment variables (design §7), and the metric names and
 dimensions that ``template.yaml``'s alarms refer to (a test checks the two agree).
 
 Imports stay light: Powertools, the pure core and the store adapters (boto3 lazily); never
@@ -60,7 +60,7 @@ def make_metrics() -> Metrics:
 
 
 def config_from_env(environ: dict[str, str] | None = None) -> Config:
-    """The CA's configuration from ``SENTRY_*`` variables (SPEC §7). Raises ConfigError."""
+    """The CA's configuration from ``SENTRY_*`` variables (design §7). Raises ConfigError."""
     return load_config({}, dict(os.environ if environ is None else environ))
 
 

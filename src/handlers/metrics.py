@@ -1,4 +1,4 @@
-"""Prometheus metrics with Dapr Sentry's names (SPEC §9), one registry per CA instance.
+"""Prometheus metrics with Dapr Sentry's names (design §9), one registry per CA instance.
 
 Label values are bounded by construction: failure ``category`` is one of CATEGORIES and
 ``reason`` a code-defined label (see :func:`bounded_reason`); no caller input ever becomes a label.
@@ -82,7 +82,7 @@ class Metrics:
         )
         self.coverage_expiry = Gauge(
             "sentryca_signing_coverage_expiry_timestamp",
-            "Latest NotAfter among the active and prepared signing chains (Unix seconds; SPEC §9)",
+            "Latest NotAfter among the active and prepared signing chains (Unix seconds; design §9)",
             registry=r,
             multiprocess_mode="livemin",  # with --workers: the least advanced live worker
         )

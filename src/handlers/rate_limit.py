@@ -1,7 +1,7 @@
 """A per-caller rate limit for SignCertificate: one token bucket per peer address (IP, any port).
 
 A caller may make ``rate`` requests per second on average and ``burst`` at once; past that its
-requests get RESOURCE_EXHAUSTED (SPEC §3 step 0 gives that code to requests the gRPC layer
+requests get RESOURCE_EXHAUSTED (design §3 step 0 gives that code to requests the gRPC layer
 refuses). The table of callers is bounded: the least recently seen callers are forgotten first.
 """
 

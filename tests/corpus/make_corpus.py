@@ -5,7 +5,7 @@ KUBERNETES validators). Run it again to refresh the files (keys are random, shap
     .venv/bin/python tests/corpus/make_corpus.py
 
 ``tests/test_fuzz.py`` sends every file through the real gRPC server and states, per file name
-prefix, the status it must get (SPEC §3).
+prefix, the status it must get (design §3).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def csr_corpus() -> dict[str, bytes]:
         "invalid-nul-bytes.pem": good_pem.replace(b"\n", b"\x00\n", 3),
         "invalid-bom.pem": b"\xef\xbb\xbf" + good_pem.replace(b"-----BEGIN", b"-----BEGIN\xef\xbb\xbf", 1),
         "invalid-bad-signature.pem": pem_of(bytes(bad_sig)),
-        # keys the CA does not accept (SPEC §3 step 4)
+        # keys the CA does not accept (design §3 step 4)
         "invalid-key-p521.pem": csr(ec.generate_private_key(ec.SECP521R1()), hashes.SHA512()).public_bytes(
             serialization.Encoding.PEM
         ),
@@ -118,7 +118,7 @@ def csr_corpus() -> dict[str, bytes]:
             serialization.Encoding.PEM
         ),
         "invalid-ecdsa-sha224.pem": csr(p256, hashes.SHA224()).public_bytes(serialization.Encoding.PEM),
-        # larger than SPEC §3 step 0 allows: refused by the gRPC layer
+        # larger than design §3 step 0 allows: refused by the gRPC layer
         "toolarge-70k.pem": pem_of(b"\x30\x82" + b"A" * 52_000),
     }
 

@@ -1,4 +1,4 @@
-"""The ``BundleStore`` port and the load-or-store rule (SPEC §5)."""
+"""The ``BundleStore`` port and the load-or-store rule (design §5)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class BundleStore(Protocol):
 
     def load(self) -> StoredBundle | None:
         """Every item present, or None when the store holds no item at all. Never writes: a
-        bundle that parses may still be refused by the CA (trust continuity, SPEC §5)."""
+        bundle that parses may still be refused by the CA (trust continuity, design §5)."""
         ...
 
     def publish_public(self, stored: StoredBundle) -> None:

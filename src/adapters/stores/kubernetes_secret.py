@@ -21,7 +21,7 @@ the expiry check and ``sentryca inspect`` need no Secret access), and the annota
 ``sentryca/bundle-version`` (the Secret's resourceVersion it mirrors). It is written after the
 Secret, and repaired from the Secret by ``publish_public`` when it differs or is missing, never
 the other way. ``load`` never writes: the CA publishes only a bundle it accepted (a bundle that
-parses may still be refused for trust continuity, SPEC §5), so a refused bundle is never
+parses may still be refused for trust continuity, design §5), so a refused bundle is never
 distributed and a refused start writes nothing. Every ConfigMap write first
 re-reads the Secret and is skipped when its resourceVersion is no longer the one mirrored, so an
 older bundle is never mirrored over a newer one. Other keys of the ConfigMap are kept.

@@ -8,7 +8,7 @@ another writer won. Objects are encrypted at rest: SSE-S3 (AES256) by default, S
 ``KEY.public`` (SSE-S3, so readers need no KMS grant), written after each successful write and
 repaired by ``publish_public`` when it disagrees with the bundle, never the other way. ``load``
 never writes: the CA publishes only a bundle it accepted (a bundle that parses may still be
-refused for trust continuity, SPEC §5), and only while it is still the version read
+refused for trust continuity, design §5), and only while it is still the version read
 (``HeadObject`` ETag re-checked just before the write, so it never installs an older one).
 Use a versioned bucket: every replaced bundle stays recoverable. Version token: the bundle object's ETag.
 """
@@ -78,7 +78,7 @@ class S3BundleStore:
     def load_previous(self) -> StoredBundle | None:
         """The bundle as it was before the current version (the newest non-current object
         version of a versioned bucket), or None when there is none. For the config-change check
-        of trust continuity (SPEC §5). Raises Unavailable, BundleError."""
+        of trust continuity (design §5). Raises Unavailable, BundleError."""
         try:
             r = self.client.list_object_versions(Bucket=self.bucket, Prefix=self.key)
             versions = sorted(

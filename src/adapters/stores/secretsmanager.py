@@ -12,7 +12,7 @@ VersionId of AWSCURRENT. ``kms-key-id`` encrypts the secret with that KMS key (e
 ``aws/secretsmanager`` key). The public part (no keys) is a second secret named
 ``<NAME>.public`` (for an ARN: the name in it, without the six-character suffix), written after
 each write and repaired by ``publish_public`` (``load`` never writes: the CA publishes only a
-bundle it accepted, SPEC §5 trust continuity; and only while AWSCURRENT is still the version
+bundle it accepted, design §5 trust continuity; and only while AWSCURRENT is still the version
 read, re-checked just before the write), encrypted with the default key so readers need no KMS grant.
 """
 
@@ -77,7 +77,7 @@ class SecretsManagerBundleStore:
 
     def load_previous(self) -> StoredBundle | None:
         """The bundle labelled AWSPREVIOUS (the one before the current), or None. For the
-        config-change check of trust continuity (SPEC §5). Raises Unavailable, BundleError."""
+        config-change check of trust continuity (design §5). Raises Unavailable, BundleError."""
         try:
             r = self.client.get_secret_value(SecretId=self.secret_id, VersionStage="AWSPREVIOUS")
         except aws.sdk_errors() as e:

@@ -1,4 +1,4 @@
-"""Root and issuer rotation without downtime (SPEC §5): a pure state machine.
+"""Root and issuer rotation without downtime (design §5): a pure state machine.
 
 Inputs are the bundle in force, its rotation state, ``now`` and a ``RotationPolicy``; the output
 is the next bundle and state plus the steps taken (a ``Rotation``), or None when there is

@@ -1,4 +1,4 @@
-"""The operator's rotation actions (SPEC §5): what ``sentryca rotate`` does on request.
+"""The operator's rotation actions (design §5): what ``sentryca rotate`` does on request.
 
 :func:`prepare_root` (a new root joins the anchors; its issuer becomes active once
 ``now + propagation window`` has passed, taken by :func:`.rules.advance`), :func:`emergency_root`

@@ -1,4 +1,4 @@
-"""The rotation state document, strictly (SPEC §5): :func:`encode_state`, :func:`parse_state`,
+"""The rotation state document, strictly (design §5): :func:`encode_state`, :func:`parse_state`,
 and :func:`describe` for operators.
 
 The state (``rotation.json``) is a JSON object, format 1::

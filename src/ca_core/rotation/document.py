@@ -1,4 +1,4 @@
-"""The ``rotation.json`` document read leniently, without the rotation machinery (SPEC §5, §9).
+"""The ``rotation.json`` document read leniently, without the rotation machinery (design §5, §9).
 
 What needs only a few fields of a rotation state, and must stay cheap to import (the expiry
 function reads the public part on every cold start): the end of each prepared signing chain
@@ -47,7 +47,7 @@ def load_document(raw: bytes, item: str) -> dict[str, Any]:
 
 def prepared_not_after(raw: bytes | None, anchors: tuple[x509.Certificate, ...]) -> tuple[datetime, ...]:
     """NotAfter of each prepared signing chain a rotation state (full or public) records, for
-    signing coverage (SPEC §9): a prepared root counts only while it is among ``anchors``, each
+    signing coverage (design §9): a prepared root counts only while it is among ``anchors``, each
     chain until its earliest NotAfter capped by its root's. Lenient: unreadable → ()."""
     if not raw:
         return ()
@@ -75,7 +75,7 @@ def released_roots(
     old_items: Mapping[str, bytes], new_items: Mapping[str, bytes], now: datetime
 ) -> frozenset[str]:
     """Fingerprints of the current bundle's roots that a replacement may leave out of its trust
-    anchors (for ``bundle.check_trust_continuity``, SPEC §5), judged at ``now`` (aware UTC).
+    anchors (for ``bundle.check_trust_continuity``, design §5), judged at ``now`` (aware UTC).
 
     old_items: the store items of the bundle in force (its ``ca.crt``, ``issuer.crt`` and
     ``rotation.json``); new_items: those of the replacement. A root is released when:

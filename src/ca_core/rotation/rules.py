@@ -1,4 +1,4 @@
-"""What is due, and the automatic steps (SPEC §5): :func:`advance` and :func:`next_step_due`.
+"""What is due, and the automatic steps (design §5): :func:`advance` and :func:`next_step_due`.
 
 Rules, in the order :func:`advance` applies them (one call applies every step that is due):
 

@@ -1,4 +1,4 @@
-"""The values of a rotation (SPEC §5): its slots, state, policy, steps and outcome.
+"""The values of a rotation (design §5): its slots, state, policy, steps and outcome.
 
 Slots (after SPIRE's CA manager): for the root, the **active** root (the anchor the issuer chain
 verifies to), at most one **prepared** root (already in the trust anchors, so relying parties
