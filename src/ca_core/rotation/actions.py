@@ -170,7 +170,7 @@ def _check_supplied_issuer(
             f"the supplied issuer {problem}; nothing was changed", reason="issuer_rejected"
         )
 
-    if public_key_der(key.public_key()) != public_key_der(chain[0].public_key()):  # type: ignore[arg-type]
+    if public_key_der(key.public_key()) != public_key_der(chain[0].public_key()):
         raise refuse("key does not match the issuer certificate")
     for n, cert in enumerate(chain):
         if not is_ca(cert):

@@ -154,10 +154,8 @@ class _Reader:
             raise self.fail(f"{where}.{key} is missing or not text")
         return value
 
-    def time(self, obj: dict[str, Any], key: str, where: str, *, optional: bool = False) -> datetime | None:
+    def time(self, obj: dict[str, Any], key: str, where: str) -> datetime:
         value = obj.get(key)
-        if value is None and optional:
-            return None
         if not isinstance(value, str):
             raise self.fail(f"{where}.{key} is missing or not a time")
         try:
@@ -167,6 +165,10 @@ class _Reader:
         if t.tzinfo is None:
             raise self.fail(f"{where}.{key} has no time zone: {value[:40]!r}")
         return t
+
+    def optional_time(self, obj: dict[str, Any], key: str, where: str) -> datetime | None:
+        """:meth:`time`, or None when ``key`` is absent or null."""
+        return None if obj.get(key) is None else self.time(obj, key, where)
 
     def list(self, obj: dict[str, Any], key: str, where: str) -> list[Any]:
         value = obj.get(key, [])
@@ -190,7 +192,7 @@ class _Reader:
 
     def trigger(self, obj: dict[str, Any], where: str) -> str:
         value = obj.get("trigger")
-        if value not in (MANUAL, AUTO):
+        if not isinstance(value, str) or value not in (MANUAL, AUTO):
             raise self.fail(f"{where}.trigger must be 'manual' or 'auto'")
         return value
 
@@ -221,12 +223,12 @@ def parse_state(
     root_since = None
     if (active := root_doc.get("active")) is not None:
         active = r.obj(active, "root.active")
-        since = r.time(active, "since", "root.active", optional=True)
+        since = r.optional_time(active, "since", "root.active")
         root_since = since if active.get("sha256") == active_fp else None
     issuer_since = None
     if (active := issuer_doc.get("active")) is not None:
         active = r.obj(active, "issuer.active")
-        since = r.time(active, "since", "issuer.active", optional=True)
+        since = r.optional_time(active, "since", "issuer.active")
         issuer_since = since if active.get("serial") == f"{bundle.issuer.serial_number:x}" else None
 
     prepared_root = None
@@ -239,7 +241,7 @@ def parse_state(
         if cert == root:
             raise r.fail(f"{where}: the prepared root is the active root")
         root_key = r.key(p, "key", where)
-        if public_key_der(root_key.public_key()) != public_key_der(cert.public_key()):  # type: ignore[arg-type]
+        if public_key_der(root_key.public_key()) != public_key_der(cert.public_key()):
             raise r.fail(f"{where}.key does not match the prepared root")
         chain, key = _prepared_chain(r, p, where, cert)
         prepared_root = PreparedRoot(
@@ -249,7 +251,7 @@ def parse_state(
             key,
             r.time(p, "since", where),
             r.time(p, "activate_after", where),
-            r.trigger(p, where),  # type: ignore[arg-type]
+            r.trigger(p, where),
         )
         _check_not_after(r, p, where, prepared_root.not_after)
 
@@ -264,7 +266,7 @@ def parse_state(
             root,
             r.time(q, "since", where),
             r.time(q, "activate_after", where),
-            r.trigger(q, where),  # type: ignore[arg-type]
+            r.trigger(q, where),
         )
         _check_not_after(r, q, where, prepared_issuer.not_after)
 
@@ -277,7 +279,7 @@ def parse_state(
             sha,
             str(entry.get("subject", "")),
             r.time(entry, "since", where),
-            r.time(entry, "prune_after", where),  # type: ignore[arg-type]
+            r.time(entry, "prune_after", where),
         )
         if sha != active_fp and find_anchor(bundle, sha) is not None:
             retiring.append(record)
@@ -289,7 +291,7 @@ def parse_state(
             RemovedRoot(
                 r.text(entry, "sha256", where),
                 str(entry.get("subject", "")),
-                r.time(entry, "at", where),  # type: ignore[arg-type]
+                r.time(entry, "at", where),
                 r.text(entry, "reason", where),
             )
         )
@@ -318,7 +320,7 @@ def _prepared_chain(
         parent = chain[n + 1] if n + 1 < len(chain) else root
         if not is_ca(cert) or not issued_by(cert, parent):
             raise r.fail(f"{where}.issuer_chain does not verify to its root {subject_of(root)}")
-    if public_key_der(key.public_key()) != public_key_der(chain[0].public_key()):  # type: ignore[arg-type]
+    if public_key_der(key.public_key()) != public_key_der(chain[0].public_key()):
         raise r.fail(f"{where}.issuer_key does not match its issuer certificate")
     return chain, key
 

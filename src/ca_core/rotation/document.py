@@ -102,13 +102,13 @@ def released_roots(
         prune_after = _time(entry.get("prune_after"))
         if prune_after is not None and prune_after <= now:
             released.add(str(entry["sha256"]))
-    prepared = old_root.get("prepared") if isinstance(old_root.get("prepared"), dict) else {}
+    prepared = _object(old_root.get("prepared"))
     if old is not None and new_active is not None and prepared.get("sha256") == new_active:
         active = old.anchor_for(old.issuer_chain[-1])
         if active is not None and chain_not_after((*old.issuer_chain, active)) <= now:
             released.add(fingerprint(active))
     new_root = _root_section(new_items)
-    active_record = new_root.get("active") if isinstance(new_root.get("active"), dict) else {}
+    active_record = _object(new_root.get("active"))
     since = _time(active_record.get("since"))
     if since is None or new_active is None or active_record.get("sha256") != new_active:
         return frozenset(released)
@@ -129,6 +129,11 @@ def _root_section(items: Mapping[str, bytes]) -> dict[str, Any]:
         return {}
     root = doc.get("root")
     return root if isinstance(root, dict) else {}
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else the empty one (lenient)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _entries(section: dict[str, Any], key: str) -> list[dict[str, Any]]:

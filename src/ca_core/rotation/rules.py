@@ -119,7 +119,9 @@ def with_leaf_bound_recorded(state: RotationState, policy: RotationPolicy) -> Ro
     return state if state.leaf_bound == bound else replace(state, leaf_bound=bound)
 
 
-def _raise_bound(bundle, state, now, policy):
+def _raise_bound(
+    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+) -> tuple[TrustBundle, RotationState, Step] | None:
     recorded = state.leaf_bound or timedelta(0)
     if policy.leaf_bound <= recorded or (state.prepared_root is None and not state.retiring):
         return None
@@ -148,7 +150,9 @@ def _raise_bound(bundle, state, now, policy):
     return bundle, replace(state, leaf_bound=policy.leaf_bound, retiring=retiring), step
 
 
-def _prune(bundle, state, now, policy):
+def _prune(
+    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+) -> tuple[TrustBundle, RotationState, Step] | None:
     active = fingerprint(active_root(bundle))
     for retiring in state.retiring:
         cert = find_anchor(bundle, retiring.sha256)
@@ -184,7 +188,9 @@ def remember_removed(removed: tuple[RemovedRoot, ...], *more: RemovedRoot) -> tu
     return (*removed, *more)[-REMOVED_HISTORY:]
 
 
-def _activate_root(bundle, state, now, policy):
+def _activate_root(
+    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+) -> tuple[TrustBundle, RotationState, Step] | None:
     prepared = state.prepared_root
     if prepared is None or (now < prepared.activate_after and now < _chain_not_after(bundle)):
         return None
@@ -221,7 +227,9 @@ def _activate_root(bundle, state, now, policy):
     return new_bundle, new_state, step
 
 
-def _activate_issuer(bundle, state, now, policy):
+def _activate_issuer(
+    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+) -> tuple[TrustBundle, RotationState, Step] | None:
     prepared = state.prepared_issuer
     if prepared is None or (now < prepared.activate_after and now < _chain_not_after(bundle)):
         return None
@@ -243,7 +251,9 @@ def _activate_issuer(bundle, state, now, policy):
     return new_bundle, new_state, step
 
 
-def _auto_prepare_root(bundle, state, now, policy):
+def _auto_prepare_root(
+    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+) -> tuple[TrustBundle, RotationState, Step] | None:
     if not policy.auto or state.prepared_root is not None or held_root_key(bundle) is None:
         return None
     root = active_root(bundle)
@@ -253,7 +263,9 @@ def _auto_prepare_root(bundle, state, now, policy):
     return prepare_root_step(bundle, state, now, policy, AUTO)
 
 
-def _auto_prepare_issuer(bundle, state, now, policy):
+def _auto_prepare_issuer(
+    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+) -> tuple[TrustBundle, RotationState, Step] | None:
     root_key = held_root_key(bundle)
     if not policy.auto or state.prepared_issuer is not None or root_key is None:
         return None
@@ -313,7 +325,9 @@ def generate_root_and_issuer(
     return root, root_key, issuer, issuer_key
 
 
-def prepare_root_step(bundle, state, now, policy, trigger):
+def prepare_root_step(
+    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy, trigger: str
+) -> tuple[TrustBundle, RotationState, Step]:
     """Rule 4's step, and ``sentryca rotate root``'s: a new root (and its issuer) joins the trust
     anchors now and becomes active at ``activate_after`` (module docstring). (bundle, state, step)."""
     root, root_key, issuer, issuer_key = generate_root_and_issuer(now, policy)

@@ -182,7 +182,7 @@ def held_root_key(bundle: TrustBundle) -> PrivateKey | None:
     if key is None:
         return None
     root_public = active_root(bundle).public_key()
-    return key if public_key_der(key.public_key()) == public_key_der(root_public) else None  # type: ignore[arg-type]
+    return key if public_key_der(key.public_key()) == public_key_der(root_public) else None
 
 
 def find_anchor(bundle: TrustBundle, sha256: str) -> x509.Certificate | None:

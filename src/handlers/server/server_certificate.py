@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import cast
 
 import grpc
 from cryptography import x509
@@ -107,7 +108,11 @@ class ServedCertificate:
     def credentials(self, cert: ServerCertificate) -> grpc.ServerCredentials:
         """TLS credentials for a new gRPC server: ``cert`` first, then whatever is current when
         it changes (asked before every handshake)."""
-        return grpc.dynamic_ssl_server_credentials(_cert_config(cert), self._fetch_cert_config)
+        # gRPC documents that the fetcher may return None to keep the current certificate (see
+        # grpc.dynamic_ssl_server_credentials); its stubs (types-grpcio) type the return as
+        # ServerCertificateConfiguration only, hence the cast.
+        fetch = cast(Callable[[], grpc.ServerCertificateConfiguration], self._fetch_cert_config)
+        return grpc.dynamic_ssl_server_credentials(_cert_config(cert), fetch)
 
     def mark_served(self, cert: ServerCertificate) -> None:
         """``cert`` is the one a gRPC server (being opened) serves."""
