@@ -313,7 +313,7 @@ def aws_client(service: str, endpoint: str):
     return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", **_DUMMY_KEYS)
 
 
-# -- Kubernetes store: the loopback fake API server (tests/kube_api_server.py) ---------------------
+# -- Kubernetes store: the loopback fake API server (support/kube_api_server.py) -------------------
 
 KUBE_NAMESPACE = "sentryca-test"
 
@@ -330,7 +330,7 @@ class KubeApi:
 def kube_api(tmp_path_factory) -> Iterator[KubeApi]:
     """One fake Kubernetes API server on 127.0.0.1 for the session; it requires the bearer token
     of the kubeconfig. Tests that force failures start their own server instead."""
-    from kube_api_server import KubeApiServer
+    from support.kube_api_server import KubeApiServer
 
     with KubeApiServer(bearer_token="sentryca-test-token") as server:
         path = server.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 from conftest import TEST_BUCKET, make_bundle
+from support import REPO_ROOT
 
 from adapters.stores import open_store
 from tools.local_invoke import load_template
 
-ROOT = Path(__file__).resolve().parent.parent
-SAM = ROOT / ".venv-tools" / "bin" / "sam"
-TEMPLATE = load_template(ROOT / "template.yaml")
+SAM = REPO_ROOT / ".venv-tools" / "bin" / "sam"
+TEMPLATE = load_template(REPO_ROOT / "template.yaml")
 GLOBAL_ENV = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
 
 pytestmark = pytest.mark.slow
@@ -32,8 +32,16 @@ ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
 def sam_build(out: Path, function: str, **env: str) -> Path:
     assert SAM.exists(), "the SAM CLI is missing: run `make lint-template` (make test does) first"
     r = subprocess.run(
-        [str(SAM), "build", function, "--template", str(ROOT / "template.yaml"), "--build-dir", str(out)],
-        cwd=ROOT,
+        [
+            str(SAM),
+            "build",
+            function,
+            "--template",
+            str(REPO_ROOT / "template.yaml"),
+            "--build-dir",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         env={

@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import SENTRYCA, ca_config, serve
-from jwks_server import JwksServer, SigningKey, claims, jwks
-from kube_api_server import KubeApiServer
-from test_validators_kubernetes import Cluster
+from support.jwks_server import JwksServer, SigningKey, claims, jwks
+from support.kube import Cluster
+from support.kube_api_server import KubeApiServer
 
 import sentryca_client as client
 from ca_core.config import JwksSettings

@@ -9,13 +9,13 @@ import json
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import grpc
 import pytest
 from conftest import BUCKET, ca_config, make_bundle, make_csr, reissued
 from cryptography import x509
-from test_lambda_handlers import ENV
+from support import REPO_ROOT
+from support.aws import FUNCTION_ENV
 
 import sentryca_client as client
 from adapters.stores.s3 import S3BundleStore
@@ -23,7 +23,6 @@ from handlers.server import CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2
 from tools.local_invoke import invoke
 
-ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0  # generous: the poll interval is 1 s
 
 
@@ -75,12 +74,15 @@ def test_config_change_restarts_in_place_without_failed_calls(bucket, tmp_path, 
     store = S3BundleStore(BUCKET, key)
     first = make_bundle(now)
     assert store.create(first.to_items())
-    for k, v in {**ENV["ConfigChangeFunction"], "SENTRY_TRUST_BUNDLE_STORE": f"s3://{BUCKET}/{key}"}.items():
+    for k, v in {
+        **FUNCTION_ENV["ConfigChangeFunction"],
+        "SENTRY_TRUST_BUNDLE_STORE": f"s3://{BUCKET}/{key}",
+    }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("SENTRYCA_ECS_CLUSTER")  # no ECS here: the running CA's own poll restarts it
 
     def s3_event() -> dict:
-        ev = json.loads((ROOT / "events" / "s3_eventbridge.json").read_text())
+        ev = json.loads((REPO_ROOT / "events" / "s3_eventbridge.json").read_text())
         ev["detail"]["object"]["key"] = key
         return ev
 
@@ -107,13 +109,15 @@ def test_config_change_restarts_in_place_without_failed_calls(bucket, tmp_path, 
         # 1. A valid new issuer under the same root: accepted, served in place.
         second = reissued(first, now)
         assert store.replace(second.to_items(), store.load().version)
-        assert invoke("ConfigChangeFunction", s3_event(), ROOT / "template.yaml")["outcome"] == "accepted"
+        assert (
+            invoke("ConfigChangeFunction", s3_event(), REPO_ROOT / "template.yaml")["outcome"] == "accepted"
+        )
         wait_for(lambda: loop.last_issuer == fingerprint(second), "the new issuer is served")
 
         # 2. A bundle that drops the current root: rejected; the CA's poll refuses it too.
         refused_before = refused(ca)
         assert store.replace(make_bundle(now).to_items(), store.load().version)
-        result = invoke("ConfigChangeFunction", s3_event(), ROOT / "template.yaml")
+        result = invoke("ConfigChangeFunction", s3_event(), REPO_ROOT / "template.yaml")
         assert result["outcome"] == "rejected" and "active root" in result["reason"]
         wait_for(lambda: refused(ca) > refused_before, "the CA refuses it")
         calls = loop.calls
@@ -123,7 +127,9 @@ def test_config_change_restarts_in_place_without_failed_calls(bucket, tmp_path, 
         # 3. A corrupt bundle: rejected; the CA's poll refuses it too and keeps serving.
         refused_before = refused(ca)
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"{not json")
-        assert invoke("ConfigChangeFunction", s3_event(), ROOT / "template.yaml")["outcome"] == "rejected"
+        assert (
+            invoke("ConfigChangeFunction", s3_event(), REPO_ROOT / "template.yaml")["outcome"] == "rejected"
+        )
         wait_for(lambda: refused(ca) > refused_before, "the CA refuses the corrupt bundle")
         calls = loop.calls
         wait_for(lambda: loop.calls > calls + 5, "signing continues")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from conftest import EPHEMERAL_PORTS, SENTRYCA, ca_config, make_csr
-from jwks_server import SigningKey, claims, jwks
-from kube_api_server import KubeApiServer
-from test_validators_kubernetes import Cluster
+from support.jwks_server import SigningKey, claims, jwks
+from support.kube import Cluster
+from support.kube_api_server import KubeApiServer
 
 import sentryca_client as client
 from ca_core.config import JwksSettings

@@ -12,7 +12,7 @@ import pytest
 from conftest import ca_config, make_bundle, make_csr, make_key, run_openssl, wait_for
 from conftest import run_sentryca as run
 from cryptography import x509
-from test_rotation import verifies
+from support.pki import verifies
 
 import sentryca_client as client
 from adapters.stores import FileBundleStore

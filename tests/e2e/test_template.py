@@ -9,19 +9,18 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from conftest import aws_client, make_bundle, write_bundle
+from support import REPO_ROOT
 
 from ca_core.config import load_config
 from handlers import lambda_support as ls
 from tools.local_invoke import function_handler, load_template, resolve_handler
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = load_template(ROOT / "template.yaml")
+TEMPLATE = load_template(REPO_ROOT / "template.yaml")
 RESOURCES = TEMPLATE["Resources"]
-EVENTS = ROOT / "events"
+EVENTS = REPO_ROOT / "events"
 # What the sample events name, as the template's references resolve in a stack called "sentryca".
 REFS = {
     "AWS::StackName": "sentryca",
@@ -95,7 +94,7 @@ def test_the_service_rotates_automatically_with_a_propagation_window_option():
 
 def _emitted_dimensions(capsys, tmp_path, monkeypatch) -> dict[str, set[tuple[str, ...]]]:
     """Run the expiry check (file store) and collect metric name → dimension sets from its EMF."""
-    from test_lambda_handlers import emitted
+    from support.aws import emitted
 
     store = tmp_path / "credentials"
     write_bundle(store, make_bundle(datetime.now(UTC)))
@@ -114,7 +113,7 @@ def _emitted_dimensions(capsys, tmp_path, monkeypatch) -> dict[str, set[tuple[st
 def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
     emitted = _emitted_dimensions(capsys, tmp_path, monkeypatch)
     # Metrics the code declares, with their dimensions (the config-change ones are asserted in
-    # test_lambda_handlers against moto).
+    # handlers/test_lambda_handlers against moto).
     declared = {
         ls.COVERAGE: {("service",)},
         ls.CONFIG_CHANGE_REJECTED: {("service",)},
@@ -217,7 +216,7 @@ def _actions(statements) -> set[str]:
 
 def _sdk_calls(module: str) -> set[str]:
     """IAM actions of the SDK calls a store module makes (``self.client.get_object`` → GetObject)."""
-    text = (ROOT / "src" / "adapters" / "stores" / f"{module}.py").read_text()
+    text = (REPO_ROOT / "src" / "adapters" / "stores" / f"{module}.py").read_text()
     service = {"s3": "s3", "secretsmanager": "secretsmanager"}[module]
     # The IAM name differs from the API's; HeadObject is authorised by s3:GetObject.
     renamed = {"ListObjectVersions": "ListBucketVersions", "HeadObject": "GetObject"}

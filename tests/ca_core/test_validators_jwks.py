@@ -12,8 +12,8 @@ from datetime import timedelta
 
 import pytest
 from conftest import make_csr
-from jwks_server import JwksServer as _JwksServer
-from jwks_server import SigningKey, claims, jwks
+from support.jwks_server import JwksServer as _JwksServer
+from support.jwks_server import SigningKey, claims, jwks
 
 from adapters.jwks_source import JwksCache
 from ca_core.config import JwksSettings
@@ -168,7 +168,7 @@ def test_alg_none_is_refused(validator):
 
 @pytest.mark.parametrize("alg", [["ES256"], {"ES256": 1}, 256, None])
 def test_alg_that_is_not_a_string_is_refused_not_a_crash(validator, alg):
-    # found by tests/test_fuzz.py: a list or object alg was looked up in a dict (TypeError → INTERNAL)
+    # found by tests/e2e/test_fuzz.py: a list or object alg was looked up in a dict (TypeError → INTERNAL)
     token = _raw_token({"alg": alg, "kid": "key-1"}, claims(SUB, AUD), lambda _: b"x")
     denied(validator, req(token), "token_algorithm")
 

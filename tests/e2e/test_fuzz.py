@@ -22,9 +22,10 @@ from conftest import ca_config, make_csr
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jwks_server import SigningKey, claims, jwks
-from kube_api_server import KubeApiServer
-from test_validators_kubernetes import Cluster
+from support import CORPUS
+from support.jwks_server import SigningKey, claims, jwks
+from support.kube import Cluster
+from support.kube_api_server import KubeApiServer
 
 import sentryca_client as client
 from ca_core.config import JwksSettings
@@ -35,7 +36,6 @@ from handlers.grpc_service import status_for
 from handlers.server import CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2
 
-CORPUS = Path(__file__).parent / "corpus"
 INSECURE, KUBERNETES, JWKS = 1, 2, 3
 DEFINED = {
     grpc.StatusCode.OK,
@@ -143,7 +143,7 @@ def idp_ca(tmp_path_factory, idp_key):
 
 def corpus(kind: str) -> list[Path]:
     files = sorted((CORPUS / kind).iterdir())
-    assert len(files) >= 20, "tests/corpus is missing: run tests/corpus/make_corpus.py"
+    assert len(files) >= 20, "tests/corpus is missing: run tests/support/make_corpus.py"
     return files
 
 

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from conftest import ca_config, make_csr
 from cryptography import x509
-from jwks_server import JwksServer, SigningKey, claims, jwks
+from support.jwks_server import JwksServer, SigningKey, claims, jwks
 
 import sentryca_client as client
 from ca_core.config import load_config

@@ -17,9 +17,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from support import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "src"
+SRC = REPO_ROOT / "src"
 GENERATED = "sentryca_proto"  # generated gRPC/protobuf code: not ours to shape
 MAX_LINES = 450
 
@@ -127,7 +127,7 @@ def test_the_core_reads_no_io_environment_or_clock():
 
 
 def test_the_import_contracts_hold():
-    result = lint_imports(ROOT, SRC)
+    result = lint_imports(REPO_ROOT, SRC)
     assert result.returncode == 0, (
         "lint-imports: an import contract of pyproject.toml is broken\n"
         + broken_part(result.stdout + result.stderr)
@@ -198,14 +198,14 @@ def _contract_tree(tmp_path: Path) -> Path:
     for package in ("ca_core", "adapters", "handlers", "sentryca_client", "tools", "sentryca_proto"):
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text("")
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     return tmp_path
 
 
 def test_the_contracts_hold_on_a_tree_without_imports(tmp_path):
     result = lint_imports(_contract_tree(tmp_path), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    contracts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     assert f"Contracts: {len(contracts)} kept, 0 broken" in result.stdout, result.stdout
 
 

@@ -4,13 +4,12 @@ the KUBERNETES validator and the Kubernetes Secret store call, probes hit the re
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
+from support import REPO_ROOT
 
 from ca_core.config import load_config
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
+DEPLOY = REPO_ROOT / "deploy" / "kubernetes"
 
 
 def docs() -> dict[tuple[str, str], dict]:

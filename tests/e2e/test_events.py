@@ -1,15 +1,15 @@
 """Every sample event in events/ is replayed against its real handler."""
 
 import json
-from pathlib import Path
 
 from cryptography import x509
 from google.protobuf import json_format
+from support import REPO_ROOT
 
 import sentryca_client as client
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
 
-EVENTS = Path(__file__).resolve().parent.parent / "events"
+EVENTS = REPO_ROOT / "events"
 
 
 def test_sign_certificate_request_event_is_served(running_ca, channel_to, store_dir):

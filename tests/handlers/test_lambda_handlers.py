@@ -8,20 +8,19 @@ import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from conftest import BUCKET, aws_client, make_bundle, reissued
+from support import REPO_ROOT
+from support.aws import FUNCTION_ENV, emf_lines, emitted, log_lines
 
 from adapters.stores.s3 import S3BundleStore
 from adapters.stores.secretsmanager import SecretsManagerBundleStore
 from ca_core.bundle import TrustBundle
 from tools.local_invoke import apply_env_vars, invoke
 
-ROOT = Path(__file__).resolve().parent.parent
-EVENTS = ROOT / "events"
-TEMPLATE = ROOT / "template.yaml"
-ENV = json.loads((EVENTS / "env.json").read_text())
+EVENTS = REPO_ROOT / "events"
+TEMPLATE = REPO_ROOT / "template.yaml"
 KEY = "sentry/bundle.json"
 SECRET = "sentryca-bundle"
 PARAMETER = "/sentryca/config"
@@ -31,30 +30,6 @@ def event(name: str) -> dict:
     return json.loads((EVENTS / name).read_text())
 
 
-def emf_lines(out: str) -> list[dict]:
-    """The EMF documents among the JSON lines a handler printed."""
-    docs = []
-    for line in out.splitlines():
-        if line.startswith("{") and '"_aws"' in line:
-            docs.append(json.loads(line))
-    return docs
-
-
-def emitted(out: str) -> dict[str, list[tuple[str, tuple[str, ...], dict]]]:
-    """metric name → [(namespace, dimension names, the document)] for every EMF line."""
-    found: dict[str, list] = {}
-    for doc in emf_lines(out):
-        for d in doc["_aws"]["CloudWatchMetrics"]:
-            for m in d["Metrics"]:
-                for dims in d["Dimensions"]:
-                    found.setdefault(m["Name"], []).append((d["Namespace"], tuple(dims), doc))
-    return found
-
-
-def log_lines(out: str) -> list[dict]:
-    return [json.loads(x) for x in out.splitlines() if x.startswith("{") and '"_aws"' not in x]
-
-
 @pytest.fixture
 def fn_env(aws_env, monkeypatch, slim_botocore_data):
     """Set events/env.json's variables for a function (as make invoke does), over moto, with
@@ -62,7 +37,7 @@ def fn_env(aws_env, monkeypatch, slim_botocore_data):
     monkeypatch.setenv("SENTRY_BOTOCORE_DATA", str(slim_botocore_data))
 
     def use(logical_id: str, **overrides: str) -> None:
-        for k, v in {**ENV[logical_id], **overrides}.items():
+        for k, v in {**FUNCTION_ENV[logical_id], **overrides}.items():
             monkeypatch.setenv(k, v)
 
     return use
@@ -71,13 +46,13 @@ def fn_env(aws_env, monkeypatch, slim_botocore_data):
 @pytest.fixture
 def ecs(aws_env):
     client = aws_client("ecs", aws_env["AWS_ENDPOINT_URL"])
-    client.create_cluster(clusterName=ENV["ConfigChangeFunction"]["SENTRYCA_ECS_CLUSTER"])
+    client.create_cluster(clusterName=FUNCTION_ENV["ConfigChangeFunction"]["SENTRYCA_ECS_CLUSTER"])
     client.register_task_definition(
         family="sentryca-ca", containerDefinitions=[{"name": "ca", "image": "sentryca:test", "memory": 512}]
     )
     client.create_service(
-        cluster=ENV["ConfigChangeFunction"]["SENTRYCA_ECS_CLUSTER"],
-        serviceName=ENV["ConfigChangeFunction"]["SENTRYCA_ECS_SERVICE"],
+        cluster=FUNCTION_ENV["ConfigChangeFunction"]["SENTRYCA_ECS_CLUSTER"],
+        serviceName=FUNCTION_ENV["ConfigChangeFunction"]["SENTRYCA_ECS_SERVICE"],
         taskDefinition="sentryca-ca",
         desiredCount=2,
     )
@@ -284,7 +259,7 @@ def test_s3_changes_made_by_rotation_are_accepted_even_when_they_drop_a_root(fn_
 def test_an_unrelated_bundle_claiming_the_current_root_was_removed_is_rejected(fn_env, bucket, ecs):
     """Only the previous version's schedule releases a pruned root, and an emergency counts only
     with the new active root recorded since the removal: a ``removed`` entry alone is refused."""
-    from test_rotation import CRAFTED_CLAIMS, crafted_items
+    from support.pki import CRAFTED_CLAIMS, crafted_items
 
     fn_env("ConfigChangeFunction")
     now = datetime.now(UTC)
@@ -359,7 +334,7 @@ def test_make_invoke_runs_the_template_handler_with_env_json(tmp_path, monkeypat
     env = {"PATH": "/usr/bin:/bin", "SENTRY_TRUST_BUNDLE_STORE": f"file://{store}"}
     r = subprocess.run(
         [sys.executable, "-m", "tools.local_invoke", "ExpiryCheckFunction", "events/scheduled.json"],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         env=env,
@@ -372,7 +347,7 @@ def test_make_invoke_runs_the_template_handler_with_env_json(tmp_path, monkeypat
     assert any(d.get("service") == "sentryca-local" for d in emf_lines(r.stdout))
     bad = subprocess.run(
         [sys.executable, "-m", "tools.local_invoke", "NoSuchFunction", "events/scheduled.json"],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         env=env,
@@ -391,7 +366,7 @@ def test_make_invoke_names_an_unreadable_event_without_a_traceback(tmp_path):
     ):
         r = subprocess.run(
             [sys.executable, "-m", "tools.local_invoke", "ExpiryCheckFunction", str(event)],
-            cwd=ROOT,
+            cwd=REPO_ROOT,
             capture_output=True,
             text=True,
             check=False,

@@ -1,10 +1,10 @@
-"""Writes the hostile-input corpus beside this file: ``csr/*`` (certificate signing requests the
+"""Writes the hostile-input corpus into ``tests/corpus/``: ``csr/*`` (certificate signing requests the
 CA must refuse, or in two cases accept) and ``token/*`` (identity tokens for the JWKS and
 KUBERNETES validators). Run it again to refresh the files (keys are random, shapes are not):
 
-    .venv/bin/python tests/corpus/make_corpus.py
+    .venv/bin/python tests/support/make_corpus.py
 
-``tests/test_fuzz.py`` sends every file through the real gRPC server and states, per file name
+``tests/e2e/test_fuzz.py`` sends every file through the real gRPC server and states, per file name
 prefix, the status it must get (design §3).
 """
 
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa
 from cryptography.x509.oid import NameOID
 
-HERE = Path(__file__).parent
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"  # tests/corpus (a script: no `support` import)
 PEM_CSR = ("-----BEGIN CERTIFICATE REQUEST-----", "-----END CERTIFICATE REQUEST-----")
 
 
@@ -182,14 +182,14 @@ def token_corpus() -> dict[str, str]:
 
 def main() -> None:
     for sub in ("csr", "token"):
-        d = HERE / sub
+        d = CORPUS / sub
         d.mkdir(exist_ok=True)
         for old in d.iterdir():
             old.unlink()
     for name, data in csr_corpus().items():
-        (HERE / "csr" / name).write_bytes(data)
+        (CORPUS / "csr" / name).write_bytes(data)
     for name, text in token_corpus().items():
-        (HERE / "token" / name).write_bytes(text.encode())
+        (CORPUS / "token" / name).write_bytes(text.encode())
 
 
 if __name__ == "__main__":

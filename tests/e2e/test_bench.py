@@ -8,11 +8,9 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from support import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +20,7 @@ def test_a_short_benchmark_run_measures_every_server_without_failures(tmp_path):
     without it the report says how to install it."""
     peer = shutil.which("cfssl") is not None
     out = tmp_path / "bench.json"
-    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--duration", "0.5"]
+    argv = [sys.executable, str(REPO_ROOT / "bench" / "run.py"), "--quick", "--duration", "0.5"]
     argv += ["--concurrency", "2", "--baseline-concurrency", "2", "--peer-concurrency", "4"]
     argv += ["--open-fractions", "0.5", "--json", str(out)]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)

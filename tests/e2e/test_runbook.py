@@ -28,7 +28,8 @@ from conftest import (
     wait_for,
 )
 from cryptography import x509
-from test_rotation import verifies
+from support import REPO_ROOT
+from support.pki import verifies
 
 import sentryca_client as client
 from adapters.stores import FileBundleStore, open_store
@@ -39,8 +40,7 @@ from ca_core.rotation.codec import parse_state
 from ca_core.spiffe_id import SpiffeId
 from handlers.server import CertificateAuthority
 
-ROOT = Path(__file__).resolve().parent.parent
-RUNBOOK = ROOT / "docs" / "runbook.md"
+RUNBOOK = REPO_ROOT / "docs" / "runbook.md"
 BIN = str(Path(sys.executable).parent)
 MARKER = re.compile(r"<!-- runbook: ([\w-]+) -->\n```sh\n(.*?)```", re.S)
 # Every block of the runbook, and the tests below that run it.
@@ -84,7 +84,7 @@ def test_every_sh_block_of_the_runbook_is_marked_and_run_by_a_test():
     assert text.count("```sh\n") == len(blocks()) == len(BLOCKS)
     assert set(blocks()) == set(BLOCKS)
     assert set(BLOCKS.values()) <= set(globals())
-    assert "runbook.md" in (ROOT / "README.md").read_text()
+    assert "runbook.md" in (REPO_ROOT / "README.md").read_text()
 
 
 def sign(ca: CertificateAuthority, anchors: bytes):

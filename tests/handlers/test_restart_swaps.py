@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import NOW, bundle_with_issuer_window, ca_config, reissued, wait_for
-from jwks_server import SigningKey, jwks
+from support.jwks_server import SigningKey, jwks
 
 from adapters.stores import FileBundleStore, StoredBundle
 from ca_core.bundle import parse_bundle

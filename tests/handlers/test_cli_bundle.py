@@ -151,7 +151,7 @@ def test_bundle_import_verifies_keeps_trust_continuity_and_force_overrides(kind_
 
 
 def test_bundle_import_from_refuses_an_unrelated_bundle_claiming_the_current_root_was_removed(tmp_path):
-    from test_rotation import CRAFTED_CLAIMS, crafted_items
+    from support.pki import CRAFTED_CLAIMS, crafted_items
 
     from adapters.stores import FileBundleStore
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 from conftest import KUBE_NAMESPACE, ca_config, make_bundle
-from kube_api_server import KubeApiServer
+from support.kube_api_server import KubeApiServer
 
 from adapters.stores import FileNames, Retry, load_or_create, open_store
 from adapters.stores.kubernetes_secret import VERSION_ANNOTATION, KubernetesSecretBundleStore

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from conftest import NOW, bundle_with_issuer_window, ca_config, make_bundle, make_key, wait_for
 from cryptography import x509
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from support.pki import CRAFTED_CLAIMS, crafted_items, verifies
 
 from adapters.stores import FileBundleStore
 from ca_core.bundle import (
@@ -37,7 +37,7 @@ from ca_core.rotation import actions, codec, document, rules
 from ca_core.rotation.codec import parse_state
 from ca_core.rotation.document import public_items
 from ca_core.rotation.rules import advance
-from ca_core.rotation.state import EMPTY, RemovedRoot, RotationPolicy, RotationState, active_root
+from ca_core.rotation.state import EMPTY, RotationPolicy
 from ca_core.spiffe_id import SpiffeId
 from ca_core.validators import Identity
 from handlers.server import CertificateAuthority
@@ -55,17 +55,6 @@ class Clock:
 
     def __call__(self):
         return self.t
-
-
-def verifies(leaf: x509.Certificate, chain: list[x509.Certificate], anchors_pem: bytes, at) -> bool:
-    """pyca/cryptography's client verifier: ``leaf`` with ``chain`` against ``anchors_pem`` at ``at``."""
-    store = Store(x509.load_pem_x509_certificates(anchors_pem))
-    verifier = PolicyBuilder().store(store).time(at).build_client_verifier()
-    try:
-        verifier.verify(leaf, chain)
-    except VerificationError:
-        return False
-    return True
 
 
 class Clients:
@@ -362,21 +351,6 @@ def test_emergency_removes_every_other_root_and_continuity_accepts_only_that():
     with pytest.raises(BundleError, match="does not include the active root"):
         other = make_bundle(NOW)  # released lists only the emergency's own roots, not this one
         check_replacement(bundle, prepared.items(), other, other.to_items(), NOW, "test")
-
-
-# Claims an unrelated bundle's state can make about the current root: (reason, when its own
-# root became active relative to the removal; None: no active record). None of them may count.
-CRAFTED_CLAIMS = [("pruned", timedelta(0)), ("emergency", None), ("emergency", -timedelta(hours=1))]
-
-
-def crafted_items(current: TrustBundle, now, reason: str, active_since) -> dict[str, bytes]:
-    """An unrelated bundle whose rotation state lists ``current``'s active root as removed."""
-    other = make_bundle(now)
-    root = active_root(current)
-    removed = RemovedRoot(fingerprint(root), root.subject.rfc4514_string(), now, reason)
-    since = None if active_since is None else now + active_since
-    state = RotationState(root_since=since, removed=(removed,))
-    return {**other.to_items(), ROTATION_STATE: codec.encode_state(state, other)}
 
 
 @pytest.mark.parametrize("reason, active_since", CRAFTED_CLAIMS)

@@ -1,7 +1,7 @@
 """Faults (issue 7, hardening 2): the disk full while a bundle is written, the JWKS server and
 the Kubernetes API down or trickling, each → the defined behaviour of design §3/§5, nothing lost,
-and recovery once the fault clears. (Store unreachable at start: tests/test_stores.py,
-tests/test_cli_bundle.py; API down without recovery: tests/test_validators_*.py.)"""
+and recovery once the fault clears. (Store unreachable at start: tests/adapters/test_stores.py,
+tests/handlers/test_cli_bundle.py; API down without recovery: tests/ca_core/test_validators_*.py.)"""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import ca_config, make_bundle, make_csr, snapshot, write_bundle
-from jwks_server import JwksServer, SigningKey, claims, jwks, self_signed_tls
-from kube_api_server import KubeApiServer
-from test_validators_kubernetes import Cluster
+from support.jwks_server import JwksServer, SigningKey, claims, jwks, self_signed_tls
+from support.kube import Cluster
+from support.kube_api_server import KubeApiServer
 
 import sentryca_client as client
 from adapters.jwks_source import FAILED_FETCH_RETRY, JwksCache

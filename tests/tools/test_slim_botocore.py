@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import botocore.loaders
 import botocore.model
 import pytest
 from botocore import xform_name
 from conftest import TEST_BUCKET
+from support import REPO_ROOT
 
 from adapters import aws
 from adapters.stores import open_store
 from ca_core.bundle import generate_bundle
 from ca_core.errors import ConfigError
 from tools import slim_botocore
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def slim_loader(path) -> botocore.loaders.Loader:
@@ -70,7 +68,7 @@ def _walk(shape, seen: set[str]) -> None:
 def _sdk_calls() -> set[str]:
     """Every ``client.<operation>(`` / ``.client("svc").<operation>(`` call in src/."""
     calls = set()
-    for path in (ROOT / "src").rglob("*.py"):
+    for path in (REPO_ROOT / "src").rglob("*.py"):
         calls |= set(re.findall(r"client(?:\([^)]*\))?\.([a-z_]+)\(", path.read_text()))
     return calls
 

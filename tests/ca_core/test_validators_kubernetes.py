@@ -1,17 +1,16 @@
 """KUBERNETES validator (design §6, §3 step 2) with the real ``kubernetes`` client talking HTTP to
-the loopback API server of ``kube_api_server.py``: TokenReview, pods, Dapr Configurations."""
+the loopback API server of ``support/kube_api_server.py``: TokenReview, pods, Dapr Configurations."""
 
 from __future__ import annotations
 
 import logging
-import secrets
 from datetime import UTC, datetime
 
-import jwt
 import pytest
 from conftest import make_bundle, make_csr
 from cryptography import x509
-from kube_api_server import KubeApiServer, TokenReviews
+from support.kube import Cluster
+from support.kube_api_server import KubeApiServer
 
 from adapters.kube_api import KubernetesApi
 from ca_core.errors import ConfigError, PermissionDenied, Unavailable
@@ -23,39 +22,6 @@ from ca_core.validators.kubernetes import KubernetesValidator
 CA_NS = "dapr-system"
 CA_ID = SpiffeId("cluster.local", CA_NS, "dapr-sentry")
 DEFAULT_AUDIENCES = ["dapr.io/sentry", "spiffe://cluster.local/ns/dapr-system/dapr-sentry"]
-
-
-class Cluster:
-    """The fake API server with helpers to add pods, Configurations and service account tokens."""
-
-    def __init__(self, server: KubeApiServer) -> None:
-        self.server = server
-        self.reviews = TokenReviews(server)
-
-    def pod(self, ns: str, name: str, sa: str = "default", **annotations: str) -> None:
-        self.server.put(
-            "v1",
-            "pods",
-            ns,
-            {
-                "metadata": {"name": name, "annotations": annotations},
-                "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "image": "app:1"}]},
-            },
-        )
-
-    def configuration(self, ns: str, name: str, trust_domain: str | None) -> None:
-        spec = {"accessControl": {"trustDomain": trust_domain}} if trust_domain is not None else {}
-        self.server.put("dapr.io/v1alpha1", "configurations", ns, {"metadata": {"name": name}, "spec": spec})
-
-    def token(self, ns: str, sa: str, pod: str | None) -> str:
-        """A service account token (its signature is the API server's business: the TokenReview
-        vouches for it) bound to ``pod``, registered with the TokenReview endpoint."""
-        claims = {"iss": "https://kubernetes.default.svc", "sub": f"system:serviceaccount:{ns}:{sa}"}
-        if pod is not None:
-            claims["kubernetes.io"] = {"namespace": ns, "pod": {"name": pod, "uid": "u"}}
-        token = jwt.encode(claims | {"jti": secrets.token_hex(8)}, secrets.token_bytes(32), algorithm="HS256")
-        self.reviews.tokens[token] = f"system:serviceaccount:{ns}:{sa}"
-        return token
 
 
 @pytest.fixture
