@@ -6,11 +6,12 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import make_bundle, snapshot
 
 from adapters.stores import FileBundleStore, FileNames, load_or_create, open_store
 from ca_core.bundle import ANCHORS, ISSUER_KEY
 from ca_core.errors import BundleError
+
+from support.pki import make_bundle, snapshot
 
 
 def mode(p: Path) -> int:

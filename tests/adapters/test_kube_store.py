@@ -9,13 +9,16 @@ import base64
 import uuid
 
 import pytest
-from conftest import KUBE_NAMESPACE, ca_config, make_bundle
-from support.kube_api_server import KubeApiServer
 
 from adapters.stores import FileNames, Retry, load_or_create, open_store
 from adapters.stores.kubernetes_secret import VERSION_ANNOTATION, KubernetesSecretBundleStore
 from ca_core.bundle import parse_public_bundle
 from ca_core.errors import BundleError, Unavailable
+
+from support.ca import ca_config
+from support.kube import KUBE_NAMESPACE
+from support.kube_api_server import KubeApiServer
+from support.pki import make_bundle
 
 NS = KUBE_NAMESPACE
 

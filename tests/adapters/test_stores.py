@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import KUBE_NAMESPACE, NOW, TEST_BUCKET, aws_client, make_bundle, snapshot
 from cryptography.hazmat.primitives import serialization
 
 from adapters.stores import Retry, encode_document, load_or_create, open_store
@@ -20,12 +19,16 @@ from ca_core.bundle import parse_bundle, parse_public_bundle
 from ca_core.errors import BundleError, Unavailable
 from ca_core.keys import KeyAlgorithm
 
+from support.aws import TEST_BUCKET, aws_client
+from support.kube import KUBE_NAMESPACE
+from support.pki import NOW, make_bundle, snapshot
+
 KINDS = ["file", "s3", "secretsmanager", "kubernetes"]
 
 
 class Kit:
     """A fresh, empty store of one kind, with raw (adapter-free) access for damage and snapshots.
-    endpoint: the moto server (AWS kinds); kube: the fake API server (``conftest.KubeApi``)."""
+    endpoint: the moto server (AWS kinds); kube: the fake API server (``support.kube.KubeApi``)."""
 
     def __init__(self, kind: str, tmp_path: Path, endpoint: str | None, kube=None) -> None:
         self.kind, self.endpoint, self.kube, tag = kind, endpoint, kube, uuid.uuid4().hex[:10]
@@ -471,9 +474,9 @@ def test_a_new_root_written_directly_is_published_only_once_the_ca_accepts_it(ki
     """design §5: an operator writes a bundle with a new root straight into the store. The running
     CA refuses it (trust continuity), so the public part (relying parties' trust anchors) keeps
     the old anchors byte for byte; a forced restart accepts it and publishes the new anchors."""
-    from conftest import ca_config
-
     from handlers.server import CertificateAuthority
+
+    from support.ca import ca_config
 
     flags = {"trust_bundle_store": kit.url} | ({"kubeconfig": kit.kubeconfig} if kit.kubeconfig else {})
     config = ca_config(tmp_path / "unused", **flags)

@@ -3,7 +3,6 @@
 from datetime import timedelta
 
 import pytest
-from conftest import NOW, make_bundle, make_key
 from cryptography.hazmat.primitives import serialization
 
 from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, ROOT_KEY, parse_bundle, parse_public_bundle
@@ -11,6 +10,8 @@ from ca_core.certs import generate_issuer
 from ca_core.errors import BundleError
 from ca_core.keys import KeyAlgorithm
 from ca_core.spiffe_id import SpiffeId
+
+from support.pki import NOW, make_bundle, make_key
 
 
 @pytest.mark.parametrize("algorithm", list(KeyAlgorithm), ids=lambda a: a.value)

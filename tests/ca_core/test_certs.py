@@ -3,7 +3,6 @@
 from datetime import timedelta
 
 import pytest
-from conftest import NOW, bundle_with_issuer_window, make_bundle, make_key
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -12,6 +11,8 @@ from ca_core.certs import check_issuer_valid, new_serial, sign_workload
 from ca_core.errors import FailedPrecondition
 from ca_core.keys import KeyAlgorithm
 from ca_core.spiffe_id import SpiffeId
+
+from support.pki import NOW, bundle_with_issuer_window, make_bundle, make_key
 
 ALGORITHMS = list(KeyAlgorithm)
 SID = SpiffeId("example.org", "prod", "orders")

@@ -1,7 +1,6 @@
 """CSR parsing (design §3 step 4): every bad input is an InvalidRequest with a reason."""
 
 import pytest
-from conftest import make_csr, make_key
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
@@ -9,6 +8,8 @@ from hypothesis import strategies as st
 
 from ca_core.csr import parse_csr
 from ca_core.errors import InvalidRequest
+
+from support.pki import make_csr, make_key
 
 
 @pytest.mark.parametrize("kind", ["p256", "p384", "ed25519", "rsa2048", "rsa3072"])

@@ -4,9 +4,10 @@ import logging
 from datetime import timedelta
 
 import pytest
-from conftest import NOW, bundle_with_issuer_window, make_bundle
 
 from ca_core.expiry import check_expiry, expiry_report, signing_coverage
+
+from support.pki import NOW, bundle_with_issuer_window, make_bundle
 
 
 def findings_at(bundle, now):

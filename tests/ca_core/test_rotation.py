@@ -16,9 +16,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import NOW, bundle_with_issuer_window, ca_config, make_bundle, make_key, wait_for
 from cryptography import x509
-from support.pki import CRAFTED_CLAIMS, crafted_items, verifies
 
 from adapters.stores import FileBundleStore
 from ca_core.bundle import (
@@ -41,6 +39,18 @@ from ca_core.rotation.state import EMPTY, RotationPolicy
 from ca_core.spiffe_id import SpiffeId
 from ca_core.validators import Identity
 from handlers.server import CertificateAuthority
+
+from support.ca import ca_config
+from support.pki import (
+    CRAFTED_CLAIMS,
+    NOW,
+    bundle_with_issuer_window,
+    crafted_items,
+    make_bundle,
+    make_key,
+    verifies,
+)
+from support.wait import wait_for
 
 DAY = timedelta(days=1)
 STEP = timedelta(hours=12)

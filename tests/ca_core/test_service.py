@@ -3,12 +3,13 @@
 from datetime import timedelta
 
 import pytest
-from conftest import NOW, bundle_with_issuer_window, make_bundle, make_csr
 from cryptography import x509
 
 from ca_core.errors import FailedPrecondition, InvalidRequest, PermissionDenied
 from ca_core.service import Signer, SigningPolicy
 from ca_core.validators import InsecureValidator, SignRequest, TokenValidatorKind
+
+from support.pki import NOW, bundle_with_issuer_window, make_bundle, make_csr
 
 BUNDLE = make_bundle()
 CSR = make_csr()

@@ -11,9 +11,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import make_csr
-from support.jwks_server import JwksServer as _JwksServer
-from support.jwks_server import SigningKey, claims, jwks
 
 from adapters.jwks_source import JwksCache
 from ca_core.config import JwksSettings
@@ -21,6 +18,10 @@ from ca_core.errors import ConfigError, PermissionDenied, Unavailable
 from ca_core.spiffe_id import SpiffeId
 from ca_core.validators import SignRequest
 from ca_core.validators.jwks import JwksValidator
+
+from support.jwks_server import JwksServer as _JwksServer
+from support.jwks_server import SigningKey, claims, jwks
+from support.pki import make_csr
 
 CA_ID = SpiffeId("localhost", "default", "dapr-sentry")
 AUD = str(CA_ID)

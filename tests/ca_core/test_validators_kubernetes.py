@@ -7,10 +7,7 @@ import logging
 from datetime import UTC, datetime
 
 import pytest
-from conftest import make_bundle, make_csr
 from cryptography import x509
-from support.kube import Cluster
-from support.kube_api_server import KubeApiServer
 
 from adapters.kube_api import KubernetesApi
 from ca_core.errors import ConfigError, PermissionDenied, Unavailable
@@ -18,6 +15,10 @@ from ca_core.service import Signer, SigningPolicy
 from ca_core.spiffe_id import SpiffeId
 from ca_core.validators import SignRequest, TokenValidatorKind, validator_readiness
 from ca_core.validators.kubernetes import KubernetesValidator
+
+from support.kube import Cluster
+from support.kube_api_server import KubeApiServer
+from support.pki import make_bundle, make_csr
 
 CA_NS = "dapr-system"
 CA_ID = SpiffeId("cluster.local", CA_NS, "dapr-sentry")
@@ -192,7 +193,7 @@ def test_control_plane_pod_gets_the_ca_trust_domain_and_dns_sans(cluster, valida
         {TokenValidatorKind.KUBERNETES: validator},
         TokenValidatorKind.KUBERNETES,
     )
-    from conftest import NOW
+    from support.pki import NOW
 
     leaf = signer.sign(req("dapr-injector", CA_NS, token), NOW).certificate
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

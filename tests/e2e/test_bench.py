@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+
 from support import REPO_ROOT
 
 pytestmark = pytest.mark.slow

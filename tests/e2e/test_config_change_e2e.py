@@ -12,16 +12,18 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
-from conftest import BUCKET, ca_config, make_bundle, make_csr, reissued
 from cryptography import x509
-from support import REPO_ROOT
-from support.aws import FUNCTION_ENV
 
 import sentryca_client as client
 from adapters.stores.s3 import S3BundleStore
 from handlers.server import CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2
 from tools.local_invoke import invoke
+
+from support import REPO_ROOT
+from support.aws import BUCKET, FUNCTION_ENV
+from support.ca import ca_config
+from support.pki import make_bundle, make_csr, reissued
 
 DEADLINE = 60.0  # generous: the poll interval is 1 s
 

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import ca_config, run_openssl
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store
@@ -18,6 +17,9 @@ from spiffe import X509Svid
 import sentryca_client as client
 from ca_core.keys import KeyAlgorithm
 from handlers.server import CertificateAuthority
+
+from support.ca import ca_config
+from support.openssl import run_openssl
 
 # pkilint's URI check knows only common schemes and flags every spiffe:// URI; nothing else is excused.
 KNOWN_FALSE_POSITIVES = {"pkix.invalid_uri_syntax"}

@@ -5,9 +5,10 @@ the KUBERNETES validator and the Kubernetes Secret store call, probes hit the re
 from __future__ import annotations
 
 import yaml
-from support import REPO_ROOT
 
 from ca_core.config import load_config
+
+from support import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy" / "kubernetes"
 

@@ -4,10 +4,11 @@ import json
 
 from cryptography import x509
 from google.protobuf import json_format
-from support import REPO_ROOT
 
 import sentryca_client as client
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
+
+from support import REPO_ROOT
 
 EVENTS = REPO_ROOT / "events"
 

@@ -18,10 +18,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ca_config, make_bundle, make_csr, snapshot, write_bundle
-from support.jwks_server import JwksServer, SigningKey, claims, jwks, self_signed_tls
-from support.kube import Cluster
-from support.kube_api_server import KubeApiServer
 
 import sentryca_client as client
 from adapters.jwks_source import FAILED_FETCH_RETRY, JwksCache
@@ -32,6 +28,12 @@ from ca_core.spiffe_id import SpiffeId
 from ca_core.validators import SignRequest
 from ca_core.validators.jwks import JwksValidator
 from handlers.server import CertificateAuthority
+
+from support.ca import ca_config
+from support.jwks_server import JwksServer, SigningKey, claims, jwks, self_signed_tls
+from support.kube import Cluster
+from support.kube_api_server import KubeApiServer
+from support.pki import make_bundle, make_csr, snapshot, write_bundle
 
 CA_ID = SpiffeId("localhost", "default", "dapr-sentry")
 SUB = "spiffe://public/ns/prod/orders"

@@ -18,14 +18,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ca_config, make_csr
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import CORPUS
-from support.jwks_server import SigningKey, claims, jwks
-from support.kube import Cluster
-from support.kube_api_server import KubeApiServer
 
 import sentryca_client as client
 from ca_core.config import JwksSettings
@@ -35,6 +30,13 @@ from ca_core.validators.kubernetes import pod_name_claim
 from handlers.grpc_service import status_for
 from handlers.server import CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2
+
+from support import CORPUS
+from support.ca import ca_config
+from support.jwks_server import SigningKey, claims, jwks
+from support.kube import Cluster
+from support.kube_api_server import KubeApiServer
+from support.pki import make_csr
 
 INSECURE, KUBERNETES, JWKS = 1, 2, 3
 DEFINED = {
@@ -344,12 +346,12 @@ def test_signer_jwks_tokens(jwks_signer, token):
 @pytest.fixture(scope="module")
 def jwks_signer(tmp_path_factory):
     """A Signer with the JWKS validator (inline key set holding SIGNER's key)."""
-    from conftest import make_bundle
-
     from adapters.jwks_source import JwksCache
     from ca_core.service import Signer, SigningPolicy
     from ca_core.validators import TokenValidatorKind
     from ca_core.validators.jwks import JwksValidator
+
+    from support.pki import make_bundle
 
     policy = SigningPolicy()
     validator = JwksValidator(

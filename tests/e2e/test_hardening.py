@@ -10,16 +10,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import (
-    bundle_with_issuer_window,
-    ca_config,
-    make_bundle,
-    make_csr,
-    make_key,
-    snapshot,
-    write_bundle,
-)
-from conftest import run_sentryca as run
 from cryptography.hazmat.primitives import serialization
 
 import sentryca_client as client
@@ -27,6 +17,10 @@ from ca_core.config import load_config
 from ca_core.errors import BundleError, ConfigError
 from handlers import composition
 from handlers.server import CertificateAuthority
+
+from support.ca import ca_config
+from support.cli import run_sentryca as run
+from support.pki import bundle_with_issuer_window, make_bundle, make_csr, make_key, snapshot, write_bundle
 
 # --- INSECURE is never silently reachable from a network (design §6) ---------------------------
 

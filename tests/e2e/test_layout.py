@@ -17,6 +17,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
 from support import REPO_ROOT
 
 SRC = REPO_ROOT / "src"

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ca_config, make_csr
 from cryptography import x509
-from support.jwks_server import JwksServer, SigningKey, claims, jwks
 
 import sentryca_client as client
 from ca_core.config import load_config
 from handlers.server import CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
+
+from support.ca import ca_config
+from support.jwks_server import JwksServer, SigningKey, claims, jwks
+from support.pki import make_csr
 
 CLIENTS = 32
 CHANNELS = 8

@@ -17,19 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import (
-    TEST_BUCKET,
-    aws_client,
-    bundle_with_issuer_window,
-    ca_config,
-    make_bundle,
-    make_csr,
-    make_key,
-    wait_for,
-)
 from cryptography import x509
-from support import REPO_ROOT
-from support.pki import verifies
 
 import sentryca_client as client
 from adapters.stores import FileBundleStore, open_store
@@ -39,6 +27,12 @@ from ca_core.keys import private_key_pem
 from ca_core.rotation.codec import parse_state
 from ca_core.spiffe_id import SpiffeId
 from handlers.server import CertificateAuthority
+
+from support import REPO_ROOT
+from support.aws import TEST_BUCKET, aws_client
+from support.ca import ca_config
+from support.pki import bundle_with_issuer_window, make_bundle, make_csr, make_key, verifies
+from support.wait import wait_for
 
 RUNBOOK = REPO_ROOT / "docs" / "runbook.md"
 BIN = str(Path(sys.executable).parent)

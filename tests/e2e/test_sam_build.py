@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import TEST_BUCKET, make_bundle
-from support import REPO_ROOT
 
 from adapters.stores import open_store
 from tools.local_invoke import load_template
+
+from support import REPO_ROOT
+from support.aws import TEST_BUCKET
+from support.pki import make_bundle
 
 SAM = REPO_ROOT / ".venv-tools" / "bin" / "sam"
 TEMPLATE = load_template(REPO_ROOT / "template.yaml")

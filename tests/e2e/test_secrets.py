@@ -12,14 +12,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import EPHEMERAL_PORTS, SENTRYCA, ca_config, make_csr
-from support.jwks_server import SigningKey, claims, jwks
-from support.kube import Cluster
-from support.kube_api_server import KubeApiServer
 
 import sentryca_client as client
 from ca_core.config import JwksSettings
 from handlers.server import CertificateAuthority
+
+from support.ca import ca_config
+from support.cli import EPHEMERAL_PORTS, SENTRYCA
+from support.jwks_server import SigningKey, claims, jwks
+from support.kube import Cluster
+from support.kube_api_server import KubeApiServer
+from support.pki import make_csr
 
 SUB = "spiffe://public/ns/prod/orders"
 AUD = "spiffe://localhost/ns/default/dapr-sentry"

@@ -11,12 +11,14 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from conftest import aws_client, make_bundle, write_bundle
-from support import REPO_ROOT
 
 from ca_core.config import load_config
 from handlers import lambda_support as ls
 from tools.local_invoke import function_handler, load_template, resolve_handler
+
+from support import REPO_ROOT
+from support.aws import aws_client
+from support.pki import make_bundle, write_bundle
 
 TEMPLATE = load_template(REPO_ROOT / "template.yaml")
 RESOURCES = TEMPLATE["Resources"]

@@ -9,16 +9,18 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import SENTRYCA, ca_config, serve
-from support.jwks_server import JwksServer, SigningKey, claims, jwks
-from support.kube import Cluster
-from support.kube_api_server import KubeApiServer
 
 import sentryca_client as client
 from ca_core.config import JwksSettings
 from ca_core.errors import ConfigError
 from ca_core.validators import TokenValidatorKind
 from handlers.composition import build_validators
+
+from support.ca import ca_config
+from support.cli import SENTRYCA, serve
+from support.jwks_server import JwksServer, SigningKey, claims, jwks
+from support.kube import Cluster
+from support.kube_api_server import KubeApiServer
 
 INSECURE, KUBERNETES, JWKS = 1, 2, 3
 

@@ -4,9 +4,12 @@ import re
 import signal
 
 import pytest
-from conftest import EPHEMERAL_PORTS, make_bundle, run_openssl, serve, snapshot, write_bundle
-from conftest import run_sentryca as run
 from cryptography import x509
+
+from support.cli import EPHEMERAL_PORTS, serve
+from support.cli import run_sentryca as run
+from support.openssl import run_openssl
+from support.pki import make_bundle, snapshot, write_bundle
 
 
 @pytest.fixture

@@ -8,20 +8,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import (
-    EPHEMERAL_PORTS,
-    KUBE_NAMESPACE,
-    TEST_BUCKET,
-    make_bundle,
-    serve,
-    snapshot,
-    write_bundle,
-)
-from conftest import run_sentryca as run
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from adapters.stores import open_store
+
+from support.aws import TEST_BUCKET
+from support.cli import EPHEMERAL_PORTS, serve
+from support.cli import run_sentryca as run
+from support.kube import KUBE_NAMESPACE
+from support.pki import make_bundle, snapshot, write_bundle
 
 
 def store_url(kind: str, tmp_path: Path) -> str:
@@ -151,9 +147,9 @@ def test_bundle_import_verifies_keeps_trust_continuity_and_force_overrides(kind_
 
 
 def test_bundle_import_from_refuses_an_unrelated_bundle_claiming_the_current_root_was_removed(tmp_path):
-    from support.pki import CRAFTED_CLAIMS, crafted_items
-
     from adapters.stores import FileBundleStore
+
+    from support.pki import CRAFTED_CLAIMS, crafted_items
 
     store_dir = tmp_path / "store"
     ours = make_bundle()

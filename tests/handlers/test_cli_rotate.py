@@ -9,10 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ca_config, make_bundle, make_csr, make_key, run_openssl, wait_for
-from conftest import run_sentryca as run
 from cryptography import x509
-from support.pki import verifies
 
 import sentryca_client as client
 from adapters.stores import FileBundleStore
@@ -22,6 +19,12 @@ from ca_core.keys import private_key_pem
 from ca_core.rotation.codec import parse_state
 from ca_core.spiffe_id import SpiffeId
 from handlers.server import CertificateAuthority
+
+from support.ca import ca_config
+from support.cli import run_sentryca as run
+from support.openssl import run_openssl
+from support.pki import make_bundle, make_csr, make_key, verifies
+from support.wait import wait_for
 
 CA_ID = SpiffeId("localhost", "default", "dapr-sentry")
 

@@ -10,14 +10,15 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import BUCKET, aws_client, make_bundle, reissued
-from support import REPO_ROOT
-from support.aws import FUNCTION_ENV, emf_lines, emitted, log_lines
 
 from adapters.stores.s3 import S3BundleStore
 from adapters.stores.secretsmanager import SecretsManagerBundleStore
 from ca_core.bundle import TrustBundle
 from tools.local_invoke import apply_env_vars, invoke
+
+from support import REPO_ROOT
+from support.aws import BUCKET, FUNCTION_ENV, aws_client, emf_lines, emitted, log_lines
+from support.pki import make_bundle, reissued
 
 EVENTS = REPO_ROOT / "events"
 TEMPLATE = REPO_ROOT / "template.yaml"
@@ -142,7 +143,7 @@ def test_expiry_check_of_an_empty_store_fails_and_counts_it(fn_env, bucket, caps
 def last_json_line_of_fresh_python(tmp_path, code: str, *argv: str):
     """Run ``code`` in a fresh interpreter whose file store (SENTRY_ISSUER_CREDENTIALS) holds a
     bundle; the JSON of its last output line."""
-    from conftest import write_bundle
+    from support.pki import write_bundle
 
     store = tmp_path / "credentials"
     write_bundle(store, make_bundle(datetime.now(UTC)))
@@ -328,7 +329,7 @@ def test_ssm_parameter_change(value, outcome, fn_env, aws_env, ecs, capsys):
 
 def test_make_invoke_runs_the_template_handler_with_env_json(tmp_path, monkeypatch):
     store = tmp_path / "credentials"
-    from conftest import write_bundle
+    from support.pki import write_bundle
 
     write_bundle(store, make_bundle(datetime.now(UTC)))
     env = {"PATH": "/usr/bin:/bin", "SENTRY_TRUST_BUNDLE_STORE": f"file://{store}"}

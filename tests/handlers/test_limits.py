@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conftest import ca_config, make_csr
 
 import sentryca_client as client
 from ca_core.config import load_config
 from ca_core.errors import ConfigError
 from handlers.rate_limit import MAX_CALLERS, RateLimiter, peer_host
 from handlers.server import CertificateAuthority
+
+from support.ca import ca_config
+from support.pki import make_csr
 
 
 class Clock:

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from conftest import bundle_with_issuer_window, ca_config, make_csr, make_key, write_bundle
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,6 +20,9 @@ from handlers.logs import JsonFormatter
 from handlers.metrics import bounded_reason
 from handlers.server import CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
+
+from support.ca import ca_config
+from support.pki import bundle_with_issuer_window, make_csr, make_key, write_bundle
 
 
 def sample(ca, name: str, **labels) -> float | None:

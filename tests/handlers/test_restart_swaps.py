@@ -13,8 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import NOW, bundle_with_issuer_window, ca_config, reissued, wait_for
-from support.jwks_server import SigningKey, jwks
 
 from adapters.stores import FileBundleStore, StoredBundle
 from ca_core.bundle import parse_bundle
@@ -25,6 +23,11 @@ from ca_core.rotation.state import EMPTY, RotationPolicy
 from ca_core.validators import TokenValidatorKind
 from handlers import composition
 from handlers.server import CertificateAuthority
+
+from support.ca import ca_config
+from support.jwks_server import SigningKey, jwks
+from support.pki import NOW, bundle_with_issuer_window, reissued
+from support.wait import wait_for
 
 DAY = timedelta(days=1)
 

@@ -12,21 +12,15 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from conftest import (
-    bundle_with_issuer_window,
-    ca_config,
-    make_bundle,
-    make_csr,
-    make_key,
-    snapshot,
-    write_bundle,
-)
 from cryptography import x509
 
 import sentryca_client as client
 from ca_core.errors import BundleError, CAError
 from handlers.server import AlreadyRunning, CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
+
+from support.ca import ca_config
+from support.pki import bundle_with_issuer_window, make_bundle, make_csr, make_key, snapshot, write_bundle
 
 
 def http_get(port: int, path: str) -> tuple[int, dict]:

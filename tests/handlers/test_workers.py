@@ -15,21 +15,14 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import (
-    Served,
-    bundle_with_issuer_window,
-    make_csr,
-    reissued,
-    run_sentryca,
-    serve,
-    snapshot,
-    write_bundle,
-)
 from cryptography import x509
 
 import sentryca_client as client
 from adapters.stores import FileBundleStore
 from ca_core.bundle import TrustBundle, parse_bundle
+
+from support.cli import Served, run_sentryca, serve
+from support.pki import bundle_with_issuer_window, make_csr, reissued, snapshot, write_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -1,13 +1,26 @@
-"""The Kubernetes side of the tests: a cluster on the loopback fake API server
-(support/kube_api_server.py) with pods, Dapr Configurations and service account tokens."""
+"""The Kubernetes side of the tests, on the loopback fake API server (support/kube_api_server.py):
+a running server with its kubeconfig (the kube_api fixture), and a cluster with pods, Dapr
+Configurations and service account tokens."""
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
 from support.kube_api_server import KubeApiServer, TokenReviews
+
+KUBE_NAMESPACE = "sentryca-test"
+
+
+@dataclass
+class KubeApi:
+    """A running fake API server and a kubeconfig file pointing at it."""
+
+    server: Any
+    kubeconfig: str
 
 
 class Cluster:

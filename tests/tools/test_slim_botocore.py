@@ -10,14 +10,15 @@ import botocore.loaders
 import botocore.model
 import pytest
 from botocore import xform_name
-from conftest import TEST_BUCKET
-from support import REPO_ROOT
 
 from adapters import aws
 from adapters.stores import open_store
 from ca_core.bundle import generate_bundle
 from ca_core.errors import ConfigError
 from tools import slim_botocore
+
+from support import REPO_ROOT
+from support.aws import TEST_BUCKET
 
 
 def slim_loader(path) -> botocore.loaders.Loader:
