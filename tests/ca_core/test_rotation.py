@@ -50,7 +50,7 @@ from support.pki import (
     make_key,
     verifies,
 )
-from support.wait import wait_for
+from support.wait import wait_until
 
 DAY = timedelta(days=1)
 STEP = timedelta(hours=12)
@@ -409,7 +409,7 @@ def test_a_polling_ca_refuses_an_unrelated_bundle_claiming_its_root_was_removed(
         for n, (reason, active_since) in enumerate(CRAFTED_CLAIMS, 1):
             crafted = crafted_items(first, datetime.now(UTC), reason, active_since)
             assert store.replace(crafted, store.load().version)
-            wait_for(lambda n=n: refused(ca) == n, f"the crafted bundle ({reason}) is refused")
+            wait_until(lambda n=n: refused(ca) == n, f"the crafted bundle ({reason}) is refused")
             assert ca.signer.bundle is first
     finally:
         ca.stop(grace=0)

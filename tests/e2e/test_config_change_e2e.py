@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from datetime import UTC, datetime
 
 import grpc
@@ -24,21 +23,13 @@ from support import REPO_ROOT
 from support.aws import BUCKET, FUNCTION_ENV
 from support.ca import ca_config
 from support.pki import make_bundle, make_csr, reissued
+from support.wait import wait_until
 
 DEADLINE = 60.0  # generous: the poll interval is 1 s
 
 
 def refused(ca: CertificateAuthority) -> float:
     return ca.metrics.registry.get_sample_value("sentryca_bundle_change_refused_total") or 0.0
-
-
-def wait_for(condition, what: str) -> None:
-    end = time.monotonic() + DEADLINE
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"not within {DEADLINE}s: {what}")
 
 
 class SigningLoop(threading.Thread):
@@ -101,7 +92,7 @@ def test_config_change_restarts_in_place_without_failed_calls(bucket, tmp_path, 
     loop = SigningLoop(chan)
     loop.start()
     try:
-        wait_for(lambda: loop.calls > 0, "first signature")
+        wait_until(lambda: loop.calls > 0, "first signature", timeout=DEADLINE)
 
         def fingerprint(bundle):
             return bundle.issuer.fingerprint(bundle.issuer.signature_hash_algorithm)
@@ -114,16 +105,18 @@ def test_config_change_restarts_in_place_without_failed_calls(bucket, tmp_path, 
         assert (
             invoke("ConfigChangeFunction", s3_event(), REPO_ROOT / "template.yaml")["outcome"] == "accepted"
         )
-        wait_for(lambda: loop.last_issuer == fingerprint(second), "the new issuer is served")
+        wait_until(
+            lambda: loop.last_issuer == fingerprint(second), "the new issuer is served", timeout=DEADLINE
+        )
 
         # 2. A bundle that drops the current root: rejected; the CA's poll refuses it too.
         refused_before = refused(ca)
         assert store.replace(make_bundle(now).to_items(), store.load().version)
         result = invoke("ConfigChangeFunction", s3_event(), REPO_ROOT / "template.yaml")
         assert result["outcome"] == "rejected" and "active root" in result["reason"]
-        wait_for(lambda: refused(ca) > refused_before, "the CA refuses it")
+        wait_until(lambda: refused(ca) > refused_before, "the CA refuses it", timeout=DEADLINE)
         calls = loop.calls
-        wait_for(lambda: loop.calls > calls + 5, "signing continues")
+        wait_until(lambda: loop.calls > calls + 5, "signing continues", timeout=DEADLINE)
         assert loop.last_issuer == fingerprint(second)
 
         # 3. A corrupt bundle: rejected; the CA's poll refuses it too and keeps serving.
@@ -132,9 +125,11 @@ def test_config_change_restarts_in_place_without_failed_calls(bucket, tmp_path, 
         assert (
             invoke("ConfigChangeFunction", s3_event(), REPO_ROOT / "template.yaml")["outcome"] == "rejected"
         )
-        wait_for(lambda: refused(ca) > refused_before, "the CA refuses the corrupt bundle")
+        wait_until(
+            lambda: refused(ca) > refused_before, "the CA refuses the corrupt bundle", timeout=DEADLINE
+        )
         calls = loop.calls
-        wait_for(lambda: loop.calls > calls + 5, "signing continues")
+        wait_until(lambda: loop.calls > calls + 5, "signing continues", timeout=DEADLINE)
         assert loop.last_issuer == fingerprint(second)
     finally:
         loop.stop.set()
@@ -156,11 +151,13 @@ def test_store_poll_on_a_file_store_refuses_a_root_drop_then_applies_a_valid_bun
         first = ca.signer.bundle
         dropped = make_bundle(datetime.now(UTC))
         assert store.replace(dropped.to_items(), store.load().version)
-        wait_for(lambda: refused(ca) == 1, "the root-dropping bundle is refused")
+        wait_until(lambda: refused(ca) == 1, "the root-dropping bundle is refused", timeout=DEADLINE)
         assert ca.signer.bundle is first
         second = reissued(first, datetime.now(UTC))
         assert store.replace(second.to_items(), store.load().version)
-        wait_for(lambda: ca.signer.bundle.issuer == second.issuer, "the valid bundle is applied")
+        wait_until(
+            lambda: ca.signer.bundle.issuer == second.issuer, "the valid bundle is applied", timeout=DEADLINE
+        )
         assert refused(ca) == 1
     finally:
         ca.stop(grace=0)

@@ -21,6 +21,7 @@ from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
 from support.ca import ca_config
 from support.jwks_server import JwksServer, SigningKey, claims, jwks
 from support.pki import make_csr
+from support.wait import wait_until
 
 CLIENTS = 32
 CHANNELS = 8
@@ -45,7 +46,6 @@ def test_fifty_restarts_under_load_fail_no_call_and_apply_each_setting(store_dir
     lock = threading.Lock()
     calls: list[tuple[float, float, timedelta]] = []  # (start, end, leaf TTL), time.monotonic()
     failures: list[BaseException] = []
-    progress = threading.Condition(lock)
 
     def worker(i: int) -> None:
         stub = sentry_pb2_grpc.CAStub(channels[i % CHANNELS])
@@ -61,13 +61,15 @@ def test_fifty_restarts_under_load_fail_no_call_and_apply_each_setting(store_dir
                     failures.append(e)
                 continue
             ended = time.monotonic()
-            with progress:
+            with lock:
                 calls.append((started, ended, leaf_ttl(response)))
-                progress.notify_all()
 
     def wait_for_calls(count: int) -> None:
-        with progress:
-            assert progress.wait_for(lambda: len(calls) >= count or failures, timeout=30)
+        def reached():
+            with lock:
+                return len(calls) >= count or failures
+
+        wait_until(reached, f"{count} calls (or a failure)", timeout=30)
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(CLIENTS)]
     for t in threads:
@@ -143,13 +145,6 @@ def _jwks_config(tmp_path, server: JwksServer, path: str, **flags: str):
     return load_config(flags, {}, lambda name: Path(name).read_text())
 
 
-def _wait(predicate, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def _received(ca: CertificateAuthority) -> float:
     """``dapr_sentry_cert_sign_request_received_total`` of ``ca``."""
     return ca.metrics.registry.get_sample_value("dapr_sentry_cert_sign_request_received_total") or 0.0
@@ -172,14 +167,14 @@ def test_restart_to_a_new_port_serves_it_before_the_old_one_drains_its_calls(tmp
     old_chan = client.channel(f"localhost:{old_port}", anchors)
     results: list = []
     try:
-        _wait(lambda: ca.readiness()[0], "the CA to be ready (JWKS keys held)")
+        wait_until(lambda: ca.readiness()[0], "the CA to be ready (JWKS keys held)", timeout=30)
         stub = sentry_pb2_grpc.CAStub(old_chan)
         assert stub.SignCertificate(request, timeout=30).workload_certificate  # the old port serves
         received = _received(ca)
         jwks_server.hold["/jwks.json"] = threading.Event()  # every key fetch of the old validator waits
         in_flight = [stub.SignCertificate.future(request, timeout=60) for _ in range(4)]
-        _wait(lambda: _received(ca) == received + 4, "4 calls in the old server")
-        _wait(lambda: jwks_server.parked >= 1, "a call parked in its JWKS fetch")
+        wait_until(lambda: _received(ca) == received + 4, "4 calls in the old server", timeout=30)
+        wait_until(lambda: jwks_server.parked >= 1, "a call parked in its JWKS fetch", timeout=30)
 
         new_port = _free_port()
         ca.restart(_jwks_config(tmp_path, jwks_server, "/jwks-2.json", port=str(new_port)))
@@ -193,7 +188,7 @@ def test_restart_to_a_new_port_serves_it_before_the_old_one_drains_its_calls(tmp
         jwks_server.hold["/jwks.json"].set()
         results = [f.result(timeout=60) for f in in_flight]  # raises for a failed call
         assert all(client.verify_response(r, anchors).spiffe_id.endswith("/orders") for r in results)
-        _wait(lambda: not ca.draining, "the old server to drain")
+        wait_until(lambda: not ca.draining, "the old server to drain", timeout=30)
         with client.channel(f"localhost:{old_port}", anchors) as again, pytest.raises(grpc.RpcError) as e:
             sentry_pb2_grpc.CAStub(again).SignCertificate(request, timeout=5)
         assert e.value.code() is grpc.StatusCode.UNAVAILABLE  # the old port is closed

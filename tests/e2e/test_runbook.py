@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +31,7 @@ from support import REPO_ROOT
 from support.aws import TEST_BUCKET, aws_client
 from support.ca import ca_config
 from support.pki import bundle_with_issuer_window, make_bundle, make_csr, make_key, verifies
-from support.wait import wait_for
+from support.wait import wait_for_line, wait_until
 
 RUNBOOK = REPO_ROOT / "docs" / "runbook.md"
 BIN = str(Path(sys.executable).parent)
@@ -197,13 +196,10 @@ def test_the_automatic_serve_command_serves(tmp_path):
         start_new_session=True,
     )
     try:
-        lines, deadline = [], time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line or "serving on" in line:
-                lines.append(line)
-                break
-            lines.append(line)
+        lines: list[str] = []
+        wait_for_line(
+            proc.stderr, lambda line: "serving on" in line, "the CA says where it serves", seen=lines
+        )
         assert "serving on 127.0.0.1:" in lines[-1], "".join(lines)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -278,7 +274,7 @@ def test_emergency_rotation_and_its_consequences(tmp_path):
             new_anchors == (store / "ca.crt").read_bytes()
             and len(x509.load_pem_x509_certificates(new_anchors)) == 1
         )
-        wait_for(lambda: ca.signer.bundle.anchors_pem == new_anchors, "the CA applies the emergency bundle")
+        wait_until(lambda: ca.signer.bundle.anchors_pem == new_anchors, "the CA applies the emergency bundle")
         now = datetime.now(UTC)
         assert not verifies(*leaf_and_chain(before), new_anchors, now)  # every earlier leaf is dead
         with pytest.raises(grpc.RpcError):  # workloads with the old anchors cannot reach the CA any more
@@ -305,7 +301,7 @@ def test_recovery_from_an_expired_issuer(tmp_path):
         assert ca.readiness()[0] is False
         r = sh("expired-issuer", tmp_path, STORE=f"file://{store}")
         assert re.search(r"issuer\s+EXPIRED/INVALID", r.stdout) and "issuer rotation" in r.stdout
-        wait_for(lambda: ca.readiness()[0], "the CA is ready again")
+        wait_until(lambda: ca.readiness()[0], "the CA is ready again")
         response = sign(ca, expired.anchors_pem)  # with the anchors workloads already hold
         assert verifies(*leaf_and_chain(response), expired.anchors_pem, datetime.now(UTC))
     finally:
@@ -327,7 +323,7 @@ def test_recovery_from_an_expired_root(tmp_path):
         assert ca.grpc_port is None  # nothing can sign, not even the CA's own TLS certificate
         sh("expired-root", tmp_path, STORE=f"file://{store}", BACKUP=str(tmp_path / "backup"))
         assert_only_public_anchors_handed_out(tmp_path)
-        wait_for(lambda: ca.grpc_port is not None and ca.readiness()[0], "the CA serves again")
+        wait_until(lambda: ca.grpc_port is not None and ca.readiness()[0], "the CA serves again")
         sh("workload-renew", tmp_path, CA=f"localhost:{ca.grpc_port}")
         chain = x509.load_pem_x509_certificates((tmp_path / "certs" / "tls.crt").read_bytes())
         anchors = (tmp_path / "trust-new" / "ca.crt").read_bytes()

@@ -23,6 +23,7 @@ from support.jwks_server import SigningKey, claims, jwks
 from support.kube import Cluster
 from support.kube_api_server import KubeApiServer
 from support.pki import make_csr
+from support.wait import wait_for_line
 
 SUB = "spiffe://public/ns/prod/orders"
 AUD = "spiffe://localhost/ns/default/dapr-sentry"
@@ -172,10 +173,11 @@ def _wait_for_port(proc: subprocess.Popen) -> tuple[int, str]:
     """The gRPC port from the serve banner (stderr, as logged), reading until it appears."""
     import re
 
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        m = re.search(r"gRPC [^ ]+?:(\d+) \(TLS\)", line)
-        if m:
-            return int(m.group(1)), "".join(seen)
-    raise AssertionError("serve did not start:\n" + "".join(seen))
+    seen: list[str] = []
+    banner = wait_for_line(
+        proc.stderr,
+        lambda line: re.search(r"gRPC [^ ]+?:(\d+) \(TLS\)", line),
+        "serve names its gRPC port",
+        seen=seen,
+    )
+    return int(banner.group(1)), "".join(seen)

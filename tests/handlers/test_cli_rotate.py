@@ -24,7 +24,7 @@ from support.ca import ca_config
 from support.cli import run_sentryca as run
 from support.openssl import run_openssl
 from support.pki import make_bundle, make_csr, make_key, verifies
-from support.wait import wait_for
+from support.wait import wait_until
 
 CA_ID = SpiffeId("localhost", "default", "dapr-sentry")
 
@@ -226,23 +226,23 @@ def test_a_running_ca_picks_up_cli_rotations_without_a_failed_call(tmp_path):
         chan = client.channel(f"localhost:{ca.grpc_port}", first.anchors_pem)
         loop = Signing(chan)
         loop.start()
-        wait_for(lambda: loop.calls > 0, "a first signature")
+        wait_until(lambda: loop.calls > 0, "a first signature")
         early = loop.responses[0]
         # 1. rotate issuer: the CA signs with the new issuer.
         assert run("rotate", "issuer", "--issuer-credentials", str(store)).returncode == 0
         second, _ = loaded(store)
-        wait_for(lambda: loop.last[0] == second.issuer, "the new issuer is served")
+        wait_until(lambda: loop.last[0] == second.issuer, "the new issuer is served")
         # 2. rotate root with no window, then advance: anchors first, then the new root's issuer.
         env = {"SENTRY_ROOT_PROPAGATION_WINDOW": "0s"}
         assert run("rotate", "root", "--issuer-credentials", str(store), env=env).returncode == 0
         prepared, _ = loaded(store)
-        wait_for(lambda: loop.last[1] == prepared.anchors_pem, "both roots are served as anchors")
+        wait_until(lambda: loop.last[1] == prepared.anchors_pem, "both roots are served as anchors")
         assert loop.last[0] == second.issuer
         assert run("rotate", "advance", "--issuer-credentials", str(store)).returncode == 0
         third, _ = loaded(store)
-        wait_for(lambda: loop.last[0] == third.issuer, "the new root's issuer is served")
+        wait_until(lambda: loop.last[0] == third.issuer, "the new root's issuer is served")
         calls = loop.calls
-        wait_for(lambda: loop.calls > calls + 5, "signing continues")
+        wait_until(lambda: loop.calls > calls + 5, "signing continues")
         loop.stop.set()
         loop.join(timeout=30)
         assert loop.failures == []
@@ -254,7 +254,7 @@ def test_a_running_ca_picks_up_cli_rotations_without_a_failed_call(tmp_path):
         # 3. emergency: the running CA accepts it (its root is recorded as removed) and serves it.
         assert run("rotate", "root", "--issuer-credentials", str(store), "--emergency").returncode == 0
         fourth, _ = loaded(store)
-        wait_for(
+        wait_until(
             lambda: ca.signer.bundle.trust_anchors == fourth.trust_anchors, "the emergency bundle is served"
         )
         assert (ca.metrics.registry.get_sample_value("sentryca_bundle_change_refused_total") or 0) == 0

@@ -27,7 +27,7 @@ from handlers.server import CertificateAuthority
 from support.ca import ca_config
 from support.jwks_server import SigningKey, jwks
 from support.pki import NOW, bundle_with_issuer_window, reissued
-from support.wait import wait_for
+from support.wait import wait_until
 
 DAY = timedelta(days=1)
 
@@ -138,7 +138,7 @@ def test_a_store_poll_restart_keeps_the_running_validators(tmp_path, store_dir):
         stored = store.load()
         new = reissued(parse_bundle(stored.items), datetime.now(UTC), lifetime=timedelta(days=100))
         assert store.replace(new.to_items(), stored.version)
-        wait_for(lambda: ca.signer.bundle.issuer == new.issuer, "the poll applies the new issuer")
+        wait_until(lambda: ca.signer.bundle.issuer == new.issuer, "the poll applies the new issuer")
         assert ca.signer.bundle is not first
         assert set(ca.signer.validators) == {TokenValidatorKind.JWKS}
         assert ca.signer.validators[TokenValidatorKind.JWKS] is before[TokenValidatorKind.JWKS]
@@ -175,7 +175,7 @@ def test_a_store_poll_reads_the_store_once_to_apply_a_new_version(counting_store
         new = reissued(parse_bundle(stored.items), datetime.now(UTC), lifetime=timedelta(days=100))
         assert FileBundleStore(store_dir).replace(new.to_items(), stored.version)
         v2 = FileBundleStore(store_dir).load().version
-        wait_for(lambda: ca.signer.bundle.issuer == new.issuer, "the poll applies the new issuer")
+        wait_until(lambda: ca.signer.bundle.issuer == new.issuer, "the poll applies the new issuer")
         # The poll's one read was all it took: accepted (and published) with no second load.
         assert counting_store.reads_when_accepted[v2] == 1
     finally:

@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import ssl
-import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +22,7 @@ from ca_core.bundle import TrustBundle, parse_bundle
 
 from support.cli import Served, run_sentryca, serve
 from support.pki import bundle_with_issuer_window, make_csr, reissued, snapshot, write_bundle
+from support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -98,13 +98,16 @@ def test_two_workers_share_one_port_and_one_bundle(two_workers):
 
 def ready_without(ca: Served, pid: int, seconds: float = 90) -> dict:
     """The supervisor's /healthz body once it is ready again with ``pid`` no longer a worker."""
-    deadline = time.monotonic() + seconds
-    while True:
-        status, body = ca.healthz()
-        if status == 200 and pid not in [w["pid"] for w in body["workers"]]:
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.2)
+    last: dict = {}
+
+    def ready() -> bool:
+        status, last["body"] = ca.healthz()
+        return status == 200 and pid not in [w["pid"] for w in last["body"]["workers"]]
+
+    wait_until(
+        ready, lambda: f"ready without worker {pid} (last: {last['body']})", timeout=seconds, interval=0.2
+    )
+    return last["body"]
 
 
 def test_a_killed_worker_is_started_again_and_the_others_keep_serving(two_workers):
@@ -135,14 +138,16 @@ def test_every_worker_applies_a_new_bundle_from_the_store(two_workers):
     new = reissued(parse_bundle(stored.items), datetime.now(UTC), lifetime=timedelta(days=100))
     issuer = new.issuer
     assert store.replace(new.to_items(), stored.version)
-    deadline = time.monotonic() + 60
-    while True:
+    seen: list[str] = []
+
+    def applied() -> bool:
         _, body = ca.healthz()
-        seen = [w.get("details", {}).get("issuer", "") for w in body["workers"]]
-        if all(issuer.not_valid_after_utc.isoformat() in s for s in seen):
-            break
-        assert time.monotonic() < deadline, seen
-        time.sleep(0.2)
+        seen[:] = [w.get("details", {}).get("issuer", "") for w in body["workers"]]
+        return all(issuer.not_valid_after_utc.isoformat() in s for s in seen)
+
+    wait_until(
+        applied, lambda: f"every worker holds the new issuer (they hold: {seen})", timeout=60, interval=0.2
+    )
     leaves = sign_on_fresh_connections(ca, 10)
     assert {leaf.issuer for leaf in leaves} == {issuer.subject}
     # every worker saw the change; it is counted once

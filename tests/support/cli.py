@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -10,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,10 +21,17 @@ import pytest
 import sentryca_client as client
 
 from support.pki import make_csr
+from support.wait import wait_for_line, wait_until
 
 SENTRYCA = str(Path(sys.executable).with_name("sentryca"))  # the CLI installed beside this Python
 # `sentryca serve` flags for a test server: every port picked free by the OS
 EPHEMERAL_PORTS = ("--port", "0", "--healthz-port", "0", "--metrics-port", "0")
+# where `sentryca serve` says it serves: each port's line in its start-up banner (stderr)
+BANNER = {
+    "metrics": r"metrics :(\d+)",
+    "port": r"serving on 127\.0\.0\.1:(\d+)",
+    "healthz": r"Health:\s+http://[^:]+:(\d+)/healthz",
+}
 
 
 def run_sentryca(
@@ -80,13 +87,17 @@ class Served:
             return e.code, json.loads(e.read())
 
     def wait_ready(self, seconds: float = 30) -> dict:
-        deadline = time.monotonic() + seconds
-        while True:
-            status, body = self.healthz()
-            if status == 200 or time.monotonic() > deadline:
-                assert status == 200, body
-                return body
-            time.sleep(0.1)
+        """The /healthz body once it answers 200, within ``seconds``."""
+        last: dict = {}
+
+        def ready() -> bool:
+            status, last["body"] = self.healthz()
+            return status == 200
+
+        wait_until(
+            ready, lambda: f"/healthz answers 200 (last: {last['body']})", timeout=seconds, interval=0.1
+        )
+        return last["body"]
 
     def stop(self) -> str:
         """Stop the CA and return everything it logged."""
@@ -116,20 +127,17 @@ def serve(tmp_path: Path, *args: str, env: dict | None = None) -> Served:
         env=environment,
     )
     lines: list[str] = []
-    port = healthz = metrics = None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and healthz is None:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if m := re.search(r"metrics :(\d+)", line):
-            metrics = int(m.group(1))
-        if m := re.search(r"serving on 127\.0\.0\.1:(\d+)", line):
-            port = int(m.group(1))
-        if m := re.search(r"Health:\s+http://[^:]+:(\d+)/healthz", line):
-            healthz = int(m.group(1))
-    if port is None or healthz is None or metrics is None:
+    ports: dict[str, int] = {}
+
+    def banner(line: str) -> bool:
+        for name, pattern in BANNER.items():
+            if m := re.search(pattern, line):
+                ports[name] = int(m.group(1))
+        return "healthz" in ports  # the Health line follows the other two
+
+    with contextlib.suppress(AssertionError):  # the output ended or 60 s passed: reported below
+        wait_for_line(proc.stderr, banner, "sentryca serve says where it serves", timeout=60, seen=lines)
+    if ports.keys() != BANNER.keys():
         proc.kill()
         raise AssertionError("sentryca serve did not start:\n" + "".join(lines) + proc.stderr.read())
-    return Served(proc, creds, port, healthz, metrics)
+    return Served(proc, creds, ports["port"], ports["healthz"], ports["metrics"])
