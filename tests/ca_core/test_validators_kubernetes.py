@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from cryptography import x509
 
-from adapters.kube_api import KubernetesApi
+from adapters.kube_api import PROBE_INTERVAL, KubernetesApi
 from ca_core.errors import ConfigError, PermissionDenied, Unavailable
 from ca_core.service import Signer, SigningPolicy
 from ca_core.spiffe_id import SpiffeId
@@ -306,12 +306,14 @@ def test_hanging_api_times_out_as_unavailable(cluster, tmp_path):
 
 
 def test_not_ready_until_the_api_first_answers(cluster, tmp_path):
-    api = KubernetesApi.connect(str(cluster.server.write_kubeconfig(tmp_path / "kubeconfig")))
+    clock = [100.0]
+    kubeconfig = str(cluster.server.write_kubeconfig(tmp_path / "kubeconfig"))
+    api = KubernetesApi.connect(kubeconfig, clock=lambda: clock[0])
     v = KubernetesValidator(api, CA_ID)
     cluster.server.fail(503, path="/version", times=1)
     ready, detail = v.ready()
     assert not ready and "503" in detail
-    api._last_probe = None  # the next probe is due (instead of waiting PROBE_INTERVAL)
+    clock[0] += PROBE_INTERVAL  # the next probe is due
     assert v.ready() == (True, "Kubernetes API reachable")
     assert [r.path for r in cluster.server.requests].count("/version/") == 2
 

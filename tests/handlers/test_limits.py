@@ -44,9 +44,13 @@ def test_zero_means_no_limit_and_configure_changes_it():
 
 def test_the_table_of_callers_is_bounded():
     limiter = RateLimiter(1, clock=Clock())
-    for i in range(MAX_CALLERS + 50):
-        limiter.allow(f"c{i}")
-    assert len(limiter._buckets) == MAX_CALLERS
+    callers = [f"c{i}" for i in range(MAX_CALLERS + 50)]
+    for caller in callers:
+        limiter.allow(caller)  # each spends its one token
+    # The table holds MAX_CALLERS callers: the newest are remembered (their buckets still empty)...
+    assert [limiter.allow(caller) for caller in callers[50:]] == [False] * MAX_CALLERS
+    # ...and the 50 oldest were forgotten: each starts again with a full bucket.
+    assert [limiter.allow(caller) for caller in callers[:50]] == [True] * 50
 
 
 @pytest.mark.parametrize(
