@@ -176,13 +176,14 @@ def test_replace_version_answers_the_version_load_then_reports(kit):
     """A writer can put what it wrote in force without reading it back (design §8.5): the token
     replace_version answers is the version load() reports for those items; a stale expected
     version answers None and writes nothing."""
-    from ca_core import rotation
+    from ca_core.rotation.actions import prepare_root
+    from ca_core.rotation.state import EMPTY, RotationPolicy
 
     store = kit.store()
     bundle = make_bundle()
     assert store.create(bundle.to_items())
     v1 = store.load().version
-    written = rotation.prepare_root(bundle, rotation.EMPTY, NOW, rotation.RotationPolicy()).items()
+    written = prepare_root(bundle, EMPTY, NOW, RotationPolicy()).items()
     v2 = store.replace_version(written, v1)
     assert v2 is not None and v2 != v1
     loaded = store.load()
