@@ -16,7 +16,7 @@ derives from the *installed* botocore (so the data always matches its code) a di
 
 Point ``SENTRY_BOTOCORE_DATA`` at the directory and ``adapters.aws.client`` loads only from
 it (``botocore.loaders.Loader(extra_search_paths=[dir], include_default_search_paths=False)``).
-The SAM build (``src/Makefile``) does this for both functions. ``tests/test_slim_botocore.py``
+The SAM build (``src/Makefile``) does this for both functions. ``tests/tools/test_slim_botocore.py``
 compares every slim model with botocore's own and checks that every SDK call in ``src/`` is kept;
 the Lambda handlers' tests run on the slim data.
 

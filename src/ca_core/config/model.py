@@ -130,7 +130,7 @@ class Config:
 
 
 # The fields of Config that no --flag / SENTRY_* option sets, and where each comes from instead
-# (tests/test_config.py checks that every other field has an option and every option a field).
+# (tests/ca_core/test_config.py checks that every other field has an option and every option a field).
 FIELDS_WITHOUT_OPTION: dict[str, str] = {
     "namespace": "the NAMESPACE environment variable (the pod's namespace; default 'default')",
     "jwks": "spec.mtls.tokenValidators of the --config file (a structured value, not a flag)",

@@ -1,0 +1,372 @@
+"""JWKS validator (design §6): real keys, real JWTs, the key set served over HTTPS on loopback
+and trusted through ``caCertificate``."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from datetime import timedelta
+
+import pytest
+
+from adapters.jwks_source import JwksCache
+from ca_core.config import JwksSettings
+from ca_core.errors import ConfigError, PermissionDenied, Unavailable
+from ca_core.spiffe_id import SpiffeId
+from ca_core.validators import SignRequest
+from ca_core.validators.jwks import JwksValidator
+
+from support.jwks_server import JwksServer as _JwksServer
+from support.jwks_server import SigningKey, claims, jwks
+from support.pki import make_csr
+
+CA_ID = SpiffeId("localhost", "default", "dapr-sentry")
+AUD = str(CA_ID)
+SUB = "spiffe://public/ns/prod/orders"
+
+
+class Clock:
+    """Monotonic seconds that tests move by hand (the refresh interval is a rule, not a wait)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def key():
+    return SigningKey("key-1", "ES256")
+
+
+@pytest.fixture
+def server(tmp_path, key):
+    s = _JwksServer(tmp_path / "tls", jwks(key)).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def https_validator(server, clock, *, min_refresh="1m", timeout="5s") -> JwksValidator:
+    settings = JwksSettings(
+        server.url,
+        str(server.ca_pem),
+        timedelta(seconds=_secs(min_refresh)),
+        timedelta(seconds=_secs(timeout)),
+    )
+    return JwksValidator(JwksCache.from_settings(settings, clock), CA_ID)
+
+
+def _secs(text: str) -> float:
+    return float(text[:-1]) * (60 if text.endswith("m") else 1)
+
+
+@pytest.fixture
+def validator(server, clock):
+    return https_validator(server, clock)
+
+
+def req(token: str, app_id: str = "orders", ns: str = "prod", trust_domain: str = "") -> SignRequest:
+    return SignRequest(app_id, ns, make_csr(), trust_domain=trust_domain, token=token, token_validator=3)
+
+
+def denied(validator, request, reason: str) -> str:
+    with pytest.raises(PermissionDenied) as e:
+        validator.validate(request)
+    assert e.value.reason == reason, str(e.value)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("alg", ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"])
+def test_success_with_each_algorithm(tmp_path, clock, alg):
+    k = SigningKey(f"kid-{alg}", alg)
+    s = _JwksServer(tmp_path / "tls", jwks(k)).start()
+    try:
+        v = https_validator(s, clock)
+        identity = v.validate(req(k.token(claims(SUB, [AUD, "other"]))))
+        assert str(identity.spiffe_id) == SUB
+    finally:
+        s.stop()
+
+
+def test_success_with_a_requested_trust_domain(validator, key):
+    token = key.token(claims("spiffe://example.org/ns/prod/orders", AUD))
+    assert str(validator.validate(req(token, trust_domain="example.org")).spiffe_id) == (
+        "spiffe://example.org/ns/prod/orders"
+    )
+
+
+def test_wrong_audience(validator, key):
+    denied(validator, req(key.token(claims(SUB, "spiffe://localhost/ns/default/other"))), "token_audience")
+
+
+def test_missing_audience(validator, key):
+    c = claims(SUB, AUD)
+    del c["aud"]
+    assert "aud" in denied(validator, req(key.token(c)), "token_claims")
+
+
+def test_wrong_subject_names_expected_and_received(validator, key):
+    message = denied(
+        validator, req(key.token(claims("spiffe://public/ns/prod/payments", AUD))), "token_subject"
+    )
+    assert SUB in message and "payments" in message
+    # the subject is checked against the requested trust domain
+    denied(validator, req(key.token(claims(SUB, AUD)), trust_domain="example.org"), "token_subject")
+
+
+def test_expired_beyond_the_leeway(validator, key):
+    now = time.time()
+    denied(validator, req(key.token(claims(SUB, AUD, now=now - 3600, exp=int(now) - 301))), "token_expired")
+    # within the 5 minutes leeway
+    validator.validate(req(key.token(claims(SUB, AUD, now=now - 3600, exp=int(now) - 200))))
+
+
+def test_missing_exp_is_refused(validator, key):
+    c = claims(SUB, AUD)
+    del c["exp"]
+    denied(validator, req(key.token(c)), "token_claims")
+
+
+def test_nbf_an_hour_ahead(validator, key):
+    now = time.time()
+    denied(validator, req(key.token(claims(SUB, AUD, nbf=int(now) + 3600))), "token_not_yet_valid")
+    validator.validate(req(key.token(claims(SUB, AUD, nbf=int(now) + 200))))  # within the leeway
+
+
+def test_iat_in_the_future(validator, key):
+    denied(validator, req(key.token(claims(SUB, AUD, iat=int(time.time()) + 3600))), "token_not_yet_valid")
+
+
+def test_signed_by_a_key_not_in_the_set(validator):
+    stranger = SigningKey("key-1", "ES256")  # same kid, different key
+    denied(validator, req(stranger.token(claims(SUB, AUD))), "token_signature")
+    other_kid = SigningKey("key-x", "ES256")
+    denied(validator, req(other_kid.token(claims(SUB, AUD))), "token_key_unknown")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _raw_token(header: dict, payload: dict, sign) -> str:
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}"
+    return f"{signing_input}.{_b64(sign(signing_input.encode()))}"
+
+
+def test_alg_none_is_refused(validator):
+    token = _raw_token({"alg": "none", "kid": "key-1"}, claims(SUB, AUD), lambda _: b"")
+    denied(validator, req(token), "token_algorithm")
+
+
+@pytest.mark.parametrize("alg", [["ES256"], {"ES256": 1}, 256, None])
+def test_alg_that_is_not_a_string_is_refused_not_a_crash(validator, alg):
+    # found by tests/e2e/test_fuzz.py: a list or object alg was looked up in a dict (TypeError → INTERNAL)
+    token = _raw_token({"alg": alg, "kid": "key-1"}, claims(SUB, AUD), lambda _: b"x")
+    denied(validator, req(token), "token_algorithm")
+
+
+def test_hs256_signed_with_the_public_key_bytes_is_refused(validator, key):
+    # the classic algorithm-confusion attack: HMAC keyed with the (public) verification key
+    secret = key.public_pem()
+    token = _raw_token(
+        {"alg": "HS256", "kid": "key-1", "typ": "JWT"},
+        claims(SUB, AUD),
+        lambda data: hmac.new(secret, data, hashlib.sha256).digest(),
+    )
+    denied(validator, req(token), "token_algorithm")
+
+
+def test_alg_not_matching_the_key_type_is_refused(validator, key):
+    rsa_key = SigningKey("key-1", "RS256")  # kid of the EC key, RSA algorithm
+    denied(validator, req(rsa_key.token(claims(SUB, AUD))), "token_key_unknown")
+
+
+def test_empty_and_malformed_tokens(validator):
+    denied(validator, req(""), "token_missing")
+    denied(validator, req("not-a-jwt"), "token_malformed")
+
+
+def test_common_checks_apply(validator, key):
+    denied(validator, req(key.token(claims(SUB, AUD)), app_id="bad.id"), "invalid_identity")
+    denied(validator, req(key.token(claims(SUB, AUD)), trust_domain="Bad Domain"), "invalid_identity")
+
+
+def test_key_rotation_new_kid_passes_after_one_rate_limited_refresh(server, validator, clock, key):
+    validator.validate(req(key.token(claims(SUB, AUD))))
+    assert server.fetches == 1
+    new = SigningKey("key-2", "EdDSA")
+    server.document = jwks(key, new)
+    clock.t += 61  # past the minimum interval: the unknown kid triggers one refresh
+    assert str(validator.validate(req(new.token(claims(SUB, AUD)))).spiffe_id) == SUB
+    assert server.fetches == 2
+    validator.validate(req(new.token(claims(SUB, AUD))))
+    validator.validate(req(key.token(claims(SUB, AUD))))
+    assert server.fetches == 2  # known kids need no fetch
+
+
+def test_unknown_kids_do_not_refetch_within_the_minimum_interval(server, validator, clock, key):
+    validator.validate(req(key.token(claims(SUB, AUD))))
+    newer = SigningKey("key-3", "ES256")
+    server.document = jwks(key, newer)
+    clock.t += 10  # within the minimum interval (1m)
+    for _ in range(5):
+        denied(validator, req(newer.token(claims(SUB, AUD))), "token_key_unknown")
+    assert server.fetches == 1
+    clock.t += 60
+    validator.validate(req(newer.token(claims(SUB, AUD))))
+    assert server.fetches == 2
+
+
+def test_stale_set_is_refreshed_and_a_failed_refresh_keeps_the_keys(server, validator, clock, key):
+    validator.validate(req(key.token(claims(SUB, AUD))))
+    server.status = 503
+    clock.t += 120  # stale: a refresh is tried and fails; the held key stays in use
+    validator.validate(req(key.token(claims(SUB, AUD))))
+    assert server.fetches == 2
+    clock.t += 30  # the failing source is not retried before the minimum interval
+    validator.validate(req(key.token(claims(SUB, AUD))))
+    assert server.fetches == 2
+
+
+def test_jwks_server_down_without_keys_is_unavailable(server, clock, key):
+    v = https_validator(server, clock)
+    server.stop()
+    with pytest.raises(Unavailable) as e:
+        v.validate(req(key.token(claims(SUB, AUD))))
+    assert e.value.reason == "jwks_unavailable"
+    assert v.ready()[0] is False
+
+
+def test_jwks_error_status_without_keys_is_unavailable(server, validator, key):
+    server.status = 500
+    with pytest.raises(Unavailable, match="500"):
+        validator.validate(req(key.token(claims(SUB, AUD))))
+
+
+def test_untrusted_server_certificate_is_unavailable(server, clock, key):
+    settings = JwksSettings(server.url)  # the system trust store does not know the test CA
+    v = JwksValidator(JwksCache.from_settings(settings, clock), CA_ID)
+    with pytest.raises(Unavailable, match="unreachable"):
+        v.validate(req(key.token(claims(SUB, AUD))))
+
+
+def test_ready_once_keys_are_held(server, validator):
+    assert validator.ready() == (True, f"1 JWKS key(s) from {server.url}")
+
+
+def test_file_and_inline_sources(tmp_path, clock, key):
+    f = tmp_path / "jwks.json"
+    f.write_text(json.dumps(jwks(key)))
+    token = key.token(claims(SUB, AUD))
+    for source in (str(f), json.dumps(jwks(key)), base64.b64encode(json.dumps(jwks(key)).encode()).decode()):
+        v = JwksValidator(JwksCache.from_settings(JwksSettings(source), clock), CA_ID)
+        assert str(v.validate(req(token)).spiffe_id) == SUB
+
+
+def test_symmetric_keys_in_the_set_are_never_used(tmp_path, clock):
+    secret = b"s" * 32
+    doc = {"keys": [{"kty": "oct", "kid": "h", "k": _b64(secret)}, SigningKey("e", "ES256").jwk]}
+    v = JwksValidator(JwksCache.from_settings(JwksSettings(json.dumps(doc)), clock), CA_ID)
+    token = _raw_token(
+        {"alg": "HS256", "kid": "h"}, claims(SUB, AUD), lambda d: hmac.new(secret, d, hashlib.sha256).digest()
+    )
+    denied(v, req(token), "token_algorithm")
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("http://127.0.0.1:1/jwks.json", "http:// is refused"),
+        ("/no/such/file.json", "neither an https:// URL"),
+        ('{"keys": []}', "no usable signature key"),
+        ("{not json", "not JSON"),
+    ],
+)
+def test_bad_sources_are_config_errors(source, words, clock):
+    with pytest.raises(ConfigError, match=words):
+        JwksValidator(JwksCache.from_settings(JwksSettings(source), clock), CA_ID)
+
+
+def test_unreadable_ca_certificate_is_a_config_error(clock):
+    with pytest.raises(ConfigError, match="caCertificate"):
+        JwksValidator(
+            JwksCache.from_settings(JwksSettings("https://localhost/jwks", "/no/such/ca.pem"), clock), CA_ID
+        )
+
+
+def test_source_failing_without_keys_is_retried_soon(server, validator, clock, key):
+    server.status = 500
+    with pytest.raises(Unavailable):
+        validator.validate(req(key.token(claims(SUB, AUD))))
+    with pytest.raises(Unavailable):
+        validator.validate(req(key.token(claims(SUB, AUD))))
+    assert server.fetches == 1  # not hammered
+    server.status = None
+    clock.t += 6  # well within the minimum interval (1m): no keys, so a retry is due
+    assert str(validator.validate(req(key.token(claims(SUB, AUD)))).spiffe_id) == SUB
+
+
+def _settings_for(url: str, server) -> JwksSettings:
+    return JwksSettings(url, str(server.ca_pem), timedelta(minutes=1), timedelta(seconds=5))
+
+
+def test_redirect_to_another_https_url_is_followed(server, clock, key):
+    server.redirects["/moved"] = server.url
+    v = JwksValidator(
+        JwksCache.from_settings(_settings_for(server.url.replace("/jwks.json", "/moved"), server), clock),
+        CA_ID,
+    )
+    sub = "spiffe://public/ns/prod/orders"
+    assert v.validate(req(key.token(claims(sub, str(CA_ID))))).spiffe_id.app_id == "orders"
+
+
+def test_redirect_to_plain_http_is_refused_and_never_fetched(server, clock, key):
+    """Keys fetched in plaintext could be anyone's: an https source may not redirect to http."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits = []
+
+    class Plain(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            body = json.dumps(jwks(key)).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    plain = ThreadingHTTPServer(("127.0.0.1", 0), Plain)
+    thread = threading.Thread(target=plain.serve_forever, daemon=True)
+    thread.start()
+    try:
+        server.redirects["/moved"] = f"http://127.0.0.1:{plain.server_address[1]}/jwks.json"
+        v = JwksValidator(
+            JwksCache.from_settings(_settings_for(server.url.replace("/jwks.json", "/moved"), server), clock),
+            CA_ID,
+        )
+        with pytest.raises(Unavailable, match="non-https"):
+            v.validate(req(key.token(claims("spiffe://public/ns/prod/orders", str(CA_ID)))))
+        assert hits == []
+    finally:
+        plain.shutdown()
+        plain.server_close()
+
+
+def test_iat_within_the_leeway_is_accepted(validator, key):
+    sub = "spiffe://public/ns/prod/orders"
+    now = time.time()
+    token = key.token(claims(sub, str(CA_ID), now=now) | {"iat": int(now) + 200})
+    assert validator.validate(req(token)).spiffe_id.app_id == "orders"

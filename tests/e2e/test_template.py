@@ -1,0 +1,268 @@
+"""template.yaml agrees with the code: every function's handler imports, every alarm watches a
+metric with exactly the dimensions the handlers emit, and the EventBridge patterns match the
+sample events (checked by moto's EventBridge delivering to an SQS queue: put_rule with the
+template's pattern, put_events with the sample, read the queue)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from ca_core.config import load_config
+from handlers import lambda_support as ls
+from tools.local_invoke import function_handler, load_template, resolve_handler
+
+from support import REPO_ROOT
+from support.aws import aws_client
+from support.pki import make_bundle, write_bundle
+
+TEMPLATE = load_template(REPO_ROOT / "template.yaml")
+RESOURCES = TEMPLATE["Resources"]
+EVENTS = REPO_ROOT / "events"
+# What the sample events name, as the template's references resolve in a stack called "sentryca".
+REFS = {
+    "AWS::StackName": "sentryca",
+    "AWS::Partition": "aws",
+    "AWS::Region": "us-east-1",
+    "AWS::AccountId": "123456789012",
+    "BundleBucket": "sentryca-bundles-example",
+    "BundleKey": "sentry/bundle.json",
+    "ConfigParameter": "/sentryca/config",
+}
+
+
+def resolve(node):
+    """Substitute Ref and Fn::Sub with REFS (enough for the event patterns)."""
+    if isinstance(node, dict):
+        if set(node) == {"Ref"}:
+            return REFS[node["Ref"]]
+        if set(node) == {"Fn::Sub"}:
+            return re.sub(r"\$\{([^}]+)\}", lambda m: REFS[m.group(1)], node["Fn::Sub"])
+        return {k: resolve(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve(v) for v in node]
+    return node
+
+
+def functions() -> list[str]:
+    return sorted(k for k, v in RESOURCES.items() if v["Type"] == "AWS::Serverless::Function")
+
+
+def test_every_function_handler_imports():
+    assert functions() == ["ConfigChangeFunction", "ExpiryCheckFunction"]
+    for fn in functions():
+        assert callable(resolve_handler(function_handler(TEMPLATE, fn)))
+
+
+def test_the_schedule_is_hourly_and_sends_the_sample_event():
+    schedule = RESOURCES["ExpiryCheckFunction"]["Properties"]["Events"]["Hourly"]
+    assert schedule["Type"] == "ScheduleV2"
+    assert schedule["Properties"]["ScheduleExpression"] == "rate(1 hour)"
+    assert json.loads(schedule["Properties"]["Input"]) == json.loads((EVENTS / "scheduled.json").read_text())
+
+
+def test_insecure_is_only_an_explicit_opt_in():
+    params = TEMPLATE["Parameters"]
+    assert params["AllowInsecure"]["Default"] == "false"
+    env = {
+        e["Name"]: e["Value"]
+        for e in RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
+    }
+    assert env["SENTRY_ALLOW_INSECURE_ON_NETWORK"] == {"Ref": "AllowInsecure"}
+    assert env["SENTRY_LISTEN_ADDRESS"] == "0.0.0.0"
+    assert "JwksUnlessInsecure" in TEMPLATE["Rules"]
+    assert RESOURCES["LoadBalancer"]["Properties"]["Scheme"] == "internal"
+
+
+def test_the_service_rotates_automatically_with_a_propagation_window_option():
+    env = {
+        e["Name"]: e["Value"]
+        for e in RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
+    }
+    assert env["SENTRY_AUTO_ROTATE"] == "true"
+    assert env["SENTRY_ROOT_PROPAGATION_WINDOW"] == {"Ref": "RootPropagationWindow"}
+    assert env["SENTRY_STORE_POLL_INTERVAL"] == "30s"  # replicas apply each other's rotation steps
+    cfg = load_config(
+        {},
+        {k: v for k, v in env.items() if isinstance(v, str)}
+        | {"SENTRY_ROOT_PROPAGATION_WINDOW": TEMPLATE["Parameters"]["RootPropagationWindow"]["Default"]},
+    )
+    assert cfg.auto_rotate and cfg.root_propagation_window.total_seconds() == 86400
+
+
+def _emitted_dimensions(capsys, tmp_path, monkeypatch) -> dict[str, set[tuple[str, ...]]]:
+    """Run the expiry check (file store) and collect metric name → dimension sets from its EMF."""
+    from support.aws import emitted
+
+    store = tmp_path / "credentials"
+    write_bundle(store, make_bundle(datetime.now(UTC)))
+    monkeypatch.setenv("SENTRY_TRUST_BUNDLE_STORE", f"file://{store}")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "sentryca")
+    from handlers import expiry_check
+
+    capsys.readouterr()
+    expiry_check.handler({}, None)
+    found: dict[str, set] = {}
+    for name, items in emitted(capsys.readouterr().out).items():
+        found.setdefault(name, set()).update(dims for _, dims, _ in items)
+    return found
+
+
+def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
+    emitted = _emitted_dimensions(capsys, tmp_path, monkeypatch)
+    # Metrics the code declares, with their dimensions (the config-change ones are asserted in
+    # handlers/test_lambda_handlers against moto).
+    declared = {
+        ls.COVERAGE: {("service",)},
+        ls.CONFIG_CHANGE_REJECTED: {("service",)},
+        ls.EXPIRY_CHECK_FAILED: {("service",)},
+    }
+    assert emitted[ls.COVERAGE] == declared[ls.COVERAGE]
+    service_value = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+    alarms = {k: v["Properties"] for k, v in RESOURCES.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    assert set(alarms) == {"CoverageAlarm", "ExpiryCheckErrorsAlarm", "ConfigChangeRejectedAlarm"}
+    for name, alarm in alarms.items():
+        dims = tuple(d["Name"] for d in alarm["Dimensions"])
+        if alarm["Namespace"] == "AWS/Lambda":
+            assert alarm["MetricName"] == "Errors" and dims == ("FunctionName",), name
+            assert alarm["Dimensions"][0]["Value"] == {"Ref": "ExpiryCheckFunction"}
+            continue
+        assert alarm["Namespace"] == ls.NAMESPACE, name
+        assert dims in declared[alarm["MetricName"]], name
+        assert alarm["Dimensions"][0]["Value"] == service_value, name
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    coverage = alarms["CoverageAlarm"]
+    assert (coverage["Threshold"], coverage["Period"], coverage["TreatMissingData"]) == (
+        30,
+        3600,
+        "breaching",
+    )
+    assert coverage["ComparisonOperator"] == "LessThanThreshold"
+
+
+RULES = {
+    "S3BundleChangedRule": ["s3_eventbridge.json"],
+    "SecretBundleChangedRule": ["secretsmanager_cloudtrail.json"],
+    "ConfigParameterChangedRule": ["ssm_parameter_change.json"],
+}
+
+
+def _deliver(events, sqs, pattern: dict, sample: dict) -> list[dict]:
+    """put_rule(pattern) → SQS target; put_events(sample); what reached the queue."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name=name, EventPattern=json.dumps(pattern), State="ENABLED")
+    events.put_targets(Rule=name, Targets=[{"Id": "q", "Arn": arn}])
+    entry = {
+        "Source": sample["source"],
+        "DetailType": sample["detail-type"],
+        "Detail": json.dumps(sample["detail"]),
+        "Resources": sample.get("resources", []),
+    }
+    assert events.put_events(Entries=[entry])["FailedEntryCount"] == 0
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+    events.remove_targets(Rule=name, Ids=["q"])
+    events.delete_rule(Name=name)
+    return [json.loads(m["Body"]) for m in got]
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_eventbridge_patterns_match_the_samples_and_nothing_else(rule, aws_env):
+    events = aws_client("events", aws_env["AWS_ENDPOINT_URL"])
+    sqs = aws_client("sqs", aws_env["AWS_ENDPOINT_URL"])
+    pattern = resolve(RESOURCES[rule]["Properties"]["EventPattern"])
+    target = RESOURCES[rule]["Properties"]["Targets"][0]["Arn"]
+    assert target == {"Fn::GetAtt": ["ConfigChangeFunction", "Arn"]}
+    for sample_name in RULES[rule]:
+        sample = json.loads((EVENTS / sample_name).read_text())
+        delivered = _deliver(events, sqs, pattern, sample)
+        assert len(delivered) == 1 and delivered[0]["detail"] == sample["detail"], rule
+        # The same event about something else does not match.
+        other = json.loads(json.dumps(sample))
+        if "object" in other["detail"]:
+            other["detail"]["object"]["key"] += ".public"
+        elif "requestParameters" in other["detail"]:
+            other["detail"]["requestParameters"]["secretId"] = "sentryca-bundle.public"
+        else:
+            other["detail"]["name"] = "/another/parameter"
+        assert _deliver(events, sqs, pattern, other) == [], rule
+
+
+def test_secret_rule_also_matches_the_secret_arn(aws_env):
+    events = aws_client("events", aws_env["AWS_ENDPOINT_URL"])
+    sqs = aws_client("sqs", aws_env["AWS_ENDPOINT_URL"])
+    pattern = resolve(RESOURCES["SecretBundleChangedRule"]["Properties"]["EventPattern"])
+    sample = json.loads((EVENTS / "secretsmanager_cloudtrail.json").read_text())
+    sample["detail"]["requestParameters"]["secretId"] = (
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:sentryca-bundle-AbCdEf"
+    )
+    assert len(_deliver(events, sqs, pattern, sample)) == 1
+
+
+def _actions(statements) -> set[str]:
+    out: set[str] = set()
+    for st in statements:
+        if isinstance(st, dict) and "Fn::If" in st:
+            for branch in st["Fn::If"][1:]:
+                out |= _actions([branch])
+        elif isinstance(st, dict) and "Action" in st:
+            acts = st["Action"]
+            out |= set(acts if isinstance(acts, list) else [acts])
+    return out
+
+
+def _sdk_calls(module: str) -> set[str]:
+    """IAM actions of the SDK calls a store module makes (``self.client.get_object`` → GetObject)."""
+    text = (REPO_ROOT / "src" / "adapters" / "stores" / f"{module}.py").read_text()
+    service = {"s3": "s3", "secretsmanager": "secretsmanager"}[module]
+    # The IAM name differs from the API's; HeadObject is authorised by s3:GetObject.
+    renamed = {"ListObjectVersions": "ListBucketVersions", "HeadObject": "GetObject"}
+    calls = set()
+    for method in re.findall(r"self\.client\.(\w+)\(", text):
+        api = "".join(p.capitalize() for p in method.split("_"))
+        calls.add(f"{service}:{renamed.get(api, api)}")
+    return calls
+
+
+def test_the_task_role_allows_every_call_the_stores_make():
+    granted = _actions(RESOURCES["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"])
+    needed = (_sdk_calls("s3") | _sdk_calls("secretsmanager")) - {
+        "s3:ListBucketVersions"
+    }  # config change only
+    assert needed <= granted, needed - granted
+    config_change = _actions(RESOURCES["ConfigChangeFunction"]["Properties"]["Policies"][0]["Statement"])
+    assert {
+        "s3:GetObject",
+        "s3:GetObjectVersion",
+        "s3:ListBucketVersions",
+        "ecs:UpdateService",
+    } <= config_change
+    assert not any(
+        a.startswith(("s3:Put", "secretsmanager:Put", "secretsmanager:Create")) for a in config_change
+    )
+    expiry = _actions(RESOURCES["ExpiryCheckFunction"]["Properties"]["Policies"][0]["Statement"])
+    assert expiry == {"s3:GetObject", "secretsmanager:GetSecretValue"}
+    # ... and only on the public part.
+    (only,) = RESOURCES["ExpiryCheckFunction"]["Properties"]["Policies"][0]["Statement"]
+    s3_branch, sm_branch = only["Fn::If"][1:]
+    assert s3_branch["Resource"]["Fn::Sub"].endswith("${BundleKey}.public")
+    assert sm_branch["Resource"]["Fn::Sub"].endswith("-bundle.public-*")
+
+
+def test_every_checkov_skip_is_justified_and_the_functions_keep_failed_events():
+    skips = {
+        (name, skip["id"]): skip.get("comment", "")
+        for name, res in RESOURCES.items()
+        for skip in res.get("Metadata", {}).get("checkov", {}).get("skip", [])
+    }
+    assert skips, "checkov skips are expected in the template's Metadata"
+    assert all(len(comment) > 40 for comment in skips.values()), skips
+    for fn in ("ExpiryCheckFunction", "ConfigChangeFunction"):
+        props = RESOURCES[fn]["Properties"]
+        assert props["DeadLetterQueue"]["TargetArn"] == {"Fn::GetAtt": ["FunctionDeadLetterQueue", "Arn"]}
+        assert props["ReservedConcurrentExecutions"] >= 1

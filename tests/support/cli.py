@@ -1,0 +1,143 @@
+"""The ``sentryca`` console script as a user runs it: to completion (run_sentryca), or
+``sentryca serve`` as a subprocess (serve, Served)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+
+import sentryca_client as client
+
+from support.pki import make_csr
+from support.wait import wait_for_line, wait_until
+
+SENTRYCA = str(Path(sys.executable).with_name("sentryca"))  # the CLI installed beside this Python
+# `sentryca serve` flags for a test server: every port picked free by the OS
+EPHEMERAL_PORTS = ("--port", "0", "--healthz-port", "0", "--metrics-port", "0")
+# where `sentryca serve` says it serves: each port's line in its start-up banner (stderr)
+BANNER = {
+    "metrics": r"metrics :(\d+)",
+    "port": r"serving on 127\.0\.0\.1:(\d+)",
+    "healthz": r"Health:\s+http://[^:]+:(\d+)/healthz",
+}
+
+
+def run_sentryca(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess:
+    """Run ``sentryca ARGS`` to completion; ``env``: variables added to this process's environment."""
+    return subprocess.run(
+        [SENTRYCA, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=os.environ | (env or {}),
+    )
+
+
+class Served:
+    """A ``sentryca serve`` subprocess started by :func:`serve`."""
+
+    def __init__(self, proc: subprocess.Popen, creds: Path, port: int, healthz: int, metrics: int) -> None:
+        self.proc, self.creds, self.port = proc, creds, port
+        self.healthz_port, self.metrics_port = healthz, metrics
+
+    @functools.cached_property
+    def anchors(self) -> bytes:
+        """The trust anchors of a file store in ``creds`` (the default store)."""
+        return (self.creds / "ca.crt").read_bytes()
+
+    @functools.cached_property
+    def channel(self) -> grpc.Channel:
+        return client.channel(f"localhost:{self.port}", self.anchors)
+
+    def sign(self, app_id: str, ns: str, **kw):
+        return client.sign(self.channel, make_csr(), app_id, ns, timeout=20, **kw)
+
+    def refused(self, app_id: str, ns: str, **kw) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.RpcError) as e:
+            self.sign(app_id, ns, **kw)
+        return e.value.code(), e.value.details()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def spiffe_id(self, app_id: str, ns: str, **kw) -> str:
+        return client.verify_response(self.sign(app_id, ns, **kw), self.anchors).spiffe_id
+
+    def healthz(self) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.healthz_port}/healthz", timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def wait_ready(self, seconds: float = 30) -> dict:
+        """The /healthz body once it answers 200, within ``seconds``."""
+        last: dict = {}
+
+        def ready() -> bool:
+            status, last["body"] = self.healthz()
+            return status == 200
+
+        wait_until(
+            ready, lambda: f"/healthz answers 200 (last: {last['body']})", timeout=seconds, interval=0.1
+        )
+        return last["body"]
+
+    def stop(self) -> str:
+        """Stop the CA and return everything it logged."""
+        if "channel" in vars(self):
+            self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return err
+
+
+def serve(tmp_path: Path, *args: str, env: dict | None = None) -> Served:
+    """Start ``sentryca serve ARGS`` on ephemeral ports with a file store in ``tmp_path/creds``
+    (unless ARGS name another store); returns once it says where it serves. ``env``: variables
+    added to this process's environment (KUBERNETES_SERVICE_HOST removed)."""
+    creds = tmp_path / "creds"
+    environment = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    environment |= {"SENTRY_HEALTHZ_PORT": "0", "SENTRY_METRICS_PORT": "0"} | (env or {})
+    proc = subprocess.Popen(
+        [SENTRYCA, "serve", "--issuer-credentials", str(creds), "--port", "0", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    lines: list[str] = []
+    ports: dict[str, int] = {}
+
+    def banner(line: str) -> bool:
+        for name, pattern in BANNER.items():
+            if m := re.search(pattern, line):
+                ports[name] = int(m.group(1))
+        return "healthz" in ports  # the Health line follows the other two
+
+    with contextlib.suppress(AssertionError):  # the output ended or 60 s passed: reported below
+        wait_for_line(proc.stderr, banner, "sentryca serve says where it serves", timeout=60, seen=lines)
+    if ports.keys() != BANNER.keys():
+        proc.kill()
+        raise AssertionError("sentryca serve did not start:\n" + "".join(lines) + proc.stderr.read())
+    return Served(proc, creds, ports["port"], ports["healthz"], ports["metrics"])
