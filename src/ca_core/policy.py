@@ -1,6 +1,7 @@
 """The CA's policies from its configuration, each decided once (design §10): issuance settings, the
-leaf bound a rotation must respect, which token validators are enabled and which is the default,
-the INSECURE opt-in, and the rule for the CA's own TLS server certificate.
+leaf bound a rotation must respect, whether an empty store may get a new CA, which token validators
+are enabled and which is the default, the INSECURE opt-in, and the rule for the CA's own TLS server
+certificate.
 
 Values in, values out: every entry point (the server, the CLI, the Lambda functions) asks here
 through ``handlers.composition``, which only wires.
@@ -75,6 +76,72 @@ def rotation_policy(cfg: Config) -> RotationPolicy:
         clock_skew=cfg.allowed_clock_skew,
         algorithm=cfg.ca_key_algorithm,
     )
+
+
+# --- bootstrapping an empty store (design §5.2) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class BootstrapVerdict:
+    """Whether a new root and issuer may be generated in an empty store; ``message``: why not
+    (for the operator: the store, what was found, how to restore, how to start anew), or a
+    warning to log when allowed against the evidence (``bundle init --force``)."""
+
+    allowed: bool
+    message: str = ""
+
+
+def restore_command(store: str) -> str:
+    """The command that restores ``store`` from a backup written by ``sentryca bundle export``."""
+    return f"sentryca bundle import --trust-bundle-store {store} --from DIR"
+
+
+def may_generate(
+    policy: str, evidence: str | None, store: str, *, by_operator: bool = False, force: bool = False
+) -> BootstrapVerdict:
+    """Whether an empty ``store`` may get a newly generated bundle.
+
+    policy: ``--bootstrap-policy`` (``if-never-held`` or ``never``); evidence: the store's proof
+    of having held a bundle (``BundleStore.held_before``), or None. A start (``by_operator``
+    False) generates only with ``if-never-held`` and no evidence: a store that lost its bundle
+    must be restored, since a new root breaks every workload holding the old anchors.
+    ``sentryca bundle init`` (``by_operator``) is the explicit way to a new CA, whatever the
+    policy; over evidence it needs ``force``."""
+    restore = (
+        f"Restore the bundle from a backup: `{restore_command(store)}` (DIR written by "
+        '`sentryca bundle export`; docs/runbook.md, "Restore")'
+    )
+    if by_operator:
+        if evidence is None:
+            return BootstrapVerdict(True)
+        if force:
+            return BootstrapVerdict(
+                True,
+                f"generating a new root in {store}, which held a trust bundle before ({evidence}), as "
+                "--force asks: workloads holding the old trust anchors will not trust it",
+            )
+        return BootstrapVerdict(
+            False,
+            f"{store} holds no trust bundle, but it held one before: {evidence}. Nothing was written. "
+            f"{restore}. To generate a new root anyway, run `sentryca bundle init` again with --force: "
+            "every workload holding the old trust anchors will then stop trusting the CA.",
+        )
+    if evidence is not None:
+        return BootstrapVerdict(
+            False,
+            f"refusing to start: {store} holds no trust bundle, but it held one before: {evidence}. "
+            "A new root would break TLS for every workload holding the old trust anchors, so nothing "
+            f"was written. {restore}, then start the CA. To start a brand-new CA here deliberately: "
+            f"`sentryca bundle init --trust-bundle-store {store} --force`.",
+        )
+    if policy == "never":
+        return BootstrapVerdict(
+            False,
+            f"refusing to start: {store} holds no trust bundle, and --bootstrap-policy is never: the "
+            f"CA does not generate one. Nothing was written. {restore}, or create a new CA "
+            f"deliberately: `sentryca bundle init --trust-bundle-store {store}`; then start the CA.",
+        )
+    return BootstrapVerdict(True)
 
 
 # --- token validators -------------------------------------------------------------------------

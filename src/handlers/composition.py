@@ -102,8 +102,15 @@ def load_bundle(
     create_if_empty: bool = True,
     publish: bool = True,
     stored: StoredBundle | None = None,
+    by_operator: bool = False,
+    force: bool = False,
 ) -> LoadedBundle:
-    """Load the store's bundle, or generate one (design §4) when the store is empty (design §5).
+    """Load the store's bundle, or generate one (design §4) when the store is empty and
+    ``ca_core.policy.may_generate`` allows it (design §5.2): at a start only with
+    ``--bootstrap-policy if-never-held`` in a store that shows no sign of having held a bundle
+    (``store.held_before()``); ``by_operator`` (``sentryca bundle init``) whatever the policy,
+    and over such evidence only with ``force``. A refusal raises BundleError naming the store,
+    the evidence and the commands that restore it or start anew; nothing is written.
 
     create_if_empty=False (a restart) raises BundleError for an empty store instead: a new CA is
     only ever made at a first start or by an explicit operator verb. publish=True repairs the
@@ -120,24 +127,39 @@ def load_bundle(
             store.publish_public(stored)
         return LoadedBundle(bundle, stored.version, False, stored)
     from ca_core.bundle import generate_bundle
-    from ca_core.policy import signing_policy
+    from ca_core.policy import may_generate, signing_policy
 
     ca_identity = signing_policy(cfg).ca_identity
+    held: list[str] = []  # the evidence a forced `bundle init` overrode
 
-    def generate() -> TrustBundle:
+    def admit(evidence: str | None) -> None:
         if not create_if_empty:
             raise BundleError(
                 f"{store.description} holds no trust bundle; a restart never creates a new CA "
                 "(start the CA, or use `sentryca bundle init`, to create one)"
+                + (f"; it held one before: {evidence}" if evidence else "")
             )
-        log.info(
-            "no trust bundle in %s: generating a new root and issuer (%s)",
-            store.description,
-            cfg.ca_key_algorithm.value,
+        verdict = may_generate(
+            cfg.bootstrap_policy, evidence, store.description, by_operator=by_operator, force=force
         )
+        if not verdict.allowed:
+            raise BundleError(verdict.message)
+        if verdict.message:
+            log.warning("%s", verdict.message)
+            held.append(verdict.message)
+
+    def generate() -> TrustBundle:
+        if not held:
+            log.info(
+                "no trust bundle in %s, and no sign that it ever held one: generating a new root and "
+                "issuer (%s)%s",
+                store.description,
+                cfg.ca_key_algorithm.value,
+                "" if by_operator else "; --bootstrap-policy never would refuse this",
+            )
         return generate_bundle(cfg.trust_domain, ca_identity, now, algorithm=cfg.ca_key_algorithm)
 
-    bundle, stored, created = load_or_create_stored(store, generate, store_retry())
+    bundle, stored, created = load_or_create_stored(store, generate, store_retry(), admit=admit)
     if publish and not created:
         store.publish_public(stored)
     return LoadedBundle(bundle, stored.version, created, stored)

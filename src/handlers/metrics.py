@@ -94,6 +94,13 @@ class Metrics:
             "New bundle versions seen in the store and refused (invalid, or dropping the active root)",
             registry=r,
         )
+        self.store_degraded = Gauge(
+            "sentryca_store_degraded",
+            "1 while the CA's store reads find it empty, unreadable or holding a refused bundle "
+            "(the CA serves the bundle in force; /healthz names the problem under 'degraded'), else 0",
+            registry=r,
+            multiprocess_mode="livemax",  # with --workers: 1 when any live worker is degraded
+        )
         self.rotation_steps = Counter(
             "sentryca_rotation_steps",
             "Rotation steps this CA wrote, by kind (root, issuer) and step (prepare, activate, "

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapters.stores import FileBundleStore, FileNames, load_or_create, open_store
+from adapters.stores.files import HELD_MARKER
 from ca_core.bundle import ANCHORS, ISSUER_KEY
 from ca_core.errors import BundleError
 
@@ -26,10 +27,11 @@ def test_create_writes_private_files_in_a_private_directory(tmp_path):
     visible = sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
     assert visible == ["ca.crt", "issuer.crt", "issuer.key", "root.key"]
     assert all(mode(d / n) == 0o600 for n in visible)  # the files the symlinks lead to
-    hidden = sorted(p.name for p in d.iterdir() if p.name.startswith("."))
+    hidden = sorted(p.name for p in d.iterdir() if p.name.startswith(".") and p.name != HELD_MARKER)
     assert hidden[0] == "..data" and len(hidden) == 2  # one generation, no temporary files left
     generation = d / hidden[1]
     assert mode(generation) == 0o700 and (d / "..data").resolve() == generation.resolve()
+    assert mode(d / HELD_MARKER) == 0o600  # the evidence that this directory held a bundle
 
 
 def test_create_is_conditional(tmp_path):
@@ -271,8 +273,9 @@ def test_kill_9_at_any_step_of_a_write_leaves_the_old_or_the_new_bundle(tmp_path
         current = store.load()
         assert store.replace(after, current.version) if current else store.create(after)
         assert dict(store.load().items) == after
-        leftovers = sorted(p.name for p in d.iterdir() if p.name.startswith("."))
+        leftovers = sorted(p.name for p in d.iterdir() if p.name.startswith(".") and p.name != HELD_MARKER)
         assert len(leftovers) == 2 and leftovers[0] == "..data"
+        assert (d / HELD_MARKER).is_file()  # written once a bundle is in place, whatever crashed before
         crash_at += 1
     assert crash_at > 4  # the hook saw every step of the write
 

@@ -8,6 +8,7 @@ import base64
 import json
 import multiprocessing
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -101,6 +102,66 @@ class Kit:
         if self.kind in ("s3", "secretsmanager"):
             return self.raw()[:-1]  # without the public part (last), a derived copy
         return self.raw()
+
+    def remove_bundle(self) -> None:
+        """Lose the bundle the way an operator or a tool might, leaving what each backend keeps
+        on its own: file, every entry of the directory but the marker (``rm -rf DIR/* DIR/..?*``);
+        S3, both objects deleted (a versioned bucket keeps delete markers); Secrets Manager, both
+        secrets deleted with the default recovery window; Kubernetes, the Secret deleted (its
+        ConfigMap stays)."""
+        if self.kind == "file":
+            from adapters.stores.files import HELD_MARKER
+
+            for entry in self.dir.iterdir():
+                if entry.name == HELD_MARKER:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        elif self.kind == "s3":
+            s3 = aws_client("s3", self.endpoint)
+            for key in (self.key, f"{self.key}.public"):
+                s3.delete_object(Bucket=TEST_BUCKET, Key=key)
+        elif self.kind == "secretsmanager":
+            sm = aws_client("secretsmanager", self.endpoint)
+            for name in (self.name, f"{self.name}.public"):
+                sm.delete_secret(SecretId=name)
+        else:
+            self.kube.server.delete("v1", "secrets", KUBE_NAMESPACE, self.name)
+
+    def trace(self) -> object:
+        """Everything the backend holds under this store's names, bundle or not (to prove that
+        a refused start wrote nothing, even in a store that lost its bundle)."""
+        if self.kind == "file":
+            if not self.dir.exists():
+                return None
+            return sorted(
+                (str(p.relative_to(self.dir)), p.read_bytes() if p.is_file() else os.readlink(p))
+                for p in self.dir.rglob("*")
+                if p.is_file() or p.is_symlink()
+            )
+        if self.kind == "kubernetes":
+            return tuple(
+                self.kube.server.get("v1", plural, KUBE_NAMESPACE, self.name)
+                for plural in ("secrets", "configmaps")
+            )
+        if self.kind == "s3":
+            r = aws_client("s3", self.endpoint).list_object_versions(Bucket=TEST_BUCKET, Prefix=self.key)
+            return sorted(
+                (v["Key"], v["VersionId"], v["IsLatest"])
+                for v in r.get("Versions", []) + r.get("DeleteMarkers", [])
+            )
+        sm = aws_client("secretsmanager", self.endpoint)
+        found = []
+        for name in (self.name, f"{self.name}.public"):
+            try:
+                d = sm.describe_secret(SecretId=name)
+            except sm.exceptions.ResourceNotFoundException:
+                found.append(None)
+                continue
+            found.append((d.get("VersionIdsToStages"), d.get("DeletedDate")))
+        return found
 
     def raw(self) -> object:
         """Everything stored, byte for byte, with the backend's version marker, including the
@@ -634,3 +695,128 @@ def test_throttling_is_retried_by_the_sdk_and_the_read_then_succeeds(scripted_s3
     assert stored is not None and dict(stored.items) == items
     bundle_reads = [r for r in endpoint.requests if r == ("GET", f"/{TEST_BUCKET}/slow.json")]
     assert len(bundle_reads) == 3  # two SlowDown answers retried by the SDK, then the bundle
+
+
+# -- a store that lost its bundle (design §5.2: held_before, --bootstrap-policy) ---------------------
+
+
+def _ca_flags(kit, **flags: str) -> dict[str, str]:
+    return (
+        {"trust_bundle_store": kit.url} | ({"kubeconfig": kit.kubeconfig} if kit.kubeconfig else {}) | flags
+    )
+
+
+def test_a_store_that_lost_its_bundle_says_it_held_one(kit):
+    store = kit.store()
+    assert store.held_before() is None  # never used: nothing to show
+    assert store.create(make_bundle().to_items())
+    kit.remove_bundle()
+    assert store.load() is None  # empty now, as far as loading goes
+    evidence = store.held_before()
+    assert evidence, "the store forgot that it held a bundle"
+    name = {"file": ".sentryca-held", "s3": kit.url[5:], "secretsmanager": "scheduled for deletion"}
+    assert name.get(kit.kind, "sentryca/bundle-version=") in evidence, evidence
+
+
+def test_a_start_on_a_store_that_lost_its_bundle_is_refused_and_writes_nothing(kit, tmp_path):
+    """The tester's case: the bundle is gone, the CA restarts. It must not generate a new root
+    (every workload holds the old anchors); it says what it found and how to restore."""
+    from handlers.server import CertificateAuthority
+
+    from support.ca import ca_config
+
+    config = ca_config(tmp_path / "unused", **_ca_flags(kit))
+    ca = CertificateAuthority()
+    ca.start(config)
+    ca.stop(grace=0)
+    kit.remove_bundle()
+    before = kit.trace()
+    with pytest.raises(BundleError) as e:
+        CertificateAuthority().start(config)
+    message = str(e.value)
+    assert "refusing to start" in message and "held one before" in message
+    assert kit.store().held_before() in message  # what was found
+    assert f"sentryca bundle import --trust-bundle-store {kit.store().description} --from DIR" in message
+    assert "bundle init" in message and "--force" in message  # how to start anew, deliberately
+    assert kit.trace() == before  # no new root, not a byte written
+    assert kit.store().load() is None
+
+
+def test_bootstrap_policy_never_refuses_even_a_fresh_store_and_the_default_bootstraps(kit, tmp_path):
+    from handlers.server import CertificateAuthority
+
+    from support.ca import ca_config
+
+    with pytest.raises(BundleError, match="--bootstrap-policy is never") as e:
+        CertificateAuthority().start(
+            ca_config(tmp_path / "unused", **_ca_flags(kit, bootstrap_policy="never"))
+        )
+    assert "sentryca bundle init --trust-bundle-store" in str(e.value) and "--from DIR" in str(e.value)
+    assert kit.store().load() is None and kit.store().held_before() is None  # nothing written
+    ca = CertificateAuthority()
+    ca.start(ca_config(tmp_path / "unused", **_ca_flags(kit)))  # if-never-held: a first start
+    try:
+        assert kit.store().load().items["ca.crt"] == ca.signer.bundle.anchors_pem
+    finally:
+        ca.stop(grace=0)
+
+
+def test_bundle_init_creates_whatever_the_policy_and_over_evidence_only_with_force(kit, capsys, monkeypatch):
+    from handlers.cli import main
+
+    monkeypatch.setenv("SENTRY_BOOTSTRAP_POLICY", "never")  # no matter: init is the explicit way
+    args = ["bundle", "init", "--trust-bundle-store", kit.url]
+    args += ["--kubeconfig", kit.kubeconfig] if kit.kubeconfig else []
+    assert main(args) == 0
+    first = kit.store().load().items["ca.crt"]
+    kit.remove_bundle()
+    before = kit.trace()
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "held one before" in err and "--force" in err and "--from DIR" in err
+    assert kit.trace() == before
+    if kit.kind == "secretsmanager":  # a secret scheduled for deletion must be restored, not replaced
+        assert main([*args, "--force"]) == 1
+        assert "scheduled for deletion" in capsys.readouterr().err
+        return
+    assert main([*args, "--force"]) == 0
+    assert kit.store().load().items["ca.crt"] != first  # a new CA, as asked
+
+
+def test_other_ways_of_losing_the_bundle_leave_evidence_too_but_a_deleted_directory_none(kit):
+    """What each backend still shows when the bundle goes another way; and the documented limit:
+    a file store's directory deleted whole leaves nothing (hence --bootstrap-policy never)."""
+    import hashlib
+
+    store = kit.store()
+    items = make_bundle().to_items()
+    assert store.create(items)
+    if kit.kind == "file":
+        from adapters.stores.files import HELD_MARKER
+
+        (kit.dir / HELD_MARKER).unlink()  # marker gone too; the visible files deleted
+        for name in ("ca.crt", "issuer.crt", "issuer.key", "root.key"):
+            (kit.dir / name).unlink()
+        assert store.load() is None and "..data" in store.held_before()
+        shutil.rmtree(kit.dir)
+        assert store.held_before() is None  # nothing left to tell a first start from a loss
+        return
+    if kit.kind == "kubernetes":  # the Secret emptied of its bundle keys, the ConfigMap deleted
+        secret = kit.kube.server.get("v1", "secrets", KUBE_NAMESPACE, kit.name)
+        secret["data"] = {}
+        kit.kube.server.put("v1", "secrets", KUBE_NAMESPACE, secret)
+        kit.kube.server.delete("v1", "configmaps", KUBE_NAMESPACE, kit.name)
+        digest = "sha256:" + hashlib.sha256(items["ca.crt"]).hexdigest()  # `sha256sum ca.crt`
+        assert store.load() is None and f"sentryca/bundle-anchors={digest}" in store.held_before()
+    elif kit.kind == "secretsmanager":  # deleted at once, without recovery: its public part stays
+        aws_client("secretsmanager", kit.endpoint).delete_secret(
+            SecretId=kit.name, ForceDeleteWithoutRecovery=True
+        )
+        assert store.load() is None and f"{kit.name}.public" in store.held_before()
+    else:  # every version of the bundle object deleted: the public object stays
+        s3 = aws_client("s3", kit.endpoint)
+        for v in s3.list_object_versions(Bucket=TEST_BUCKET, Prefix=kit.key)["Versions"]:
+            if v["Key"] == kit.key:
+                s3.delete_object(Bucket=TEST_BUCKET, Key=kit.key, VersionId=v["VersionId"])
+        assert store.load() is None and f"{kit.key}.public" in store.held_before()

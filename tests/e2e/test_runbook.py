@@ -22,6 +22,7 @@ import sentryca_client as client
 from adapters.stores import FileBundleStore, open_store
 from ca_core.bundle import TrustBundle, parse_bundle
 from ca_core.certs import generate_issuer, generate_root
+from ca_core.errors import BundleError
 from ca_core.keys import private_key_pem
 from ca_core.rotation.codec import parse_state
 from ca_core.spiffe_id import SpiffeId
@@ -129,6 +130,15 @@ def test_backup_destroy_restore_keeps_existing_certificates_valid(store_env, tmp
     destroy(url, env)
     store = open_store(url)
     assert store.load() is None
+    # What the CA says now, instead of generating a new root: the command the runbook gives. A
+    # versioned bucket keeps a delete marker; a deleted directory keeps nothing, so a CA that
+    # must never start anew runs with --bootstrap-policy never (as the runbook says).
+    flags = {"trust_bundle_store": url} | ({"bootstrap_policy": "never"} if url.startswith("file:") else {})
+    with pytest.raises(BundleError) as refused:
+        CertificateAuthority().start(ca_config(tmp_path / "unused", **flags))
+    assert f"sentryca bundle import --trust-bundle-store {store.description} --from DIR" in str(refused.value)
+    assert "sentryca bundle import --trust-bundle-store" in blocks()["restore"]
+    assert store.load() is None  # nothing written
 
     r = sh("restore", tmp_path, STORE=url, BACKUP=str(backup), **env)
     assert "bundle: complete" in r.stdout and "rotation: root    prepared" in r.stdout

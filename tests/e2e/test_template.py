@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -124,12 +125,23 @@ def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
     assert emitted[ls.COVERAGE] == declared[ls.COVERAGE]
     service_value = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
     alarms = {k: v["Properties"] for k, v in RESOURCES.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
-    assert set(alarms) == {"CoverageAlarm", "ExpiryCheckErrorsAlarm", "ConfigChangeRejectedAlarm"}
+    assert set(alarms) == {
+        "CoverageAlarm",
+        "ExpiryCheckErrorsAlarm",
+        "ExpiryCheckFailedAlarm",
+        "ConfigChangeRejectedAlarm",
+        "StoreDegradedAlarm",
+    }
+    from_logs = _log_metrics()
     for name, alarm in alarms.items():
         dims = tuple(d["Name"] for d in alarm["Dimensions"])
         if alarm["Namespace"] == "AWS/Lambda":
             assert alarm["MetricName"] == "Errors" and dims == ("FunctionName",), name
             assert alarm["Dimensions"][0]["Value"] == {"Ref": "ExpiryCheckFunction"}
+            continue
+        if alarm["MetricName"] in from_logs:  # counted from the CA's own log lines
+            assert (alarm["Namespace"], dims) == from_logs[alarm["MetricName"]], name
+            assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
             continue
         assert alarm["Namespace"] == ls.NAMESPACE, name
         assert dims in declared[alarm["MetricName"]], name
@@ -142,6 +154,72 @@ def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
         "breaching",
     )
     assert coverage["ComparisonOperator"] == "LessThanThreshold"
+
+
+def _log_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Metric name → (namespace, dimension names) of the template's log metric filters."""
+    out = {}
+    for res in RESOURCES.values():
+        if res["Type"] == "AWS::Logs::MetricFilter":
+            for t in res["Properties"]["MetricTransformations"]:
+                out[t["MetricName"]] = (
+                    t["MetricNamespace"],
+                    tuple(d["Key"] for d in t.get("Dimensions", [])),
+                )
+    return out
+
+
+def test_a_degraded_store_alarms_from_the_cas_own_json_log_line(caplog, tmp_path):
+    """The StoreDegraded filter matches the line a CA logs (``--log-as-json``) when its store
+    is found empty, and its ``store`` dimension is the store URL the alarm names."""
+    import logging
+
+    from handlers.logs import JsonFormatter
+    from handlers.server import CertificateAuthority
+
+    from support.ca import ca_config
+
+    (flt,) = [r["Properties"] for r in RESOURCES.values() if r["Type"] == "AWS::Logs::MetricFilter"]
+    assert flt["LogGroupName"] == {"Ref": "ServerLogGroup"}
+    assert flt["FilterPattern"] == '{ $.event = "store_degraded" }'
+    (transformation,) = flt["MetricTransformations"]
+    assert transformation["Dimensions"] == [{"Key": "store", "Value": "$.store"}]
+    alarm = RESOURCES["StoreDegradedAlarm"]["Properties"]
+    assert alarm["Dimensions"][0]["Value"] == TEMPLATE["Outputs"]["TrustBundleStore"]["Value"]
+    caplog.set_level(logging.INFO)
+    store = tmp_path / "credentials"
+    clock = _Clock()
+    ca = CertificateAuthority(clock=clock)
+    ca.start(ca_config(store))
+    try:
+        shutil.rmtree(store)
+        clock.t += timedelta(hours=2)
+        ca.maintain()
+    finally:
+        ca.stop(grace=0)
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    (line,) = [x for x in lines if x.get("event") == "store_degraded"]
+    assert line["store"] == f"file://{store}" and line["level"] == "error"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.t
+
+
+def test_the_bootstrap_policy_is_a_parameter_of_the_service():
+    param = TEMPLATE["Parameters"]["BootstrapPolicy"]
+    assert param["Default"] == "if-never-held" and param["AllowedValues"] == ["if-never-held", "never"]
+    env = {
+        e["Name"]: e["Value"]
+        for e in RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
+    }
+    assert env["SENTRY_BOOTSTRAP_POLICY"] == {"Ref": "BootstrapPolicy"}
+    for value in param["AllowedValues"]:
+        assert load_config({}, {"SENTRY_BOOTSTRAP_POLICY": value}).bootstrap_policy == value
 
 
 RULES = {
@@ -231,9 +309,8 @@ def _sdk_calls(module: str) -> set[str]:
 
 def test_the_task_role_allows_every_call_the_stores_make():
     granted = _actions(RESOURCES["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"])
-    needed = (_sdk_calls("s3") | _sdk_calls("secretsmanager")) - {
-        "s3:ListBucketVersions"
-    }  # config change only
+    needed = _sdk_calls("s3") | _sdk_calls("secretsmanager")
+    assert "s3:ListBucketVersions" in needed  # held_before: a delete marker shows a lost bundle
     assert needed <= granted, needed - granted
     config_change = _actions(RESOURCES["ConfigChangeFunction"]["Properties"]["Policies"][0]["Statement"])
     assert {

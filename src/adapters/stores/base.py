@@ -77,6 +77,17 @@ class BundleStore(Protocol):
         in force without reading the store back), None when nothing was written."""
         ...
 
+    def held_before(self) -> str | None:
+        """Evidence that this store once held a trust bundle, as a sentence for the operator
+        (what was found, and where), or None when nothing shows it ever did. Asked when
+        ``load()`` found the store empty, to tell a first start from a store that lost its
+        bundle (design §5.2): file, a marker written beside the bundle; S3, earlier object
+        versions or a delete marker; Secrets Manager, the secret (or its public part) still
+        there, scheduled for deletion or without a current value; Kubernetes, the annotations
+        of the Secret and of its public ConfigMap. Never writes. Raises Unavailable when the
+        evidence cannot be read (never None for a failed read: that could lead to a new CA)."""
+        ...
+
 
 RETRYABLE_REASONS = frozenset({"store_unreachable"})
 
@@ -115,12 +126,19 @@ class Retry:
 NO_RETRY = Retry(sleep=lambda _s: None, random=lambda: 0.0, attempts=1)
 
 
+# Decides whether a bundle may be generated in an empty store, given the store's evidence of
+# having held one (``BundleStore.held_before``); raises BundleError to refuse (the rule:
+# ``ca_core.policy.may_generate``, applied by ``handlers.composition.load_bundle``).
+Admit = Callable[[str | None], None]
+
+
 def load_or_create(
     store: BundleStore,
     generate: Callable[[], TrustBundle],
     retry: Retry = NO_RETRY,
     *,
     publish: bool = True,
+    admit: Admit | None = None,
 ) -> tuple[TrustBundle, str, bool]:
     """Load the store's bundle, or generate and conditionally create one when it is empty.
 
@@ -134,20 +152,40 @@ def load_or_create(
     a first start, where there is no current root, so loading is acceptance; a running CA
     passes False and publishes only after its trust-continuity check accepted the bundle
     (:func:`load_or_create_stored`).
+
+    admit: asked before generating, with the store's evidence of having held a bundle
+    (``store.held_before()``); it raises BundleError to refuse, and nothing is written. None:
+    no check (callers that decide otherwise, e.g. tests of the stores).
     """
-    bundle, stored, created = load_or_create_stored(store, generate, retry)
+    bundle, stored, created = load_or_create_stored(store, generate, retry, admit=admit)
     if publish and not created:
         store.publish_public(stored)
     return bundle, stored.version, created
 
 
 def load_or_create_stored(
-    store: BundleStore, generate: Callable[[], TrustBundle], retry: Retry = NO_RETRY
+    store: BundleStore,
+    generate: Callable[[], TrustBundle],
+    retry: Retry = NO_RETRY,
+    *,
+    admit: Admit | None = None,
 ) -> tuple[TrustBundle, StoredBundle, bool]:
     """:func:`load_or_create` without publishing: returns (bundle, stored, created), ``stored``
     being the bundle as read, for a later ``store.publish_public(stored)`` once accepted. A
     created bundle's public part is already written by ``create``."""
     stored = retry.run(f"read the trust bundle in {store.description}", store.load)
+    if stored is None and admit is not None:
+        evidence = retry.run(
+            f"check whether {store.description} held a trust bundle before", store.held_before
+        )
+        try:
+            admit(evidence)
+        except BundleError:
+            # Another replica may have created the bundle since the read (its evidence is then
+            # the bundle itself): load that one; refuse only a store that is still empty.
+            stored = retry.run(f"read the trust bundle in {store.description}", store.load)
+            if stored is None:
+                raise
     if stored is None:
         bundle = generate()
         items = bundle.to_items()
@@ -159,9 +197,13 @@ def load_or_create_stored(
         log.info("another replica created the trust bundle in %s first; loading it", store.description)
         stored = retry.run(f"read the trust bundle in {store.description}", store.load)
         if stored is None:
+            try:
+                found = store.held_before()
+            except (BundleError, Unavailable):
+                found = None
             raise BundleError(
                 f"refusing to start: {store.description} reports that a bundle exists but none can be "
-                "read (e.g. a secret without a current value); nothing was changed"
+                f"read ({found or 'e.g. a secret without a current value'}); nothing was changed"
             )
     return parse_stored(store, stored), stored, False
 

@@ -15,6 +15,12 @@ first into a copy of itself (same content), then swaps as above.
 
 Directory 0700 and files 0600 when created here; writers on one machine are serialised with
 ``flock`` on the directory, readers take a shared lock.
+
+Every write also leaves the marker ``DIR/.sentryca-held`` (0600, written atomically once, after
+the first bundle is in place, and never removed): it records that the directory held a bundle,
+so a directory whose bundle files were deleted is not taken for a first start
+(``held_before``). It survives the deletion of the bundle's files, not of the directory itself:
+a CA that must never start a new root there runs with ``--bootstrap-policy never``.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ca_core.bundle import (
@@ -42,8 +50,11 @@ from ca_core.rotation.document import public_items
 
 from .base import StoredBundle
 
+log = logging.getLogger(__name__)
+
 DATA_LINK = "..data"
 _GEN_PREFIX = "..gen."
+HELD_MARKER = ".sentryca-held"
 
 
 def _no_crash(point: str) -> None:
@@ -128,6 +139,34 @@ class FileBundleStore:
     def publish_public(self, stored: StoredBundle) -> None:
         """No-op: the files are the public part (no separate copy to repair)."""
 
+    def held_before(self) -> str | None:
+        """The marker ``.sentryca-held``, or the ``..data`` link left once the bundle's files are
+        gone (a generation directory alone is no evidence: a first write cut short, e.g. by a full
+        disk, leaves one); None for a missing directory or one without either."""
+        with self._shared() as exists:
+            if not exists:
+                return None
+            marker = self.directory / HELD_MARKER
+            try:
+                lines = marker.read_text(errors="replace").strip().splitlines()
+                written = datetime.fromtimestamp(marker.stat().st_mtime, UTC).isoformat(timespec="seconds")
+            except FileNotFoundError:
+                lines = None
+            except OSError as e:
+                raise Unavailable(
+                    f"{marker}: cannot read the marker of a bundle held before ({e.strerror})",
+                    reason="store_denied" if e.errno in (errno.EACCES, errno.EPERM) else "store_unreachable",
+                ) from None
+            if lines is not None:
+                what = "; ".join([f"written {written}", *lines[1:2]])
+                return f"the marker {marker} records that this directory held a trust bundle ({what})"
+            data = self.directory / DATA_LINK
+            if data.is_symlink():  # only ever made by swapping a complete bundle in
+                return (
+                    f"the link {data} remains of a trust bundle that was in force here (its files are gone)"
+                )
+            return None
+
     def load_public(self) -> StoredBundle | None:
         with self._shared() as exists:
             stored = self._read((*PUBLIC_ITEMS, ROTATION_STATE)) if exists else None
@@ -208,6 +247,11 @@ class FileBundleStore:
         self._remove_stale(keep=new_gen.name)
         _fsync_dir(d)
         crash_point("cleaned")
+        try:
+            self._mark_held(items)
+        except OSError as e:  # the bundle is written; only the evidence of it is missing
+            log.warning("%s: cannot write the marker %s (%s)", d, HELD_MARKER, e.strerror)
+        crash_point("marked")
 
     def _write_generation(self, items: Mapping[str, bytes]) -> Path:
         gen = Path(tempfile.mkdtemp(prefix=_GEN_PREFIX, dir=self.directory))  # 0700
@@ -274,6 +318,29 @@ class FileBundleStore:
                 entry.rmdir()
             elif entry.name.startswith(".") and entry.name.endswith(".lnk") and entry.is_symlink():
                 entry.unlink()
+            elif entry.name.startswith(f"{HELD_MARKER}.") and entry.name.endswith(".tmp"):
+                entry.unlink()
+
+    def _mark_held(self, items: Mapping[str, bytes]) -> None:
+        """Write the marker ``.sentryca-held`` once (temporary file, fsync, rename), after the
+        bundle is in place: a crash before leaves a bundle without marker (the next write adds
+        it), never a marker without a bundle."""
+        marker = self.directory / HELD_MARKER
+        if marker.exists():
+            return
+        anchors = hashlib.sha256(items.get(ANCHORS, b"")).hexdigest()
+        text = (  # when: the file's mtime (the content is the same for the same bundle)
+            "sentryca: this directory held a trust bundle; its deletion must not lead to a new CA\n"
+            f"trust anchors ({self.names.ca}) when first written: sha256 {anchors}\n"
+        )
+        tmp = self.directory / f"{HELD_MARKER}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, marker)
+        _fsync_dir(self.directory)
 
     def create(self, items: Mapping[str, bytes]) -> bool:
         with self._locked():

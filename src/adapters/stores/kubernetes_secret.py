@@ -26,6 +26,13 @@ distributed and a refused start writes nothing. Every ConfigMap write first
 re-reads the Secret and is skipped when its resourceVersion is no longer the one mirrored, so an
 older bundle is never mirrored over a newer one. Other keys of the ConfigMap are kept.
 
+Both objects also carry the annotation ``sentryca/bundle-anchors`` (``sha256:<hex>`` of the
+``ca.crt`` item written, so it can be matched against a backup with ``sha256sum``), set on every
+write and kept when the bundle keys are removed: with the ConfigMap's ``sentryca/bundle-version``
+it is the evidence ``held_before`` reports for a Secret deleted or emptied (the ConfigMap survives
+the Secret's deletion; a ConfigMap still holding ``ca.crt``, as Dapr's Sentry writes it, counts
+too: workloads may hold those anchors).
+
 Errors: unreachable API, timeouts, 429 and 5xx → Unavailable ``store_unreachable`` (retried at
 start); 401/403 → ``store_denied`` naming the RBAC the CA needs; other API refusals (e.g. 404
 on create: no such namespace) → ``store_misconfigured``; 404 on the Secret → empty store.
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -48,6 +56,7 @@ from .base import StoredBundle
 log = logging.getLogger(__name__)
 
 VERSION_ANNOTATION = "sentryca/bundle-version"
+ANCHORS_ANNOTATION = "sentryca/bundle-anchors"
 DEFAULT_REQUEST_TIMEOUT = 10.0  # seconds per API call (connect and read)
 _SYNC_ATTEMPTS = 3
 
@@ -193,6 +202,8 @@ class KubernetesSecretBundleStore:
             self._keys[i]: base64.b64encode(v).decode("ascii") for i, v in items.items()
         }
         body.pop("stringData", None)
+        meta = body.setdefault("metadata", {})
+        meta["annotations"] = (meta.get("annotations") or {}) | {ANCHORS_ANNOTATION: _anchors_digest(items)}
         return body
 
     def load(self) -> StoredBundle | None:
@@ -209,6 +220,36 @@ class KubernetesSecretBundleStore:
         missing, only while the Secret's resourceVersion is still ``stored.version``; failures
         are logged."""
         self._sync_config_map(stored, repair=True)
+
+    def held_before(self) -> str | None:
+        """The Secret's ``sentryca/bundle-anchors`` annotation (a Secret emptied of its bundle
+        keys), else the ConfigMap's annotations or its ``ca.crt`` (a Secret deleted or emptied);
+        None when neither shows a bundle."""
+        secret = self._read_secret("read the trust bundle Secret's annotations")
+        if secret is not None and not self._items(secret):
+            digest = (secret.metadata.annotations or {}).get(ANCHORS_ANNOTATION)
+            if digest:
+                return (
+                    f"the Secret {self.namespace}/{self.secret} has no bundle keys, but its annotation "
+                    f"{ANCHORS_ANNOTATION}={digest} records the bundle it held"
+                )
+        cm = self._read_config_map("read the public part of the trust bundle")
+        if cm is None:
+            return None
+        annotations = cm.metadata.annotations or {}
+        marks = [
+            f"{a}={annotations[a]}" for a in (ANCHORS_ANNOTATION, VERSION_ANNOTATION) if annotations.get(a)
+        ]
+        anchors_key = self._public_keys[ANCHORS]
+        if (cm.data or {}).get(anchors_key):
+            marks.append(f"key {anchors_key}, the trust anchors workloads were given")
+        if not marks:
+            return None
+        state = "is deleted" if secret is None else "holds no bundle keys"
+        return (
+            f"the Secret {self.namespace}/{self.secret} {state}, but the ConfigMap "
+            f"{self.namespace}/{self.secret} still mirrors a bundle ({'; '.join(marks)})"
+        )
 
     def create(self, items: Mapping[str, bytes]) -> bool:
         body = self._secret_body(items, None)
@@ -339,6 +380,10 @@ class KubernetesSecretBundleStore:
             log.warning("cannot update the public part (ConfigMap) of %s: %s", self.description, e)
 
     def _write_config_map(self, want: dict[str, str], version: str, cm: Any) -> None:
+        anchors_pem = want.get(self._public_keys[ANCHORS])
+        anchors = (
+            {ANCHORS_ANNOTATION: _anchors_digest({ANCHORS: anchors_pem.encode()})} if anchors_pem else {}
+        )
         if cm is None:
             body: dict[str, Any] = {
                 "apiVersion": "v1",
@@ -346,7 +391,7 @@ class KubernetesSecretBundleStore:
                 "metadata": {
                     "name": self.secret,
                     "namespace": self.namespace,
-                    "annotations": {VERSION_ANNOTATION: version},
+                    "annotations": {VERSION_ANNOTATION: version, **anchors},
                 },
                 "data": want,
             }
@@ -362,7 +407,7 @@ class KubernetesSecretBundleStore:
         ours = set(self._public_keys.values())
         body["data"] = {k: v for k, v in (body.get("data") or {}).items() if k not in ours} | want
         meta = body.setdefault("metadata", {})
-        meta["annotations"] = (meta.get("annotations") or {}) | {VERSION_ANNOTATION: version}
+        meta["annotations"] = (meta.get("annotations") or {}) | {VERSION_ANNOTATION: version, **anchors}
         meta["resourceVersion"] = cm.metadata.resource_version
         result = self._call(
             "ConfigMap",
@@ -374,3 +419,8 @@ class KubernetesSecretBundleStore:
         )
         if result is None:
             raise _Conflict()
+
+
+def _anchors_digest(items: Mapping[str, bytes]) -> str:
+    """``sha256:<hex>`` of the ``ca.crt`` item (what ``sha256sum ca.crt`` of a backup shows)."""
+    return "sha256:" + hashlib.sha256(items.get(ANCHORS, b"")).hexdigest()

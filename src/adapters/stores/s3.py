@@ -10,7 +10,10 @@ repaired by ``publish_public`` when it disagrees with the bundle, never the othe
 never writes: the CA publishes only a bundle it accepted (a bundle that parses may still be
 refused for trust continuity, design §5), and only while it is still the version read
 (``HeadObject`` ETag re-checked just before the write, so it never installs an older one).
-Use a versioned bucket: every replaced bundle stays recoverable. Version token: the bundle object's ETag.
+Use a versioned bucket: every replaced bundle stays recoverable, and a deleted one leaves a
+delete marker, which ``held_before`` reports (``ListObjectVersions``, IAM
+``s3:ListBucketVersions``), as it reports a public part left behind. Version token: the bundle
+object's ETag.
 """
 
 from __future__ import annotations
@@ -92,6 +95,36 @@ class S3BundleStore:
         except aws.sdk_errors() as e:
             raise aws.unavailable(e, self.description, "read the previous trust bundle version") from None
         return StoredBundle(decode_document(got["Body"].read(), self.description), got["ETag"])
+
+    def held_before(self) -> str | None:
+        """Earlier versions of the bundle object or a delete marker (a versioned bucket keeps
+        both), or the public part ``KEY.public`` still there; None when neither shows."""
+        try:
+            r = self.client.list_object_versions(Bucket=self.bucket, Prefix=self.key)
+        except aws.sdk_errors() as e:
+            raise aws.unavailable(
+                e, self.description, "list the bundle object's versions (s3:ListBucketVersions)"
+            ) from None
+        # sorted by key, so the bundle's own entries come before KEY.public's
+        versions = [v for v in r.get("Versions", []) if v.get("Key") == self.key]
+        markers = [m for m in r.get("DeleteMarkers", []) if m.get("Key") == self.key]
+        found = []
+        if markers:
+            latest = max(markers, key=lambda m: m["LastModified"])
+            found.append(f"it was deleted at {latest['LastModified'].isoformat()} (a delete marker)")
+        if versions:
+            found.append(
+                f"the bucket keeps {len(versions)} earlier version(s) of it (restore one by copying it "
+                "over the key, or import a backup)"
+            )
+        if found:
+            return f"s3://{self.bucket}/{self.key} held a trust bundle: " + "; ".join(found)
+        if self._get(self.public_key, "read the public part of the trust bundle") is not None:
+            return (
+                f"the public part s3://{self.bucket}/{self.public_key}, written with every bundle, "
+                "is still there"
+            )
+        return None
 
     def _sse(self) -> dict[str, str]:
         if self.kms_key_id:

@@ -14,6 +14,10 @@ VersionId of AWSCURRENT. ``kms-key-id`` encrypts the secret with that KMS key (e
 each write and repaired by ``publish_public`` (``load`` never writes: the CA publishes only a
 bundle it accepted, design §5 trust continuity; and only while AWSCURRENT is still the version
 read, re-checked just before the write), encrypted with the default key so readers need no KMS grant.
+
+A secret scheduled for deletion reads as empty (its value cannot be read until it is restored),
+and ``held_before`` reports it (``DescribeSecret``: ``DeletedDate``), as it reports a secret
+without a current value or with earlier versions, and a public secret left behind.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ from .base import StoredBundle, decode_document, encode_document
 
 log = logging.getLogger(__name__)
 CURRENT, PENDING = "AWSCURRENT", "SENTRYCA_PENDING"
+
+
+def _scheduled_for_deletion(e: Exception) -> bool:
+    """Whether the SDK error says the secret is scheduled for deletion (``DeleteSecret`` with a
+    recovery window): InvalidRequestException "... marked for deletion" / "marked deleted"."""
+    return aws.error_code(e) == "InvalidRequestException" and "marked" in str(e) and "delet" in str(e)
 
 
 def _name_of(secret_id: str) -> str:
@@ -66,8 +76,8 @@ class SecretsManagerBundleStore:
         try:
             r = self.client.get_secret_value(SecretId=secret_id, VersionStage=CURRENT)
         except aws.sdk_errors() as e:
-            if aws.error_code(e) == "ResourceNotFoundException":
-                return None
+            if aws.error_code(e) == "ResourceNotFoundException" or _scheduled_for_deletion(e):
+                return None  # a secret scheduled for deletion: held_before says so
             raise aws.unavailable(e, f"secretsmanager://{secret_id}", doing) from None
         if "SecretString" not in r:
             text: str | bytes = r.get("SecretBinary", b"")
@@ -96,6 +106,39 @@ class SecretsManagerBundleStore:
     def load_public(self) -> StoredBundle | None:
         got = self._get(self.public_id, "read the public part of the trust bundle")
         return None if got is None else StoredBundle(*got)
+
+    def held_before(self) -> str | None:
+        """The secret scheduled for deletion, or still there without a current value (with or
+        without earlier versions), or its public secret ``NAME.public`` still there; None when
+        neither exists."""
+        found = self._describe(self.secret_id)
+        if found is not None:
+            if found.get("DeletedDate"):
+                return (
+                    f"the secret {self.secret_id} is scheduled for deletion (deleted at "
+                    f"{found['DeletedDate'].isoformat()}); `aws secretsmanager restore-secret --secret-id "
+                    f"{self.secret_id}` brings the bundle back as it was"
+                )
+            versions = found.get("VersionIdsToStages") or {}
+            if versions:
+                return (
+                    f"the secret {self.secret_id} exists with {len(versions)} version(s), none of them "
+                    "AWSCURRENT"
+                )
+            return f"the secret {self.secret_id} exists but holds no value (it was not created by the CA)"
+        public = self._describe(self.public_id)
+        if public is not None:
+            return f"the public part, secret {self.public_id}, written with every bundle, is still there"
+        return None
+
+    def _describe(self, secret_id: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.client.describe_secret(SecretId=secret_id)
+        except aws.sdk_errors() as e:
+            if aws.error_code(e) == "ResourceNotFoundException":
+                return None
+            raise aws.unavailable(e, f"secretsmanager://{secret_id}", "describe the secret") from None
+        return found
 
     def create(self, items: Mapping[str, bytes]) -> bool:
         args: dict[str, Any] = {

@@ -13,6 +13,7 @@ Pure: the environment and file contents are passed in, never looked up here. Che
 from .dapr_yaml import JWKS_OPTION_KEYS, read_config_file
 from .loader import load_config
 from .model import (
+    BOOTSTRAP_POLICIES,
     DEFAULT_JWKS_MIN_REFRESH,
     DEFAULT_JWKS_REQUEST_TIMEOUT,
     FIELDS_WITHOUT_OPTION,
@@ -30,6 +31,7 @@ from .model import (
 from .options import SERVE_OPTIONS, STORE_OPTIONS, Option, add_options
 
 __all__ = [
+    "BOOTSTRAP_POLICIES",
     "DEFAULT_JWKS_MIN_REFRESH",
     "DEFAULT_JWKS_REQUEST_TIMEOUT",
     "FIELDS_WITHOUT_OPTION",

@@ -17,6 +17,8 @@ from ..keys import KeyAlgorithm
 from ..spiffe_id import namespace_problem, trust_domain_problem
 
 MODES = ("auto", "kubernetes", "standalone")
+# --bootstrap-policy: when a start may generate a first bundle in an empty store (design §5.2)
+BOOTSTRAP_POLICIES = ("if-never-held", "never")
 # Bounds that keep every certificate date computable and every setting sane; leaves are capped by
 # the issuer's NotAfter anyway.
 MAX_WORKLOAD_TTL = timedelta(days=3650)
@@ -78,6 +80,7 @@ class Config:
     ca_key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
     expiry_check_interval: timedelta = timedelta(hours=1)
     store_poll_interval: timedelta = timedelta(0)
+    bootstrap_policy: str = "if-never-held"
     auto_rotate: bool = False
     root_propagation_window: timedelta = timedelta(hours=24)
     log_level: str = "info"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..durations import parse_duration
 from ..keys import KeyAlgorithm
-from .model import MAX_WORKERS, MODES
+from .model import BOOTSTRAP_POLICIES, MAX_WORKERS, MODES
 
 if TYPE_CHECKING:  # argparse is only a type here: the Lambda functions import this package cold
     import argparse
@@ -72,6 +72,13 @@ def _mode(text: str) -> str:
     v = text.strip().lower()
     if v not in MODES:
         raise ValueError(f"unknown mode {text!r}; use one of {', '.join(MODES)}")
+    return v
+
+
+def _bootstrap_policy(text: str) -> str:
+    v = text.strip().lower()
+    if v not in BOOTSTRAP_POLICIES:
+        raise ValueError(f"unknown bootstrap policy {text!r}; use one of {', '.join(BOOTSTRAP_POLICIES)}")
     return v
 
 
@@ -169,6 +176,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         parse_duration,
         "how often the running CA checks the store for a new bundle version and restarts in place "
         "when it changed, Go duration; 0s = never (default 0s)",
+    ),
+    Option(
+        "bootstrap-policy",
+        _bootstrap_policy,
+        "when a start may generate a new root and issuer in an empty store: if-never-held (only "
+        "in a store that shows no sign of having held a bundle) or never (only `sentryca bundle "
+        "init` creates one; a start on an empty store is refused) (default if-never-held)",
     ),
     Option(
         "auto-rotate",

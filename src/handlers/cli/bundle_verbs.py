@@ -30,6 +30,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     gen_options = tuple(o for o in SERVE_OPTIONS if o.flag in ("trust-domain", "ca-key-algorithm"))
     p = bundle.add_parser("init", allow_abbrev=False, help="generate a root and issuer into an empty store")
     add_options(p, STORE_OPTIONS + gen_options)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="generate even in a store that held a bundle before (its evidence is shown without "
+        "--force): workloads holding the old trust anchors will not trust the new root",
+    )
     p.set_defaults(func=cmd_bundle_init)
     p = bundle.add_parser(
         "import", allow_abbrev=False, help="bring your own CA: verify, then write it into the store"
@@ -113,7 +119,9 @@ def _time_left(left: timedelta | None) -> str:
 
 
 def cmd_bundle_init(args: argparse.Namespace) -> int:
-    """Generate a root and issuer into an empty store. Raises CommandError (1) when it is not."""
+    """Generate a root and issuer into an empty store, whatever ``--bootstrap-policy`` says; into
+    one that held a bundle before only with ``--force``. Raises CommandError (1) when it is not
+    empty, BundleError (1) naming the evidence without ``--force``."""
     from handlers.composition import load_bundle, store_retry
 
     cfg, store = open_store(args)
@@ -123,7 +131,7 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
             f"{store.description} already holds a trust bundle (version {current.version[:12]}); "
             "nothing was changed (use `bundle regenerate --backup-to URL` to replace it)"
         )
-    loaded = load_bundle(cfg, store, datetime.now(UTC))
+    loaded = load_bundle(cfg, store, datetime.now(UTC), by_operator=True, force=args.force)
     verb = "created" if loaded.created else "another writer created"
     root = loaded.bundle.trust_anchors[0].subject.rfc4514_string()
     print(f"{store.description}: {verb} a trust bundle; root {root}")

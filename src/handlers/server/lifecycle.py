@@ -222,6 +222,8 @@ class CertificateAuthority:
             store = composition.build_store(config)
             new = self._build_state(config, store, previous=old, create_if_empty=force, publish=False)
             self._put_in_force(old, new, force=force)
+            if self._state is not None:
+                self._upkeep.store_backs(self._state)
 
     def _apply_stored(self, old: State, stored: StoredBundle | None) -> State:
         """Restart in place on ``old``'s config and store with the store's content ``stored``
@@ -316,9 +318,15 @@ class CertificateAuthority:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """(ready, details) for ``/healthz``: bundle loaded and issuer valid now, server
-        certificate issued, validators ready, gRPC serving."""
+        certificate issued, validators ready, gRPC serving; ``degraded`` names a problem of the
+        store while the CA serves the bundle in force (it does not make the CA not ready)."""
         return readiness_report(
-            self._state, self._clock(), self._certs.current, self._certs.error, self._listeners.grpc_port
+            self._state,
+            self._clock(),
+            self._certs.current,
+            self._certs.error,
+            self._listeners.grpc_port,
+            self._upkeep.degraded() if self._state is not None else None,
         )
 
     def check_expiry(self) -> list[ExpiryFinding]:

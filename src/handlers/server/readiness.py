@@ -28,10 +28,13 @@ def readiness_report(
     cert: ServerCertificate | None,
     cert_error: str | None,
     grpc_port: int | None,
+    degraded: dict[str, Any] | None = None,
 ) -> tuple[bool, dict[str, Any]]:
     """(ready, details) for ``/healthz`` at ``now``: bundle loaded and issuer valid, server
     certificate ``cert`` issued and unexpired (else ``cert_error``), validators ready, gRPC
-    serving (``grpc_port`` None: not serving). Not-ready parts are listed under ``not_ready``."""
+    serving (``grpc_port`` None: not serving). Not-ready parts are listed under ``not_ready``.
+    ``degraded``: the store's problem while the CA serves the bundle in force (design §8.4),
+    reported under ``degraded``; it does not make the CA not ready."""
     if state is None:
         return False, {"ready": False, "ca": "not running"}
     details: dict[str, Any] = {}
@@ -65,6 +68,8 @@ def readiness_report(
     details["ready"] = not problems
     if problems:
         details["not_ready"] = problems
+    if degraded is not None:
+        details["degraded"] = degraded
     return not problems, details
 
 

@@ -1,6 +1,12 @@
 """The background upkeep of a running CA (design §8.4–8.5): the store poll, the rotation steps
 due (``ca_core.rotation``), the expiry check, the server certificate's renewal and the health
-refresh, run by one watcher thread that never waits for the lifecycle lock."""
+refresh, run by one watcher thread that never waits for the lifecycle lock.
+
+Each read of the store (the poll; without polling, one read per expiry check) also tells whether
+the store still backs the CA: found empty, unreadable, or holding a bundle that was refused, the
+CA is **degraded** (:class:`StoreProblem`): one ERROR per distinct problem (``event=store_degraded``),
+the gauge ``sentryca_store_degraded`` at 1, and a ``degraded`` entry in ``/healthz`` (still 200:
+the CA serves the bundle in force), until a read finds the store backing it again."""
 
 from __future__ import annotations
 
@@ -8,9 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from adapters.stores import StoredBundle
+from adapters.stores import StoredBundle, parse_stored
 from ca_core import policy
 from ca_core.errors import CAError, Unavailable
 from ca_core.expiry import ExpiryFinding
@@ -27,6 +35,31 @@ log = logging.getLogger("sentryca")
 # force (design §8.4): (state in force, the content already read or just written, or None to read
 # it) → the state in force afterwards. Raises CAError as ``restart`` does.
 ApplyStored = Callable[[State, StoredBundle | None], State]
+
+STORE_EMPTY, STORE_UNREADABLE, BUNDLE_REFUSED = "store_empty", "store_unreadable", "bundle_refused"
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """Why the store no longer backs the bundle in force: ``problem`` (store_empty,
+    store_unreadable, bundle_refused), the store, a sentence for the operator, since when, and the
+    ``key`` that makes two findings the same problem (reported once)."""
+
+    problem: str
+    store: str
+    detail: str
+    since: datetime
+    key: str
+
+    def report(self) -> dict[str, Any]:
+        """The ``degraded`` entry of ``/healthz``."""
+        return {
+            "problem": self.problem,
+            "store": self.store,
+            "detail": self.detail,
+            "since": self.since.isoformat(),
+            "serving": "the bundle in force",
+        }
 
 
 class Upkeep:
@@ -60,7 +93,10 @@ class Upkeep:
         self._stop_watch = threading.Event()
         self._next_expiry_check = datetime.max.replace(tzinfo=UTC)
         self._next_store_poll = 0.0  # time.monotonic() of the next store poll
-        self._refused_version: str | None = None
+        self._refused_version: str | None = None  # the last version refused (reported once)
+        self._refusal: StoreProblem | None = None  # what was reported for it
+        self._problem: StoreProblem | None = None
+        self._seen_version: str | None = None  # a valid version not in force, reported once
 
     def start(self, state: State) -> None:
         """Schedule the first rounds for ``state`` (just put in force; its expiry check has run)
@@ -69,6 +105,8 @@ class Upkeep:
         self._next_expiry_check = self._clock() + cfg.expiry_check_interval
         self._next_store_poll = time.monotonic() + cfg.store_poll_interval.total_seconds()
         self._certs.reset_retry()
+        self._clear_problem(None)
+        self._seen_version = None
         self._stop_watch = threading.Event()
         self._watcher = threading.Thread(
             target=self._watch, args=(self._stop_watch,), name="expiry-watcher", daemon=True
@@ -93,6 +131,8 @@ class Upkeep:
         now = self._clock()
         state = self._poll_store(state)
         if now >= self._next_expiry_check:
+            if not state.config.store_poll_interval:
+                state = self._read_store(state, apply=False)  # the store still backs the CA?
             state, _ = self.rotate(state, now)
             self._check_expiry(state)
             self._next_expiry_check = now + state.config.expiry_check_interval
@@ -131,66 +171,178 @@ class Upkeep:
                 "rotation: cannot write %s (%s); retrying at the next check", state.store.description, e
             )
             return state, False
-        written = None if version is None else StoredBundle(items, version)
-        if written is None:
+        if version is None:
             log.info(
                 "rotation: %s changed since it was loaded (another replica or an operator); loading it",
                 state.store.description,
             )
-        else:
-            for step in result.steps:
-                self._metrics.rotation_steps.labels(kind=step.kind, step=step.action).inc()
-                log.log(logging.WARNING if step.action == "emergency" else logging.INFO, "%s", step.message)
-                audit_rotation(step, state.store.description)
+            return self._read_store(state, apply=True), False
+        for step in result.steps:
+            self._metrics.rotation_steps.labels(kind=step.kind, step=step.action).inc()
+            log.log(logging.WARNING if step.action == "emergency" else logging.INFO, "%s", step.message)
+            audit_rotation(step, state.store.description)
         try:
-            return self._apply(state, written), written is not None
+            return self._apply(state, StoredBundle(items, version)), True
         except CAError as e:
-            self._refuse(state, None, str(e))
-            return state, written is not None
+            self._refused_version = version
+            self._degrade(
+                state,
+                BUNDLE_REFUSED,
+                version,
+                f"the bundle this CA just wrote to {state.store.description} was refused, still serving "
+                f"the one in force: {e}",
+            )
+            return state, True
 
     def _poll_store(self, state: State) -> State:
-        """When ``--store-poll-interval`` is set and due: read the store once; if its version
-        differs from the bundle in force, apply what was read in place with the same config
-        (design §8.4), which applies the trust-continuity rule. A refused or unreadable bundle is
-        logged once per version and the CA keeps serving the bundle in force. Returns the state
-        in force afterwards."""
+        """When ``--store-poll-interval`` is set and due: :meth:`_read_store`, applying a new
+        version in place. Returns the state in force afterwards."""
         interval = state.config.store_poll_interval.total_seconds()
         if not interval or time.monotonic() < self._next_store_poll:
             return state
         self._next_store_poll = time.monotonic() + interval
+        return self._read_store(state, apply=True)
+
+    def _read_store(self, state: State, *, apply: bool) -> State:
+        """Read the store once and judge it against the bundle in force (design §8.4). Empty,
+        unreadable, or holding a bundle that is refused: the CA is degraded (reported once per
+        distinct problem) and keeps serving the bundle in force. The version in force: healthy.
+        Another version: with ``apply`` (the poll, a rotation step that lost its write) put in
+        force in place with the same config, trust continuity applying; without (the check of a
+        CA that does not poll) only parsed, and applied at the next restart. Returns the state in
+        force afterwards."""
+        where = state.store.description
         try:
             stored = state.store.load()
-        except Unavailable as e:  # worth retrying at the next poll
-            log.warning("store poll: cannot read %s: %s", state.store.description, e)
+        except Unavailable as e:  # worth retrying at the next read
+            self._degrade(
+                state,
+                STORE_UNREADABLE,
+                f"{STORE_UNREADABLE}:{e.reason}",
+                f"cannot read {where} ({e}); still serving the bundle in force",
+            )
             return state
-        except CAError as e:  # unreadable content: refused, reported once per distinct problem
-            self._refuse(state, None, str(e))
+        except CAError as e:  # content that cannot be read as a bundle at all
+            self._degrade(
+                state,
+                BUNDLE_REFUSED,
+                str(e),
+                f"the content of {where} is unusable ({e}); still serving the bundle in force",
+            )
             return state
-        if stored is None or stored.version in (state.bundle_version, self._refused_version):
+        if stored is None:
+            self._degrade(state, STORE_EMPTY, STORE_EMPTY, lambda: self._empty_detail(state))
             return state
-        log.info("store poll: %s has a new bundle version; restarting in place", state.store.description)
+        if stored.version == state.bundle_version:
+            self._clear_problem(state)
+            return state
+        if stored.version == self._refused_version:
+            self._still_refused()  # refused before and reported: still degraded
+            return state
+        if not apply:
+            try:
+                parse_stored(state.store, stored)
+            except CAError as e:
+                self._refused_version = stored.version
+                self._degrade(
+                    state,
+                    BUNDLE_REFUSED,
+                    stored.version,
+                    f"the bundle in {where} is unusable, still serving the one in force: {e}",
+                )
+                return state
+            self._clear_problem(state)
+            if stored.version != self._seen_version:
+                self._seen_version = stored.version
+                log.info(
+                    "%s holds a bundle version other than the one in force; without "
+                    "--store-poll-interval it is applied at the next restart (or rotation step)",
+                    where,
+                )
+            return state
+        log.info("store poll: %s has a new bundle version; restarting in place", where)
         try:
-            return self._apply(state, stored)
+            state = self._apply(state, stored)
         except Unavailable as e:
             log.warning("store poll: cannot apply the new bundle yet (%s); retrying at the next poll", e)
             return state
         except CAError as e:
-            self._refuse(state, stored.version, str(e))
+            self._refused_version = stored.version
+            self._degrade(
+                state,
+                BUNDLE_REFUSED,
+                stored.version,
+                f"the new bundle in {where} was refused, still serving the one in force: {e}",
+            )
             return state
+        self._clear_problem(state)
+        return state
 
-    def _refuse(self, state: State, version: str | None, problem: str) -> None:
-        """Record a store content the poll will not apply (logged and counted once per version or,
-        for content that cannot be read at all, once per distinct problem)."""
-        key = version or problem
-        if key == self._refused_version:
-            return
-        self._refused_version = key
-        self._metrics.bundle_change_refused.inc()
-        log.error(
-            "store poll: the new bundle in %s was refused, still serving the one in force: %s",
-            state.store.description,
-            problem,
+    def _empty_detail(self, state: State) -> str:
+        """What the operator reads about an empty store: what shows it held a bundle, and how to
+        restore it."""
+        where = state.store.description
+        try:
+            evidence = state.store.held_before()
+        except CAError as e:
+            evidence = f"(cannot tell what it held before: {e})"
+        found = f": {evidence}" if evidence else ""
+        return (
+            f"{where} holds no trust bundle any more{found}. Still serving the bundle in force; "
+            f"a restart would refuse to start. Restore it: `{policy.restore_command(where)}`"
         )
+
+    def _degrade(self, state: State, problem: str, key: str, detail: str | Callable[[], str]) -> None:
+        """Record that the store does not back the bundle in force: once per distinct problem
+        (``key``), an ERROR (``event=store_degraded``) and, for a refused bundle, one count in
+        ``sentryca_bundle_change_refused_total``; the gauge at 1. ``detail`` may be a callable,
+        asked only for a new problem (it may read the store)."""
+        self._metrics.store_degraded.set(1)
+        if self._problem is not None and self._problem.key == key:
+            return
+        if callable(detail):
+            detail = detail()
+        self._problem = StoreProblem(problem, state.store.description, detail, self._clock(), key)
+        if problem == BUNDLE_REFUSED:
+            self._refusal = self._problem
+            self._metrics.bundle_change_refused.inc()
+        log.error(
+            "store degraded (%s): %s",
+            problem,
+            detail,
+            extra={"event": "store_degraded", "problem": problem, "store": state.store.description},
+        )
+
+    def _still_refused(self) -> None:
+        """The store still holds the version refused last: that refusal is the problem again
+        (after, say, a read that failed meanwhile), without a second report."""
+        if self._refusal is not None:
+            self._problem = self._refusal
+            self._metrics.store_degraded.set(1)
+
+    def _clear_problem(self, state: State | None) -> None:
+        """The store backs the bundle in force (again): the gauge at 0, and a line once it was
+        degraded. A version refused before is judged afresh should it come back."""
+        self._metrics.store_degraded.set(0)
+        self._refused_version, self._refusal = None, None
+        problem, self._problem = self._problem, None
+        if problem is not None and state is not None:
+            log.warning(
+                "store recovered: %s backs the bundle in force again (was %s since %s)",
+                state.store.description,
+                problem.problem,
+                problem.since.isoformat(),
+                extra={"event": "store_recovered", "problem": problem.problem, "store": problem.store},
+            )
+
+    def degraded(self) -> dict[str, Any] | None:
+        """The ``degraded`` entry of ``/healthz`` (:meth:`StoreProblem.report`), or None."""
+        problem = self._problem
+        return None if problem is None else problem.report()
+
+    def store_backs(self, state: State) -> None:
+        """A restart just loaded ``state`` from its store: whatever was degraded is over."""
+        self._clear_problem(state)
 
     def _watch(self, stop: threading.Event) -> None:
         while True:

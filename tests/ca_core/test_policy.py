@@ -1,0 +1,54 @@
+"""The bootstrap rule (design §5.2): when an empty store may get a newly generated CA."""
+
+from __future__ import annotations
+
+import pytest
+
+from ca_core.config import load_config
+from ca_core.errors import ConfigError
+from ca_core.policy import may_generate
+
+STORE = "s3://bucket/sentry/bundle.json"
+EVIDENCE = "s3://bucket/sentry/bundle.json held a trust bundle: it was deleted (a delete marker)"
+
+
+@pytest.mark.parametrize(
+    "policy, evidence, by_operator, force, allowed",
+    [
+        ("if-never-held", None, False, False, True),  # a first start
+        ("if-never-held", EVIDENCE, False, False, False),  # a store that lost its bundle
+        ("if-never-held", EVIDENCE, False, True, False),  # force is the operator's, not a start's
+        ("never", None, False, False, False),
+        ("never", EVIDENCE, False, False, False),
+        ("never", None, True, False, True),  # `bundle init` is the explicit way, whatever the policy
+        ("if-never-held", EVIDENCE, True, False, False),  # ... but over evidence
+        ("never", EVIDENCE, True, True, True),  # only with --force
+    ],
+)
+def test_the_decision_table(policy, evidence, by_operator, force, allowed):
+    verdict = may_generate(policy, evidence, STORE, by_operator=by_operator, force=force)
+    assert verdict.allowed is allowed
+    if not allowed:
+        assert STORE in verdict.message and "nothing was written" in verdict.message.lower()
+
+
+def test_a_refused_start_names_the_store_the_evidence_and_both_ways_out():
+    message = may_generate("if-never-held", EVIDENCE, STORE).message
+    assert message.startswith(
+        f"refusing to start: {STORE} holds no trust bundle, but it held one before: {EVIDENCE}"
+    )
+    assert f"`sentryca bundle import --trust-bundle-store {STORE} --from DIR`" in message
+    assert f"`sentryca bundle init --trust-bundle-store {STORE} --force`" in message
+    never = may_generate("never", None, STORE).message
+    assert "--bootstrap-policy is never" in never and f"bundle init --trust-bundle-store {STORE}`" in never
+    init = may_generate("if-never-held", EVIDENCE, STORE, by_operator=True).message
+    assert EVIDENCE in init and "--force" in init and "--from DIR" in init
+    forced = may_generate("if-never-held", EVIDENCE, STORE, by_operator=True, force=True)
+    assert forced.allowed and EVIDENCE in forced.message  # logged as a warning
+
+
+def test_the_option_takes_the_two_policies_only():
+    assert load_config({}, {}).bootstrap_policy == "if-never-held"
+    assert load_config({"bootstrap_policy": "NEVER"}, {}).bootstrap_policy == "never"
+    with pytest.raises(ConfigError, match="SENTRY_BOOTSTRAP_POLICY: unknown bootstrap policy 'always'"):
+        load_config({}, {"SENTRY_BOOTSTRAP_POLICY": "always"})
