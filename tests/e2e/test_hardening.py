@@ -313,7 +313,7 @@ def test_server_without_a_port_is_a_usage_error(server, tmp_path):
 
 def test_abbreviated_flags_are_not_guessed(tmp_path):
     r = run("inspect", "--issuer-cred", str(tmp_path))
-    assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+    assert r.returncode == 2 and "unrecognized argument --issuer-cred (did you mean" in r.stderr
 
 
 def test_server_names_are_added_to_the_cas_tls_certificate(store_dir):
