@@ -14,7 +14,7 @@ from typing import Any
 
 from ca_core.errors import CAError, ConfigError
 
-from . import bundle_verbs, client_verbs, rotate_verbs, serve
+from . import bundle_verbs, client_verbs, health_verbs, rotate_verbs, serve
 from .common import REFUSED, USAGE, CommandError
 
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")  # a value, as argparse reads it
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_verbs.add_parsers(sub)
     bundle_verbs.add_parsers(sub)
     rotate_verbs.add_parsers(sub)
+    health_verbs.add_parser(sub)
     return parser
 
 
