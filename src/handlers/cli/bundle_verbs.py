@@ -13,7 +13,7 @@ from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
 from ca_core.errors import CAError
 from ca_core.expiry import check_expiry
 
-from .common import USAGE, CommandError, open_store, read_input
+from .common import USAGE, CommandError, open_store, read_input, short_version, shown_version
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,7 +74,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 1
     public = parse_public_bundle(stored.items, store.labels())
     now = datetime.now(UTC)
-    print(f"store: {store.description} (version {stored.version[:12]})")
+    print(f"store: {store.description} (version {shown_version(store, stored)})")
     for f in check_expiry(public.anchors_pem, public.issuer_chain_pem, now):
         level = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
         not_after = f.not_after.isoformat() if f.not_after else "?"
@@ -120,7 +120,7 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
     current = store_retry().run(f"read {store.description}", store.load)
     if current is not None:
         raise CommandError(
-            f"{store.description} already holds a trust bundle (version {current.version[:12]}); "
+            f"{store.description} already holds a trust bundle (version {short_version(current.version)}); "
             "nothing was changed (use `bundle regenerate --backup-to URL` to replace it)"
         )
     loaded = load_bundle(cfg, store, datetime.now(UTC))
@@ -222,7 +222,9 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
             items[ROOT_KEY] = kept
     if not store.replace(items, current.version):
         raise CommandError(f"{store.description} changed while importing; nothing imported, try again")
-    print(f"{store.description}: imported the trust bundle (replacing version {current.version[:12]})")
+    print(
+        f"{store.description}: imported the trust bundle (replacing version {short_version(current.version)})"
+    )
     return 0
 
 

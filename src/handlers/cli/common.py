@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ca_core.config import load_config
 
 if TYPE_CHECKING:
-    from adapters.stores import BundleStore
+    from adapters.stores import BundleStore, StoredBundle
     from ca_core.config import Config
 
 USAGE = 2  # exit code of bad usage or configuration
@@ -49,6 +49,30 @@ def open_store(args: argparse.Namespace) -> tuple[Config, BundleStore]:
 
     cfg = config(args)
     return cfg, build_store(cfg)
+
+
+def short_version(version: str) -> str:
+    """A store's version token as every verb shows it: its first 12 characters, without the
+    quotes of an S3 ETag. Each store's token (a content hash, an ETag, a Secrets Manager version
+    id, a resourceVersion) tells versions apart in 12; audit records and JSON summaries carry
+    the whole token, which starts with these 12, so either greps the other."""
+    return version.strip('"')[:12]
+
+
+def shown_version(store: BundleStore, public: StoredBundle) -> str:
+    """:func:`short_version` of the whole bundle in ``store`` (the token `bundle init`,
+    `bundle import` and every compare-and-swap write use), read again; of ``public`` (read by
+    ``load_public``, whose token may be the public part's own), marked so, when the whole
+    bundle cannot be read here."""
+    from ca_core.errors import CAError
+
+    try:
+        whole = store.load()
+    except CAError:
+        whole = None
+    if whole is None:
+        return f"{short_version(public.version)} of the public part"
+    return short_version(whole.version)
 
 
 def read_input(path: str, flag: str) -> bytes:
