@@ -234,7 +234,7 @@ def test_replacing_the_ca_running_cas_refuse_it_until_restarted(store_env, tmp_p
         assert "Running CAs do NOT take this bundle by themselves" in r.stderr
         assert "restart every CA process" in r.stderr and 'docs/runbook.md, "Replace the CA"' in r.stderr
         (backup,) = (tmp_path / ".sentry" / "backups").iterdir()
-        assert f"PRIVATE KEYS included, is in file://{backup}" in r.stdout
+        assert f"private keys included, is in file://{backup}" in r.stdout
         new_anchors = (tmp_path / "trust-new" / "ca.crt").read_bytes()
         assert new_anchors != old_anchors and new_anchors == open_store(url).load().items["ca.crt"]
         # What the runbook says a running CA does: the poll refuses, the old bundle stays in force,
@@ -424,7 +424,7 @@ def assert_only_public_anchors_handed_out(tmp_path: Path, output: str) -> None:
     for p in handed_out.iterdir():
         assert b"PRIVATE KEY" not in p.read_bytes() and p.stat().st_mode & 0o777 == 0o644
     (backup,) = (tmp_path / ".sentry" / "backups").iterdir()
-    assert backup.stat().st_mode & 0o777 == 0o700 and f"{backup} holds PRIVATE KEYS" in output
+    assert backup.stat().st_mode & 0o777 == 0o700 and f"{backup} holds private keys" in output
     assert {"ca.crt", "issuer.key", "root.key"} <= {p.name for p in backup.iterdir()}
     assert (backup / "ca.crt").read_bytes() == (handed_out / "ca.crt").read_bytes()
 

@@ -42,7 +42,7 @@ def test_regenerate_says_what_running_cas_do_and_where_the_old_keys_are(store_ur
     assert r.returncode == 0, r.stderr
     backup = printed_backup(r.stdout)
     assert backup.parent == tmp_path / ".sentry" / "backups"
-    assert f"the old bundle, PRIVATE KEYS included, is in file://{backup}" in r.stdout
+    assert f"the old bundle, private keys included, is in file://{backup}" in r.stdout
     assert mode(backup) == mode(backup.parent) == mode(backup.parent.parent) == 0o700
     assert dict(FileBundleStore(backup).load().items) == dict(old.items)
     assert all(mode(backup / name) == 0o600 for name in old.items)
@@ -153,7 +153,7 @@ def test_export_without_out_writes_a_new_0700_backup_and_says_where(tmp_path):
     r = run("bundle", "export", "--issuer-credentials", str(store), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     first = printed_backup(r.stdout)
-    assert f"{first} holds PRIVATE KEYS (issuer.key, root.key; directory 0700, files 0600)" in r.stdout
+    assert f"{first} holds private keys (issuer.key, root.key; directory 0700, files 0600)" in r.stdout
     assert first.parent == tmp_path / ".sentry" / "backups" and mode(first) == 0o700
     assert snapshot(first) == snapshot(store) and mode(first / "issuer.key") == 0o600
     r = run("bundle", "export", "--issuer-credentials", str(store), cwd=tmp_path)

@@ -340,7 +340,7 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
         f"{bundle.trust_anchors[0].subject.rfc4514_string()}; {settled.summary})"
     )
     print(
-        f"the old bundle, PRIVATE KEYS included, is in {backup.description}: keep it private "
+        f"the old bundle, private keys included, is in {backup.description}: keep it private "
         "(encrypted, access-controlled, never in version control)"
     )
     notice = running_cas_notice(old, current.items, bundle, items, now, rotation_path=damage is None)

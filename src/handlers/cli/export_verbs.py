@@ -74,7 +74,7 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
     secret = [i for i in SECRET_ITEMS if i in current.items]
     if secret:
         print(
-            f"{out} holds PRIVATE KEYS ({', '.join(secret)}; directory 0700, files 0600): keep it "
+            f"{out} holds private keys ({', '.join(secret)}; directory 0700, files 0600): keep it "
             "encrypted and access-controlled, never in version control. Hand out only the public "
             "part: `sentryca bundle show --out DIR`"
         )
