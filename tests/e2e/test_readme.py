@@ -6,9 +6,10 @@ in the repository is touched.
 The ``make-run`` block (kind ``background``) is started first, as written, with ``SENTRY_PORT``,
 ``SENTRY_HEALTHZ_PORT`` and ``SENTRY_METRICS_PORT`` set to 0 (free ports); the README's default
 ports (50001, 8080, 9090, and moto's 5000) are replaced in the other blocks by the ports actually
-served. Kind ``moto`` runs a block against the ``moto-server`` block started in the background on a
-free port; ``skip (REASON)`` blocks are skipped with their reason. Each block must exit 0; what it
-promises is checked after it where that is cheap (:data:`CHECKS`)."""
+served (and ``localhost`` before them by 127.0.0.1: :data:`LOCALHOST`). Kind ``moto`` runs a
+block against the ``moto-server`` block started in the background on a free port; ``skip
+(REASON)`` blocks are skipped with their reason. Each block must exit 0; what it promises is
+checked after it where that is cheap (:data:`CHECKS`)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ RUNBOOK = REPO_ROOT / "docs" / "runbook.md"
 MARK = re.compile(r"<!-- test: ([\w-]+)(?: (background|moto|skip \((.+?)\)))? -->\n```sh\n(.*?)```", re.S)
 DEFAULT_PORTS = {"50001": "port", "8080": "healthz", "9090": "metrics", "5000": "moto"}
 PORT = re.compile(r"(?<!\d)(50001|8080|9090|5000)(?!\d)")
+# `localhost` before one of those ports: the ports are picked free on 127.0.0.1, where the CA and
+# moto listen, while localhost may resolve to ::1 first, where another process may hold the same
+# port number
+LOCALHOST = re.compile(r'localhost(?=(?::|", )(?:50001|8080|9090|5000)(?!\d))')
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,14 @@ def block(name: str) -> Block:
 
 
 # --- the README's own shape ----------------------------------------------------------------------
+
+
+def test_the_port_replacement_reaches_every_address_of_the_blocks():
+    co = Checkout(Path("."), {}, ports={"port": 1, "healthz": 2, "metrics": 3, "moto": 4})
+    text = "\n".join(co.text(b) for b in blocks())
+    assert not re.search(r"(?<!\d)(50001|8080|9090|5000)(?!\d)|localhost[:\"]", text)
+    assert "--server 127.0.0.1:1 " in text and "http://127.0.0.1:2/healthz" in text
+    assert '("127.0.0.1", 1)' in text and "-p 4" in text
 
 
 def test_every_shell_block_of_the_readme_is_marked():
@@ -121,7 +134,8 @@ class Checkout:
 
     def text(self, b: Block) -> str:
         """The block with the README's default ports replaced by the ones served here."""
-        return PORT.sub(lambda m: str(self.ports[DEFAULT_PORTS[m.group(1)]]), b.text)
+        text = LOCALHOST.sub("127.0.0.1", b.text)
+        return PORT.sub(lambda m: str(self.ports[DEFAULT_PORTS[m.group(1)]]), text)
 
     def start(self, b: Block, env: dict[str, str]) -> subprocess.Popen:
         proc = subprocess.Popen(
