@@ -20,8 +20,9 @@ ENV SENTRY_LISTEN_ADDRESS=0.0.0.0 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 EXPOSE 50001 8080 9090
+# liveness (/livez), not readiness: a CA waiting for its bundle is alive; the port follows SENTRY_HEALTHZ_PORT
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s \
-    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/livez', timeout=3)"]
+    CMD ["sentryca", "healthcheck", "--live"]
 ENTRYPOINT ["sentryca"]
 CMD ["serve"]
 

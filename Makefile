@@ -16,7 +16,7 @@ export SAM_CLI_TELEMETRY := 0
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download
 
-.PHONY: run test lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-build sam-invoke proto proto-check bench clean
+.PHONY: run test lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-build sam-invoke proto proto-check bench rotation-timeline clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -99,6 +99,10 @@ proto-check: $(VENV)/.installed-test
 	for f in sentry_pb2.py sentry_pb2_grpc.py sentry_pb2.pyi; do \
 	  diff -u $(GENERATED)/$$f $$tmp/sentryca_proto/sentry/v1/$$f || { echo "generated $$f is stale: run 'make proto' and commit"; exit 1; }; \
 	done && echo "proto-check: generated code is up to date"
+
+## rotation-timeline: redraw docs/rotation-timeline.svg from the rotation code (commit the result)
+rotation-timeline: $(VENV)/.installed-run
+	$(PY) -m tools.rotation_timeline --out docs/rotation-timeline.svg
 
 ## bench: throughput and latency figures (not a test)
 bench: $(VENV)/.installed-test

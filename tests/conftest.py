@@ -1,5 +1,6 @@
 """Fixtures only: a file store directory, a real CA server on loopback and TLS channels to it,
-moto in server mode, the slim botocore data, and the loopback Kubernetes API server. Every
+moto in server mode, fresh stores of each kind for the CLI, the slim botocore data, and the
+loopback Kubernetes API server. Every
 helper they share with the tests lives in tests/support/ (imported as ``support``)."""
 
 from __future__ import annotations
@@ -93,6 +94,21 @@ def aws_env(moto_endpoint, monkeypatch) -> dict[str, str]:
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return env
+
+
+@pytest.fixture(params=["file", "s3", "secretsmanager"])
+def store_url_env(request, tmp_path) -> tuple[str, dict[str, str]]:
+    """(URL, environment for the CLI) of a fresh, empty store of each kind the operator verbs
+    are tested on: a directory, S3 and Secrets Manager on the moto server."""
+    import uuid
+
+    tag = uuid.uuid4().hex[:10]
+    if request.param == "file":
+        return f"file://{tmp_path / tag}", {}
+    env = request.getfixturevalue("aws_env")
+    if request.param == "s3":
+        return f"s3://{TEST_BUCKET}/cli/{tag}.json", env
+    return f"secretsmanager://sentryca/cli-{tag}", env
 
 
 @pytest.fixture

@@ -45,6 +45,17 @@ class KeyAlgorithm(enum.Enum):
         return ed25519.Ed25519PrivateKey.generate()
 
 
+def key_algorithm_of(key: object) -> KeyAlgorithm | None:
+    """The :class:`KeyAlgorithm` of a public or private key (ECDSA P-256/P-384, Ed25519), or None
+    for a key sentryca does not generate (RSA, other curves, Ed448)."""
+    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        curves = {"secp256r1": KeyAlgorithm.ECDSA_P256, "secp384r1": KeyAlgorithm.ECDSA_P384}
+        return curves.get(key.curve.name)
+    if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
+        return KeyAlgorithm.ED25519
+    return None
+
+
 def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
     """The digest to sign with ``key``: SHA-384 for P-384 and larger curves, None for Ed25519
     (pure EdDSA), SHA-256 otherwise (RFC 5758 §3.2, RFC 8410 §6)."""

@@ -24,9 +24,7 @@ worker, so a caller spreading connections over N workers may reach N times the l
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import multiprocessing as mp
 import os
 import shutil
@@ -35,9 +33,6 @@ import socket
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -45,35 +40,16 @@ from ca_core.config import Config
 from ca_core.errors import CAError
 
 from .http_endpoints import HttpEndpoints, json_route
+from .worker_probes import Worker, hold_port, probe_all, worker_count
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 120.0  # seconds for a worker to load the bundle and serve (store retries included)
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0  # seconds before restarting a worker that exited
-PROBE_TIMEOUT = 1.0  # seconds for a worker's /healthz or /livez answer (all asked at once)
 PROBE_EVERY = 5.0  # seconds between liveness probes of the workers
 MAX_MISSED_PROBES = 3  # a worker that misses this many in a row is killed and started again
 LOOP_STALL = 30.0  # seconds without a supervision pass before /livez fails
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def worker_count(config: Config, cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
-    """``config.workers``, with 0 meaning one per usable CPU: the CPUs this process may run on,
-    capped by a cgroup v2 CPU quota (a container limited to 1.5 CPUs gets 2 workers, not one
-    per CPU of the node)."""
-    if config.workers:
-        return config.workers
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    try:
-        quota, period = open(cgroup_cpu_max).read().split()[:2]  # "max 100000" or "150000 100000"
-        if quota != "max":
-            cpus = min(cpus, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
 
 
 def _worker_main(config: Config, index: int, conn: Connection) -> None:
@@ -109,18 +85,6 @@ def _worker_main(config: Config, index: int, conn: Connection) -> None:
     ca.stop()
 
 
-@dataclass
-class _Worker:
-    index: int
-    process: Any  # multiprocessing.Process (spawn context)
-    conn: Connection
-    pid: int | None = None
-    healthz_port: int | None = None
-    serving: bool = False  # reported ready to serve (gRPC, or its /healthz saying why not)
-    started_at: float = field(default_factory=time.monotonic)
-    missed_probes: int = 0
-
-
 class Supervisor:
     """Runs ``worker_count(config)`` CA worker processes on one gRPC port; see the module doc.
 
@@ -132,7 +96,7 @@ class Supervisor:
         self.config = config
         self.count = worker_count(config)
         self._ctx = mp.get_context("spawn")
-        self._workers: list[_Worker] = []
+        self._workers: list[Worker] = []
         self._http: list[HttpEndpoints] = []
         self._multiproc_dir: str | None = None
         self._worker_config: Config | None = None
@@ -157,7 +121,7 @@ class Supervisor:
             ) from None
         os.environ[MULTIPROC_ENV] = self._multiproc_dir  # inherited by the spawned workers
         try:
-            self._port_holder, port = _hold_port(cfg.listen_address, cfg.port)
+            self._port_holder, port = hold_port(cfg.listen_address, cfg.port)
             self._worker_config = cfg.with_changes(port=port, healthz_port=0, enable_metrics=False)
             pending = [self._spawn(i) for i in range(self.count)]
             deadline = time.monotonic() + START_TIMEOUT
@@ -217,7 +181,7 @@ class Supervisor:
                 next_probe = now + PROBE_EVERY
                 self._probe_liveness()
 
-    def _check(self, worker: _Worker, now: float) -> str | None:
+    def _check(self, worker: Worker, now: float) -> str | None:
         """None while ``worker`` is fine (or still starting in time), else what is wrong."""
         if not worker.serving:
             if worker.conn.poll():
@@ -271,7 +235,7 @@ class Supervisor:
 
     # --- workers ---------------------------------------------------------------------------
 
-    def _spawn(self, index: int) -> _Worker:
+    def _spawn(self, index: int) -> Worker:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=_worker_main,
@@ -281,7 +245,7 @@ class Supervisor:
         )
         process.start()
         child.close()
-        worker = _Worker(index, process, parent)
+        worker = Worker(index, process, parent)
         with self._lock:
             if index < len(self._workers):
                 self._workers[index] = worker
@@ -289,7 +253,7 @@ class Supervisor:
                 self._workers.append(worker)
         return worker
 
-    def _await_start(self, worker: _Worker, deadline: float) -> None:
+    def _await_start(self, worker: Worker, deadline: float) -> None:
         """Block until ``worker`` reports (the first start only). Raises CAError when it fails
         or misses ``deadline``."""
         if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
@@ -304,7 +268,7 @@ class Supervisor:
             raise CAError(message["error"])
         self._started(worker, message)
 
-    def _started(self, worker: _Worker, message: dict[str, Any]) -> None:
+    def _started(self, worker: Worker, message: dict[str, Any]) -> None:
         worker.pid, worker.healthz_port, worker.serving = message["pid"], message["healthz_port"], True
         worker.started_at = time.monotonic()
         if message["grpc_port"] is None:
@@ -312,7 +276,7 @@ class Supervisor:
                 "worker %d runs without gRPC: its /healthz says why (in the supervisor's)", worker.index
             )
 
-    def _retire(self, worker: _Worker) -> None:
+    def _retire(self, worker: Worker) -> None:
         """``worker`` is done with: make sure its process is gone, drop its live gauges."""
         if worker.process.is_alive():
             worker.process.kill()
@@ -328,7 +292,7 @@ class Supervisor:
         """Ask every serving worker's /livez at once; count the ones that do not answer."""
         with self._lock:
             serving = [w for w in self._workers if w.serving and w.process.is_alive()]
-        answers = _probe_all(serving, "/livez")
+        answers = probe_all(serving, "/livez")
         for worker, answer in zip(serving, answers, strict=True):
             worker.missed_probes = 0 if answer.get("ready") else worker.missed_probes + 1
 
@@ -360,10 +324,10 @@ class Supervisor:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when every worker answers its /healthz with 200 (asked all at once, within
-        PROBE_TIMEOUT); the body lists each."""
+        worker_probes.PROBE_TIMEOUT); the body lists each."""
         with self._lock:
             workers = list(self._workers)
-        details = _probe_all(workers, "/healthz")
+        details = probe_all(workers, "/healthz")
         ready = len(details) == self.count and all(d["ready"] for d in details)
         return ready, {"ready": ready, "workers": details, "worker_restarts": self._restarts}
 
@@ -388,61 +352,3 @@ class Supervisor:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self._multiproc_dir)
         return generate_latest(registry)
-
-
-def _probe_all(workers: list[_Worker], path: str) -> list[dict[str, Any]]:
-    """``_probe`` of every worker concurrently; the whole takes at most about PROBE_TIMEOUT."""
-    if not workers:
-        return []
-    results: list[dict[str, Any]] = [{} for _ in workers]
-
-    def one(i: int) -> None:
-        results[i] = _probe(workers[i], path)
-
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(workers))]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + PROBE_TIMEOUT + 0.5
-    for i, t in enumerate(threads):
-        t.join(max(0.0, deadline - time.monotonic()))
-        if not results[i]:
-            results[i] = {
-                "worker": workers[i].index,
-                "pid": workers[i].pid,
-                "ready": False,
-                "error": "no answer",
-            }
-    return results
-
-
-def _probe(worker: _Worker, path: str) -> dict[str, Any]:
-    """GET ``path`` (/healthz or /livez) of ``worker``'s loopback HTTP endpoint: ready when 200."""
-    out: dict[str, Any] = {"worker": worker.index, "pid": worker.pid, "alive": worker.process.is_alive()}
-    if not out["alive"] or worker.healthz_port is None:
-        return {**out, "ready": False, "error": "starting" if out["alive"] else "not running"}
-    url = f"http://127.0.0.1:{worker.healthz_port}{path}"
-    try:
-        # a fixed http://127.0.0.1 URL: the worker's own /healthz
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as r:  # nosec B310
-            return {**out, "ready": True, "details": json.loads(r.read())}
-    except urllib.error.HTTPError as e:
-        return {**out, "ready": False, "details": json.loads(e.read() or b"{}")}
-    except (OSError, ValueError) as e:
-        return {**out, "ready": False, "error": f"no answer from the worker's /healthz: {e}"}
-
-
-def _hold_port(address: str, port: int) -> tuple[socket.socket, int]:
-    """A socket bound to ``(address, port)`` (0: a free port) without SO_REUSEPORT, so binding
-    fails when anything else holds the port (another CA, another supervisor), then marked
-    SO_REUSEPORT so the workers can join it. Held, not listening (it takes no connections), for
-    the supervisor's life: the port stays this CA's even while every worker restarts. Returns
-    (socket, port); raises CAError when the port is taken."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        s.bind((address, port))
-    except OSError as e:
-        s.close()
-        raise CAError(f"cannot listen on {address}:{port}: {e.strerror}") from None
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    return s, s.getsockname()[1]

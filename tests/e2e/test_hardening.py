@@ -280,7 +280,8 @@ def test_unreachable_ca_is_not_called_a_refusal(tmp_path, store_dir):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     r = ask("request", f"127.0.0.1:{port}", str(store_dir / "ca.crt"), tmp_path / "o", "--timeout", "5")
-    assert r.returncode == 1 and "cannot reach the CA" in r.stderr
+    assert r.returncode == 1 and "nothing is listening at --server" in r.stderr
+    assert "the CA refused" not in r.stderr
 
 
 def test_inspect_says_when_the_bundle_is_unusable(tmp_path):
@@ -312,7 +313,7 @@ def test_server_without_a_port_is_a_usage_error(server, tmp_path):
 
 def test_abbreviated_flags_are_not_guessed(tmp_path):
     r = run("inspect", "--issuer-cred", str(tmp_path))
-    assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+    assert r.returncode == 2 and "unrecognized argument --issuer-cred (did you mean" in r.stderr
 
 
 def test_server_names_are_added_to_the_cas_tls_certificate(store_dir):

@@ -42,12 +42,14 @@ BLOCKS = {
     "inspect": "test_rotation_by_hand_as_the_runbook_says",
     "backup": "test_backup_destroy_restore_keeps_existing_certificates_valid",
     "restore": "test_backup_destroy_restore_keeps_existing_certificates_valid",
+    "restore-damaged": "test_restoring_a_backup_over_a_damaged_store_takes_force_and_running_cas_take_it",
     "serve-auto": "test_the_automatic_serve_command_serves",
     "rotate-issuer": "test_rotation_by_hand_as_the_runbook_says",
     "rotate-issuer-supplied": "test_an_operator_supplied_issuer_as_the_runbook_says",
     "rotate-root": "test_rotation_by_hand_as_the_runbook_says",
     "rotate-advance": "test_rotation_by_hand_as_the_runbook_says",
     "emergency": "test_emergency_rotation_and_its_consequences",
+    "replace": "test_replacing_the_ca_running_cas_refuse_it_until_restarted",
     "expired-issuer": "test_recovery_from_an_expired_issuer",
     "expired-root": "test_recovery_from_an_expired_root",
     "workload-renew": "test_recovery_from_an_expired_root",
@@ -185,6 +187,86 @@ def test_a_restore_over_another_ca_is_refused_without_force(tmp_path):
     assert FileBundleStore(store).load() == before
 
 
+def refused(ca: CertificateAuthority) -> float:
+    return ca.metrics.registry.get_sample_value("sentryca_bundle_change_refused_total") or 0.0
+
+
+def damage(url: str) -> None:
+    """Write the store's bundle without its issuer key (adapters never judge content)."""
+    store = open_store(url)
+    current = store.load()
+    assert store.replace({k: v for k, v in current.items.items() if k != "issuer.key"}, current.version)
+
+
+def test_restoring_a_backup_over_a_damaged_store_takes_force_and_running_cas_take_it(store_env, tmp_path):
+    url, env = store_env
+    config = ca_config(tmp_path / "unused", trust_bundle_store=url, store_poll_interval="1s")
+    ca = CertificateAuthority()
+    ca.start(config)
+    try:
+        anchors = ca.signer.bundle.anchors_pem
+        backup = tmp_path / ".sentry" / "backups" / "before"
+        sh("backup", tmp_path, STORE=url, BACKUP=str(backup), **env)
+        damage(url)
+        wait_until(lambda: refused(ca) >= 1, "the running CA refuses the damaged version")
+        assert ca.readiness()[0]  # and goes on serving the bundle it had
+        damaged = open_store(url).load()
+        r = subprocess.run(
+            [f"{BIN}/sentryca", "bundle", "import", "--trust-bundle-store", url, "--from", str(backup)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=os.environ | env,
+        )
+        assert r.returncode == 1 and "is damaged" in r.stderr and "--force" in r.stderr, r.stderr
+        assert open_store(url).load() == damaged
+        r = sh("restore-damaged", tmp_path, STORE=url, BACKUP=str(backup), **env)
+        assert "Running CAs take this bundle at their next store poll" in r.stderr
+        restored = open_store(url).load()
+        assert dict(restored.items) == dict(FileBundleStore(backup).load().items)
+        parse_bundle(restored.items)  # whole again
+        ca.restart(config)  # the path a poll takes accepts it: it keeps the root the CA serves
+        assert ca.signer.bundle.anchors_pem == anchors and ca.readiness()[0]
+        assert client.verify_response(sign(ca, anchors), anchors).spiffe_id.endswith("/orders")
+    finally:
+        ca.stop(grace=0)
+
+
+def test_replacing_the_ca_running_cas_refuse_it_until_restarted(store_env, tmp_path):
+    url, env = store_env
+    config = ca_config(tmp_path / "unused", trust_bundle_store=url, store_poll_interval="1s")
+    ca = CertificateAuthority()
+    ca.start(config)
+    try:
+        old_anchors = ca.signer.bundle.anchors_pem
+        r = sh("replace", tmp_path, STORE=url, **env)
+        assert "Running CAs do NOT take this bundle by themselves" in r.stderr
+        assert "restart every CA process" in r.stderr and 'docs/runbook.md, "Replace the CA"' in r.stderr
+        (backup,) = (tmp_path / ".sentry" / "backups").iterdir()
+        assert f"private keys included, is in file://{backup}" in r.stdout
+        new_anchors = (tmp_path / "trust-new" / "ca.crt").read_bytes()
+        assert new_anchors != old_anchors and new_anchors == open_store(url).load().items["ca.crt"]
+        # What the runbook says a running CA does: the poll refuses, the old bundle stays in force,
+        wait_until(lambda: refused(ca) >= 1, "the polling CA refuses the new bundle")
+        assert ca.signer.bundle.anchors_pem == old_anchors and ca.readiness()[0]
+        # an in-place restart refuses too,
+        with pytest.raises(BundleError, match="does not include the active root"):
+            ca.restart(config)
+        assert ca.signer.bundle.anchors_pem == old_anchors
+    finally:
+        ca.stop(grace=0)
+    # and a CA process started again serves the new bundle, trusted with the anchors handed out.
+    ca = CertificateAuthority()
+    ca.start(config)
+    try:
+        assert ca.signer.bundle.anchors_pem == new_anchors
+        sh("workload-renew", tmp_path, CA=f"localhost:{ca.grpc_port}")
+        chain = x509.load_pem_x509_certificates((tmp_path / "certs" / "tls.crt").read_bytes())
+        assert verifies(chain[0], chain[1:], new_anchors, datetime.now(UTC))
+    finally:
+        ca.stop(grace=0)
+
+
 # --- rotation -----------------------------------------------------------------------------------
 
 
@@ -277,8 +359,8 @@ def test_emergency_rotation_and_its_consequences(tmp_path):
     try:
         old_anchors = ca.signer.bundle.anchors_pem
         before = sign(ca, old_anchors)
-        sh("emergency", tmp_path, STORE=f"file://{store}", BACKUP=str(tmp_path / "backup"))
-        assert_only_public_anchors_handed_out(tmp_path)
+        r = sh("emergency", tmp_path, STORE=f"file://{store}")
+        assert_only_public_anchors_handed_out(tmp_path, r.stdout)
         new_anchors = (tmp_path / "trust-new" / "ca.crt").read_bytes()
         assert (
             new_anchors == (store / "ca.crt").read_bytes()
@@ -331,8 +413,8 @@ def test_recovery_from_an_expired_root(tmp_path):
     ca.start(ca_config(store, store_poll_interval="1s"))
     try:
         assert ca.grpc_port is None  # nothing can sign, not even the CA's own TLS certificate
-        sh("expired-root", tmp_path, STORE=f"file://{store}", BACKUP=str(tmp_path / "backup"))
-        assert_only_public_anchors_handed_out(tmp_path)
+        r = sh("expired-root", tmp_path, STORE=f"file://{store}")
+        assert_only_public_anchors_handed_out(tmp_path, r.stdout)
         wait_until(lambda: ca.grpc_port is not None and ca.readiness()[0], "the CA serves again")
         sh("workload-renew", tmp_path, CA=f"localhost:{ca.grpc_port}")
         chain = x509.load_pem_x509_certificates((tmp_path / "certs" / "tls.crt").read_bytes())
@@ -343,13 +425,17 @@ def test_recovery_from_an_expired_root(tmp_path):
         ca.stop(grace=0)
 
 
-def assert_only_public_anchors_handed_out(tmp_path: Path) -> None:
-    """The directory handed out holds ca.crt only; the keys are in the new backup."""
-    assert sorted(p.name for p in (tmp_path / "trust-new").iterdir()) == ["ca.crt"]
-    assert b"PRIVATE KEY" not in (tmp_path / "trust-new" / "ca.crt").read_bytes()
-    (backup,) = tmp_path.glob("backup-*")
+def assert_only_public_anchors_handed_out(tmp_path: Path, output: str) -> None:
+    """The directory handed out holds the public part only (0644, no key); the keys are in the
+    new backup, a 0700 directory under the git-ignored .sentry/backups/ whose path was printed."""
+    handed_out = tmp_path / "trust-new"
+    assert sorted(p.name for p in handed_out.iterdir()) == ["ca.crt", "issuer.crt"]
+    for p in handed_out.iterdir():
+        assert b"PRIVATE KEY" not in p.read_bytes() and p.stat().st_mode & 0o777 == 0o644
+    (backup,) = (tmp_path / ".sentry" / "backups").iterdir()
+    assert backup.stat().st_mode & 0o777 == 0o700 and f"{backup} holds private keys" in output
     assert {"ca.crt", "issuer.key", "root.key"} <= {p.name for p in backup.iterdir()}
-    assert (backup / "ca.crt").read_bytes() == (tmp_path / "trust-new" / "ca.crt").read_bytes()
+    assert (backup / "ca.crt").read_bytes() == (handed_out / "ca.crt").read_bytes()
 
 
 def _loaded(directory: Path):

@@ -35,9 +35,11 @@ BANNER = {
 
 
 def run_sentryca(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 90
+    *args: str, env: dict[str, str] | None = None, timeout: float = 90, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """Run ``sentryca ARGS`` to completion; ``env``: variables added to this process's environment."""
+    """Run ``sentryca ARGS`` to completion (in ``cwd``, default this process's working directory);
+    ``env``: variables added to this process's environment (PYTHONPATH included: the CLI imports
+    the code under test)."""
     return subprocess.run(
         [SENTRYCA, *args],
         capture_output=True,
@@ -45,6 +47,7 @@ def run_sentryca(
         timeout=timeout,
         check=False,
         env=os.environ | (env or {}),
+        cwd=cwd,
     )
 
 

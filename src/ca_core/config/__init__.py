@@ -11,7 +11,7 @@ Pure: the environment and file contents are passed in, never looked up here. Che
 """
 
 from .dapr_yaml import JWKS_OPTION_KEYS, read_config_file
-from .loader import load_config
+from .loader import explicit_source, load_config
 from .model import (
     BOOTSTRAP_POLICIES,
     DEFAULT_JWKS_MIN_REFRESH,
@@ -49,6 +49,7 @@ __all__ = [
     "JwksSettings",
     "Option",
     "add_options",
+    "explicit_source",
     "load_config",
     "read_config_file",
     "validate",

@@ -54,3 +54,19 @@ def load_config(
         values["namespace"] = env["NAMESPACE"]
     values["kubernetes_detected"] = bool(env.get("KUBERNETES_SERVICE_HOST"))
     return validate(Config(**values))
+
+
+def explicit_source(
+    flags: argparse.Namespace | Mapping[str, Any], env: Mapping[str, str], dest: str
+) -> str | None:
+    """Where the option ``dest`` (a Config field, e.g. ``trust_domain``) was set explicitly, by
+    the precedence of :func:`load_config`: ``--flag`` when given, else the ``SENTRY_*`` variable
+    when set and not empty, else None (the ``--config`` file or the default). Raises KeyError
+    for a field no option sets."""
+    given = dict(flags) if isinstance(flags, Mapping) else vars(flags)
+    opt = {o.dest: o for o in (*SERVE_OPTIONS, *STORE_OPTIONS)}[dest]
+    if given.get(dest) is not None:
+        return f"--{opt.flag}"
+    if env.get(opt.env_name):
+        return opt.env_name
+    return None

@@ -1,19 +1,26 @@
-"""``sentryca inspect`` and ``sentryca bundle init|import|export|regenerate``: read or write the
-trust bundle in a store (design §5). Every write is a create of an empty store or a replace of
-the version read (compare-and-swap), so a concurrent writer makes the verb refuse, not overwrite."""
+"""``sentryca inspect`` and ``sentryca bundle init|import|regenerate`` (``export`` and ``show``:
+``export_verbs``): read or write the trust bundle in a store (design §5). Every write is a create
+of an empty store or a replace of the version read (compare-and-swap), so a concurrent writer makes
+the verb refuse, not overwrite."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
 from ca_core.errors import CAError
 from ca_core.expiry import check_expiry
 
-from .common import USAGE, CommandError, open_store, read_input
+from . import export_verbs
+from .common import BACKUPS, USAGE, CommandError, open_store, read_input, short_version, shown_version
+
+if TYPE_CHECKING:
+    from ca_core.bundle import PublicBundle
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,19 +58,22 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="a directory written by `bundle export` (every item: keys, root key, rotation state); "
         "instead of --root/--issuer-cert/--issuer-key/--root-key",
     )
-    p.add_argument("--force", action="store_true", help="allow dropping the current active root")
-    p.set_defaults(func=cmd_bundle_import)
-    p = bundle.add_parser(
-        "export", allow_abbrev=False, help="write the store's bundle to a directory (file-store layout)"
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a current bundle that is damaged, or whose active root the import drops",
     )
-    add_options(p, STORE_OPTIONS)
-    p.add_argument("--out", required=True, help="an empty or new directory")
-    p.set_defaults(func=cmd_bundle_export)
+    p.set_defaults(func=cmd_bundle_import)
+    export_verbs.add_parsers(bundle)
     p = bundle.add_parser(
         "regenerate", allow_abbrev=False, help="replace the CA with a new root and issuer, keeping a backup"
     )
     add_options(p, STORE_OPTIONS + gen_options)
-    p.add_argument("--backup-to", required=True, help="an empty store URL that receives the old bundle")
+    p.add_argument(
+        "--backup-to",
+        help="an empty store URL that receives the old bundle "
+        f"(default: file:// + a new {BACKUPS}/<UTC time>/, mode 0700)",
+    )
     p.set_defaults(func=cmd_bundle_regenerate)
 
 
@@ -80,7 +90,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 1
     public = parse_public_bundle(stored.items, store.labels())
     now = datetime.now(UTC)
-    print(f"store: {store.description} (version {stored.version[:12]})")
+    print(f"store: {store.description} (version {shown_version(store, stored)})")
     for f in check_expiry(public.anchors_pem, public.issuer_chain_pem, now):
         level = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
         not_after = f.not_after.isoformat() if f.not_after else "?"
@@ -128,7 +138,7 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
     current = store_retry().run(f"read {store.description}", store.load)
     if current is not None:
         raise CommandError(
-            f"{store.description} already holds a trust bundle (version {current.version[:12]}); "
+            f"{store.description} already holds a trust bundle (version {short_version(current.version)}); "
             "nothing was changed (use `bundle regenerate --backup-to URL` to replace it)"
         )
     loaded = load_bundle(cfg, store, datetime.now(UTC), by_operator=True, force=args.force)
@@ -139,18 +149,12 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_import(args: argparse.Namespace) -> int:
-    """Verify the given bundle (files or ``--from DIR``), then create or replace the store's,
-    keeping trust continuity unless ``--force`` (design §5). Raises CommandError (1 refused,
-    2 usage), ConfigError, CAError (the given bundle does not verify)."""
-    from ca_core.bundle import (
-        ANCHORS,
-        ISSUER_CHAIN,
-        ISSUER_KEY,
-        ROOT_KEY,
-        ROTATION_STATE,
-        parse_bundle,
-        parse_public_bundle,
-    )
+    """Verify the given bundle (files or ``--from DIR``), then create or replace the store's.
+    Without ``--force`` a current bundle that is damaged (design §5.3) or whose active root the
+    import drops (trust continuity, §5.4) is kept. Says what running CAs do with the new bundle.
+    Raises CommandError (1 refused, 2 usage), ConfigError, CAError (the given bundle does not
+    verify)."""
+    from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, ROOT_KEY, ROTATION_STATE, parse_bundle
     from ca_core.continuity import judge_replacement, kept_root_key
     from ca_core.rotation.codec import parse_state
     from handlers.composition import directory_store, store_retry
@@ -196,17 +200,18 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
             raise CommandError(f"{store.description} was written concurrently; nothing imported")
         print(f"{store.description}: imported the trust bundle")
         return 0
-    try:
-        old = parse_public_bundle(current.items, store.labels())
-    except CAError as e:
+    old, damage = _current_bundle(current.items, store.labels())
+    if old is None or damage is not None:
         if not args.force:
+            what = "cannot be read" if old is None else "is damaged"
             raise CommandError(
-                f"the current bundle in {store.description} cannot be read ({e}), so trust "
-                "continuity cannot be checked; nothing was changed (use --force to replace it)"
-            ) from None
-        old = None
+                f"the current bundle in {store.description} {what} ({damage}); nothing was changed. "
+                "A damaged bundle is replaced only with --force (or by `bundle regenerate`); to keep "
+                "a copy of it first: `sentryca bundle export`"
+            )
+    now = datetime.now(UTC)
     if old is not None:
-        verdict = judge_replacement(old, current.items, new, items, datetime.now(UTC), force=args.force)
+        verdict = judge_replacement(old, current.items, new, items, now, force=args.force)
         if not verdict.allowed and verdict.dropped_root is not None:
             if args.from_dir:
                 given, remedy = (
@@ -230,57 +235,124 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
             items[ROOT_KEY] = kept
     if not store.replace(items, current.version):
         raise CommandError(f"{store.description} changed while importing; nothing imported, try again")
-    print(f"{store.description}: imported the trust bundle (replacing version {current.version[:12]})")
+    print(
+        f"{store.description}: imported the trust bundle (replacing version {short_version(current.version)})"
+    )
+    print(running_cas_notice(old, current.items, new, items, now), file=sys.stderr)
     return 0
 
 
-def cmd_bundle_export(args: argparse.Namespace) -> int:
-    """Write the store's bundle, every item, to the empty directory ``--out`` (a file store).
-    Raises CommandError (1) when the store is empty or ``--out`` holds a bundle."""
-    from ca_core.bundle import parse_bundle
-    from handlers.composition import directory_store, store_retry
+def _current_bundle(
+    items: Mapping[str, bytes], labels: Mapping[str, str]
+) -> tuple[PublicBundle | None, str | None]:
+    """(the public part of a store's current bundle, or None when it cannot be read; what is
+    damaged in the whole bundle, or None when it loads: keys, root key and rotation state)."""
+    from ca_core.bundle import parse_bundle, parse_public_bundle
+    from ca_core.rotation.codec import parse_state
 
-    _, store = open_store(args)
-    current = store_retry().run(f"read {store.description}", store.load)
-    if current is None:
-        raise CommandError(f"{store.description} is empty; nothing to export")
     try:
-        parse_bundle(current.items, store.labels())
+        public = parse_public_bundle(items, labels)
     except CAError as e:
-        print(f"warning: exporting a bundle that does not load: {e}", file=sys.stderr)
-    out = directory_store(args.out)
-    if not out.create(current.items):
-        raise CommandError(f"{args.out} already holds a trust bundle; choose an empty directory")
-    print(f"exported {store.description} to {args.out} ({', '.join(sorted(current.items))})")
-    return 0
+        return None, str(e)
+    try:
+        parse_state(items, parse_bundle(items, labels), labels)
+    except CAError as e:
+        return public, str(e)
+    return public, None
+
+
+def running_cas_notice(
+    old: PublicBundle | None,
+    old_items: Mapping[str, bytes],
+    new: PublicBundle,
+    new_items: Mapping[str, bytes],
+    now: datetime,
+    *,
+    rotation_path: bool = False,
+) -> str:
+    """What running CAs do with the bundle ``new`` that replaced ``old`` (None: unreadable), and
+    how to put it in force (design §5.4, §8.4; docs/runbook.md "Replace the CA").
+    ``rotation_path``: the replaced bundle loaded, so ``rotate root --emergency`` was an option."""
+    from ca_core.continuity import judge_replacement
+
+    restart = (
+        "To put it in force, restart every CA process (stop it and start it again: a fresh start "
+        "loads the store as it is; e.g. `kubectl rollout restart deployment/NAME`, `aws ecs "
+        "update-service --cluster C --service S --force-new-deployment`, or Ctrl-C and `sentryca "
+        "serve` again); until the last one has restarted, CAs serve different roots. Then hand "
+        "out the new trust anchors (`sentryca bundle show --out DIR`): certificates issued under "
+        'the old root no longer verify. See docs/runbook.md, "Replace the CA".'
+    )
+    if old is None:
+        return (
+            "Running CAs: the replaced bundle could not be read, so which root they serve is not "
+            "known here. A CA whose root is among the new trust anchors takes this bundle at its "
+            "next store poll (--store-poll-interval) or restart; any other refuses it (trust "
+            "continuity: it drops the root that CA serves), logs the refusal, counts it in "
+            "sentryca_bundle_change_refused_total and goes on serving its old bundle. " + restart
+        )
+    verdict = judge_replacement(old, old_items, new, new_items, now)
+    if verdict.allowed:
+        return (
+            "Running CAs take this bundle at their next store poll (--store-poll-interval), or "
+            "when restarted: it keeps the root they serve."
+        )
+    dropped = verdict.dropped_root.subject.rfc4514_string() if verdict.dropped_root else "?"
+    hint = (
+        " (For a bundle that still loads, `sentryca rotate root --emergency` replaces the root in "
+        "a way running CAs take at their next poll.)"
+        if rotation_path
+        else ""
+    )
+    return (
+        f"Running CAs do NOT take this bundle by themselves: it drops the root they serve "
+        f"({dropped}), so a CA polling its store (--store-poll-interval) refuses it (trust "
+        "continuity), logs the refusal, counts it in sentryca_bundle_change_refused_total and goes "
+        "on serving the old bundle, as does a CA that does not poll. " + restart + hint
+    )
 
 
 def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
-    """Copy the store's bundle to the empty store ``--backup-to``, check it reads back, then
-    replace it with a new root and issuer. Raises CommandError (1) and changes nothing on refusal."""
+    """Copy the store's bundle to the empty store ``--backup-to`` (default: a new directory under
+    ``.sentry/backups/``), check it reads back, then replace it with a new root and issuer of the
+    bundle's trust domain, issuer ID and key algorithm (design §5.15). Raises CommandError (1)
+    and changes nothing on refusal; ConfigError when a setting given contradicts the bundle."""
     from ca_core.bundle import generate_bundle
-    from ca_core.policy import signing_policy
+    from ca_core.bundle_settings import Change, settings_of_items
     from handlers.composition import build_store, store_retry
 
+    from .common import new_backup_directory, settle_with_bundle
+
     cfg, store = open_store(args)
-    backup = build_store(cfg, args.backup_to)
+    backup = build_store(cfg, args.backup_to) if args.backup_to else None
     current = store_retry().run(f"read {store.description}", store.load)
     if current is None:
         raise CommandError(f"{store.description} is empty; use `bundle init`")
+    old, damage = _current_bundle(current.items, store.labels())
+    settings = settings_of_items(current.items, store.labels())
+    cfg, settled = settle_with_bundle(
+        args, cfg, settings, Change.NEW_ROOT, "bundle regenerate", store.description
+    )
+    now = datetime.now(UTC)
+    if backup is None:
+        backup = build_store(cfg, f"file://{new_backup_directory(now)}")
     if not backup.create(current.items):
         raise CommandError(f"the backup store {backup.description} is not empty; nothing was changed")
     saved = backup.load()
     if saved is None or dict(saved.items) != dict(current.items):
         raise CommandError(f"the backup in {backup.description} does not read back; nothing was changed")
-    policy = signing_policy(cfg)
-    bundle = generate_bundle(
-        cfg.trust_domain, policy.ca_identity, datetime.now(UTC), algorithm=cfg.ca_key_algorithm
-    )
-    if not store.replace(bundle.to_items(), current.version):
+    bundle = generate_bundle(settled.trust_domain, settled.ca_identity, now, algorithm=settled.algorithm)
+    items = bundle.to_items()
+    if not store.replace(items, current.version):
         raise CommandError(f"{store.description} changed meanwhile; nothing replaced (backup kept)")
     print(
         f"{store.description}: regenerated the trust bundle (new root "
-        f"{bundle.trust_anchors[0].subject.rfc4514_string()}); the old one is in {backup.description}. "
-        "Workloads must get the new trust anchors."
+        f"{bundle.trust_anchors[0].subject.rfc4514_string()}; {settled.summary})"
     )
+    print(
+        f"the old bundle, private keys included, is in {backup.description}: keep it private "
+        "(encrypted, access-controlled, never in version control)"
+    )
+    notice = running_cas_notice(old, current.items, bundle, items, now, rotation_path=damage is None)
+    print(notice, file=sys.stderr)
     return 0

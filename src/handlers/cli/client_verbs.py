@@ -11,6 +11,7 @@ from pathlib import Path
 from ca_core.keys import KeyAlgorithm
 from ca_core.validators import TokenValidatorKind
 
+from .client_errors import connection_error, read_trust_anchors, store_in
 from .common import REFUSED, USAGE, CommandError, write_file
 
 
@@ -108,7 +109,6 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
     """Check the arguments, have the CA sign ``csr_pem``, verify the answer, then write it (and
     ``key_pem`` when given) to ``--out``: nothing is written unless every check passed."""
     import grpc
-    from cryptography import x509
 
     import sentryca_client as client
     from ca_core.csr import csr_public_key
@@ -122,20 +122,18 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
         raise CommandError(
             f"--server {args.server}: expected HOST:PORT, e.g. localhost:50001 or [::1]:50001", USAGE
         )
-    try:
-        anchors = Path(args.trust_anchors).read_bytes()
-        x509.load_pem_x509_certificates(anchors)
-    except OSError as e:
-        raise CommandError(f"--trust-anchors {args.trust_anchors}: {e.strerror}", USAGE) from None
-    except ValueError:
-        raise CommandError(
-            f"--trust-anchors {args.trust_anchors}: not a PEM file of certificates", USAGE
-        ) from None
+    anchors = read_trust_anchors(args.trust_anchors)
     try:
         csr_key = csr_public_key(csr_pem)
     except InvalidRequest as e:
         raise CommandError(f"--csr: {e}", USAGE) from None
     out = Path(args.out)
+    if store := store_in(out):
+        raise CommandError(
+            f"{store}: tls.crt and ca.crt written there would replace the CA's own files; nothing was "
+            "written, choose another --out",
+            USAGE,
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -163,13 +161,7 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
             public_key=csr_key,
         )
     except grpc.RpcError as e:
-        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise CommandError(
-                f"cannot reach the CA at {args.server}, or its TLS certificate does not verify against "
-                f"--trust-anchors {args.trust_anchors} ({e.code().name}: {e.details()})",
-                REFUSED,
-            ) from None
-        raise CommandError(f"the CA refused: {e.code().name}: {e.details()}", REFUSED) from None
+        raise connection_error(client.diagnose(e, args.server), args) from None
     except client.VerifyError as e:
         raise CommandError(f"{e}; nothing was written", REFUSED) from None
     try:

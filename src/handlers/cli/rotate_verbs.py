@@ -1,23 +1,26 @@
 """``sentryca rotate issuer|root|advance``: rotation steps on the trust bundle in a store
-(design §5.x). The core decides each step; these verbs read the store, write the outcome over the
-version read (compare-and-swap), audit and print each step."""
+(design §5.7–5.13). The core decides each step; these verbs read the store, write the outcome over
+the version read (compare-and-swap), audit and print each step. What they generate keeps the
+bundle's trust domain, issuer ID and key algorithm (design §5.15)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
 
-from .common import USAGE, CommandError, open_store, read_input
+from .common import USAGE, CommandError, open_store, read_input, settle_with_bundle
 
 if TYPE_CHECKING:
     from adapters.stores import BundleStore, StoredBundle
     from ca_core.bundle import TrustBundle
+    from ca_core.bundle_settings import Change
     from ca_core.config import Config
-    from ca_core.rotation.state import Rotation, RotationState
+    from ca_core.rotation.state import Rotation, RotationPolicy, RotationState
 
 # The serve options the rotate verbs take: names, algorithm and lifetimes of what they generate,
 # the propagation window, the automatic policy, and what bounds a retired issuer's leaves.
@@ -98,6 +101,32 @@ def _rotation_context(
     return cfg, store, current, bundle, state
 
 
+def _policy(
+    args: argparse.Namespace,
+    cfg: Config,
+    store: BundleStore,
+    bundle: TrustBundle,
+    state: RotationState,
+    change: Change,
+    verb: str,
+    *,
+    generates: bool = True,
+) -> RotationPolicy:
+    """The rotation policy of ``cfg`` with the trust domain, issuer ID and key algorithm of the
+    bundle (design §5.15), printing them when ``generates``. Raises ConfigError when a setting
+    given explicitly contradicts the bundle."""
+    from ca_core.bundle_settings import settings_of
+    from ca_core.policy import rotation_policy
+
+    prepared = state.prepared_root.root if state.prepared_root is not None else None
+    cfg, settled = settle_with_bundle(
+        args, cfg, settings_of(bundle, prepared), change, verb, store.description, algorithm=generates
+    )
+    if generates:
+        print(f"generating with {settled.summary}")
+    return replace(rotation_policy(cfg), ca_identity=settled.ca_identity)
+
+
 def _write_rotation(store: BundleStore, current: StoredBundle, result: Rotation) -> None:
     """Write ``result`` only over the version read (CAS); audit and print each step. Raises
     CommandError (1) when the store changed meanwhile."""
@@ -116,8 +145,8 @@ def _write_rotation(store: BundleStore, current: StoredBundle, result: Rotation)
 def cmd_rotate_issuer(args: argparse.Namespace) -> int:
     """A new issuer under the active root: generated, or ``--issuer-cert``/``--issuer-key``."""
     from ca_core.bundle import parse_certificates
+    from ca_core.bundle_settings import Change
     from ca_core.keys import load_private_key
-    from ca_core.policy import rotation_policy
     from ca_core.rotation.actions import rotate_issuer
 
     cfg, store, current, bundle, state = _rotation_context(args)
@@ -135,7 +164,9 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise CommandError(f"--issuer-key {args.issuer_key}: {e}", USAGE) from None
         supplied = (chain, key)
-    result = rotate_issuer(bundle, state, datetime.now(UTC), rotation_policy(cfg), supplied)
+    generates = supplied is None
+    policy = _policy(args, cfg, store, bundle, state, Change.ISSUER, "rotate issuer", generates=generates)
+    result = rotate_issuer(bundle, state, datetime.now(UTC), policy, supplied)
     _write_rotation(store, current, result)
     print(
         f"A running CA signs with the new issuer once it loads this bundle ({PICKED_UP}); until "
@@ -146,11 +177,11 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
 
 def cmd_rotate_root(args: argparse.Namespace) -> int:
     """Prepare a new root, or with ``--emergency`` replace every root at once."""
-    from ca_core.policy import rotation_policy
+    from ca_core.bundle_settings import Change
     from ca_core.rotation.actions import emergency_root, prepare_root
 
     cfg, store, current, bundle, state = _rotation_context(args)
-    policy = rotation_policy(cfg)
+    policy = _policy(args, cfg, store, bundle, state, Change.NEW_ROOT, "rotate root")
     now = datetime.now(UTC)
     if args.emergency:
         result = emergency_root(bundle, state, now, policy)
@@ -174,11 +205,11 @@ def cmd_rotate_root(args: argparse.Namespace) -> int:
 
 def cmd_rotate_advance(args: argparse.Namespace) -> int:
     """Take the rotation steps due now; says when the next one is due when none is."""
-    from ca_core.policy import rotation_policy
+    from ca_core.bundle_settings import Change
     from ca_core.rotation.rules import advance, next_step_due
 
     cfg, store, current, bundle, state = _rotation_context(args)
-    policy = rotation_policy(cfg)
+    policy = _policy(args, cfg, store, bundle, state, Change.STEPS, "rotate advance", generates=False)
     result = advance(bundle, state, datetime.now(UTC), policy)
     if result is None:
         upcoming = next_step_due(bundle, state, policy)

@@ -115,7 +115,7 @@ def _print_banner(cfg: Config, ca: CertificateAuthority | Supervisor, host: str)
             else ""
         )
         export = (
-            f"  .venv/bin/sentryca bundle export --trust-bundle-store '{cfg.store_url}'{kube} --out ./trust\n"
+            f"  .venv/bin/sentryca bundle show --trust-bundle-store '{cfg.store_url}'{kube} --out ./trust\n"
         )
     print(
         f"\nThe CA is serving on {cfg.listen_address}:{ca.grpc_port} (gRPC over TLS).\n"
