@@ -85,7 +85,7 @@ def test_every_sdk_call_in_the_code_is_kept(slim_botocore_data):
             if xform_name(op) in calls:
                 found.add(xform_name(op))
                 assert op in kept, (service, op)
-    # what is not an AWS operation: the kubernetes client, the client library (sentryca_client), closing a client
+    # what is not an AWS operation: the kubernetes client, the client library, closing a client
     not_aws = {"channel", "close", "sign", "verify_response", "diagnose", "sanitize_for_serialization"}
     assert calls - found <= not_aws | {c for c in calls if not c.islower()}, calls - found
 
