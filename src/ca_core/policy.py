@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ from .spiffe_id import SpiffeId
 from .validators import Identity, TokenValidatorKind
 
 if TYPE_CHECKING:
+    from .bundle_settings import BundleSettings
     from .rotation.state import RotationPolicy
     from .service import Signer
 
@@ -142,6 +143,23 @@ def may_generate(
             f"deliberately: `sentryca bundle init --trust-bundle-store {store}`; then start the CA.",
         )
     return BootstrapVerdict(True)
+
+
+def bundle_rotation_policy(cfg: Config, settings: BundleSettings) -> RotationPolicy:
+    """:func:`rotation_policy` for the steps a running CA takes on its own (design §5.12, §5.15):
+    the trust domain, the issuer's SPIFFE ID and the key algorithm come from what the bundle says
+    about itself (``ca_core.bundle_settings.settings_of``; a prepared root's algorithm first, as
+    the operator chose it), the configuration's only where the bundle says nothing. An automatic
+    rotation never moves a CA to another trust domain, issuer ID or key algorithm, whatever the
+    configuration of the replica that happens to take the step."""
+
+    base = rotation_policy(cfg)
+    return replace(
+        base,
+        trust_domain=settings.trust_domain or base.trust_domain,
+        ca_identity=settings.ca_identity or base.ca_identity,
+        algorithm=settings.prepared_algorithm or settings.root_algorithm or base.algorithm,
+    )
 
 
 # --- token validators -------------------------------------------------------------------------

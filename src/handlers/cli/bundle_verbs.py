@@ -86,7 +86,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     _, store = open_store(args)
     stored = store.load_public()
     if stored is None:
-        print(f"{store.description}: empty (no trust bundle yet; `sentryca serve` creates one)")
+        evidence = store.held_before()
+        if evidence is None:
+            print(f"{store.description}: empty (no trust bundle yet; `sentryca serve` creates one)")
+        else:
+            print(
+                f"{store.description}: empty, but it held a trust bundle before ({evidence}): restore "
+                "it from a backup with `sentryca bundle import --from DIR` (docs/runbook.md, Restore)"
+            )
         return 1
     public = parse_public_bundle(stored.items, store.labels())
     now = datetime.now(UTC)

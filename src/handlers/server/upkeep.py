@@ -20,6 +20,7 @@ from typing import Any
 
 from adapters.stores import StoredBundle, parse_stored
 from ca_core import policy
+from ca_core.bundle_settings import settings_of
 from ca_core.errors import CAError, Unavailable
 from ca_core.expiry import ExpiryFinding
 from ca_core.rotation import codec, rules
@@ -157,7 +158,9 @@ class Upkeep:
         bundle = state.signer.bundle
         try:
             current = codec.parse_state(state.stored.items if state.stored else {}, bundle)
-            result = rules.advance(bundle, current, now, policy.rotation_policy(state.config))
+            prepared = current.prepared_root.root if current.prepared_root is not None else None
+            rotation_policy = policy.bundle_rotation_policy(state.config, settings_of(bundle, prepared))
+            result = rules.advance(bundle, current, now, rotation_policy)
         except CAError as e:
             log.error("rotation: cannot evaluate the rotation state of %s: %s", state.store.description, e)
             return state, False
