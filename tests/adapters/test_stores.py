@@ -820,3 +820,38 @@ def test_other_ways_of_losing_the_bundle_leave_evidence_too_but_a_deleted_direct
             if v["Key"] == kit.key:
                 s3.delete_object(Bucket=TEST_BUCKET, Key=kit.key, VersionId=v["VersionId"])
         assert store.load() is None and f"{kit.key}.public" in store.held_before()
+
+
+def test_a_polling_ca_whose_store_loses_its_bundle_says_so_and_keeps_signing(kit, tmp_path):
+    """Every store kind: the bundle removed under a polling CA (design §8.4) → ``degraded`` in
+    /healthz (still 200 and ready), the gauge at 1, a client still served; restored → cleared."""
+    from handlers.server import CertificateAuthority
+
+    from support.ca import ca_config
+    from support.probe import healthz, metric, signs
+    from support.wait import wait_until
+
+    ca = CertificateAuthority()
+    ca.start(ca_config(tmp_path / "unused", **_ca_flags(kit, store_poll_interval="200ms")))
+    try:
+        backup = dict(kit.store().load().items)
+        anchors = ca.signer.bundle.anchors_pem
+        assert "degraded" not in healthz(ca)[1] and metric(ca, "sentryca_store_degraded") == 0
+        kit.remove_bundle()
+        wait_until(lambda: healthz(ca)[1].get("degraded"), f"degraded in /healthz ({kit.kind})")
+        status, body = healthz(ca)
+        assert status == 200 and body["ready"] is True
+        assert body["degraded"]["problem"] == "store_empty", body["degraded"]
+        assert metric(ca, "sentryca_store_degraded") == 1
+        assert signs(ca, anchors)
+        if kit.kind == "secretsmanager":
+            sm = aws_client("secretsmanager", kit.endpoint)
+            for name in (kit.name, f"{kit.name}.public"):
+                sm.restore_secret(SecretId=name)
+            sm.put_secret_value(SecretId=kit.name, SecretString=encode_document(backup))
+        else:
+            assert kit.store().create(backup)
+        wait_until(lambda: "degraded" not in healthz(ca)[1], f"degraded cleared ({kit.kind})")
+        assert metric(ca, "sentryca_store_degraded") == 0 and signs(ca, anchors)
+    finally:
+        ca.stop(grace=0)

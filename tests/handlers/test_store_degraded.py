@@ -5,49 +5,24 @@ the bundle in force, and all of it clears when the store is back."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-import sentryca_client as client
 from adapters.stores import FileBundleStore
 from handlers.server import CertificateAuthority
 
 from support.ca import ca_config
-from support.pki import make_bundle, make_csr
+from support.pki import make_bundle
+from support.probe import healthz, metric, signs
 from support.wait import wait_until
-
-
-def healthz(ca: CertificateAuthority) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ca.healthz_port}/healthz", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
-def metric(ca: CertificateAuthority, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ca.metrics_port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(f"{name} "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} not exposed")
 
 
 def degraded_records(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "event", None) == "store_degraded"]
-
-
-def signs(ca: CertificateAuthority, anchors: bytes) -> bool:
-    with client.channel(f"localhost:{ca.grpc_port}", anchors) as chan:
-        response = client.sign(chan, make_csr(), "orders", "prod")
-    return client.verify_response(response, anchors).spiffe_id.endswith("/orders")
 
 
 @pytest.fixture
