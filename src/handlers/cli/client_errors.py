@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 _ANCHORS_HINT = (
     "--trust-anchors must be the CA's ca.crt: the one in its --issuer-credentials directory, or "
-    "from `sentryca bundle export`"
+    "from `sentryca bundle show --out DIR`"
 )
 # OpenSSL's reasons when the server's chain leads to none of the trust anchors
 _NOT_CHAINED = ("unable to get local issuer certificate", "self signed certificate in certificate chain")

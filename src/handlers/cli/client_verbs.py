@@ -105,6 +105,16 @@ def _existing_key_conflict(out: Path, csr_key: object) -> str | None:
     return None
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot become a directory this process writes into, without
+    creating anything (CommandError, exit 2)."""
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out}: not a directory", USAGE)
+    nearest = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise CommandError(f"--out {out}: Permission denied", USAGE)
+
+
 def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | None) -> int:
     """Check the arguments, have the CA sign ``csr_pem``, verify the answer, then write it (and
     ``key_pem`` when given) to ``--out``: nothing is written unless every check passed."""
@@ -134,10 +144,7 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
             "written, choose another --out",
             USAGE,
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CommandError(f"--out {out}: {e.strerror or e}", USAGE) from None
+    _check_out(out)  # created only once the answer verified: a failed call leaves nothing behind
     if key_pem is None and (conflict := _existing_key_conflict(out, csr_key)):
         raise CommandError(conflict, USAGE)
     try:
@@ -165,6 +172,7 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
     except client.VerifyError as e:
         raise CommandError(f"{e}; nothing was written", REFUSED) from None
     try:
+        out.mkdir(parents=True, exist_ok=True)
         if key_pem is not None:
             write_file(out / "tls.key", key_pem, 0o600)
         write_file(out / "tls.crt", signed.chain_pem, 0o644)
