@@ -17,7 +17,7 @@ from ca_core.config import JwksSettings
 from ca_core.errors import ConfigError, PermissionDenied, Unavailable
 from ca_core.spiffe_id import SpiffeId
 from ca_core.validators import SignRequest
-from ca_core.validators.jwks import JwksValidator
+from ca_core.validators.jwks import JwksValidator, parse_key_set
 
 from support.jwks_server import JwksServer as _JwksServer
 from support.jwks_server import SigningKey, claims, jwks
@@ -370,3 +370,58 @@ def test_iat_within_the_leeway_is_accepted(validator, key):
     now = time.time()
     token = key.token(claims(sub, str(CA_ID), now=now) | {"iat": int(now) + 200})
     assert validator.validate(req(token)).spiffe_id.app_id == "orders"
+
+
+# --- one fetch at a time, held keys keep serving, hostile bodies (design §6.3) ---------------------
+
+
+DEEP = b'{"keys": ' + b"[" * 1500 + b"]" * 1500 + b"}"
+
+
+def test_a_deeply_nested_jwks_is_a_refresh_failure_and_held_keys_still_serve(
+    server, validator, clock, key, caplog
+):
+    validator.validate(req(key.token(claims(SUB, AUD))))
+    server.body = DEEP
+    clock.t += 120  # stale: the refresh fetches the hostile body
+    assert str(validator.validate(req(key.token(claims(SUB, AUD)))).spiffe_id) == SUB
+    assert server.fetches == 2
+    assert "JWKS refresh failed" in caplog.text and "nested too deep" in caplog.text
+    assert validator.ready()[0] is True
+
+
+def test_a_deeply_nested_jwks_without_keys_is_unavailable(server, clock, key):
+    server.body = DEEP
+    v = https_validator(server, clock)
+    with pytest.raises(Unavailable, match="nested too deep") as e:
+        v.validate(req(key.token(claims(SUB, AUD))))
+    assert e.value.reason == "jwks_unavailable"
+    ready, detail = v.ready()
+    assert ready is False and "nested too deep" in detail
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        DEEP,
+        b'{"keys": [{"kty": "EC", "kid": ' + b"[" * 1500 + b"]" * 1500 + b"}]}",
+        b'{"keys": [' + b"1" * 5000 + b"]}",
+        b'{"keys": [{"kty": "RSA", "n": ' + b"9" * 5000 + b', "e": "AQAB"}]}',
+        b'{"keys": [{"kty": "RSA", "n": 12345, "e": true}]}',
+        b'{"keys": [{"kty": "EC", "crv": 5, "x": [], "y": {}}]}',
+        b'{"keys": [{"kty": ["RSA"], "kid": {"a": 1}}, {"kty": {}}, {"kty": "OKP", "crv": null}]}',
+        b'{"keys": [{"kty": "EC", "crv": "P-256", "x": "\\ud800", "y": "\\udfff"}]}',
+        b'{"keys": [{"kty": "RSA", "alg": [], "use": {}, "n": "AQAB", "e": "AQAB"}]}',
+        b'{"keys": [{"kty": "EC", "crv": "P-256", "x": 1e400, "y": NaN}]}',
+        b'{"keys": {"kty": "EC"}}',
+        b"\xff\xfe\x00{",
+        b'{"keys": ["\xff"]}',
+        b"",
+        b"[]",
+        b"null",
+    ],
+)
+def test_hostile_jwks_bodies_are_value_errors(body):
+    """parse_key_set refuses every such body with ValueError, the cache's refresh failure."""
+    with pytest.raises(ValueError, match=r"^jwks: "):
+        parse_key_set(body, "jwks")

@@ -139,7 +139,8 @@ class JwksServer:
     ``status``: when set, every request is answered with it instead; ``fetches`` counts requests.
     ``paths``: every path that serves ``document``; ``hold``: path → Event, a request for that
     path waits until the Event is set (at most a minute) before it is answered; ``parked``
-    counts requests waiting so.
+    counts requests waiting so. ``delay``: seconds every answer waits (a slow JWKS); ``body``:
+    when set, the raw bytes answered instead of ``document`` (a hostile body).
     """
 
     tls_dir: Path
@@ -150,6 +151,8 @@ class JwksServer:
     paths: tuple = ("/jwks.json",)
     hold: dict = field(default_factory=dict)  # path -> threading.Event
     parked: int = 0
+    delay: float = 0.0
+    body: bytes | None = None
 
     def start(self) -> JwksServer:
         self.ca_pem, cert, key = self_signed_tls(self.tls_dir)
@@ -171,8 +174,12 @@ class JwksServer:
                 if gate is not None and not gate.is_set():
                     server.parked += 1
                     gate.wait(60)
+                if server.delay:
+                    time.sleep(server.delay)
                 code = server.status or (200 if self.path in server.paths else 404)
                 body = json.dumps(server.document if code == 200 else {"error": code}).encode()
+                if code == 200 and server.body is not None:
+                    body = server.body
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

@@ -58,32 +58,47 @@ ALGORITHMS: dict[str, tuple[str, frozenset[str] | None]] = {
 def parse_key_set(data: bytes | str, where: str) -> list[jwt.PyJWK]:
     """The usable signature keys of a JWKS document (RFC 7517 §5). Symmetric (``oct``) keys,
     keys for another ``use`` and keys PyJWT cannot load are skipped with a warning. Raises
-    ValueError when the document is not a JWKS or holds no usable key."""
+    ValueError, and nothing else, for any document that is not a JWKS or holds no usable key
+    (hostile ones included: nested too deep, huge numbers, wrong types, not UTF-8)."""
     try:
         doc = json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{where}: not JSON (nested too deep)") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where}: not JSON ({e})") from None
+        raise ValueError(f"{where}: not JSON ({str(e)[:200]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         raise ValueError(f"{where}: not a JWKS (expected an object with a 'keys' list)")
     keys: list[jwt.PyJWK] = []
     for i, item in enumerate(doc["keys"]):
-        label = f"{where}: key {i}" + (f" (kid {item.get('kid')!r})" if isinstance(item, dict) else "")
-        if not isinstance(item, dict):
-            log.warning("%s: not an object; skipped", label)
-            continue
-        if item.get("kty") == "oct":
-            log.warning("%s: symmetric keys are never used for identity tokens; skipped", label)
-            continue
-        if item.get("use") not in (None, "sig"):
-            log.warning("%s: use %r is not 'sig'; skipped", label, item.get("use"))
-            continue
         try:
-            keys.append(jwt.PyJWK(item))
-        except (PyJWKError, PyJWTError, ValueError, TypeError) as e:
-            log.warning("%s: cannot be loaded (%s); skipped", label, e)
+            key = _usable_key(item, f"{where}: key {i}")
+        except RecursionError:
+            log.warning("%s: key %d: nested too deep; skipped", where, i)
+            continue
+        if key is not None:
+            keys.append(key)
     if not keys:
         raise ValueError(f"{where}: the JWKS holds no usable signature key")
     return keys
+
+
+def _usable_key(item: object, label: str) -> jwt.PyJWK | None:
+    """The key of one ``keys`` entry, or None (logged) when it is not a usable signature key."""
+    if not isinstance(item, dict):
+        log.warning("%s: not an object; skipped", label)
+        return None
+    label += f" (kid {repr(item.get('kid'))[:100]})"
+    if item.get("kty") == "oct":
+        log.warning("%s: symmetric keys are never used for identity tokens; skipped", label)
+        return None
+    if item.get("use") not in (None, "sig"):
+        log.warning("%s: use %s is not 'sig'; skipped", label, repr(item.get("use"))[:100])
+        return None
+    try:
+        return jwt.PyJWK(item)
+    except (PyJWKError, PyJWTError, ValueError, TypeError, AttributeError, KeyError) as e:
+        log.warning("%s: cannot be loaded (%s); skipped", label, str(e)[:200])
+        return None
 
 
 def _compatible(key: jwt.PyJWK, alg: str) -> bool:
