@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.client import HTTPMessage
 from typing import IO, Any
 
@@ -100,9 +100,10 @@ class JwksSource:
         opener = urllib.request.build_opener(
             urllib.request.HTTPSHandler(context=self.ssl_context), _HttpsOnlyRedirects()
         )
+        deadline = time.monotonic() + self.timeout  # real time, whatever clock the cache has
         try:
             with opener.open(request, timeout=self.timeout) as resp:
-                return _read_within(resp, time.monotonic() + self.timeout, self.location)
+                return _read_within(resp, deadline, self.location)
         except urllib.error.HTTPError as e:
             raise Unavailable(f"JWKS {self.location} answered {e.code}", reason="jwks_unavailable") from None
         except (urllib.error.URLError, OSError, ValueError) as e:
@@ -133,7 +134,7 @@ class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
 def _read_within(resp: Any, deadline: float, location: str) -> bytes:
     """The body, at most MAX_JWKS_BYTES, read by chunks so that the whole fetch is bounded: the
     socket timeout bounds each read only, and a server that trickles bytes would hold the
-    (locked) refresh, and every request waiting on it, for ever. Raises Unavailable."""
+    fetch, and every request waiting on it, for ever. Raises Unavailable."""
     body = b""
     while len(body) < MAX_JWKS_BYTES:
         if time.monotonic() > deadline:
@@ -147,9 +148,25 @@ def _read_within(resp: Any, deadline: float, location: str) -> bytes:
     return body
 
 
+@dataclass
+class _Flight:
+    """The one fetch under way (design §6.3): ``done`` is set when it ends, ``installed`` says
+    whether it brought a new set; callers waiting for it give up at ``deadline`` (real monotonic
+    seconds: the fetch's own timeout, and a little more)."""
+
+    deadline: float
+    done: threading.Event = field(default_factory=threading.Event)
+    installed: bool = False
+
+
+FLIGHT_GRACE = 1.0  # seconds a caller waits for a fetch beyond the fetch's timeout
+
+
 class JwksCache:
     """The key set in force, refetched with a minimum interval (the validator's
-    ``ca_core.validators.jwks.JwksKeysPort``). Thread-safe.
+    ``ca_core.validators.jwks.JwksKeysPort``). Thread-safe, with one fetch at a time (design
+    §6.3): the lock guards the state only, never the fetch; a caller whose kid is held is answered
+    from the held keys while a fetch runs, one that needs the fetch waits for it.
 
     clock: monotonic seconds (injected in tests); min_refresh: seconds between fetches. Raises
     ConfigError when a file or inline set holds no usable key.
@@ -166,6 +183,7 @@ class JwksCache:
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None
         self._last_failed = False
+        self._flight: _Flight | None = None
         self.last_problem = "the JWKS has not been fetched yet"
         self.fetches = 0
         if source.kind != "url":  # a file or inline set must be usable from the start
@@ -204,37 +222,77 @@ class JwksCache:
         wait = min(self.min_refresh, FAILED_FETCH_RETRY) if failing_without_keys else self.min_refresh
         return now - self._attempted_at >= wait
 
-    def refresh(self, *, force_stale: bool = False) -> bool:
+    def refresh(self, *, force_stale: bool = False, wait: bool = True) -> bool:
         """Fetch now if the minimum interval allows (``force_stale``: only when the held set is at
-        least that old). Returns True when a new set was installed; a failure keeps the held keys."""
+        least that old). Returns True when a new set was installed; a failure keeps the held keys.
+        While a fetch runs no other starts: the caller waits for that one (``wait``; at most its
+        timeout) or, without ``wait``, returns False at once."""
         with self._lock:
-            now = self._clock()
-            if not self._may_fetch(now):
-                return False
-            if force_stale and self._fetched_at is not None and now - self._fetched_at < self.min_refresh:
-                return False
-            self._attempted_at = now
-            self.fetches += 1
-            try:
-                keys = parse_key_set(self.source.load(), self.source.location)
-            except (ValueError, Unavailable) as e:
-                self._last_failed = True
-                self.last_problem = str(e)
-                log.warning("JWKS refresh failed (%s); %d key(s) stay in use", e, len(self._keys))
-                return False
-            self._install(keys)
+            flight = self._flight
+            if flight is None:
+                now = self._clock()
+                if not self._may_fetch(now):
+                    return False
+                if force_stale and self._fetched_at is not None and now - self._fetched_at < self.min_refresh:
+                    return False
+                self._attempted_at = now
+                self.fetches += 1
+                flight = self._flight = _Flight(time.monotonic() + self.source.timeout + FLIGHT_GRACE)
+                lead = True
+            else:
+                lead = False
+        if lead:
+            self._fetch(flight)
+        elif not wait:
+            return False
+        elif not flight.done.wait(max(0.0, flight.deadline - time.monotonic())):
+            with self._lock:
+                if self._flight is flight and not self._keys:
+                    self.last_problem = f"JWKS {self.source.location}: no complete answer within the timeout"
+            return False
+        return flight.installed
+
+    def _fetch(self, flight: _Flight) -> None:
+        """Run ``flight`` (outside the lock) and record how it ended; every waiter is let go."""
+        keys: list[jwt.PyJWK] | None = None
+        problem = f"JWKS {self.source.location}: the fetch ended unexpectedly"
+        try:
+            keys = parse_key_set(self.source.load(), self.source.location)
+        except (ValueError, Unavailable) as e:  # parse_key_set: ValueError for any unusable body
+            problem = str(e)
+        finally:
+            with self._lock:
+                if keys is not None:
+                    self._install(keys)
+                else:
+                    self._last_failed = True
+                    self.last_problem = problem
+                held = len(self._keys)
+                self._flight = None
+            flight.installed = keys is not None
+            flight.done.set()
+        if keys is None:
+            log.warning("JWKS refresh failed (%s); %d key(s) stay in use", problem, held)
+        else:
             log.info("JWKS loaded from %s: %d key(s)", self.source.location, len(keys))
-            return True
 
     def keys(self, kid: str | None) -> list[jwt.PyJWK]:
         """The held keys with ``kid`` (every key when None): refreshes first when the set is stale
-        or ``kid`` is unknown (rate-limited). Raises Unavailable when no key is held."""
-        if not self._keys or self._fetched_at is None:
+        or ``kid`` is unknown (rate-limited). A caller whose kid is held never waits for a fetch
+        another caller runs. Raises Unavailable when no key is held."""
+        held = self._keys
+        if not held or self._fetched_at is None:
             self.refresh()
         else:
-            self.refresh(force_stale=True)
-        if not self._keys:
+            self.refresh(force_stale=True, wait=kid is not None and not _has(held, kid))
+        held = self._keys
+        if not held:
             raise Unavailable(f"no JWKS keys available: {self.last_problem}", reason="jwks_unavailable")
-        if kid is not None and not any(k.key_id == kid for k in self._keys):
+        if kid is not None and not _has(held, kid):
             self.refresh()
-        return list(self._keys) if kid is None else [k for k in self._keys if k.key_id == kid]
+            held = self._keys
+        return list(held) if kid is None else [k for k in held if k.key_id == kid]
+
+
+def _has(keys: list[jwt.PyJWK], kid: str) -> bool:
+    return any(k.key_id == kid for k in keys)

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
 from datetime import timedelta
 
@@ -22,6 +23,7 @@ from ca_core.validators.jwks import JwksValidator, parse_key_set
 from support.jwks_server import JwksServer as _JwksServer
 from support.jwks_server import SigningKey, claims, jwks
 from support.pki import make_csr
+from support.wait import wait_until
 
 CA_ID = SpiffeId("localhost", "default", "dapr-sentry")
 AUD = str(CA_ID)
@@ -373,6 +375,85 @@ def test_iat_within_the_leeway_is_accepted(validator, key):
 
 
 # --- one fetch at a time, held keys keep serving, hostile bodies (design §6.3) ---------------------
+
+
+class Calls:
+    """``validate`` of each request, each in its own thread, all let go at once: ``outcomes[i]`` is
+    the identity or the exception of request i, ``elapsed[i]`` its seconds."""
+
+    def __init__(self, validator: JwksValidator, requests: list[SignRequest]) -> None:
+        self.outcomes: list = [None] * len(requests)
+        self.elapsed: list[float] = [0.0] * len(requests)
+        self._go = threading.Barrier(len(requests))
+        self.threads = [
+            threading.Thread(target=self._call, args=(validator, i, r), daemon=True)
+            for i, r in enumerate(requests)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _call(self, validator: JwksValidator, i: int, request: SignRequest) -> None:
+        self._go.wait()
+        start = time.monotonic()
+        try:
+            self.outcomes[i] = validator.validate(request)
+        except Exception as e:  # noqa: BLE001 - every outcome is collected and asserted on
+            self.outcomes[i] = e
+        self.elapsed[i] = time.monotonic() - start
+
+    def join(self, timeout: float) -> bool:
+        """True when every call has returned within ``timeout`` seconds (from now)."""
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)
+
+
+@pytest.mark.parametrize(
+    ("delay", "timeout", "fetch_time"),
+    [(2.0, "10s", 2.0), (3.0, "1s", 1.0)],
+    ids=["slow", "slower-than-the-timeout"],
+)
+def test_concurrent_callers_during_a_slow_jwks_share_one_fetch(tmp_path, key, delay, timeout, fetch_time):
+    """32 callers, no key held, every one finding a fetch due (real clock, 1 ms minimum interval):
+    the server sees one fetch, and each caller has its answer after about that one fetch."""
+    server = _JwksServer(tmp_path / "tls", jwks(key), delay=delay).start()
+    try:
+        v = https_validator(server, time.monotonic, min_refresh="0.001s", timeout=timeout)
+        calls = Calls(v, [req(key.token(claims(SUB, AUD))) for _ in range(32)])
+        bound = fetch_time + 5  # generous: one fetch and the 32 verifications
+        assert calls.join(bound + 2), f"answered: {sum(not t.is_alive() for t in calls.threads)} of 32"
+        assert server.fetches == 1
+        assert max(calls.elapsed) < bound, calls.elapsed
+        if timeout == "10s":
+            assert all(str(o.spiffe_id) == SUB for o in calls.outcomes), calls.outcomes
+        else:
+            assert all(isinstance(o, Unavailable) for o in calls.outcomes), calls.outcomes
+            assert {o.reason for o in calls.outcomes} == {"jwks_unavailable"}
+    finally:
+        server.stop()
+
+
+def test_known_kids_are_answered_from_held_keys_while_a_refresh_is_held(server, validator, clock, key):
+    """A refresh parked in the server: callers whose kid is held are answered meanwhile; a caller
+    with an unknown kid waits for that one fetch (and starts no other)."""
+    validator.validate(req(key.token(claims(SUB, AUD))))
+    new = SigningKey("key-2", "EdDSA")
+    server.document = jwks(key, new)
+    gate = server.hold["/jwks.json"] = threading.Event()
+    clock.t += 120  # the set is stale, and the minimum interval has passed
+    try:
+        unknown = Calls(validator, [req(new.token(claims(SUB, AUD))) for _ in range(2)])
+        wait_until(lambda: server.parked == 1, "the refresh parked in the server", timeout=30)
+        known = Calls(validator, [req(key.token(claims(SUB, AUD))) for _ in range(10)])
+        assert known.join(30), "callers with a held kid wait for the refresh"
+        assert all(str(o.spiffe_id) == SUB for o in known.outcomes), known.outcomes
+        assert not gate.is_set() and all(t.is_alive() for t in unknown.threads)  # still parked
+    finally:
+        gate.set()
+    assert unknown.join(30)
+    assert all(str(o.spiffe_id) == SUB for o in unknown.outcomes), unknown.outcomes
+    assert server.fetches == 2 and server.parked == 1
 
 
 DEEP = b'{"keys": ' + b"[" * 1500 + b"]" * 1500 + b"}"

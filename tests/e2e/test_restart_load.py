@@ -28,6 +28,7 @@ CHANNELS = 8
 RESTARTS = 50
 TTLS = ("2h", "3h")  # alternated: restart i applies TTLS[i % 2]
 SKEW = timedelta(minutes=15)  # NotBefore is backdated by the default clock skew
+AUD = "spiffe://localhost/ns/default/dapr-sentry"  # the test CA's identity, a JWT's audience
 
 
 def leaf_ttl(response) -> timedelta:
@@ -160,7 +161,7 @@ def test_restart_to_a_new_port_serves_it_before_the_old_one_drains_its_calls(tmp
     ca.start(_jwks_config(tmp_path, jwks_server, "/jwks.json"))
     old_port = ca.grpc_port
     anchors = (store / "ca.crt").read_bytes()
-    token = key.token(claims("spiffe://public/ns/prod/orders", "spiffe://localhost/ns/default/dapr-sentry"))
+    token = key.token(claims("spiffe://public/ns/prod/orders", AUD))
     request = sentry_pb2.SignCertificateRequest(
         id="orders", namespace="prod", certificate_signing_request=make_csr(), token=token, token_validator=3
     )
@@ -172,7 +173,14 @@ def test_restart_to_a_new_port_serves_it_before_the_old_one_drains_its_calls(tmp
         assert stub.SignCertificate(request, timeout=30).workload_certificate  # the old port serves
         received = _received(ca)
         jwks_server.hold["/jwks.json"] = threading.Event()  # every key fetch of the old validator waits
-        in_flight = [stub.SignCertificate.future(request, timeout=60) for _ in range(4)]
+        # Signed by a key not held yet: each call waits for the old validator's one fetch (held
+        # keys would answer a known kid at once, design §6.3).
+        rotated = SigningKey("k2", "ES256")
+        jwks_server.document = jwks(key, rotated)
+        parked = sentry_pb2.SignCertificateRequest()
+        parked.CopyFrom(request)
+        parked.token = rotated.token(claims("spiffe://public/ns/prod/orders", AUD))
+        in_flight = [stub.SignCertificate.future(parked, timeout=60) for _ in range(4)]
         wait_until(lambda: _received(ca) == received + 4, "4 calls in the old server", timeout=30)
         wait_until(lambda: jwks_server.parked >= 1, "a call parked in its JWKS fetch", timeout=30)
 
