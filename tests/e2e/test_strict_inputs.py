@@ -5,6 +5,7 @@ import grpc
 import pytest
 
 import sentryca_client as client
+from sentryca_proto.sentry.v1 import sentry_pb2
 
 from support.pki import make_csr
 
@@ -22,3 +23,50 @@ def test_dns_shaped_trust_domains_are_still_signed(running_ca, channel_to, store
     resp = client.sign(channel_to(running_ca), make_csr(), "orders", "prod", trust_domain=trust_domain)
     signed = client.verify_response(resp, (store_dir / "ca.crt").read_bytes(), trust_domain=trust_domain)
     assert signed.spiffe_id == f"spiffe://{trust_domain}/ns/prod/orders"
+
+
+# --- token_validator: only a number that is exactly a known one (design §3.1 step 1) -----------
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if not n:
+            return bytes(out + bytes([low]))
+        out.append(low | 0x80)
+
+
+def raw_request(token_validator_varint: bytes) -> bytes:
+    """A SignCertificateRequest for orders/prod whose field 6 (token_validator) is sent as given."""
+    body = sentry_pb2.SignCertificateRequest(
+        id="orders", namespace="prod", certificate_signing_request=make_csr()
+    ).SerializeToString()
+    return body + b"\x30" + token_validator_varint
+
+
+def test_protobuf_alone_wraps_2_to_the_32_to_the_default_validator():
+    assert sentry_pb2.SignCertificateRequest.FromString(raw_request(varint(2**32))).token_validator == 0
+
+
+def call_raw(channel, body: bytes):
+    send = channel.unary_unary("/dapr.proto.sentry.v1.CA/SignCertificate")  # bytes in, bytes out
+    return send(body, timeout=30)
+
+
+@pytest.mark.parametrize("number", [2**32, 2**32 + 1, 2**33 + 3, 2**31, 2**63, 2**64 - 2**31 - 1, 2**64 + 1])
+def test_a_token_validator_beyond_int32_is_unknown_not_wrapped(running_ca, channel_to, number):
+    with pytest.raises(grpc.RpcError) as e:
+        call_raw(channel_to(running_ca), raw_request(varint(number)))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"unknown token validator {number}" in e.value.details()
+
+
+def test_token_validator_numbers_that_are_int32_keep_their_meaning(running_ca, channel_to):
+    chan = channel_to(running_ca)
+    response = sentry_pb2.SignCertificateResponse.FromString(call_raw(chan, raw_request(varint(1))))
+    assert response.workload_certificate  # INSECURE, sent as 1
+    with pytest.raises(grpc.RpcError) as e:
+        call_raw(chan, raw_request(varint(2**64 - 1)))  # -1, sign-extended as protobuf sends it
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown token validator -1" in e.value.details()
