@@ -1,12 +1,19 @@
 """Inputs an attacker's test found accepted, each refused with the status of design §3.2, over a
 real CA on loopback."""
 
+import json
+
 import grpc
 import pytest
 
 import sentryca_client as client
+from ca_core.config import JwksSettings
+from ca_core.validators import TokenValidatorKind
+from handlers.server import CertificateAuthority
 from sentryca_proto.sentry.v1 import sentry_pb2
 
+from support.ca import ca_config
+from support.jwks_server import SigningKey, claims, jwks
 from support.pki import make_csr
 
 
@@ -70,3 +77,31 @@ def test_token_validator_numbers_that_are_int32_keep_their_meaning(running_ca, c
         call_raw(chan, raw_request(varint(2**64 - 1)))  # -1, sign-extended as protobuf sends it
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown token validator -1" in e.value.details()
+
+
+# --- JWT dates must be NumericDates (RFC 7519 §2) -------------------------------------------------
+
+
+@pytest.fixture
+def jwks_ca(store_dir):
+    key = SigningKey("key-1", "ES256")
+    ca = CertificateAuthority()
+    ca.start(ca_config(store_dir).with_changes(jwks=JwksSettings(json.dumps(jwks(key)))))
+    try:
+        yield ca, key
+    finally:
+        ca.stop(grace=0)
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+def test_a_jwt_date_given_as_a_string_is_denied(jwks_ca, channel_to, claim):
+    ca, key = jwks_ca
+    good = claims("spiffe://public/ns/prod/orders", "spiffe://localhost/ns/default/dapr-sentry")
+    chan = channel_to(ca)
+    jwks_number = int(TokenValidatorKind.JWKS)
+    client.sign(chan, make_csr(), "orders", "prod", token=key.token(good), token_validator=jwks_number)
+    bad = good | {claim: str(good.get(claim, good["iat"]))}
+    with pytest.raises(grpc.RpcError) as e:
+        client.sign(chan, make_csr(), "orders", "prod", token=key.token(bad), token_validator=jwks_number)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"token claim {claim} is not a NumericDate" in e.value.details()
