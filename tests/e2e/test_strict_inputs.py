@@ -14,6 +14,7 @@ from sentryca_proto.sentry.v1 import sentry_pb2
 
 from support.ca import ca_config
 from support.jwks_server import SigningKey, claims, jwks
+from support.openssl import run_openssl
 from support.pki import make_csr
 
 
@@ -105,3 +106,18 @@ def test_a_jwt_date_given_as_a_string_is_denied(jwks_ca, channel_to, claim):
         client.sign(chan, make_csr(), "orders", "prod", token=key.token(bad), token_validator=jwks_number)
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert f"token claim {claim} is not a NumericDate" in e.value.details()
+
+
+# --- an RSASSA-PSS key would lose its restriction in the leaf (design §3.1 step 4) --------------
+
+
+def test_a_csr_with_an_rsa_pss_key_is_an_invalid_argument(running_ca, channel_to, tmp_path):
+    r = run_openssl(
+        "req", "-new", "-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048", "-nodes",
+        "-keyout", str(tmp_path / "key.pem"), "-subj", "/CN=orders", "-out", str(tmp_path / "csr.pem"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(grpc.RpcError) as e:
+        client.sign(channel_to(running_ca), (tmp_path / "csr.pem").read_bytes(), "orders", "prod")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "RSASSA-PSS" in e.value.details()
