@@ -72,8 +72,7 @@ def _parse_checked(pem: bytes) -> tuple[x509.CertificateSigningRequest, PublicKe
         public_key = csr.public_key()
     except (ValueError, UnsupportedAlgorithm):
         raise _reject("the public key cannot be read or its type is not supported", "csr_key_type") from None
-    if csr.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:
-        # cryptography reads such a key as a plain RSA key; issued, it would lose its restriction
+    if csr.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:  # type: ignore[attr-defined]
         raise _reject(
             "RSA key restricted to RSASSA-PSS (id-RSASSA-PSS) is not accepted: the certificate would "
             "drop the restriction; use an rsaEncryption RSA key",
