@@ -15,7 +15,7 @@ from sentryca_proto.sentry.v1 import sentry_pb2
 from support.ca import ca_config
 from support.jwks_server import SigningKey, claims, jwks
 from support.openssl import run_openssl
-from support.pki import make_csr
+from support.pki import make_bundle, make_csr
 
 
 @pytest.mark.parametrize("trust_domain", [".", "-", "_", "a..b", "example.org."])
@@ -121,3 +121,19 @@ def test_a_csr_with_an_rsa_pss_key_is_an_invalid_argument(running_ca, channel_to
         client.sign(channel_to(running_ca), (tmp_path / "csr.pem").read_bytes(), "orders", "prod")
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "RSASSA-PSS" in e.value.details()
+
+
+# --- a credentials directory others may write to is refused (design §5.6) -----------------------
+
+
+def test_a_ca_refuses_a_world_writable_credentials_directory(store_dir):
+    from ca_core.errors import Unavailable
+
+    from support.pki import write_bundle
+
+    write_bundle(store_dir, make_bundle())
+    store_dir.chmod(0o777)
+    ca = CertificateAuthority()
+    with pytest.raises(Unavailable, match=f"mode 0777.*chmod 700 {store_dir}"):
+        ca.start(ca_config(store_dir))
+    assert not ca.running
