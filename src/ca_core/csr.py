@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import SignatureAlgorithmOID
+from cryptography.x509.oid import PublicKeyAlgorithmOID, SignatureAlgorithmOID
 
 from .errors import InvalidRequest
 from .keys import PublicKey, describe_public_key
@@ -41,7 +41,7 @@ def csr_public_key(pem: bytes) -> PublicKey:
     ``NEW CERTIFICATE REQUEST``, and the legacy type ``CERTIFICATE`` holding a CSR).
     Raises InvalidRequest (reason ``csr_*``) when it is empty, not PEM, of another PEM type,
     not parseable, has a bad self-signature, or a key that is not ECDSA P-256/P-384,
-    Ed25519 or RSA 2048–8192 bits (RFC 2986 §4).
+    Ed25519 or RSA 2048–8192 bits (RFC 2986 §4), an RSA key restricted to RSASSA-PSS included.
     """
     return _parse_checked(pem)[1]
 
@@ -72,6 +72,12 @@ def _parse_checked(pem: bytes) -> tuple[x509.CertificateSigningRequest, PublicKe
         public_key = csr.public_key()
     except (ValueError, UnsupportedAlgorithm):
         raise _reject("the public key cannot be read or its type is not supported", "csr_key_type") from None
+    if csr.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:  # type: ignore[attr-defined]
+        raise _reject(
+            "RSA key restricted to RSASSA-PSS (id-RSASSA-PSS) is not accepted: the certificate would "
+            "drop the restriction; use an rsaEncryption RSA key",
+            "csr_key_type",
+        )
     checked = check_public_key(public_key)
     if not _self_signature_valid(csr, checked):
         raise _reject("the request's self-signature does not verify with its public key", "csr_signature")

@@ -19,13 +19,15 @@ DEFAULT_TRUST_DOMAIN = "public"  # Sentry's trust domain when none is configured
 _TRUST_DOMAIN_CHARS = re.compile(r"[a-z0-9._-]+")
 _PATH_SEGMENT_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_TRUST_DOMAIN_LABEL = re.compile(r"[a-z0-9]([a-z0-9_-]*[a-z0-9])?")
 
 
 def trust_domain_problem(trust_domain: str) -> str | None:
     """Why ``trust_domain`` is not a valid SPIFFE trust domain, or None when it is.
 
     Rules (SPIFFE-ID §2.1): non-empty, at most 255 characters, only lowercase letters,
-    digits, ``.``, ``-`` and ``_``.
+    digits, ``.``, ``-`` and ``_``; and this project's DNS shape (design §3.3): labels separated by
+    single dots, each starting and ending with a letter or digit.
     """
     if not trust_domain:
         return "trust domain is empty"
@@ -35,6 +37,11 @@ def trust_domain_problem(trust_domain: str) -> str | None:
         return (
             f"trust domain {trust_domain!r} has characters other than lowercase letters, "
             "digits, '.', '-' and '_'"
+        )
+    if not all(_TRUST_DOMAIN_LABEL.fullmatch(label) for label in trust_domain.split(".")):
+        return (
+            f"trust domain {trust_domain!r} is not DNS-shaped (labels separated by single dots, "
+            "each starting and ending with a letter or digit)"
         )
     return None
 

@@ -9,6 +9,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
@@ -76,17 +77,28 @@ def bounded(message: str) -> str:
     return message[: MAX_DETAILS - 20] + f"… ({len(message)} chars)"
 
 
-def decode_request(msg: sentry_pb2.SignCertificateRequest) -> SignRequest:
+def decode_request(decoded: Decoded) -> SignRequest:
     """The wire message as the core's SignRequest (token_validator kept as its raw number)."""
+    msg = decoded.message
     return SignRequest(
         app_id=msg.id,
         namespace=msg.namespace,
         csr_pem=msg.certificate_signing_request,
         trust_domain=msg.trust_domain,
         token=msg.token,
-        token_validator=int(msg.token_validator),
+        token_validator=decoded.token_validator,
         jwt_audiences=tuple(msg.jwt_audiences),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded ``SignCertificateRequest`` and its ``token_validator`` as the number on the wire.
+    protobuf keeps only an enum's low 32 bits (2^32 would read as 0, the default validator), so
+    the number is read from the bytes and any that is not an int32 stays unknown (design §3.1)."""
+
+    message: sentry_pb2.SignCertificateRequest
+    token_validator: int
 
 
 class Undecodable:
@@ -95,11 +107,65 @@ class Undecodable:
     instead of gRPC's default INTERNAL "Exception deserializing request"."""
 
 
-def decode_message(data: bytes) -> sentry_pb2.SignCertificateRequest | Undecodable:
+TOKEN_VALIDATOR_FIELD = sentry_pb2.SignCertificateRequest.TOKEN_VALIDATOR_FIELD_NUMBER
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+def wire_token_validator(data: bytes) -> int | None:
+    """The last top-level varint of field ``token_validator`` in ``data`` (the one protobuf keeps),
+    as an int32 when it is one (negative numbers are sent sign-extended to 64 bits), else the
+    unsigned number as sent; 0 when absent; None when ``data`` does not scan."""
+    found = 0
+    pos, depth = 0, 0
     try:
-        return sentry_pb2.SignCertificateRequest.FromString(data)
+        while pos < len(data):
+            tag, pos = _varint(data, pos)
+            number, wire_type = tag >> 3, tag & 7
+            if wire_type == 0:
+                value, pos = _varint(data, pos)
+                if number == TOKEN_VALIDATOR_FIELD and depth == 0:
+                    found = value
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 2:
+                length, pos = _varint(data, pos)
+                pos += length
+            elif wire_type == 3:
+                depth += 1
+            elif wire_type == 4:
+                depth -= 1
+            elif wire_type == 5:
+                pos += 4
+            else:
+                return None
+    except IndexError:
+        return None
+    if pos != len(data):
+        return None
+    if 2**64 - 2**31 <= found < 2**64:
+        return found - 2**64
+    return found
+
+
+def decode_message(data: bytes) -> Decoded | Undecodable:
+    try:
+        message = sentry_pb2.SignCertificateRequest.FromString(data)
     except DecodeError:
         return Undecodable()
+    token_validator = wire_token_validator(data)
+    if token_validator is None:
+        return Undecodable()
+    return Decoded(message, token_validator)
 
 
 SERVICE = "dapr.proto.sentry.v1.CA"
@@ -191,8 +257,8 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
                 extra={
                     "call_id": call_id,
                     "reason": e.reason,
-                    "app_id": request.id[:100],
-                    "namespace": request.namespace[:100],
+                    "app_id": request.message.id[:100],
+                    "namespace": request.message.namespace[:100],
                 },
             )
             return (code, message), None

@@ -1,5 +1,6 @@
 """The local-directory store: permissions, atomic conditional writes, load-or-create (design §5)."""
 
+import logging
 import multiprocessing
 import os
 import stat
@@ -10,9 +11,9 @@ import pytest
 from adapters.stores import FileBundleStore, FileNames, load_or_create, open_store
 from adapters.stores.files import HELD_MARKER
 from ca_core.bundle import ANCHORS, ISSUER_KEY
-from ca_core.errors import BundleError
+from ca_core.errors import BundleError, Unavailable
 
-from support.pki import make_bundle, snapshot
+from support.pki import make_bundle, snapshot, write_bundle
 
 
 def mode(p: Path) -> int:
@@ -334,3 +335,26 @@ def test_a_read_failure_never_creates_a_ca(tmp_path, monkeypatch, error, reason)
     monkeypatch.undo()
     assert e.value.reason == reason and not generated
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("dir_mode", [0o777, 0o770, 0o702])
+def test_a_group_or_world_writable_directory_is_refused(tmp_path, dir_mode):
+    d = tmp_path / "creds"
+    write_bundle(d, make_bundle())
+    os.chmod(d, dir_mode)
+    for use in (FileBundleStore(d).load, lambda: FileBundleStore(d).create({"ca.crt": b"x"})):
+        with pytest.raises(Unavailable) as e:
+            use()
+        assert e.value.reason == "store_misconfigured"
+        assert f"mode {dir_mode:04o}" in str(e.value) and f"chmod 700 {d}" in str(e.value)
+
+
+def test_a_readable_directory_is_used_with_one_warning(tmp_path, caplog):
+    d = tmp_path / "creds"
+    write_bundle(d, make_bundle())
+    os.chmod(d, 0o755)
+    store = FileBundleStore(d)
+    with caplog.at_level(logging.WARNING):
+        assert store.load() is not None and store.load() is not None
+    warnings = [r.getMessage() for r in caplog.records if "0755" in r.getMessage()]
+    assert len(warnings) == 1 and f"chmod 700 {d}" in warnings[0]

@@ -95,6 +95,7 @@ def test_kubernetes_is_detected_from_the_environment():
         ({"port": "70000"}, {}, "--port"),
         ({"port": "abc"}, {}, "--port"),
         ({"trust_domain": "Not Valid"}, {}, "--trust-domain"),
+        ({"trust_domain": "example.org."}, {}, "--trust-domain"),
         ({}, {"NAMESPACE": "Bad_NS"}, "NAMESPACE"),
         ({"ca_key_algorithm": "rsa"}, {}, "ecdsa-p256"),
         ({"mode": "cloud"}, {}, "--mode"),

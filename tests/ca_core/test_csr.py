@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from ca_core.csr import parse_csr
 from ca_core.errors import InvalidRequest
 
+from support.openssl import run_openssl
 from support.pki import make_csr, make_key
 
 
@@ -157,3 +158,24 @@ def test_ecdsa_csr_claiming_another_hash_than_it_was_signed_with_is_refused():
     with pytest.raises(InvalidRequest) as e:
         parse_csr(_pem(der.replace(_ECDSA_SHA256, _ECDSA_SHA384)))
     assert e.value.reason == "csr_signature"
+
+
+def openssl_csr(tmp_path, algorithm: str) -> bytes:
+    """A CSR made by the OpenSSL CLI for a new ``algorithm`` key (2048-bit RSA kinds)."""
+    key, csr = tmp_path / "key.pem", tmp_path / "csr.pem"
+    r = run_openssl(
+        "req", "-new", "-newkey", algorithm, "-pkeyopt", "rsa_keygen_bits:2048", "-nodes",
+        "-keyout", str(key), "-subj", "/CN=orders", "-out", str(csr),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return csr.read_bytes()
+
+
+def test_rsa_pss_restricted_key_is_refused(tmp_path):
+    with pytest.raises(InvalidRequest) as e:
+        parse_csr(openssl_csr(tmp_path, "rsa-pss"))
+    assert e.value.reason == "csr_key_type" and "RSASSA-PSS" in str(e.value)
+
+
+def test_openssl_rsa_key_is_accepted(tmp_path):
+    parse_csr(openssl_csr(tmp_path, "rsa"))

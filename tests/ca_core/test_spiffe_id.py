@@ -6,7 +6,9 @@ from ca_core.errors import PermissionDenied
 from ca_core.spiffe_id import SpiffeId, app_id_problem, namespace_problem, trust_domain_problem
 
 
-@pytest.mark.parametrize("td", ["public", "cluster.local", "example.org", "a-b_c.d0", "x" * 255])
+@pytest.mark.parametrize(
+    "td", ["public", "localhost", "cluster.local", "example.org", "a-b_c.d0", "x" * 255, "1.2.3.4"]
+)
 def test_valid_trust_domains(td):
     assert trust_domain_problem(td) is None
 
@@ -21,6 +23,14 @@ def test_valid_trust_domains(td):
         ("spiffe://example.org", "lowercase"),
         ("x" * 256, "255"),
         ("exämple", "lowercase"),
+        (".", "DNS-shaped"),
+        ("-", "DNS-shaped"),
+        ("_", "DNS-shaped"),
+        ("a..b", "DNS-shaped"),
+        ("example.org.", "DNS-shaped"),
+        (".example.org", "DNS-shaped"),
+        ("-a.org", "DNS-shaped"),
+        ("a_.org", "DNS-shaped"),
     ],
 )
 def test_invalid_trust_domains(td, words):

@@ -506,3 +506,17 @@ def test_hostile_jwks_bodies_are_value_errors(body):
     """parse_key_set refuses every such body with ValueError, the cache's refresh failure."""
     with pytest.raises(ValueError, match=r"^jwks: "):
         parse_key_set(body, "jwks")
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("shape", [str, lambda v: v is not None, lambda v: [v], lambda v: {"t": v}])
+def test_a_date_claim_that_is_not_a_json_number_is_refused(validator, key, claim, shape):
+    c = claims(SUB, AUD)
+    value = c.get(claim, c["iat"])
+    message = denied(validator, req(key.token(claims(SUB, AUD, **{claim: shape(value)}))), "token_claims")
+    assert claim in message and "NumericDate" in message
+
+
+def test_a_fractional_numeric_date_is_still_accepted(validator, key):
+    now = time.time()
+    validator.validate(req(key.token(claims(SUB, AUD, iat=now, nbf=now - 0.5, exp=now + 600.25))))

@@ -152,9 +152,10 @@ def test_configuration_without_trust_domain_gives_public(cluster, validator):
     assert validator.validate(req("orders", "prod", token)).spiffe_id.trust_domain == "public"
 
 
-def test_configuration_with_an_invalid_trust_domain_is_denied(cluster, validator):
+@pytest.mark.parametrize("trust_domain", ["Not A Domain", "a..b", "example.org."])
+def test_configuration_with_an_invalid_trust_domain_is_denied(cluster, validator, trust_domain):
     cluster.pod("prod", "orders", **{"dapr.io/app-id": "orders", "dapr.io/config": "appconfig"})
-    cluster.configuration("prod", "appconfig", "Not A Domain")
+    cluster.configuration("prod", "appconfig", trust_domain)
     denied(
         validator,
         req("orders", "prod", cluster.token("prod", "default", "orders")),

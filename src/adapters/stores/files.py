@@ -13,8 +13,9 @@ one generation: a ``kill -9`` at any point leaves the old or the new complete bu
 of plain files (written by Dapr's Sentry or by hand) loads as is; the first write here converts it,
 first into a copy of itself (same content), then swaps as above.
 
-Directory 0700 and files 0600 when created here; writers on one machine are serialised with
-``flock`` on the directory, readers take a shared lock.
+Directory 0700 and files 0600 when created here; an existing directory that is group- or
+world-writable is refused, one readable by others is used with a warning (design §5.6); writers
+on one machine are serialised with ``flock`` on the directory, readers take a shared lock.
 
 Every write also leaves the marker ``DIR/.sentryca-held`` (0600, written atomically once, after
 the first bundle is in place, and never removed): it records that the directory held a bundle,
@@ -31,6 +32,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -91,6 +93,7 @@ class FileBundleStore:
         self.directory = Path(directory)
         self.names = names or FileNames()
         self.description = f"file://{self.directory}"
+        self._warned_readable = False
 
     def labels(self) -> dict[str, str]:
         return {item: str(self.directory / name) for item, name in self.names.mapping().items()}
@@ -191,6 +194,7 @@ class FileBundleStore:
         except OSError as e:
             raise self._unusable_directory("open", e) from None
         with _flocked(fd, fcntl.LOCK_SH):
+            self._check_mode(fd)
             yield True
 
     @contextlib.contextmanager
@@ -204,7 +208,29 @@ class FileBundleStore:
         except OSError as e:
             raise self._unusable_directory("use", e) from None
         with _flocked(fd, fcntl.LOCK_EX):
+            self._check_mode(fd)
             yield
+
+    def _check_mode(self, fd: int) -> None:
+        """design §5.6: a group- or world-writable directory is refused (anyone who may write
+        there could swap the CA's keys); a group- or world-readable one is used with a warning."""
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise Unavailable(
+                f"{self.directory}: the credentials directory is group- or world-writable (mode "
+                f"{mode:04o}), so others could replace the CA's keys; fix it with: "
+                f"chmod 700 {self.directory}",
+                reason="store_misconfigured",
+            )
+        if mode & (stat.S_IRWXG | stat.S_IRWXO) and not self._warned_readable:
+            self._warned_readable = True
+            log.warning(
+                "%s: the credentials directory is accessible to its group or others (mode %04o); "
+                "chmod 700 %s",
+                self.directory,
+                mode,
+                self.directory,
+            )
 
     def _unusable_directory(self, verb: str, e: OSError) -> Unavailable:
         return Unavailable(

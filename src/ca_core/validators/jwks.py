@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Protocol
@@ -140,6 +141,31 @@ class JwksKeysPort(Protocol):
 
 # --- the validator ----------------------------------------------------------------------------
 
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _check_numeric_dates(token: str) -> None:
+    """Refuse ``exp``, ``nbf`` or ``iat`` that is not a NumericDate, a finite JSON number
+    (RFC 7519 §2, §4.1.4-6); PyJWT would take a string such as ``"1796169404"`` as a number.
+    A payload that is not a JSON object is left to PyJWT's own refusal."""
+    try:
+        payload = json.loads(
+            jwt.api_jws.PyJWS().decode_complete(token, options={"verify_signature": False})["payload"]
+        )
+    except (PyJWTError, ValueError, RecursionError):
+        return
+    if not isinstance(payload, dict):
+        return
+    for claim in NUMERIC_DATE_CLAIMS:
+        if claim not in payload:
+            continue
+        value = payload[claim]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise PermissionDenied(
+                f"token claim {claim} is not a NumericDate (a JSON number): {str(value)[:50]!r}",
+                reason="token_claims",
+            )
+
 
 class JwksValidator:
     """JWKS (design §6). ``key_set``: the key set port; ``ca_identity``: the CA's SPIFFE ID, which
@@ -184,6 +210,7 @@ class JwksValidator:
                 f"no key in the JWKS matches the token (kid {str(kid)[:100]!r}, alg {alg})",
                 reason="token_key_unknown",
             )
+        _check_numeric_dates(request.token)
         claims = self._verify(request.token, alg, keys)
         sub = claims.get("sub")
         if sub != expected_sub:
