@@ -19,6 +19,8 @@ from ca_core.errors import CAError, FailedPrecondition, InvalidRequest, Permissi
 from ca_core.validators import SignRequest
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
 
+from . import log_limit
+from .log_limit import sanitised
 from .rate_limit import RateLimiter, peer_host
 
 if TYPE_CHECKING:
@@ -200,6 +202,7 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
         self._clock = clock
         self._metrics = metrics
         self._limiter = limiter
+        log_limit.LIMIT.on_suppressed = metrics.log_lines_suppressed.inc
 
     def SignCertificate(self, request, context):
         """Answer one call. Every call gets a call id (logged with each line about the call and sent
@@ -249,22 +252,25 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
                 else logging.INFO
             )
-            log.log(
-                level,
-                "sign request refused: %s: %s",
-                code.name,
-                message,
-                extra={
-                    "call_id": call_id,
-                    "reason": e.reason,
-                    "app_id": request.message.id[:100],
-                    "namespace": request.message.namespace[:100],
-                },
-            )
+            if log_limit.LIMIT.allow(peer_host(context.peer())):
+                log.log(
+                    level,
+                    "sign request refused: %s: %s",
+                    code.name,
+                    sanitised(message, log_limit.MAX_LINE),
+                    extra={
+                        "call_id": call_id,
+                        "reason": e.reason,
+                        "peer": sanitised(context.peer()),
+                        "app_id": sanitised(request.message.id),
+                        "namespace": sanitised(request.message.namespace),
+                    },
+                )
             return (code, message), None
         except Exception:
             self._metrics.count_failure("internal", "internal")
-            log.exception("sign request failed unexpectedly", extra={"call_id": call_id})
+            if log_limit.LIMIT.allow(peer_host(context.peer())):  # a CA bug: its traceback is kept
+                log.exception("sign request failed unexpectedly", extra={"call_id": call_id})
             return (grpc.StatusCode.INTERNAL, f"internal error (call id {call_id})"), None
 
 

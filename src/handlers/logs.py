@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from . import log_limit
+
 if TYPE_CHECKING:
     from ca_core.rotation.state import Step
 
@@ -44,6 +46,7 @@ def setup_logging(level: str = "info", as_json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    log_limit.install()
 
 
 def audit_rotation(step: Step, store: str) -> None:

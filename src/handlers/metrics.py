@@ -118,6 +118,11 @@ class Metrics:
             "Renewals of the CA's own server certificate (at half its lifetime)",
             registry=r,
         )
+        self.log_lines_suppressed = Counter(
+            "sentryca_log_lines_suppressed",
+            "Log lines about refused or failed calls dropped by the log rate limit (design §9.4)",
+            registry=r,
+        )
 
         if not count_shared_events:
             self.issuer_changed = self.bundle_change_refused = _NotCounted()  # type: ignore[assignment]

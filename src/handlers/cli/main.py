@@ -88,8 +88,9 @@ def quiet_grpc(command: str) -> None:
     """Keep gRPC core's own log lines (``I1201 … ssl_transport_security.cc …``) off a CLI user's
     terminal: ``GRPC_VERBOSITY=NONE``, or ``ERROR`` for ``serve``, whose operator needs a
     failure to bind. Set in this process's environment before grpc is imported (workers
-    inherit it); left alone when the user set GRPC_VERBOSITY or GRPC_TRACE, or grpc is loaded."""
-    if "grpc" in sys.modules or "GRPC_VERBOSITY" in os.environ or "GRPC_TRACE" in os.environ:
+    inherit it); left alone when the user set GRPC_VERBOSITY or GRPC_TRACE (not empty: an empty one
+    means gRPC's default, INFO, a line per failed handshake), or grpc is loaded."""
+    if "grpc" in sys.modules or os.environ.get("GRPC_VERBOSITY") or os.environ.get("GRPC_TRACE"):
         return
     os.environ["GRPC_VERBOSITY"] = "ERROR" if command == "serve" else "NONE"
 
