@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
 import signal
@@ -20,6 +19,7 @@ import pytest
 
 import sentryca_client as client
 
+from support import probe
 from support.pki import make_csr
 from support.wait import wait_for_line, wait_until
 
@@ -83,11 +83,7 @@ class Served:
         return client.verify_response(self.sign(app_id, ns, **kw), self.anchors).spiffe_id
 
     def healthz(self) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.healthz_port}/healthz", timeout=10) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        return probe.healthz(self, timeout=10)
 
     def wait_ready(self, seconds: float = 30) -> dict:
         """The /healthz body once it answers 200, within ``seconds``."""

@@ -13,10 +13,10 @@ import sentryca_client as client
 from .pki import make_csr
 
 
-def healthz(ca: Any) -> tuple[int, dict]:
-    """(HTTP status, JSON body) of the CA's /healthz."""
+def healthz(ca: Any, timeout: float = 5) -> tuple[int, dict]:
+    """(HTTP status, JSON body) of /healthz of ``ca`` (anything with a ``healthz_port``)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ca.healthz_port}/healthz", timeout=5) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ca.healthz_port}/healthz", timeout=timeout) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
