@@ -5,10 +5,12 @@ The one place where core errors become gRPC status codes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,7 +19,7 @@ from google.protobuf.message import DecodeError
 
 from ca_core.errors import CAError, FailedPrecondition, InvalidRequest, PermissionDenied, Unavailable
 from ca_core.validators import SignRequest
-from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
+from sentryca_proto.sentry.v1 import sentry_pb2
 
 from . import log_limit
 from .log_limit import sanitised
@@ -173,11 +175,15 @@ def decode_message(data: bytes) -> Decoded | Undecodable:
 SERVICE = "dapr.proto.sentry.v1.CA"
 
 
-def add_to_server(servicer: CAServicer, server: grpc.Server) -> None:
-    """Register ``servicer`` as ``dapr.proto.sentry.v1.CA`` (the generated
-    ``add_CAServicer_to_server`` with :func:`decode_message` as the request deserializer)."""
+def add_to_server(servicer: CAServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` as ``dapr.proto.sentry.v1.CA`` on a ``grpc.aio`` server.
+
+    The method is registered as request-streaming, with :func:`decode_message` as the request
+    deserializer: on the wire a unary call is the same stream (one message, then end of stream),
+    and reading that message in the handler is what lets it be given a deadline
+    (``message_timeout``) and counted against ``max_in_flight`` while it arrives (design §9.5)."""
     handlers = {
-        "SignCertificate": grpc.unary_unary_rpc_method_handler(
+        "SignCertificate": grpc.stream_unary_rpc_method_handler(
             servicer.SignCertificate,
             request_deserializer=decode_message,
             response_serializer=sentry_pb2.SignCertificateResponse.SerializeToString,
@@ -187,9 +193,27 @@ def add_to_server(servicer: CAServicer, server: grpc.Server) -> None:
     server.add_registered_method_handlers(SERVICE, handlers)
 
 
-class CAServicer(sentry_pb2_grpc.CAServicer):
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """What one unauthenticated caller may hold (design §9.5). ``max_in_flight``: SignCertificate
+    calls held at once, from their HEADERS to their answer (more: RESOURCE_EXHAUSTED);
+    ``message_timeout``: seconds for a call's request message to arrive after its HEADERS (later:
+    DEADLINE_EXCEEDED)."""
+
+    max_in_flight: int = 1024
+    message_timeout: float = 10.0
+
+
+Refusal = tuple[grpc.StatusCode, str]
+
+
+class CAServicer:
     """Serves SignCertificate with whatever signer ``current_signer()`` returns at call time,
-    so a restart can swap bundle, validators and settings without touching the server."""
+    so a restart can swap bundle, validators and settings without touching the server.
+
+    Runs on the gRPC server's event loop. A validator that does I/O (``performs_io``, true
+    unless it says otherwise) runs in ``io_executor``, a bounded thread pool; signing itself
+    (CSR checks, certificate build, one ECDSA signature: about 0.2 ms) runs inline on the loop."""
 
     def __init__(
         self,
@@ -197,14 +221,25 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
         clock: Callable[[], datetime],
         metrics: Metrics,
         limiter: RateLimiter | None = None,
+        *,
+        io_executor: Executor | None = None,
+        limits: CallLimits = CallLimits(),
     ) -> None:
         self._current_signer = current_signer
         self._clock = clock
         self._metrics = metrics
         self._limiter = limiter
+        self._io = io_executor
+        self.limits = limits
+        self._in_flight = 0  # read and written on the event loop only
         log_limit.LIMIT.on_suppressed = metrics.log_lines_suppressed.inc
 
-    def SignCertificate(self, request, context):
+    @property
+    def in_flight(self) -> int:
+        """SignCertificate calls held now (waiting for their message, validating or signing)."""
+        return self._in_flight
+
+    async def SignCertificate(self, _requests, context: grpc.aio.ServicerContext):
         """Answer one call. Every call gets a call id (logged with each line about the call and sent
         back as the ``sentryca-call-id`` trailer); every issuance writes one audit record."""
         started = time.perf_counter()
@@ -212,13 +247,29 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
         context.set_trailing_metadata(((CALL_ID_TRAILER, call_id),))
         self._metrics.sign_received.inc()
         code = grpc.StatusCode.OK
+        refusal: Refusal | None
+        held = self._in_flight < self.limits.max_in_flight
         try:
-            refusal, result = self._sign(request, context, call_id)
+            if not held:
+                self._metrics.count_failure("rate_limited", "in_flight_limit")
+                refusal, result = (
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the CA holds its limit of {self.limits.max_in_flight} calls; retry later",
+                ), None
+            else:
+                self._in_flight += 1
+                refusal, result = await self._answer(context, call_id)
             if refusal is not None:
                 code, message = refusal
-                context.abort(code, message)
+                await context.abort(code, message)
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+            code = grpc.StatusCode.CANCELLED
+            raise
         finally:
+            if held:
+                self._in_flight -= 1
             self._metrics.sign_latency.labels(code=code.name).observe(time.perf_counter() - started)
+        assert result is not None
         self._metrics.sign_success.inc()
         audit_issued(result, call_id=call_id, peer=context.peer())
         response = sentry_pb2.SignCertificateResponse(
@@ -228,12 +279,25 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
         response.valid_until.FromDatetime(result.not_after)
         return response
 
-    def _sign(self, request, context, call_id: str):
+    async def _answer(
+        self, context: grpc.aio.ServicerContext, call_id: str
+    ) -> tuple[Refusal | None, SignedCertificate | None]:
         """(refusal, result): refusal is (status code, message) or None; counts failures."""
         if self._limiter is not None and not self._limiter.allow(peer_host(context.peer())):
             self._metrics.count_failure("rate_limited", "rate_limited")
-            refusal = (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests from this caller; retry later")
-            return refusal, None
+            return (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests from this caller; retry later"), None
+        timeout = self.limits.message_timeout
+        try:
+            request = await asyncio.wait_for(context.read(), timeout)
+        except TimeoutError:
+            self._metrics.count_failure("invalid_request", "message_timeout")
+            return (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request message did not arrive within {timeout:g} s of the call's start",
+            ), None
+        if request is grpc.aio.EOF:
+            self._metrics.count_failure("invalid_request", "request_missing")
+            return (grpc.StatusCode.INVALID_ARGUMENT, "the call ended without a request message"), None
         if isinstance(request, Undecodable):
             self._metrics.count_failure("invalid_request", "request_undecodable")
             return (
@@ -241,37 +305,49 @@ class CAServicer(sentry_pb2_grpc.CAServicer):
                 "the request is not a valid SignCertificateRequest message",
             ), None
         try:
-            req = decode_request(request)
-            return None, self._current_signer().sign(req, self._clock())
+            return None, await self._sign(decode_request(request))
         except CAError as e:
-            code = status_for(e)
-            message = bounded(str(e))
-            self._metrics.count_failure(category_for(e), e.reason)
-            level = (
-                logging.ERROR
-                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
-                else logging.INFO
-            )
-            if log_limit.LIMIT.allow(peer_host(context.peer())):
-                log.log(
-                    level,
-                    "sign request refused: %s: %s",
-                    code.name,
-                    sanitised(message, log_limit.MAX_LINE),
-                    extra={
-                        "call_id": call_id,
-                        "reason": e.reason,
-                        "peer": sanitised(context.peer()),
-                        "app_id": sanitised(request.message.id),
-                        "namespace": sanitised(request.message.namespace),
-                    },
-                )
-            return (code, message), None
+            return self._refused(e, request, context, call_id), None
         except Exception:
             self._metrics.count_failure("internal", "internal")
             if log_limit.LIMIT.allow(peer_host(context.peer())):  # a CA bug: its traceback is kept
                 log.exception("sign request failed unexpectedly", extra={"call_id": call_id})
             return (grpc.StatusCode.INTERNAL, f"internal error (call id {call_id})"), None
+
+    async def _sign(self, req: SignRequest) -> SignedCertificate:
+        signer = self._current_signer()
+        validator = signer.select_validator(req.token_validator)
+        if self._io is None or not getattr(validator, "performs_io", True):
+            return signer.sign(req, self._clock())
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, lambda: signer.sign(req, self._clock()))
+
+    def _refused(
+        self, e: CAError, request: Decoded, context: grpc.aio.ServicerContext, call_id: str
+    ) -> Refusal:
+        code = status_for(e)
+        message = bounded(str(e))
+        self._metrics.count_failure(category_for(e), e.reason)
+        level = (
+            logging.ERROR
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
+            else logging.INFO
+        )
+        if log_limit.LIMIT.allow(peer_host(context.peer())):
+            log.log(
+                level,
+                "sign request refused: %s: %s",
+                code.name,
+                sanitised(message, log_limit.MAX_LINE),
+                extra={
+                    "call_id": call_id,
+                    "reason": e.reason,
+                    "peer": sanitised(context.peer()),
+                    "app_id": sanitised(request.message.id),
+                    "namespace": sanitised(request.message.namespace),
+                },
+            )
+        return code, message
 
 
 def audit_issued(result: SignedCertificate, *, call_id: str | None, peer: str | None) -> None:

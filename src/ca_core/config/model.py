@@ -26,6 +26,8 @@ MAX_CLOCK_SKEW = timedelta(hours=24)
 MAX_EXPIRY_CHECK_INTERVAL = timedelta(days=30)
 MAX_STORE_POLL_INTERVAL = timedelta(hours=24)
 MAX_PROPAGATION_WINDOW = timedelta(days=30)
+MAX_CALL_TIMEOUT = timedelta(minutes=10)  # --message-timeout, --handshake-timeout
+MAX_IDLE_TIMEOUT = timedelta(hours=24)
 MAX_WORKERS = 64
 
 DEFAULT_JWKS_MIN_REFRESH = timedelta(minutes=10)
@@ -87,6 +89,11 @@ class Config:
     log_as_json: bool = False
     allow_insecure_on_network: bool = False
     max_concurrent_streams: int = 100
+    max_in_flight: int = 1024
+    message_timeout: timedelta = timedelta(seconds=10)
+    max_connections: int = 4096
+    handshake_timeout: timedelta = timedelta(seconds=10)
+    idle_timeout: timedelta = timedelta(minutes=5)
     rate_limit: float = 1000.0
     workers: int = 1
     issuer_credentials: str = "./.sentry/credentials"
@@ -159,6 +166,11 @@ def validate(cfg: Config) -> Config:
         problems.append("--store-poll-interval must be between 0s (off) and 24h")
     if not timedelta(0) <= cfg.root_propagation_window <= MAX_PROPAGATION_WINDOW:
         problems.append("--root-propagation-window must be between 0s and 720h (30 days)")
+    for flag, value in (("--message-timeout", cfg.message_timeout), ("--handshake-timeout", cfg.handshake_timeout)):
+        if not timedelta(0) < value <= MAX_CALL_TIMEOUT:
+            problems.append(f"{flag} must be positive and at most 10m")
+    if not timedelta(0) < cfg.idle_timeout <= MAX_IDLE_TIMEOUT:
+        problems.append("--idle-timeout must be positive and at most 24h")
     for name in (cfg.issuer_ca_filename, cfg.issuer_certificate_filename, cfg.issuer_key_filename):
         if not name or "/" in name or name in (".", ".."):
             problems.append(f"file name {name!r} must be a plain file name")

@@ -210,6 +210,36 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "gRPC: most concurrent calls on one client connection (HTTP/2 streams; default 100)",
     ),
     Option(
+        "max-in-flight",
+        _positive_int,
+        "gRPC: most SignCertificate calls the CA holds at once, from a call's start to its answer "
+        "(waiting for the request message included); more get RESOURCE_EXHAUSTED (default 1024)",
+    ),
+    Option(
+        "message-timeout",
+        parse_duration,
+        "gRPC: how long a call's request message may take to arrive after the call starts; later "
+        "gets DEADLINE_EXCEEDED. Go duration, up to 10m (default 10s)",
+    ),
+    Option(
+        "max-connections",
+        _positive_int,
+        "gRPC: most client connections open at once, handshakes included; more are closed at once. "
+        "The open-file limit is raised to this plus 256 where the hard limit allows (default 4096)",
+    ),
+    Option(
+        "handshake-timeout",
+        parse_duration,
+        "gRPC: how long a new connection may take for its TLS handshake and HTTP/2 preface before it "
+        "is closed. Go duration, up to 10m (default 10s)",
+    ),
+    Option(
+        "idle-timeout",
+        parse_duration,
+        "gRPC: a client connection with no call for this long is closed (GOAWAY; clients reconnect "
+        "when they next call). Go duration, up to 24h (default 5m)",
+    ),
+    Option(
         "rate-limit",
         _rate,
         "SignCertificate requests per second allowed to one caller (peer IP address), bursts of as "

@@ -60,7 +60,10 @@ class Identity:
 
 @runtime_checkable
 class Validator(Protocol):
-    """Port for identity validators (Kubernetes TokenReview, JWKS, INSECURE)."""
+    """Port for identity validators (Kubernetes TokenReview, JWKS, INSECURE).
+
+    A validator may set ``performs_io = False`` when ``validate`` never waits on a backend; the
+    gRPC server then runs it on its event loop instead of its I/O threads (absent: True)."""
 
     kind: TokenValidatorKind
 

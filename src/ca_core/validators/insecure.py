@@ -14,6 +14,7 @@ class InsecureValidator:
     """
 
     kind = TokenValidatorKind.INSECURE
+    performs_io = False  # no backend: the gRPC server runs it inline on its event loop
 
     def validate(self, request: SignRequest) -> Identity:
         trust_domain = request.trust_domain or DEFAULT_TRUST_DOMAIN

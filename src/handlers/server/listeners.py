@@ -7,16 +7,17 @@ opened first while the old one drains; servers a hand-over retired drain until t
 from __future__ import annotations
 
 import logging
-import os
+import resource
 import socket
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from ca_core.config import Config
 from ca_core.errors import CAError
@@ -24,10 +25,11 @@ from ca_core.policy import ServerCertificate
 from ca_core.service import Signer
 
 from ..grpc_health import Probe, ReadinessHealth, add_health_to_server
-from ..grpc_service import CAServicer, add_to_server
+from ..grpc_service import CallLimits, CAServicer, add_to_server
 from ..http_endpoints import HttpEndpoints, json_route
 from ..metrics import Metrics
 from ..rate_limit import RateLimiter
+from .event_loop import LoopThread
 from .server_certificate import ServedCertificate
 
 log = logging.getLogger("sentryca")
@@ -36,12 +38,22 @@ MAX_REQUEST_BYTES = 64 * 1024  # design §3.1 step 0
 # Seconds a gRPC server replaced by a restart with a new port keeps for its calls in flight (the
 # slowest call waits on an identity backend: at most the JWKS request timeout, 30 s by default).
 DRAIN_GRACE = 30.0
+HEALTH_REFRESH_TIMEOUT = 30.0  # seconds: the readiness probe may ask a backend
+IO_THREADS = 16  # threads for validators that call a backend (TokenReview, JWKS), per gRPC server
+FD_MARGIN = 256  # descriptors beyond --max-connections: stores, backends, HTTP listeners, logs
 
 HTTP_LISTENERS = ("healthz", "metrics")
 
 # Each listener and the settings fixed when it opens: a change needs a new listener.
 LISTENER_GROUPS: dict[str, Callable[[Config], tuple[Any, ...]]] = {
-    "grpc": lambda c: (c.listen_address, c.port, c.max_concurrent_streams),
+    "grpc": lambda c: (
+        c.listen_address,
+        c.port,
+        c.max_concurrent_streams,
+        c.max_connections,
+        c.handshake_timeout,
+        c.idle_timeout,
+    ),
     "healthz": lambda c: (c.listen_address, c.healthz_port),
     "metrics": lambda c: (c.listen_address, c.enable_metrics, c.metrics_port),
 }
@@ -51,10 +63,12 @@ LISTENER_GROUPS: dict[str, Callable[[Config], tuple[Any, ...]]] = {
 class _Grpc:
     """A started gRPC server and what was opened with it (swapped as one reference)."""
 
-    server: grpc.Server
+    server: grpc.aio.Server
     port: int
     health: ReadinessHealth
     limiter: RateLimiter
+    servicer: CAServicer
+    io: ThreadPoolExecutor
 
 
 class Listeners:
@@ -85,10 +99,11 @@ class Listeners:
         self._http_address = http_address
         self._grpc: _Grpc | None = None
         self._http: dict[str, HttpEndpoints] = {}  # "healthz", "metrics"
-        self._draining: list[tuple[grpc.Server, threading.Event]] = []  # old servers after a hand-over
+        self._draining: list[tuple[_Grpc, Future[None]]] = []  # old servers after a hand-over
+        self._loop = LoopThread("grpc-loop")
 
     @property
-    def grpc_server(self) -> grpc.Server | None:
+    def grpc_server(self) -> grpc.aio.Server | None:
         """The gRPC server taking new calls, or None (not serving gRPC)."""
         grpc_ = self._grpc
         return grpc_.server if grpc_ is not None else None
@@ -110,7 +125,7 @@ class Listeners:
     @property
     def draining(self) -> bool:
         """Whether a gRPC server retired by a hand-over still has calls in flight."""
-        return not all(done.is_set() for _, done in self._draining)
+        return not all(done.done() for _, done in self._draining)
 
     def _http_port(self, name: str) -> int | None:
         endpoint = self._http.get(name)
@@ -134,38 +149,44 @@ class Listeners:
     def refresh_health(self) -> None:
         """Publish the readiness to the gRPC health service's watchers."""
         grpc_ = self._grpc
-        if grpc_ is not None:
-            grpc_.health.refresh()
+        if grpc_ is None:
+            return
+        try:
+            self._loop.run(grpc_.health.refresh(), timeout=HEALTH_REFRESH_TIMEOUT)
+        except Exception as e:  # a probe that hangs or fails: watchers keep the last status
+            log.warning("gRPC health status not refreshed: %s", e or type(e).__name__)
 
     def _open_grpc(self, cfg: Config, cert: ServerCertificate) -> _Grpc:
         """A started gRPC server (TLS with ``cert``, renewed through the certificate's fetch
-        callback) on ``cfg``'s address and port. Raises CAError when the address cannot be bound;
-        nothing stays open then."""
+        callback) on ``cfg``'s address and port, on the listeners' event loop. Raises CAError when
+        the address cannot be bound; nothing stays open then."""
+        raise_fd_limit(cfg.max_connections + FD_MARGIN)
+        return self._loop.run(self._start_grpc(cfg, cert))
+
+    async def _start_grpc(self, cfg: Config, cert: ServerCertificate) -> _Grpc:
         creds = self._certs.credentials(cert)
-        server = grpc.server(
-            ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4), thread_name_prefix="grpc"),
-            options=[
-                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
-                ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
-            ],
-        )
+        server = grpc.aio.server(options=grpc_options(cfg, self._reuse_port))
         limiter = RateLimiter(cfg.rate_limit)
-        add_to_server(CAServicer(self._signer, self._clock, self._metrics, limiter), server)
-        health = add_health_to_server(self._readiness, server)
+        io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="grpc-io")
+        limits = CallLimits(cfg.max_in_flight, cfg.message_timeout.total_seconds())
+        servicer = CAServicer(self._signer, self._clock, self._metrics, limiter, io_executor=io, limits=limits)
+        add_to_server(servicer, server)
+        health = await add_health_to_server(self._readiness, server)
         address = host_port(cfg.listen_address, cfg.port)
         try:
             port = server.add_secure_port(address, creds)
         except RuntimeError as e:
-            server.stop(0)
+            await server.stop(0)
+            io.shutdown(wait=False)
             raise CAError(f"cannot listen on {address}: {bind_problem(cfg) or e}") from None
         if port == 0:
-            server.stop(0)
+            await server.stop(0)
+            io.shutdown(wait=False)
             raise CAError(
                 f"cannot listen on {address}: {bind_problem(cfg) or 'address in use or unavailable'}"
             )
-        server.start()
-        return _Grpc(server, port, health, limiter)
+        await server.start()
+        return _Grpc(server, port, health, limiter, servicer, io)
 
     def _open_http(self, name: str, cfg: Config) -> HttpEndpoints | None:
         """The started HTTP listener ``name`` ("healthz" or "metrics") of ``cfg``, or None when
@@ -225,7 +246,7 @@ class Listeners:
                     opened_http[name] = self._open_http(name, cfg)
         except BaseException:
             if opened_grpc is not None:
-                opened_grpc.server.stop(0)
+                self._stop_grpc(opened_grpc, 0)
             for endpoint in opened_http.values():
                 if endpoint is not None:
                     endpoint.stop()
@@ -240,11 +261,12 @@ class Listeners:
                 if opened_grpc is not None and cert is not None:
                     self._certs.mark_served(cert)
         current = self._grpc
-        if opened_grpc is None and current is not None and cfg.rate_limit != old.rate_limit:
-            current.limiter.configure(cfg.rate_limit)
+        if opened_grpc is None and current is not None:
+            if cfg.rate_limit != old.rate_limit:
+                current.limiter.configure(cfg.rate_limit)
+            current.servicer.limits = CallLimits(cfg.max_in_flight, cfg.message_timeout.total_seconds())
         if retired is not None:
-            retired.health.enter_graceful_shutdown()  # watchers on the old port learn NOT_SERVING
-            self._draining.append((retired.server, retired.server.stop(DRAIN_GRACE)))
+            self._draining.append((retired, self._loop.submit(self._retire(retired, DRAIN_GRACE))))
         for name, endpoint in opened_http.items():
             previous = self._http.get(name)
             self._set_http(name, endpoint)
@@ -262,21 +284,75 @@ class Listeners:
         else:
             log.info("CA restarted in place with the new configuration")
 
+    async def _retire(self, grpc_: _Grpc, grace: float) -> None:
+        """Stop ``grpc_``: health watchers learn NOT_SERVING first, calls in flight get ``grace``
+        seconds; then its I/O threads are let go."""
+        await grpc_.health.enter_graceful_shutdown()
+        await grpc_.server.stop(grace)
+        grpc_.io.shutdown(wait=False)
+
+    def _stop_grpc(self, grpc_: _Grpc, grace: float) -> None:
+        self._loop.run(self._retire(grpc_, grace))
+
     def close(self, grace: float) -> None:
         """Close every listener: health watchers see NOT_SERVING first, calls in flight get
         ``grace`` seconds (servers still draining from a hand-over at most that much more);
         returns when all are stopped and the ports closed."""
         grpc_ = self._grpc
         if grpc_ is not None:
-            grpc_.health.enter_graceful_shutdown()  # health watchers see NOT_SERVING first
-            grpc_.server.stop(grace).wait()
-        for server, _ in self._draining:  # servers a hand-over left draining: at most ``grace`` more
-            server.stop(grace).wait()
+            self._stop_grpc(grpc_, grace)
+        for retired, done in self._draining:  # servers a hand-over left draining: at most ``grace`` more
+            try:
+                done.result(grace + 1.0)
+            except Exception:  # still draining (or its stop failed): cut it short
+                self._stop_grpc(retired, 0)
         self._draining.clear()
         self._grpc = None
+        self._loop.close()
         for endpoint in self._http.values():
             endpoint.stop()
         self._http.clear()
+
+
+def grpc_options(cfg: Config, reuse_port: bool) -> list[tuple[str, int]]:
+    """The gRPC core settings of the CA's server (design §9.5): what one connection may hold and
+    for how long. Streams per connection, connections in all, the TLS handshake plus the client's
+    HTTP/2 preface (``--handshake-timeout``), a connection with no call (``--idle-timeout``)."""
+    return [
+        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", cfg.max_connections),
+        ("grpc.server_handshake_timeout_ms", _ms(cfg.handshake_timeout.total_seconds())),
+        ("grpc.max_connection_idle_ms", _ms(cfg.idle_timeout.total_seconds())),
+    ]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, min(2**31 - 1, round(seconds * 1000)))
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's soft limit on open files (RLIMIT_NOFILE) to ``needed``, as far as the
+    hard limit allows (never lowering it); returns the soft limit now. Warns once when the hard
+    limit is below ``needed``: connections past it are refused by the kernel (EMFILE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, e)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "open-file limit %d is below --max-connections plus %d (%d): raise it (ulimit -n, "
+            "LimitNOFILE, the container runtime's nofile) or lower --max-connections",
+            soft,
+            FD_MARGIN,
+            needed,
+        )
+    return soft
 
 
 def group_port(group: str, cfg: Config) -> int | None:
