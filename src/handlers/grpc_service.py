@@ -181,7 +181,7 @@ def add_to_server(servicer: CAServicer, server: grpc.aio.Server) -> None:
     The method is registered as request-streaming, with :func:`decode_message` as the request
     deserializer: on the wire a unary call is the same stream (one message, then end of stream),
     and reading that message in the handler is what lets it be given a deadline
-    (``message_timeout``) and counted against ``max_in_flight`` while it arrives (design §9.5)."""
+    (``message_timeout``) and counted against ``max_in_flight`` while it arrives (design §8.7)."""
     handlers = {
         "SignCertificate": grpc.stream_unary_rpc_method_handler(
             servicer.SignCertificate,
@@ -195,7 +195,7 @@ def add_to_server(servicer: CAServicer, server: grpc.aio.Server) -> None:
 
 @dataclass(frozen=True, slots=True)
 class CallLimits:
-    """What one unauthenticated caller may hold (design §9.5). ``max_in_flight``: SignCertificate
+    """What one unauthenticated caller may hold (design §8.7). ``max_in_flight``: SignCertificate
     calls held at once, from their HEADERS to their answer (more: RESOURCE_EXHAUSTED);
     ``message_timeout``: seconds for a call's request message to arrive after its HEADERS (later:
     DEADLINE_EXCEEDED)."""
@@ -247,20 +247,20 @@ class CAServicer:
         context.set_trailing_metadata(((CALL_ID_TRAILER, call_id),))
         self._metrics.sign_received.inc()
         code = grpc.StatusCode.OK
-        refusal: Refusal | None
+        outcome: Refusal | SignedCertificate
         held = self._in_flight < self.limits.max_in_flight
         try:
             if not held:
                 self._metrics.count_failure("rate_limited", "in_flight_limit")
-                refusal, result = (
+                outcome = (
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"the CA holds its limit of {self.limits.max_in_flight} calls; retry later",
-                ), None
+                )
             else:
                 self._in_flight += 1
-                refusal, result = await self._answer(context, call_id)
-            if refusal is not None:
-                code, message = refusal
+                outcome = await self._answer(context, call_id)
+            if isinstance(outcome, tuple):
+                code, message = outcome
                 await context.abort(code, message)
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed
             code = grpc.StatusCode.CANCELLED
@@ -269,7 +269,7 @@ class CAServicer:
             if held:
                 self._in_flight -= 1
             self._metrics.sign_latency.labels(code=code.name).observe(time.perf_counter() - started)
-        assert result is not None
+        result = outcome
         self._metrics.sign_success.inc()
         audit_issued(result, call_id=call_id, peer=context.peer())
         response = sentry_pb2.SignCertificateResponse(
@@ -279,13 +279,14 @@ class CAServicer:
         response.valid_until.FromDatetime(result.not_after)
         return response
 
-    async def _answer(
-        self, context: grpc.aio.ServicerContext, call_id: str
-    ) -> tuple[Refusal | None, SignedCertificate | None]:
-        """(refusal, result): refusal is (status code, message) or None; counts failures."""
+    async def _answer(self, context: grpc.aio.ServicerContext, call_id: str) -> Refusal | SignedCertificate:
+        """The signed certificate, or the refusal (status code, message); counts failures."""
         if self._limiter is not None and not self._limiter.allow(peer_host(context.peer())):
             self._metrics.count_failure("rate_limited", "rate_limited")
-            return (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests from this caller; retry later"), None
+            return (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many requests from this caller; retry later",
+            )
         timeout = self.limits.message_timeout
         try:
             request = await asyncio.wait_for(context.read(), timeout)
@@ -294,25 +295,25 @@ class CAServicer:
             return (
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"the request message did not arrive within {timeout:g} s of the call's start",
-            ), None
+            )
         if request is grpc.aio.EOF:
             self._metrics.count_failure("invalid_request", "request_missing")
-            return (grpc.StatusCode.INVALID_ARGUMENT, "the call ended without a request message"), None
+            return (grpc.StatusCode.INVALID_ARGUMENT, "the call ended without a request message")
         if isinstance(request, Undecodable):
             self._metrics.count_failure("invalid_request", "request_undecodable")
             return (
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the request is not a valid SignCertificateRequest message",
-            ), None
+            )
         try:
-            return None, await self._sign(decode_request(request))
+            return await self._sign(decode_request(request))
         except CAError as e:
-            return self._refused(e, request, context, call_id), None
+            return self._refused(e, request, context, call_id)
         except Exception:
             self._metrics.count_failure("internal", "internal")
             if log_limit.LIMIT.allow(peer_host(context.peer())):  # a CA bug: its traceback is kept
                 log.exception("sign request failed unexpectedly", extra={"call_id": call_id})
-            return (grpc.StatusCode.INTERNAL, f"internal error (call id {call_id})"), None
+            return (grpc.StatusCode.INTERNAL, f"internal error (call id {call_id})")
 
     async def _sign(self, req: SignRequest) -> SignedCertificate:
         signer = self._current_signer()

@@ -166,7 +166,10 @@ def validate(cfg: Config) -> Config:
         problems.append("--store-poll-interval must be between 0s (off) and 24h")
     if not timedelta(0) <= cfg.root_propagation_window <= MAX_PROPAGATION_WINDOW:
         problems.append("--root-propagation-window must be between 0s and 720h (30 days)")
-    for flag, value in (("--message-timeout", cfg.message_timeout), ("--handshake-timeout", cfg.handshake_timeout)):
+    for flag, value in (
+        ("--message-timeout", cfg.message_timeout),
+        ("--handshake-timeout", cfg.handshake_timeout),
+    ):
         if not timedelta(0) < value <= MAX_CALL_TIMEOUT:
             problems.append(f"{flag} must be positive and at most 10m")
     if not timedelta(0) < cfg.idle_timeout <= MAX_IDLE_TIMEOUT:

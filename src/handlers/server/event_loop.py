@@ -1,4 +1,4 @@
-"""The asyncio event loop the gRPC server runs on (design §9.5), in a thread of its own.
+"""The asyncio event loop the gRPC server runs on (design §8.7), in a thread of its own.
 
 The CA's lifecycle, upkeep and HTTP listeners are threads; the gRPC server is ``grpc.aio``, whose
 calls are coroutines on one event loop. A call waiting for its request message, a TLS handshake
@@ -38,12 +38,9 @@ class LoopThread:
     def loop(self) -> asyncio.AbstractEventLoop:
         """The running loop (started on first use)."""
         with self._lock:
-            if self._loop is None:
-                self._start()
-            assert self._loop is not None
-            return self._loop
+            return self._loop or self._start()
 
-    def _start(self) -> None:
+    def _start(self) -> asyncio.AbstractEventLoop:
         ready = threading.Event()
         loop = asyncio.new_event_loop()
 
@@ -65,6 +62,7 @@ class LoopThread:
         if not ready.wait(START_TIMEOUT):
             raise RuntimeError(f"the {self._name} event loop did not start")
         self._loop, self._thread = loop, thread
+        return loop
 
     def in_loop_thread(self) -> bool:
         """Whether the caller runs on this loop's thread (where ``run`` would deadlock)."""

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from adapters.stores import BundleStore, StoredBundle
 from ca_core import policy
@@ -133,7 +134,7 @@ class CertificateAuthority:
         return self._listeners.metrics_port
 
     @property
-    def grpc_server(self) -> grpc.Server | None:
+    def grpc_server(self) -> grpc.aio.Server | None:
         """The gRPC server taking new calls (the same object across in-place restarts), or None."""
         return self._listeners.grpc_server
 

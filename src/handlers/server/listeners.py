@@ -153,7 +153,7 @@ class Listeners:
             return
         try:
             self._loop.run(grpc_.health.refresh(), timeout=HEALTH_REFRESH_TIMEOUT)
-        except Exception as e:  # a probe that hangs or fails: watchers keep the last status
+        except Exception as e:  # noqa: BLE001 - a probe that hangs or fails: watchers keep the last status
             log.warning("gRPC health status not refreshed: %s", e or type(e).__name__)
 
     def _open_grpc(self, cfg: Config, cert: ServerCertificate) -> _Grpc:
@@ -169,7 +169,9 @@ class Listeners:
         limiter = RateLimiter(cfg.rate_limit)
         io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="grpc-io")
         limits = CallLimits(cfg.max_in_flight, cfg.message_timeout.total_seconds())
-        servicer = CAServicer(self._signer, self._clock, self._metrics, limiter, io_executor=io, limits=limits)
+        servicer = CAServicer(
+            self._signer, self._clock, self._metrics, limiter, io_executor=io, limits=limits
+        )
         add_to_server(servicer, server)
         health = await add_health_to_server(self._readiness, server)
         address = host_port(cfg.listen_address, cfg.port)
@@ -304,7 +306,7 @@ class Listeners:
         for retired, done in self._draining:  # servers a hand-over left draining: at most ``grace`` more
             try:
                 done.result(grace + 1.0)
-            except Exception:  # still draining (or its stop failed): cut it short
+            except Exception:  # noqa: BLE001 - still draining, or its stop failed: cut it short
                 self._stop_grpc(retired, 0)
         self._draining.clear()
         self._grpc = None
@@ -315,7 +317,7 @@ class Listeners:
 
 
 def grpc_options(cfg: Config, reuse_port: bool) -> list[tuple[str, int]]:
-    """The gRPC core settings of the CA's server (design §9.5): what one connection may hold and
+    """The gRPC core settings of the CA's server (design §8.7): what one connection may hold and
     for how long. Streams per connection, connections in all, the TLS handshake plus the client's
     HTTP/2 preface (``--handshake-timeout``), a connection with no call (``--idle-timeout``)."""
     return [
