@@ -12,8 +12,9 @@
 // Connections: -concurrency goroutines, each holding its own connection (a grpc.ClientConn, or
 // an http.Transport limited to one kept-alive HTTP/1.1 connection), as sidecars each hold their
 // own. With -streams-per-conn K (gRPC only) K goroutines share one connection instead, so up to
-// K calls are in flight on it at once: grpc-go queues the streams the server's
-// MAX_CONCURRENT_STREAMS does not admit yet, so more calls than that limit still succeed.
+// K calls are in flight on it at once: grpc-go keeps the calls past the server's advertised
+// MAX_CONCURRENT_STREAMS waiting on the client until a stream is free (what the CA's server
+// then does with them: tests/e2e/test_stream_limit.py).
 //
 // Load, exactly as the Python generator in bench/run.py:
 //   - closed loop (-rate 0): each goroutine calls again as soon as it has an answer, so
@@ -139,7 +140,8 @@ func grpcCaller(target, caFile, serverName string) (caller, func(), error) {
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			return dial(ctx, "tcp", addr)
 		}),
-		grpc.WithBlock(), // connected (TLS done) before any call is timed
+		grpc.WithBlock(),                 // connected (TLS done) before any call is timed
+		grpc.WithReturnConnectionError(), // a failed TLS handshake says why
 		grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})),
 	)
 	if err != nil {
@@ -413,6 +415,9 @@ func main() {
 	if *calls > 0 && *rate > 0 {
 		fatal(2, "-calls and -rate exclude each other")
 	}
+	if *mode != "grpc" && *mode != "http" {
+		fatal(2, "-mode must be grpc or http, not %q", *mode)
+	}
 	if *bodiesFile == "" {
 		fatal(2, "-bodies is required")
 	}
@@ -453,8 +458,6 @@ func main() {
 			call, closer := httpCaller(*url)
 			callers, closers = append(callers, call), append(closers, closer)
 		}
-	default:
-		fatal(2, "-mode must be grpc or http, not %q", *mode)
 	}
 	for i, call := range callers {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(*timeout*1e9))
