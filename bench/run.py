@@ -8,11 +8,15 @@ Sections, from one run:
      (a subprocess) at several concurrency levels, with the CPU used by the server and by the
      load generator, then the same server with signing replaced by a canned answer;
   4. on all cores: the CA with ``--workers`` (one per CPU) and the peer, CFSSL's ``cfssl serve``
-     (``bench/cfssl_peer.py``), each driven by the same load generator (spawned processes of
-     blocking threads, one distinct CSR per call): closed-loop levels, then open-loop levels at
+     (``bench/cfssl_peer.py``), each driven by the same load generator (one connection per
+     client, one distinct CSR per call): closed-loop levels, then open-loop levels at
      fractions of each server's best rate (latency counted from when each call was due), peak
      RSS of every server process, and the ratios to the peer and to the crypto floor;
   5. machine facts.
+
+The load generator of sections 3 and 4 is the native one (``bench/loadgen``, Go and grpc-go,
+built on demand by ``bench/native_loadgen.py``: ``NativeGenerator``) or the Python one (spawned
+processes of blocking threads: ``LoadGenerator``), or both in turn (``--loadgen``).
 
 ``--soak N`` instead drives the CA with ``--workers`` for N signs and reports its memory.
 Options: ``--quick`` (a short run), ``--json FILE`` (write the results as JSON); see ``--help``.
@@ -1120,7 +1124,8 @@ def print_report(results: dict) -> None:
 
 def print_soak(s: dict) -> None:
     print(
-        f"== Soak: the CA with --workers {s['workers']}, {s['concurrency']} in flight, {s['signs']} signs =="
+        f"== Soak: the CA with --workers {s['workers']}, {s['concurrency']} in flight, {s['signs']} signs"
+        f" [{s['loadgen']} load generator] =="
     )
     for signed, mib in s["samples"]:
         print(f"   {signed:>8} signs  RSS {mib:7.1f} MiB")

@@ -32,7 +32,7 @@ from support import REPO_ROOT
 from support.ca import ca_config
 from support.pki import make_csr
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # the first go build takes ~30 s
 
 LIMIT = 100  # --max-concurrent-streams
 SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
