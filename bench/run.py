@@ -1219,6 +1219,7 @@ def choose_loadgens(choice: str, processes: int) -> tuple[list[Loadgen], str | N
 
     missing = native_loadgen.available()
     processes = max(1, processes)
+    asked = choice
     if choice == "auto":
         if missing:
             note = f"native load generator not available ({missing}): the Python one was used"
@@ -1229,7 +1230,13 @@ def choose_loadgens(choice: str, processes: int) -> tuple[list[Loadgen], str | N
     out = []
     if choice in ("native", "both"):
         print("building the native load generator (bench/loadgen)…", file=sys.stderr, flush=True)
-        out.append(Loadgen("native", processes, native_loadgen.binary()))
+        try:
+            out.append(Loadgen("native", processes, native_loadgen.binary()))
+        except RuntimeError as e:
+            if asked != "auto":
+                raise SystemExit(str(e)) from None
+            note = f"native load generator not built ({e}): the Python one was used"
+            return [Loadgen("python", processes)], note
     if choice in ("python", "both"):
         out.append(Loadgen("python", processes))
     return out, None
