@@ -113,4 +113,4 @@ bench-cold-start: $(VENV)/.installed-test
 	$(PY) bench/cold_start.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache .import_linter_cache build src/*.egg-info
+	rm -rf $(VENV) $(TOOLS) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache .import_linter_cache build src/*.egg-info bench/.build

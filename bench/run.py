@@ -8,11 +8,15 @@ Sections, from one run:
      (a subprocess) at several concurrency levels, with the CPU used by the server and by the
      load generator, then the same server with signing replaced by a canned answer;
   4. on all cores: the CA with ``--workers`` (one per CPU) and the peer, CFSSL's ``cfssl serve``
-     (``bench/cfssl_peer.py``), each driven by the same load generator (spawned processes of
-     blocking threads, one distinct CSR per call): closed-loop levels, then open-loop levels at
+     (``bench/cfssl_peer.py``), each driven by the same load generator (one connection per
+     client, one distinct CSR per call): closed-loop levels, then open-loop levels at
      fractions of each server's best rate (latency counted from when each call was due), peak
      RSS of every server process, and the ratios to the peer and to the crypto floor;
   5. machine facts.
+
+The load generator of sections 3 and 4 is the native one (``bench/loadgen``, Go and grpc-go,
+built on demand by ``bench/native_loadgen.py``: ``NativeGenerator``) or the Python one (spawned
+processes of blocking threads: ``LoadGenerator``), or both in turn (``--loadgen``).
 
 ``--soak N`` instead drives the CA with ``--workers`` for N signs and reports its memory.
 Options: ``--quick`` (a short run), ``--json FILE`` (write the results as JSON); see ``--help``.
@@ -30,6 +34,8 @@ import os
 import platform
 import queue
 import resource
+import select
+import shutil
 import statistics
 import subprocess
 import sys
@@ -295,6 +301,8 @@ class LevelResult:
     server_cpu_us_per_sign: float
     client_cpu_us_per_sign: float
     csrs_exhausted: bool
+    loadgen: str = "python"  # which generator ran the level: "python" or "native"
+    failures: dict[str, int] | None = None  # failed calls by gRPC status / HTTP status (native only)
 
 
 def _grpc_caller(target: tuple):
@@ -478,14 +486,16 @@ class LoadGenerator:
         concurrency: int,
         warmup: float,
         duration: float,
-        csrs_each: int,
+        csrs: int,
         server_pids: list[int],
         rate: float = 0.0,
     ) -> LevelResult:
         """Closed loop with ``concurrency`` calls in flight, or (``rate`` > 0) open loop offering
-        ``rate`` calls/s from ``concurrency`` threads in all."""
+        ``rate`` calls/s from ``concurrency`` threads in all; ``csrs``: distinct CSRs to have ready
+        for the calls (the processes share them out)."""
         nproc = min(concurrency, len(self.procs))
         threads = [concurrency // nproc + (1 if i < concurrency % nproc else 0) for i in range(nproc)]
+        csrs_each = math.ceil(csrs / nproc) + concurrency
         for q, n in zip(self.commands, threads, strict=False):
             q.put(("prepare", csrs_each, n))
         for _ in range(nproc):
@@ -547,6 +557,155 @@ class LoadGenerator:
             q.put(("stop",))
         for p in self.procs:
             p.join(timeout=10)
+
+
+class NativeGenerator:
+    """The native load generator (``bench/loadgen``, built by ``native_loadgen.binary()``) with
+    ``LoadGenerator``'s interface: one Go process per level, one connection per goroutine
+    (``concurrency`` of them), so one process holds every client and no GIL is in the way. Its
+    CSRs are made here before the level (in ``processes`` spawned processes), encoded for the
+    target and written to a file; those a level did not use are kept for the next one, so no CSR
+    is sent twice. The client CPU of a level is the Go process's own (getrusage) over the
+    measured window, which it is told as a ``time.monotonic()`` time, as the server's is sampled."""
+
+    def __init__(self, target: tuple, processes: int, binary: Path) -> None:
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.target, self.binary = target, binary
+        self.processes = max(1, processes)
+        self.dir = Path(tempfile.mkdtemp(prefix="sentryca-bench-loadgen-"))
+        self.maker = ProcessPoolExecutor(self.processes, mp_context=mp.get_context("spawn"))
+        self.pool: list[bytes] = []  # request bodies not sent yet
+        self.made = 0
+        self.versions: dict[str, str] = {}
+        if target[0] == "grpc":
+            (self.dir / "ca.crt").write_bytes(target[2])
+
+    def _encode(self, csr_pem: bytes) -> bytes:
+        import native_loadgen
+        from cfssl_peer import request_body
+
+        self.made += 1
+        if self.target[0] == "grpc":
+            return native_loadgen.grpc_body(csr_pem, f"app-{self.made % 64}")
+        return request_body(csr_pem)
+
+    def _argv(self) -> list[str]:
+        if self.target[0] == "grpc":
+            _, port, _ = self.target
+            return ["-mode", "grpc", "-target", f"127.0.0.1:{port}", "-ca", str(self.dir / "ca.crt")]
+        from cfssl_peer import SIGN_PATH
+
+        return ["-mode", "http", "-url", f"http://127.0.0.1:{self.target[1]}{SIGN_PATH}"]
+
+    def run_level(
+        self,
+        concurrency: int,
+        warmup: float,
+        duration: float,
+        csrs: int,
+        server_pids: list[int],
+        rate: float = 0.0,
+    ) -> LevelResult:
+        """As ``LoadGenerator.run_level``: ``concurrency`` goroutines (calls in flight, closed
+        loop; senders of ``rate`` calls/s, open loop) over ``csrs`` distinct CSRs (plus one
+        warm-up call per connection)."""
+        import native_loadgen
+
+        need = csrs + concurrency
+        missing = need - len(self.pool)
+        if missing > 0:
+            chunks = [
+                missing // self.processes + (i < missing % self.processes) for i in range(self.processes)
+            ]
+            for pems in self.maker.map(make_csrs, [c for c in chunks if c]):
+                self.pool += [self._encode(c) for c in pems]
+        bodies = self.dir / "bodies"
+        native_loadgen.write_bodies(bodies, self.pool[:need])
+        argv = [str(self.binary), *self._argv(), "-bodies", str(bodies), "-concurrency", str(concurrency)]
+        argv += ["-warmup", repr(warmup), "-duration", repr(duration), "-rate", repr(rate), "-sync"]
+        with tempfile.TemporaryFile() as stderr:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+            try:
+                assert proc.stdin is not None and proc.stdout is not None
+                ready, _, _ = select.select([proc.stdout], [], [], 60)  # connected and warmed
+                if not ready or not proc.stdout.readline():
+                    raise RuntimeError("the native load generator did not get ready in 60 s")
+                t_start = time.monotonic() + 0.2
+                t_measure = t_start + warmup
+                t_end = t_measure + duration
+                proc.stdin.write(f"start {t_start!r}\n".encode())
+                proc.stdin.flush()
+                sleep_until(t_measure)
+                server0, machine0 = sum(cpu_seconds_of(p) for p in server_pids), machine_cpu()
+                sleep_until(t_end)
+                server1, machine1 = sum(cpu_seconds_of(p) for p in server_pids), machine_cpu()
+                out, _ = proc.communicate(timeout=60)  # calls still in flight end (30 s deadline)
+            except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+                proc.kill()
+                proc.wait()
+                stderr.seek(0)
+                tail = stderr.read()[-2000:].decode(errors="replace")
+                raise RuntimeError(f"{e}; native load generator (exit {proc.returncode}):\n{tail}") from None
+            if proc.returncode != 0:
+                stderr.seek(0)
+                tail = stderr.read()[-2000:].decode(errors="replace")
+                raise RuntimeError(f"the native load generator exited {proc.returncode}:\n{tail}")
+        r = json.loads(out.decode().strip().splitlines()[-1])
+        del self.pool[: min(r["bodies_used"], need)]
+        self.versions = {"go": r["go_version"], "grpc_go": r["grpc_go_version"]}
+        busy = (machine1[0] - machine0[0]) / CLK_TCK
+        total = (machine1[2] - machine0[2]) / CLK_TCK
+        steal = (machine1[1] - machine0[1]) / CLK_TCK
+        server_cpu, client_cpu, completed = server1 - server0, r["client_cpu_s"], r["completed"]
+
+        def ms(key: str) -> float:
+            return math.nan if r[key] is None else r[key]
+
+        return LevelResult(
+            concurrency=concurrency,
+            offered_per_s=rate or None,
+            client_processes=1,
+            threads_per_process=concurrency,
+            completed=completed,
+            errors=r["errors"],
+            seconds=duration,
+            signs_per_s=completed / duration,
+            p50_ms=ms("p50_ms"),
+            p99_ms=ms("p99_ms"),
+            max_ms=ms("max_ms"),
+            server_cpu_pct=100 * server_cpu / duration,
+            client_cpu_pct=100 * client_cpu / duration,
+            other_cpu_pct=100 * max(0.0, busy - server_cpu - client_cpu) / duration,
+            machine_idle_pct=100 * (1 - (busy + steal) / total) if total else math.nan,
+            steal_pct=100 * steal / total if total else math.nan,
+            server_cpu_us_per_sign=server_cpu / completed * 1e6 if completed else math.nan,
+            client_cpu_us_per_sign=client_cpu / completed * 1e6 if completed else math.nan,
+            csrs_exhausted=r["bodies_wrapped"],
+            loadgen="native",
+            failures=r["failures"],
+        )
+
+    def close(self) -> None:
+        self.maker.shutdown()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Loadgen:
+    """Which load generator drives the servers: ``kind`` "python" (``LoadGenerator``, with
+    ``processes`` client processes) or "native" (``NativeGenerator`` running ``binary``, its CSRs
+    made in ``processes`` processes)."""
+
+    kind: str
+    processes: int
+    binary: Path | None = None
+
+    def start(self, target: tuple) -> LoadGenerator | NativeGenerator:
+        if self.kind == "native":
+            assert self.binary is not None
+            return NativeGenerator(target, self.processes, self.binary)
+        return LoadGenerator(target, self.processes)
 
 
 def process_tree(pids: list[int]) -> list[int]:
@@ -638,38 +797,46 @@ def drive(
     levels: list[int],
     warmup: float,
     duration: float,
-    client_processes: int,
+    loadgen: Loadgen,
     rate_cap: float,
     open_fractions: tuple[float, ...] = (),
     open_threads: int = 64,
 ) -> Run:
     """Drive a server at each closed-loop level, then open loop at ``open_fractions`` of its best
     closed-loop rate."""
-    gen = LoadGenerator(target, client_processes)
+    gen = loadgen.start(target)
     try:
         out = []
         for c in levels:
-            nproc = min(c, client_processes)
             # Enough distinct CSRs for the fastest rate the server could reach, with margin.
-            csrs_each = math.ceil(rate_cap * (warmup + duration) / nproc) + c
-            out.append(gen.run_level(c, warmup, duration, csrs_each, pids))
+            csrs = math.ceil(rate_cap * (warmup + duration))
+            out.append(gen.run_level(c, warmup, duration, csrs, pids))
         best = max((r.signs_per_s for r in out), default=0.0)
         opened = []
         for fraction in open_fractions:
             rate = fraction * best
-            csrs_each = math.ceil(rate * (warmup + duration) * 1.2 / client_processes) + open_threads
-            opened.append(gen.run_level(open_threads, warmup, duration, csrs_each, pids, rate=rate))
+            csrs = math.ceil(rate * (warmup + duration) * 1.2)
+            opened.append(gen.run_level(open_threads, warmup, duration, csrs, pids, rate=rate))
         tree = process_tree(pids)  # every server process, helpers included
         return Run(name, out, opened, memory_kib(tree, "VmHWM") / 1024, memory_kib(tree, "VmRSS") / 1024)
     finally:
         gen.close()
 
 
-def bench_network(args, core_rate: float, warmup: float, duration: float) -> dict[str, object]:
+def bench_network(
+    args, core_rate: float, warmup: float, duration: float, loadgen: Loadgen
+) -> dict[str, object]:
     """Sections 3-5: the CA in one process (and with signing canned), the CA with --workers, and
-    the peer, each driven by the same load generator."""
-    out: dict[str, object] = {"client_processes": args.client_processes, "warmup_s": warmup}
-    procs = max(1, args.client_processes)
+    the peer, each driven by the same load generator ``loadgen``."""
+    out: dict[str, object] = {
+        "loadgen": loadgen.kind,
+        "client_processes": args.client_processes,
+        "warmup_s": warmup,
+    }
+    if loadgen.kind == "native":
+        import native_loadgen
+
+        out["loadgen_versions"] = native_loadgen.version()
     fractions = tuple(float(f) for f in args.open_fractions.split(",") if f.strip())
     if _levels(args.concurrency):
         with ca_server(args.server_log_level) as (port, pids, anchors):
@@ -680,7 +847,7 @@ def bench_network(args, core_rate: float, warmup: float, duration: float) -> dic
                 _levels(args.concurrency),
                 warmup,
                 duration,
-                procs,
+                loadgen,
                 1.5 * core_rate,
             )
         out["single"] = run
@@ -693,7 +860,7 @@ def bench_network(args, core_rate: float, warmup: float, duration: float) -> dic
                     _levels(args.baseline_concurrency),
                     warmup,
                     duration,
-                    procs,
+                    loadgen,
                     3 * run.best + 500,
                 )
     workers = args.workers or len(os.sched_getaffinity(0))
@@ -707,7 +874,7 @@ def bench_network(args, core_rate: float, warmup: float, duration: float) -> dic
                 peer_levels,
                 warmup,
                 duration,
-                procs,
+                loadgen,
                 workers * 1.5 * core_rate,
                 fractions,
             )
@@ -727,14 +894,14 @@ def bench_network(args, core_rate: float, warmup: float, duration: float) -> dic
                     peer_levels,
                     warmup,
                     duration,
-                    procs,
+                    loadgen,
                     20_000,
                     fractions,
                 )
     return out
 
 
-def soak(args, warmup: float) -> dict[str, object]:
+def soak(args, warmup: float, loadgen: Loadgen) -> dict[str, object]:
     """``--soak N``: the CA with --workers under closed-loop load until N signs, resident memory
     of all its processes sampled after every 20 s stretch."""
     workers = args.workers or len(os.sched_getaffinity(0))
@@ -742,11 +909,11 @@ def soak(args, warmup: float) -> dict[str, object]:
     samples: list[tuple[int, float]] = []
     signed = 0
     with ca_server(args.server_log_level, workers=workers) as (port, pids, anchors):
-        gen = LoadGenerator(("grpc", port, anchors), max(1, args.client_processes))
+        gen = loadgen.start(("grpc", port, anchors))
         try:
             stretch = 20.0
             while signed < args.soak:
-                level = gen.run_level(concurrency, warmup, stretch, 4000 * int(stretch) // 2, pids)
+                level = gen.run_level(concurrency, warmup, stretch, 4000 * int(stretch), pids)
                 signed += level.completed
                 if level.errors:
                     raise RuntimeError(f"{level.errors} failed calls during the soak")
@@ -791,7 +958,9 @@ def _level_rows(levels: list[dict]) -> None:
         )
         notes = []
         if r["errors"]:
-            notes.append(f"{r['errors']} failed calls")
+            by_code = r.get("failures") or {}
+            codes = ", ".join(f"{code} {n}" for code, n in sorted(by_code.items()))
+            notes.append(f"{r['errors']} failed calls" + (f" ({codes})" if codes else ""))
         if r["csrs_exhausted"]:
             notes.append("ran out of pre-generated CSRs: throughput understated")
         if r["steal_pct"] >= 1:
@@ -818,39 +987,46 @@ def _half_rate(run: dict) -> dict | None:
     return min(levels, key=lambda r: abs(r["offered_per_s"] - half)) if levels else None
 
 
-def print_report(results: dict) -> None:
-    """The human-readable report of ``results`` on stdout."""
-    m = results["machine"]
-    ip = results["inprocess"]
-    n = f"median of {ip['rounds']} rounds × {ip['ops_per_round']}"
-    print("== 1. Crypto floor: raw ECDSA P-256 sign + verify (SHA-256), one thread ==")
-    print(f"   {ip['floor_ops_per_s']:8.0f} ops/s     ({n}; rounds {_join(ip['floor_rounds'])})")
-    print()
-    print("== 2. Core in-process: Signer.sign, INSECURE (parse + verify CSR, build, sign, PEM) ==")
-    rates = _join(ip["core_rounds"])
-    print(f"   {ip['core_signs_per_s']:8.0f} signs/s   ({n} distinct CSRs; rounds {rates})")
-    ratio = ip["core_over_floor"]
-    verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
-    print(f"   core / floor = {ratio:.3f}  (target ≥ {TARGET_RATIO:.2f}: {verdict}; median of round ratios)")
-    if ip["other_cpu_pct_during_rounds"] >= NOISY_PCT:
-        print(f"   ! other processes used {ip['other_cpu_pct_during_rounds']:.0f}% of a core meanwhile")
-    print("   where one sign's time goes (µs; Signer.sign's steps replayed with a clock between them):")
-    for name, us in ip["breakdown_us"].items():
-        print(f"     {name:38s} {us:7.1f}")
-    print()
-    net = results["network"]
-    load = (
-        f"   load: the same generator for every server: up to {net['client_processes']} client"
-        f" processes of blocking threads, distinct CSRs; {net['warmup_s']} s warm-up per level;"
+def _load_line(net: dict, m: dict) -> str:
+    """How the servers of ``net`` were loaded, for the report."""
+    shared = (
+        f"{net['warmup_s']} s warm-up per level;"
         f" the {m['usable_cpus']} CPUs are shared by server and load generator"
     )
+    if net["loadgen"] == "native":
+        v = net.get("loadgen_versions", {})
+        return (
+            f"   load: the native generator (bench/loadgen: {v.get('go', 'Go')},"
+            f" grpc-go {v.get('grpc_go', '?')})"
+            " for every server: one process, one connection per client goroutine, distinct CSRs;"
+            f" {shared}; client CPU = the Go process"
+        )
+    return (
+        f"   load: the Python generator for every server: up to {net['client_processes']} client"
+        f" processes of blocking threads, distinct CSRs; {shared}"
+    )
+
+
+def _print_network(net: dict, m: dict, ip: dict) -> None:
+    """Sections 3 and 4 of the report, for one load generator's pass."""
+    if "warmup_s" not in net:  # --skip-network
+        return
+    which = f" [{net['loadgen']} load generator]"
+    load = _load_line(net, m)
     if "single" in net:
-        print("== 3. The CA in one process: gRPC over TLS on 127.0.0.1, INSECURE validator ==")
+        print(f"== 3. The CA in one process: gRPC over TLS on 127.0.0.1, INSECURE validator{which} ==")
         print(load)
         _run_block("CA, 1 process", net["single"])
         if "canned" in net:
             print("   same server, Signer.sign replaced by a canned answer (transport + servicer only):")
             _level_rows(net["canned"]["levels"])
+            ceiling = _best(net["canned"])
+            print(
+                f"   transport ceiling (best canned): {ceiling:.0f} calls/s; the real one-process CA's best"
+                f" {_best(net['single']):.0f} signs/s is {100 * _best(net['single']) / ceiling:.0f} % of it"
+                if ceiling
+                else "   transport ceiling: no canned call completed"
+            )
         print(
             "   load: calls in flight (closed loop) or offered/s (open loop, latency from when each call"
             " was due); server/client/other: CPU as % of one core; idle: % of all cores;"
@@ -860,7 +1036,7 @@ def print_report(results: dict) -> None:
     if "workers" in net:
         print(
             f"== 4. On all cores: the CA with --workers {net['workers_count']} (gRPC/TLS) beside the peer"
-            " CFSSL (HTTP/1.1 JSON API) =="
+            f" CFSSL (HTTP/1.1 JSON API){which} =="
         )
         print(load)
         _run_block(f"CA, --workers {net['workers_count']}", net["workers"])
@@ -875,6 +1051,7 @@ def print_report(results: dict) -> None:
             f"     max signs/s: CA {_best(ca):.0f}"
             + (f", cfssl {_best(net['peer']):.0f}" if "peer" in net else "")
             + f"; crypto floor × {m['usable_cpus']} cores = {floor * m['usable_cpus']:.0f}"
+            + (f"; transport ceiling, 1 process: {_best(net['canned']):.0f}" if "canned" in net else "")
         )
         if "peer" in net:
             r = _best(ca) / _best(net["peer"])
@@ -898,6 +1075,30 @@ def print_report(results: dict) -> None:
         verdict = "met" if ca["peak_rss_mib"] <= TARGET_RSS_MIB else "NOT met"
         print(f"     CA peak RSS {ca['peak_rss_mib']:.0f} MiB (target ≤ {TARGET_RSS_MIB:.0f}: {verdict})")
         print()
+
+
+def print_report(results: dict) -> None:
+    """The human-readable report of ``results`` on stdout."""
+    m = results["machine"]
+    ip = results["inprocess"]
+    n = f"median of {ip['rounds']} rounds × {ip['ops_per_round']}"
+    print("== 1. Crypto floor: raw ECDSA P-256 sign + verify (SHA-256), one thread ==")
+    print(f"   {ip['floor_ops_per_s']:8.0f} ops/s     ({n}; rounds {_join(ip['floor_rounds'])})")
+    print()
+    print("== 2. Core in-process: Signer.sign, INSECURE (parse + verify CSR, build, sign, PEM) ==")
+    rates = _join(ip["core_rounds"])
+    print(f"   {ip['core_signs_per_s']:8.0f} signs/s   ({n} distinct CSRs; rounds {rates})")
+    ratio = ip["core_over_floor"]
+    verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
+    print(f"   core / floor = {ratio:.3f}  (target ≥ {TARGET_RATIO:.2f}: {verdict}; median of round ratios)")
+    if ip["other_cpu_pct_during_rounds"] >= NOISY_PCT:
+        print(f"   ! other processes used {ip['other_cpu_pct_during_rounds']:.0f}% of a core meanwhile")
+    print("   where one sign's time goes (µs; Signer.sign's steps replayed with a clock between them):")
+    for name, us in ip["breakdown_us"].items():
+        print(f"     {name:38s} {us:7.1f}")
+    print()
+    for key in [k for k in results if k.startswith("network")]:
+        _print_network(results[key], m, ip)
     print("== 5. Machine ==")
     print(f"   CPU: {m['cpu_model']} ({m['cpu_family_model']}, {m['cpu_mhz']} MHz)")
     print(f"   {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable); {m['os']}")
@@ -905,12 +1106,26 @@ def print_report(results: dict) -> None:
         f"   {m['python']}; cryptography {m['cryptography']} ({m['openssl']}); "
         f"grpcio {m['grpcio']}; protobuf {m['protobuf']}"
     )
+    used = results["loadgen"]["used"]
+    versions = next(
+        (
+            n["loadgen_versions"]
+            for k, n in results.items()
+            if k.startswith("network") and n.get("loadgen_versions")
+        ),
+        None,
+    )
+    native = f" ({versions['go']}, grpc-go {versions['grpc_go']})" if versions else ""
+    print(f"   load generator: {' then '.join(used)}{native if 'native' in used else ''}")
+    if results["loadgen"]["note"]:
+        print(f"   ! {results['loadgen']['note']}")
     print(f"   load average at start: {m['load_average_at_start']}; run took {results['elapsed_s']:.0f} s")
 
 
 def print_soak(s: dict) -> None:
     print(
-        f"== Soak: the CA with --workers {s['workers']}, {s['concurrency']} in flight, {s['signs']} signs =="
+        f"== Soak: the CA with --workers {s['workers']}, {s['concurrency']} in flight, {s['signs']} signs"
+        f" [{s['loadgen']} load generator] =="
     )
     for signed, mib in s["samples"]:
         print(f"   {signed:>8} signs  RSS {mib:7.1f} MiB")
@@ -964,7 +1179,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--workers", type=int, default=0, help="--workers of the CA (default 0: one per CPU)")
     p.add_argument("--duration", type=float, help="measured seconds per load level (default 8; quick 2)")
-    p.add_argument("--client-processes", type=int, default=2, help="load-generator processes (default 2)")
+    p.add_argument(
+        "--loadgen",
+        default="auto",
+        choices=["auto", "native", "python", "both"],
+        help="load generator: native (bench/loadgen, Go), python, or both in turn (default auto: native"
+        " when go and grpc-go's sources are installed, else python, saying so)",
+    )
+    p.add_argument(
+        "--client-processes",
+        type=int,
+        default=2,
+        help="Python load-generator processes (the native one: processes making its CSRs) (default 2)",
+    )
     p.add_argument(
         "--server-log-level",
         default="warn",
@@ -985,6 +1212,36 @@ def _levels(text: str) -> list[int]:
     return [int(c) for c in text.split(",") if c.strip()]
 
 
+def choose_loadgens(choice: str, processes: int) -> tuple[list[Loadgen], str | None]:
+    """The load generators ``--loadgen`` asks for, in the order they run (the first is the
+    report's main one), built; and a note when "auto" fell back to the Python one."""
+    import native_loadgen
+
+    missing = native_loadgen.available()
+    processes = max(1, processes)
+    asked = choice
+    if choice == "auto":
+        if missing:
+            note = f"native load generator not available ({missing}): the Python one was used"
+            return [Loadgen("python", processes)], note
+        choice = "native"
+    if missing and choice != "python":
+        raise SystemExit(f"--loadgen {choice}: {missing}")
+    out = []
+    if choice in ("native", "both"):
+        print("building the native load generator (bench/loadgen)…", file=sys.stderr, flush=True)
+        try:
+            out.append(Loadgen("native", processes, native_loadgen.binary()))
+        except RuntimeError as e:
+            if asked != "auto":
+                raise SystemExit(str(e)) from None
+            note = f"native load generator not built ({e}): the Python one was used"
+            return [Loadgen("python", processes)], note
+    if choice in ("python", "both"):
+        out.append(Loadgen("python", processes))
+    return out, None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
@@ -992,26 +1249,28 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or (2.0 if args.quick else 8.0)
     warmup = 0.5 if args.quick else 1.0
     sys.path.insert(0, str(HERE))
+    loadgens, note = choose_loadgens(args.loadgen, args.client_processes)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     if args.soak:
-        result = soak(args, warmup)
+        result = soak(args, warmup, loadgens[0])
+        result["loadgen"] = loadgens[0].kind
         print_soak(result)
         if args.json:
             Path(args.json).write_text(json.dumps(_json_safe(result), indent=2) + "\n")
         return 0
     results: dict[str, object] = {"machine": machine_facts(), "quick": args.quick}
+    results["loadgen"] = {"asked": args.loadgen, "used": [g.kind for g in loadgens], "note": note}
     print("generating CSRs, measuring in-process…", file=sys.stderr, flush=True)
     inprocess = bench_inprocess(rounds, per_round)
     results["inprocess"] = inprocess
-    if args.skip_network:
-        results["network"] = {"client_processes": args.client_processes, "warmup_s": warmup}
-    else:
-        print("measuring through the network…", file=sys.stderr, flush=True)
-        results["network"] = bench_network(
-            args,
-            float(inprocess["core_signs_per_s"]),
-            warmup,
-            duration,  # type: ignore[arg-type]
-        )
+    for i, loadgen in enumerate(loadgens):
+        key = "network" if i == 0 else f"network_{loadgen.kind}"
+        if args.skip_network:
+            results[key] = {"loadgen": loadgen.kind, "client_processes": args.client_processes}
+            continue
+        print(f"measuring through the network ({loadgen.kind} load generator)…", file=sys.stderr, flush=True)
+        results[key] = bench_network(args, float(inprocess["core_signs_per_s"]), warmup, duration, loadgen)  # type: ignore[arg-type]
     results["elapsed_s"] = time.monotonic() - started
     results = _json_safe(results)  # type: ignore[assignment]
     print_report(results)
