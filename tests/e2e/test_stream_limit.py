@@ -1,17 +1,12 @@
-"""Many calls on one connection against ``--max-concurrent-streams 100`` (issue 12, item 6): the
+"""Many calls on one connection against ``--max-concurrent-streams 100`` (issue 12, item 2): the
 real CA on loopback (INSECURE validator, TLS) and the benchmark's native load generator
-(bench/loadgen, grpc-go), which keeps the calls past the server's advertised
+(bench/loadgen, grpc-go, as Dapr's sidecars), which keeps the calls past the server's advertised
 SETTINGS_MAX_CONCURRENT_STREAMS waiting on the client instead of sending them.
 
-What the server does with them is measured here, not assumed. grpcio's server (grpc core) counts
-a stream against the limit until it has finished with it itself, which is after the client has
-read the answer and may already have started the next call on the freed slot; such a call is
-refused with RST_STREAM(REFUSED_STREAM), which a client sees as UNAVAILABLE. So with calls
-queued on the client (about 90 in flight already) some are refused, while 32 in flight on one
-connection all succeed. The issue's expectation, 600 concurrent calls on one connection all
-succeeding, is kept as a strict expected failure: it passes (and so must be unmarked) once the
-server admits every stream the client may open. What a grpcio client sees in the same situation
-is not asserted: it is refused too, in proportions that vary from run to run."""
+gRPC core's server by default also counts streams it has closed but not yet freed, and so
+refused (RST_STREAM REFUSED_STREAM, seen as UNAVAILABLE) calls the client sent within the limit
+it was told: 175-370 of 600 here. The CA counts open streams only (design §8.7), so every
+queued call is served."""
 
 from __future__ import annotations
 
@@ -106,26 +101,11 @@ def run_on_one_connection(native, ca: CertificateAuthority, tmp_path: Path, conc
     return result
 
 
-def test_the_server_advertises_its_limit_and_calls_beyond_it_on_one_connection_all_end(loadgen, ca, tmp_path):
+def test_six_hundred_concurrent_calls_on_one_connection_all_succeed(loadgen, ca, tmp_path):
     anchors = tmp_path / "credentials" / "ca.crt"
     assert advertised_settings(ca.grpc_port, anchors)[SETTINGS_MAX_CONCURRENT_STREAMS] == LIMIT
     below = run_on_one_connection(loadgen, ca, tmp_path, 32, 320)
     assert below["completed"] == 320 and below["failures"] == {}, below
-    beyond = run_on_one_connection(loadgen, ca, tmp_path, 6 * LIMIT, 6 * LIMIT)
-    # Every call ended well within its deadline: answered, or refused by the server (never timed
-    # out waiting for a stream, never failed otherwise).
-    assert set(beyond["failures"]) <= {"Unavailable"}, beyond
-    assert beyond["completed"] > 0 and beyond["max_ms"] < 30_000, beyond
-    if beyond["failures"]:
-        assert "REFUSED_STREAM" in beyond["first_error"], beyond
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="grpcio's server refuses streams (REFUSED_STREAM) it still counts after answering them,"
-    " so a client that keeps calls queued on one connection at the limit sees UNAVAILABLE",
-)
-def test_six_hundred_concurrent_calls_on_one_connection_all_succeed(loadgen, ca, tmp_path):
-    result = run_on_one_connection(loadgen, ca, tmp_path, 6 * LIMIT, 6 * LIMIT)
-    assert result["completed"] == 6 * LIMIT and result["failures"] == {}, result
+    for _ in range(3):
+        beyond = run_on_one_connection(loadgen, ca, tmp_path, 6 * LIMIT, 6 * LIMIT)
+        assert beyond["completed"] == 6 * LIMIT and beyond["failures"] == {}, beyond

@@ -22,7 +22,7 @@ from ca_core.config import load_config
 from ca_core.errors import ConfigError
 from handlers.server import CertificateAuthority
 from handlers.server.listeners import FD_MARGIN, grpc_options, raise_fd_limit
-from sentryca_proto.sentry.v1 import sentry_pb2
+from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
 
 from support.ca import ca_config
 from support.pki import make_csr
@@ -211,3 +211,27 @@ def test_a_ca_started_under_a_low_open_file_limit_raises_it(store_dir):
     finally:
         ca.stop(grace=0)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_calls_past_the_stream_limit_on_one_grpcio_channel_wait_for_a_stream(store_dir):
+    """600 calls at once on a new channel against --max-concurrent-streams 100: every one is
+    served (the client waits for a free stream; the server never refuses a stream within the
+    limit it announced)."""
+    ca = CertificateAuthority()
+    ca.start(ca_config(store_dir, rate_limit="0", max_concurrent_streams="100"))
+    try:
+        with client.channel(f"localhost:{ca.grpc_port}", ca.signer.bundle.anchors_pem) as chan:
+            stub = sentry_pb2_grpc.CAStub(chan)
+            requests = [
+                sentry_pb2.SignCertificateRequest.FromString(request_bytes(f"app{i}")) for i in range(600)
+            ]
+            calls = [stub.SignCertificate.future(request, timeout=60) for request in requests]
+            failures = []
+            for call in calls:
+                try:
+                    assert call.result().workload_certificate.startswith(b"-----BEGIN CERTIFICATE-----")
+                except grpc.RpcError as e:
+                    failures.append(e.code())
+        assert failures == []
+    finally:
+        ca.stop(grace=0)

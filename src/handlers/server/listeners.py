@@ -324,6 +324,10 @@ def grpc_options(cfg: Config, reuse_port: bool) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
+        # Count a stream against the limit while it is open in HTTP/2, as the client counts it
+        # (gRPC core's default also counts streams it has closed but not yet freed, and refuses
+        # calls a client sent within the limit it was told: REFUSED_STREAM, seen as UNAVAILABLE).
+        ("grpc.http.overload_protection", 0),
         ("grpc.max_allowed_incoming_connections", cfg.max_connections),
         ("grpc.server_handshake_timeout_ms", _ms(cfg.handshake_timeout.total_seconds())),
         ("grpc.max_connection_idle_ms", _ms(cfg.idle_timeout.total_seconds())),
