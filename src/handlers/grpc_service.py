@@ -289,7 +289,8 @@ class CAServicer:
             )
         timeout = self.limits.message_timeout
         try:
-            request = await asyncio.wait_for(context.read(), timeout)
+            async with asyncio.timeout(timeout):  # no task per call, unlike asyncio.wait_for
+                request = await context.read()
         except TimeoutError:
             self._metrics.count_failure("invalid_request", "message_timeout")
             return (
@@ -354,6 +355,8 @@ class CAServicer:
 def audit_issued(result: SignedCertificate, *, call_id: str | None, peer: str | None) -> None:
     """One audit record (logger ``sentryca.audit``) for an issued certificate: event, serial (hex),
     spiffe_id, validator, peer address, not_after (ISO 8601 UTC), call_id. Never the CSR or a token."""
+    if not audit_log.isEnabledFor(logging.INFO):
+        return
     audit_log.info(
         "issued certificate serial %x for %s",
         result.certificate.serial_number,
