@@ -1,22 +1,41 @@
-# Two images from the same package:
-#   docker build --target server -t sentryca:server .   the gRPC CA (ECS task, Kubernetes)
-#   docker build --target lambda -t sentryca:lambda .   the functions (handler set per function)
-# Both run as a non-root user. Checked statically by `make lint-docker` (hadolint).
+# Two images from the same package, built by `make image` (which first puts the inputs below
+# into build/image/; no network is needed inside the build):
+#   target server  (sentryca:server)  the gRPC CA (ECS task, Kubernetes)
+#   target lambda  (sentryca:lambda)  the functions (handler set per function)
+# Both run as a non-root user. Checked statically by `make lint-docker` (hadolint, checkov) and
+# built and run by tests/e2e/test_images.py.
+#
+# Inputs made on the host, so that the build needs no registry access and no certificates:
+#   build/image/wheels/       the project's wheel and its dependencies' wheels for PYTHON_VERSION
+#                             and this machine's architecture (pip download)
+#   build/image/lambda-task/  the functions' package, made by src/Makefile exactly as `sam build`
+#                             makes it (the core, the handlers, src/requirements.txt, slim botocore)
+# The base images are the real ones by default; BASE_IMAGE and LAMBDA_BASE_IMAGE substitute
+# others with the same Python (a test uses local ones: deploy/local/base-images.sh).
 
 ARG PYTHON_VERSION=3.12
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim
+ARG LAMBDA_BASE_IMAGE=public.ecr.aws/lambda/python:${PYTHON_VERSION}
+# checkov:skip=CKV_DOCKER_7: the FROM lines name build arguments whose defaults above are versioned tags; checkov does not expand them
 
-FROM python:${PYTHON_VERSION}-slim AS build
-WORKDIR /build
-COPY pyproject.toml README.md ./
-COPY src ./src
-RUN python -m pip install --no-cache-dir --prefix=/install .
+FROM ${BASE_IMAGE} AS build
+COPY build/image/wheels /wheels
+# a venv, so that the same steps work on an image whose system Python is managed by its
+# distribution (PEP 668); then its pip goes, which the server does not run
+RUN python3 -m venv /opt/sentryca \
+    && /opt/sentryca/bin/python -m pip install --no-cache-dir --no-index --find-links /wheels /wheels/sentryca-*.whl \
+    && /opt/sentryca/bin/python -m pip uninstall --yes pip setuptools \
+    && find /opt/sentryca -name __pycache__ -prune -exec rm -rf {} +
 
-FROM python:${PYTHON_VERSION}-slim AS server
-COPY --from=build /install /usr/local
-RUN useradd --system --uid 10001 --home-dir /var/lib/sentryca --create-home sentryca
+FROM ${BASE_IMAGE} AS server
+COPY --from=build /opt/sentryca /opt/sentryca
+# The base's own pip (python:*-slim ships one) is build tooling the CA never runs: it goes too.
+RUN if python3 -m pip --version >/dev/null 2>&1; then python3 -m pip uninstall --yes pip; fi \
+    && useradd --system --uid 10001 --home-dir /var/lib/sentryca --create-home sentryca
 WORKDIR /var/lib/sentryca
 USER 10001:10001
-ENV SENTRY_LISTEN_ADDRESS=0.0.0.0 \
+ENV PATH=/opt/sentryca/bin:${PATH} \
+    SENTRY_LISTEN_ADDRESS=0.0.0.0 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 EXPOSE 50001 8080 9090
@@ -27,16 +46,10 @@ ENTRYPOINT ["sentryca"]
 CMD ["serve"]
 
 # The functions import only the core, the AWS store adapters and Powertools (src/requirements.txt):
-# no grpc, no kubernetes, which keeps the cold start small.
-FROM public.ecr.aws/lambda/python:${PYTHON_VERSION} AS lambda
-COPY src/requirements.txt ${LAMBDA_TASK_ROOT}/
-RUN python -m pip install --no-cache-dir --requirement "${LAMBDA_TASK_ROOT}/requirements.txt" --target "${LAMBDA_TASK_ROOT}"
-COPY src/ca_core ${LAMBDA_TASK_ROOT}/ca_core
-COPY src/adapters ${LAMBDA_TASK_ROOT}/adapters
-COPY src/handlers ${LAMBDA_TASK_ROOT}/handlers
-COPY src/tools /tmp/build-tools/tools
+# no grpc, no kubernetes, which keeps the cold start small. No RUN step: nothing is installed here.
+FROM ${LAMBDA_BASE_IMAGE} AS lambda
+COPY build/image/lambda-task ${LAMBDA_TASK_ROOT}/
 # botocore's models without prose (tools.slim_botocore): ~60 ms less per cold start
-RUN PYTHONPATH="${LAMBDA_TASK_ROOT}:/tmp/build-tools" python -m tools.slim_botocore "${LAMBDA_TASK_ROOT}/botocore-data"
 ENV SENTRY_BOTOCORE_DATA=${LAMBDA_TASK_ROOT}/botocore-data
 USER 1000:1000
 CMD ["handlers.expiry_check.handler"]

@@ -16,7 +16,25 @@ export SAM_CLI_TELEMETRY := 0
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download
 
-.PHONY: run test lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-build sam-invoke proto proto-check bench rotation-timeline clean
+.PHONY: run test lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-build sam-invoke image base-images proto proto-check bench rotation-timeline clean
+
+# Container images (make image) and sam local invoke (make sam-invoke) on this machine's architecture.
+MACHINE := $(shell uname -m)
+# The images' Python and base images (the Dockerfile's defaults; make base-images makes local ones).
+IMAGE ?= sentryca
+PYTHON_VERSION ?= 3.12
+BASE_IMAGE ?= python:$(PYTHON_VERSION)-slim
+LAMBDA_BASE_IMAGE ?= public.ecr.aws/lambda/python:$(PYTHON_VERSION)
+IMAGE_PLATFORMS := manylinux_2_28_$(MACHINE) manylinux2014_$(MACHINE)
+export DOCKER_BUILDKIT ?= 0
+# sam local invoke: the template's LambdaArchitecture and LambdaRuntime for this machine; INVOKE_IMAGE
+# (e.g. the stand-in from make base-images, with LAMBDA_RUNTIME=python3.11) instead of the image SAM pulls.
+LAMBDA_ARCH ?= $(if $(filter aarch64 arm64,$(MACHINE)),arm64,x86_64)
+LAMBDA_RUNTIME ?= python3.12
+INVOKE_IMAGE ?=
+SAM_LOCAL := .aws-sam/local-$(LAMBDA_ARCH)-$(LAMBDA_RUNTIME)
+SAM_LOCAL_PARAMS := LambdaArchitecture=$(LAMBDA_ARCH) LambdaRuntime=$(LAMBDA_RUNTIME)
+LAMBDA_MACHINE := $(if $(filter arm64,$(LAMBDA_ARCH)),aarch64,x86_64)
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -81,12 +99,44 @@ invoke: $(VENV)/.installed-test
 sam-build: $(TOOLS)/.installed | $(VENV)/bin/python
 	PYTHON="$(abspath $(PY))" $(TOOLS)/bin/sam build --template template.yaml
 
-## sam-invoke: sam build + sam local invoke (the invoke needs a container runtime)
-sam-invoke: $(TOOLS)/.installed
+## sam-invoke: sam build (for LAMBDA_ARCH, LAMBDA_RUNTIME) + sam local invoke, e.g. make sam-invoke FN=ExpiryCheckFunction EVENT=events/scheduled.json (needs Docker)
+# sam local gives a function only the variables its template declares, so the copy it runs
+# (template.json) declares AWS_ENDPOINT_URL too when the shell sets it: a local AWS (a moto
+# server the containers reach, on the docker bridge's gateway address) then stands in for AWS.
+sam-invoke: | $(TOOLS)/.installed $(VENV)/bin/python
 	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make sam-invoke FN=<LogicalId> EVENT=events/<file>"; exit 2; }
 	@docker info >/dev/null 2>&1 || { echo "sam local invoke needs a running container runtime (docker); use make invoke"; exit 1; }
-	$(MAKE) sam-build
-	$(TOOLS)/bin/sam local invoke $(FN) --event $(EVENT) --env-vars events/env.json
+	@$(MAKE) --no-print-directory $(SAM_LOCAL)/template.yaml
+	@PYTHONPATH=src $(PY) -c 'import json, os, sys; from tools.local_invoke import load_template; \
+	    t = load_template(sys.argv[1]); url = os.environ.get("AWS_ENDPOINT_URL"); \
+	    url and t["Globals"]["Function"]["Environment"]["Variables"].update(AWS_ENDPOINT_URL=url); \
+	    json.dump(t, open(sys.argv[2], "w"), indent=1)' $(SAM_LOCAL)/template.yaml $(SAM_LOCAL)/template.json
+	$(TOOLS)/bin/sam local invoke $(FN) --template $(SAM_LOCAL)/template.json --event $(EVENT) --env-vars events/env.json \
+	    --parameter-overrides $(SAM_LOCAL_PARAMS) $(if $(INVOKE_IMAGE),--invoke-image $(INVOKE_IMAGE) --skip-pull-image)
+
+# the functions built for sam local invoke; again when the template or src/ changes
+$(SAM_LOCAL)/template.yaml: template.yaml $(shell find src -name '*.py' -o -name requirements.txt -o -name Makefile)
+	PYTHON="$(abspath $(PY))" LAMBDA_PYTHON_VERSION=$(LAMBDA_RUNTIME:python%=%) \
+	    LAMBDA_PLATFORMS="manylinux_2_28_$(LAMBDA_MACHINE) manylinux2014_$(LAMBDA_MACHINE)" \
+	    $(TOOLS)/bin/sam build --template template.yaml --build-dir $(SAM_LOCAL) --parameter-overrides $(SAM_LOCAL_PARAMS)
+
+## image: the server and function images (sentryca:server, sentryca:lambda) from the Dockerfile; inputs made here (build/image/)
+image: | $(VENV)/bin/python
+	@docker info >/dev/null 2>&1 || { echo "make image needs a running Docker engine"; exit 1; }
+	rm -rf build/image && mkdir -p build/image/wheels build/image/lambda-task
+	$(PIP) wheel --no-deps --wheel-dir build/image/wheels .
+	$(PIP) download --only-binary=:all: --implementation cp --python-version $(PYTHON_VERSION) \
+	    $(addprefix --platform ,$(IMAGE_PLATFORMS)) --dest build/image/wheels build/image/wheels/sentryca-*.whl
+	$(MAKE) -C src build-ExpiryCheckFunction ARTIFACTS_DIR="$(abspath build/image/lambda-task)" PYTHON="$(abspath $(PY))" \
+	    LAMBDA_PYTHON_VERSION=$(PYTHON_VERSION) LAMBDA_PLATFORMS="$(IMAGE_PLATFORMS)"
+	docker build --quiet --target server --build-arg PYTHON_VERSION=$(PYTHON_VERSION) --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE):server .
+	docker build --quiet --target lambda --build-arg PYTHON_VERSION=$(PYTHON_VERSION) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	    --build-arg LAMBDA_BASE_IMAGE=$(LAMBDA_BASE_IMAGE) -t $(IMAGE):lambda .
+	@docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' $(IMAGE)
+
+## base-images: local stand-ins for python:*-slim and the Lambda base (no registry needed; root, debootstrap), once per machine
+base-images:
+	PIP="$(abspath $(PY)) -m pip" deploy/local/base-images.sh
 
 ## proto: regenerate the gRPC code from proto/ (commit the result)
 proto: $(VENV)/.installed-test
