@@ -32,6 +32,7 @@ export DOCKER_BUILDKIT ?= 0
 LAMBDA_ARCH ?= $(if $(filter aarch64 arm64,$(MACHINE)),arm64,x86_64)
 LAMBDA_RUNTIME ?= python3.12
 INVOKE_IMAGE ?=
+ENV_VARS ?= events/env.json
 SAM_LOCAL := .aws-sam/local-$(LAMBDA_ARCH)-$(LAMBDA_RUNTIME)
 SAM_LOCAL_PARAMS := LambdaArchitecture=$(LAMBDA_ARCH) LambdaRuntime=$(LAMBDA_RUNTIME)
 LAMBDA_MACHINE := $(if $(filter arm64,$(LAMBDA_ARCH)),aarch64,x86_64)
@@ -111,7 +112,7 @@ sam-invoke: | $(TOOLS)/.installed $(VENV)/bin/python
 	    t = load_template(sys.argv[1]); url = os.environ.get("AWS_ENDPOINT_URL"); \
 	    url and t["Globals"]["Function"]["Environment"]["Variables"].update(AWS_ENDPOINT_URL=url); \
 	    json.dump(t, open(sys.argv[2], "w"), indent=1)' $(SAM_LOCAL)/template.yaml $(SAM_LOCAL)/template.json
-	$(TOOLS)/bin/sam local invoke $(FN) --template $(SAM_LOCAL)/template.json --event $(EVENT) --env-vars events/env.json \
+	$(TOOLS)/bin/sam local invoke $(FN) --template $(SAM_LOCAL)/template.json --event $(EVENT) --env-vars $(ENV_VARS) \
 	    --parameter-overrides $(SAM_LOCAL_PARAMS) $(if $(INVOKE_IMAGE),--invoke-image $(INVOKE_IMAGE) --skip-pull-image)
 
 # the functions built for sam local invoke; again when the template or src/ changes

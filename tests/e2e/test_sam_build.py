@@ -66,7 +66,15 @@ def elf_machine(path: Path) -> str:
 
 def test_the_deployed_package_is_built_for_the_templates_architecture(tmp_path):
     built = sam_build(tmp_path / "build", "ExpiryCheckFunction")
-    assert TEMPLATE["Globals"]["Function"]["Architectures"] == ["arm64"]
+    # arm64 and the runtime on AWS are the parameters' defaults (make sam-invoke overrides them)
+    assert TEMPLATE["Globals"]["Function"]["Architectures"] == [{"Ref": "LambdaArchitecture"}]
+    assert TEMPLATE["Parameters"]["LambdaArchitecture"]["Default"] == "arm64"
+    assert TEMPLATE["Globals"]["Function"]["Runtime"] == {"Ref": "LambdaRuntime"}
+    runtime = TEMPLATE["Parameters"]["LambdaRuntime"]["Default"]
+    assert (
+        f"LAMBDA_PYTHON_VERSION ?= {runtime.removeprefix('python')}\n"
+        in (REPO_ROOT / "src" / "Makefile").read_text()
+    )
     assert elf_machine(built / "cryptography" / "hazmat" / "bindings" / "_rust.abi3.so") == "aarch64"
     assert GLOBAL_ENV["SENTRY_BOTOCORE_DATA"] == "/var/task/botocore-data"  # the package root
     assert (built / "botocore-data" / "endpoints.json").is_file()
