@@ -19,6 +19,7 @@ ARG LAMBDA_BASE_IMAGE=public.ecr.aws/lambda/python:${PYTHON_VERSION}
 # checkov:skip=CKV_DOCKER_7: the FROM lines name build arguments whose defaults above are versioned tags; checkov does not expand them
 
 FROM ${BASE_IMAGE} AS build
+LABEL org.sentryca.stage=build
 COPY build/image/wheels /wheels
 # a venv, so that the same steps work on an image whose system Python is managed by its
 # distribution (PEP 668); then its pip goes, which the server does not run

@@ -28,7 +28,7 @@ MAKE = [
     "-o",
     f"{sys.prefix}/bin/python",
 ]
-MAKE_TOOLS = ["-o", str(REPO_ROOT / ".venv-tools" / ".installed")]
+MAKE_TOOLS = ["-o", ".venv-tools/.installed"]  # as the Makefile names it (TOOLS)
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
