@@ -40,6 +40,7 @@ MESSAGE_TIMEOUT = 3.0  # --message-timeout of every CA here
 HANDSHAKE_TIMEOUT = 2.0  # --handshake-timeout of every CA here
 FAST = ("--message-timeout", "3s", "--handshake-timeout", "2s")
 MAX_STREAMS = 100  # --max-concurrent-streams default
+PER_PEER = 128  # --max-in-flight-per-peer default
 ATTACKER = "127.0.0.2"  # a loopback address other than the good client's 127.0.0.1
 P99_BOUND = 2.0  # seconds: the good client's p99 under any attack here
 CALL_TIMEOUT = 10.0  # a good call's deadline, well past the bound: a slow call is measured
@@ -285,7 +286,8 @@ def split(total: int, parts: int) -> list[int]:
 def test_stalled_streams_stall_no_good_caller_and_end_at_the_message_timeout(tmp_path, streams, conns):
     """``streams`` SignCertificate streams (HEADERS only: no DATA, no END_STREAM, no
     grpc-timeout) over ``conns`` connections. Each connection holds at most MAX_STREAMS of them
-    (the rest are refused at once); each held one gets DEADLINE_EXCEEDED after the message timeout."""
+    (the rest are refused at once); the peer holds at most PER_PEER calls (the rest get
+    RESOURCE_EXHAUSTED at once); each call held gets DEADLINE_EXCEEDED after the message timeout."""
     with running(tmp_path) as ca, good_client(ca) as good, attackers(ca, conns) as attack:
         rss_before = rss_kib(ca)
         ids = [conn.open_many(n) for conn, n in zip(attack, split(streams, conns), strict=True)]
@@ -293,12 +295,15 @@ def test_stalled_streams_stall_no_good_caller_and_end_at_the_message_timeout(tmp
         h2raw.pump(attack, 1.0)
         rss_held = rss_kib(ca)
         h2raw.pump(attack, MESSAGE_TIMEOUT + SLACK + 1, until=lambda: all(s.done for s in all_streams))
-    held = [s for s in all_streams if s.status is not None]
+    answered = [s for s in all_streams if s.status is not None]
     refused = [s for s in all_streams if s.status is None]
+    held = [s for s in answered if s.status == DEADLINE_EXCEEDED]
+    capped = [s for s in answered if s.status != DEADLINE_EXCEEDED]
     timings = sorted(ended_after(s) for s in held)
     report(
         f"stalled streams {streams} over {conns} connection(s)",
         held=len(held),
+        capped_per_peer=len(capped),
         refused=len(refused),
         held_for_s=f"{timings[0]:.2f}..{timings[-1]:.2f}",
         rss_before_mib=round(rss_before / 1024, 1),
@@ -306,8 +311,10 @@ def test_stalled_streams_stall_no_good_caller_and_end_at_the_message_timeout(tmp
         **good.summary(),
     )
     good.assert_served()
-    assert len(held) == sum(min(n, MAX_STREAMS) for n in split(streams, conns))
-    assert {s.status for s in held} == {DEADLINE_EXCEEDED}
+    assert len(answered) == sum(min(n, MAX_STREAMS) for n in split(streams, conns))
+    assert len(held) == min(len(answered), PER_PEER)
+    assert all(s.status == RESOURCE_EXHAUSTED and ended_after(s) < 1.0 for s in capped)
+    assert all(f"holds its limit of {PER_PEER} calls" in s.message for s in capped)
     assert all("did not arrive within 3 s" in s.message for s in held)
     assert MESSAGE_TIMEOUT - 0.1 <= timings[0] and timings[-1] <= MESSAGE_TIMEOUT + SLACK, timings
     assert all(s.reset == REFUSED_STREAM and ended_after(s) < 1.0 for s in refused)
@@ -598,8 +605,9 @@ def test_silent_connections_under_the_default_caps_fail_no_good_call(tmp_path):
 def test_vanished_clients_release_their_calls_at_once(tmp_path):
     """100 connections whose client vanishes (TCP RST) right after the TLS handshake, and 40
     with 10 stalled calls each whose client vanishes after the calls' HEADERS: the CA ends the
-    400 calls at once, long before the message timeout, and closes every connection."""
-    with running(tmp_path) as ca, good_client(ca) as good:
+    400 calls at once, long before the message timeout, as CANCELLED (not refusals the CA counts),
+    and closes every connection. (No per-peer limit here: all 400 calls are held.)"""
+    with running(tmp_path, "--max-in-flight-per-peer", "0") as ca, good_client(ca) as good:
         baseline_fds = open_fds(ca)
         ended_before = metric_sum(ca, ABANDONED_CALLS)
         for sock, _ in hold_open(ca, 100, tls_every=1):
@@ -632,6 +640,9 @@ def test_vanished_clients_release_their_calls_at_once(tmp_path):
     )
     good.assert_served()
     assert released_after < MESSAGE_TIMEOUT - 1 and timed_out == 0
+    # Told apart by a 50 ms settle after the read's EOF (design §8.7): all 400 in every run here;
+    # a loaded machine may deliver a cancellation later, counted then as request_missing.
+    assert cancelled >= 0.95 * 400
 
 
 def hangups(conns: list[h2raw.Connection], since: float, seconds: float) -> list[float | None]:
@@ -789,12 +800,6 @@ def test_calls_past_max_in_flight_get_resource_exhausted_and_health_answers(tmp_
     assert good_after == grpc.StatusCode.OK
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: --max-in-flight is one limit for all callers; with the default settings one "
-    "peer holding 11 connections x 100 stalled streams takes all 1024 and every other caller gets "
-    "RESOURCE_EXHAUSTED until the message timeout, and again each time the peer renews them",
-)
 def test_one_peer_cannot_take_every_in_flight_slot(tmp_path):
     """With the default --max-in-flight (1024) and --max-concurrent-streams (100), a peer opening
     as many stalled calls as 11 connections carry does not lock another caller out."""
@@ -811,11 +816,6 @@ def test_one_peer_cannot_take_every_in_flight_slot(tmp_path):
 # --- stalled streams to the health service ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a Health/Check call whose request message never comes is held until its "
-    "connection closes; no message timeout, no in-flight count, and its connection is never idle",
-)
 def test_stalled_health_check_streams_are_ended(tmp_path):
     """Health/Check streams with HEADERS only are ended like SignCertificate's (at the message
     timeout): otherwise 100 per connection can be held forever, outside --max-in-flight."""

@@ -90,6 +90,7 @@ class Config:
     allow_insecure_on_network: bool = False
     max_concurrent_streams: int = 100
     max_in_flight: int = 1024
+    max_in_flight_per_peer: int = 128
     message_timeout: timedelta = timedelta(seconds=10)
     max_connections: int = 4096
     handshake_timeout: timedelta = timedelta(seconds=10)

@@ -58,6 +58,13 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _non_negative_int(text: str) -> int:
+    n = _integer(text)
+    if n < 0:
+        raise ValueError(f"{n} must be 0 or more")
+    return n
+
+
 def _rate(text: str) -> float:
     try:
         v = float(text)
@@ -214,6 +221,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _positive_int,
         "gRPC: most SignCertificate calls the CA holds at once, from a call's start to its answer "
         "(waiting for the request message included); more get RESOURCE_EXHAUSTED (default 1024)",
+    ),
+    Option(
+        "max-in-flight-per-peer",
+        _non_negative_int,
+        "gRPC: most calls (SignCertificate and health) one peer address holds at once; more get "
+        "RESOURCE_EXHAUSTED. Behind a proxy that hides client addresses, raise it or set 0 (no such "
+        "limit) (default 128)",
     ),
     Option(
         "message-timeout",
