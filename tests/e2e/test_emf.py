@@ -60,13 +60,14 @@ def validate(doc: dict) -> list[str]:
     return names
 
 
-def _serve(tmp_path: Path, out: Path) -> tuple[subprocess.Popen, int, int]:
-    """``sentryca serve --emf-interval 1s`` with stdout to ``out``; (process, gRPC, metrics port)."""
+def _serve(tmp_path: Path, out: Path, workers: int) -> tuple[subprocess.Popen, int, int]:
+    """``sentryca serve --emf-interval 1s --workers N`` with stdout to ``out``; (process, gRPC port,
+    metrics port)."""
     env = os.environ | {"POWERTOOLS_SERVICE_NAME": SERVICE, "SENTRY_HEALTHZ_PORT": "0"}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     args = ["--issuer-credentials", str(tmp_path / "creds"), "--port", "0", "--metrics-port", "0"]
     proc = subprocess.Popen(
-        [SENTRYCA, "serve", *args, "--emf-interval", f"{INTERVAL:g}s"],
+        [SENTRYCA, "serve", *args, "--emf-interval", f"{INTERVAL:g}s", "--workers", str(workers)],
         stdout=out.open("w"),
         stderr=subprocess.PIPE,
         text=True,
@@ -84,9 +85,10 @@ def _serve(tmp_path: Path, out: Path) -> tuple[subprocess.Popen, int, int]:
     return proc, ports["port"], ports["metrics"]
 
 
-def test_the_served_ca_writes_its_figures_as_emf_on_an_interval(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])  # 2: the supervisor's aggregate of its workers
+def test_the_served_ca_writes_its_figures_as_emf_on_an_interval(tmp_path, workers):
     out = tmp_path / "stdout"
-    proc, port, metrics_port = _serve(tmp_path, out)
+    proc, port, metrics_port = _serve(tmp_path, out, workers)
     started = time.monotonic()
     try:
         chan = client.channel(f"localhost:{port}", (tmp_path / "creds" / "ca.crt").read_bytes())

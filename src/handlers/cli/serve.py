@@ -116,9 +116,9 @@ def _serve_workers(cfg: Config, supervisor: Supervisor, stop: threading.Event) -
     emf = _emf_writer(cfg, supervisor.collect)
     supervisor.run(stop)
     log.info("signal received: stopping the workers")
-    supervisor.stop()
     if emf is not None:
-        emf.stop()
+        emf.stop()  # before the workers' metric files are removed (calls still draining are not in it)
+    supervisor.stop()
     return 0
 
 
