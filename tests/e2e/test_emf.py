@@ -278,3 +278,16 @@ def test_the_dashboard_shows_signs_failures_latency_and_coverage():
     assert any(
         f"{{{emf.NAMESPACE},{dims}}}" in e and f'MetricName="{emf.SIGN_FAILURES}"' in e for e in searches
     ), searches
+
+
+def test_the_interval_is_an_option_off_by_default():
+    from datetime import timedelta
+
+    from ca_core.config import load_config
+    from ca_core.errors import ConfigError
+
+    assert load_config({}, {}).emf_interval == timedelta(0)
+    assert load_config({}, {"SENTRY_EMF_INTERVAL": "60s"}).emf_interval == timedelta(seconds=60)
+    for bad in ("500ms", "2h", "-1s", "often"):
+        with pytest.raises(ConfigError):
+            load_config({"emf_interval": bad}, {})
