@@ -331,7 +331,7 @@ class CAServicer:
             loop = asyncio.get_running_loop()
             validator, identity = await loop.run_in_executor(self._io, signer.prove, req)
         limiter = self._identity_limiter
-        if limiter is not None and not limiter.allow(str(identity.spiffe_id)):
+        if limiter is not None and limiter.rate > 0 and not limiter.allow(str(identity.spiffe_id)):
             self._metrics.count_failure("rate_limited", "identity_rate_limited")
             return (
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
