@@ -203,7 +203,11 @@ class CAServicer:
 
     Runs on the gRPC server's event loop. A validator that does I/O (``performs_io``, true
     unless it says otherwise) runs in ``io_executor``, a bounded thread pool; signing itself
-    (CSR checks, certificate build, one ECDSA signature: about 0.2 ms) runs inline on the loop."""
+    (CSR checks, certificate build, one ECDSA signature: about 0.2 ms) runs inline on the loop.
+
+    ``limiter`` buckets calls by peer address (design §3.1 step 0b); ``identity_limiter`` by the
+    SPIFFE ID a validator proved (step 3b), so one workload cannot use up the budget of an address
+    it shares with others (a node, a NAT, a proxy that hides client addresses)."""
 
     def __init__(
         self,
@@ -212,6 +216,7 @@ class CAServicer:
         metrics: Metrics,
         limiter: RateLimiter | None = None,
         *,
+        identity_limiter: RateLimiter | None = None,
         io_executor: Executor | None = None,
         guard: Guard | None = None,
     ) -> None:
@@ -219,6 +224,7 @@ class CAServicer:
         self._clock = clock
         self._metrics = metrics
         self._limiter = limiter
+        self._identity_limiter = identity_limiter
         self._io = io_executor
         self.guard = guard or Guard(CallLimits())  # read and written on the event loop only
         log_limit.LIMIT.on_suppressed = metrics.log_lines_suppressed.inc
@@ -295,7 +301,7 @@ class CAServicer:
                 "the request is not a valid SignCertificateRequest message",
             )
         try:
-            return await self._sign(decode_request(request))
+            return await self._sign(decode_request(request), call_id)
         except CAError as e:
             return self._refused(e, request, context, call_id)
         except Exception:
@@ -304,13 +310,22 @@ class CAServicer:
                 log.exception("sign request failed unexpectedly", extra={"call_id": call_id})
             return (grpc.StatusCode.INTERNAL, f"internal error (call id {call_id})")
 
-    async def _sign(self, req: SignRequest) -> SignedCertificate:
+    async def _sign(self, req: SignRequest, call_id: str) -> Refusal | SignedCertificate:
         signer = self._current_signer()
         validator = signer.select_validator(req.token_validator)
         if self._io is None or not getattr(validator, "performs_io", True):
-            return signer.sign(req, self._clock())
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, lambda: signer.sign(req, self._clock()))
+            validator, identity = signer.prove(req)
+        else:
+            loop = asyncio.get_running_loop()
+            validator, identity = await loop.run_in_executor(self._io, signer.prove, req)
+        limiter = self._identity_limiter
+        if limiter is not None and limiter.rate > 0 and not limiter.allow(str(identity.spiffe_id)):
+            self._metrics.count_failure("rate_limited", "identity_rate_limited")
+            return (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many requests for {identity.spiffe_id}; retry later (call id {call_id})",
+            )
+        return signer.sign_proven(req, validator, identity, self._clock())
 
     def _refused(
         self, e: CAError, request: Decoded, context: grpc.aio.ServicerContext, call_id: str

@@ -260,6 +260,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "many; more get RESOURCE_EXHAUSTED. 0: no limit (default 1000)",
     ),
     Option(
+        "identity-rate-limit",
+        _rate,
+        "SignCertificate requests per second allowed to one proven identity (SPIFFE ID), checked "
+        "after its validator proved it, bursts of as many; more get RESOURCE_EXHAUSTED. 0: no limit "
+        "(default 0)",
+    ),
+    Option(
         "workers",
         _workers,
         "gRPC server processes sharing --port (SO_REUSEPORT), each a whole CA on the same store, "
@@ -268,6 +275,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     ),
     Option("log-level", _log_level, "debug, info, warn, error (default info)"),
     Option("log-as-json", _bool, "log JSON lines (default false)"),
+    Option(
+        "emf-interval",
+        parse_duration,
+        "write the signing metrics to stdout as CloudWatch Embedded Metric Format documents this "
+        "often (what changed since the last one), for CloudWatch Logs to extract; Go duration, "
+        "0s = never (default 0s)",
+    ),
 )
 
 STORE_OPTIONS: tuple[Option, ...] = (

@@ -68,6 +68,7 @@ class _Grpc:
     port: int
     health: ReadinessHealth
     limiter: RateLimiter
+    identity_limiter: RateLimiter
     servicer: CAServicer
     io: ThreadPoolExecutor
 
@@ -168,9 +169,18 @@ class Listeners:
         max_connections = connection_cap(cfg.max_connections)
         server = grpc.aio.server(options=grpc_options(cfg, self._reuse_port, max_connections))
         limiter = RateLimiter(cfg.rate_limit)
+        identity_limiter = RateLimiter(cfg.identity_rate_limit)
         io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="grpc-io")
         guard = Guard(call_limits(cfg))
-        servicer = CAServicer(self._signer, self._clock, self._metrics, limiter, io_executor=io, guard=guard)
+        servicer = CAServicer(
+            self._signer,
+            self._clock,
+            self._metrics,
+            limiter,
+            identity_limiter=identity_limiter,
+            io_executor=io,
+            guard=guard,
+        )
         add_to_server(servicer, server)
         health = await add_health_to_server(self._readiness, server, guard)
         address = host_port(cfg.listen_address, cfg.port)
@@ -187,7 +197,7 @@ class Listeners:
                 f"cannot listen on {address}: {bind_problem(cfg) or 'address in use or unavailable'}"
             )
         await server.start()
-        return _Grpc(server, port, health, limiter, servicer, io)
+        return _Grpc(server, port, health, limiter, identity_limiter, servicer, io)
 
     def _open_http(self, name: str, cfg: Config) -> HttpEndpoints | None:
         """The started HTTP listener ``name`` ("healthz" or "metrics") of ``cfg``, or None when
@@ -255,6 +265,7 @@ class Listeners:
         retired: _Grpc | None = None
         with self._swap_lock:
             commit()
+            self._metrics.restarts.inc()
             self._certs.put(cert)
             if opened_grpc is not None or "grpc" in changed:
                 retired = self._grpc
@@ -265,6 +276,8 @@ class Listeners:
         if opened_grpc is None and current is not None:
             if cfg.rate_limit != old.rate_limit:
                 current.limiter.configure(cfg.rate_limit)
+            if cfg.identity_rate_limit != old.identity_rate_limit:
+                current.identity_limiter.configure(cfg.identity_rate_limit)
             current.servicer.guard.limits = call_limits(cfg)
         if retired is not None:
             self._draining.append((retired, self._loop.submit(self._retire(retired, DRAIN_GRACE))))
