@@ -112,9 +112,22 @@ class Signer:
         Raises InvalidRequest (validator choice, CSR bytes), PermissionDenied (identity),
         Unavailable (identity backend), FailedPrecondition (issuer not valid now).
         """
+        validator, identity = self.prove(request)
+        return self.sign_proven(request, validator, identity, now)
+
+    def prove(self, request: SignRequest) -> tuple[Validator, Identity]:
+        """design §3 steps 1–3: the chosen validator and the identity it proved (not reserved).
+        Raises as :meth:`sign` does for those steps."""
         validator = self.select_validator(request.token_validator)
         identity = validator.validate(request)
         self._check_not_reserved(identity)
+        return validator, identity
+
+    def sign_proven(
+        self, request: SignRequest, validator: Validator, identity: Identity, now: datetime
+    ) -> SignedCertificate:
+        """design §3 steps 4–6 for an identity :meth:`prove` returned: the CSR's key, signed.
+        Raises InvalidRequest (CSR bytes) or FailedPrecondition (issuer not valid now)."""
         public_key = csr_public_key(request.csr_pem)
         return replace(self.issue(public_key, identity, now), validator=validator.kind.name.lower())
 

@@ -6,6 +6,11 @@ while the CA is ready (the same rule as ``/healthz``), NOT_SERVING otherwise. An
 name is NOT_FOUND (the library's behaviour). The readiness probe may ask a backend (the
 Kubernetes API, a JWKS endpoint), so it runs in the loop's default thread pool, never on the
 event loop: a slow backend delays a health answer, not the CA's other calls.
+
+Its calls are bounded like SignCertificate's (design §8.7): each takes a place of its peer address
+(``--max-in-flight-per-peer``) at its HEADERS and its request message must arrive within
+``--message-timeout``; they are not counted in ``--max-in-flight``, so the health service answers
+while signing calls are refused.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
+from .call_limits import Guard, Refused, peer_of, read_request
 from .grpc_service import SERVICE
 
 SERVICES = ("", SERVICE)
@@ -50,12 +56,66 @@ class ReadinessHealth(health_aio.HealthServicer):
         return await super().Check(request, context)
 
 
-async def add_health_to_server(probe: Probe, server: grpc.aio.Server) -> ReadinessHealth:
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+def _bounded(guard: Guard, answer):
+    """A handler that takes the peer's place, reads the one request under the deadline, then
+    runs ``answer(request, context)``; the place is given back when the call ends."""
+
+    async def handler(_requests, context: grpc.aio.ServicerContext):
+        peer = peer_of(context)
+        refused = guard.slots.take(peer, guard.limits, in_total=False)
+        if refused is not None:
+            await context.abort(refused.code, refused.message)
+        try:
+            request = await read_request(context, guard.limits.message_timeout)
+            if isinstance(request, Refused):
+                await context.abort(request.code, request.message)
+            return await answer(request, context)
+        finally:
+            guard.slots.give(peer, in_total=False)
+
+    return handler
+
+
+def _decode(data: bytes) -> health_pb2.HealthCheckRequest | None:
+    try:
+        return health_pb2.HealthCheckRequest.FromString(data)
+    except Exception:  # noqa: BLE001 - any undecodable request: INVALID_ARGUMENT below
+        return None
+
+
+async def add_health_to_server(probe: Probe, server: grpc.aio.Server, guard: Guard) -> ReadinessHealth:
     """Register the health service on ``server`` (every service NOT_SERVING until the first
-    refresh); returns it (await ``enter_graceful_shutdown()`` before stopping the server so
-    watchers learn NOT_SERVING first). Run on the server's event loop."""
+    refresh), its calls bounded by ``guard``; returns it (await ``enter_graceful_shutdown()``
+    before stopping the server so watchers learn NOT_SERVING first). Run on the server's loop."""
     servicer = ReadinessHealth(probe)
     for service in SERVICES:
         await servicer.set(service, NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+
+    def decoded(method):
+        async def answer(request, context):
+            if request is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a HealthCheckRequest message")
+            return await method(request, context)
+
+        return answer
+
+    serialize = health_pb2.HealthCheckResponse.SerializeToString
+    handlers = {
+        # Request-streaming on the server (the same stream on the wire) so the request has a deadline.
+        "Check": grpc.stream_unary_rpc_method_handler(
+            _bounded(guard, decoded(servicer.Check)),
+            request_deserializer=_decode,
+            response_serializer=serialize,
+        ),
+        "Watch": grpc.stream_stream_rpc_method_handler(
+            _bounded(guard, decoded(servicer.Watch)),
+            request_deserializer=_decode,
+            response_serializer=serialize,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(HEALTH_SERVICE, handlers),))
+    server.add_registered_method_handlers(HEALTH_SERVICE, handlers)
     return servicer

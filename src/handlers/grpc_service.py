@@ -22,6 +22,7 @@ from ca_core.validators import SignRequest
 from sentryca_proto.sentry.v1 import sentry_pb2
 
 from . import log_limit
+from .call_limits import CANCELLED, CallLimits, Guard, Refused, read_request
 from .log_limit import sanitised
 from .rate_limit import RateLimiter, peer_host
 
@@ -181,7 +182,7 @@ def add_to_server(servicer: CAServicer, server: grpc.aio.Server) -> None:
     The method is registered as request-streaming, with :func:`decode_message` as the request
     deserializer: on the wire a unary call is the same stream (one message, then end of stream),
     and reading that message in the handler is what lets it be given a deadline
-    (``message_timeout``) and counted against ``max_in_flight`` while it arrives (design §8.7)."""
+    (``message_timeout``) and counted against the in-flight limits while it arrives (design §8.7)."""
     handlers = {
         "SignCertificate": grpc.stream_unary_rpc_method_handler(
             servicer.SignCertificate,
@@ -193,17 +194,6 @@ def add_to_server(servicer: CAServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE, handlers)
 
 
-@dataclass(frozen=True, slots=True)
-class CallLimits:
-    """What one unauthenticated caller may hold (design §8.7). ``max_in_flight``: SignCertificate
-    calls held at once, from their HEADERS to their answer (more: RESOURCE_EXHAUSTED);
-    ``message_timeout``: seconds for a call's request message to arrive after its HEADERS (later:
-    DEADLINE_EXCEEDED)."""
-
-    max_in_flight: int = 1024
-    message_timeout: float = 10.0
-
-
 Refusal = tuple[grpc.StatusCode, str]
 
 
@@ -213,7 +203,11 @@ class CAServicer:
 
     Runs on the gRPC server's event loop. A validator that does I/O (``performs_io``, true
     unless it says otherwise) runs in ``io_executor``, a bounded thread pool; signing itself
-    (CSR checks, certificate build, one ECDSA signature: about 0.2 ms) runs inline on the loop."""
+    (CSR checks, certificate build, one ECDSA signature: about 0.2 ms) runs inline on the loop.
+
+    ``limiter`` buckets calls by peer address (design §3.1 step 0b); ``identity_limiter`` by the
+    SPIFFE ID a validator proved (step 3b), so one workload cannot use up the budget of an address
+    it shares with others (a node, a NAT, a proxy that hides client addresses)."""
 
     def __init__(
         self,
@@ -222,22 +216,23 @@ class CAServicer:
         metrics: Metrics,
         limiter: RateLimiter | None = None,
         *,
+        identity_limiter: RateLimiter | None = None,
         io_executor: Executor | None = None,
-        limits: CallLimits = CallLimits(),
+        guard: Guard | None = None,
     ) -> None:
         self._current_signer = current_signer
         self._clock = clock
         self._metrics = metrics
         self._limiter = limiter
+        self._identity_limiter = identity_limiter
         self._io = io_executor
-        self.limits = limits
-        self._in_flight = 0  # read and written on the event loop only
+        self.guard = guard or Guard(CallLimits())  # read and written on the event loop only
         log_limit.LIMIT.on_suppressed = metrics.log_lines_suppressed.inc
 
     @property
     def in_flight(self) -> int:
         """SignCertificate calls held now (waiting for their message, validating or signing)."""
-        return self._in_flight
+        return self.guard.slots.total
 
     async def SignCertificate(self, _requests, context: grpc.aio.ServicerContext):
         """Answer one call. Every call gets a call id (logged with each line about the call and sent
@@ -247,29 +242,37 @@ class CAServicer:
         context.set_trailing_metadata(((CALL_ID_TRAILER, call_id),))
         self._metrics.sign_received.inc()
         code = grpc.StatusCode.OK
-        outcome: Refusal | SignedCertificate
-        held = self._in_flight < self.limits.max_in_flight
+        peer = peer_host(context.peer())
+        outcome: Refusal | SignedCertificate | None = None
+        observed = False
+
+        def observe(code: grpc.StatusCode) -> None:
+            nonlocal observed
+            if not observed:
+                observed = True
+                self._metrics.sign_latency.labels(code=code.name).observe(time.perf_counter() - started)
+
+        refused = self.guard.slots.take(peer, self.guard.limits, in_total=True)
         try:
-            if not held:
-                self._metrics.count_failure("rate_limited", "in_flight_limit")
-                outcome = (
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the CA holds its limit of {self.limits.max_in_flight} calls; retry later",
-                )
+            if refused is not None:
+                self._metrics.count_failure("rate_limited", refused.reason)
+                outcome = (refused.code, refused.message)
             else:
-                self._in_flight += 1
-                outcome = await self._answer(context, call_id)
+                outcome = await self._answer(context, call_id, peer)
             if isinstance(outcome, tuple):
                 code, message = outcome
+                observe(code)  # before the client can have its answer
                 await context.abort(code, message)
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            if held:
-                self._in_flight -= 1
-            self._metrics.sign_latency.labels(code=code.name).observe(time.perf_counter() - started)
+            if refused is None:
+                self.guard.slots.give(peer, in_total=True)
+            observe(code)
         result = outcome
+        if result is None:  # unreachable: every path above sets an outcome or raises
+            raise RuntimeError("no outcome")
         self._metrics.sign_success.inc()
         audit_issued(result, call_id=call_id, peer=context.peer())
         response = sentry_pb2.SignCertificateResponse(
@@ -279,50 +282,50 @@ class CAServicer:
         response.valid_until.FromDatetime(result.not_after)
         return response
 
-    async def _answer(self, context: grpc.aio.ServicerContext, call_id: str) -> Refusal | SignedCertificate:
+    async def _answer(
+        self, context: grpc.aio.ServicerContext, call_id: str, peer: str
+    ) -> Refusal | SignedCertificate:
         """The signed certificate, or the refusal (status code, message); counts failures."""
-        if self._limiter is not None and not self._limiter.allow(peer_host(context.peer())):
+        if self._limiter is not None and not self._limiter.allow(peer):
             self._metrics.count_failure("rate_limited", "rate_limited")
-            return (
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "too many requests from this caller; retry later",
-            )
-        timeout = self.limits.message_timeout
-        try:
-            async with asyncio.timeout(timeout):  # no task per call, unlike asyncio.wait_for
-                request = await context.read()
-        except TimeoutError:
-            self._metrics.count_failure("invalid_request", "message_timeout")
-            return (
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"the request message did not arrive within {timeout:g} s of the call's start",
-            )
-        if request is grpc.aio.EOF:
-            self._metrics.count_failure("invalid_request", "request_missing")
-            return (grpc.StatusCode.INVALID_ARGUMENT, "the call ended without a request message")
-        if isinstance(request, Undecodable):
+            return (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests from this caller; retry later")
+        request = await read_request(context, self.guard.limits.message_timeout)
+        if isinstance(request, Refused):
+            if request is not CANCELLED:  # a reset by the client is not the CA's refusal
+                self._metrics.count_failure("invalid_request", request.reason)
+            return (request.code, request.message)
+        if not isinstance(request, Decoded):  # Undecodable: see decode_message
             self._metrics.count_failure("invalid_request", "request_undecodable")
             return (
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the request is not a valid SignCertificateRequest message",
             )
         try:
-            return await self._sign(decode_request(request))
+            return await self._sign(decode_request(request), call_id)
         except CAError as e:
             return self._refused(e, request, context, call_id)
         except Exception:
             self._metrics.count_failure("internal", "internal")
-            if log_limit.LIMIT.allow(peer_host(context.peer())):  # a CA bug: its traceback is kept
+            if log_limit.LIMIT.allow(peer):  # a CA bug: its traceback is kept
                 log.exception("sign request failed unexpectedly", extra={"call_id": call_id})
             return (grpc.StatusCode.INTERNAL, f"internal error (call id {call_id})")
 
-    async def _sign(self, req: SignRequest) -> SignedCertificate:
+    async def _sign(self, req: SignRequest, call_id: str) -> Refusal | SignedCertificate:
         signer = self._current_signer()
         validator = signer.select_validator(req.token_validator)
         if self._io is None or not getattr(validator, "performs_io", True):
-            return signer.sign(req, self._clock())
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, lambda: signer.sign(req, self._clock()))
+            validator, identity = signer.prove(req)
+        else:
+            loop = asyncio.get_running_loop()
+            validator, identity = await loop.run_in_executor(self._io, signer.prove, req)
+        limiter = self._identity_limiter
+        if limiter is not None and limiter.rate > 0 and not limiter.allow(str(identity.spiffe_id)):
+            self._metrics.count_failure("rate_limited", "identity_rate_limited")
+            return (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many requests for {identity.spiffe_id}; retry later (call id {call_id})",
+            )
+        return signer.sign_proven(req, validator, identity, self._clock())
 
     def _refused(
         self, e: CAError, request: Decoded, context: grpc.aio.ServicerContext, call_id: str

@@ -118,6 +118,12 @@ class Metrics:
             "Renewals of the CA's own server certificate (at half its lifetime)",
             registry=r,
         )
+        self.restarts = Counter(
+            "sentryca_restarts",
+            "Times a new state was put in force without stopping (a restart, a store change or "
+            "rotation step applied; design §8.3)",
+            registry=r,
+        )
         self.log_lines_suppressed = Counter(
             "sentryca_log_lines_suppressed",
             "Log lines about refused or failed calls dropped by the log rate limit (design §9.4)",

@@ -1,4 +1,5 @@
-"""A per-caller rate limit for SignCertificate: one token bucket per peer address (IP, any port).
+"""Rate limits for SignCertificate: token buckets per caller, the caller being a peer address (IP,
+any port; design §3.1 step 0b) or a proven SPIFFE ID (step 3b, ``--identity-rate-limit``).
 
 A caller may make ``rate`` requests per second on average and ``burst`` at once; past that its
 requests get RESOURCE_EXHAUSTED (design §3 step 0 gives that code to requests the gRPC layer

@@ -33,14 +33,19 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ca_core.config import Config
 from ca_core.errors import CAError
 
 from .http_endpoints import HttpEndpoints, json_route
 from .worker_probes import Worker, hold_port, probe_all, worker_count
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -347,8 +352,17 @@ class Supervisor:
 
     def exposition(self) -> bytes:
         """Every worker's metrics, aggregated (prometheus-client multiprocess mode)."""
-        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+        from prometheus_client import generate_latest
+
+        return generate_latest(self._registry())
+
+    def collect(self) -> Iterable[Metric]:
+        """Every worker's metric families, aggregated (for ``--emf-interval``)."""
+        return self._registry().collect()
+
+    def _registry(self) -> CollectorRegistry:
+        from prometheus_client import CollectorRegistry, multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self._multiproc_dir)
-        return generate_latest(registry)
+        return registry

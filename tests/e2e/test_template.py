@@ -124,7 +124,10 @@ def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
     }
     assert emitted[ls.COVERAGE] == declared[ls.COVERAGE]
     service_value = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
-    alarms = {k: v["Properties"] for k, v in RESOURCES.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    every_alarm = {k: v["Properties"] for k, v in RESOURCES.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    # the metric-math alarms on the tasks' EMF figures: tests/e2e/test_emf.py
+    alarms = {k: v for k, v in every_alarm.items() if "Metrics" not in v}
+    assert set(every_alarm) - set(alarms) == {"SignFailureRatioAlarm", "SignNoSuccessAlarm"}
     assert set(alarms) == {
         "CoverageAlarm",
         "ExpiryCheckErrorsAlarm",
@@ -343,3 +346,66 @@ def test_every_checkov_skip_is_justified_and_the_functions_keep_failed_events():
         props = RESOURCES[fn]["Properties"]
         assert props["DeadLetterQueue"]["TargetArn"] == {"Fn::GetAtt": ["FunctionDeadLetterQueue", "Arn"]}
         assert props["ReservedConcurrentExecutions"] >= 1
+
+
+def test_the_tasks_see_the_clients_addresses_and_only_the_nlb_admits_them():
+    """Issue 14 item 3: client IP preservation on; AllowedClientCidr enforced at the NLB only."""
+    attrs = {a["Key"]: a["Value"] for a in RESOURCES["TargetGroup"]["Properties"]["TargetGroupAttributes"]}
+    assert attrs["preserve_client_ip.enabled"] == "true"
+    assert RESOURCES["TargetGroup"]["Properties"]["TargetType"] == "ip"  # where the default is off
+    (nlb_rule,) = RESOURCES["LoadBalancerSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert nlb_rule["CidrIp"] == {"Ref": "AllowedClientCidr"} and nlb_rule["FromPort"] == 50001
+    task_rules = RESOURCES["ServiceSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    # AWS matches traffic through the NLB against the NLB's security group, preserved client
+    # address or not: no CIDR rule, so nothing reaches a task around the NLB
+    assert {r["FromPort"] for r in task_rules} == {50001, 8080}
+    assert all(r == r | {"SourceSecurityGroupId": {"Ref": "LoadBalancerSecurityGroup"}} for r in task_rules)
+    assert not any("CidrIp" in r or "CidrIpv6" in r for r in task_rules)
+    env = {
+        e["Name"]: e["Value"]
+        for e in RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
+    }
+    assert env["SENTRY_IDENTITY_RATE_LIMIT"] == {"Ref": "IdentityRateLimit"}
+    cfg = load_config(
+        {}, {"SENTRY_IDENTITY_RATE_LIMIT": str(TEMPLATE["Parameters"]["IdentityRateLimit"]["Default"])}
+    )
+    assert cfg.identity_rate_limit == 10
+
+
+def test_private_subnets_get_the_endpoints_the_tasks_need_as_an_option():
+    """Issue 14 item 9: with CreateVpcEndpoints, an endpoint for every AWS service a task reaches."""
+    endpoints = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::EC2::VPCEndpoint"}
+    services = {
+        v["Properties"]["ServiceName"]["Fn::Sub"].removeprefix("com.amazonaws.${AWS::Region}."): v
+        for v in endpoints.values()
+    }
+    # what a task reaches: ECR (image), its log driver, the execution role's SSM read, its store
+    task_policy = _actions(RESOURCES["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"])
+    store_services = {a.split(":")[0] for a in task_policy}
+    (container,) = RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    assert container["LogConfiguration"]["LogDriver"] == "awslogs"
+    assert set(services) == {"ecr.api", "ecr.dkr", "logs", "ssm"} | store_services
+    for name, res in services.items():
+        assert res["Condition"] in ("MakeVpcEndpoints", "MakeSecretsManagerEndpoint")
+        props = res["Properties"]
+        if name == "s3":  # a gateway: the bundle and ECR's image layers
+            assert props["VpcEndpointType"] == "Gateway" and props["RouteTableIds"] == {
+                "Ref": "RouteTableIds"
+            }
+        else:
+            assert props["VpcEndpointType"] == "Interface" and props["PrivateDnsEnabled"] is True
+            assert props["SubnetIds"] == {"Ref": "SubnetIds"}
+            assert props["SecurityGroupIds"] == [{"Ref": "VpcEndpointSecurityGroup"}]
+    assert services["secretsmanager"]["Condition"] == "MakeSecretsManagerEndpoint"
+    assert TEMPLATE["Conditions"]["MakeSecretsManagerEndpoint"] == {
+        "Fn::And": [{"Fn::Condition": "MakeVpcEndpoints"}, {"Fn::Condition": "UseSecretsManager"}]
+    }
+    assert TEMPLATE["Parameters"]["CreateVpcEndpoints"]["Default"] == "false"
+    (rule,) = RESOURCES["VpcEndpointSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert rule["SourceSecurityGroupId"] == {"Ref": "ServiceSecurityGroup"} and rule["FromPort"] == 443
+    assert "RouteTablesForEndpoints" in TEMPLATE["Rules"]
+
+
+def test_the_image_is_documented_by_digest():
+    description = " ".join(TEMPLATE["Parameters"]["ImageUri"]["Description"].split())
+    assert "@sha256:" in description and "by digest" in description

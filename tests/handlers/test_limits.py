@@ -84,16 +84,62 @@ def test_rate_limit_over_grpc_is_resource_exhausted_and_counted(tmp_path):
         ca.stop(grace=0)
 
 
+def test_an_identity_past_its_rate_is_refused_while_others_at_the_same_address_sign(tmp_path, caplog):
+    """The second bucket (design §3.1 step 3b): per proven SPIFFE ID, checked after validation,
+    so one workload cannot spend the budget of an address it shares with others."""
+    store = tmp_path / "credentials"
+    ca = CertificateAuthority()
+    ca.start(ca_config(store, identity_rate_limit="0.5"))  # a burst of 1 per identity
+    chan = client.channel(f"localhost:{ca.grpc_port}", (store / "ca.crt").read_bytes())
+    caplog.set_level("INFO", logger="sentryca.audit")
+    try:
+        assert client.sign(chan, make_csr(), "orders", "prod").workload_certificate
+        with pytest.raises(grpc.RpcError) as e:
+            client.sign(chan, make_csr(), "orders", "prod")
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "spiffe://" in (e.value.details() or "") and "/ns/prod/orders" in e.value.details()
+        # the same peer address, other identities: each has its own bucket
+        assert client.sign(chan, make_csr(), "payments", "prod").workload_certificate
+        assert client.sign(chan, make_csr(), "orders", "staging").workload_certificate
+        # a call refused before its identity is proven (step 1: an unknown validator) spends no
+        # identity token: "cart" still signs after it
+        with pytest.raises(grpc.RpcError) as e:
+            client.sign(chan, make_csr(), "cart", "prod", token_validator=99)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert client.sign(chan, make_csr(), "cart", "prod").workload_certificate
+        text = ca.metrics.exposition().decode()
+        assert 'category="rate_limited",reason="identity_rate_limited"} 1.0' in text
+        assert 'reason="rate_limited"' not in text  # the peer's bucket was never empty
+        # every issuance's audit record names the caller's own address, not a proxy's
+        peers = [r.peer for r in caplog.records if getattr(r, "event", "") == "certificate_issued"]
+        assert len(peers) == 4 and all(p.startswith(("ipv4:127.0.0.1:", "ipv6:[::1]:")) for p in peers)
+        assert "sentryca_restarts_total 0.0" in text  # a start is not a restart
+        ca.restart(ca_config(store, identity_rate_limit="0"))  # in place: the new limit applies
+        assert client.sign(chan, make_csr(), "orders", "prod").workload_certificate
+        assert "sentryca_restarts_total 1.0" in ca.metrics.exposition().decode()
+    finally:
+        chan.close()
+        ca.stop(grace=0)
+
+
 def test_limits_are_options_with_generous_defaults():
     cfg = load_config({}, {})
     assert cfg.rate_limit == 1000 and cfg.max_concurrent_streams == 100
+    assert cfg.identity_rate_limit == 0  # off unless set (the template sets it)
+    assert load_config({}, {"SENTRY_IDENTITY_RATE_LIMIT": "2"}).identity_rate_limit == 2
     cfg = load_config({"max_concurrent_streams": "8"}, {"SENTRY_RATE_LIMIT": "2.5"})
     assert cfg.rate_limit == 2.5 and cfg.max_concurrent_streams == 8
 
 
 @pytest.mark.parametrize(
     "flags",
-    [{"rate_limit": "-1"}, {"rate_limit": "fast"}, {"rate_limit": "inf"}, {"max_concurrent_streams": "0"}],
+    [
+        {"rate_limit": "-1"},
+        {"rate_limit": "fast"},
+        {"rate_limit": "inf"},
+        {"identity_rate_limit": "-1"},
+        {"max_concurrent_streams": "0"},
+    ],
 )
 def test_bad_limits_are_config_errors(flags):
     with pytest.raises(ConfigError):

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import sentryca_client as client
 from ca_core.config import load_config
 from ca_core.errors import ConfigError
+from handlers.call_limits import CallLimits, Slots
 from handlers.server import CertificateAuthority
 from handlers.server.listeners import FD_MARGIN, grpc_options, raise_fd_limit
 from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
@@ -140,7 +141,8 @@ def test_stalled_calls_hold_no_thread(store_dir, channel_to):
         stalled = channel_to(ca)
         release = threading.Event()
         parked = [
-            streaming_call(stalled).future(held_until(release, request_bytes()), timeout=60) for _ in range(64)
+            streaming_call(stalled).future(held_until(release, request_bytes()), timeout=60)
+            for _ in range(64)
         ]
         try:
             good = client.channel(f"localhost:{ca.grpc_port}", ca.signer.bundle.anchors_pem)
@@ -213,25 +215,55 @@ def test_a_ca_started_under_a_low_open_file_limit_raises_it(store_dir):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_calls_past_the_stream_limit_on_one_grpcio_channel_wait_for_a_stream(store_dir):
-    """600 calls at once on a new channel against --max-concurrent-streams 100: every one is
-    served (the client waits for a free stream; the server never refuses a stream within the
-    limit it announced)."""
+def test_calls_on_one_grpcio_channel_past_the_stream_limit_end_served_or_unavailable(store_dir):
+    """32 calls at once on one channel are all served; 600 against --max-concurrent-streams 100
+    all end well before their deadline, each served or refused UNAVAILABLE (design §8.7: gRPC
+    core refuses a stream it still counts; never a call left waiting or another failure)."""
     ca = CertificateAuthority()
     ca.start(ca_config(store_dir, rate_limit="0", max_concurrent_streams="100"))
     try:
-        with client.channel(f"localhost:{ca.grpc_port}", ca.signer.bundle.anchors_pem) as chan:
-            stub = sentry_pb2_grpc.CAStub(chan)
-            requests = [
-                sentry_pb2.SignCertificateRequest.FromString(request_bytes(f"app{i}")) for i in range(600)
-            ]
-            calls = [stub.SignCertificate.future(request, timeout=60) for request in requests]
-            failures = []
-            for call in calls:
-                try:
-                    assert call.result().workload_certificate.startswith(b"-----BEGIN CERTIFICATE-----")
-                except grpc.RpcError as e:
-                    failures.append(e.code())
-        assert failures == []
+        for count in (32, 600):
+            with client.channel(f"localhost:{ca.grpc_port}", ca.signer.bundle.anchors_pem) as chan:
+                stub = sentry_pb2_grpc.CAStub(chan)
+                requests = [
+                    sentry_pb2.SignCertificateRequest.FromString(request_bytes(f"app{i}"))
+                    for i in range(count)
+                ]
+                started = time.monotonic()
+                calls = [stub.SignCertificate.future(request, timeout=60) for request in requests]
+                served, failures = 0, []
+                for call in calls:
+                    try:
+                        served += call.result().workload_certificate.startswith(
+                            b"-----BEGIN CERTIFICATE-----"
+                        )
+                    except grpc.RpcError as e:
+                        failures.append(e.code())
+                took = time.monotonic() - started
+            if count == 32:
+                assert served == 32 and failures == []
+            else:
+                assert served + len(failures) == 600 and served > 0
+                assert set(failures) <= {grpc.StatusCode.UNAVAILABLE}
+                assert took < 50  # every call ended before its 60 s deadline
     finally:
         ca.stop(grace=0)
+
+
+def test_slots_cap_calls_in_all_and_per_peer():
+    limits = CallLimits(max_in_flight=3, max_in_flight_per_peer=2, message_timeout=1.0)
+    slots = Slots()
+    assert slots.take("10.0.0.1", limits, in_total=True) is None
+    assert slots.take("10.0.0.1", limits, in_total=False) is None  # a health call: per peer only
+    refused = slots.take("10.0.0.1", limits, in_total=True)
+    assert refused is not None and refused.reason == "peer_in_flight_limit"
+    assert slots.take("10.0.0.2", limits, in_total=True) is None
+    assert slots.take("10.0.0.3", limits, in_total=True) is None
+    refused = slots.take("10.0.0.4", limits, in_total=True)
+    assert refused is not None and refused.reason == "in_flight_limit" and slots.total == 3
+    slots.give("10.0.0.1", in_total=False)
+    slots.give("10.0.0.1", in_total=True)
+    assert slots.held_by("10.0.0.1") == 0 and slots.total == 2
+    assert slots.take("10.0.0.4", limits, in_total=True) is None
+    unlimited = CallLimits(max_in_flight=10, max_in_flight_per_peer=0)
+    assert all(slots.take("10.0.0.9", unlimited, in_total=False) is None for _ in range(50))

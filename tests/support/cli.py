@@ -10,8 +10,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -98,12 +100,38 @@ class Served:
         )
         return last["body"]
 
+    def drain(self) -> None:
+        """Read the CA's stderr from now on in a thread, so a CA that logs much (an audit line per
+        certificate) never blocks on a full pipe; :meth:`stop` returns what it kept: every line
+        but the ``sentryca.audit`` ones, which are counted in :attr:`audit_lines`."""
+        self.kept: list[str] = []
+        self.audit_lines = 0
+
+        def read() -> None:
+            for line in self.proc.stderr:
+                if "sentryca.audit" in line:
+                    self.audit_lines += 1
+                else:
+                    self.kept.append(line)
+
+        self._drainer = threading.Thread(target=read, name="ca-stderr", daemon=True)
+        self._drainer.start()
+
     def stop(self) -> str:
-        """Stop the CA and return everything it logged."""
+        """Stop the CA and return everything it logged (what :meth:`drain` kept, if draining)."""
         if "channel" in vars(self):
             self.channel.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+        drainer = getattr(self, "_drainer", None)
+        if drainer is not None:
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            drainer.join(timeout=10)
+            return "".join(self.kept)
         try:
             _, err = self.proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
@@ -112,10 +140,16 @@ class Served:
         return err
 
 
-def serve(tmp_path: Path, *args: str, env: dict | None = None) -> Served:
+def serve(
+    tmp_path: Path,
+    *args: str,
+    env: dict | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Served:
     """Start ``sentryca serve ARGS`` on ephemeral ports with a file store in ``tmp_path/creds``
     (unless ARGS name another store); returns once it says where it serves. ``env``: variables
-    added to this process's environment (KUBERNETES_SERVICE_HOST removed)."""
+    added to this process's environment (KUBERNETES_SERVICE_HOST removed); ``preexec_fn``: run in
+    the child before it starts (e.g. to set its resource limits)."""
     creds = tmp_path / "creds"
     environment = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
     environment |= {"SENTRY_HEALTHZ_PORT": "0", "SENTRY_METRICS_PORT": "0"} | (env or {})
@@ -124,6 +158,7 @@ def serve(tmp_path: Path, *args: str, env: dict | None = None) -> Served:
         stderr=subprocess.PIPE,
         text=True,
         env=environment,
+        preexec_fn=preexec_fn,
     )
     lines: list[str] = []
     ports: dict[str, int] = {}

@@ -25,6 +25,7 @@ MAX_WORKLOAD_TTL = timedelta(days=3650)
 MAX_CLOCK_SKEW = timedelta(hours=24)
 MAX_EXPIRY_CHECK_INTERVAL = timedelta(days=30)
 MAX_STORE_POLL_INTERVAL = timedelta(hours=24)
+MAX_EMF_INTERVAL = timedelta(hours=1)
 MAX_PROPAGATION_WINDOW = timedelta(days=30)
 MAX_CALL_TIMEOUT = timedelta(minutes=10)  # --message-timeout, --handshake-timeout
 MAX_IDLE_TIMEOUT = timedelta(hours=24)
@@ -87,14 +88,17 @@ class Config:
     root_propagation_window: timedelta = timedelta(hours=24)
     log_level: str = "info"
     log_as_json: bool = False
+    emf_interval: timedelta = timedelta(0)
     allow_insecure_on_network: bool = False
     max_concurrent_streams: int = 100
     max_in_flight: int = 1024
+    max_in_flight_per_peer: int = 128
     message_timeout: timedelta = timedelta(seconds=10)
     max_connections: int = 4096
     handshake_timeout: timedelta = timedelta(seconds=10)
     idle_timeout: timedelta = timedelta(minutes=5)
     rate_limit: float = 1000.0
+    identity_rate_limit: float = 0.0
     workers: int = 1
     issuer_credentials: str = "./.sentry/credentials"
     trust_bundle_store: str | None = None
@@ -164,6 +168,8 @@ def validate(cfg: Config) -> Config:
         problems.append("--expiry-check-interval must be positive and at most 720h (30 days)")
     if not timedelta(0) <= cfg.store_poll_interval <= MAX_STORE_POLL_INTERVAL:
         problems.append("--store-poll-interval must be between 0s (off) and 24h")
+    if cfg.emf_interval != timedelta(0) and not timedelta(seconds=1) <= cfg.emf_interval <= MAX_EMF_INTERVAL:
+        problems.append("--emf-interval must be 0s (off) or between 1s and 1h")
     if not timedelta(0) <= cfg.root_propagation_window <= MAX_PROPAGATION_WINDOW:
         problems.append("--root-propagation-window must be between 0s and 720h (30 days)")
     for flag, value in (

@@ -58,6 +58,13 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _non_negative_int(text: str) -> int:
+    n = _integer(text)
+    if n < 0:
+        raise ValueError(f"{n} must be 0 or more")
+    return n
+
+
 def _rate(text: str) -> float:
     try:
         v = float(text)
@@ -216,6 +223,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "(waiting for the request message included); more get RESOURCE_EXHAUSTED (default 1024)",
     ),
     Option(
+        "max-in-flight-per-peer",
+        _non_negative_int,
+        "gRPC: most calls (SignCertificate and health) one peer address holds at once; more get "
+        "RESOURCE_EXHAUSTED. Behind a proxy that hides client addresses, raise it or set 0 (no such "
+        "limit) (default 128)",
+    ),
+    Option(
         "message-timeout",
         parse_duration,
         "gRPC: how long a call's request message may take to arrive after the call starts; later "
@@ -246,6 +260,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "many; more get RESOURCE_EXHAUSTED. 0: no limit (default 1000)",
     ),
     Option(
+        "identity-rate-limit",
+        _rate,
+        "SignCertificate requests per second allowed to one proven identity (SPIFFE ID), checked "
+        "after its validator proved it, bursts of as many; more get RESOURCE_EXHAUSTED. 0: no limit "
+        "(default 0)",
+    ),
+    Option(
         "workers",
         _workers,
         "gRPC server processes sharing --port (SO_REUSEPORT), each a whole CA on the same store, "
@@ -254,6 +275,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     ),
     Option("log-level", _log_level, "debug, info, warn, error (default info)"),
     Option("log-as-json", _bool, "log JSON lines (default false)"),
+    Option(
+        "emf-interval",
+        parse_duration,
+        "write the signing metrics to stdout as CloudWatch Embedded Metric Format documents this "
+        "often (what changed since the last one), for CloudWatch Logs to extract; Go duration, "
+        "0s = never (default 0s)",
+    ),
 )
 
 STORE_OPTIONS: tuple[Option, ...] = (

@@ -17,7 +17,12 @@ from ca_core.errors import CAError
 from .common import config
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from prometheus_client.metrics_core import Metric
+
     from ca_core.config import Config
+    from handlers.emf import EmfWriter
     from handlers.server import CertificateAuthority
     from handlers.workers import Supervisor
 
@@ -62,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except CAError as e:
         log.critical("cannot start the CA: %s", e)
         return 1
+    emf = _emf_writer(cfg, ca.metrics.registry.collect)
     host = _host(cfg)
     if cfg.log_as_json:
         pass  # JSON lines only: the start-up log line says where the CA serves
@@ -78,7 +84,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop.wait()
     log.info("signal received: stopping")
     ca.stop()
+    if emf is not None:
+        emf.stop()  # the last figures, after the calls in flight were answered
     return 0
+
+
+def _emf_writer(cfg: Config, collect: Callable[[], Iterable[Metric]]) -> EmfWriter | None:
+    """With ``--emf-interval``: the started writer of EMF documents to stdout (design §9.3)."""
+    if not cfg.emf_interval:
+        return None
+    from handlers.emf import EmfWriter
+
+    return EmfWriter(collect, cfg.emf_interval.total_seconds()).start()
 
 
 def _host(cfg: Config) -> str:
@@ -96,8 +113,11 @@ def _serve_workers(cfg: Config, supervisor: Supervisor, stop: threading.Event) -
     if not cfg.log_as_json:
         _print_banner(cfg, supervisor, _host(cfg))
         print(f"  ({supervisor.count} worker processes share the gRPC port)\n", file=sys.stderr, flush=True)
+    emf = _emf_writer(cfg, supervisor.collect)
     supervisor.run(stop)
     log.info("signal received: stopping the workers")
+    if emf is not None:
+        emf.stop()  # before the workers' metric files are removed (calls still draining are not in it)
     supervisor.stop()
     return 0
 

@@ -24,8 +24,9 @@ from ca_core.errors import CAError
 from ca_core.policy import ServerCertificate
 from ca_core.service import Signer
 
+from ..call_limits import CallLimits, Guard
 from ..grpc_health import Probe, ReadinessHealth, add_health_to_server
-from ..grpc_service import CallLimits, CAServicer, add_to_server
+from ..grpc_service import CAServicer, add_to_server
 from ..http_endpoints import HttpEndpoints, json_route
 from ..metrics import Metrics
 from ..rate_limit import RateLimiter
@@ -67,6 +68,7 @@ class _Grpc:
     port: int
     health: ReadinessHealth
     limiter: RateLimiter
+    identity_limiter: RateLimiter
     servicer: CAServicer
     io: ThreadPoolExecutor
 
@@ -160,20 +162,27 @@ class Listeners:
         """A started gRPC server (TLS with ``cert``, renewed through the certificate's fetch
         callback) on ``cfg``'s address and port, on the listeners' event loop. Raises CAError when
         the address cannot be bound; nothing stays open then."""
-        raise_fd_limit(cfg.max_connections + FD_MARGIN)
         return self._loop.run(self._start_grpc(cfg, cert))
 
     async def _start_grpc(self, cfg: Config, cert: ServerCertificate) -> _Grpc:
         creds = self._certs.credentials(cert)
-        server = grpc.aio.server(options=grpc_options(cfg, self._reuse_port))
+        max_connections = connection_cap(cfg.max_connections)
+        server = grpc.aio.server(options=grpc_options(cfg, self._reuse_port, max_connections))
         limiter = RateLimiter(cfg.rate_limit)
+        identity_limiter = RateLimiter(cfg.identity_rate_limit)
         io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="grpc-io")
-        limits = CallLimits(cfg.max_in_flight, cfg.message_timeout.total_seconds())
+        guard = Guard(call_limits(cfg))
         servicer = CAServicer(
-            self._signer, self._clock, self._metrics, limiter, io_executor=io, limits=limits
+            self._signer,
+            self._clock,
+            self._metrics,
+            limiter,
+            identity_limiter=identity_limiter,
+            io_executor=io,
+            guard=guard,
         )
         add_to_server(servicer, server)
-        health = await add_health_to_server(self._readiness, server)
+        health = await add_health_to_server(self._readiness, server, guard)
         address = host_port(cfg.listen_address, cfg.port)
         try:
             port = server.add_secure_port(address, creds)
@@ -188,7 +197,7 @@ class Listeners:
                 f"cannot listen on {address}: {bind_problem(cfg) or 'address in use or unavailable'}"
             )
         await server.start()
-        return _Grpc(server, port, health, limiter, servicer, io)
+        return _Grpc(server, port, health, limiter, identity_limiter, servicer, io)
 
     def _open_http(self, name: str, cfg: Config) -> HttpEndpoints | None:
         """The started HTTP listener ``name`` ("healthz" or "metrics") of ``cfg``, or None when
@@ -256,6 +265,7 @@ class Listeners:
         retired: _Grpc | None = None
         with self._swap_lock:
             commit()
+            self._metrics.restarts.inc()
             self._certs.put(cert)
             if opened_grpc is not None or "grpc" in changed:
                 retired = self._grpc
@@ -266,7 +276,9 @@ class Listeners:
         if opened_grpc is None and current is not None:
             if cfg.rate_limit != old.rate_limit:
                 current.limiter.configure(cfg.rate_limit)
-            current.servicer.limits = CallLimits(cfg.max_in_flight, cfg.message_timeout.total_seconds())
+            if cfg.identity_rate_limit != old.identity_rate_limit:
+                current.identity_limiter.configure(cfg.identity_rate_limit)
+            current.servicer.guard.limits = call_limits(cfg)
         if retired is not None:
             self._draining.append((retired, self._loop.submit(self._retire(retired, DRAIN_GRACE))))
         for name, endpoint in opened_http.items():
@@ -316,20 +328,25 @@ class Listeners:
         self._http.clear()
 
 
-def grpc_options(cfg: Config, reuse_port: bool) -> list[tuple[str, int]]:
+def call_limits(cfg: Config) -> CallLimits:
+    """The per-call limits of ``cfg`` (design §8.7)."""
+    return CallLimits(cfg.max_in_flight, cfg.max_in_flight_per_peer, cfg.message_timeout.total_seconds())
+
+
+def grpc_options(cfg: Config, reuse_port: bool, max_connections: int | None = None) -> list[tuple[str, int]]:
     """The gRPC core settings of the CA's server (design §8.7): what one connection may hold and
-    for how long. Streams per connection, connections in all, the TLS handshake plus the client's
-    HTTP/2 preface (``--handshake-timeout``), a connection with no call (``--idle-timeout``)."""
+    for how long. Streams per connection, connections in all (``max_connections``, default
+    ``--max-connections``), the TLS handshake plus the client's HTTP/2 preface and its
+    acknowledgement of the server's SETTINGS (``--handshake-timeout``), a connection with no call
+    (``--idle-timeout``)."""
+    handshake_ms = _ms(cfg.handshake_timeout.total_seconds())
     return [
         ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
-        # Count a stream against the limit while it is open in HTTP/2, as the client counts it
-        # (gRPC core's default also counts streams it has closed but not yet freed, and refuses
-        # calls a client sent within the limit it was told: REFUSED_STREAM, seen as UNAVAILABLE).
-        ("grpc.http.overload_protection", 0),
-        ("grpc.max_allowed_incoming_connections", cfg.max_connections),
-        ("grpc.server_handshake_timeout_ms", _ms(cfg.handshake_timeout.total_seconds())),
+        ("grpc.max_allowed_incoming_connections", max_connections or cfg.max_connections),
+        ("grpc.server_handshake_timeout_ms", handshake_ms),
+        ("grpc.http2.settings_timeout", handshake_ms),  # gRPC core's default: 60 s
         ("grpc.max_connection_idle_ms", _ms(cfg.idle_timeout.total_seconds())),
     ]
 
@@ -338,10 +355,28 @@ def _ms(seconds: float) -> int:
     return max(1, min(2**31 - 1, round(seconds * 1000)))
 
 
+def connection_cap(max_connections: int) -> int:
+    """``max_connections``, or less when the open-file limit cannot be raised to hold it plus
+    FD_MARGIN (a warning says so): a CA out of file descriptors cannot read its store, answer
+    /healthz or accept anyone, so the cap stays below the limit."""
+    soft = raise_fd_limit(max_connections + FD_MARGIN)
+    if soft == resource.RLIM_INFINITY or soft >= max_connections + FD_MARGIN:
+        return max_connections
+    cap = max(1, soft - FD_MARGIN)
+    log.warning(
+        "--max-connections %d lowered to %d: the open-file limit is %d and cannot be raised to %d "
+        "(raise it: ulimit -n, LimitNOFILE, the container runtime's nofile)",
+        max_connections,
+        cap,
+        soft,
+        max_connections + FD_MARGIN,
+    )
+    return cap
+
+
 def raise_fd_limit(needed: int) -> int:
     """Raise this process's soft limit on open files (RLIMIT_NOFILE) to ``needed``, as far as the
-    hard limit allows (never lowering it); returns the soft limit now. Warns once when the hard
-    limit is below ``needed``: connections past it are refused by the kernel (EMFILE)."""
+    hard limit allows (never lowering it); returns the soft limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
@@ -350,14 +385,6 @@ def raise_fd_limit(needed: int) -> int:
             soft = target
         except (ValueError, OSError) as e:
             log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, e)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        log.warning(
-            "open-file limit %d is below --max-connections plus %d (%d): raise it (ulimit -n, "
-            "LimitNOFILE, the container runtime's nofile) or lower --max-connections",
-            soft,
-            FD_MARGIN,
-            needed,
-        )
     return soft
 
 
