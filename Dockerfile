@@ -19,7 +19,7 @@ ARG LAMBDA_BASE_IMAGE=public.ecr.aws/lambda/python:${PYTHON_VERSION}
 # checkov:skip=CKV_DOCKER_7: the FROM lines name build arguments whose defaults above are versioned tags; checkov does not expand them
 
 FROM ${BASE_IMAGE} AS build
-LABEL org.sentryca.stage=build
+LABEL org.sentryca.built-by=make-image
 COPY build/image/wheels /wheels
 # a venv, so that the same steps work on an image whose system Python is managed by its
 # distribution (PEP 668); then its pip goes, which the server does not run
@@ -29,6 +29,7 @@ RUN python3 -m venv /opt/sentryca \
     && find /opt/sentryca -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${BASE_IMAGE} AS server
+LABEL org.sentryca.built-by=make-image
 COPY --from=build /opt/sentryca /opt/sentryca
 # The base's own pip (python:*-slim ships one) is build tooling the CA never runs: it goes too.
 RUN if python3 -m pip --version >/dev/null 2>&1; then python3 -m pip uninstall --yes pip; fi \
@@ -49,6 +50,7 @@ CMD ["serve"]
 # The functions import only the core, the AWS store adapters and Powertools (src/requirements.txt):
 # no grpc, no kubernetes, which keeps the cold start small. No RUN step: nothing is installed here.
 FROM ${LAMBDA_BASE_IMAGE} AS lambda
+LABEL org.sentryca.built-by=make-image
 COPY build/image/lambda-task ${LAMBDA_TASK_ROOT}/
 # botocore's models without prose (tools.slim_botocore): ~60 ms less per cold start
 ENV SENTRY_BOTOCORE_DATA=${LAMBDA_TASK_ROOT}/botocore-data

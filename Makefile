@@ -133,7 +133,8 @@ image: | $(VENV)/bin/python
 	docker build --quiet --target server --build-arg PYTHON_VERSION=$(PYTHON_VERSION) --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE):server .
 	docker build --quiet --target lambda --build-arg PYTHON_VERSION=$(PYTHON_VERSION) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	    --build-arg LAMBDA_BASE_IMAGE=$(LAMBDA_BASE_IMAGE) -t $(IMAGE):lambda .
-	docker image prune --force --filter label=org.sentryca.stage=build >/dev/null  # the build stage's, now dangling
+	# untagged now: the build stage and the images these tags named before
+	docker image prune --force --filter label=org.sentryca.built-by=make-image >/dev/null
 	@docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' $(IMAGE)
 
 ## base-images: local stand-ins for python:*-slim and the Lambda base (no registry needed; root, debootstrap), once per machine
