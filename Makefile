@@ -16,7 +16,7 @@ export SAM_CLI_TELEMETRY := 0
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download
 
-.PHONY: run test lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-build sam-invoke image base-images proto proto-check bench rotation-timeline clean
+.PHONY: run test test-slow lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-build sam-invoke image base-images proto proto-check bench rotation-timeline clean
 
 # Container images (make image) and sam local invoke (make sam-invoke) on this machine's architecture.
 MACHINE := $(shell uname -m)
@@ -63,9 +63,13 @@ $(CHECKOV_VENV)/.installed: Makefile | $(VENV)/bin/python
 run: $(VENV)/.installed-run
 	$(VENV)/bin/sentryca serve $(ARGS)
 
-## test: every test and check (what CI runs)
+## test: the gRPC code check, every linter, every test not marked slow (CI runs it, then test-slow)
 test: $(VENV)/.installed-test proto-check lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## test-slow: the suites marked slow (end to end, containers, attacks, load); CI runs them after make test
+test-slow: $(VENV)/.installed-test
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 ## lint: static checks (code, types, import contracts, security with bandit; the SAM template, Dockerfile and manifests offline)
 lint: $(VENV)/.installed-test lint-template lint-docker lint-k8s
