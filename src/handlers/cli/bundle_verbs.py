@@ -218,8 +218,15 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
                 "a copy of it first: `sentryca bundle export`"
             )
     now = datetime.now(UTC)
+    # The store's newest bundle never accepted (written around the CAs, refused): the CAs serve
+    # the last accepted one, and the import is judged against that (design §5.4).
+    basis = _unaccepted_basis(store, current.items)
+    if basis is not None:
+        old, old_items = basis
+    else:
+        old_items = current.items
     if old is not None:
-        verdict = judge_replacement(old, current.items, new, items, now, force=args.force)
+        verdict = judge_replacement(old, old_items, new, items, now, force=args.force)
         if not verdict.allowed and verdict.dropped_root is not None:
             if args.from_dir:
                 given, remedy = (
@@ -248,8 +255,25 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
     print(
         f"{store.description}: imported the trust bundle (replacing version {short_version(current.version)})"
     )
-    print(running_cas_notice(old, current.items, new, items, now), file=sys.stderr)
+    print(running_cas_notice(old, old_items, new, items, now), file=sys.stderr)
     return 0
+
+
+def _unaccepted_basis(
+    store: BundleStore, current_items: Mapping[str, bytes]
+) -> tuple[PublicBundle, Mapping[str, bytes]] | None:
+    """The store's record of the last accepted bundle (parsed, and its items) when the store's
+    current bundle is not that one; None otherwise, or when there is no usable record."""
+    from ca_core.bundle import parse_public_bundle
+    from ca_core.continuity import matches_record
+
+    try:
+        record = store.load_accepted()
+        if record is None or matches_record(record.items, current_items):
+            return None
+        return parse_public_bundle(record.items), record.items
+    except CAError:
+        return None
 
 
 def record_override(store: BundleStore, items: Mapping[str, bytes], version: str) -> None:
