@@ -366,3 +366,33 @@ def test_the_cas_own_first_bundle_and_rotation_never_force_a_deployment(function
         assert result["outcome"] == "accepted" and result["deployment"], result
         assert deployment(ecs) == result["deployment"] != before  # one deployment per change
         before = result["deployment"]
+
+
+def test_the_put_back_is_conditional_a_newer_write_is_left_to_the_next_event(
+    function_env, bucket, monkeypatch
+):
+    """Another writer lands between the function's read and its put back: the conditional write
+    loses, nothing is overwritten, the change is only rejected; the newer write's own event is
+    judged next (here: it keeps the root, so it is accepted)."""
+    from adapters.stores.s3 import S3BundleStore
+
+    url = f"s3://{BUCKET}/refused/{uuid.uuid4().hex[:10]}.json"
+    function_env(url)
+    store = open_store(url)
+    first = make_bundle(datetime.now(UTC))
+    assert store.create(first.to_items())
+    assert store.replace(make_bundle(datetime.now(UTC)).to_items(), store.load().version)
+    newer = reissued(first, datetime.now(UTC)).to_items()
+    find_accepted = S3BundleStore.find_accepted
+
+    def another_writer_lands(self, record):
+        found = find_accepted(self, record)
+        assert open_store(url).replace(newer, open_store(url).load().version)
+        return found
+
+    monkeypatch.setattr(S3BundleStore, "find_accepted", another_writer_lands)
+    result = invoke("ConfigChangeFunction", change_event(url), TEMPLATE)
+    assert result["outcome"] == "rejected" and result["deployment"] is None, result
+    assert dict(store.load().items) == newer  # not overwritten
+    monkeypatch.setattr(S3BundleStore, "find_accepted", find_accepted)
+    assert invoke("ConfigChangeFunction", change_event(url), TEMPLATE)["outcome"] == "accepted"
