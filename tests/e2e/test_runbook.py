@@ -293,6 +293,9 @@ def test_a_bundle_written_around_the_cas_is_never_served_and_the_backup_restores
             with pytest.raises(BundleError, match="keeps no copy of the last accepted one"):
                 fresh.start(config)
         r = sh("refused", tmp_path, STORE=url, BACKUP=str(backup), **env)
+        assert "newest: the store's newest bundle is not its record of the last accepted one; REFUSED" in (
+            r.stdout
+        )
         assert "Running CAs take this bundle at their next store poll" in r.stderr
         assert dict(open_store(url).load().items) == dict(FileBundleStore(backup).load().items)
         wait_until(lambda: not ca.readiness()[1].get("degraded"), "the running CA is backed again")

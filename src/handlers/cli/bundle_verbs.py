@@ -125,7 +125,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for line in describe(state, bundle):
         print(f"rotation: {line}")
     print("bundle: complete (anchors, issuer chain and key match)")
+    _print_newest_against_record(store, whole.items, bundle, now)
     return 0
+
+
+def _print_newest_against_record(
+    store: BundleStore, items: Mapping[str, bytes], bundle: PublicBundle, now: datetime
+) -> None:
+    """When the store's newest bundle is not its record of the last accepted one: what a CA
+    starting now does with it (design §5.4)."""
+    from ca_core.continuity import judge_against_record, matches_record, refusal_message
+
+    try:
+        record = store.load_accepted()
+    except CAError:
+        return
+    if record is None or matches_record(record.items, items):
+        return
+    verdict = judge_against_record(record.items, bundle, items, now)
+    what = "a CA takes it" if verdict.allowed else f"REFUSED: {refusal_message(verdict, store.description)}"
+    print(f"newest: the store's newest bundle is not its record of the last accepted one; {what}")
 
 
 def _time_left(left: timedelta | None) -> str:
