@@ -175,6 +175,8 @@ def _handle(event: dict[str, Any], metrics: Any) -> dict[str, Any]:
             except Unavailable:
                 raise
             except CAError:
+                if stored is None:  # emptied: nothing to write over (held_before tells the CAs)
+                    raise
                 # Put back the last accepted bundle; a replacement recorded as deliberate meanwhile
                 # (a forced verb records its bundle just after writing it) is accepted instead.
                 reverted = _revert(store, stored)

@@ -396,3 +396,14 @@ def test_the_put_back_is_conditional_a_newer_write_is_left_to_the_next_event(
     assert dict(store.load().items) == newer  # not overwritten
     monkeypatch.setattr(S3BundleStore, "find_accepted", find_accepted)
     assert invoke("ConfigChangeFunction", change_event(url), TEMPLATE)["outcome"] == "accepted"
+
+
+def test_an_event_for_a_bundle_deleted_since_is_rejected_and_nothing_is_written(function_env, bucket):
+    url = f"s3://{BUCKET}/refused/{uuid.uuid4().hex[:10]}.json"
+    function_env(url)
+    store = open_store(url)
+    assert store.create(make_bundle(datetime.now(UTC)).to_items())
+    bucket.delete_object(Bucket=BUCKET, Key=store.key)  # a delete marker
+    result = invoke("ConfigChangeFunction", change_event(url), TEMPLATE)
+    assert result["outcome"] == "rejected" and "holds no trust bundle any more" in result["reason"], result
+    assert store.load() is None  # not put back: restoring is the operator's (held_before says so)
