@@ -224,6 +224,37 @@ def screen_start(
     return LoadedBundle(bundle, accepted.version, False, accepted), Refusal(loaded.stored.version, detail)
 
 
+def accepted_instead(store: BundleStore, error: BundleError) -> tuple[LoadedBundle, Refusal]:
+    """A start found the store's newest content unusable (``error``): serve the last accepted
+    bundle when the store keeps it (its record, then ``find_accepted``), the CA starting
+    degraded; else ``error`` is raised again (design §5.3: refused, nothing written). An empty
+    store is not this case: the bootstrap rule decided (design §5.2), and ``error`` is raised."""
+    # key: what the upkeep's reads of the store report the same refusal under
+    try:
+        newest = store.load()
+    except BundleError as e:  # content that cannot even be read as items
+        key = str(e)
+    else:
+        if newest is None:
+            raise error
+        key = newest.version
+    accepted, bundle = None, None
+    try:
+        record = store_retry().run(f"read the record in {store.description}", store.load_accepted)
+        accepted = store.find_accepted(record.items) if record is not None else None
+        bundle = parse_stored(store, accepted) if accepted is not None else None
+    except BundleError:
+        pass
+    if accepted is None or bundle is None:
+        raise error
+    detail = (
+        f"the newest content of {store.description} is unusable ({error}); serving the last accepted "
+        f"bundle (version {accepted.version}) instead"
+    )
+    log.error("%s", detail)
+    return LoadedBundle(bundle, accepted.version, False, accepted), Refusal(key, detail)
+
+
 def build_signer(
     cfg: Config,
     bundle: TrustBundle,

@@ -117,8 +117,6 @@ def test_a_start_never_serves_a_newest_bundle_that_drops_the_accepted_root(kit, 
             assert ready and details["degraded"]["problem"] == "bundle_refused"
             assert "serving the last accepted one" in details["degraded"]["detail"]
             assert refused_count(ca) == 1
-            assert ca.maintain()  # an upkeep round: still refused, counted once
-            assert refused_count(ca) == 1
         finally:
             ca.stop(grace=0)
     else:
@@ -294,23 +292,39 @@ def test_the_function_honours_a_forced_import(aws_kit, function_env, tmp_path):
     assert store.load().items["ca.crt"] == other.anchors_pem
 
 
-def test_the_function_rejects_a_corrupt_bundle_and_a_start_serves_the_accepted_one(
-    function_env, bucket, tmp_path
+@pytest.mark.parametrize("content", ["not json", "key mismatch"])
+def test_unusable_content_is_rejected_and_a_start_serves_the_accepted_one(
+    content, function_env, bucket, tmp_path
 ):
-    """Content that is not a bundle document has no version to write over: rejected, not put
-    back; a CA starting on it serves the accepted version the bucket keeps."""
+    """Content that is not a bundle document has no version to write over: only rejected; a
+    mismatched key is put back. Either way a CA starting on it serves the accepted version the
+    bucket keeps, degraded, the refusal counted."""
     url = f"s3://{BUCKET}/refused/{uuid.uuid4().hex[:10]}.json"
     function_env(url)
     store = open_store(url)
     first = make_bundle(datetime.now(UTC))
     assert store.create(first.to_items())
-    bucket.put_object(Bucket=BUCKET, Key=store.key, Body=b"{not json")
-    result = invoke("ConfigChangeFunction", change_event(url), TEMPLATE)
-    assert result["outcome"] == "rejected" and result["deployment"] is None, result
+    if content == "not json":
+        bucket.put_object(Bucket=BUCKET, Key=store.key, Body=b"{not json")
+    else:
+        items = first.to_items() | {"issuer.key": make_bundle(datetime.now(UTC)).to_items()["issuer.key"]}
+        assert store.replace(items, store.load().version)
     ca = CertificateAuthority()
-    with pytest.raises(BundleError, match="not a JSON document"):
-        ca.start(ca_config(tmp_path / "unused", trust_bundle_store=url))  # design §5.3: never replaced
-    assert not ca.running
+    ca.start(ca_config(tmp_path / "unused", trust_bundle_store=url))
+    try:
+        assert ca.signer.bundle.issuer == first.issuer
+        degraded = ca.readiness()[1]["degraded"]
+        assert degraded["problem"] == "bundle_refused" and "serving the last accepted" in degraded["detail"]
+        assert refused_count(ca) == 1
+    finally:
+        ca.stop(grace=0)
+    result = invoke("ConfigChangeFunction", change_event(url), TEMPLATE)
+    assert result["deployment"] is None
+    if content == "not json":
+        assert result["outcome"] == "rejected", result
+    else:
+        assert result["outcome"] == "reverted", result
+        assert dict(store.load().items) == first.to_items()
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ from ca_core import policy
 from ca_core.certs import check_issuer_valid
 from ca_core.config import Config
 from ca_core.continuity import check_replacement
-from ca_core.errors import FailedPrecondition
+from ca_core.errors import BundleError, FailedPrecondition
 from ca_core.expiry import ExpiryFinding
 from ca_core.service import Signer
 from ca_core.validators import TokenValidatorKind, Validator
@@ -299,11 +299,16 @@ class CertificateAuthority:
         else:
             # Validators first: a configuration that cannot run must not leave a new CA in the store.
             validators = composition.build_validators(config)
-        loaded = composition.load_bundle(
-            config, store, self._clock(), create_if_empty=create_if_empty, publish=False, stored=stored
-        )
         refused = None
-        if previous is None:  # a start: no bundle in force, the store's record judges (design §5.4)
+        try:
+            loaded = composition.load_bundle(
+                config, store, self._clock(), create_if_empty=create_if_empty, publish=False, stored=stored
+            )
+        except BundleError as e:  # unusable content: a start serves the accepted one if kept
+            if previous is not None:
+                raise
+            loaded, refused = composition.accepted_instead(store, e)
+        if previous is None and refused is None:  # a start: the store's record judges (§5.4)
             loaded, refused = composition.screen_start(store, loaded, self._clock())
         if publish and not loaded.created:
             store.publish_public(loaded.stored)
