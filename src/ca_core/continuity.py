@@ -10,6 +10,13 @@ would stop trusting its peers, unless that root is *released*
 (:func:`ca_core.rotation.document.released_roots`: expired, pruned as the current rotation state
 scheduled, activated-and-pruned when its chain expired, or removed by a recorded emergency
 rotation), or the operator forces it.
+
+Where there is no bundle in force (a task starting, the config-change function), "current" is the
+store's **record of the last accepted bundle** (:func:`judge_against_record`): its public part,
+which every store writes with each write through the port and repairs only from a bundle a CA
+accepted (design §5.5), and which is also the evidence that the store held a bundle
+(``held_before``). A deliberate replacement (``bundle import --force``, ``bundle regenerate``)
+writes that record for the bundle it wrote: the override this rule honours.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from cryptography import x509
 from .bundle import ROOT_KEY, PublicBundle, fingerprint, parse_public_bundle
 from .errors import BundleError
 from .keys import load_private_key, public_key_der
-from .rotation.document import released_roots
+from .rotation.document import public_items, released_roots
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,43 @@ def judge_replacement(
     return Verdict(released or force, active_root, released)
 
 
+def matches_record(record: Mapping[str, bytes], items: Mapping[str, bytes]) -> bool:
+    """Whether ``record`` (a store's record of the last accepted bundle: public items) is the
+    public part of ``items``: the bundle was accepted, or written deliberately."""
+    return dict(record) == public_items(items)
+
+
+def judge_against_record(
+    record: Mapping[str, bytes] | None,
+    new: PublicBundle,
+    new_items: Mapping[str, bytes],
+    now: datetime,
+) -> Verdict:
+    """Judge the store's newest bundle (``new``, parsed, and its items) against the store's
+    record of the last accepted bundle (``record``: public items, or None when the store has
+    none). The record's bundle itself, or no record: allowed. A record that cannot be parsed
+    judges nothing (allowed: it is a derived copy). Otherwise :func:`judge_replacement` with
+    the record as the bundle in force. Pure."""
+    if not record or matches_record(record, new_items):
+        return Verdict(True)
+    try:
+        current = parse_public_bundle(record)
+    except BundleError:
+        return Verdict(True)
+    return judge_replacement(current, record, new, new_items, now)
+
+
+def refusal_message(verdict: Verdict, where: str) -> str:
+    """The operator's sentence for a refused ``verdict`` about the bundle in ``where``."""
+    root = verdict.dropped_root
+    subject = root.subject.rfc4514_string() if root is not None else "?"
+    return (
+        f"the trust bundle in {where} does not include the active root ({subject}); applying it "
+        "would break every workload holding a current certificate. Rotate the root instead, or "
+        "force the change explicitly"
+    )
+
+
 def check_replacement(
     current: PublicBundle,
     current_items: Mapping[str, bytes],
@@ -74,11 +118,7 @@ def check_replacement(
     verdict = judge_replacement(current, current_items, new, new_items, now, force=force)
     if verdict.allowed or verdict.dropped_root is None:
         return
-    raise BundleError(
-        f"the trust bundle in {where} does not include the active root "
-        f"({verdict.dropped_root.subject.rfc4514_string()}); applying it would break every workload "
-        "holding a current certificate. Rotate the root instead, or force the change explicitly"
-    )
+    raise BundleError(refusal_message(verdict, where))
 
 
 def check_item_replacement(

@@ -165,6 +165,96 @@ def load_bundle(
     return LoadedBundle(bundle, stored.version, created, stored)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """The store's newest bundle, refused at a start: its version token and the reason."""
+
+    version: str
+    detail: str
+
+
+def screen_start(
+    store: BundleStore, loaded: LoadedBundle, now: datetime
+) -> tuple[LoadedBundle, Refusal | None]:
+    """design §5.4 at a start: the store's newest bundle is served only when its record of the
+    last accepted bundle (``store.load_accepted()``) accepts it (``ca_core.continuity.
+    judge_against_record``; a deliberate replacement wrote that record itself). Refused: the
+    newest bundle the store still keeps whose public part is the record (``find_accepted``) is
+    served instead, with the refusal returned (the CA starts degraded); when the store keeps
+    none, BundleError: the start is refused and nothing is written. A bundle just created, a
+    store without a record or a record that cannot be read: served as loaded."""
+    from ca_core.continuity import judge_against_record, refusal_message
+    from ca_core.policy import restore_command
+
+    if loaded.created:
+        return loaded, None
+    where = store.description
+    retry = store_retry()
+    try:
+        record = retry.run(f"read the record of the last accepted bundle in {where}", store.load_accepted)
+    except BundleError as e:
+        log.warning("the record of the last accepted bundle in %s is unreadable (%s); not judged", where, e)
+        return loaded, None
+    if record is None:
+        return loaded, None
+    verdict = judge_against_record(record.items, loaded.bundle, loaded.stored.items, now)
+    if verdict.allowed:
+        return loaded, None
+    reason = refusal_message(verdict, where)
+    accepted = retry.run(
+        f"find the last accepted bundle in {where}", lambda: store.find_accepted(record.items)
+    )
+    try:
+        bundle = parse_stored(store, accepted) if accepted is not None else None
+    except BundleError:
+        bundle = None
+    if accepted is None or bundle is None:
+        raise BundleError(
+            f"refusing to start: the newest trust bundle in {where} was refused ({reason}), and the "
+            "store keeps no copy of the last accepted one to serve instead. Nothing was changed. "
+            f"Restore the accepted bundle (`{restore_command(where)}`), or, if the replacement is "
+            "deliberate, write it with `sentryca bundle import --force` (docs/runbook.md, "
+            '"A refused bundle in the store")'
+        )
+    detail = (
+        f"the newest trust bundle in {where} was refused at start ({reason}); serving the last "
+        f"accepted one (version {accepted.version}) instead"
+    )
+    log.error("%s", detail)
+    return LoadedBundle(bundle, accepted.version, False, accepted), Refusal(loaded.stored.version, detail)
+
+
+def accepted_instead(store: BundleStore, error: BundleError) -> tuple[LoadedBundle, Refusal]:
+    """A start found the store's newest content unusable (``error``): serve the last accepted
+    bundle when the store keeps it (its record, then ``find_accepted``), the CA starting
+    degraded; else ``error`` is raised again (design §5.3: refused, nothing written). An empty
+    store is not this case: the bootstrap rule decided (design §5.2), and ``error`` is raised."""
+    # key: what the upkeep's reads of the store report the same refusal under
+    try:
+        newest = store.load()
+    except BundleError as e:  # content that cannot even be read as items
+        key = str(e)
+    else:
+        if newest is None:
+            raise error
+        key = newest.version
+    accepted, bundle = None, None
+    try:
+        record = store_retry().run(f"read the record in {store.description}", store.load_accepted)
+        accepted = store.find_accepted(record.items) if record is not None else None
+        bundle = parse_stored(store, accepted) if accepted is not None else None
+    except BundleError:
+        pass
+    if accepted is None or bundle is None:
+        raise error
+    detail = (
+        f"the newest content of {store.description} is unusable ({error}); serving the last accepted "
+        f"bundle (version {accepted.version}) instead"
+    )
+    log.error("%s", detail)
+    return LoadedBundle(bundle, accepted.version, False, accepted), Refusal(key, detail)
+
+
 def build_signer(
     cfg: Config,
     bundle: TrustBundle,

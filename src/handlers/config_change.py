@@ -11,17 +11,23 @@ Accepted events (samples in ``events/``):
 
 Events about anything other than the configured bundle or parameter are ignored. The changed
 bundle is loaded from the store and validated with the core (``parse_bundle``: structure, chain,
-keys; ``rotation.codec.parse_state``: its rotation state) and for trust continuity against the previous
-version (``ca_core.continuity.check_replacement``, the rule every entry point applies); a
-changed parameter is parsed as a Configuration. Invalid → ERROR log, ``ConfigChangeRejected``
-metric, nothing restarted (the running CA keeps its bundle: its own poll refuses the same bundle).
-Valid → ``ConfigChangeAccepted``, and when ``SENTRYCA_ECS_CLUSTER`` and ``SENTRYCA_ECS_SERVICE``
-are set, a rolling new deployment of the service (``ecs:UpdateService forceNewDeployment``,
-metric ``DeploymentForced``). The running tasks pick up a new bundle on their own through
-``--store-poll-interval``.
+keys; ``rotation.codec.parse_state``: its rotation state) and for trust continuity against the
+store's record of the last accepted bundle (``ca_core.continuity.judge_against_record``, the rule
+a starting CA applies; without a record, against the store's previous version). Refused → the
+store is put back to the last accepted bundle it still keeps (a conditional write over the
+refused version: ``outcome`` "reverted", metric ``BundleReverted``), ERROR log and
+``ConfigChangeRejected`` (alarmed); with no accepted version kept, or the store changed
+meanwhile, only rejected ("rejected"). A deliberate replacement (``bundle import --force``,
+``bundle regenerate``) records itself as accepted, so it is judged accepted, never reverted.
+Valid → ``ConfigChangeAccepted``, and the record follows it (``publish_public``). A bundle
+change never forces a deployment (design §9.6): the event cannot say who wrote it, and the
+tasks take a new bundle through their store poll (``--store-poll-interval``). A changed
+parameter is parsed as a Configuration; valid, and with ``SENTRYCA_ECS_CLUSTER`` and
+``SENTRYCA_ECS_SERVICE`` set, it rolls the service once (``ecs:UpdateService
+forceNewDeployment``, metric ``DeploymentForced``): the tasks read the parameter only at start.
 
-Returns {"outcome": "accepted" | "rejected" | "ignored", "source", "target", "reason",
-"deployment"}.
+Returns {"outcome": "accepted" | "rejected" | "reverted" | "ignored", "source", "target",
+"reason", "deployment"}.
 """
 
 from __future__ import annotations
@@ -35,9 +41,10 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from adapters.stores import parse_stored
 from ca_core.bundle import parse_bundle
 from ca_core.config import read_config_file
-from ca_core.continuity import check_replacement
+from ca_core.continuity import check_replacement, judge_against_record, matches_record, refusal_message
 from ca_core.errors import BundleError, CAError, Unavailable
 from ca_core.rotation.codec import parse_state
 
@@ -157,45 +164,78 @@ def _handle(event: dict[str, Any], metrics: Any) -> dict[str, Any]:
     if change.skip:
         logger.info("ignored a change of %s: %s", where, change.skip)
         return _result("ignored", change.source, where, change.skip)
+    reverted, stored = None, None
     try:
         if change.kind == "ssm":
             _validate_parameter(change.parameter)
         else:
-            _validate_bundle(store)
+            stored = store.load()
+            try:
+                _validate_bundle(store, stored)
+            except Unavailable:
+                raise
+            except CAError:
+                if stored is None:  # emptied: nothing to write over (held_before tells the CAs)
+                    raise
+                # Put back the last accepted bundle; a replacement recorded as deliberate meanwhile
+                # (a forced verb records its bundle just after writing it) is accepted instead.
+                reverted = _revert(store, stored)
+                if reverted is not ACCEPTED:
+                    raise
     except Unavailable:
         raise  # the store or SSM cannot be read: fail the invocation (retried), judge nothing
     except CAError as e:
+        what = f"; the store was put back to the accepted bundle (version {reverted})" if reverted else ""
         logger.error(
-            "config change REJECTED (%s): %s; nothing restarted, the CA keeps serving its current bundle",
+            "config change REJECTED (%s): %s%s; nothing restarted, the CAs keep serving their current bundle",
             where,
             e,
-            extra={"reason": e.reason, "source": change.source},
+            what,
+            extra={"reason": e.reason, "source": change.source, "reverted": reverted},
         )
         metrics.add_metric(name=ls.CONFIG_CHANGE_REJECTED, unit=MetricUnit.Count, value=1)
-        return _result("rejected", change.source, where, str(e))
+        if reverted:
+            metrics.add_metric(name=ls.BUNDLE_REVERTED, unit=MetricUnit.Count, value=1)
+        return _result("reverted" if reverted else "rejected", change.source, where, str(e))
     metrics.add_metric(name=ls.CONFIG_CHANGE_ACCEPTED, unit=MetricUnit.Count, value=1)
-    deployment = _force_new_deployment()
-    if deployment:
-        metrics.add_metric(name=ls.DEPLOYMENT_FORCED, unit=MetricUnit.Count, value=1)
+    deployment = None
+    if change.kind == "ssm":  # the tasks read the parameter only at start: roll them, once
+        deployment = _force_new_deployment()
+        if deployment:
+            metrics.add_metric(name=ls.DEPLOYMENT_FORCED, unit=MetricUnit.Count, value=1)
+    elif stored is not None:  # never a deployment for a bundle (the tasks poll); the record follows
+        store.publish_public(stored)
     logger.info(
         "config change accepted (%s)", where, extra={"source": change.source, "deployment": deployment}
     )
     return _result("accepted", change.source, where, "valid", deployment)
 
 
-def _validate_bundle(store: Any) -> None:
-    """Load the store's current bundle and check it (structure; continuity with the previous
-    version when the store keeps one). Raises BundleError, Unavailable."""
-    stored = store.load()
+def _validate_bundle(store: Any, stored: Any) -> None:
+    """Check the store's current bundle ``stored``: structure, rotation state, and trust
+    continuity against the store's record of the last accepted bundle (design §5.4), or, for a
+    store without a record, against its previous version when it keeps one. Raises BundleError,
+    Unavailable."""
     if stored is None:
         raise BundleError(f"{store.description} holds no trust bundle any more")
     new = parse_bundle(stored.items, store.labels())
     parse_state(stored.items, new, store.labels())
+    try:
+        record = store.load_accepted()
+    except BundleError as e:
+        logger.warning("the record of the accepted bundle in %s is unreadable (%s)", store.description, e)
+        record = None
+    if record is not None:
+        verdict = judge_against_record(record.items, new, stored.items, datetime.now(UTC))
+        if not verdict.allowed:
+            raise BundleError(refusal_message(verdict, store.description))
+        return
     load_previous = getattr(store, "load_previous", None)
     previous = load_previous() if load_previous else None
     if previous is None:
         logger.info(
-            "no previous bundle version in %s: nothing to check continuity against", store.description
+            "no record and no previous bundle version in %s: nothing to check continuity against",
+            store.description,
         )
         return
     try:
@@ -206,6 +246,42 @@ def _validate_bundle(store: Any) -> None:
         )
         return
     check_replacement(old, previous.items, new, stored.items, datetime.now(UTC), store.description)
+
+
+ACCEPTED = "accepted"  # _revert's answer for a refused bundle recorded as deliberate meanwhile
+
+
+def _revert(store: Any, refused: Any) -> str | None:
+    """Put ``store`` back to the last accepted bundle it keeps (``find_accepted`` of its record),
+    only over the ``refused`` version (a conditional write). Returns the version put back;
+    ACCEPTED when the record, read again, now names the refused bundle (a deliberate
+    replacement recorded meanwhile); None when there is no record or accepted version kept, or
+    the store changed meanwhile (the next event judges that). Raises Unavailable."""
+    try:
+        record = store.load_accepted()
+    except BundleError:
+        return None
+    if record is None:
+        return None
+    if matches_record(record.items, refused.items):
+        try:
+            _validate_bundle(store, refused)  # recorded meanwhile; still refused when its keys are bad
+            return ACCEPTED
+        except CAError:
+            pass
+    accepted = store.find_accepted(record.items)
+    if accepted is not None:
+        try:
+            parse_stored(store, accepted)
+        except CAError:
+            accepted = None
+    if accepted is None:
+        logger.warning("%s keeps no usable copy of the last accepted bundle: not reverted", store.description)
+        return None
+    if store.replace_version(accepted.items, refused.version) is None:
+        logger.warning("%s changed while being reverted: left as it is", store.description)
+        return None
+    return str(accepted.version)
 
 
 def _validate_parameter(name: str) -> None:

@@ -30,6 +30,7 @@ EXPIRY_CHECK_FAILED = "ExpiryCheckFailed"  # dims: service
 CONFIG_CHANGE_REJECTED = "ConfigChangeRejected"  # dims: service
 CONFIG_CHANGE_ACCEPTED = "ConfigChangeAccepted"  # dims: service
 DEPLOYMENT_FORCED = "DeploymentForced"  # dims: service
+BUNDLE_REVERTED = "BundleReverted"  # dims: service (a refused bundle put back to the accepted one)
 
 
 class _CurrentStdout:

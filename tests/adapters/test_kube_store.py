@@ -106,6 +106,7 @@ def test_dapr_layout_loads_gains_issuer_crt_and_keeps_foreign_keys(kube_api):
     }
     assert after["metadata"]["uid"] == before["metadata"]["uid"]
     assert base64.b64decode(after["data"]["issuer.key"]) == new["issuer.key"]
+    store.publish_public(store.load())  # accepted: the ConfigMap, updated in place, follows
     assert config_map(kube_api.server, n)["data"]["ca.crt"] == new["ca.crt"].decode()
 
 
@@ -218,30 +219,23 @@ def test_replace_loses_to_a_writer_in_between_and_the_config_map_follows_the_sec
     assert store.load_public().items["ca.crt"] == theirs["ca.crt"]
 
 
-def test_config_map_write_racing_a_newer_bundle_mirrors_the_secret_as_it_is_now(kube_api):
+def test_a_replace_leaves_the_config_map_to_whoever_accepts_the_bundle(kube_api):
+    """design §5.5: the ConfigMap is the record of the last accepted bundle. A replace writes the
+    Secret only; the ConfigMap follows once the bundle is published as accepted."""
+    from adapters.stores import StoredBundle
+
     n = name()
     store = open_store(f"kubernetes://{NS}/{n}", kubeconfig=kube_api.kubeconfig)
-    assert store.create(make_bundle().to_items())
-    v1 = store.load().version
+    first = make_bundle().to_items()
+    assert store.create(first)
     newer = make_bundle().to_items()
-
-    def newer_writer(_req):  # replaces the Secret and touches the ConfigMap before our PUT lands
-        s = secret(kube_api.server, n)
-        s["data"] = {k: b64(v) for k, v in newer.items()}
-        kube_api.server.put("v1", "secrets", NS, s)
-        kube_api.server.put("v1", "configmaps", NS, config_map(kube_api.server, n))
-
-    kube_api.server.before("PUT", "v1", "configmaps", newer_writer)
-    try:
-        assert store.replace(make_bundle().to_items(), v1)  # our Secret write won; then theirs
-    finally:
-        kube_api.server.handle("PUT", "v1", "configmaps", lambda _r: None)
-    s = secret(kube_api.server, n)
+    version = store.replace_version(newer, store.load().version)
+    assert version is not None
+    assert config_map(kube_api.server, n)["data"]["ca.crt"] == first["ca.crt"].decode()
+    assert store.load_accepted().items["ca.crt"] == first["ca.crt"]
+    store.publish_public(StoredBundle(newer, version))
     assert config_map(kube_api.server, n)["data"]["ca.crt"] == newer["ca.crt"].decode()
-    assert (
-        config_map(kube_api.server, n)["metadata"]["annotations"][VERSION_ANNOTATION]
-        == (s["metadata"]["resourceVersion"])
-    )
+    assert config_map(kube_api.server, n)["metadata"]["annotations"][VERSION_ANNOTATION] == version
 
 
 # -- errors ----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from adapters.stores import Retry, encode_document, load_or_create, open_store
+from adapters.stores import Retry, StoredBundle, encode_document, load_or_create, open_store
 from ca_core.bundle import parse_bundle, parse_public_bundle
 from ca_core.errors import BundleError, Unavailable
 from ca_core.keys import KeyAlgorithm
@@ -230,7 +230,11 @@ def test_create_is_conditional_and_replace_compares_versions(kit):
     stale = kit.raw()
     assert not store.replace(second, v1)  # someone else replaced it since v1 was read
     assert kit.raw() == stale
+    if kit.kind != "file":  # the record of the last accepted bundle: written by whoever accepts one
+        assert store.load_public().items == {k: first[k] for k in ("ca.crt", "issuer.crt")}
+    store.publish_public(store.load())
     assert store.load_public().items == {k: third[k] for k in ("ca.crt", "issuer.crt")}
+    assert store.load_accepted().items == {k: third[k] for k in ("ca.crt", "issuer.crt")}
 
 
 def test_replace_version_answers_the_version_load_then_reports(kit):
@@ -274,6 +278,7 @@ def test_a_rotation_state_is_published_without_its_keys(kit):
     assert store.create(bundle.to_items())
     assert store.replace(prepared.items(), store.load().version)
     assert dict(store.load().items) == prepared.items()
+    store.publish_public(store.load())  # accepted
     public = store.load_public().items
     assert set(public) == {"ca.crt", "issuer.crt", "rotation.json"}
     assert len(parse_public_bundle(public).trust_anchors) == 2
@@ -283,6 +288,7 @@ def test_a_rotation_state_is_published_without_its_keys(kit):
     )
     # a bundle written without a rotation state drops it from the public part again
     assert store.replace(bundle.to_items(), store.load().version)
+    store.publish_public(store.load())
     assert set(store.load_public().items) == {"ca.crt", "issuer.crt"}
 
 
@@ -479,6 +485,7 @@ def test_secrets_manager_keeps_the_previous_bundle_and_uses_the_kms_key(aws_env)
     assert sm.describe_secret(SecretId="sentryca/with-kms")["KmsKeyId"].endswith("alias/sentryca")
     v1 = store.load().version
     assert store.replace(second, v1)
+    store.publish_public(store.load())  # accepted: the public part follows
     stages = sm.describe_secret(SecretId="sentryca/with-kms")["VersionIdsToStages"]
     assert stages[v1] == ["AWSPREVIOUS"]
     previous = sm.get_secret_value(SecretId="sentryca/with-kms", VersionStage="AWSPREVIOUS")
@@ -520,9 +527,11 @@ def test_public_part_repair_never_installs_an_older_bundle(kit):
         )
     replaced = []
 
-    def other_writer(params, **_kwargs):
+    def other_writer(params, **_kwargs):  # writes v2 and publishes it as accepted
         if params.get(param) == public_name and not replaced:
-            replaced.append(other.replace(newer, v1))
+            token = other.replace_version(newer, v1)
+            other.publish_public(StoredBundle(newer, token))
+            replaced.append(token is not None)
 
     loaded = store.load()
     store.client.meta.events.register(event, other_writer)

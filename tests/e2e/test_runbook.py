@@ -50,6 +50,7 @@ BLOCKS = {
     "rotate-advance": "test_rotation_by_hand_as_the_runbook_says",
     "emergency": "test_emergency_rotation_and_its_consequences",
     "replace": "test_replacing_the_ca_running_cas_refuse_it_until_restarted",
+    "refused": "test_a_bundle_written_around_the_cas_is_never_served_and_the_backup_restores_it",
     "expired-issuer": "test_recovery_from_an_expired_issuer",
     "expired-root": "test_recovery_from_an_expired_root",
     "workload-renew": "test_recovery_from_an_expired_root",
@@ -263,6 +264,48 @@ def test_replacing_the_ca_running_cas_refuse_it_until_restarted(store_env, tmp_p
         sh("workload-renew", tmp_path, CA=f"localhost:{ca.grpc_port}")
         chain = x509.load_pem_x509_certificates((tmp_path / "certs" / "tls.crt").read_bytes())
         assert verifies(chain[0], chain[1:], new_anchors, datetime.now(UTC))
+    finally:
+        ca.stop(grace=0)
+
+
+def test_a_bundle_written_around_the_cas_is_never_served_and_the_backup_restores_it(store_env, tmp_path):
+    url, env = store_env
+    config = ca_config(tmp_path / "unused", trust_bundle_store=url, store_poll_interval="1s")
+    ca = CertificateAuthority()
+    ca.start(config)
+    try:
+        anchors = ca.signer.bundle.anchors_pem
+        backup = tmp_path / ".sentry" / "backups" / "before"
+        sh("backup", tmp_path, STORE=url, BACKUP=str(backup), **env)
+        store = open_store(url)
+        assert store.replace(make_bundle().to_items(), store.load().version)  # another root
+        wait_until(lambda: refused(ca) >= 1, "the running CA refuses it")
+        # What the runbook says a CA that starts now does:
+        fresh = CertificateAuthority()
+        if url.startswith("s3://"):  # serves the accepted version the bucket keeps, degraded
+            fresh.start(config)
+            try:
+                assert fresh.signer.bundle.anchors_pem == anchors
+                assert fresh.readiness()[1]["degraded"]["problem"] == "bundle_refused"
+            finally:
+                fresh.stop(grace=0)
+        else:  # a directory keeps no earlier version: the start is refused, nothing written
+            with pytest.raises(BundleError, match="keeps no copy of the last accepted one"):
+                fresh.start(config)
+        r = sh("refused", tmp_path, STORE=url, BACKUP=str(backup), **env)
+        assert "newest: the store's newest bundle is not its record of the last accepted one; REFUSED" in (
+            r.stdout
+        )
+        assert "Running CAs take this bundle at their next store poll" in r.stderr
+        assert dict(open_store(url).load().items) == dict(FileBundleStore(backup).load().items)
+        wait_until(lambda: not ca.readiness()[1].get("degraded"), "the running CA is backed again")
+        assert client.verify_response(sign(ca, anchors), anchors).spiffe_id.endswith("/orders")
+    finally:
+        ca.stop(grace=0)
+    ca = CertificateAuthority()
+    ca.start(config)
+    try:
+        assert ca.signer.bundle.anchors_pem == anchors and not ca.readiness()[1].get("degraded")
     finally:
         ca.stop(grace=0)
 

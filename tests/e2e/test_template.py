@@ -120,6 +120,7 @@ def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
     declared = {
         ls.COVERAGE: {("service",)},
         ls.CONFIG_CHANGE_REJECTED: {("service",)},
+        ls.BUNDLE_REVERTED: {("service",)},
         ls.EXPIRY_CHECK_FAILED: {("service",)},
     }
     assert emitted[ls.COVERAGE] == declared[ls.COVERAGE]
@@ -133,6 +134,7 @@ def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
         "ExpiryCheckErrorsAlarm",
         "ExpiryCheckFailedAlarm",
         "ConfigChangeRejectedAlarm",
+        "BundleRevertedAlarm",
         "StoreDegradedAlarm",
     }
     from_logs = _log_metrics()
@@ -315,16 +317,14 @@ def test_the_task_role_allows_every_call_the_stores_make():
     needed = _sdk_calls("s3") | _sdk_calls("secretsmanager")
     assert "s3:ListBucketVersions" in needed  # held_before: a delete marker shows a lost bundle
     assert needed <= granted, needed - granted
+    # A versioned read (find_accepted: the last accepted version, design §5.4) is GetObjectVersion.
+    assert "s3:GetObjectVersion" in granted
     config_change = _actions(RESOURCES["ConfigChangeFunction"]["Properties"]["Policies"][0]["Statement"])
-    assert {
-        "s3:GetObject",
-        "s3:GetObjectVersion",
-        "s3:ListBucketVersions",
-        "ecs:UpdateService",
-    } <= config_change
-    assert not any(
-        a.startswith(("s3:Put", "secretsmanager:Put", "secretsmanager:Create")) for a in config_change
-    )
+    # The config-change function reads the bundle, its record and earlier versions, puts a refused
+    # bundle back and publishes the record of an accepted one: the stores' calls, and ECS for a
+    # changed parameter; never a delete.
+    assert needed | {"s3:GetObjectVersion", "ecs:UpdateService"} <= config_change, needed - config_change
+    assert not any(":Delete" in a for a in config_change)
     expiry = _actions(RESOURCES["ExpiryCheckFunction"]["Properties"]["Policies"][0]["Statement"])
     assert expiry == {"s3:GetObject", "secretsmanager:GetSecretValue"}
     # ... and only on the public part.

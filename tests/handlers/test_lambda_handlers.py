@@ -108,6 +108,7 @@ def test_a_prepared_root_rotation_counts_in_the_coverage_from_the_public_part(fn
     assert invoke("ExpiryCheckFunction", event("scheduled.json"), TEMPLATE)["coverage_days"] < 21
     prepared = actions.prepare_root(bundle, EMPTY, now, RotationPolicy())
     assert store.replace(prepared.items(), store.load().version)
+    store.publish_public(store.load())  # accepted (by a CA, or the config-change function)
     capsys.readouterr()
     summary = invoke("ExpiryCheckFunction", event("scheduled.json"), TEMPLATE)
     assert 364 < summary["coverage_days"] < 366
@@ -191,7 +192,8 @@ def _bundle_in_s3(now: datetime) -> tuple[TrustBundle, S3BundleStore]:
 
 
 @pytest.mark.parametrize("sample", ["s3_eventbridge.json", "s3_notification.json"])
-def test_s3_change_with_a_valid_bundle_is_accepted_and_rolls_the_service(sample, fn_env, bucket, ecs, capsys):
+def test_s3_change_with_a_valid_bundle_is_accepted_and_deploys_nothing(sample, fn_env, bucket, ecs, capsys):
+    """No redeploy storm (design §9.6): the tasks poll the store; the record follows the bundle."""
     fn_env("ConfigChangeFunction")
     now = datetime.now(UTC)
     bundle, store = _bundle_in_s3(now)
@@ -200,15 +202,17 @@ def test_s3_change_with_a_valid_bundle_is_accepted_and_rolls_the_service(sample,
     result = invoke("ConfigChangeFunction", event(sample), TEMPLATE)
     out = capsys.readouterr().out
     assert result["outcome"] == "accepted", result
-    assert result["target"] == f"s3://{BUCKET}/{KEY}" and result["deployment"]
+    assert result["target"] == f"s3://{BUCKET}/{KEY}" and result["deployment"] is None
     metrics = emitted(out)
     assert {(ns, dims) for ns, dims, _ in metrics["ConfigChangeAccepted"]} == {("SentryCA", ("service",))}
-    assert {(ns, dims) for ns, dims, _ in metrics["DeploymentForced"]} == {("SentryCA", ("service",))}
-    assert "ConfigChangeRejected" not in metrics
+    assert "DeploymentForced" not in metrics and "ConfigChangeRejected" not in metrics
+    assert store.load_public().items["issuer.crt"] == store.load().items["issuer.crt"]
 
 
 @pytest.mark.parametrize("case", ["drops_the_root", "corrupt", "key_mismatch"])
 def test_s3_change_with_a_bad_bundle_is_rejected_and_nothing_rolls(case, fn_env, bucket, ecs, capsys):
+    """Refused: put back to the accepted bundle (the bucket keeps it) when the content has a
+    version to write over; a document that is no bundle at all is only rejected."""
     fn_env("ConfigChangeFunction")
     now = datetime.now(UTC)
     bundle, store = _bundle_in_s3(now)
@@ -224,8 +228,10 @@ def test_s3_change_with_a_bad_bundle_is_rejected_and_nothing_rolls(case, fn_env,
     capsys.readouterr()
     result = invoke("ConfigChangeFunction", event("s3_eventbridge.json"), TEMPLATE)
     out = capsys.readouterr().out
-    assert result["outcome"] == "rejected", result
+    assert result["outcome"] == ("rejected" if case == "corrupt" else "reverted"), result
     assert result["deployment"] is None
+    if case != "corrupt":
+        assert dict(store.load().items) == bundle.to_items()
     if case == "drops_the_root":
         assert "does not include the active root" in result["reason"]
     metrics = emitted(out)
@@ -254,7 +260,7 @@ def test_s3_changes_made_by_rotation_are_accepted_even_when_they_drop_a_root(fn_
         outcome = invoke("ConfigChangeFunction", event("s3_eventbridge.json"), TEMPLATE)
         assert outcome["outcome"] == "accepted", (result.steps[-1].action, outcome)
     assert store.replace(make_bundle(now).to_items(), store.load().version)
-    assert invoke("ConfigChangeFunction", event("s3_eventbridge.json"), TEMPLATE)["outcome"] == "rejected"
+    assert invoke("ConfigChangeFunction", event("s3_eventbridge.json"), TEMPLATE)["outcome"] == "reverted"
 
 
 def test_an_unrelated_bundle_claiming_the_current_root_was_removed_is_rejected(fn_env, bucket, ecs):
@@ -268,9 +274,9 @@ def test_an_unrelated_bundle_claiming_the_current_root_was_removed_is_rejected(f
     for reason, active_since in CRAFTED_CLAIMS:
         assert store.replace(crafted_items(bundle, now, reason, active_since), store.load().version)
         outcome = invoke("ConfigChangeFunction", event("s3_eventbridge.json"), TEMPLATE)
-        assert outcome["outcome"] == "rejected", (reason, outcome)
+        assert outcome["outcome"] == "reverted", (reason, outcome)
         assert "does not include the active root" in outcome["reason"]
-        assert store.replace(bundle.to_items(), store.load().version)  # the previous version again
+        assert dict(store.load().items) == bundle.to_items()  # the accepted version again
 
 
 def test_an_event_for_another_object_is_ignored(fn_env, bucket, ecs):
@@ -300,7 +306,8 @@ def test_secrets_manager_change_via_cloudtrail(fn_env, aws_env, ecs, capsys):
     # A bundle dropping the root is rejected.
     assert store.replace(make_bundle(now).to_items(), store.load().version)
     result = invoke("ConfigChangeFunction", event("secretsmanager_cloudtrail.json"), TEMPLATE)
-    assert result["outcome"] == "rejected" and "active root" in result["reason"]
+    assert result["outcome"] == "reverted" and "active root" in result["reason"]
+    assert store.load().items["ca.crt"] == bundle.anchors_pem  # AWSCURRENT moved back
     # A value staged without AWSCURRENT (this store's own compare-and-swap) is not a change yet.
     staged = event("secretsmanager_cloudtrail.json")
     staged["detail"]["requestParameters"]["versionStages"] = ["SENTRYCA_PENDING"]

@@ -77,6 +77,23 @@ class BundleStore(Protocol):
         in force without reading the store back), None when nothing was written."""
         ...
 
+    def load_accepted(self) -> StoredBundle | None:
+        """The store's record of the last bundle accepted: its public items (design §5.5; the
+        version is the record's), or None when there is none. Written with every write through
+        this port (so a deliberate replacement records itself: the override the continuity rule
+        honours) and repaired by ``publish_public`` only from a bundle a CA accepted, never from
+        one it refused. S3, Secrets Manager, Kubernetes: the public part; file: the held marker
+        ``.sentryca-held``, which carries it. The same record is evidence for ``held_before``.
+        Never writes. Raises Unavailable; BundleError for a record that cannot be read."""
+        ...
+
+    def find_accepted(self, record: Mapping[str, bytes]) -> StoredBundle | None:
+        """The newest earlier version this store still keeps (S3 object versions, Secrets
+        Manager versions; file and Kubernetes keep none) whose public part is ``record``, with
+        its own version token, or None. The caller verifies it (the store never judges
+        content). Never writes. Raises Unavailable."""
+        ...
+
     def held_before(self) -> str | None:
         """Evidence that this store once held a trust bundle, as a sentence for the operator
         (what was found, and where), or None when nothing shows it ever did. Asked when

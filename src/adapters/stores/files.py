@@ -17,11 +17,14 @@ Directory 0700 and files 0600 when created here; an existing directory that is g
 world-writable is refused, one readable by others is used with a warning (design §5.6); writers
 on one machine are serialised with ``flock`` on the directory, readers take a shared lock.
 
-Every write also leaves the marker ``DIR/.sentryca-held`` (0600, written atomically once, after
-the first bundle is in place, and never removed): it records that the directory held a bundle,
-so a directory whose bundle files were deleted is not taken for a first start
-(``held_before``). It survives the deletion of the bundle's files, not of the directory itself:
-a CA that must never start a new root there runs with ``--bootstrap-policy never``.
+Every write also leaves the marker ``DIR/.sentryca-held`` (0600, written atomically after the
+bundle is in place, and never removed): it records that the directory held a bundle, so a
+directory whose bundle files were deleted is not taken for a first start (``held_before``). It
+survives the deletion of the bundle's files, not of the directory itself: a CA that must never
+start a new root there runs with ``--bootstrap-policy never``. The marker also carries the
+record of the last accepted bundle (its public part, ``load_accepted``; design §5.4): rewritten
+with every write here and repaired by ``publish_public`` from a bundle a CA accepted, so a bundle
+written into the directory by other means is judged against it when a CA starts.
 """
 
 from __future__ import annotations
@@ -50,13 +53,14 @@ from ca_core.bundle import (
 from ca_core.errors import BundleError, Unavailable
 from ca_core.rotation.document import public_items
 
-from .base import StoredBundle
+from .base import StoredBundle, decode_document, encode_document
 
 log = logging.getLogger(__name__)
 
 DATA_LINK = "..data"
 _GEN_PREFIX = "..gen."
 HELD_MARKER = ".sentryca-held"
+_RECORD_LINE = "the last accepted bundle's public part (what trust continuity judges a start by):"
 
 
 def _no_crash(point: str) -> None:
@@ -140,7 +144,39 @@ class FileBundleStore:
             return self._read() if exists else None
 
     def publish_public(self, stored: StoredBundle) -> None:
-        """No-op: the files are the public part (no separate copy to repair)."""
+        """Repair the marker's record of the last accepted bundle from ``stored`` (accepted)
+        while the directory holds that version (the files are the public part); logs failures.
+        A directory without a marker (written by Dapr's Sentry) is left as it is."""
+        if not (self.directory / HELD_MARKER).is_file():
+            return
+        try:
+            record = self.load_accepted()
+        except (BundleError, Unavailable):
+            record = None
+        if record is not None and record.items == public_items(stored.items):
+            return
+        try:
+            with self._locked():
+                current = self._read()
+                if current is None or current.version != stored.version:
+                    return
+                self._mark_held(stored.items, record=True)
+        except (OSError, Unavailable, BundleError) as e:
+            log.info("%s: cannot record the accepted bundle in %s (%s)", self.directory, HELD_MARKER, e)
+
+    def load_accepted(self) -> StoredBundle | None:
+        """The marker's record of the last accepted bundle, or None (no marker or record)."""
+        with self._shared() as exists:
+            text = self._read_marker() if exists else None
+        _, found, document = (text or "").partition(_RECORD_LINE + "\n")
+        if not found:
+            return None
+        items = decode_document(document, str(self.directory / HELD_MARKER))
+        return StoredBundle(items, version_of(items))
+
+    def find_accepted(self, record: Mapping[str, bytes]) -> StoredBundle | None:
+        """None: the directory keeps no earlier bundle."""
+        return None
 
     def held_before(self) -> str | None:
         """The marker ``.sentryca-held``, or the ``..data`` link left once the bundle's files are
@@ -150,17 +186,10 @@ class FileBundleStore:
             if not exists:
                 return None
             marker = self.directory / HELD_MARKER
-            try:
-                lines = marker.read_text(errors="replace").strip().splitlines()
+            text = self._read_marker()
+            if text is not None:
+                lines = text.strip().splitlines()
                 written = datetime.fromtimestamp(marker.stat().st_mtime, UTC).isoformat(timespec="seconds")
-            except FileNotFoundError:
-                lines = None
-            except OSError as e:
-                raise Unavailable(
-                    f"{marker}: cannot read the marker of a bundle held before ({e.strerror})",
-                    reason="store_denied" if e.errno in (errno.EACCES, errno.EPERM) else "store_unreachable",
-                ) from None
-            if lines is not None:
                 what = "; ".join([f"written {written}", *lines[1:2]])
                 return f"the marker {marker} records that this directory held a trust bundle ({what})"
             data = self.directory / DATA_LINK
@@ -169,6 +198,19 @@ class FileBundleStore:
                     f"the link {data} remains of a trust bundle that was in force here (its files are gone)"
                 )
             return None
+
+    def _read_marker(self) -> str | None:
+        """The marker's text (under a lock taken by the caller), None when there is none."""
+        marker = self.directory / HELD_MARKER
+        try:
+            return marker.read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise Unavailable(
+                f"{marker}: cannot read the marker of a bundle held before ({e.strerror})",
+                reason="store_denied" if e.errno in (errno.EACCES, errno.EPERM) else "store_unreachable",
+            ) from None
 
     def load_public(self) -> StoredBundle | None:
         with self._shared() as exists:
@@ -240,9 +282,9 @@ class FileBundleStore:
 
     # -- writing (atomic writer) -----------------------------------------------------------
 
-    def _write_all(self, items: Mapping[str, bytes]) -> None:
+    def _write_all(self, items: Mapping[str, bytes], *, record: bool) -> None:
         try:
-            self._write_generation_swap(items)
+            self._write_generation_swap(items, record)
         except OSError as e:
             hint = " (disk full)" if e.errno == errno.ENOSPC else ""
             raise Unavailable(
@@ -250,7 +292,7 @@ class FileBundleStore:
                 reason="store_unreachable",
             ) from None
 
-    def _write_generation_swap(self, items: Mapping[str, bytes]) -> None:
+    def _write_generation_swap(self, items: Mapping[str, bytes], record: bool) -> None:
         d = self.directory
         names = self.names.mapping()
         self._remove_stale()
@@ -274,7 +316,7 @@ class FileBundleStore:
         _fsync_dir(d)
         crash_point("cleaned")
         try:
-            self._mark_held(items)
+            self._mark_held(items, record=record)
         except OSError as e:  # the bundle is written; only the evidence of it is missing
             log.warning("%s: cannot write the marker %s (%s)", d, HELD_MARKER, e.strerror)
         crash_point("marked")
@@ -347,18 +389,25 @@ class FileBundleStore:
             elif entry.name.startswith(f"{HELD_MARKER}.") and entry.name.endswith(".tmp"):
                 entry.unlink()
 
-    def _mark_held(self, items: Mapping[str, bytes]) -> None:
-        """Write the marker ``.sentryca-held`` once (temporary file, fsync, rename), after the
-        bundle is in place: a crash before leaves a bundle without marker (the next write adds
-        it), never a marker without a bundle."""
+    def _mark_held(self, items: Mapping[str, bytes], *, record: bool) -> None:
+        """Write the marker ``.sentryca-held`` (temporary file, fsync, rename), after the bundle
+        is in place; with ``record``, ``items`` become its record of the last accepted bundle
+        (a replace leaves the record to whoever accepts the bundle). Its first lines (the anchors
+        first written) are kept. A crash before leaves a bundle without marker or with the
+        previous record (the next create or accepted load repairs it), never a marker without a
+        bundle."""
         marker = self.directory / HELD_MARKER
-        if marker.exists():
-            return
-        anchors = hashlib.sha256(items.get(ANCHORS, b"")).hexdigest()
-        text = (  # when: the file's mtime (the content is the same for the same bundle)
-            "sentryca: this directory held a trust bundle; its deletion must not lead to a new CA\n"
-            f"trust anchors ({self.names.ca}) when first written: sha256 {anchors}\n"
-        )
+        try:
+            head = marker.read_text(errors="replace").split(_RECORD_LINE)[0]
+            if not record:
+                return
+        except FileNotFoundError:
+            anchors = hashlib.sha256(items.get(ANCHORS, b"")).hexdigest()
+            head = (  # when: the file's mtime
+                "sentryca: this directory held a trust bundle; its deletion must not lead to a new CA\n"
+                f"trust anchors ({self.names.ca}) when first written: sha256 {anchors}\n"
+            )
+        text = head + (f"{_RECORD_LINE}\n{encode_document(public_items(items))}" if record else "")
         tmp = self.directory / f"{HELD_MARKER}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -372,7 +421,7 @@ class FileBundleStore:
         with self._locked():
             if self._read() is not None:
                 return False
-            self._write_all(items)
+            self._write_all(items, record=True)
             return True
 
     def replace(self, items: Mapping[str, bytes], expected_version: str) -> bool:
@@ -383,7 +432,7 @@ class FileBundleStore:
             current = self._read()
             if current is None or current.version != expected_version:
                 return None
-            self._write_all(items)
+            self._write_all(items, record=False)
             return version_of(items)  # what _read() computes over the same items
 
 

@@ -282,8 +282,9 @@ class KubernetesSecretBundleStore:
         written = self._put_secret(items, existing, "replace the trust bundle")
         if written is None:
             return None
+        # The ConfigMap is not written here: it is the record of the last accepted bundle,
+        # published by whoever accepted this one (``publish_public``, design §5.5).
         version: str = written.metadata.resource_version  # the written Secret's, which load() reports
-        self._sync_config_map(StoredBundle(dict(items), version))
         return version
 
     def _put_secret(self, items: Mapping[str, bytes], existing: Any, doing: str) -> Any:
@@ -324,6 +325,14 @@ class KubernetesSecretBundleStore:
             return None
         annotations = cm.metadata.annotations or {}
         return StoredBundle(items, annotations.get(VERSION_ANNOTATION) or cm.metadata.resource_version)
+
+    def load_accepted(self) -> StoredBundle | None:
+        """The record of the last accepted bundle: the ConfigMap (its public items)."""
+        return self.load_public()
+
+    def find_accepted(self, record: Mapping[str, bytes]) -> StoredBundle | None:
+        """None: a Secret keeps no earlier versions."""
+        return None
 
     def _public_data(self, stored: StoredBundle) -> dict[str, str] | None:
         try:

@@ -24,7 +24,7 @@ from typing import Any
 
 from adapters import aws
 from ca_core.bundle import STORE_ITEMS
-from ca_core.errors import Unavailable
+from ca_core.errors import BundleError, Unavailable
 from ca_core.rotation.document import public_items
 
 from .base import StoredBundle, decode_document, encode_document
@@ -32,6 +32,7 @@ from .base import StoredBundle, decode_document, encode_document
 log = logging.getLogger(__name__)
 _LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _BUNDLE_ETAG = "sentryca-bundle-etag"
+SEARCHED_VERSIONS = 20  # earlier versions find_accepted reads at most
 
 
 class S3BundleStore:
@@ -95,6 +96,34 @@ class S3BundleStore:
         except aws.sdk_errors() as e:
             raise aws.unavailable(e, self.description, "read the previous trust bundle version") from None
         return StoredBundle(decode_document(got["Body"].read(), self.description), got["ETag"])
+
+    def load_accepted(self) -> StoredBundle | None:
+        """The record of the last accepted bundle: the public part ``KEY.public``."""
+        return self.load_public()
+
+    def find_accepted(self, record: Mapping[str, bytes]) -> StoredBundle | None:
+        """The newest earlier version of the bundle object (at most ``SEARCHED_VERSIONS`` read)
+        whose public part is ``record``; a version that cannot be read as a bundle is passed
+        over."""
+        want = dict(record)
+        try:
+            r = self.client.list_object_versions(Bucket=self.bucket, Prefix=self.key)
+            versions = sorted(
+                (v for v in r.get("Versions", []) if v["Key"] == self.key and not v.get("IsLatest")),
+                key=lambda v: v["LastModified"],
+                reverse=True,
+            )[:SEARCHED_VERSIONS]
+            for v in versions:
+                got = self.client.get_object(Bucket=self.bucket, Key=self.key, VersionId=v["VersionId"])
+                try:
+                    items = decode_document(got["Body"].read(), self.description)
+                except BundleError:
+                    continue
+                if public_items(items) == want:
+                    return StoredBundle(items, got["ETag"])
+        except aws.sdk_errors() as e:
+            raise aws.unavailable(e, self.description, "read the earlier trust bundle versions") from None
+        return None
 
     def held_before(self) -> str | None:
         """Earlier versions of the bundle object or a delete marker (a versioned bucket keeps
@@ -209,8 +238,7 @@ class S3BundleStore:
         return self.replace_version(items, expected_version) is not None
 
     def replace_version(self, items: Mapping[str, bytes], expected_version: str) -> str | None:
-        etag = self._put(items, {"IfMatch": expected_version}, "replace the trust bundle")
-        if etag is None:
-            return None
-        self._write_public(items, etag)
-        return etag  # the object's ETag, which load() reports
+        # The public part is not written here: it is the record of the last accepted bundle,
+        # published by whoever accepted this one (``publish_public``, design §5.5). The answer:
+        # the object's ETag, which load() reports.
+        return self._put(items, {"IfMatch": expected_version}, "replace the trust bundle")

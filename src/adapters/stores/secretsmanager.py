@@ -29,13 +29,14 @@ from typing import Any
 
 from adapters import aws
 from ca_core.bundle import STORE_ITEMS
-from ca_core.errors import Unavailable
+from ca_core.errors import BundleError, Unavailable
 from ca_core.rotation.document import public_items
 
 from .base import StoredBundle, decode_document, encode_document
 
 log = logging.getLogger(__name__)
 CURRENT, PENDING = "AWSCURRENT", "SENTRYCA_PENDING"
+SEARCHED_VERSIONS = 20  # earlier versions find_accepted reads at most
 
 
 def _scheduled_for_deletion(e: Exception) -> bool:
@@ -106,6 +107,37 @@ class SecretsManagerBundleStore:
     def load_public(self) -> StoredBundle | None:
         got = self._get(self.public_id, "read the public part of the trust bundle")
         return None if got is None else StoredBundle(*got)
+
+    def load_accepted(self) -> StoredBundle | None:
+        """The record of the last accepted bundle: the public secret ``NAME.public``."""
+        return self.load_public()
+
+    def find_accepted(self, record: Mapping[str, bytes]) -> StoredBundle | None:
+        """The newest earlier version (``AWSPREVIOUS`` and the versions without a stage Secrets
+        Manager still keeps; at most ``SEARCHED_VERSIONS`` read) whose public part is ``record``;
+        a version that cannot be read as a bundle is passed over."""
+        want = dict(record)
+        try:
+            listed = self.client.list_secret_version_ids(SecretId=self.secret_id, IncludeDeprecated=True)
+            versions = sorted(
+                (v for v in listed.get("Versions", []) if CURRENT not in (v.get("VersionStages") or [])),
+                key=lambda v: v.get("CreatedDate") or 0,
+                reverse=True,
+            )[:SEARCHED_VERSIONS]
+            for v in versions:
+                r = self.client.get_secret_value(SecretId=self.secret_id, VersionId=v["VersionId"])
+                text = r["SecretString"] if "SecretString" in r else r.get("SecretBinary", b"")
+                try:
+                    items = decode_document(text, self.description)
+                except BundleError:
+                    continue
+                if public_items(items) == want:
+                    return StoredBundle(items, r["VersionId"])
+        except aws.sdk_errors() as e:
+            if aws.error_code(e) == "ResourceNotFoundException":
+                return None
+            raise aws.unavailable(e, self.description, "read the earlier trust bundle versions") from None
+        return None
 
     def held_before(self) -> str | None:
         """The secret scheduled for deletion, or still there without a current value (with or
@@ -196,7 +228,8 @@ class SecretsManagerBundleStore:
                 return None
             raise aws.unavailable(e, self.description, "make the new trust bundle current") from None
         self._unstage(token)
-        self._write_public(items)
+        # The public part is not written here: it is the record of the last accepted bundle,
+        # published by whoever accepted this one (``publish_public``, design §5.5).
         return token  # the ClientRequestToken is the id of the version made current
 
     def _unstage(self, token: str) -> None:

@@ -20,6 +20,7 @@ from . import export_verbs
 from .common import BACKUPS, USAGE, CommandError, open_store, read_input, short_version, shown_version
 
 if TYPE_CHECKING:
+    from adapters.stores import BundleStore
     from ca_core.bundle import PublicBundle
 
 
@@ -124,7 +125,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for line in describe(state, bundle):
         print(f"rotation: {line}")
     print("bundle: complete (anchors, issuer chain and key match)")
+    _print_newest_against_record(store, whole.items, bundle, now)
     return 0
+
+
+def _print_newest_against_record(
+    store: BundleStore, items: Mapping[str, bytes], bundle: PublicBundle, now: datetime
+) -> None:
+    """When the store's newest bundle is not its record of the last accepted one: what a CA
+    starting now does with it (design §5.4)."""
+    from ca_core.continuity import judge_against_record, matches_record, refusal_message
+
+    try:
+        record = store.load_accepted()
+    except CAError:
+        return
+    if record is None or matches_record(record.items, items):
+        return
+    verdict = judge_against_record(record.items, bundle, items, now)
+    what = "a CA takes it" if verdict.allowed else f"REFUSED: {refusal_message(verdict, store.description)}"
+    print(f"newest: the store's newest bundle is not its record of the last accepted one; {what}")
 
 
 def _time_left(left: timedelta | None) -> str:
@@ -217,8 +237,15 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
                 "a copy of it first: `sentryca bundle export`"
             )
     now = datetime.now(UTC)
+    # The store's newest bundle never accepted (written around the CAs, refused): the CAs serve
+    # the last accepted one, and the import is judged against that (design §5.4).
+    basis = _unaccepted_basis(store, current.items)
+    if basis is not None:
+        old, old_items = basis
+    else:
+        old_items = current.items
     if old is not None:
-        verdict = judge_replacement(old, current.items, new, items, now, force=args.force)
+        verdict = judge_replacement(old, old_items, new, items, now, force=args.force)
         if not verdict.allowed and verdict.dropped_root is not None:
             if args.from_dir:
                 given, remedy = (
@@ -240,13 +267,65 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
         kept = kept_root_key(current.items, new) if ROOT_KEY not in items else None
         if kept is not None:
             items[ROOT_KEY] = kept
-    if not store.replace(items, current.version):
+    token = store.replace_version(items, current.version)
+    if token is None:
         raise CommandError(f"{store.description} changed while importing; nothing imported, try again")
+    record_override(store, items, token)
     print(
         f"{store.description}: imported the trust bundle (replacing version {short_version(current.version)})"
     )
-    print(running_cas_notice(old, current.items, new, items, now), file=sys.stderr)
+    print(running_cas_notice(old, old_items, new, items, now), file=sys.stderr)
     return 0
+
+
+def _unaccepted_basis(
+    store: BundleStore, current_items: Mapping[str, bytes]
+) -> tuple[PublicBundle, Mapping[str, bytes]] | None:
+    """The store's record of the last accepted bundle (parsed, and its items) when the store's
+    current bundle is not that one; None otherwise, or when there is no usable record."""
+    from ca_core.bundle import parse_public_bundle
+    from ca_core.continuity import matches_record
+
+    try:
+        record = store.load_accepted()
+        if record is None or matches_record(record.items, current_items):
+            return None
+        return parse_public_bundle(record.items), record.items
+    except CAError:
+        return None
+
+
+def record_override(store: BundleStore, items: Mapping[str, bytes], version: str) -> None:
+    """The bundle an operator verb just wrote (``items``, version token ``version``) must be the
+    store's record of the last accepted bundle (``load_accepted``, written with the bundle by the
+    store itself): the override that the continuity rule of a starting CA and of the
+    config-change function honours, so a deliberate replacement is neither refused at start nor
+    reverted (design §5.4). Checked, repaired once (``publish_public``), else CommandError (1)
+    saying what follows; the bundle stays written."""
+    from adapters.stores import StoredBundle
+    from ca_core.continuity import matches_record
+
+    def recorded() -> bool:
+        record = store.load_accepted()
+        return record is not None and matches_record(record.items, items)
+
+    try:
+        if recorded():
+            return
+        store.publish_public(StoredBundle(items, version))
+        if recorded():
+            return
+        problem = "it does not read back"
+    except CAError as e:
+        problem = str(e)
+    raise CommandError(
+        f"{store.description}: the new bundle is written, but it could not be recorded as the accepted "
+        f"one ({problem}). Until it is, a CA that starts and the config-change function judge it "
+        "against the previous bundle, and may refuse it or put the previous one back. Make the "
+        "public part writable, then repeat the import from an export of the new bundle "
+        "(`sentryca bundle export`, then `sentryca bundle import --force --from DIR`); see "
+        'docs/runbook.md, "A refused bundle in the store"'
+    )
 
 
 def _current_bundle(
@@ -350,8 +429,10 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
         raise CommandError(f"the backup in {backup.description} does not read back; nothing was changed")
     bundle = generate_bundle(settled.trust_domain, settled.ca_identity, now, algorithm=settled.algorithm)
     items = bundle.to_items()
-    if not store.replace(items, current.version):
+    token = store.replace_version(items, current.version)
+    if token is None:
         raise CommandError(f"{store.description} changed meanwhile; nothing replaced (backup kept)")
+    record_override(store, items, token)
     print(
         f"{store.description}: regenerated the trust bundle (new root "
         f"{bundle.trust_anchors[0].subject.rfc4514_string()}; {settled.summary})"

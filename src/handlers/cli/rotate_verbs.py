@@ -130,13 +130,19 @@ def _policy(
 def _write_rotation(store: BundleStore, current: StoredBundle, result: Rotation) -> None:
     """Write ``result`` only over the version read (CAS); audit and print each step. Raises
     CommandError (1) when the store changed meanwhile."""
+    from adapters.stores import StoredBundle
     from handlers.logs import audit_rotation
 
-    if not store.replace(result.items(), current.version):
+    items = result.items()
+    token = store.replace_version(items, current.version)
+    if token is None:
         raise CommandError(
             f"{store.description} changed while rotating (another replica or operator); nothing "
             "was written, run the command again"
         )
+    # A rotation step keeps trust continuity by construction: the store's record of the last
+    # accepted bundle follows it (design §5.4, §5.5).
+    store.publish_public(StoredBundle(items, token))
     for step in result.steps:
         audit_rotation(step, store.description)
         print(step.message)

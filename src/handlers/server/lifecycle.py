@@ -31,7 +31,7 @@ from ca_core import policy
 from ca_core.certs import check_issuer_valid
 from ca_core.config import Config
 from ca_core.continuity import check_replacement
-from ca_core.errors import FailedPrecondition
+from ca_core.errors import BundleError, FailedPrecondition
 from ca_core.expiry import ExpiryFinding
 from ca_core.service import Signer
 from ca_core.validators import TokenValidatorKind, Validator
@@ -157,6 +157,8 @@ class CertificateAuthority:
             state = self._build_state(config, composition.build_store(config))
             self._start_with(state)
             publish_bundle(state, None, self.metrics)
+            if state.refused is not None:  # serving the last accepted bundle instead (design §5.4)
+                self._upkeep.refused(state, state.refused.version, state.refused.detail)
 
     def _start_with(self, state: State) -> None:
         config = state.config
@@ -286,7 +288,9 @@ class CertificateAuthority:
         """The state for ``config`` over ``store``. previous: the state in force, whose validators
         are kept when their settings are unchanged; stored: the store's content already at hand
         (else it is loaded); publish: repair the store's public part from the loaded bundle (a
-        first start); a restart passes False and publishes after its continuity check."""
+        first start, once the store's record of the last accepted bundle accepted it, or the
+        accepted one served instead: ``composition.screen_start``); a restart passes False and
+        publishes after its continuity check."""
         settings = policy.ValidatorSettings.of(config)
         validators: tuple[dict[TokenValidatorKind, Validator], TokenValidatorKind | None]
         if previous is not None and previous.validator_settings == settings:
@@ -295,13 +299,23 @@ class CertificateAuthority:
         else:
             # Validators first: a configuration that cannot run must not leave a new CA in the store.
             validators = composition.build_validators(config)
-        loaded = composition.load_bundle(
-            config, store, self._clock(), create_if_empty=create_if_empty, publish=publish, stored=stored
-        )
+        refused = None
+        try:
+            loaded = composition.load_bundle(
+                config, store, self._clock(), create_if_empty=create_if_empty, publish=False, stored=stored
+            )
+        except BundleError as e:  # unusable content: a start serves the accepted one if kept
+            if previous is not None:
+                raise
+            loaded, refused = composition.accepted_instead(store, e)
+        if previous is None and refused is None:  # a start: the store's record judges (§5.4)
+            loaded, refused = composition.screen_start(store, loaded, self._clock())
+        if publish and not loaded.created:
+            store.publish_public(loaded.stored)
         if loaded.created:
             log.info("generated a new trust bundle in %s", store.description)
         signer = composition.build_signer(config, loaded.bundle, validators)
-        state = State(config, store, signer, loaded.version, settings, loaded.created, loaded.stored)
+        state = State(config, store, signer, loaded.version, settings, loaded.created, loaded.stored, refused)
         issuer = loaded.bundle.issuer
         log.info(
             "issuer certificate %s valid until %s",

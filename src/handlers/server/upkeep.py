@@ -343,6 +343,12 @@ class Upkeep:
         problem = self._problem
         return None if problem is None else problem.report()
 
+    def refused(self, state: State, version: str, detail: str) -> None:
+        """A start refused the store's newest bundle (``version``) and serves the last accepted
+        one: degraded (``bundle_refused``) until the store changes."""
+        self._refused_version = version
+        self._degrade(state, BUNDLE_REFUSED, version, detail)
+
     def store_backs(self, state: State) -> None:
         """A restart just loaded ``state`` from its store: whatever was degraded is over."""
         self._clear_problem(state)
