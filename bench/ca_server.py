@@ -6,8 +6,9 @@ line ``{"port": ..., "pids": [...]}`` on stdout (every process serving: this one
 ``workers=N`` the N worker processes of ``handlers.workers.Supervisor``), and stops when stdin
 closes.
 
-With ``canned``, ``Signer.sign`` is replaced by one that returns a certificate signed once at
-start: the server then measures the gRPC/TLS/servicer path without the signing work.
+With ``canned``, ``Signer.prove`` and ``Signer.sign_proven`` (and ``Signer.sign``) are replaced by
+ones that return what one call returned at start: the server then measures the
+gRPC/TLS/servicer path without the validation and signing work.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ def can_signing(ca: CertificateAuthority) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     csr = CertificateSigningRequestBuilder().subject_name(Name([])).sign(key, hashes.SHA256())
     request = SignRequest("app", "default", csr.public_bytes(serialization.Encoding.PEM))
+    proven = ca.signer.prove(request)
     answer = ca.signer.sign(request, datetime.now(UTC))
+    # The servicer proves, then signs (Signer.prove, Signer.sign_proven): both are canned.
+    Signer.prove = lambda self, request: proven  # type: ignore[method-assign]
+    Signer.sign_proven = lambda self, request, validator, identity, now: answer  # type: ignore[method-assign]
     Signer.sign = lambda self, request, now: answer  # type: ignore[method-assign]
 
 

@@ -1,6 +1,6 @@
 """Several CA processes on one gRPC port (``--workers N``): a supervisor and N workers.
 
-One CPython process signs at most ~1 500 certificates/s here, held by the GIL with cores idle
+One CPython process signs about 1 300 certificates/s here, held by the GIL with a core partly idle
 (``bench/README.md``). With ``--workers N`` the ``sentryca serve`` process becomes a supervisor:
 
 - it starts N worker processes (``multiprocessing`` *spawn*: fresh interpreters, no fork of a
