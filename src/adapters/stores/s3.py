@@ -79,17 +79,22 @@ class S3BundleStore:
         items = decode_document(body, f"s3://{self.bucket}/{self.public_key}")
         return StoredBundle(items, r.get("Metadata", {}).get(_BUNDLE_ETAG, r["ETag"]))
 
+    def _earlier_versions(self) -> list[dict]:
+        """The bundle object's non-current versions, newest first (one ListObjectVersions call;
+        raises the SDK's errors)."""
+        r = self.client.list_object_versions(Bucket=self.bucket, Prefix=self.key)
+        return sorted(
+            (v for v in r.get("Versions", []) if v["Key"] == self.key and not v.get("IsLatest")),
+            key=lambda v: v["LastModified"],
+            reverse=True,
+        )
+
     def load_previous(self) -> StoredBundle | None:
         """The bundle as it was before the current version (the newest non-current object
         version of a versioned bucket), or None when there is none. For the config-change check
         of trust continuity (design §5). Raises Unavailable, BundleError."""
         try:
-            r = self.client.list_object_versions(Bucket=self.bucket, Prefix=self.key)
-            versions = sorted(
-                (v for v in r.get("Versions", []) if v["Key"] == self.key and not v.get("IsLatest")),
-                key=lambda v: v["LastModified"],
-                reverse=True,
-            )
+            versions = self._earlier_versions()
             if not versions:
                 return None
             got = self.client.get_object(Bucket=self.bucket, Key=self.key, VersionId=versions[0]["VersionId"])
@@ -107,13 +112,7 @@ class S3BundleStore:
         over."""
         want = dict(record)
         try:
-            r = self.client.list_object_versions(Bucket=self.bucket, Prefix=self.key)
-            versions = sorted(
-                (v for v in r.get("Versions", []) if v["Key"] == self.key and not v.get("IsLatest")),
-                key=lambda v: v["LastModified"],
-                reverse=True,
-            )[:SEARCHED_VERSIONS]
-            for v in versions:
+            for v in self._earlier_versions()[:SEARCHED_VERSIONS]:
                 got = self.client.get_object(Bucket=self.bucket, Key=self.key, VersionId=v["VersionId"])
                 try:
                     items = decode_document(got["Body"].read(), self.description)
