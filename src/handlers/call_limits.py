@@ -14,8 +14,6 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from .rate_limit import peer_host
-
 
 @dataclass(frozen=True, slots=True)
 class CallLimits:
@@ -124,8 +122,3 @@ async def read_request(context: grpc.aio.ServicerContext, timeout: float) -> obj
             grpc.StatusCode.INVALID_ARGUMENT, "the call ended without a request message", "request_missing"
         )
     return request
-
-
-def peer_of(context: grpc.aio.ServicerContext) -> str:
-    """The peer's host (address without port) as the limits key it."""
-    return peer_host(context.peer())

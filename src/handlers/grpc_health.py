@@ -20,11 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from .call_limits import Guard, Refused, peer_of, read_request
+from .call_limits import Guard, Refused, read_request
 from .grpc_service import SERVICE
+from .rate_limit import peer_host
 
 SERVICES = ("", SERVICE)
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -64,7 +66,7 @@ def _bounded(guard: Guard, answer):
     runs ``answer(request, context)``; the place is given back when the call ends."""
 
     async def handler(_requests, context: grpc.aio.ServicerContext):
-        peer = peer_of(context)
+        peer = peer_host(context.peer())
         refused = guard.slots.take(peer, guard.limits, in_total=False)
         if refused is not None:
             await context.abort(refused.code, refused.message)
@@ -82,7 +84,7 @@ def _bounded(guard: Guard, answer):
 def _decode(data: bytes) -> health_pb2.HealthCheckRequest | None:
     try:
         return health_pb2.HealthCheckRequest.FromString(data)
-    except Exception:  # noqa: BLE001 - any undecodable request: INVALID_ARGUMENT below
+    except DecodeError:  # INVALID_ARGUMENT below
         return None
 
 

@@ -229,11 +229,6 @@ class CAServicer:
         self.guard = guard or Guard(CallLimits())  # read and written on the event loop only
         log_limit.LIMIT.on_suppressed = metrics.log_lines_suppressed.inc
 
-    @property
-    def in_flight(self) -> int:
-        """SignCertificate calls held now (waiting for their message, validating or signing)."""
-        return self.guard.slots.total
-
     async def SignCertificate(self, _requests, context: grpc.aio.ServicerContext):
         """Answer one call. Every call gets a call id (logged with each line about the call and sent
         back as the ``sentryca-call-id`` trailer); every issuance writes one audit record."""
@@ -243,7 +238,7 @@ class CAServicer:
         self._metrics.sign_received.inc()
         code = grpc.StatusCode.OK
         peer = peer_host(context.peer())
-        outcome: Refusal | SignedCertificate | None = None
+        outcome: Refusal | SignedCertificate
         observed = False
 
         def observe(code: grpc.StatusCode) -> None:
@@ -271,8 +266,6 @@ class CAServicer:
                 self.guard.slots.give(peer, in_total=True)
             observe(code)
         result = outcome
-        if result is None:  # unreachable: every path above sets an outcome or raises
-            raise RuntimeError("no outcome")
         self._metrics.sign_success.inc()
         audit_issued(result, call_id=call_id, peer=context.peer())
         response = sentry_pb2.SignCertificateResponse(
