@@ -34,14 +34,33 @@ if TYPE_CHECKING:
 log = logging.getLogger("sentryca")
 
 
-def signing_policy(cfg: Config) -> SigningPolicy:
-    """The issuance settings of ``cfg``: trust domain, the CA's namespace, workload TTL, clock skew."""
+def signing_policy(cfg: Config, derived_cluster_domain: str | None = None) -> SigningPolicy:
+    """The issuance settings of ``cfg``: trust domain, the CA's namespace, workload TTL, clock skew,
+    and the cluster domain (:func:`cluster_domain`; ``derived_cluster_domain``: the lookup's result)."""
     return SigningPolicy(
         trust_domain=cfg.trust_domain,
         namespace=cfg.namespace,
         workload_ttl=cfg.workload_cert_ttl,
         clock_skew=cfg.allowed_clock_skew,
+        cluster_domain=cluster_domain(cfg, derived_cluster_domain),
     )
+
+
+def needs_cluster_domain_lookup(cfg: Config) -> bool:
+    """Whether a start or restart with ``cfg`` looks the cluster domain up (design §3.4): in
+    kubernetes mode when ``--kube-cluster-domain`` is not set."""
+    return cfg.kube_cluster_domain is None and cfg.effective_mode == "kubernetes"
+
+
+def cluster_domain(cfg: Config, derived: str | None) -> str:
+    """The cluster domain of the scheduler's DNS SANs (design §3.4): ``--kube-cluster-domain``;
+    else, in kubernetes mode, ``derived`` (the domain of ``kubernetes.default.svc``'s canonical
+    name) when the lookup gave one; else the CA's trust domain, as Dapr's Sentry falls back."""
+    if cfg.kube_cluster_domain is not None:
+        return cfg.kube_cluster_domain
+    if derived is not None and cfg.effective_mode == "kubernetes":
+        return derived
+    return cfg.trust_domain
 
 
 def stale_signing_bound(cfg: Config) -> timedelta:

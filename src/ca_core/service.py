@@ -22,15 +22,17 @@ from .validators import Identity, SignRequest, TokenValidatorKind, Validator
 CA_APP_ID = "dapr-sentry"
 
 
-def control_plane_dns_names(app_id: str, namespace: str) -> tuple[str, ...]:
-    """The DNS SANs Dapr gives its control-plane services in the CA's namespace (design §3)."""
+def control_plane_dns_names(app_id: str, namespace: str, cluster_domain: str) -> tuple[str, ...]:
+    """The DNS SANs Dapr gives its control-plane services in the CA's namespace (design §3.4);
+    ``cluster_domain``: the Kubernetes cluster domain of the scheduler's names (``cluster.local``)."""
     if app_id == "dapr-injector":
         return (f"dapr-sidecar-injector.{namespace}.svc",)
     if app_id == "dapr-operator":
         return (f"dapr-webhook.{namespace}.svc",)
     if app_id == "dapr-scheduler":
         return tuple(
-            f"dapr-scheduler-server-{i}.dapr-scheduler-server.{namespace}.svc.cluster.local" for i in range(3)
+            f"dapr-scheduler-server-{i}.dapr-scheduler-server.{namespace}.svc.{cluster_domain}"
+            for i in range(3)
         )
     return ()
 
@@ -55,13 +57,21 @@ class SigningPolicy:
     """What the operator configured for issuance.
 
     trust_domain: the CA's (control-plane) trust domain; namespace: the CA's namespace;
-    workload_ttl: leaf lifetime (capped by the issuer's NotAfter); clock_skew: backdating of NotBefore.
+    workload_ttl: leaf lifetime (capped by the issuer's NotAfter); clock_skew: backdating of NotBefore;
+    cluster_domain: the Kubernetes cluster domain of the scheduler's DNS SANs (design §3.4), None for
+    the trust domain (Dapr's Sentry's fallback).
     """
 
     trust_domain: str = "localhost"
     namespace: str = "default"
     workload_ttl: timedelta = DEFAULT_WORKLOAD_TTL
     clock_skew: timedelta = DEFAULT_CLOCK_SKEW
+    cluster_domain: str | None = None
+
+    @property
+    def dns_cluster_domain(self) -> str:
+        """The domain the scheduler's DNS SANs end in: ``cluster_domain``, else the trust domain."""
+        return self.cluster_domain or self.trust_domain
 
     @property
     def ca_identity(self) -> SpiffeId:
@@ -152,10 +162,14 @@ class Signer:
     ) -> SignedCertificate:
         """Sign ``public_key`` for a proven ``identity`` (no validator or reservation check:
         callers are the CA itself or :meth:`sign`). Control-plane ids in the CA's namespace
-        get Dapr's DNS SANs. Raises FailedPrecondition when the issuer is not valid now."""
+        get Dapr's DNS SANs (the scheduler's under ``policy.dns_cluster_domain``). Raises
+        FailedPrecondition when the issuer is not valid now."""
         sid = identity.spiffe_id
         if sid.namespace == self.policy.namespace:
-            dns_names = (*control_plane_dns_names(sid.app_id, sid.namespace), *dns_names)
+            dns_names = (
+                *control_plane_dns_names(sid.app_id, sid.namespace, self.policy.dns_cluster_domain),
+                *dns_names,
+            )
         cert = self._workload_signer.sign(
             public_key,
             sid,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -255,15 +256,41 @@ def accepted_instead(store: BundleStore, error: BundleError) -> tuple[LoadedBund
     return LoadedBundle(bundle, accepted.version, False, accepted), Refusal(key, detail)
 
 
+def derive_cluster_domain(cfg: Config, lookup: Callable[[], str] | None = None) -> str | None:
+    """The cluster domain looked up for ``cfg`` (design §3.4), once per start or restart: None
+    when ``ca_core.policy.needs_cluster_domain_lookup`` says no lookup is needed, or when it
+    failed or timed out (logged with the fallback; the lookup waits at most 2 s). ``lookup``:
+    ``adapters.cluster_domain.lookup_cluster_domain`` unless given (tests)."""
+    from adapters.cluster_domain import API_SERVICE, ClusterDomainUnknown, lookup_cluster_domain
+    from ca_core.policy import needs_cluster_domain_lookup
+
+    if not needs_cluster_domain_lookup(cfg):
+        return None
+    try:
+        domain = (lookup or lookup_cluster_domain)()
+    except ClusterDomainUnknown as e:
+        log.warning(
+            "could not derive the Kubernetes cluster domain (%s); the scheduler's DNS SANs use the "
+            "trust domain %s instead, as Dapr's Sentry does (set --kube-cluster-domain to choose)",
+            e,
+            cfg.trust_domain,
+        )
+        return None
+    log.info("Kubernetes cluster domain %s (from the canonical name of %s)", domain, API_SERVICE)
+    return domain
+
+
 def build_signer(
     cfg: Config,
     bundle: TrustBundle,
     validators: tuple[dict[TokenValidatorKind, Validator], TokenValidatorKind | None] | None = None,
+    derived_cluster_domain: str | None = None,
 ) -> Signer:
     """A Signer over ``bundle`` with the policy of ``cfg`` and ``validators`` (enabled, default),
-    built from ``cfg`` when not given."""
+    built from ``cfg`` when not given; ``derived_cluster_domain``: :func:`derive_cluster_domain`'s
+    result."""
     from ca_core.policy import signing_policy
     from ca_core.service import Signer
 
     enabled, default = validators if validators is not None else build_validators(cfg)
-    return Signer(bundle, signing_policy(cfg), enabled, default)
+    return Signer(bundle, signing_policy(cfg, derived_cluster_domain), enabled, default)

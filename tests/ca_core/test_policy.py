@@ -1,4 +1,5 @@
-"""The bootstrap rule (design §5.2): when an empty store may get a newly generated CA."""
+"""The bootstrap rule (design §5.2): when an empty store may get a newly generated CA; the cluster
+domain of the scheduler's DNS SANs (design §3.4)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from ca_core.config import load_config
 from ca_core.errors import ConfigError
-from ca_core.policy import may_generate
+from ca_core.policy import cluster_domain, may_generate, needs_cluster_domain_lookup, signing_policy
 
 STORE = "s3://bucket/sentry/bundle.json"
 EVIDENCE = "s3://bucket/sentry/bundle.json held a trust bundle: it was deleted (a delete marker)"
@@ -52,3 +53,41 @@ def test_the_option_takes_the_two_policies_only():
     assert load_config({"bootstrap_policy": "NEVER"}, {}).bootstrap_policy == "never"
     with pytest.raises(ConfigError, match="SENTRY_BOOTSTRAP_POLICY: unknown bootstrap policy 'always'"):
         load_config({}, {"SENTRY_BOOTSTRAP_POLICY": "always"})
+
+
+# --- the cluster domain (design §3.4) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, env, derived, lookup, domain",
+    [
+        # the option wins, in either mode, and nothing is looked up
+        (
+            {"kube_cluster_domain": "corp.example", "mode": "kubernetes"},
+            {},
+            "k8s.example",
+            False,
+            "corp.example",
+        ),
+        ({"kube_cluster_domain": "corp.example"}, {}, None, False, "corp.example"),
+        ({}, {"SENTRY_KUBE_CLUSTER_DOMAIN": "Corp.Example."}, None, False, "corp.example"),
+        # kubernetes mode without it: the lookup's domain, else the trust domain
+        ({"mode": "kubernetes"}, {}, "k8s.example", True, "k8s.example"),
+        ({"mode": "kubernetes"}, {}, None, True, "td.example"),
+        ({}, {"KUBERNETES_SERVICE_HOST": "10.96.0.1"}, None, True, "td.example"),  # auto → kubernetes
+        # standalone: the trust domain, as Dapr's Sentry (a derived value is not used)
+        ({"mode": "standalone"}, {}, "k8s.example", False, "td.example"),
+        ({}, {}, None, False, "td.example"),
+    ],
+)
+def test_the_cluster_domain(flags, env, derived, lookup, domain):
+    cfg = load_config({"trust_domain": "td.example", **flags}, env)
+    assert needs_cluster_domain_lookup(cfg) is lookup
+    assert cluster_domain(cfg, derived) == domain
+    assert signing_policy(cfg, derived).dns_cluster_domain == domain
+
+
+@pytest.mark.parametrize("value", ["a..b", "-x.example", "10.0.0.1", "has space", ""])
+def test_a_cluster_domain_that_is_not_a_dns_name_is_refused(value):
+    with pytest.raises(ConfigError, match="--kube-cluster-domain"):
+        load_config({"kube_cluster_domain": value}, {})

@@ -138,9 +138,26 @@ def test_dapr_sentry_in_another_namespace_is_just_an_app():
     ],
 )
 def test_control_plane_dns_sans(app_id, dns):
-    cert = signer(namespace="dapr-system").sign(req(app_id=app_id, namespace="dapr-system"), NOW).certificate
+    ca = signer(namespace="dapr-system", cluster_domain="cluster.local")
+    cert = ca.sign(req(app_id=app_id, namespace="dapr-system"), NOW).certificate
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == dns
+
+
+@pytest.mark.parametrize(
+    "policy, domain",
+    [
+        ({"cluster_domain": "corp.example", "trust_domain": "td.example"}, "corp.example"),
+        ({"trust_domain": "td.example"}, "td.example"),  # no cluster domain: the trust domain
+    ],
+)
+def test_the_scheduler_sans_end_in_the_policys_cluster_domain(policy, domain):
+    ca = signer(namespace="dapr-system", **policy)
+    cert = ca.sign(req(app_id="dapr-scheduler", namespace="dapr-system"), NOW).certificate
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [
+        f"dapr-scheduler-server-{i}.dapr-scheduler-server.dapr-system.svc.{domain}" for i in range(3)
+    ]
 
 
 def test_control_plane_names_outside_the_ca_namespace_get_no_dns_sans():

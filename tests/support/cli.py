@@ -59,6 +59,7 @@ class Served:
     def __init__(self, proc: subprocess.Popen, creds: Path, port: int, healthz: int, metrics: int) -> None:
         self.proc, self.creds, self.port = proc, creds, port
         self.healthz_port, self.metrics_port = healthz, metrics
+        self.start_log = ""  # what it logged up to where it says it serves (set by serve)
 
     @functools.cached_property
     def anchors(self) -> bytes:
@@ -174,4 +175,6 @@ def serve(
     if ports.keys() != BANNER.keys():
         proc.kill()
         raise AssertionError("sentryca serve did not start:\n" + "".join(lines) + proc.stderr.read())
-    return Served(proc, creds, ports["port"], ports["healthz"], ports["metrics"])
+    served = Served(proc, creds, ports["port"], ports["healthz"], ports["metrics"])
+    served.start_log = "".join(lines)
+    return served

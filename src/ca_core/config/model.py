@@ -77,6 +77,7 @@ class Config:
     kubeconfig: str | None = None
     token_audience: tuple[str, ...] | None = None
     server_names: tuple[str, ...] = ()
+    kube_cluster_domain: str | None = None
     jwks: JwksSettings | None = None
     workload_cert_ttl: timedelta = timedelta(hours=24)
     allowed_clock_skew: timedelta = timedelta(minutes=15)

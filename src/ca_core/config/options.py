@@ -117,6 +117,18 @@ def _server_names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _cluster_domain(text: str) -> str:
+    """A DNS name (RFC 1123, lowercase), a trailing dot dropped: ``cluster.local``."""
+    name = text.strip().lower().removesuffix(".")
+    if not _DNS_NAME.fullmatch(name):
+        raise ValueError(f"{text!r} is not a DNS name (e.g. cluster.local)")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name
+    raise ValueError(f"{text!r} is an IP address, not a DNS name (e.g. cluster.local)")
+
+
 def _log_level(text: str) -> str:
     v = text.strip().lower()
     if v not in ("debug", "info", "warn", "warning", "error", "fatal"):
@@ -167,6 +179,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _server_names,
         "extra DNS names / IPs for the CA's TLS certificate, comma-separated, e.g. the load "
         "balancer's name (always: localhost, 127.0.0.1, ::1 and a specific --listen-address)",
+    ),
+    Option(
+        "kube-cluster-domain",
+        _cluster_domain,
+        "the Kubernetes cluster domain in the scheduler's DNS SANs, e.g. cluster.local (unset: in "
+        "kubernetes mode derived from kubernetes.default.svc's canonical name, else and on failure "
+        "the trust domain, as Dapr's Sentry does)",
     ),
     Option("workload-cert-ttl", parse_duration, "workload certificate lifetime, Go duration (default 24h)"),
     Option("allowed-clock-skew", parse_duration, "NotBefore backdating, Go duration (default 15m)"),

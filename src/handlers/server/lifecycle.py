@@ -154,7 +154,11 @@ class CertificateAuthority:
         with self._lock:
             if self._state is not None:
                 raise AlreadyRunning("the CA is already running")
-            state = self._build_state(config, composition.build_store(config))
+            state = self._build_state(
+                config,
+                composition.build_store(config),
+                cluster_domain=composition.derive_cluster_domain(config),
+            )
             self._start_with(state)
             publish_bundle(state, None, self.metrics)
             if state.refused is not None:  # serving the last accepted bundle instead (design §5.4)
@@ -223,7 +227,14 @@ class CertificateAuthority:
                 self.start(config)
                 return
             store = composition.build_store(config)
-            new = self._build_state(config, store, previous=old, create_if_empty=force, publish=False)
+            new = self._build_state(
+                config,
+                store,
+                previous=old,
+                create_if_empty=force,
+                publish=False,
+                cluster_domain=composition.derive_cluster_domain(config),
+            )
             self._put_in_force(old, new, force=force)
             if self._state is not None:
                 self._upkeep.store_backs(self._state)
@@ -235,7 +246,13 @@ class CertificateAuthority:
         :meth:`restart` does, the CA then serving ``old``."""
         with self._lock:
             new = self._build_state(
-                old.config, old.store, previous=old, stored=stored, create_if_empty=False, publish=False
+                old.config,
+                old.store,
+                previous=old,
+                stored=stored,
+                create_if_empty=False,
+                publish=False,
+                cluster_domain=old.derived_cluster_domain,
             )
             self._put_in_force(old, new, force=False)
             return self._state or old
@@ -284,13 +301,15 @@ class CertificateAuthority:
         stored: StoredBundle | None = None,
         create_if_empty: bool = True,
         publish: bool = True,
+        cluster_domain: str | None = None,
     ) -> State:
         """The state for ``config`` over ``store``. previous: the state in force, whose validators
         are kept when their settings are unchanged; stored: the store's content already at hand
         (else it is loaded); publish: repair the store's public part from the loaded bundle (a
         first start, once the store's record of the last accepted bundle accepted it, or the
         accepted one served instead: ``composition.screen_start``); a restart passes False and
-        publishes after its continuity check."""
+        publishes after its continuity check; cluster_domain: what the start or restart looked up
+        (``composition.derive_cluster_domain``; a store poll keeps the state in force's)."""
         settings = policy.ValidatorSettings.of(config)
         validators: tuple[dict[TokenValidatorKind, Validator], TokenValidatorKind | None]
         if previous is not None and previous.validator_settings == settings:
@@ -314,8 +333,18 @@ class CertificateAuthority:
             store.publish_public(loaded.stored)
         if loaded.created:
             log.info("generated a new trust bundle in %s", store.description)
-        signer = composition.build_signer(config, loaded.bundle, validators)
-        state = State(config, store, signer, loaded.version, settings, loaded.created, loaded.stored, refused)
+        signer = composition.build_signer(config, loaded.bundle, validators, cluster_domain)
+        state = State(
+            config,
+            store,
+            signer,
+            loaded.version,
+            settings,
+            loaded.created,
+            loaded.stored,
+            refused,
+            cluster_domain,
+        )
         issuer = loaded.bundle.issuer
         log.info(
             "issuer certificate %s valid until %s",
