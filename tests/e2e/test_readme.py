@@ -7,12 +7,20 @@ The ``make-run`` block (kind ``background``) is started first, as written, with 
 ``SENTRY_HEALTHZ_PORT`` and ``SENTRY_METRICS_PORT`` set to 0 (free ports); the README's default
 ports (50001, 8080, 9090, and moto's 5000) are replaced in the other blocks by the ports actually
 served (and ``localhost`` before them by 127.0.0.1: :data:`LOCALHOST`). Kind ``moto`` runs a
-block against the ``moto-server`` block started in the background on a free port; ``skip
-(REASON)`` blocks are skipped with their reason. Each block must exit 0; what it promises is
-checked after it where that is cheap (:data:`CHECKS`)."""
+block against the ``moto-server`` block started in the background on a free port, with the
+``AWS_*`` variables pointing at it where a reader's shell would name their AWS account; what a
+deployed stack would hold there is made first (:data:`SETUPS`: the deployment section's stack
+outputs, a stand-in stack with the template's output names). Kind ``docker`` needs a Docker engine
+(as tests/e2e/test_images.py does) and builds on the local base images; its image tags and the
+docker bridge's address are this machine's (:meth:`Checkout.text`), and ``sudo`` is the shell
+itself when the test runs as root without one. ``needs=PROGRAM,...`` skips a block whose programs
+(the ``aws`` CLI, ``kubectl``) are not installed: the project installs neither. ``skip (REASON)``
+blocks are skipped with their reason. Each block must exit 0; what it promises is checked after it
+where that is cheap (:data:`CHECKS`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,33 +38,46 @@ import pytest
 import yaml
 from cryptography import x509
 
+from tools.local_invoke import load_template
+
 from support import REPO_ROOT
 from support.cli import BANNER
+from support.docker import bridge_gateway, require_engine
 from support.wait import wait_for_line, wait_until
 
 README = REPO_ROOT / "README.md"
 RUNBOOK = REPO_ROOT / "docs" / "runbook.md"
-MARK = re.compile(r"<!-- test: ([\w-]+)(?: (background|moto|skip \((.+?)\)))? -->\n```sh\n(.*?)```", re.S)
+MARK = re.compile(
+    r"<!-- test: ([\w-]+)(?: (background|moto|docker|skip \((.+?)\)))?(?: needs=([\w,-]+))? -->"
+    r"\n```sh\n(.*?)```",
+    re.S,
+)
 DEFAULT_PORTS = {"50001": "port", "8080": "healthz", "9090": "metrics", "5000": "moto"}
 PORT = re.compile(r"(?<!\d)(50001|8080|9090|5000)(?!\d)")
 # `localhost` before one of those ports: the ports are picked free on 127.0.0.1, where the CA and
 # moto listen, while localhost may resolve to ::1 first, where another process may hold the same
 # port number
 LOCALHOST = re.compile(r'localhost(?=(?::|", )(?:50001|8080|9090|5000)(?!\d))')
+# the images `make image` tags (IMAGE ?= sentryca), and what a docker block tags instead
+IMAGE_TAG = re.compile(r"(?<![\w/.-])sentryca:(server|lambda)\b")
+TEST_IMAGE = "sentryca-readme"
+DOCKER_TIMEOUT = 1500  # seconds: make base-images (once per machine), make image, sam build
 
 
 @dataclass(frozen=True)
 class Block:
     name: str
-    kind: str  # run | background | moto | skip
+    kind: str  # run | background | moto | docker | skip
     reason: str
     text: str
+    needs: tuple[str, ...] = ()  # programs the block runs that the project does not install
 
 
 def blocks() -> list[Block]:
     found = []
-    for name, kind, reason, text in MARK.findall(README.read_text()):
-        found.append(Block(name, "skip" if kind.startswith("skip") else kind or "run", reason, text))
+    for name, kind, reason, needs, text in MARK.findall(README.read_text()):
+        kind = "skip" if kind.startswith("skip") else kind or "run"
+        found.append(Block(name, kind, reason, text, tuple(n for n in needs.split(",") if n)))
     return found
 
 
@@ -119,6 +140,57 @@ def test_the_dapr_section_names_what_the_kubernetes_manifests_deploy():
     assert f"`{name}.{namespace}.svc.cluster.local:{port}`" in section
 
 
+def _section(heading: str) -> str:
+    """The README's text under ``heading`` (a ``### `` subsection of "Deployment") up to the next one."""
+    return README.read_text().split(f"\n### {heading}\n", 1)[1].split("\n### ", 1)[0]
+
+
+def _table(text: str) -> dict[str, list[str]]:
+    """The rows of the Markdown tables in ``text`` whose first cell is one `code` name: name → cells."""
+    rows = {}
+    for line in text.splitlines():
+        if m := re.match(r"^\| `([\w-]+)` \|(.*)\|$", line):
+            rows[m.group(1)] = [cell.strip() for cell in m.group(2).split(" | ")]
+    return rows
+
+
+def test_the_deployment_section_explains_every_template_parameter_with_its_default():
+    parameters = load_template(REPO_ROOT / "template.yaml")["Parameters"]
+    rows = _table(_section("Deploy to AWS with `sam deploy --guided`"))
+    assert rows.keys() == parameters.keys()
+    for name, spec in parameters.items():
+        default = spec.get("Default")
+        stated = rows[name][0]
+        if default is None:
+            assert stated == "(required)", name
+        elif default == "":
+            assert stated == "(empty)", name
+        else:
+            assert stated == f"`{default}`", name
+
+
+def test_the_deployment_section_names_every_alarm_the_dashboard_and_the_outputs():
+    template = load_template(REPO_ROOT / "template.yaml")
+    resources = template["Resources"]
+    alarms = {k for k, v in resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    section = _section("The dashboard and alarms")
+    assert _table(section).keys() == alarms
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    for title in re.findall(r'"title": "([^"]+)"', body):
+        assert f"**{title}" in section, title  # each widget, by its title
+    after = _section("After the deployment")
+    for output in template["Outputs"]:
+        assert f"`{output}`" in after, output
+
+
+def test_the_runbook_points_operators_to_the_deployment_section():
+    runbook = RUNBOOK.read_text()
+    own = {_slug(h) for h in re.findall(r"^#+ (.+)$", README.read_text(), re.M)}
+    links = re.findall(r"\]\(\.\./README\.md#([\w-]+)\)", runbook)
+    assert "deployment" in links
+    assert set(links) <= own
+
+
 # --- running the blocks ---------------------------------------------------------------------------
 
 
@@ -133,9 +205,25 @@ class Checkout:
     logs: dict[str, list[str]] = field(default_factory=dict)  # what each background block printed
 
     def text(self, b: Block) -> str:
-        """The block with the README's default ports replaced by the ones served here."""
+        """The block with the README's default ports replaced by the ones served here; in a
+        ``docker`` block also the docker bridge's default gateway by this engine's, and the
+        images' tags by this test's (:data:`TEST_IMAGE`), so that it never retags the images
+        other tests build."""
         text = LOCALHOST.sub("127.0.0.1", b.text)
+        if b.kind == "docker":
+            text = text.replace("172.17.0.1", bridge_gateway())
+            text = IMAGE_TAG.sub(lambda m: f"{TEST_IMAGE}:{m.group(1)}", text)
         return PORT.sub(lambda m: str(self.ports[DEFAULT_PORTS[m.group(1)]]), text)
+
+    def aws_env(self) -> dict[str, str]:
+        """The variables that point the AWS SDKs and CLI at the moto server (any credentials)."""
+        return {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.ports['moto']}",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }
 
     def start(self, b: Block, env: dict[str, str]) -> subprocess.Popen:
         proc = subprocess.Popen(
@@ -172,41 +260,71 @@ class Checkout:
         log = self.logs["moto-server"]
         wait_until(answers, lambda: "the moto server answers:\n" + "".join(log), timeout=60)
 
-    def run(self, b: Block) -> subprocess.CompletedProcess:
-        r = subprocess.run(
+    def run(
+        self, b: Block, env: dict[str, str] | None = None, timeout: float = 110
+    ) -> subprocess.CompletedProcess:
+        """Run the block to its end; whatever it left running in the background (a ``&``) is
+        stopped afterwards."""
+        proc = subprocess.Popen(
             ["bash", "-euo", "pipefail", "-c", self.text(b)],
             cwd=self.root,
-            env=self.env,
-            capture_output=True,
+            env=self.env | (env or {}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=110,
-            check=False,
+            start_new_session=True,
         )
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise AssertionError(f"README block {b.name!r} ran over {timeout} s:\n{out}\n{err}") from None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         assert r.returncode == 0, f"README block {b.name!r} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
         return r
 
 
-def _venv_copy(target: Path) -> None:
+def _venv_copy(
+    target: Path, source: Path | None = None, markers=(".installed-run", ".installed-test")
+) -> None:
     """A .venv that is this test's venv (links to its parts) with install markers newer than the
-    copied pyproject.toml, so ``make`` finds everything installed and installs nothing."""
+    copied pyproject.toml, so ``make`` finds everything installed and installs nothing;
+    ``source``: another venv (``.venv-tools``, for ``make sam-invoke``)."""
     target.mkdir()
-    for part in Path(sys.prefix).iterdir():
+    for part in (source or Path(sys.prefix)).iterdir():
         if not part.name.startswith("."):
             (target / part.name).symlink_to(part)
-    for marker in (".installed-run", ".installed-test"):
+    for marker in markers:
         (target / marker).touch()
 
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory) -> Iterator[Checkout]:
     root = tmp_path_factory.mktemp("checkout")
-    for name in ("Makefile", "pyproject.toml", "template.yaml"):
+    # what make image and make sam-invoke build from, too (the deployment section's docker blocks)
+    for name in ("Makefile", "pyproject.toml", "template.yaml", "README.md", "Dockerfile", ".dockerignore"):
         shutil.copy(REPO_ROOT / name, root / name)
-    shutil.copytree(REPO_ROOT / "events", root / "events")
+    for name in ("events", "deploy", "src"):
+        shutil.copytree(
+            REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
     _venv_copy(root / ".venv")
+    if (REPO_ROOT / ".venv-tools" / "bin" / "sam").exists():  # made by make lint (make test)
+        _venv_copy(root / ".venv-tools", (REPO_ROOT / ".venv-tools").resolve(), markers=(".installed",))
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("SENTRY_", "AWS_", "MAKE", "MFLAGS"))}
     keep.pop("KUBERNETES_SERVICE_HOST", None)
     keep.pop("NAMESPACE", None)
+    keep["IMAGE"] = TEST_IMAGE  # make image's tags (the docker blocks' text names them so)
+    if os.geteuid() == 0 and shutil.which("sudo") is None:  # `sudo make base-images`, as root already
+        shim = root / ".test-bin"
+        shim.mkdir()
+        (shim / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
+        (shim / "sudo").chmod(0o755)
+        keep["PATH"] = f"{shim}{os.pathsep}{keep.get('PATH', '')}"
     # no block may reach a real AWS account or an instance-metadata endpoint by mistake
     env = keep | {
         "AWS_EC2_METADATA_DISABLED": "true",
@@ -292,6 +410,91 @@ def _check_config_change(co: Checkout, r: subprocess.CompletedProcess) -> None:
     assert r.stdout.count('"outcome": "accepted"') == 4, r.stdout
 
 
+def _check_image_offline(co: Checkout, r: subprocess.CompletedProcess) -> None:
+    assert re.search(r"^sentryca \S+", r.stdout, re.M), r.stdout  # --version, from the image
+    for target in ("server", "lambda"):
+        inspect = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Config.User}}", f"{TEST_IMAGE}:{target}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert inspect.returncode == 0 and inspect.stdout.strip() not in ("", "root", "0"), inspect
+
+
+def _check_sam_invoke_offline(co: Checkout, r: subprocess.CompletedProcess) -> None:
+    out = r.stdout + r.stderr
+    assert re.search(r'"status":\s*"ok"', out), out[-3000:]
+    assert '"SigningCoverageDays"' in out, out[-3000:]  # its EMF document
+
+
+def _check_ecr(co: Checkout, r: subprocess.CompletedProcess) -> None:
+    assert r.stdout.strip().endswith(".dkr.ecr.us-east-1.amazonaws.com/sentryca"), r.stdout
+
+
+def _check_stack_outputs(co: Checkout, r: subprocess.CompletedProcess) -> None:
+    for key in load_template(REPO_ROOT / "template.yaml")["Outputs"]:
+        assert key in r.stdout, (key, r.stdout)
+    assert STAND_IN_STORE in r.stdout and "bundle: complete" in r.stdout, r.stdout
+    anchors = x509.load_pem_x509_certificates((co.root / "trust" / "ca.crt").read_bytes())
+    assert anchors and all(c.issuer == c.subject for c in anchors)  # roots only
+    assert not list((co.root / "trust").glob("*.key"))  # no key handed out
+
+
+def _check_kubernetes_overlay(co: Checkout, r: subprocess.CompletedProcess) -> None:
+    assert r.stdout.split() == ["image:", "registry.example.com/sentryca@sha256:" + "0" * 64], r.stdout
+
+
+# --- what a deployed stack would hold in the AWS account (moto) -----------------------------------
+
+STAND_IN_STORE = "s3://sentryca-bundlebucket-standin/sentry/bundle.json"
+
+
+def _stand_in_stack(co: Checkout) -> None:
+    """What `sam deploy` and the first task leave in the account, as far as the block after the
+    deployment reads it: a stack named ``sentryca`` with the template's outputs
+    (``TrustBundleStore`` naming a versioned bucket in moto, the others stand-in values; moto's
+    CloudFormation cannot create the template's own resources), and the bundle the first task
+    generates there (``sentryca bundle init``)."""
+    import boto3
+
+    aws = co.aws_env()
+    kw = {"endpoint_url": aws["AWS_ENDPOINT_URL"], "region_name": aws["AWS_REGION"]}
+    bucket = STAND_IN_STORE.removeprefix("s3://").split("/", 1)[0]
+    s3 = boto3.client("s3", aws_access_key_id="testing", aws_secret_access_key="testing", **kw)
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    init = subprocess.run(
+        [
+            str(co.root / ".venv" / "bin" / "sentryca"),
+            "bundle",
+            "init",
+            "--trust-bundle-store",
+            STAND_IN_STORE,
+        ],
+        cwd=co.root,
+        env=co.env | aws,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    outputs = {
+        key: {"Value": STAND_IN_STORE if key == "TrustBundleStore" else f"stand-in {key}"}
+        for key in load_template(REPO_ROOT / "template.yaml")["Outputs"]
+    }
+    body = {
+        "Resources": {"StandIn": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+        "Outputs": outputs,
+    }
+    cf = boto3.client("cloudformation", aws_access_key_id="testing", aws_secret_access_key="testing", **kw)
+    cf.create_stack(StackName="sentryca", TemplateBody=json.dumps(body))
+
+
+SETUPS: dict[str, Callable[[Checkout], None]] = {"stack-outputs": _stand_in_stack}
+
+
 CHECKS: dict[str, Callable[[Checkout, subprocess.CompletedProcess], None]] = {
     "request": _check_request,
     "sign-and-verify": _check_sign,
@@ -301,22 +504,44 @@ CHECKS: dict[str, Callable[[Checkout, subprocess.CompletedProcess], None]] = {
     "rotate-verbs": _check_rotate,
     "invoke-expiry": _check_expiry,
     "config-change": _check_config_change,
+    "image-offline": _check_image_offline,
+    "sam-invoke-offline": _check_sam_invoke_offline,
+    "ecr-repository": _check_ecr,
+    "stack-outputs": _check_stack_outputs,
+    "kubernetes-overlay": _check_kubernetes_overlay,
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [b.name for b in blocks()])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(b.name, marks=pytest.mark.timeout(DOCKER_TIMEOUT + 60)) if b.kind == "docker" else b.name
+        for b in blocks()
+    ],
+)
 def test_the_readme_block_runs_as_written(checkout, name):
     b = block(name)
     if b.kind == "skip":
         pytest.skip(f"README block {name!r}: {b.reason}")
+    missing = [program for program in b.needs if shutil.which(program) is None]
+    if missing:
+        pytest.skip(f"README block {name!r} runs {', '.join(missing)}, which is not installed here")
     if b.kind == "background":  # started by the fixture (make-run) or before a moto block
         if name == "moto-server":
             checkout.moto()
         assert all(p.poll() is None for p in checkout.procs), f"{name} stopped"
         return
+    env, timeout = {}, 110.0
     if b.kind == "moto":
         checkout.moto()
-    r = checkout.run(b)
+        env = checkout.aws_env()
+    if b.kind == "docker":
+        require_engine()
+        checkout.moto()  # the port number a docker block's own moto server takes, on the bridge
+        timeout = DOCKER_TIMEOUT
+    if name in SETUPS:
+        SETUPS[name](checkout)
+    r = checkout.run(b, env, timeout)
     if name in CHECKS:
         CHECKS[name](checkout, r)
