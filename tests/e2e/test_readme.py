@@ -495,6 +495,19 @@ def _stand_in_stack(co: Checkout) -> None:
 SETUPS: dict[str, Callable[[Checkout], None]] = {"stack-outputs": _stand_in_stack}
 
 
+def _unusable(program: str) -> str | None:
+    """Why ``program`` cannot run a block here (not installed; an ``aws`` CLI that predates
+    ``AWS_ENDPOINT_URL``, 1.29 and 2.13, would reach AWS itself instead of moto), or None."""
+    if shutil.which(program) is None:
+        return "not installed here"
+    if program == "aws":
+        version = subprocess.run(["aws", "--version"], capture_output=True, text=True, check=False)
+        m = re.search(r"aws-cli/(\d+)\.(\d+)", version.stdout + version.stderr)
+        if m is None or (int(m[1]), int(m[2])) < ((1, 29) if m[1] == "1" else (2, 13)):
+            return f"this aws CLI ({(version.stdout + version.stderr).strip()}) ignores AWS_ENDPOINT_URL"
+    return None
+
+
 CHECKS: dict[str, Callable[[Checkout, subprocess.CompletedProcess], None]] = {
     "request": _check_request,
     "sign-and-verify": _check_sign,
@@ -524,9 +537,9 @@ def test_the_readme_block_runs_as_written(checkout, name):
     b = block(name)
     if b.kind == "skip":
         pytest.skip(f"README block {name!r}: {b.reason}")
-    missing = [program for program in b.needs if shutil.which(program) is None]
-    if missing:
-        pytest.skip(f"README block {name!r} runs {', '.join(missing)}, which is not installed here")
+    for program in b.needs:
+        if problem := _unusable(program):
+            pytest.skip(f"README block {name!r} runs {program}: {problem}")
     if b.kind == "background":  # started by the fixture (make-run) or before a moto block
         if name == "moto-server":
             checkout.moto()
