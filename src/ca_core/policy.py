@@ -64,8 +64,10 @@ def leaf_bound(cfg: Config) -> timedelta:
 
 def rotation_policy(cfg: Config) -> RotationPolicy:
     """The rotation settings of ``cfg`` (``ca_core.rotation``): names and key algorithm of
-    generated roots and issuers, ``--auto-rotate``, ``--root-propagation-window``, and
-    :func:`leaf_bound`."""
+    generated roots and issuers, ``--auto-rotate``, ``--root-propagation-window``,
+    :func:`leaf_bound`, and ``--root-ttl``/``--issuer-ttl`` (unset: one year; what a rotation of a
+    bundle generates is :func:`bundle_rotation_policy`'s)."""
+    from .certs import DEFAULT_CA_LIFETIME
     from .rotation.state import RotationPolicy  # here: the expiry function never loads the rotation rules
 
     return RotationPolicy(
@@ -76,6 +78,8 @@ def rotation_policy(cfg: Config) -> RotationPolicy:
         leaf_bound=leaf_bound(cfg),
         clock_skew=cfg.allowed_clock_skew,
         algorithm=cfg.ca_key_algorithm,
+        root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
+        issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
     )
 
 
@@ -151,14 +155,20 @@ def bundle_rotation_policy(cfg: Config, settings: BundleSettings) -> RotationPol
     about itself (``ca_core.bundle_settings.settings_of``; a prepared root's algorithm first, as
     the operator chose it), the configuration's only where the bundle says nothing. An automatic
     rotation never moves a CA to another trust domain, issuer ID or key algorithm, whatever the
-    configuration of the replica that happens to take the step."""
+    configuration of the replica that happens to take the step. Lifetimes:
+    ``--root-ttl``/``--issuer-ttl`` when set, else those of the certificates replaced
+    (``bundle_settings.lifetimes``)."""
+    from .bundle_settings import lifetimes
 
     base = rotation_policy(cfg)
+    kept = lifetimes(settings, cfg)
     return replace(
         base,
         trust_domain=settings.trust_domain or base.trust_domain,
         ca_identity=settings.ca_identity or base.ca_identity,
         algorithm=settings.prepared_algorithm or settings.root_algorithm or base.algorithm,
+        root_lifetime=kept.root,
+        issuer_lifetime=kept.issuer,
     )
 
 

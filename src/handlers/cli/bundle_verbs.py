@@ -35,7 +35,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     bundle = sub.add_parser(
         "bundle", allow_abbrev=False, help="operate on the trust bundle in a store"
     ).add_subparsers(dest="bundle_command", required=True)
-    gen_options = tuple(o for o in SERVE_OPTIONS if o.flag in ("trust-domain", "ca-key-algorithm"))
+    gen_options = tuple(
+        o for o in SERVE_OPTIONS if o.flag in ("trust-domain", "ca-key-algorithm", "root-ttl", "issuer-ttl")
+    )
     p = bundle.add_parser("init", allow_abbrev=False, help="generate a root and issuer into an empty store")
     add_options(p, STORE_OPTIONS + gen_options)
     p.add_argument(
@@ -427,7 +429,14 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
     saved = backup.load()
     if saved is None or dict(saved.items) != dict(current.items):
         raise CommandError(f"the backup in {backup.description} does not read back; nothing was changed")
-    bundle = generate_bundle(settled.trust_domain, settled.ca_identity, now, algorithm=settled.algorithm)
+    bundle = generate_bundle(
+        settled.trust_domain,
+        settled.ca_identity,
+        now,
+        algorithm=settled.algorithm,
+        root_lifetime=settled.lifetimes.root,
+        issuer_lifetime=settled.lifetimes.issuer,
+    )
     items = bundle.to_items()
     token = store.replace_version(items, current.version)
     if token is None:

@@ -34,6 +34,8 @@ ROTATION_FLAGS = (
     "expiry-check-interval",
     "auto-rotate",
     "root-propagation-window",
+    "root-ttl",
+    "issuer-ttl",
     "log-level",
     "log-as-json",
 )
@@ -124,7 +126,12 @@ def _policy(
     )
     if generates:
         print(f"generating with {settled.summary}")
-    return replace(rotation_policy(cfg), ca_identity=settled.ca_identity)
+    return replace(
+        rotation_policy(cfg),
+        ca_identity=settled.ca_identity,
+        root_lifetime=settled.lifetimes.root,
+        issuer_lifetime=settled.lifetimes.issuer,
+    )
 
 
 def _write_rotation(store: BundleStore, current: StoredBundle, result: Rotation) -> None:
