@@ -41,7 +41,8 @@ def coverage_alarm_within(issuer: x509.Certificate) -> timedelta:
     """The signing coverage below which the coverage alarm fires for a bundle whose active issuer
     is ``issuer``: min(30 days, its validity / 3) — 30 days for the default one-year issuer, 8 h
     for a 24 h one."""
-    return min(WARN_WITHIN, (issuer.not_valid_after_utc - issuer.not_valid_before_utc) / COVERAGE_ALARM_FRACTION)
+    lifetime = issuer.not_valid_after_utc - issuer.not_valid_before_utc
+    return min(WARN_WITHIN, lifetime / COVERAGE_ALARM_FRACTION)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class ExpiryFinding:
 
     role: "root" or "issuer"; level: a ``logging`` level (DEBUG, WARNING, ERROR);
     not_after: aware UTC datetime or None when unparseable; remaining: timedelta (negative
-    when expired) or None; message: the log line.
+    when expired) or None; message: the log line; lifetime: NotAfter - NotBefore (None when
+    unparseable).
     """
 
     role: str
@@ -59,6 +61,7 @@ class ExpiryFinding:
     not_after: datetime | None
     remaining: timedelta | None
     message: str
+    lifetime: timedelta | None = None
 
     @property
     def days_left(self) -> float | None:
@@ -82,6 +85,7 @@ def check_certificate(
     not_after = cert.not_valid_after_utc
     subject = cert.subject.rfc4514_string()
     remaining = not_after - now
+    lifetime = not_after - cert.not_valid_before_utc
     if remaining <= timedelta(0):
         return ExpiryFinding(
             role,
@@ -90,6 +94,7 @@ def check_certificate(
             not_after,
             remaining,
             f"{name} certificate expired on {not_after.isoformat()} ({subject})",
+            lifetime,
         )
     if now < cert.not_valid_before_utc:
         return ExpiryFinding(
@@ -99,6 +104,7 @@ def check_certificate(
             not_after,
             remaining,
             f"{name} certificate is not valid before {cert.not_valid_before_utc.isoformat()} ({subject})",
+            lifetime,
         )
     if remaining < warn_within:
         days, hours = _days_hours(remaining)
@@ -110,6 +116,7 @@ def check_certificate(
             remaining,
             f"{name} certificate is about to expire in {days} days and {hours} hours "
             f"(on {not_after.isoformat()}; {subject})",
+            lifetime,
         )
     days, hours = _days_hours(remaining)
     return ExpiryFinding(

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .bundle import certificates_pem
 from .certs import IpAddress, check_issuer_valid, sign_workload
 from .config import Config, JwksSettings
+from .durations import format_duration
 from .errors import ConfigError, FailedPrecondition
 from .keys import private_key_pem
 from .service import SigningPolicy
@@ -81,6 +82,53 @@ def rotation_policy(cfg: Config) -> RotationPolicy:
         root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
         issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
     )
+
+
+def lifetime_warnings(cfg: Config, settings: BundleSettings | None = None) -> list[str]:
+    """What a production CA warns about the lifetimes of ``cfg`` over the bundle described by
+    ``settings`` (None: a bundle about to be generated from ``cfg``), each a sentence naming the
+    flags (design §4, §5.12):
+
+    - ``--workload-cert-ttl`` longer than what an issuer has left when its successor activates
+      (a sixth of its lifetime, 7 days at most): leaves signed late in an issuer's life are cut
+      to its NotAfter, down to that, so workloads renew more often (as SPIRE warns past CA TTL / 6);
+    - ``--issuer-ttl`` longer than the bundle's root: issuers are cut to the root's NotAfter;
+    - a lifetime under 30 days without ``--auto-rotate``: the certificate runs out unless an
+      operator rotates it in time."""
+    from .bundle_settings import UNKNOWN, lifetimes
+    from .rotation.state import ACTIVATE_WITHIN
+
+    bundle = settings or UNKNOWN
+    kept = lifetimes(bundle, cfg)
+    root_length = cfg.root_ttl or bundle.root_validity or kept.root
+    issuer_length = min(cfg.issuer_ttl or bundle.issuer_validity or kept.issuer, root_length)
+    out: list[str] = []
+    left = min(issuer_length / 6, ACTIVATE_WITHIN)
+    if cfg.workload_cert_ttl > left:
+        out.append(
+            f"--workload-cert-ttl {format_duration(cfg.workload_cert_ttl)} is longer than the "
+            f"{format_duration(left)} an issuer of {format_duration(issuer_length)} has left when its "
+            "successor activates (a sixth of its lifetime): leaves signed late in an issuer's life are "
+            f"cut to its NotAfter, down to {format_duration(left)}, and workloads renew that much sooner. "
+            f"For full-length leaves use --workload-cert-ttl {format_duration(left)} or less, or a "
+            "longer --issuer-ttl"
+        )
+    if cfg.issuer_ttl is not None and cfg.root_ttl is None and bundle.root_validity is not None:
+        if cfg.issuer_ttl > bundle.root_validity:
+            out.append(
+                f"--issuer-ttl {format_duration(cfg.issuer_ttl)} is longer than the bundle's root "
+                f"({format_duration(bundle.root_validity)}): an issuer never outlives its root, so "
+                "issuers are cut to its NotAfter"
+            )
+    if not cfg.auto_rotate:
+        for flag, ttl in (("--root-ttl", cfg.root_ttl), ("--issuer-ttl", cfg.issuer_ttl)):
+            if ttl is not None and ttl < timedelta(days=30):
+                out.append(
+                    f"{flag} {format_duration(ttl)} without --auto-rotate: such certificates expire "
+                    "unless an operator rotates them in time (`sentryca rotate issuer|root`); short "
+                    "lifetimes are meant for --auto-rotate true"
+                )
+    return out
 
 
 # --- bootstrapping an empty store (design §5.2) -----------------------------------------------

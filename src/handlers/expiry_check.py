@@ -17,8 +17,8 @@ EMF metrics in namespace ``SentryCA``:
   the invocation then raises, so the function's Errors metric also counts it.
 
 Returns a JSON-serialisable summary: store, version, checked_at, status (ok | warning | error),
-coverage_days, coverage_not_after, coverage_alarm_below_days, coverage_short, certificates [{role, subject, not_after, days_left, level,
-message}].
+coverage_days, coverage_not_after, coverage_alarm_below_days, coverage_short, certificates [{role,
+subject, not_after, days_left, level, message}].
 """
 
 from __future__ import annotations

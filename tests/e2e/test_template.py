@@ -104,13 +104,17 @@ def test_the_lifetimes_are_parameters_whose_empty_default_leaves_them_unset():
     assert env["SENTRY_ROOT_TTL"] == {"Ref": "RootTTL"} and env["SENTRY_ISSUER_TTL"] == {"Ref": "IssuerTTL"}
     fixed = {k: v for k, v in env.items() if isinstance(v, str)}
     window = {"SENTRY_ROOT_PROPAGATION_WINDOW": params["RootPropagationWindow"]["Default"]}
-    defaults = {"SENTRY_ROOT_TTL": params["RootTTL"]["Default"], "SENTRY_ISSUER_TTL": params["IssuerTTL"]["Default"]}
+    defaults = {
+        "SENTRY_ROOT_TTL": params["RootTTL"]["Default"],
+        "SENTRY_ISSUER_TTL": params["IssuerTTL"]["Default"],
+    }
     cfg = load_config({}, fixed | window | defaults)
     assert (cfg.root_ttl, cfg.issuer_ttl) == (None, None)  # empty: one year, or kept by a rotation
     short = load_config({}, fixed | window | {"SENTRY_ROOT_TTL": "168h", "SENTRY_ISSUER_TTL": "24h"})
     assert (short.root_ttl.total_seconds(), short.issuer_ttl.total_seconds()) == (7 * 86400, 86400)
     for name in ("RootTTL", "IssuerTTL"):
-        assert re.fullmatch(params[name]["AllowedPattern"], "") and re.fullmatch(params[name]["AllowedPattern"], "24h")
+        pattern = params[name]["AllowedPattern"]
+        assert re.fullmatch(pattern, "") and re.fullmatch(pattern, "24h")
 
 
 def _emitted_dimensions(capsys, tmp_path, monkeypatch) -> dict[str, set[tuple[str, ...]]]:

@@ -189,7 +189,8 @@ def lifetime_problems(cfg: Config) -> list[str]:
             continue
         least = min_ca_ttl(cfg, role)
         if ttl < least:
-            why = f"{MIN_CA_TTL_CHECKS} x --expiry-check-interval {format_duration(cfg.expiry_check_interval)}"
+            interval = format_duration(cfg.expiry_check_interval)
+            why = f"{MIN_CA_TTL_CHECKS} x --expiry-check-interval {interval}"
             if role == "root" and least > MIN_CA_TTL_CHECKS * cfg.expiry_check_interval:
                 why = (
                     f"{MIN_ROOT_TTL_WINDOWS} x --root-propagation-window "
@@ -202,7 +203,9 @@ def lifetime_problems(cfg: Config) -> list[str]:
                     ": rotation steps are taken at expiry checks, and the last sixth of a lifetime, "
                     "when a successor activates, must span two of them"
                 )
-            problems.append(f"{flag} {format_duration(ttl)} is too short: at least {format_duration(least)} ({why})")
+            problems.append(
+                f"{flag} {format_duration(ttl)} is too short: at least {format_duration(least)} ({why})"
+            )
     if (
         cfg.root_ttl is not None
         and cfg.issuer_ttl is not None

@@ -243,7 +243,8 @@ def _issuer_for_activation(
     (chain, key, what the prepared issuer had left when it was replaced, else None)."""
     issuer = prepared.issuer_chain[0]
     left = issuer.not_valid_after_utc - now
-    if left >= margins(issuer)[0] or not prepared.root.not_valid_before_utc <= now < prepared.root.not_valid_after_utc:
+    root = prepared.root
+    if left >= margins(issuer)[0] or not root.not_valid_before_utc <= now < root.not_valid_after_utc:
         return prepared.issuer_chain, prepared.issuer_key, None
     key = policy.algorithm.generate()
     cert = generate_issuer(

@@ -20,6 +20,8 @@ from . import export_verbs
 from .common import BACKUPS, USAGE, CommandError, open_store, read_input, short_version, shown_version
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from adapters.stores import BundleStore
     from ca_core.bundle import PublicBundle
 
@@ -104,7 +106,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for f in check_expiry(public.anchors_pem, public.issuer_chain_pem, now):
         level = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
         not_after = f.not_after.isoformat() if f.not_after else "?"
-        print(f"{f.role:6} {level:15} {_time_left(f.remaining):>20}  NotAfter {not_after}  {f.subject}")
+        print(
+            f"{f.role:6} {level:15} {_time_left(f.remaining):>20}  NotAfter {not_after}  "
+            f"lifetime {_days_hours(f.lifetime)}  {f.subject}"
+        )
     try:
         whole = store.load()
         if whole is None:
@@ -149,6 +154,25 @@ def _print_newest_against_record(
     print(f"newest: the store's newest bundle is not its record of the last accepted one; {what}")
 
 
+def _lifetime(cert: x509.Certificate) -> str:
+    """``lifetime 7d 0h, until 2026-…`` of a certificate (NotAfter - NotBefore)."""
+    return (
+        f"lifetime {_days_hours(cert.not_valid_after_utc - cert.not_valid_before_utc)}, until "
+        f"{cert.not_valid_after_utc.isoformat()}"
+    )
+
+
+def _days_hours(length: timedelta | None) -> str:
+    """``7d 0h``, ``1d 0h15m`` (minutes only when not whole hours); ``?`` for None."""
+    if length is None:
+        return "?"
+    seconds = int(length.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    return f"{days}d {hours}h" + (f"{minutes}m" if minutes else "")
+
+
 def _time_left(left: timedelta | None) -> str:
     if left is None:
         return "?"
@@ -161,6 +185,8 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
     """Generate a root and issuer into an empty store, whatever ``--bootstrap-policy`` says; into
     one that held a bundle before only with ``--force``. Raises CommandError (1) when it is not
     empty, BundleError (1) naming the evidence without ``--force``."""
+    from ca_core.bundle_settings import settings_of
+    from ca_core.policy import lifetime_warnings
     from handlers.composition import load_bundle, store_retry
 
     cfg, store = open_store(args)
@@ -173,7 +199,12 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
     loaded = load_bundle(cfg, store, datetime.now(UTC), by_operator=True, force=args.force)
     verb = "created" if loaded.created else "another writer created"
     root = loaded.bundle.trust_anchors[0].subject.rfc4514_string()
-    print(f"{store.description}: {verb} a trust bundle; root {root}")
+    print(
+        f"{store.description}: {verb} a trust bundle; root {root} "
+        f"({_lifetime(loaded.bundle.trust_anchors[0])}), issuer ({_lifetime(loaded.bundle.issuer)})"
+    )
+    for warning in lifetime_warnings(cfg, settings_of(loaded.bundle)):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
