@@ -126,6 +126,7 @@ def check_certificate(
         not_after,
         remaining,
         f"{name} certificate is valid for {days} days and {hours} hours (until {not_after.isoformat()})",
+        lifetime,
     )
 
 

@@ -8,6 +8,7 @@ expiry function's rule on the store's public part, never alarms."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -59,7 +60,9 @@ class Client:
 
 
 @pytest.mark.parametrize("workload_ttl", ["4h", "24h"])
-def test_a_24h_issuer_under_a_7_day_root_rotates_for_two_weeks_and_no_client_notices(tmp_path, workload_ttl):
+def test_a_24h_issuer_under_a_7_day_root_rotates_for_two_weeks_and_no_client_notices(
+    tmp_path, workload_ttl, caplog
+):
     """4h: a sixth of the issuer's lifetime, never cut by it (runbook, "Choosing lifetimes");
     24h: the default, cut to what the issuer has left (the CA warns), so clients renew sooner."""
     store_dir = tmp_path / "credentials"
@@ -73,7 +76,10 @@ def test_a_24h_issuer_under_a_7_day_root_rotates_for_two_weeks_and_no_client_not
         expiry_check_interval="1h",
         workload_cert_ttl=workload_ttl,
     )
-    ca.start(cfg)
+    with caplog.at_level(logging.WARNING, logger="sentryca"):
+        ca.start(cfg)
+    cut = [r for r in caplog.records if "lifetimes: --workload-cert-ttl" in r.getMessage()]
+    assert len(cut) == (1 if workload_ttl == "24h" else 0)  # the CA says leaves will be cut
     store = FileBundleStore(store_dir)
     clients = [Client(f"app{n}", START + n * 3 * STEP) for n in range(6)]
     issuers, roots, lowest_coverage = set(), set(), None

@@ -185,8 +185,6 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
     """Generate a root and issuer into an empty store, whatever ``--bootstrap-policy`` says; into
     one that held a bundle before only with ``--force``. Raises CommandError (1) when it is not
     empty, BundleError (1) naming the evidence without ``--force``."""
-    from ca_core.bundle_settings import settings_of
-    from ca_core.policy import lifetime_warnings
     from handlers.composition import load_bundle, store_retry
 
     cfg, store = open_store(args)
@@ -203,8 +201,6 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
         f"{store.description}: {verb} a trust bundle; root {root} "
         f"({_lifetime(loaded.bundle.trust_anchors[0])}), issuer ({_lifetime(loaded.bundle.issuer)})"
     )
-    for warning in lifetime_warnings(cfg, settings_of(loaded.bundle)):
-        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
