@@ -16,7 +16,9 @@ Rules, in the order :func:`advance` applies them (one call applies every step th
    before the last CA noticed the activation, so it has expired by then.
 2. **Activate** a prepared root once ``now >= activate_after`` (at once when the active signing
    chain has expired: nothing could be signed otherwise): its issuer and keys become the active
-   ones, the old root starts retiring, a prepared issuer (under the old root) is dropped.
+   ones, the old root starts retiring, a prepared issuer (under the old root) is dropped. An
+   issuer prepared with the root that has less than its prepare margin left by then (a short-lived
+   issuer outlasted by the propagation wait) is replaced by one signed now with the root's key.
 3. **Activate** a prepared issuer once ``now >= activate_after`` (or the active chain expired).
 4. With the automatic policy only, and only for a root whose key the CA holds (it generated the
    root, or was given the key; a bundle imported without it is the operator's PKI): **prepare**
