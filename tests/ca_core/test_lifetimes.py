@@ -174,6 +174,25 @@ def test_the_automatic_policy_works_at_the_shortest_lifetimes_it_accepts(root, i
         assert steps[("issuer", "activate")] >= 2
 
 
+def test_unset_the_automatic_policy_keeps_a_bundles_short_lifetimes_for_weeks():
+    """A CA started without --root-ttl/--issuer-ttl on a 7-day/24 h bundle (made by `bundle init`
+    with them): every rotation keeps 7 days and 24 h, none drifts to the one-year default."""
+    c = cfg(auto_rotate="true")
+    bundle = make_bundle(NOW, root_lifetime=7 * D, issuer_lifetime=24 * H)
+    items, now, seen = bundle.to_items(), NOW, set()
+    for _ in range(14 * 24):
+        now += H
+        state = codec.parse_state(items, bundle)
+        prepared = state.prepared_root.root if state.prepared_root else None
+        taken = rules.advance(
+            bundle, state, now, policy.bundle_rotation_policy(c, settings_of(bundle, prepared))
+        )
+        if taken is not None:
+            bundle, items = taken.bundle, taken.items()
+        seen.add((validity(bundle.anchor_for(bundle.issuer_chain[-1])), validity(bundle.issuer)))
+    assert seen == {(7 * D + SKEW, 24 * H + SKEW)}
+
+
 def test_a_root_activates_with_a_fresh_issuer_when_its_prepared_one_ran_low():
     """`rotate root` with a 24 h issuer and the 24 h window: the issuer prepared with the root
     has run out by the activation. Without --auto-rotate nothing else would renew it: the root
