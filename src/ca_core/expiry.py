@@ -24,7 +24,7 @@ from .rotation.document import prepared_not_after as recorded_prepared_not_after
 
 WARN_WITHIN = timedelta(days=30)
 # The automatic policy (design §5.12) prepares a successor with half a lifetime L left and
-# activates it with a sixth left, at expiry checks at least L/12 apart (--root-ttl, --issuer-ttl
+# activates it with a sixth left, at expiry checks at most L/12 apart (--root-ttl, --issuer-ttl
 # validation). So signing coverage never falls below L/2 - L/12 while it works: the alarm fires
 # below L/3 (30 days for L of 90 days or more), and a certificate warns in its last twelfth (30
 # days for 360 days or more), both past the point the policy would have acted.
