@@ -14,13 +14,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from .bundle import ANCHORS, PublicBundle, parse_certificates, parse_public_bundle
+from .certs import DEFAULT_CA_LIFETIME
 from .config import Config
+from .durations import format_duration
 from .errors import BundleError, ConfigError
 from .keys import KeyAlgorithm, describe_public_key, key_algorithm_of
 from .service import CA_APP_ID
@@ -42,7 +45,11 @@ class BundleSettings:
     ca_identity: the issuer's SPIFFE ID (its ``O=`` or a ``spiffe://`` URI SAN). root_algorithm /
     issuer_algorithm: of the active root's and the issuer's keys, None for a key sentryca does not
     generate; root_key / issuer_key describe them (``ECDSA secp256r1``, ``RSA 2048``; "" unknown).
-    prepared_algorithm: of a prepared root's key (a root rotation under way)."""
+    prepared_algorithm: of a prepared root's key (a root rotation under way). root_validity /
+    issuer_validity: NotAfter - NotBefore of the active root and of the issuer, what a rotation
+    keeps unless told otherwise (:func:`lifetimes`); an issuer that ends with its root (cut to
+    its NotAfter, or made as long) counts the root's validity, since its own says only "at
+    least"."""
 
     trust_domain: str | None = None
     trust_domain_from: str = ""
@@ -52,6 +59,8 @@ class BundleSettings:
     issuer_algorithm: KeyAlgorithm | None = None
     issuer_key: str = ""
     prepared_algorithm: KeyAlgorithm | None = None
+    root_validity: timedelta | None = None
+    issuer_validity: timedelta | None = None
 
 
 UNKNOWN = BundleSettings()
@@ -75,7 +84,51 @@ def settings_of(public: PublicBundle, prepared_root: x509.Certificate | None = N
         issuer_algorithm=key_algorithm_of(public.issuer.public_key()),
         issuer_key=describe_public_key(public.issuer.public_key()),
         prepared_algorithm=key_algorithm_of(prepared_root.public_key()) if prepared_root else None,
+        root_validity=validity(root) if root is not None else None,
+        issuer_validity=_issuer_validity(public.issuer, root),
     )
+
+
+def validity(cert: x509.Certificate) -> timedelta:
+    """NotAfter - NotBefore of ``cert``."""
+    return cert.not_valid_after_utc - cert.not_valid_before_utc
+
+
+def _issuer_validity(issuer: x509.Certificate, root: x509.Certificate | None) -> timedelta:
+    if root is not None and issuer.not_valid_after_utc >= root.not_valid_after_utc:
+        return validity(root)  # cut to the root (or as long): its own length is only a lower bound
+    return validity(issuer)
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """The lifetimes a verb or the automatic policy generates with (``lifetime`` of
+    ``certs.generate_root``/``generate_issuer``: NotAfter = now + lifetime) and where each came
+    from, for the verbs' summary line."""
+
+    root: timedelta
+    issuer: timedelta
+    root_from: str
+    issuer_from: str
+
+
+def lifetimes(bundle: BundleSettings, cfg: Config) -> Lifetimes:
+    """The root and issuer lifetimes for certificates replacing ``bundle``'s (design §4, §5.12):
+    ``--root-ttl``/``--issuer-ttl`` when set; else the validity of the certificate replaced, less
+    the backdate a rotation adds (``--allowed-clock-skew``), so a rotated certificate spans as
+    long as the one it replaces; else (nothing readable) :data:`certs.DEFAULT_CA_LIFETIME`."""
+
+    def pick(given: timedelta | None, flag: str, kept: timedelta | None) -> tuple[timedelta, str]:
+        if given is not None:
+            return given, flag
+        if kept is not None:
+            backdate = cfg.allowed_clock_skew
+            return (kept - backdate if kept > backdate else kept), "the bundle's"
+        return DEFAULT_CA_LIFETIME, "the default"
+
+    root, root_from = pick(cfg.root_ttl, "--root-ttl", bundle.root_validity)
+    issuer, issuer_from = pick(cfg.issuer_ttl, "--issuer-ttl", bundle.issuer_validity)
+    return Lifetimes(root, issuer, root_from, issuer_from)
 
 
 def settings_of_items(items: Mapping[str, bytes], labels: Mapping[str, str] | None = None) -> BundleSettings:
@@ -102,6 +155,7 @@ def settings_of_items(items: Mapping[str, bytes], labels: Mapping[str, str] | No
         trust_domain_from=FROM_ROOT if trust_domain else "",
         root_algorithm=key_algorithm_of(root.public_key()),
         root_key=describe_public_key(root.public_key()),
+        root_validity=validity(root),
     )
 
 
@@ -134,12 +188,14 @@ class Given(Generic[T]):
 @dataclass(frozen=True)
 class Settled:
     """What a verb generates with: trust domain (root ``O=``), the issuer's SPIFFE ID (issuer
-    ``O=``), the key algorithm; ``summary``: one line saying where each came from."""
+    ``O=``), the key algorithm, the root and issuer lifetimes; ``summary``: one line saying where
+    each came from."""
 
     trust_domain: str
     ca_identity: SpiffeId
     algorithm: KeyAlgorithm
     summary: str
+    lifetimes: Lifetimes
 
 
 def settle(
@@ -167,11 +223,13 @@ def settle(
     else:
         ca_identity, id_note = SpiffeId(td, cfg.namespace, CA_APP_ID), "new"
     alg, alg_note = _settle_algorithm(bundle, cfg, change, verb, where, algorithm)
+    kept = lifetimes(bundle, cfg)
     summary = (
         f"trust domain {td} ({td_note}), issuer ID {ca_identity} ({id_note}), "
-        f"key algorithm {alg.value} ({alg_note})"
+        f"key algorithm {alg.value} ({alg_note}), root lifetime {format_duration(kept.root)} "
+        f"({kept.root_from}), issuer lifetime {format_duration(kept.issuer)} ({kept.issuer_from})"
     )
-    return Settled(td, ca_identity, alg, summary)
+    return Settled(td, ca_identity, alg, summary, kept)
 
 
 def _settle_trust_domain(

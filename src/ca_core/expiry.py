@@ -1,9 +1,12 @@
 """The expiry rule of design §8, as a pure function over certificates and ``now``.
 
 For each trust anchor (role ``root``) and the issuer (role ``issuer``):
-unparseable → WARNING; expired (or not yet valid) → ERROR; less than ``warn_within``
-(default 30 days) left → WARNING with days and hours left; else DEBUG with the remaining
-validity. Used by the server's watcher and the scheduled expiry function alike.
+unparseable → WARNING; expired (or not yet valid) → ERROR; less than ``warn_within`` left →
+WARNING with days and hours left; else DEBUG with the remaining validity. ``warn_within``
+defaults to :func:`warn_within_for` the certificate: 30 days, or the last twelfth of a lifetime
+shorter than 360 days (a 24 h issuer warns in its last 2 h, after its successor should have taken
+over). Signing coverage alarms below :func:`coverage_alarm_within`. Used by the server's watcher
+and the scheduled expiry function alike.
 """
 
 from __future__ import annotations
@@ -20,6 +23,26 @@ from .errors import BundleError
 from .rotation.document import prepared_not_after as recorded_prepared_not_after
 
 WARN_WITHIN = timedelta(days=30)
+# The automatic policy (design §5.12) prepares a successor with half a lifetime L left and
+# activates it with a sixth left, at expiry checks at most L/12 apart (--root-ttl, --issuer-ttl
+# validation). So signing coverage never falls below L/2 - L/12 while it works: the alarm fires
+# below L/3 (30 days for L of 90 days or more), and a certificate warns in its last twelfth (30
+# days for 360 days or more), both past the point the policy would have acted.
+COVERAGE_ALARM_FRACTION = 3
+WARN_FRACTION = 12
+
+
+def warn_within_for(cert: x509.Certificate) -> timedelta:
+    """How long before its NotAfter ``cert`` gets a WARNING: min(30 days, its validity / 12)."""
+    return min(WARN_WITHIN, (cert.not_valid_after_utc - cert.not_valid_before_utc) / WARN_FRACTION)
+
+
+def coverage_alarm_within(issuer: x509.Certificate) -> timedelta:
+    """The signing coverage below which the coverage alarm fires for a bundle whose active issuer
+    is ``issuer``: min(30 days, its validity / 3) — 30 days for the default one-year issuer, 8 h
+    for a 24 h one."""
+    lifetime = issuer.not_valid_after_utc - issuer.not_valid_before_utc
+    return min(WARN_WITHIN, lifetime / COVERAGE_ALARM_FRACTION)
 
 
 @dataclass(frozen=True)
@@ -28,7 +51,8 @@ class ExpiryFinding:
 
     role: "root" or "issuer"; level: a ``logging`` level (DEBUG, WARNING, ERROR);
     not_after: aware UTC datetime or None when unparseable; remaining: timedelta (negative
-    when expired) or None; message: the log line.
+    when expired) or None; message: the log line; lifetime: NotAfter - NotBefore (None when
+    unparseable).
     """
 
     role: str
@@ -37,6 +61,7 @@ class ExpiryFinding:
     not_after: datetime | None
     remaining: timedelta | None
     message: str
+    lifetime: timedelta | None = None
 
     @property
     def days_left(self) -> float | None:
@@ -50,13 +75,17 @@ def _days_hours(delta: timedelta) -> tuple[int, int]:
 
 
 def check_certificate(
-    cert: x509.Certificate, role: str, now: datetime, warn_within: timedelta = WARN_WITHIN
+    cert: x509.Certificate, role: str, now: datetime, warn_within: timedelta | None = None
 ) -> ExpiryFinding:
-    """The expiry finding for one parsed certificate at ``now`` (aware UTC)."""
+    """The expiry finding for one parsed certificate at ``now`` (aware UTC); ``warn_within``:
+    None for :func:`warn_within_for` the certificate."""
+    if warn_within is None:
+        warn_within = warn_within_for(cert)
     name = role.capitalize()
     not_after = cert.not_valid_after_utc
     subject = cert.subject.rfc4514_string()
     remaining = not_after - now
+    lifetime = not_after - cert.not_valid_before_utc
     if remaining <= timedelta(0):
         return ExpiryFinding(
             role,
@@ -65,6 +94,7 @@ def check_certificate(
             not_after,
             remaining,
             f"{name} certificate expired on {not_after.isoformat()} ({subject})",
+            lifetime,
         )
     if now < cert.not_valid_before_utc:
         return ExpiryFinding(
@@ -74,6 +104,7 @@ def check_certificate(
             not_after,
             remaining,
             f"{name} certificate is not valid before {cert.not_valid_before_utc.isoformat()} ({subject})",
+            lifetime,
         )
     if remaining < warn_within:
         days, hours = _days_hours(remaining)
@@ -85,6 +116,7 @@ def check_certificate(
             remaining,
             f"{name} certificate is about to expire in {days} days and {hours} hours "
             f"(on {not_after.isoformat()}; {subject})",
+            lifetime,
         )
     days, hours = _days_hours(remaining)
     return ExpiryFinding(
@@ -94,11 +126,12 @@ def check_certificate(
         not_after,
         remaining,
         f"{name} certificate is valid for {days} days and {hours} hours (until {not_after.isoformat()})",
+        lifetime,
     )
 
 
 def check_expiry(
-    anchors_pem: bytes, issuer_chain_pem: bytes, now: datetime, warn_within: timedelta = WARN_WITHIN
+    anchors_pem: bytes, issuer_chain_pem: bytes, now: datetime, warn_within: timedelta | None = None
 ) -> list[ExpiryFinding]:
     """Findings for every trust anchor and the issuer, from the public part's PEM bytes.
 
@@ -132,12 +165,28 @@ class ExpiryReport:
     findings: one per trust anchor and the issuer (see :func:`check_expiry`);
     coverage_not_after: the latest NotAfter among the signing chains (active and prepared) that
     verify to an anchor, each chain counting until its earliest NotAfter (issuer, intermediates,
-    root) — None when no chain can be read; now: the instant of the check (aware UTC).
+    root) — None when no chain can be read; now: the instant of the check (aware UTC);
+    alarm_within: the coverage below which the alarm fires (:func:`coverage_alarm_within` the
+    active issuer; 30 days when the issuer cannot be read).
     """
 
     findings: list[ExpiryFinding]
     coverage_not_after: datetime | None
     now: datetime
+    alarm_within: timedelta = WARN_WITHIN
+
+    @property
+    def coverage_ratio(self) -> float:
+        """Coverage over :attr:`alarm_within` (below 1: the coverage alarm fires; 0 when no chain
+        can be read). For a one-year issuer, coverage days / 30."""
+        if self.coverage_not_after is None:
+            return 0.0
+        return (self.coverage_not_after - self.now) / self.alarm_within
+
+    @property
+    def coverage_short(self) -> bool:
+        """Whether the coverage alarm's rule fires: coverage below :attr:`alarm_within`."""
+        return self.coverage_ratio < 1
 
     @property
     def coverage_days(self) -> float:
@@ -175,7 +224,7 @@ def expiry_report(
     *,
     prepared_chains: tuple[tuple[x509.Certificate, ...], ...] = (),
     prepared_not_after: tuple[datetime, ...] = (),
-    warn_within: timedelta = WARN_WITHIN,
+    warn_within: timedelta | None = None,
 ) -> ExpiryReport:
     """Findings plus coverage for a bundle's public part (``ca.crt``, ``issuer.crt`` PEM bytes).
 
@@ -197,7 +246,8 @@ def expiry_report(
         coverage: datetime | None = max((chain_not_after((*public.issuer_chain, root)), *prepared))
     else:
         coverage = max(prepared, default=None)
-    return ExpiryReport(findings, coverage, now)
+    alarm_within = coverage_alarm_within(public.issuer) if public is not None else WARN_WITHIN
+    return ExpiryReport(findings, coverage, now, alarm_within)
 
 
 def stored_expiry_report(items: Mapping[str, bytes], now: datetime) -> ExpiryReport:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .bundle import certificates_pem
 from .certs import IpAddress, check_issuer_valid, sign_workload
 from .config import Config, JwksSettings
+from .durations import format_duration
 from .errors import ConfigError, FailedPrecondition
 from .keys import private_key_pem
 from .service import SigningPolicy
@@ -83,8 +84,10 @@ def leaf_bound(cfg: Config) -> timedelta:
 
 def rotation_policy(cfg: Config) -> RotationPolicy:
     """The rotation settings of ``cfg`` (``ca_core.rotation``): names and key algorithm of
-    generated roots and issuers, ``--auto-rotate``, ``--root-propagation-window``, and
-    :func:`leaf_bound`."""
+    generated roots and issuers, ``--auto-rotate``, ``--root-propagation-window``,
+    :func:`leaf_bound`, and ``--root-ttl``/``--issuer-ttl`` (unset: one year; what a rotation of a
+    bundle generates is :func:`bundle_rotation_policy`'s)."""
+    from .certs import DEFAULT_CA_LIFETIME
     from .rotation.state import RotationPolicy  # here: the expiry function never loads the rotation rules
 
     return RotationPolicy(
@@ -95,7 +98,56 @@ def rotation_policy(cfg: Config) -> RotationPolicy:
         leaf_bound=leaf_bound(cfg),
         clock_skew=cfg.allowed_clock_skew,
         algorithm=cfg.ca_key_algorithm,
+        root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
+        issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
     )
+
+
+def lifetime_warnings(cfg: Config, settings: BundleSettings | None = None) -> list[str]:
+    """What a production CA warns about the lifetimes of ``cfg`` over the bundle described by
+    ``settings`` (None: a bundle about to be generated from ``cfg``), each a sentence naming the
+    flags (design §4, §5.12):
+
+    - ``--workload-cert-ttl`` longer than what an issuer has left when its successor activates
+      (a sixth of its lifetime, 7 days at most): leaves signed late in an issuer's life are cut
+      to its NotAfter, down to that, so workloads renew more often (as SPIRE warns past CA TTL / 6);
+    - ``--issuer-ttl`` longer than the bundle's root: issuers are cut to the root's NotAfter;
+    - a lifetime under 30 days without ``--auto-rotate``: the certificate runs out unless an
+      operator rotates it in time."""
+    from .bundle_settings import UNKNOWN, lifetimes
+    from .rotation.state import ACTIVATE_WITHIN
+
+    bundle = settings or UNKNOWN
+    kept = lifetimes(bundle, cfg)
+    root_length = cfg.root_ttl or bundle.root_validity or kept.root
+    issuer_length = min(cfg.issuer_ttl or bundle.issuer_validity or kept.issuer, root_length)
+    out: list[str] = []
+    left = min(issuer_length / 6, ACTIVATE_WITHIN)
+    if cfg.workload_cert_ttl > left:
+        out.append(
+            f"--workload-cert-ttl {format_duration(cfg.workload_cert_ttl)} is longer than the "
+            f"{format_duration(left)} an issuer of {format_duration(issuer_length)} has left when its "
+            "successor activates (a sixth of its lifetime): leaves signed late in an issuer's life are "
+            f"cut to its NotAfter, down to {format_duration(left)}, and workloads renew that much sooner. "
+            f"For full-length leaves use --workload-cert-ttl {format_duration(left)} or less, or a "
+            "longer --issuer-ttl"
+        )
+    if cfg.issuer_ttl is not None and cfg.root_ttl is None and bundle.root_validity is not None:
+        if cfg.issuer_ttl > bundle.root_validity:
+            out.append(
+                f"--issuer-ttl {format_duration(cfg.issuer_ttl)} is longer than the bundle's root "
+                f"({format_duration(bundle.root_validity)}): an issuer never outlives its root, so "
+                "issuers are cut to its NotAfter"
+            )
+    if not cfg.auto_rotate:
+        for flag, ttl in (("--root-ttl", cfg.root_ttl), ("--issuer-ttl", cfg.issuer_ttl)):
+            if ttl is not None and ttl < timedelta(days=30):
+                out.append(
+                    f"{flag} {format_duration(ttl)} without --auto-rotate: such certificates expire "
+                    "unless an operator rotates them in time (`sentryca rotate issuer|root`); short "
+                    "lifetimes are meant for --auto-rotate true"
+                )
+    return out
 
 
 # --- bootstrapping an empty store (design §5.2) -----------------------------------------------
@@ -170,14 +222,20 @@ def bundle_rotation_policy(cfg: Config, settings: BundleSettings) -> RotationPol
     about itself (``ca_core.bundle_settings.settings_of``; a prepared root's algorithm first, as
     the operator chose it), the configuration's only where the bundle says nothing. An automatic
     rotation never moves a CA to another trust domain, issuer ID or key algorithm, whatever the
-    configuration of the replica that happens to take the step."""
+    configuration of the replica that happens to take the step. Lifetimes:
+    ``--root-ttl``/``--issuer-ttl`` when set, else those of the certificates replaced
+    (``bundle_settings.lifetimes``)."""
+    from .bundle_settings import lifetimes
 
     base = rotation_policy(cfg)
+    kept = lifetimes(settings, cfg)
     return replace(
         base,
         trust_domain=settings.trust_domain or base.trust_domain,
         ca_identity=settings.ca_identity or base.ca_identity,
         algorithm=settings.prepared_algorithm or settings.root_algorithm or base.algorithm,
+        root_lifetime=kept.root,
+        issuer_lifetime=kept.issuer,
     )
 
 

@@ -128,6 +128,8 @@ def load_bundle(
             store.publish_public(stored)
         return LoadedBundle(bundle, stored.version, False, stored)
     from ca_core.bundle import generate_bundle
+    from ca_core.certs import DEFAULT_CA_LIFETIME
+    from ca_core.durations import format_duration
     from ca_core.policy import may_generate, signing_policy
 
     ca_identity = signing_policy(cfg).ca_identity
@@ -153,12 +155,21 @@ def load_bundle(
         if not held:
             log.info(
                 "no trust bundle in %s, and no sign that it ever held one: generating a new root and "
-                "issuer (%s)%s",
+                "issuer (%s; lifetimes %s and %s)%s",
                 store.description,
                 cfg.ca_key_algorithm.value,
+                format_duration(cfg.root_ttl or DEFAULT_CA_LIFETIME),
+                format_duration(cfg.issuer_ttl or DEFAULT_CA_LIFETIME),
                 "" if by_operator else "; --bootstrap-policy never would refuse this",
             )
-        return generate_bundle(cfg.trust_domain, ca_identity, now, algorithm=cfg.ca_key_algorithm)
+        return generate_bundle(
+            cfg.trust_domain,
+            ca_identity,
+            now,
+            algorithm=cfg.ca_key_algorithm,
+            root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
+            issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
+        )
 
     bundle, stored, created = load_or_create_stored(store, generate, store_retry(), admit=admit)
     if publish and not created:

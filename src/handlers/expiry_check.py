@@ -8,13 +8,17 @@ EMF metrics in namespace ``SentryCA``:
 - ``DaysToExpiry`` (days; dimensions service, Role, Subject), one per trust anchor and the issuer;
 - ``SigningCoverageDays`` (days; dimension service): days until the latest NotAfter among the
   active and prepared signing chains (the prepared ones as the public ``rotation.json`` records
-  them: no key is read); the template's alarm fires below 30;
+  them: no key is read);
+- ``SigningCoverageRatio`` (dimension service): that coverage over the coverage the bundle's
+  lifetimes call for (``ca_core.expiry.coverage_alarm_within``: min(30 days, a third of the
+  active issuer's lifetime)); the template's alarm fires below 1 (for a one-year issuer: below 30
+  days of coverage);
 - ``ExpiryCheckFailed`` (count; dimension service) when the store cannot be read or is empty;
   the invocation then raises, so the function's Errors metric also counts it.
 
 Returns a JSON-serialisable summary: store, version, checked_at, status (ok | warning | error),
-coverage_days, coverage_not_after, certificates [{role, subject, not_after, days_left, level,
-message}].
+coverage_days, coverage_not_after, coverage_alarm_below_days, coverage_short, certificates [{role,
+subject, not_after, days_left, level, message}].
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def handler(event: dict[str, Any], context: Any, now: datetime | None = None) ->
     if report.coverage_not_after is None:
         logger.error("no signing chain in %s verifies to a trust anchor: coverage 0 days", store.description)
     metrics.add_metric(name=ls.COVERAGE, unit=MetricUnit.NoUnit, value=round(report.coverage_days, 3))
+    metrics.add_metric(name=ls.COVERAGE_RATIO, unit=MetricUnit.NoUnit, value=round(report.coverage_ratio, 3))
     metrics.flush_metrics()
     logger.info("expiry check done", extra={k: v for k, v in summary.items() if k != "certificates"})
     return summary
@@ -85,6 +90,8 @@ def summarize(report: ExpiryReport, store: str, version: str) -> dict[str, Any]:
         "status": _STATUS.get(report.level, "error"),
         "coverage_days": round(report.coverage_days, 3),
         "coverage_not_after": report.coverage_not_after.isoformat() if report.coverage_not_after else None,
+        "coverage_alarm_below_days": round(report.alarm_within.total_seconds() / 86400, 3),
+        "coverage_short": report.coverage_short,
         "certificates": [
             {
                 "role": f.role,

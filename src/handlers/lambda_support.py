@@ -24,6 +24,7 @@ SERVICE_DIMENSION = "service"
 DEFAULT_SERVICE = "sentryca"
 
 # Metric names (EMF), alarmed ones first.
+COVERAGE_RATIO = "SigningCoverageRatio"  # dims: service; the alarm fires below 1
 COVERAGE = "SigningCoverageDays"  # dims: service
 DAYS_TO_EXPIRY = "DaysToExpiry"  # dims: service, Role, Subject (one series per certificate)
 EXPIRY_CHECK_FAILED = "ExpiryCheckFailed"  # dims: service

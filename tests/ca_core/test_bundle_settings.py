@@ -122,7 +122,8 @@ def test_without_explicit_settings_the_bundle_wins_over_the_defaults():
     assert s.summary == (
         "trust domain example.org (the bundle's: the root's O=), issuer ID "
         "spiffe://example.org/ns/default/dapr-sentry (the bundle's), key algorithm ed25519 "
-        "(the bundle's root key)"
+        "(the bundle's root key), root lifetime 8760h0m0s (the bundle's), issuer lifetime "
+        "8760h0m0s (the bundle's)"
     )
 
 

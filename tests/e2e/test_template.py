@@ -95,6 +95,28 @@ def test_the_service_rotates_automatically_with_a_propagation_window_option():
     assert cfg.auto_rotate and cfg.root_propagation_window.total_seconds() == 86400
 
 
+def test_the_lifetimes_are_parameters_whose_empty_default_leaves_them_unset():
+    env = {
+        e["Name"]: e["Value"]
+        for e in RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
+    }
+    params = TEMPLATE["Parameters"]
+    assert env["SENTRY_ROOT_TTL"] == {"Ref": "RootTTL"} and env["SENTRY_ISSUER_TTL"] == {"Ref": "IssuerTTL"}
+    fixed = {k: v for k, v in env.items() if isinstance(v, str)}
+    window = {"SENTRY_ROOT_PROPAGATION_WINDOW": params["RootPropagationWindow"]["Default"]}
+    defaults = {
+        "SENTRY_ROOT_TTL": params["RootTTL"]["Default"],
+        "SENTRY_ISSUER_TTL": params["IssuerTTL"]["Default"],
+    }
+    cfg = load_config({}, fixed | window | defaults)
+    assert (cfg.root_ttl, cfg.issuer_ttl) == (None, None)  # empty: one year, or kept by a rotation
+    short = load_config({}, fixed | window | {"SENTRY_ROOT_TTL": "168h", "SENTRY_ISSUER_TTL": "24h"})
+    assert (short.root_ttl.total_seconds(), short.issuer_ttl.total_seconds()) == (7 * 86400, 86400)
+    for name in ("RootTTL", "IssuerTTL"):
+        pattern = params[name]["AllowedPattern"]
+        assert re.fullmatch(pattern, "") and re.fullmatch(pattern, "24h")
+
+
 def _emitted_dimensions(capsys, tmp_path, monkeypatch) -> dict[str, set[tuple[str, ...]]]:
     """Run the expiry check (file store) and collect metric name → dimension sets from its EMF."""
     from support.aws import emitted
@@ -119,11 +141,13 @@ def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
     # handlers/test_lambda_handlers against moto).
     declared = {
         ls.COVERAGE: {("service",)},
+        ls.COVERAGE_RATIO: {("service",)},
         ls.CONFIG_CHANGE_REJECTED: {("service",)},
         ls.BUNDLE_REVERTED: {("service",)},
         ls.EXPIRY_CHECK_FAILED: {("service",)},
     }
     assert emitted[ls.COVERAGE] == declared[ls.COVERAGE]
+    assert emitted[ls.COVERAGE_RATIO] == declared[ls.COVERAGE_RATIO]
     service_value = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
     every_alarm = {k: v["Properties"] for k, v in RESOURCES.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
     # the metric-math alarms on the tasks' EMF figures: tests/e2e/test_emf.py
@@ -153,8 +177,10 @@ def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
         assert alarm["Dimensions"][0]["Value"] == service_value, name
         assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
     coverage = alarms["CoverageAlarm"]
+    # coverage over what the lifetimes call for (ca_core.expiry.coverage_alarm_within): below 1
+    assert coverage["MetricName"] == ls.COVERAGE_RATIO
     assert (coverage["Threshold"], coverage["Period"], coverage["TreatMissingData"]) == (
-        30,
+        1,
         3600,
         "breaching",
     )

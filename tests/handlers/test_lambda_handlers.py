@@ -66,7 +66,10 @@ def ecs(aws_env):
 def test_scheduled_event_reports_days_and_coverage_from_the_public_part(fn_env, bucket, capsys):
     fn_env("ExpiryCheckFunction")
     now = datetime.now(UTC)
-    bundle = make_bundle(now - timedelta(days=1), issuer_lifetime=timedelta(days=21))
+    # a one-year issuer with 20 days left (under a two-year root): it warns, coverage alarms
+    bundle = make_bundle(
+        now - timedelta(days=345), root_lifetime=timedelta(days=730), issuer_lifetime=timedelta(days=365)
+    )
     store = S3BundleStore(BUCKET, KEY)
     assert store.create(bundle.to_items())
     capsys.readouterr()
@@ -79,12 +82,15 @@ def test_scheduled_event_reports_days_and_coverage_from_the_public_part(fn_env, 
     assert (
         roles["issuer"]["level"] == "warning" and "about to expire in 19 days" in roles["issuer"]["message"]
     )
-    assert roles["root"]["level"] == "debug" and 363 < roles["root"]["days_left"] < 365
+    assert roles["root"]["level"] == "debug" and 384 < roles["root"]["days_left"] < 386
+    assert summary["coverage_alarm_below_days"] == 30 and summary["coverage_short"] is True
     json.dumps(summary)
     metrics = emitted(out)
     assert {(ns, dims) for ns, dims, _ in metrics["SigningCoverageDays"]} == {("SentryCA", ("service",))}
     doc = metrics["SigningCoverageDays"][0][2]
     assert doc["service"] == "sentryca-local" and 19.5 < doc["SigningCoverageDays"][0] < 20.5
+    ratio = metrics["SigningCoverageRatio"][0][2]["SigningCoverageRatio"][0]  # the alarm's: below 1
+    assert ratio == pytest.approx(doc["SigningCoverageDays"][0] / 30, abs=0.01)
     per_cert = metrics["DaysToExpiry"]
     assert {(ns, dims) for ns, dims, _ in per_cert} == {("SentryCA", ("service", "Role", "Subject"))}
     assert sorted(d["Role"] for _, _, d in per_cert) == ["issuer", "root"]
@@ -92,6 +98,32 @@ def test_scheduled_event_reports_days_and_coverage_from_the_public_part(fn_env, 
     assert any("Issuer certificate is about to expire in 19 days" in x["message"] for x in warnings)
     # Only the public part was read: a store without the key still checks.
     assert "issuer.key" not in store.load_public().items
+
+
+@pytest.mark.parametrize(
+    "age, short, status",
+    [
+        (timedelta(hours=12), False, "ok"),
+        (timedelta(hours=17), True, "ok"),
+        (timedelta(hours=23), True, "warning"),
+    ],
+)
+def test_short_lifetimes_scale_the_coverage_alarm_and_the_warnings(
+    fn_env, bucket, capsys, age, short, status
+):
+    """A 24 h issuer under a 7-day root (issue 16): the alarm fires below a third of the issuer's
+    lifetime (8 h 5 min of its 24 h 15 min), a certificate warns in its last twelfth (2 h), not
+    below 30 days: 12 h left is a healthy issuer, whose successor the automatic policy prepares now."""
+    fn_env("ExpiryCheckFunction")
+    now = datetime.now(UTC)
+    bundle = make_bundle(now - age, root_lifetime=timedelta(days=7), issuer_lifetime=timedelta(hours=24))
+    assert S3BundleStore(BUCKET, KEY).create(bundle.to_items())
+    capsys.readouterr()
+    summary = invoke("ExpiryCheckFunction", event("scheduled.json"), TEMPLATE)
+    ratio = emitted(capsys.readouterr().out)["SigningCoverageRatio"][0][2]["SigningCoverageRatio"][0]
+    assert summary["coverage_short"] is short and (ratio < 1) is short
+    assert summary["coverage_alarm_below_days"] == pytest.approx((24.25 / 3) / 24, abs=0.001)
+    assert summary["status"] == status
 
 
 def test_a_prepared_root_rotation_counts_in_the_coverage_from_the_public_part(fn_env, bucket, capsys):

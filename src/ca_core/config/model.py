@@ -30,6 +30,18 @@ MAX_PROPAGATION_WINDOW = timedelta(days=30)
 MAX_CALL_TIMEOUT = timedelta(minutes=10)  # --message-timeout, --handshake-timeout
 MAX_IDLE_TIMEOUT = timedelta(hours=24)
 MAX_WORKERS = 64
+# --root-ttl / --issuer-ttl (design §4, §5.12): at most ten years, and long enough for the rotation
+# thresholds to work. The automatic policy prepares a successor when half a lifetime L is left
+# and activates it when a sixth is left (for L under 42 days; ``ca_core.rotation.state.margins``),
+# and it takes steps only at expiry checks. So L/6 must span at least two checks
+# (L >= 12 x --expiry-check-interval): the first check inside the last sixth activates the
+# successor with at least a twelfth of L (one check interval) of the old certificate left, which
+# is also the least the old issuer's last leaves live. A root must besides stay a trust anchor
+# for the propagation window between being prepared (L/2 left) and activated (L/6 left):
+# L/2 - L/6 >= window, i.e. L >= 3 x --root-propagation-window.
+MAX_CA_TTL = timedelta(days=3650)
+MIN_CA_TTL_CHECKS = 12
+MIN_ROOT_TTL_WINDOWS = 3
 
 DEFAULT_JWKS_MIN_REFRESH = timedelta(minutes=10)
 DEFAULT_JWKS_REQUEST_TIMEOUT = timedelta(seconds=30)
@@ -87,6 +99,8 @@ class Config:
     bootstrap_policy: str = "if-never-held"
     auto_rotate: bool = False
     root_propagation_window: timedelta = timedelta(hours=24)
+    root_ttl: timedelta | None = None  # None: a new bundle gets one year, a rotation keeps the root's
+    issuer_ttl: timedelta | None = None  # None: likewise, of the issuer it replaces
     log_level: str = "info"
     log_as_json: bool = False
     emf_interval: timedelta = timedelta(0)
@@ -153,6 +167,59 @@ FIELDS_WITHOUT_OPTION: dict[str, str] = {
 }
 
 
+def min_ca_ttl(cfg: Config, role: str) -> timedelta:
+    """The shortest ``--root-ttl`` (``role`` "root") or ``--issuer-ttl`` ("issuer") the rotation
+    thresholds work with under ``cfg`` (see :data:`MAX_CA_TTL`): 12 expiry-check intervals, and
+    for a root also 3 propagation windows."""
+    least = MIN_CA_TTL_CHECKS * cfg.expiry_check_interval
+    if role == "root":
+        least = max(least, MIN_ROOT_TTL_WINDOWS * cfg.root_propagation_window)
+    return least
+
+
+def lifetime_problems(cfg: Config) -> list[str]:
+    """What is wrong with ``--root-ttl``/``--issuer-ttl`` in ``cfg`` (each problem names its flag
+    and the reason): out of (0, 87600h], too short for the rotation thresholds
+    (:func:`min_ca_ttl`), or an issuer longer than its root (an issuer never outlives its root)."""
+    problems: list[str] = []
+    for flag, role, ttl in (("--root-ttl", "root", cfg.root_ttl), ("--issuer-ttl", "issuer", cfg.issuer_ttl)):
+        if ttl is None:
+            continue
+        if not timedelta(0) < ttl <= MAX_CA_TTL:
+            problems.append(f"{flag} must be positive and at most 87600h (10 years)")
+            continue
+        least = min_ca_ttl(cfg, role)
+        if ttl < least:
+            interval = format_duration(cfg.expiry_check_interval)
+            why = f"{MIN_CA_TTL_CHECKS} x --expiry-check-interval {interval}"
+            if role == "root" and least > MIN_CA_TTL_CHECKS * cfg.expiry_check_interval:
+                why = (
+                    f"{MIN_ROOT_TTL_WINDOWS} x --root-propagation-window "
+                    f"{format_duration(cfg.root_propagation_window)}: a root is prepared with half its "
+                    "lifetime left and must be a trust anchor for the window before it activates with "
+                    "a sixth left"
+                )
+            else:
+                why += (
+                    ": rotation steps are taken at expiry checks, and the last sixth of a lifetime, "
+                    "when a successor activates, must span two of them"
+                )
+            problems.append(
+                f"{flag} {format_duration(ttl)} is too short: at least {format_duration(least)} ({why})"
+            )
+    if (
+        cfg.root_ttl is not None
+        and cfg.issuer_ttl is not None
+        and timedelta(0) < cfg.root_ttl < cfg.issuer_ttl
+    ):
+        problems.append(
+            f"--issuer-ttl {format_duration(cfg.issuer_ttl)} is longer than --root-ttl "
+            f"{format_duration(cfg.root_ttl)}: an issuer never outlives its root (it would be cut "
+            "to the root's NotAfter); make it at most the root's"
+        )
+    return problems
+
+
 def validate(cfg: Config) -> Config:
     """``cfg`` itself if every cross-checked bound holds; else ConfigError listing every problem
     (``invalid configuration: P1; P2``), each naming its flag or variable."""
@@ -173,6 +240,7 @@ def validate(cfg: Config) -> Config:
         problems.append("--emf-interval must be 0s (off) or between 1s and 1h")
     if not timedelta(0) <= cfg.root_propagation_window <= MAX_PROPAGATION_WINDOW:
         problems.append("--root-propagation-window must be between 0s and 720h (30 days)")
+    problems += lifetime_problems(cfg)
     for flag, value in (
         ("--message-timeout", cfg.message_timeout),
         ("--handshake-timeout", cfg.handshake_timeout),

@@ -226,6 +226,20 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "Go duration, 0s-720h (default 24h)",
     ),
     Option(
+        "root-ttl",
+        parse_duration,
+        "lifetime of generated roots, Go duration, at least 3 x --root-propagation-window and 12 x "
+        "--expiry-check-interval, at most 87600h (default: 8760h for a new bundle; a rotation "
+        "keeps the lifetime of the root it replaces)",
+    ),
+    Option(
+        "issuer-ttl",
+        parse_duration,
+        "lifetime of generated issuers, Go duration, at least 12 x --expiry-check-interval, at "
+        "most --root-ttl; an issuer never outlives its root (default: 8760h for a new bundle, cut "
+        "to the root's NotAfter; a rotation keeps the lifetime of the issuer it replaces)",
+    ),
+    Option(
         "allow-insecure-on-network",
         _bool,
         "allow the INSECURE validator on a non-loopback --listen-address (default false)",

@@ -16,7 +16,9 @@ Rules, in the order :func:`advance` applies them (one call applies every step th
    before the last CA noticed the activation, so it has expired by then.
 2. **Activate** a prepared root once ``now >= activate_after`` (at once when the active signing
    chain has expired: nothing could be signed otherwise): its issuer and keys become the active
-   ones, the old root starts retiring, a prepared issuer (under the old root) is dropped.
+   ones, the old root starts retiring, a prepared issuer (under the old root) is dropped. An
+   issuer prepared with the root that has less than its prepare margin left by then (a short-lived
+   issuer outlasted by the propagation wait) is replaced by one signed now with the root's key.
 3. **Activate** a prepared issuer once ``now >= activate_after`` (or the active chain expired).
 4. With the automatic policy only, and only for a root whose key the CA holds (it generated the
    root, or was given the key; a bundle imported without it is the operator's PKI): **prepare**
@@ -196,9 +198,8 @@ def _activate_root(
         return None
     old = active_root(bundle)
     prune_after = min(now + acting_leaf_bound(state, policy), _chain_not_after(bundle) + policy.clock_skew)
-    new_bundle = TrustBundle(
-        bundle.trust_anchors, prepared.issuer_chain, prepared.issuer_key, prepared.root_key
-    )
+    chain, key, renewed = _issuer_for_activation(prepared, now, policy)
+    new_bundle = TrustBundle(bundle.trust_anchors, chain, key, prepared.root_key)
     new_state = replace(
         state,
         root_since=now,
@@ -213,18 +214,53 @@ def _activate_root(
         "activate",
         prepared.trigger,
         f"root rotation: the prepared root {subject_of(prepared.root)} is now active with issuer serial "
-        f"{prepared.issuer_chain[0].serial_number:x}"
+        f"{chain[0].serial_number:x}"
+        + (
+            f" (signed now: the prepared issuer had {format_duration(renewed)} left, less than half "
+            "its lifetime)"
+            if renewed is not None
+            else ""
+        )
         + (" (early: the active signing chain expired)" if early else "")
         + f"; the old root {subject_of(old)} stays in the trust anchors until {iso(prune_after)}",
         {
             "root": fingerprint(prepared.root),
             "subject": subject_of(prepared.root),
-            "issuer_serial": f"{prepared.issuer_chain[0].serial_number:x}",
+            "issuer_serial": f"{chain[0].serial_number:x}",
+            "issuer_renewed": "false" if renewed is None else "true",
             "retiring_root": fingerprint(old),
             "prune_after": iso(prune_after),
         },
     )
     return new_bundle, new_state, step
+
+
+def _issuer_for_activation(
+    prepared: PreparedRoot, now: datetime, policy: RotationPolicy
+) -> tuple[tuple[x509.Certificate, ...], PrivateKey, timedelta | None]:
+    """The issuer a prepared root becomes active with: its prepared one, or, when that has less
+    than its prepare margin (``margins``) left, a new one signed now with the prepared root's key
+    for ``policy.issuer_lifetime`` (a short-lived issuer prepared with its root may have run out
+    while the root propagated: a 24 h issuer under a root that waits 24 h or more). Returns
+    (chain, key, what the prepared issuer had left when it was replaced, else None)."""
+    issuer = prepared.issuer_chain[0]
+    left = issuer.not_valid_after_utc - now
+    root = prepared.root
+    if left >= margins(issuer)[0] or not root.not_valid_before_utc <= now < root.not_valid_after_utc:
+        return prepared.issuer_chain, prepared.issuer_key, None
+    key = policy.algorithm.generate()
+    cert = generate_issuer(
+        prepared.root,
+        prepared.root_key,
+        key,
+        policy.ca_identity,
+        now,
+        lifetime=policy.issuer_lifetime,
+        backdate=policy.clock_skew,
+    )
+    if cert.not_valid_after_utc <= issuer.not_valid_after_utc:  # pragma: no cover - a fresh one ends later
+        return prepared.issuer_chain, prepared.issuer_key, None
+    return (cert,), key, max(left, timedelta(0))
 
 
 def _activate_issuer(

@@ -20,6 +20,8 @@ from . import export_verbs
 from .common import BACKUPS, USAGE, CommandError, open_store, read_input, short_version, shown_version
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from adapters.stores import BundleStore
     from ca_core.bundle import PublicBundle
 
@@ -35,7 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     bundle = sub.add_parser(
         "bundle", allow_abbrev=False, help="operate on the trust bundle in a store"
     ).add_subparsers(dest="bundle_command", required=True)
-    gen_options = tuple(o for o in SERVE_OPTIONS if o.flag in ("trust-domain", "ca-key-algorithm"))
+    gen_options = tuple(
+        o for o in SERVE_OPTIONS if o.flag in ("trust-domain", "ca-key-algorithm", "root-ttl", "issuer-ttl")
+    )
     p = bundle.add_parser("init", allow_abbrev=False, help="generate a root and issuer into an empty store")
     add_options(p, STORE_OPTIONS + gen_options)
     p.add_argument(
@@ -102,7 +106,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for f in check_expiry(public.anchors_pem, public.issuer_chain_pem, now):
         level = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
         not_after = f.not_after.isoformat() if f.not_after else "?"
-        print(f"{f.role:6} {level:15} {_time_left(f.remaining):>20}  NotAfter {not_after}  {f.subject}")
+        print(
+            f"{f.role:6} {level:15} {_time_left(f.remaining):>20}  NotAfter {not_after}  "
+            f"lifetime {_days_hours(f.lifetime)}  {f.subject}"
+        )
     try:
         whole = store.load()
         if whole is None:
@@ -147,6 +154,25 @@ def _print_newest_against_record(
     print(f"newest: the store's newest bundle is not its record of the last accepted one; {what}")
 
 
+def _lifetime(cert: x509.Certificate) -> str:
+    """``lifetime 7d 0h, until 2026-…`` of a certificate (NotAfter - NotBefore)."""
+    return (
+        f"lifetime {_days_hours(cert.not_valid_after_utc - cert.not_valid_before_utc)}, until "
+        f"{cert.not_valid_after_utc.isoformat()}"
+    )
+
+
+def _days_hours(length: timedelta | None) -> str:
+    """``7d 0h``, ``1d 0h15m`` (minutes only when not whole hours); ``?`` for None."""
+    if length is None:
+        return "?"
+    seconds = int(length.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    return f"{days}d {hours}h" + (f"{minutes}m" if minutes else "")
+
+
 def _time_left(left: timedelta | None) -> str:
     if left is None:
         return "?"
@@ -171,7 +197,10 @@ def cmd_bundle_init(args: argparse.Namespace) -> int:
     loaded = load_bundle(cfg, store, datetime.now(UTC), by_operator=True, force=args.force)
     verb = "created" if loaded.created else "another writer created"
     root = loaded.bundle.trust_anchors[0].subject.rfc4514_string()
-    print(f"{store.description}: {verb} a trust bundle; root {root}")
+    print(
+        f"{store.description}: {verb} a trust bundle; root {root} "
+        f"({_lifetime(loaded.bundle.trust_anchors[0])}), issuer ({_lifetime(loaded.bundle.issuer)})"
+    )
     return 0
 
 
@@ -427,7 +456,14 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
     saved = backup.load()
     if saved is None or dict(saved.items) != dict(current.items):
         raise CommandError(f"the backup in {backup.description} does not read back; nothing was changed")
-    bundle = generate_bundle(settled.trust_domain, settled.ca_identity, now, algorithm=settled.algorithm)
+    bundle = generate_bundle(
+        settled.trust_domain,
+        settled.ca_identity,
+        now,
+        algorithm=settled.algorithm,
+        root_lifetime=settled.lifetimes.root,
+        issuer_lifetime=settled.lifetimes.issuer,
+    )
     items = bundle.to_items()
     token = store.replace_version(items, current.version)
     if token is None:

@@ -34,6 +34,8 @@ ROTATION_FLAGS = (
     "expiry-check-interval",
     "auto-rotate",
     "root-propagation-window",
+    "root-ttl",
+    "issuer-ttl",
     "log-level",
     "log-as-json",
 )
@@ -116,15 +118,23 @@ def _policy(
     bundle (design §5.15), printing them when ``generates``. Raises ConfigError when a setting
     given explicitly contradicts the bundle."""
     from ca_core.bundle_settings import settings_of
-    from ca_core.policy import rotation_policy
+    from ca_core.policy import lifetime_warnings, rotation_policy
 
     prepared = state.prepared_root.root if state.prepared_root is not None else None
+    bundle_settings = settings_of(bundle, prepared)
     cfg, settled = settle_with_bundle(
-        args, cfg, settings_of(bundle, prepared), change, verb, store.description, algorithm=generates
+        args, cfg, bundle_settings, change, verb, store.description, algorithm=generates
     )
     if generates:
         print(f"generating with {settled.summary}")
-    return replace(rotation_policy(cfg), ca_identity=settled.ca_identity)
+        for warning in lifetime_warnings(cfg, bundle_settings):
+            print(f"warning: {warning}", file=sys.stderr)
+    return replace(
+        rotation_policy(cfg),
+        ca_identity=settled.ca_identity,
+        root_lifetime=settled.lifetimes.root,
+        issuer_lifetime=settled.lifetimes.issuer,
+    )
 
 
 def _write_rotation(store: BundleStore, current: StoredBundle, result: Rotation) -> None:

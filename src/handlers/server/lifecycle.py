@@ -28,6 +28,7 @@ import grpc.aio
 
 from adapters.stores import BundleStore, StoredBundle
 from ca_core import policy
+from ca_core.bundle_settings import settings_of
 from ca_core.certs import check_issuer_valid
 from ca_core.config import Config
 from ca_core.continuity import check_replacement
@@ -190,6 +191,9 @@ class CertificateAuthority:
             state.store.description,
         )
         log.debug("configuration: %s", config.describe())
+        bundle = state.signer.bundle
+        for warning in policy.lifetime_warnings(config, settings_of(bundle)):
+            log.warning("lifetimes: %s", warning)
 
     def _serve(self, state: State) -> None:
         self._state = state  # before the first call can arrive
