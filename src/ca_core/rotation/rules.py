@@ -198,7 +198,7 @@ def _activate_root(
     prune_after = min(now + acting_leaf_bound(state, policy), _chain_not_after(bundle) + policy.clock_skew)
     new_bundle = TrustBundle(
         bundle.trust_anchors, prepared.issuer_chain, prepared.issuer_key, prepared.root_key
-    )
+    ).with_jwt_of(bundle)
     new_state = replace(
         state,
         root_since=now,
