@@ -257,12 +257,16 @@ def _parse_jwt_key(
         return None
     for item, other in ((JWT_KEY, JWKS), (JWKS, JWT_KEY)):
         if item not in items:
-            raise BundleError(f"is missing, but {label(other)} is present (the JWT items go together)", item=label(item))
+            raise BundleError(
+                f"is missing, but {label(other)} is present (the JWT items go together)", item=label(item)
+            )
     from .jwt_svid import algorithm_for_key, signing_key_id
 
     jwt_key = _parse_key(items[JWT_KEY], label(JWT_KEY))
     if algorithm_for_key(jwt_key) is None:
-        raise BundleError("is not an RSA (2048 bits or more), ECDSA P-256 or Ed25519 key", item=label(JWT_KEY))
+        raise BundleError(
+            "is not an RSA (2048 bits or more), ECDSA P-256 or Ed25519 key", item=label(JWT_KEY)
+        )
     signing_key_id(items[JWKS], jwt_key, item=label(JWKS))  # the JWK Set must publish the key
     return jwt_key
 

@@ -258,7 +258,9 @@ class JwtIssuer:
         """A checked issuer. Raises BundleError (item ``jwt.key``) when ``key`` cannot sign with
         ``algorithm`` (e.g. a stored RSA key with ``--jwt-signing-algorithm ES256``)."""
         if problem := algorithm.key_problem(key):
-            raise BundleError(f"cannot sign with --jwt-signing-algorithm {algorithm.value}: {problem}", item="jwt.key")
+            raise BundleError(
+                f"cannot sign with --jwt-signing-algorithm {algorithm.value}: {problem}", item="jwt.key"
+            )
         return cls(key, algorithm, key_id, ttl, clock_skew, issuer)
 
     def claims(

@@ -273,6 +273,11 @@ class CAServicer:
             trust_chain_certificates=[result.anchors_pem],
         )
         response.valid_until.FromDatetime(result.not_after)
+        if result.jwts is not None:  # fields 4 and 5 as Dapr's Sentry 1.18 fills them; else unset
+            response.jwt.value = result.jwts.jwt
+            for audience, token in result.jwts.per_audience.items():
+                response.per_audience_jwts[audience].value = token
+            self._metrics.jwt_issued.inc(1 + len(result.jwts.per_audience))
         return response
 
     async def _answer(
