@@ -300,7 +300,8 @@ class JwtIssuer:
             )
         except (jwt.PyJWTError, ValueError, TypeError) as e:
             raise FailedPrecondition(
-                f"the CA cannot sign a JWT-SVID with its JWT key ({self.algorithm.value}): {type(e).__name__}",
+                f"the CA cannot sign a JWT-SVID with its JWT key ({self.algorithm.value}): "
+                f"{type(e).__name__}",
                 reason="jwt_sign_failed",
             ) from None
 

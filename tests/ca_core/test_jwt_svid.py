@@ -3,6 +3,7 @@ independent code (joserfc against the JWK Set, PyJWT), the signer's order, the b
 
 import base64
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import jwt as pyjwt
@@ -201,13 +202,17 @@ def test_bundle_items_round_trip_and_go_together():
 def test_a_jwks_that_does_not_publish_the_key_is_refused():
     items = make_bundle(jwt=JwtAlgorithm.RS256).to_items()
     other = make_bundle(jwt=JwtAlgorithm.RS256).to_items()
-    with pytest.raises(BundleError, match="jwks.json: does not hold the public key of the JWT signing key"):
+    with pytest.raises(
+        BundleError, match=re.escape("jwks.json: does not hold the public key of the JWT signing key")
+    ):
         parse_bundle(items | {JWKS: other[JWKS]})
-    with pytest.raises(BundleError, match='jwks.json: is not a JWK Set: it needs a non-empty "keys"'):
+    with pytest.raises(
+        BundleError, match=re.escape('jwks.json: is not a JWK Set: it needs a non-empty "keys"')
+    ):
         parse_bundle(items | {JWKS: b'{"keys": []}'})
-    with pytest.raises(BundleError, match="jwks.json: is not a JSON document"):
+    with pytest.raises(BundleError, match=re.escape("jwks.json: is not a JSON document")):
         parse_bundle(items | {JWKS: b"not json"})
-    with pytest.raises(BundleError, match="jwt.key: is not an RSA"):
+    with pytest.raises(BundleError, match=re.escape("jwt.key: is not an RSA")):
         parse_bundle(items | {JWT_KEY: private_key_pem(ec.generate_private_key(ec.SECP384R1()))})
 
 
@@ -296,7 +301,7 @@ def req(**kw):
 
 
 def test_the_signer_adds_jwts_for_the_issued_identity_capped_at_the_leaf():
-    signer, bundle = jwt_signer(ttl=timedelta(days=2))
+    signer, _ = jwt_signer(ttl=timedelta(days=2))
     result = signer.sign(req(jwt_audiences=("aws",)), NOW)
     assert result.jwts is not None
     claims = parts(result.jwts.jwt)[1]

@@ -4,9 +4,10 @@ The Secret (type Opaque) is the source of truth. Its keys are the item names of
 ``--issuer-ca-filename``, ``--issuer-certificate-filename`` and ``--issuer-key-filename``
 (``ca.crt``, ``issuer.crt``, ``issuer.key`` by default, as Dapr's Sentry and Helm chart write
 them), plus ``root.key`` when the CA made the root and ``rotation.json`` once rotation keeps
-state, and Dapr's JWT items `jwt.key` and `jwks.json` (the ConfigMap carries `jwks.json`). Other keys in the Secret are kept on every write. A
-Secret that exists without any bundle key (Dapr's Helm chart creates ``dapr-trust-bundle``
-empty) is an empty store.
+state, and Dapr's JWT items ``jwt.key`` and ``jwks.json`` (the ConfigMap carries ``jwks.json``,
+as Dapr's Sentry distributes it). Other keys in the Secret are kept on every write. A Secret
+that exists without any bundle key (Dapr's Helm chart creates ``dapr-trust-bundle`` empty) is an
+empty store.
 
 Writes are conditional. Create: POST; 409 AlreadyExists means the Secret exists: if it holds
 no bundle key it is filled with a PUT carrying the resourceVersion just read (409 Conflict:

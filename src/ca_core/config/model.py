@@ -192,10 +192,10 @@ def validate(cfg: Config) -> Config:
         problems.append("--jwt-ttl must be positive and at most 720h (30 days)")
     if cfg.jwt_issuer is not None and not cfg.jwt_enabled:
         problems.append("--jwt-issuer is set but --jwt-enabled is false (as Dapr's Sentry, this is refused)")
-    for flag, value in (("--jwt-issuer", cfg.jwt_issuer), ("--jwt-key-id", cfg.jwt_key_id)):
-        if value is not None and not 0 < len(value) <= MAX_JWT_CLAIM_LENGTH:
+    for flag, text in (("--jwt-issuer", cfg.jwt_issuer), ("--jwt-key-id", cfg.jwt_key_id)):
+        if text is not None and not 0 < len(text) <= MAX_JWT_CLAIM_LENGTH:
             problems.append(f"{flag} must be 1 to {MAX_JWT_CLAIM_LENGTH} characters")
-        elif value is not None and not value.isprintable():
+        elif text is not None and not text.isprintable():
             problems.append(f"{flag} must be printable text (no control characters)")
     for name in (cfg.issuer_ca_filename, cfg.issuer_certificate_filename, cfg.issuer_key_filename):
         if not name or "/" in name or name in (".", ".."):

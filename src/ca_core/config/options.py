@@ -193,7 +193,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option(
         "jwt-signing-algorithm",
         _jwt_algorithm,
-        "RS256 (RSA-2048), ES256 or EdDSA: the JWT key generated, and what a stored one must be (default RS256)",
+        "RS256 (RSA-2048), ES256 or EdDSA: the JWT key generated, and what a stored one must be "
+        "(default RS256)",
     ),
     Option(
         "jwt-key-id",
