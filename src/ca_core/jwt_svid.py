@@ -168,6 +168,31 @@ def entry_holds(entry: Mapping[str, Any], key: PrivateKey | PublicKey) -> bool:
     return all(entry.get(k) == v for k, v in members.items())
 
 
+def _key_members(entry: Mapping[str, Any]) -> tuple[tuple[str, Any], ...] | None:
+    required = _REQUIRED_MEMBERS.get(str(entry.get("kty")))
+    if required is None:
+        return None
+    return tuple((k, entry.get(k)) for k in required)
+
+
+def dropped_keys(current: bytes | None, new: bytes | None) -> tuple[str, ...]:
+    """The ``kid`` of each key the JWK Set ``current`` publishes and ``new`` does not (keys are
+    compared by their RFC 7638 members, not by kid): tokens signed with them would stop
+    verifying. An unreadable ``current`` judges nothing (it is a derived copy); an absent or
+    unreadable ``new`` publishes nothing."""
+    if current is None:
+        return ()
+    try:
+        old = parse_jwks(current)
+    except BundleError:
+        return ()
+    try:
+        kept = {_key_members(e) for e in parse_jwks(new)} if new is not None else set()
+    except BundleError:
+        kept = set()
+    return tuple(str(e.get("kid", "?")) for e in old if _key_members(e) not in kept)
+
+
 def key_ids(raw: bytes) -> tuple[str, ...]:
     """The ``kid`` of each entry of a JWK Set document ("" for an entry without one)."""
     return tuple(str(e.get("kid", "")) for e in parse_jwks(raw))

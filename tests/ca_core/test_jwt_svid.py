@@ -4,6 +4,7 @@ independent code (joserfc against the JWK Set, PyJWT), the signer's order, the b
 import base64
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import jwt as pyjwt
@@ -337,3 +338,40 @@ def test_without_jwt_issuance_the_audiences_are_ignored():
     validators = {TokenValidatorKind.INSECURE: InsecureValidator()}
     plain = Signer(make_bundle(), SigningPolicy(), validators, TokenValidatorKind.INSECURE)
     assert plain.sign(req(jwt_audiences=("",) * 40), NOW).jwts is None
+
+
+# -- never silently replaced: trust continuity and X.509 rotation keep the JWT key ---------------
+
+
+def test_continuity_refuses_a_replacement_that_drops_a_published_jwt_key():
+    from ca_core.continuity import judge_replacement, refusal_message
+
+    current = make_bundle(jwt=JwtAlgorithm.ES256)
+    kid = jwt_svid.key_ids(current.jwks)[0]
+    same_root_no_jwt = replace(current, jwt_key=None, jwks=None)
+    other_key = current.with_jwt(*jwt_svid.new_jwt_items(JwtAlgorithm.ES256))
+    cur_items = current.to_items()
+    for new in (same_root_no_jwt, other_key):
+        verdict = judge_replacement(current, cur_items, new, new.to_items(), NOW)
+        assert not verdict.allowed and verdict.dropped_jwt_keys == (kid,) and verdict.dropped_root is None
+        assert f"does not publish the JWT key(s) {kid}" in refusal_message(verdict, "file://x")
+        assert judge_replacement(current, cur_items, new, new.to_items(), NOW, force=True).allowed
+    # the same key under another kid is the same key; adding a key where there was none is fine
+    relabelled = json.loads(current.jwks)
+    relabelled["keys"][0]["kid"] = "renamed"
+    new_items = cur_items | {JWKS: json.dumps(relabelled).encode()}
+    assert judge_replacement(current, cur_items, current, new_items, NOW).allowed
+    plain = same_root_no_jwt
+    assert judge_replacement(plain, plain.to_items(), current, cur_items, NOW).allowed
+
+
+def test_x509_rotation_keeps_the_jwt_items():
+    from ca_core.rotation import actions
+    from ca_core.rotation.state import EMPTY, RotationPolicy
+
+    bundle = make_bundle(jwt=JwtAlgorithm.RS256)
+    prepared = actions.prepare_root(bundle, EMPTY, NOW, RotationPolicy())
+    emergency = actions.emergency_root(bundle, EMPTY, NOW, RotationPolicy())
+    for rotation in (prepared, emergency):
+        items = rotation.items()
+        assert items[JWKS] == bundle.jwks and items[JWT_KEY] == bundle.to_items()[JWT_KEY]

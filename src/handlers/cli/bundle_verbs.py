@@ -103,6 +103,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         level = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
         not_after = f.not_after.isoformat() if f.not_after else "?"
         print(f"{f.role:6} {level:15} {_time_left(f.remaining):>20}  NotAfter {not_after}  {f.subject}")
+    if public.jwks is not None:
+        from ca_core.jwt_svid import parse_jwks
+
+        for entry in parse_jwks(public.jwks):
+            print(f"jwks   key kid {entry.get('kid', '?')}  {entry.get('alg', '?')} {entry.get('kty')}")
     try:
         whole = store.load()
         if whole is None:
@@ -124,6 +129,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 1
     for line in describe(state, bundle):
         print(f"rotation: {line}")
+    if bundle.jwt_key is not None and bundle.jwks is not None:
+        from ca_core.jwt_svid import algorithm_for_key, signing_key_id
+
+        alg = algorithm_for_key(bundle.jwt_key)
+        kid = signing_key_id(bundle.jwks, bundle.jwt_key)
+        print(f"jwt: signing key kid {kid} ({alg.value if alg else '?'}), published in jwks.json")
     print("bundle: complete (anchors, issuer chain and key match)")
     _print_newest_against_record(store, whole.items, bundle, now)
     return 0
@@ -181,8 +192,17 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
     import drops (trust continuity, §5.4) is kept. Says what running CAs do with the new bundle.
     Raises CommandError (1 refused, 2 usage), ConfigError, CAError (the given bundle does not
     verify)."""
-    from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, ROOT_KEY, ROTATION_STATE, parse_bundle
-    from ca_core.continuity import judge_replacement, kept_root_key
+    from ca_core.bundle import (
+        ANCHORS,
+        ISSUER_CHAIN,
+        ISSUER_KEY,
+        JWKS,
+        JWT_KEY,
+        ROOT_KEY,
+        ROTATION_STATE,
+        parse_bundle,
+    )
+    from ca_core.continuity import judge_replacement, kept_root_key, refusal_message
     from ca_core.rotation.codec import parse_state
     from handlers.composition import directory_store, store_retry
 
@@ -244,8 +264,15 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
         old, old_items = basis
     else:
         old_items = current.items
+    if damage is None and old is not None and JWT_KEY not in items and JWT_KEY in current.items:
+        # An import without JWT items keeps the current JWT key (as the root key of an anchor that
+        # stays): replacing the X.509 part does not revoke every JWT-SVID issued.
+        items[JWT_KEY], items[JWKS] = current.items[JWT_KEY], current.items[JWKS]
+        print(f"{store.description}: the current JWT key (jwt.key, jwks.json) is kept", file=sys.stderr)
     if old is not None:
         verdict = judge_replacement(old, old_items, new, items, now, force=args.force)
+        if not verdict.allowed and verdict.dropped_root is None:
+            raise CommandError(f"{refusal_message(verdict, 'the imported bundle')}. Nothing was changed.")
         if not verdict.allowed and verdict.dropped_root is not None:
             if args.from_dir:
                 given, remedy = (
@@ -382,6 +409,12 @@ def running_cas_notice(
         return (
             "Running CAs take this bundle at their next store poll (--store-poll-interval), or "
             "when restarted: it keeps the root they serve."
+        )
+    if verdict.dropped_root is None:
+        return (
+            "Running CAs do NOT take this bundle by themselves: it drops the JWT key(s) "
+            f"{', '.join(verdict.dropped_jwt_keys)} they sign with, so they refuse it (trust "
+            "continuity) and go on serving the old bundle. " + restart
         )
     dropped = verdict.dropped_root.subject.rfc4514_string() if verdict.dropped_root else "?"
     hint = (
