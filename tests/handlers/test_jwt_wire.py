@@ -147,3 +147,30 @@ def test_iat_is_the_signing_time_and_nbf_allows_the_clock_skew(jwt_ca, store_dir
     before = int(datetime.now(UTC).timestamp())
     claims = claims_of(sign(jwt_ca, store_dir).jwt.value)
     assert claims["iat"] >= before and claims["nbf"] == claims["iat"] - 15 * 60  # --allowed-clock-skew
+
+
+def test_the_emf_documents_count_the_jwt_svids_issued():
+    from handlers import emf
+    from handlers.metrics import Metrics
+
+    metrics = Metrics()
+    written: list[str] = []
+
+    class Out:
+        def write(self, text: str) -> int:
+            written.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    writer = emf.EmfWriter(
+        metrics.registry.collect, 60, service="s", out=Out(), clock=lambda: 1_700_000_000.0
+    )
+    metrics.jwt_issued.inc(3)
+    (doc,) = writer.flush()
+    assert doc[emf.JWT_SVIDS_ISSUED] == 3
+    names = [m["Name"] for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+    assert emf.JWT_SVIDS_ISSUED in names and json.loads(written[0]) == doc
+    (doc,) = writer.flush()  # what came since the previous document
+    assert doc[emf.JWT_SVIDS_ISSUED] == 0
