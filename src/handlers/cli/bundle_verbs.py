@@ -1,23 +1,21 @@
-"""``sentryca inspect`` and ``sentryca bundle init|import|regenerate`` (``export`` and ``show``:
-``export_verbs``): read or write the trust bundle in a store (design §5). Every write is a create
+"""``sentryca bundle init|import|regenerate`` (``inspect``: ``inspect_verb``; ``export`` and
+``show``: ``export_verbs``): read or write the trust bundle in a store (design §5). Every write is a create
 of an empty store or a replace of the version read (compare-and-swap), so a concurrent writer makes
 the verb refuse, not overwrite."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
 from ca_core.errors import CAError
-from ca_core.expiry import check_expiry
 
-from . import export_verbs
-from .common import BACKUPS, USAGE, CommandError, open_store, read_input, short_version, shown_version
+from . import export_verbs, inspect_verb
+from .common import BACKUPS, USAGE, CommandError, open_store, read_input, short_version
 
 if TYPE_CHECKING:
     from adapters.stores import BundleStore
@@ -30,7 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "inspect", allow_abbrev=False, help="show the trust anchors and issuer of a store, with time left"
     )
     add_options(p, STORE_OPTIONS)
-    p.set_defaults(func=cmd_inspect)
+    p.set_defaults(func=inspect_verb.cmd_inspect)
 
     bundle = sub.add_parser(
         "bundle", allow_abbrev=False, help="operate on the trust bundle in a store"
@@ -76,94 +74,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         f"(default: file:// + a new {BACKUPS}/<UTC time>/, mode 0700)",
     )
     p.set_defaults(func=cmd_bundle_regenerate)
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    """Exit 0 when the whole bundle is usable, 1 when it is empty or unusable; the public part
-    (anchors, issuer) is shown whenever it can be read, with the time each has left."""
-    from ca_core.bundle import parse_bundle, parse_public_bundle
-    from ca_core.errors import BundleError, Unavailable
-
-    _, store = open_store(args)
-    stored = store.load_public()
-    if stored is None:
-        evidence = store.held_before()
-        if evidence is None:
-            print(f"{store.description}: empty (no trust bundle yet; `sentryca serve` creates one)")
-        else:
-            print(
-                f"{store.description}: empty, but it held a trust bundle before ({evidence}): restore "
-                "it from a backup with `sentryca bundle import --from DIR` (docs/runbook.md, Restore)"
-            )
-        return 1
-    public = parse_public_bundle(stored.items, store.labels())
-    now = datetime.now(UTC)
-    print(f"store: {store.description} (version {shown_version(store, stored)})")
-    for f in check_expiry(public.anchors_pem, public.issuer_chain_pem, now):
-        level = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
-        not_after = f.not_after.isoformat() if f.not_after else "?"
-        print(f"{f.role:6} {level:15} {_time_left(f.remaining):>20}  NotAfter {not_after}  {f.subject}")
-    if public.jwks is not None:
-        from ca_core.jwt_svid import parse_jwks
-
-        for entry in parse_jwks(public.jwks):
-            print(f"jwks   key kid {entry.get('kid', '?')}  {entry.get('alg', '?')} {entry.get('kty')}")
-    try:
-        whole = store.load()
-        if whole is None:
-            raise BundleError("the keys are missing")
-        parse_bundle(whole.items, store.labels())
-    except Unavailable as e:
-        print(f"bundle: the keys cannot be read here ({e}); only the public part was checked")
-        return 0
-    except BundleError as e:
-        print(f"bundle: UNUSABLE: {e}")
-        return 1
-    from ca_core.rotation.codec import describe, parse_state
-
-    bundle = parse_bundle(whole.items, store.labels())
-    try:
-        state = parse_state(whole.items, bundle, store.labels())
-    except BundleError as e:
-        print(f"bundle: UNUSABLE: {e}")
-        return 1
-    for line in describe(state, bundle):
-        print(f"rotation: {line}")
-    if bundle.jwt_key is not None and bundle.jwks is not None:
-        from ca_core.jwt_svid import algorithm_for_key, signing_key_id
-
-        alg = algorithm_for_key(bundle.jwt_key)
-        kid = signing_key_id(bundle.jwks, bundle.jwt_key)
-        print(f"jwt: signing key kid {kid} ({alg.value if alg else '?'}), published in jwks.json")
-    print("bundle: complete (anchors, issuer chain and key match)")
-    _print_newest_against_record(store, whole.items, bundle, now)
-    return 0
-
-
-def _print_newest_against_record(
-    store: BundleStore, items: Mapping[str, bytes], bundle: PublicBundle, now: datetime
-) -> None:
-    """When the store's newest bundle is not its record of the last accepted one: what a CA
-    starting now does with it (design §5.4)."""
-    from ca_core.continuity import judge_against_record, matches_record, refusal_message
-
-    try:
-        record = store.load_accepted()
-    except CAError:
-        return
-    if record is None or matches_record(record.items, items):
-        return
-    verdict = judge_against_record(record.items, bundle, items, now)
-    what = "a CA takes it" if verdict.allowed else f"REFUSED: {refusal_message(verdict, store.description)}"
-    print(f"newest: the store's newest bundle is not its record of the last accepted one; {what}")
-
-
-def _time_left(left: timedelta | None) -> str:
-    if left is None:
-        return "?"
-    seconds = int(left.total_seconds())
-    days, hours = abs(seconds) // 86400, abs(seconds) % 86400 // 3600
-    return f"{days}d {hours}h left" if seconds > 0 else f"expired {days}d {hours}h ago"
 
 
 def cmd_bundle_init(args: argparse.Namespace) -> int:
