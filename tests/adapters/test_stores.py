@@ -949,3 +949,29 @@ def test_a_dapr_written_bundle_with_jwt_items_loads_as_is(kit):
     assert kit.source_of_truth() == before
     issuer = jwt_issuer(load_config({"jwt_enabled": "true"}, {}), bundle)
     assert issuer.key_id == json.loads(items["jwks.json"])["keys"][0]["kid"]
+
+
+def test_a_start_with_jwt_on_adds_the_key_once_and_a_racing_replica_loads_the_winners(kit):
+    """design §5.2: composition.ensure_jwt_key on each store: a conditional replace that keeps
+    every X.509 item byte for byte; the replica that read the same version and lost loads the key
+    the winner wrote."""
+    from ca_core.config import load_config
+    from handlers import composition
+
+    plain = make_bundle().to_items()
+    store = kit.store()
+    assert store.create(plain)
+    cfg = load_config({"jwt_enabled": "true", "jwt_signing_algorithm": "ES256"}, {})
+    first = composition.load_bundle(cfg, store, NOW, publish=False)
+    second = composition.load_bundle(cfg, kit.store(), NOW, publish=False)  # same version read
+    assert first.bundle.jwt_key is None and first.version == second.version
+    won = composition.ensure_jwt_key(cfg, store, first, NOW)
+    lost = composition.ensure_jwt_key(cfg, kit.store(), second, NOW)
+    assert won.bundle.jwks is not None and lost.bundle.jwks == won.bundle.jwks
+    assert lost.version == won.version == store.load().version
+    items = dict(store.load().items)
+    assert {k: items[k] for k in plain} == plain and set(items) == {*plain, "jwt.key", "jwks.json"}
+    again = composition.ensure_jwt_key(
+        cfg, store, composition.load_bundle(cfg, store, NOW, publish=False), NOW
+    )
+    assert again.version == won.version  # nothing to add: nothing written
