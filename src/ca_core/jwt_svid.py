@@ -247,11 +247,18 @@ def _jti() -> str:
 
 @dataclass(frozen=True)
 class IssuedJwts:
-    """The JWT-SVIDs of one response: ``jwt`` (every audience in one token) and
-    ``per_audience`` (audience → a token for that audience alone)."""
+    """The JWT-SVIDs of one response: ``jwt`` (every audience in one token),
+    ``per_audience`` (audience → a token for that audience alone) and ``jtis``: the ``jti`` of
+    each token, ``jwt``'s first (for the audit record; the tokens themselves are never logged)."""
 
     jwt: str
     per_audience: Mapping[str, str]
+    jtis: tuple[str, ...] = ()
+
+    @property
+    def count(self) -> int:
+        """How many tokens the response carries."""
+        return 1 + len(self.per_audience)
 
 
 @dataclass(frozen=True)
@@ -314,11 +321,14 @@ class JwtIssuer:
     ) -> str:
         """One compact JWS (header ``alg``, ``kid``, ``typ: JWT``). Raises FailedPrecondition
         (reason ``jwt_sign_failed``) when the key cannot sign: never a partial answer."""
+        return self._sign(self.claims(subject, audiences, now, not_after))
+
+    def _sign(self, claims: Mapping[str, Any]) -> str:
         import jwt
 
         try:
             return jwt.encode(
-                self.claims(subject, audiences, now, not_after),
+                dict(claims),
                 self.key,
                 algorithm=self.algorithm.value,
                 headers={"kid": self.key_id, "typ": "JWT"},
@@ -343,6 +353,7 @@ class JwtIssuer:
         ``per_audience`` has one token per distinct audience. An empty ``requested`` still gives
         both (for the trust domain alone)."""
         audiences = [trust_domain, *requested]
-        token = self.sign(subject, audiences, now, not_after)
-        per_audience = {aud: self.sign(subject, [aud], now, not_after) for aud in dict.fromkeys(audiences)}
-        return IssuedJwts(token, per_audience)
+        every = self.claims(subject, audiences, now, not_after)
+        singles = {aud: self.claims(subject, [aud], now, not_after) for aud in dict.fromkeys(audiences)}
+        jtis = (every["jti"], *(c["jti"] for c in singles.values()))
+        return IssuedJwts(self._sign(every), {aud: self._sign(c) for aud, c in singles.items()}, jtis)

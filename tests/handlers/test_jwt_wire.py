@@ -174,3 +174,18 @@ def test_the_emf_documents_count_the_jwt_svids_issued():
     assert emf.JWT_SVIDS_ISSUED in names and json.loads(written[0]) == doc
     (doc,) = writer.flush()  # what came since the previous document
     assert doc[emf.JWT_SVIDS_ISSUED] == 0
+
+
+def test_the_audit_record_names_each_tokens_jti_never_a_token(jwt_ca, store_dir, caplog):
+    import logging
+
+    from handlers.logs import JsonFormatter
+
+    with caplog.at_level(logging.INFO, logger="sentryca.audit"):
+        resp = sign(jwt_ca, store_dir, jwt_audiences=["aws"])
+    (record,) = [r for r in caplog.records if getattr(r, "event", "") == "certificate_issued"]
+    tokens = [resp.jwt.value, *(t.value for t in resp.per_audience_jwts.values())]
+    assert record.jwt_ids.split(",") == [claims_of(t)["jti"] for t in tokens]
+    line = JsonFormatter().format(record)
+    assert json.loads(line)["jwt_ids"] == record.jwt_ids
+    assert not any(t.split(".")[2] in line for t in tokens)
