@@ -28,9 +28,13 @@ from support.pki import make_bundle, make_csr, write_bundle
 pytestmark = pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
 
 
+def part_of(token: str, n: int) -> dict:
+    text = token.split(".")[n]
+    return json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+
+
 def claims_of(token: str) -> dict:
-    payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return part_of(token, 1)
 
 
 def sign(ca, store_dir, **fields):
@@ -193,3 +197,31 @@ def test_the_audit_record_names_each_tokens_jti_never_a_token(jwt_ca, store_dir,
     line = JsonFormatter().format(record)
     assert json.loads(line)["jwt_ids"] == record.jwt_ids
     assert not any(t.split(".")[2] in line for t in tokens)
+
+
+def test_a_polling_ca_refuses_a_bundle_that_drops_its_jwt_key_and_keeps_signing_with_it(store_dir):
+    from adapters.stores import FileBundleStore
+    from ca_core.bundle import parse_bundle
+    from ca_core.jwt_svid import new_jwt_items
+
+    from support.wait import wait_until
+
+    ca = CertificateAuthority()
+    ca.start(ca_config(store_dir, jwt_enabled="true", store_poll_interval="1s"))
+    try:
+        kid = ca.signer.jwt.key_id
+        stored = FileBundleStore(store_dir).load()
+        other = parse_bundle(stored.items).with_jwt(*new_jwt_items(JwtAlgorithm.RS256))  # same root
+        assert FileBundleStore(store_dir).replace(other.to_items(), stored.version)
+
+        def refused() -> float:
+            return ca.metrics.registry.get_sample_value("sentryca_bundle_change_refused_total") or 0.0
+
+        wait_until(lambda: refused() >= 1, "the poll refuses the bundle without the JWT key")
+        assert ca.signer.jwt.key_id == kid
+        token = sign(ca, store_dir).jwt.value
+        assert part_of(token, 0)["kid"] == kid
+        ready, details = ca.readiness()
+        assert ready and "does not publish the JWT key" in details["degraded"]["detail"]
+    finally:
+        ca.stop(grace=0)
