@@ -2,14 +2,15 @@
 
 A bundle travels between stores as a mapping of logical item names to bytes
 (:data:`ANCHORS` ``ca.crt``, :data:`ISSUER_CHAIN` ``issuer.crt``, :data:`ISSUER_KEY`
-``issuer.key``, optional :data:`ROOT_KEY` ``root.key``); stores may keep them under other
+``issuer.key``, optional :data:`ROOT_KEY` ``root.key``, and the JWT items :data:`JWT_KEY`
+``jwt.key`` and :data:`JWKS` ``jwks.json``, Dapr's names); stores may keep them under other
 names (``--issuer-*-filename``). Parsing and verification are pure and name the item at fault.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 
@@ -26,9 +27,14 @@ ANCHORS = "ca.crt"
 ISSUER_CHAIN = "issuer.crt"
 ISSUER_KEY = "issuer.key"
 ROOT_KEY = "root.key"
+# The JWT-SVID signing key (PKCS#8) and the JWK Set publishing it (design §5.1): both or neither.
+JWT_KEY = "jwt.key"
+JWKS = "jwks.json"
 REQUIRED_ITEMS = (ANCHORS, ISSUER_CHAIN, ISSUER_KEY)
-ALL_ITEMS = (*REQUIRED_ITEMS, ROOT_KEY)
-PUBLIC_ITEMS = (ANCHORS, ISSUER_CHAIN)
+JWT_ITEMS = (JWT_KEY, JWKS)
+ALL_ITEMS = (*REQUIRED_ITEMS, ROOT_KEY, *JWT_ITEMS)
+REQUIRED_PUBLIC_ITEMS = (ANCHORS, ISSUER_CHAIN)
+PUBLIC_ITEMS = (*REQUIRED_PUBLIC_ITEMS, JWKS)
 # Reserved for root/issuer rotation (a small JSON document: which root/issuer is prepared, active,
 # retiring, and since when). Stores keep and return it like any item; parse_bundle ignores it.
 ROTATION_STATE = "rotation.json"
@@ -44,6 +50,8 @@ class FileNames:
     issuer_key: str = "issuer.key"
     root_key: str = "root.key"
     rotation_state: str = "rotation.json"
+    jwt_key: str = JWT_KEY
+    jwks: str = JWKS
 
     def mapping(self) -> dict[str, str]:
         """Logical item name → file name."""
@@ -53,6 +61,8 @@ class FileNames:
             ISSUER_KEY: self.issuer_key,
             ROOT_KEY: self.root_key,
             ROTATION_STATE: self.rotation_state,
+            JWT_KEY: self.jwt_key,
+            JWKS: self.jwks,
         }
 
 
@@ -76,10 +86,15 @@ def certificates_pem(certs: tuple[x509.Certificate, ...] | list[x509.Certificate
 
 @dataclass(frozen=True)
 class PublicBundle:
-    """The public part of a bundle (no keys): what relying parties and the expiry check read."""
+    """The public part of a bundle (no keys): what relying parties and the expiry check read.
+
+    jwks: the ``jwks.json`` document as stored (the JWK Set verifiers of JWT-SVIDs read), or None
+    when the bundle has no JWT key.
+    """
 
     trust_anchors: tuple[x509.Certificate, ...]
     issuer_chain: tuple[x509.Certificate, ...]
+    jwks: bytes | None = field(default=None, kw_only=True)
 
     @property
     def issuer(self) -> x509.Certificate:
@@ -106,18 +121,23 @@ class PublicBundle:
 
 @dataclass(frozen=True)
 class TrustBundle(PublicBundle):
-    """A complete signing bundle. Build it with :func:`parse_bundle` or :func:`generate_bundle`."""
+    """A complete signing bundle. Build it with :func:`parse_bundle` or :func:`generate_bundle`.
+
+    jwt_key: the JWT-SVID signing key, published in ``jwks`` (both set, or both None).
+    """
 
     issuer_key: PrivateKey
     root_key: PrivateKey | None = None
+    jwt_key: PrivateKey | None = field(default=None, kw_only=True)
 
     @property
     def public(self) -> PublicBundle:
-        """The bundle without its keys."""
-        return PublicBundle(self.trust_anchors, self.issuer_chain)
+        """The bundle without its keys (the JWK Set stays: it is public)."""
+        return PublicBundle(self.trust_anchors, self.issuer_chain, jwks=self.jwks)
 
     def to_items(self) -> dict[str, bytes]:
-        """Serialise: {ca.crt, issuer.crt, issuer.key[, root.key]} → PEM bytes (keys as PKCS#8)."""
+        """Serialise: {ca.crt, issuer.crt, issuer.key[, root.key][, jwt.key, jwks.json]} → bytes
+        (PEM, keys as PKCS#8; the JWK Set as stored)."""
         items = {
             ANCHORS: self.anchors_pem,
             ISSUER_CHAIN: self.issuer_chain_pem,
@@ -125,7 +145,18 @@ class TrustBundle(PublicBundle):
         }
         if self.root_key is not None:
             items[ROOT_KEY] = private_key_pem(self.root_key)
+        if self.jwt_key is not None and self.jwks is not None:
+            items[JWT_KEY] = private_key_pem(self.jwt_key)
+            items[JWKS] = self.jwks
         return items
+
+    def with_jwt(self, jwt_key: PrivateKey, jwks: bytes) -> TrustBundle:
+        """This bundle with a JWT key and its JWK Set (e.g. added at a start with JWT enabled)."""
+        return replace(self, jwt_key=jwt_key, jwks=jwks)
+
+    def with_jwt_of(self, other: TrustBundle) -> TrustBundle:
+        """This bundle carrying ``other``'s JWT items (X.509 rotation keeps the JWT key)."""
+        return replace(self, jwt_key=other.jwt_key, jwks=other.jwks)
 
 
 def generate_bundle(
@@ -166,13 +197,18 @@ def parse_public_bundle(items: Mapping[str, bytes], labels: Mapping[str, str] | 
     """Parse and verify the public part; raises BundleError naming the item (``labels`` maps
     logical item names to what the operator sees, e.g. file paths)."""
     label = _labeller(labels)
-    for item in PUBLIC_ITEMS:
+    for item in REQUIRED_PUBLIC_ITEMS:
         if item not in items:
             raise BundleError("is missing", item=label(item))
     anchors = parse_certificates(items[ANCHORS], label(ANCHORS))
     chain = parse_certificates(items[ISSUER_CHAIN], label(ISSUER_CHAIN))
     chain = _strip_anchors(chain, anchors)
-    public = PublicBundle(anchors, chain)
+    jwks = items.get(JWKS)
+    if jwks is not None:
+        from .jwt_svid import parse_jwks
+
+        parse_jwks(jwks, label(JWKS))
+    public = PublicBundle(anchors, chain, jwks=jwks)
     _verify_public(public, label)
     return public
 
@@ -181,8 +217,9 @@ def parse_bundle(items: Mapping[str, bytes], labels: Mapping[str, str] | None = 
     """Parse and structurally verify a whole bundle (design §5 load rules).
 
     items: logical name → bytes; ``ca.crt``, ``issuer.crt`` and ``issuer.key`` are required,
-    ``root.key`` optional. Checks: anchors self-signed CAs; issuer chain in order and
-    verifying to an anchor; issuer key matches the issuer; root key (if any) matches an anchor.
+    ``root.key`` optional, ``jwt.key`` and ``jwks.json`` optional but only together. Checks:
+    anchors self-signed CAs; issuer chain in order and verifying to an anchor; issuer key matches
+    the issuer; root key (if any) matches an anchor; the JWK Set (if any) publishes the JWT key.
     Validity periods are not structural and are not checked here.
     Raises BundleError whose message names the item and the problem.
     """
@@ -207,7 +244,31 @@ def parse_bundle(items: Mapping[str, bytes], labels: Mapping[str, str] | None = 
         root_pub = public_key_der(root_key.public_key())
         if not any(public_key_der(a.public_key()) == root_pub for a in public.trust_anchors):
             raise BundleError(f"does not match any trust anchor in {label(ANCHORS)}", item=label(ROOT_KEY))
-    return TrustBundle(public.trust_anchors, public.issuer_chain, issuer_key, root_key)
+    jwt_key = _parse_jwt_key(items, public, label)
+    return TrustBundle(
+        public.trust_anchors, public.issuer_chain, issuer_key, root_key, jwt_key=jwt_key, jwks=public.jwks
+    )
+
+
+def _parse_jwt_key(
+    items: Mapping[str, bytes], public: PublicBundle, label: Callable[[str], str]
+) -> PrivateKey | None:
+    if JWT_KEY not in items and JWKS not in items:
+        return None
+    for item, other in ((JWT_KEY, JWKS), (JWKS, JWT_KEY)):
+        if item not in items:
+            raise BundleError(
+                f"is missing, but {label(other)} is present (the JWT items go together)", item=label(item)
+            )
+    from .jwt_svid import algorithm_for_key, signing_key_id
+
+    jwt_key = _parse_key(items[JWT_KEY], label(JWT_KEY))
+    if algorithm_for_key(jwt_key) is None:
+        raise BundleError(
+            "is not an RSA (2048 bits or more), ECDSA P-256 or Ed25519 key", item=label(JWT_KEY)
+        )
+    signing_key_id(items[JWKS], jwt_key, item=label(JWKS))  # the JWK Set must publish the key
+    return jwt_key
 
 
 def _labeller(labels: Mapping[str, str] | None) -> Callable[[str], str]:

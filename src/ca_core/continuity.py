@@ -9,7 +9,9 @@ current issuer chain ends at) is refused, since every workload holding a current
 would stop trusting its peers, unless that root is *released*
 (:func:`ca_core.rotation.document.released_roots`: expired, pruned as the current rotation state
 scheduled, activated-and-pruned when its chain expired, or removed by a recorded emergency
-rotation), or the operator forces it.
+rotation), or the operator forces it. Likewise a replacement whose ``jwks.json`` leaves out a key
+the current one publishes is refused (JWT-SVIDs signed with it would stop verifying) unless forced:
+JWT key rotation, which will release such keys, is not there yet.
 
 Where there is no bundle in force (a task starting, the config-change function), "current" is the
 store's **record of the last accepted bundle** (:func:`judge_against_record`): its public part,
@@ -27,7 +29,7 @@ from datetime import datetime
 
 from cryptography import x509
 
-from .bundle import ROOT_KEY, PublicBundle, fingerprint, parse_public_bundle
+from .bundle import JWKS, ROOT_KEY, PublicBundle, fingerprint, parse_public_bundle
 from .errors import BundleError
 from .keys import load_private_key, public_key_der
 from .rotation.document import public_items, released_roots
@@ -40,11 +42,13 @@ class Verdict:
     allowed: whether it may take effect. dropped_root: the current active root the replacement
     leaves out of its trust anchors (None when it keeps it or there is none); set also when the
     drop is allowed (released or forced). released: that root is released by the rotation rules.
+    dropped_jwt_keys: the kid of each key of the current ``jwks.json`` the replacement leaves out.
     """
 
     allowed: bool
     dropped_root: x509.Certificate | None = None
     released: bool = False
+    dropped_jwt_keys: tuple[str, ...] = ()
 
 
 def judge_replacement(
@@ -58,12 +62,17 @@ def judge_replacement(
 ) -> Verdict:
     """Judge replacing ``current`` (the bundle in force, parsed, and its store items) with ``new``
     at ``now`` (aware UTC). The items supply the rotation states (``rotation.json``) that decide
-    which roots are released. ``force``: the operator's explicit override (``--force``). Pure."""
+    which roots are released, and the JWK Sets (``jwks.json``) the JWT keys each publishes.
+    ``force``: the operator's explicit override (``--force``). Pure."""
+    from .jwt_svid import dropped_keys
+
+    dropped_kids = dropped_keys(current_items.get(JWKS), new_items.get(JWKS))
+    jwt_ok = force or not dropped_kids
     active_root = current.anchor_for(current.issuer_chain[-1])
     if active_root is None or active_root in new.trust_anchors:
-        return Verdict(True)
+        return Verdict(jwt_ok, dropped_jwt_keys=dropped_kids)
     released = fingerprint(active_root) in released_roots(current_items, new_items, now)
-    return Verdict(released or force, active_root, released)
+    return Verdict((released or force) and jwt_ok, active_root, released, dropped_kids)
 
 
 def matches_record(record: Mapping[str, bytes], items: Mapping[str, bytes]) -> bool:
@@ -95,6 +104,13 @@ def judge_against_record(
 def refusal_message(verdict: Verdict, where: str) -> str:
     """The operator's sentence for a refused ``verdict`` about the bundle in ``where``."""
     root = verdict.dropped_root
+    if root is None and verdict.dropped_jwt_keys:
+        return (
+            f"the trust bundle in {where} does not publish the JWT key(s) "
+            f"{', '.join(verdict.dropped_jwt_keys)} of the current jwks.json; applying it would make "
+            "every JWT-SVID they signed fail to verify. Keep them in jwks.json, or force the change "
+            "explicitly"
+        )
     subject = root.subject.rfc4514_string() if root is not None else "?"
     return (
         f"the trust bundle in {where} does not include the active root ({subject}); applying it "
@@ -116,7 +132,7 @@ def check_replacement(
     """:func:`judge_replacement`, raising BundleError (reason ``bundle_invalid``) for a refusal;
     ``where`` names the replacement's location in the message."""
     verdict = judge_replacement(current, current_items, new, new_items, now, force=force)
-    if verdict.allowed or verdict.dropped_root is None:
+    if verdict.allowed:
         return
     raise BundleError(refusal_message(verdict, where))
 

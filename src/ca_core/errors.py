@@ -2,10 +2,10 @@
 
 | class               | gRPC status          | meaning                                         |
 |---------------------|----------------------|-------------------------------------------------|
-| InvalidRequest      | INVALID_ARGUMENT     | the validator choice or the CSR's bytes are bad |
+| InvalidRequest      | INVALID_ARGUMENT     | the validator choice, CSR bytes, jwt_audiences  |
 | PermissionDenied    | PERMISSION_DENIED    | who the caller is, or what it asked to be       |
 | Unavailable         | UNAVAILABLE          | a backend the CA needs cannot be used           |
-| FailedPrecondition  | FAILED_PRECONDITION  | the CA itself cannot sign now (issuer invalid)  |
+| FailedPrecondition  | FAILED_PRECONDITION  | the CA cannot sign now (issuer invalid, JWT key)|
 | BundleError         | (start-up failure)   | the trust bundle in a store is unusable         |
 """
 

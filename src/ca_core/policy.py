@@ -21,14 +21,16 @@ from .bundle import certificates_pem
 from .certs import IpAddress, check_issuer_valid, sign_workload
 from .config import Config, JwksSettings
 from .durations import format_duration
-from .errors import ConfigError, FailedPrecondition
+from .errors import BundleError, ConfigError, FailedPrecondition
 from .keys import private_key_pem
 from .service import SigningPolicy
 from .spiffe_id import SpiffeId
 from .validators import Identity, TokenValidatorKind
 
 if TYPE_CHECKING:
+    from .bundle import TrustBundle
     from .bundle_settings import BundleSettings
+    from .jwt_svid import JwtIssuer
     from .rotation.state import RotationPolicy
     from .service import Signer
 
@@ -62,6 +64,28 @@ def cluster_domain(cfg: Config, derived: str | None) -> str:
     if derived is not None and cfg.effective_mode == "kubernetes":
         return derived
     return cfg.trust_domain
+
+
+def jwt_issuer(cfg: Config, bundle: TrustBundle) -> JwtIssuer | None:
+    """The JWT-SVID signer of ``cfg`` over ``bundle`` (design §11), None with ``--jwt-enabled``
+    off. The ``kid`` is ``--jwt-key-id`` (which must name the key's entry in ``jwks.json``), else
+    that entry's. Raises BundleError when the bundle has no JWT key, its JWK Set does not publish
+    it, or the key does not fit ``--jwt-signing-algorithm``."""
+    if not cfg.jwt_enabled:
+        return None
+    from .jwt_svid import JwtIssuer, signing_key_id
+
+    if bundle.jwt_key is None or bundle.jwks is None:
+        raise BundleError("--jwt-enabled is set but the trust bundle holds no JWT key (jwt.key, jwks.json)")
+    kid = signing_key_id(bundle.jwks, bundle.jwt_key, key_id=cfg.jwt_key_id)
+    return JwtIssuer.create(
+        bundle.jwt_key,
+        cfg.jwt_signing_algorithm,
+        kid,
+        ttl=cfg.jwt_ttl,
+        clock_skew=cfg.allowed_clock_skew,
+        issuer=cfg.jwt_issuer,
+    )
 
 
 def stale_signing_bound(cfg: Config) -> timedelta:

@@ -15,6 +15,7 @@ from .bundle import TrustBundle
 from .certs import DEFAULT_CLOCK_SKEW, DEFAULT_WORKLOAD_TTL, IpAddress, WorkloadSigner
 from .csr import csr_public_key
 from .errors import InvalidRequest, PermissionDenied
+from .jwt_svid import IssuedJwts, JwtIssuer, audience_problem
 from .keys import PublicKey
 from .spiffe_id import SpiffeId
 from .validators import Identity, SignRequest, TokenValidatorKind, Validator
@@ -42,7 +43,8 @@ class SignedCertificate:
     """The answer to a sign request: ``certificate`` (the leaf), ``chain_pem`` (leaf then issuer
     chain, PEM), ``anchors_pem`` (every trust anchor, PEM), ``not_after`` (leaf NotAfter, UTC),
     ``validator``: the name of the validator that proved the identity ("" when the CA issued to
-    itself), for the audit record."""
+    itself), for the audit record; ``jwts``: the JWT-SVIDs (response fields 4 and 5), None when
+    JWT issuance is off."""
 
     certificate: x509.Certificate
     chain_pem: bytes
@@ -50,6 +52,7 @@ class SignedCertificate:
     not_after: datetime
     spiffe_id: SpiffeId
     validator: str = ""
+    jwts: IssuedJwts | None = None
 
 
 @dataclass(frozen=True)
@@ -84,13 +87,15 @@ class Signer:
     """Signs requests with one bundle, one set of validators and one policy (immutable).
 
     validators: wire kind → validator (the enabled ones); default_validator: used when the
-    request's token_validator is 0, or None when requests must name one.
+    request's token_validator is 0, or None when requests must name one; jwt: signs the
+    JWT-SVIDs of each answer (``--jwt-enabled``), None when they are not issued.
     """
 
     bundle: TrustBundle
     policy: SigningPolicy
     validators: Mapping[TokenValidatorKind, Validator] = field(default_factory=dict)
     default_validator: TokenValidatorKind | None = None
+    jwt: JwtIssuer | None = None
 
     @cached_property
     def _workload_signer(self) -> WorkloadSigner:
@@ -136,10 +141,20 @@ class Signer:
     def sign_proven(
         self, request: SignRequest, validator: Validator, identity: Identity, now: datetime
     ) -> SignedCertificate:
-        """design §3 steps 4–6 for an identity :meth:`prove` returned: the CSR's key, signed.
-        Raises InvalidRequest (CSR bytes) or FailedPrecondition (issuer not valid now)."""
+        """design §3 steps 4–6 for an identity :meth:`prove` returned: the CSR's key, signed,
+        and with JWT issuance on, the JWT-SVIDs, signed only once the certificate is (``exp``
+        capped at its NotAfter). Raises InvalidRequest (CSR bytes, ``jwt_audiences``) or
+        FailedPrecondition (issuer not valid now, a JWT that cannot be signed): never a partial
+        answer."""
         public_key = csr_public_key(request.csr_pem)
-        return replace(self.issue(public_key, identity, now), validator=validator.kind.name.lower())
+        if self.jwt is not None and (problem := audience_problem(request.jwt_audiences)):
+            raise InvalidRequest(problem, reason="jwt_audiences")
+        signed = replace(self.issue(public_key, identity, now), validator=validator.kind.name.lower())
+        if self.jwt is None:
+            return signed
+        sid = signed.spiffe_id
+        jwts = self.jwt.issue(str(sid), sid.trust_domain, request.jwt_audiences, now, signed.not_after)
+        return replace(signed, jwts=jwts)
 
     def _check_not_reserved(self, identity: Identity) -> None:
         sid = identity.spiffe_id

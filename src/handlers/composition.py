@@ -162,7 +162,7 @@ def load_bundle(
                 format_duration(cfg.issuer_ttl or DEFAULT_CA_LIFETIME),
                 "" if by_operator else "; --bootstrap-policy never would refuse this",
             )
-        return generate_bundle(
+        bundle = generate_bundle(
             cfg.trust_domain,
             ca_identity,
             now,
@@ -170,11 +170,51 @@ def load_bundle(
             root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
             issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
         )
+        if cfg.jwt_enabled:
+            from ca_core.jwt_svid import new_jwt_items
+
+            bundle = bundle.with_jwt(*new_jwt_items(cfg.jwt_signing_algorithm, key_id=cfg.jwt_key_id))
+        return bundle
 
     bundle, stored, created = load_or_create_stored(store, generate, store_retry(), admit=admit)
     if publish and not created:
         store.publish_public(stored)
     return LoadedBundle(bundle, stored.version, created, stored)
+
+
+def ensure_jwt_key(cfg: Config, store: BundleStore, loaded: LoadedBundle, now: datetime) -> LoadedBundle:
+    """design §5.2, §11: with ``--jwt-enabled``, a start on a bundle without a JWT key adds one
+    (``--jwt-signing-algorithm``, kid ``--jwt-key-id`` or the thumbprint) by a conditional replace
+    of the version it read: the X.509 items stay as they are, so trust continuity holds. A
+    replica that loses the race loads the winner's bundle. Otherwise ``loaded`` as it is.
+    Raises BundleError when the store changed into a bundle that still has no JWT key."""
+    if not cfg.jwt_enabled or loaded.bundle.jwt_key is not None:
+        return loaded
+    from ca_core.jwt_svid import key_ids, new_jwt_items
+
+    bundle = loaded.bundle.with_jwt(*new_jwt_items(cfg.jwt_signing_algorithm, key_id=cfg.jwt_key_id))
+    items = {**loaded.stored.items, **bundle.to_items()}
+    where = store.description
+    version = store_retry().run(
+        f"add the JWT key to the trust bundle in {where}",
+        lambda: store.replace_version(items, loaded.version),
+    )
+    if version is not None:
+        log.warning(
+            "--jwt-enabled: the trust bundle in %s had no JWT key; added one (%s, kid %s)",
+            where,
+            cfg.jwt_signing_algorithm.value,
+            ", ".join(key_ids(bundle.jwks or b"")),
+        )
+        return LoadedBundle(bundle, version, loaded.created, StoredBundle(items, version))
+    log.info("the trust bundle in %s changed while adding a JWT key; loading it", where)
+    again = load_bundle(cfg, store, now, create_if_empty=False, publish=False)
+    if again.bundle.jwt_key is None:
+        raise BundleError(
+            f"--jwt-enabled: the trust bundle in {where} has no JWT key and changed while one was "
+            "being added; start again"
+        )
+    return again
 
 
 @dataclass(frozen=True)
@@ -300,8 +340,10 @@ def build_signer(
     """A Signer over ``bundle`` with the policy of ``cfg`` and ``validators`` (enabled, default),
     built from ``cfg`` when not given; ``derived_cluster_domain``: :func:`derive_cluster_domain`'s
     result."""
-    from ca_core.policy import signing_policy
+    from ca_core.policy import jwt_issuer, signing_policy
     from ca_core.service import Signer
 
     enabled, default = validators if validators is not None else build_validators(cfg)
-    return Signer(bundle, signing_policy(cfg, derived_cluster_domain), enabled, default)
+    return Signer(
+        bundle, signing_policy(cfg, derived_cluster_domain), enabled, default, jwt_issuer(cfg, bundle)
+    )

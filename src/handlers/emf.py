@@ -16,7 +16,7 @@ installed in the server image; an EMF document is plain JSON.
 Documents, namespace ``SentryCA``, dimension ``service`` (``POWERTOOLS_SERVICE_NAME``, which
 the template sets to the stack name, as for the functions):
 
-- dimensions [service]: SignRequests, SignSuccesses, SignFailures (Count), SignLatency
+- dimensions [service]: SignRequests, SignSuccesses, SignFailures, JwtSvidsIssued (Count), SignLatency
   (Milliseconds, a distribution; absent when no call was answered), IssuerDaysLeft,
   ServedCoverageDays (days, from the bundle in force), Restarts, BundleChangesRefused (Count);
 - dimensions [service, category, reason]: SignFailures, one document per pair that counted.
@@ -41,6 +41,7 @@ DEFAULT_SERVICE = "sentryca"
 SIGN_REQUESTS = "SignRequests"
 SIGN_SUCCESSES = "SignSuccesses"
 SIGN_FAILURES = "SignFailures"
+JWT_SVIDS_ISSUED = "JwtSvidsIssued"
 SIGN_LATENCY = "SignLatency"
 ISSUER_DAYS_LEFT = "IssuerDaysLeft"
 SERVED_COVERAGE_DAYS = "ServedCoverageDays"
@@ -52,6 +53,7 @@ FAILURE_DIMENSIONS = ("category", "reason")
 COUNTERS = {
     SIGN_REQUESTS: "dapr_sentry_cert_sign_request_received_total",
     SIGN_SUCCESSES: "dapr_sentry_cert_sign_success_total",
+    JWT_SVIDS_ISSUED: "sentryca_jwt_svids_issued_total",
     RESTARTS: "sentryca_restarts_total",
     BUNDLE_CHANGES_REFUSED: "sentryca_bundle_change_refused_total",
 }

@@ -273,6 +273,11 @@ class CAServicer:
             trust_chain_certificates=[result.anchors_pem],
         )
         response.valid_until.FromDatetime(result.not_after)
+        if result.jwts is not None:  # fields 4 and 5 as Dapr's Sentry 1.18 fills them; else unset
+            response.jwt.value = result.jwts.jwt
+            for audience, token in result.jwts.per_audience.items():
+                response.per_audience_jwts[audience].value = token
+            self._metrics.jwt_issued.inc(result.jwts.count)
         return response
 
     async def _answer(
@@ -350,7 +355,8 @@ class CAServicer:
 
 def audit_issued(result: SignedCertificate, *, call_id: str | None, peer: str | None) -> None:
     """One audit record (logger ``sentryca.audit``) for an issued certificate: event, serial (hex),
-    spiffe_id, validator, peer address, not_after (ISO 8601 UTC), call_id. Never the CSR or a token."""
+    spiffe_id, validator, peer address, not_after (ISO 8601 UTC), call_id, and with JWT-SVIDs
+    jwt_ids (the ``jti`` of each token, comma-separated, ``jwt``'s first). Never the CSR or a token."""
     if not audit_log.isEnabledFor(logging.INFO):
         return
     audit_log.info(
@@ -365,5 +371,6 @@ def audit_issued(result: SignedCertificate, *, call_id: str | None, peer: str | 
             "peer": peer,
             "not_after": result.not_after.isoformat(),
             "call_id": call_id,
+            **({"jwt_ids": ",".join(result.jwts.jtis)} if result.jwts is not None else {}),
         },
     )

@@ -55,6 +55,11 @@ class Metrics:
         self.sign_success = Counter(
             "dapr_sentry_cert_sign_success", "Certificates signed successfully", registry=r
         )
+        self.jwt_issued = Counter(
+            "sentryca_jwt_svids_issued",
+            "JWT-SVIDs signed into answers (every token of jwt and per_audience_jwts)",
+            registry=r,
+        )
         self.sign_failure = Counter(
             "dapr_sentry_cert_sign_failure",
             "Failed signing requests, by coarse category and fine-grained reason",

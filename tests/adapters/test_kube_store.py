@@ -89,7 +89,7 @@ def test_dapr_layout_loads_gains_issuer_crt_and_keeps_foreign_keys(kube_api):
     n = name()
     items = make_bundle().to_items()
     del items["root.key"]
-    dapr_layout(kube_api.server, n, items, **{"jwt.key": b64(b"not ours")})
+    dapr_layout(kube_api.server, n, items, **{"other.key": b64(b"not ours")})
     before = secret(kube_api.server, n)
     store = open_store(f"kubernetes://{NS}/{n}", kubeconfig=kube_api.kubeconfig)
     bundle, version, created = load_or_create(store, make_bundle)
@@ -97,11 +97,11 @@ def test_dapr_layout_loads_gains_issuer_crt_and_keeps_foreign_keys(kube_api):
     cm = config_map(kube_api.server, n)
     assert cm["data"] == {"ca.crt": items["ca.crt"].decode(), "issuer.crt": items["issuer.crt"].decode()}
     assert cm["metadata"]["labels"] == {"app": "dapr-sentry"}  # the Helm chart's object, updated in place
-    # A replacement keeps what is not ours (Dapr's JWT key, the labels) and the Secret's identity.
+    # A replacement keeps what is not ours (another key, the labels) and the Secret's identity.
     new = make_bundle().to_items()
     assert store.replace(new, version)
     after = secret(kube_api.server, n)
-    assert after["data"]["jwt.key"] == b64(b"not ours") and after["metadata"]["labels"] == {
+    assert after["data"]["other.key"] == b64(b"not ours") and after["metadata"]["labels"] == {
         "app": "dapr-sentry"
     }
     assert after["metadata"]["uid"] == before["metadata"]["uid"]

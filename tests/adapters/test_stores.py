@@ -319,6 +319,16 @@ def test_bundles_as_dapr_sentry_writes_them_load(kit, algorithm, key_format):
     assert kit.source_of_truth() == before
 
 
+def _jwt_mismatch() -> dict[str, bytes]:
+    from ca_core.jwt_svid import JwtAlgorithm
+
+    mine, other = (
+        make_bundle(jwt=JwtAlgorithm.ES256).to_items(),
+        make_bundle(jwt=JwtAlgorithm.ES256).to_items(),
+    )
+    return {"jwt.key": mine["jwt.key"], "jwks.json": other["jwks.json"]}
+
+
 def _damaged(kind: str):
     good = make_bundle().to_items()
     other = make_bundle().to_items()
@@ -328,6 +338,8 @@ def _damaged(kind: str):
         "mismatched key": (good | {"issuer.key": other["issuer.key"]}, "does not match"),
         "issuer of another root": (good | {"issuer.crt": other["issuer.crt"]}, "does not verify"),
         "only the root key": ({"root.key": good["root.key"]}, "missing"),
+        "jwt.key without jwks.json": (good | {"jwt.key": good["issuer.key"]}, "jwks.json: is missing"),
+        "jwks.json not publishing jwt.key": (good | _jwt_mismatch(), "does not hold the public key"),
     }
     if kind in ("s3", "secretsmanager"):
         cases["not JSON"] = (b"\x00garbage", "JSON")
@@ -864,3 +876,102 @@ def test_a_polling_ca_whose_store_loses_its_bundle_says_so_and_keeps_signing(kit
         assert metric(ca, "sentryca_store_degraded") == 0 and signs(ca, anchors)
     finally:
         ca.stop(grace=0)
+
+
+# -- the JWT items (design §5.1, §11) -------------------------------------------------------------
+
+
+def test_a_bundle_with_jwt_items_round_trips_and_only_the_jwks_is_public(kit):
+    from ca_core.jwt_svid import JwtAlgorithm
+
+    bundle = make_bundle(jwt=JwtAlgorithm.RS256)
+    items = bundle.to_items()
+    store = kit.store()
+    _, _, created = load_or_create(store, lambda: bundle)
+    assert created and dict(store.load().items) == items
+    again = parse_bundle(store.load().items)
+    assert (
+        again.jwks == items["jwks.json"]
+        and again.jwt_key.private_numbers() == bundle.jwt_key.private_numbers()
+    )
+    public = store.load_public().items
+    assert public == {k: items[k] for k in ("ca.crt", "issuer.crt", "jwks.json")}  # never jwt.key
+    assert parse_public_bundle(public).jwks == items["jwks.json"]
+    if kit.kind == "kubernetes":  # Dapr's names: the Secret holds both, the ConfigMap jwks.json
+        s = kit.kube.server.get("v1", "secrets", KUBE_NAMESPACE, kit.name)
+        assert base64.b64decode(s["data"]["jwt.key"]) == items["jwt.key"]
+        assert base64.b64decode(s["data"]["jwks.json"]) == items["jwks.json"]
+        cm = kit.kube.server.get("v1", "configmaps", KUBE_NAMESPACE, kit.name)
+        assert cm["data"]["jwks.json"] == items["jwks.json"].decode() and "jwt.key" not in cm["data"]
+    if kit.kind == "file":
+        assert (kit.dir / "jwt.key").stat().st_mode & 0o777 == 0o600
+        assert (kit.dir / "jwks.json").read_bytes() == items["jwks.json"]
+    # a replacement without the JWT items drops jwks.json from the public part once accepted
+    plain = make_bundle().to_items()
+    assert store.replace(plain, store.load().version)
+    store.publish_public(store.load())
+    assert set(store.load_public().items) == {"ca.crt", "issuer.crt"}
+
+
+def _dapr_jwt_items(key) -> dict[str, bytes]:
+    """jwt.key and jwks.json as Dapr's Sentry writes them (``bundle.GenerateJWT``): PKCS#8 RSA-2048,
+    one JWK with kid = standard base64 of its SHA-256 thumbprint, alg RS256, use sig (jwx sorts
+    the members)."""
+    import hashlib
+
+    pub = key.public_key().public_numbers()
+
+    def b64url(n: int) -> str:
+        return base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+
+    e, n = b64url(pub.e), b64url(pub.n)
+    kid = base64.b64encode(hashlib.sha256(f'{{"e":"{e}","kty":"RSA","n":"{n}"}}'.encode()).digest()).decode()
+    jwk = {"alg": "RS256", "e": e, "kid": kid, "kty": "RSA", "n": n, "use": "sig"}
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return {"jwt.key": pem, "jwks.json": json.dumps({"keys": [jwk]}).encode()}
+
+
+def test_a_dapr_written_bundle_with_jwt_items_loads_as_is(kit):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from ca_core.config import load_config
+    from ca_core.policy import jwt_issuer
+
+    key = rsa.generate_private_key(65537, 2048)
+    items = make_bundle().to_items() | _dapr_jwt_items(key)
+    del items["root.key"]
+    kit.write_raw(items)
+    before = kit.source_of_truth()
+    bundle, _, created = load_or_create(kit.store(), make_bundle)
+    assert not created and bundle.jwt_key.private_numbers() == key.private_numbers()
+    assert kit.source_of_truth() == before
+    issuer = jwt_issuer(load_config({"jwt_enabled": "true"}, {}), bundle)
+    assert issuer.key_id == json.loads(items["jwks.json"])["keys"][0]["kid"]
+
+
+def test_a_start_with_jwt_on_adds_the_key_once_and_a_racing_replica_loads_the_winners(kit):
+    """design §5.2: composition.ensure_jwt_key on each store: a conditional replace that keeps
+    every X.509 item byte for byte; the replica that read the same version and lost loads the key
+    the winner wrote."""
+    from ca_core.config import load_config
+    from handlers import composition
+
+    plain = make_bundle().to_items()
+    store = kit.store()
+    assert store.create(plain)
+    cfg = load_config({"jwt_enabled": "true", "jwt_signing_algorithm": "ES256"}, {})
+    first = composition.load_bundle(cfg, store, NOW, publish=False)
+    second = composition.load_bundle(cfg, kit.store(), NOW, publish=False)  # same version read
+    assert first.bundle.jwt_key is None and first.version == second.version
+    won = composition.ensure_jwt_key(cfg, store, first, NOW)
+    lost = composition.ensure_jwt_key(cfg, kit.store(), second, NOW)
+    assert won.bundle.jwks is not None and lost.bundle.jwks == won.bundle.jwks
+    assert lost.version == won.version == store.load().version
+    items = dict(store.load().items)
+    assert {k: items[k] for k in plain} == plain and set(items) == {*plain, "jwt.key", "jwks.json"}
+    again = composition.ensure_jwt_key(
+        cfg, store, composition.load_bundle(cfg, store, NOW, publish=False), NOW
+    )
+    assert again.version == won.version  # nothing to add: nothing written

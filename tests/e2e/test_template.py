@@ -253,6 +253,18 @@ def test_the_bootstrap_policy_is_a_parameter_of_the_service():
         assert load_config({}, {"SENTRY_BOOTSTRAP_POLICY": value}).bootstrap_policy == value
 
 
+def test_jwt_issuance_is_a_parameter_of_the_service_off_by_default():
+    param = TEMPLATE["Parameters"]["JwtEnabled"]
+    assert param["Default"] == "false" and param["AllowedValues"] == ["true", "false"]
+    env = {
+        e["Name"]: e["Value"]
+        for e in RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
+    }
+    assert env["SENTRY_JWT_ENABLED"] == {"Ref": "JwtEnabled"}
+    for value in param["AllowedValues"]:
+        assert load_config({}, {"SENTRY_JWT_ENABLED": value}).jwt_enabled is (value == "true")
+
+
 RULES = {
     "S3BundleChangedRule": ["s3_eventbridge.json"],
     "SecretBundleChangedRule": ["secretsmanager_cloudtrail.json"],

@@ -14,6 +14,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from adapters.stores import FileBundleStore
 from ca_core.bundle import ROTATION_STATE, TrustBundle, fingerprint, generate_bundle
 from ca_core.certs import generate_issuer, generate_root
+from ca_core.jwt_svid import JwtAlgorithm, new_jwt_items
 from ca_core.keys import KeyAlgorithm
 from ca_core.rotation import codec
 from ca_core.rotation.state import RemovedRoot, RotationState, active_root
@@ -57,9 +58,11 @@ def make_bundle(
     root_lifetime: timedelta = timedelta(days=365),
     issuer_lifetime: timedelta = timedelta(days=365),
     trust_domain: str = "localhost",
+    jwt: JwtAlgorithm | None = None,
 ) -> TrustBundle:
+    """A fresh bundle; ``jwt``: with a JWT key of that algorithm and its JWK Set (default kid)."""
     policy = SigningPolicy(trust_domain=trust_domain)
-    return generate_bundle(
+    bundle = generate_bundle(
         trust_domain,
         policy.ca_identity,
         now,
@@ -67,6 +70,7 @@ def make_bundle(
         root_lifetime=root_lifetime,
         issuer_lifetime=issuer_lifetime,
     )
+    return bundle if jwt is None else bundle.with_jwt(*new_jwt_items(jwt))
 
 
 def bundle_with_issuer_window(

@@ -45,6 +45,8 @@ from ca_core.bundle import (
     ANCHORS,
     ISSUER_CHAIN,
     ISSUER_KEY,
+    JWKS,
+    JWT_KEY,
     PUBLIC_ITEMS,
     ROOT_KEY,
     ROTATION_STATE,
@@ -325,7 +327,11 @@ class FileBundleStore:
         gen = Path(tempfile.mkdtemp(prefix=_GEN_PREFIX, dir=self.directory))  # 0700
         names = self.names.mapping()
         # Keys first, certificates last (matters only for readers of a half-adopted directory).
-        order = [i for i in (ROOT_KEY, ISSUER_KEY, ROTATION_STATE, ISSUER_CHAIN, ANCHORS) if i in items]
+        order = [
+            i
+            for i in (ROOT_KEY, ISSUER_KEY, JWT_KEY, ROTATION_STATE, JWKS, ISSUER_CHAIN, ANCHORS)
+            if i in items
+        ]
         for item in order:
             fd = os.open(gen / names[item], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:

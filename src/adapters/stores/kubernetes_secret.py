@@ -4,9 +4,10 @@ The Secret (type Opaque) is the source of truth. Its keys are the item names of
 ``--issuer-ca-filename``, ``--issuer-certificate-filename`` and ``--issuer-key-filename``
 (``ca.crt``, ``issuer.crt``, ``issuer.key`` by default, as Dapr's Sentry and Helm chart write
 them), plus ``root.key`` when the CA made the root and ``rotation.json`` once rotation keeps
-state. Other keys in the Secret (e.g. Dapr's JWT signing key) are kept on every write. A
-Secret that exists without any bundle key (Dapr's Helm chart creates ``dapr-trust-bundle``
-empty) is an empty store.
+state, and Dapr's JWT items ``jwt.key`` and ``jwks.json`` (the ConfigMap carries ``jwks.json``,
+as Dapr's Sentry distributes it). Other keys in the Secret are kept on every write. A Secret
+that exists without any bundle key (Dapr's Helm chart creates ``dapr-trust-bundle`` empty) is an
+empty store.
 
 Writes are conditional. Create: POST; 409 AlreadyExists means the Secret exists: if it holds
 no bundle key it is filled with a PUT carrying the resourceVersion just read (409 Conflict:
@@ -47,7 +48,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE, STORE_ITEMS, FileNames
+from ca_core.bundle import ANCHORS, ISSUER_CHAIN, JWKS, ROTATION_STATE, STORE_ITEMS, FileNames
 from ca_core.errors import BundleError, Unavailable
 from ca_core.rotation.document import public_items
 
@@ -90,7 +91,7 @@ class KubernetesSecretBundleStore:
         self.request_timeout = request_timeout
         self.description = f"kubernetes://{namespace}/{secret}"
         self._keys = {item: key for item, key in self.names.mapping().items() if item in STORE_ITEMS}
-        self._public_keys = {i: self._keys[i] for i in (ANCHORS, ISSUER_CHAIN, ROTATION_STATE)}
+        self._public_keys = {i: self._keys[i] for i in (ANCHORS, ISSUER_CHAIN, ROTATION_STATE, JWKS)}
         self._api_client = api_client
         self._core: Any = None
 

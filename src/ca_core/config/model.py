@@ -13,6 +13,7 @@ from typing import Any
 from ..bundle import FileNames
 from ..durations import format_duration
 from ..errors import ConfigError
+from ..jwt_svid import DEFAULT_JWT_TTL, JwtAlgorithm
 from ..keys import KeyAlgorithm
 from ..spiffe_id import namespace_problem, trust_domain_problem
 
@@ -42,6 +43,8 @@ MAX_WORKERS = 64
 MAX_CA_TTL = timedelta(days=3650)
 MIN_CA_TTL_CHECKS = 12
 MIN_ROOT_TTL_WINDOWS = 3
+MAX_JWT_TTL = timedelta(days=30)
+MAX_JWT_CLAIM_LENGTH = 1024  # --jwt-issuer, --jwt-key-id
 
 DEFAULT_JWKS_MIN_REFRESH = timedelta(minutes=10)
 DEFAULT_JWKS_REQUEST_TIMEOUT = timedelta(seconds=30)
@@ -94,6 +97,11 @@ class Config:
     workload_cert_ttl: timedelta = timedelta(hours=24)
     allowed_clock_skew: timedelta = timedelta(minutes=15)
     ca_key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
+    jwt_enabled: bool = False
+    jwt_ttl: timedelta = DEFAULT_JWT_TTL
+    jwt_issuer: str | None = None
+    jwt_signing_algorithm: JwtAlgorithm = JwtAlgorithm.RS256
+    jwt_key_id: str | None = None
     expiry_check_interval: timedelta = timedelta(hours=1)
     store_poll_interval: timedelta = timedelta(0)
     bootstrap_policy: str = "if-never-held"
@@ -150,7 +158,7 @@ class Config:
             v: object = getattr(self, f.name)
             if isinstance(v, timedelta):
                 v = format_duration(v)
-            elif isinstance(v, KeyAlgorithm):
+            elif isinstance(v, KeyAlgorithm | JwtAlgorithm):
                 v = v.value
             elif isinstance(v, tuple):
                 v = ",".join(v)
@@ -249,6 +257,15 @@ def validate(cfg: Config) -> Config:
             problems.append(f"{flag} must be positive and at most 10m")
     if not timedelta(0) < cfg.idle_timeout <= MAX_IDLE_TIMEOUT:
         problems.append("--idle-timeout must be positive and at most 24h")
+    if not timedelta(0) < cfg.jwt_ttl <= MAX_JWT_TTL:
+        problems.append("--jwt-ttl must be positive and at most 720h (30 days)")
+    if cfg.jwt_issuer is not None and not cfg.jwt_enabled:
+        problems.append("--jwt-issuer is set but --jwt-enabled is false (as Dapr's Sentry, this is refused)")
+    for flag, text in (("--jwt-issuer", cfg.jwt_issuer), ("--jwt-key-id", cfg.jwt_key_id)):
+        if text is not None and not 0 < len(text) <= MAX_JWT_CLAIM_LENGTH:
+            problems.append(f"{flag} must be 1 to {MAX_JWT_CLAIM_LENGTH} characters")
+        elif text is not None and not text.isprintable():
+            problems.append(f"{flag} must be printable text (no control characters)")
     for name in (cfg.issuer_ca_filename, cfg.issuer_certificate_filename, cfg.issuer_key_filename):
         if not name or "/" in name or name in (".", ".."):
             problems.append(f"file name {name!r} must be a plain file name")

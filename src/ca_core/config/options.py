@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..durations import parse_duration
+from ..jwt_svid import JwtAlgorithm
 from ..keys import KeyAlgorithm
 from .model import BOOTSTRAP_POLICIES, MAX_WORKERS, MODES
 
@@ -91,6 +92,10 @@ def _bootstrap_policy(text: str) -> str:
 
 def _algorithm(text: str) -> KeyAlgorithm:
     return KeyAlgorithm.parse(text)
+
+
+def _jwt_algorithm(text: str) -> JwtAlgorithm:
+    return JwtAlgorithm.parse(text)
 
 
 def _audiences(text: str) -> tuple[str, ...]:
@@ -191,6 +196,30 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("allowed-clock-skew", parse_duration, "NotBefore backdating, Go duration (default 15m)"),
     Option(
         "ca-key-algorithm", _algorithm, "for generated roots and issuers: ecdsa-p256, ecdsa-p384, ed25519"
+    ),
+    Option(
+        "jwt-enabled",
+        _bool,
+        "issue JWT-SVIDs (response fields jwt and per_audience_jwts) beside each certificate, signed "
+        "by the bundle's JWT key (jwt.key, published in jwks.json; generated when missing) (default false)",
+    ),
+    Option(
+        "jwt-ttl",
+        parse_duration,
+        "JWT-SVID lifetime, never past the certificate's NotAfter; Go duration, up to 720h (default 24h)",
+    ),
+    Option("jwt-issuer", str, "the iss claim of JWT-SVIDs (default: none); needs --jwt-enabled"),
+    Option(
+        "jwt-signing-algorithm",
+        _jwt_algorithm,
+        "RS256 (RSA-2048), ES256 or EdDSA: the JWT key generated, and what a stored one must be "
+        "(default RS256)",
+    ),
+    Option(
+        "jwt-key-id",
+        str,
+        "the kid of JWT-SVIDs; must name the JWT key's entry in jwks.json (default: that entry's "
+        "kid, for a generated key the base64 SHA-256 JWK thumbprint, RFC 7638)",
     ),
     Option(
         "expiry-check-interval",

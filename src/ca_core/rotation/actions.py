@@ -69,7 +69,7 @@ def emergency_root(
     removed = tuple(
         RemovedRoot(fingerprint(a), subject_of(a), now, "emergency") for a in bundle.trust_anchors
     )
-    new_bundle = TrustBundle((root,), (issuer,), issuer_key, root_key)
+    new_bundle = TrustBundle((root,), (issuer,), issuer_key, root_key).with_jwt_of(bundle)
     new_state = RotationState(
         root_since=now,
         issuer_since=now,

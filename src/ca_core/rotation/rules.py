@@ -199,7 +199,7 @@ def _activate_root(
     old = active_root(bundle)
     prune_after = min(now + acting_leaf_bound(state, policy), _chain_not_after(bundle) + policy.clock_skew)
     chain, key, renewed = _issuer_for_activation(prepared, now, policy)
-    new_bundle = TrustBundle(bundle.trust_anchors, chain, key, prepared.root_key)
+    new_bundle = TrustBundle(bundle.trust_anchors, chain, key, prepared.root_key).with_jwt_of(bundle)
     new_state = replace(
         state,
         root_since=now,

@@ -1,23 +1,21 @@
-"""``sentryca inspect`` and ``sentryca bundle init|import|regenerate`` (``export`` and ``show``:
-``export_verbs``): read or write the trust bundle in a store (design §5). Every write is a create
+"""``sentryca bundle init|import|regenerate`` (``inspect``: ``inspect_verb``; ``export`` and
+``show``: ``export_verbs``): read or write the trust bundle in a store (design §5). Every write is a create
 of an empty store or a replace of the version read (compare-and-swap), so a concurrent writer makes
 the verb refuse, not overwrite."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
 from ca_core.errors import CAError
-from ca_core.expiry import check_expiry
 
-from . import export_verbs
-from .common import BACKUPS, USAGE, CommandError, open_store, read_input, short_version, shown_version
+from . import export_verbs, inspect_verb
+from .common import BACKUPS, USAGE, CommandError, open_store, read_input, short_version
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -32,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "inspect", allow_abbrev=False, help="show the trust anchors and issuer of a store, with time left"
     )
     add_options(p, STORE_OPTIONS)
-    p.set_defaults(func=cmd_inspect)
+    p.set_defaults(func=inspect_verb.cmd_inspect)
 
     bundle = sub.add_parser(
         "bundle", allow_abbrev=False, help="operate on the trust bundle in a store"
@@ -82,103 +80,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=cmd_bundle_regenerate)
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    """Exit 0 when the whole bundle is usable, 1 when it is empty or unusable; the public part
-    (anchors, issuer) is shown whenever it can be read, with the time each has left."""
-    from ca_core.bundle import parse_bundle, parse_public_bundle
-    from ca_core.errors import BundleError, Unavailable
-
-    _, store = open_store(args)
-    stored = store.load_public()
-    if stored is None:
-        evidence = store.held_before()
-        if evidence is None:
-            print(f"{store.description}: empty (no trust bundle yet; `sentryca serve` creates one)")
-        else:
-            print(
-                f"{store.description}: empty, but it held a trust bundle before ({evidence}): restore "
-                "it from a backup with `sentryca bundle import --from DIR` (docs/runbook.md, Restore)"
-            )
-        return 1
-    public = parse_public_bundle(stored.items, store.labels())
-    now = datetime.now(UTC)
-    print(f"store: {store.description} (version {shown_version(store, stored)})")
-    for f in check_expiry(public.anchors_pem, public.issuer_chain_pem, now):
-        level = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
-        not_after = f.not_after.isoformat() if f.not_after else "?"
-        print(
-            f"{f.role:6} {level:15} {_time_left(f.remaining):>20}  NotAfter {not_after}  "
-            f"lifetime {_days_hours(f.lifetime)}  {f.subject}"
-        )
-    try:
-        whole = store.load()
-        if whole is None:
-            raise BundleError("the keys are missing")
-        parse_bundle(whole.items, store.labels())
-    except Unavailable as e:
-        print(f"bundle: the keys cannot be read here ({e}); only the public part was checked")
-        return 0
-    except BundleError as e:
-        print(f"bundle: UNUSABLE: {e}")
-        return 1
-    from ca_core.rotation.codec import describe, parse_state
-
-    bundle = parse_bundle(whole.items, store.labels())
-    try:
-        state = parse_state(whole.items, bundle, store.labels())
-    except BundleError as e:
-        print(f"bundle: UNUSABLE: {e}")
-        return 1
-    for line in describe(state, bundle):
-        print(f"rotation: {line}")
-    print("bundle: complete (anchors, issuer chain and key match)")
-    _print_newest_against_record(store, whole.items, bundle, now)
-    return 0
-
-
-def _print_newest_against_record(
-    store: BundleStore, items: Mapping[str, bytes], bundle: PublicBundle, now: datetime
-) -> None:
-    """When the store's newest bundle is not its record of the last accepted one: what a CA
-    starting now does with it (design §5.4)."""
-    from ca_core.continuity import judge_against_record, matches_record, refusal_message
-
-    try:
-        record = store.load_accepted()
-    except CAError:
-        return
-    if record is None or matches_record(record.items, items):
-        return
-    verdict = judge_against_record(record.items, bundle, items, now)
-    what = "a CA takes it" if verdict.allowed else f"REFUSED: {refusal_message(verdict, store.description)}"
-    print(f"newest: the store's newest bundle is not its record of the last accepted one; {what}")
-
-
 def _lifetime(cert: x509.Certificate) -> str:
     """``lifetime 7d 0h, until 2026-…`` of a certificate (NotAfter - NotBefore)."""
     return (
-        f"lifetime {_days_hours(cert.not_valid_after_utc - cert.not_valid_before_utc)}, until "
+        f"lifetime {inspect_verb.days_hours(cert.not_valid_after_utc - cert.not_valid_before_utc)}, until "
         f"{cert.not_valid_after_utc.isoformat()}"
     )
-
-
-def _days_hours(length: timedelta | None) -> str:
-    """``7d 0h``, ``1d 0h15m`` (minutes only when not whole hours); ``?`` for None."""
-    if length is None:
-        return "?"
-    seconds = int(length.total_seconds())
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    return f"{days}d {hours}h" + (f"{minutes}m" if minutes else "")
-
-
-def _time_left(left: timedelta | None) -> str:
-    if left is None:
-        return "?"
-    seconds = int(left.total_seconds())
-    days, hours = abs(seconds) // 86400, abs(seconds) % 86400 // 3600
-    return f"{days}d {hours}h left" if seconds > 0 else f"expired {days}d {hours}h ago"
 
 
 def cmd_bundle_init(args: argparse.Namespace) -> int:
@@ -210,8 +117,17 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
     import drops (trust continuity, §5.4) is kept. Says what running CAs do with the new bundle.
     Raises CommandError (1 refused, 2 usage), ConfigError, CAError (the given bundle does not
     verify)."""
-    from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, ROOT_KEY, ROTATION_STATE, parse_bundle
-    from ca_core.continuity import judge_replacement, kept_root_key
+    from ca_core.bundle import (
+        ANCHORS,
+        ISSUER_CHAIN,
+        ISSUER_KEY,
+        JWKS,
+        JWT_KEY,
+        ROOT_KEY,
+        ROTATION_STATE,
+        parse_bundle,
+    )
+    from ca_core.continuity import judge_replacement, kept_root_key, refusal_message
     from ca_core.rotation.codec import parse_state
     from handlers.composition import directory_store, store_retry
 
@@ -273,8 +189,15 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
         old, old_items = basis
     else:
         old_items = current.items
+    if damage is None and old is not None and JWT_KEY not in items and JWT_KEY in current.items:
+        # An import without JWT items keeps the current JWT key (as the root key of an anchor that
+        # stays): replacing the X.509 part does not revoke every JWT-SVID issued.
+        items[JWT_KEY], items[JWKS] = current.items[JWT_KEY], current.items[JWKS]
+        print(f"{store.description}: the current JWT key (jwt.key, jwks.json) is kept", file=sys.stderr)
     if old is not None:
         verdict = judge_replacement(old, old_items, new, items, now, force=args.force)
+        if not verdict.allowed and verdict.dropped_root is None:
+            raise CommandError(f"{refusal_message(verdict, 'the imported bundle')}. Nothing was changed.")
         if not verdict.allowed and verdict.dropped_root is not None:
             if args.from_dir:
                 given, remedy = (
@@ -411,6 +334,12 @@ def running_cas_notice(
         return (
             "Running CAs take this bundle at their next store poll (--store-poll-interval), or "
             "when restarted: it keeps the root they serve."
+        )
+    if verdict.dropped_root is None:
+        return (
+            "Running CAs do NOT take this bundle by themselves: it drops the JWT key(s) "
+            f"{', '.join(verdict.dropped_jwt_keys)} they sign with, so they refuse it (trust "
+            "continuity) and go on serving the old bundle. " + restart
         )
     dropped = verdict.dropped_root.subject.rfc4514_string() if verdict.dropped_root else "?"
     hint = (

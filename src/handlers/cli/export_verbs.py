@@ -14,14 +14,14 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, ROOT_KEY, ROTATION_STATE
+from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, JWKS, JWT_KEY, ROOT_KEY, ROTATION_STATE
 from ca_core.config import STORE_OPTIONS, add_options
 from ca_core.errors import CAError
 
 from .common import BACKUPS, USAGE, CommandError, new_backup_directory, open_store, write_file
 
 # Items holding private keys (rotation.json holds those of a prepared root or issuer).
-SECRET_ITEMS = (ISSUER_KEY, ROOT_KEY, ROTATION_STATE)
+SECRET_ITEMS = (ISSUER_KEY, ROOT_KEY, JWT_KEY, ROTATION_STATE)
 
 
 def add_parsers(bundle: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -83,10 +83,10 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
 
 def cmd_bundle_show(args: argparse.Namespace) -> int:
     """The store's public part, verified (anchors self-signed, chain to an anchor): to stdout as
-    PEM (``# ca.crt`` then ``# issuer.crt``), or into ``--out`` as ``ca.crt`` and ``issuer.crt``
-    (0644, replaced atomically). Reads no key. Raises CommandError (1) for an empty store, (2) for
-    an ``--out`` that holds keys or cannot be written; BundleError for a public part that does
-    not verify."""
+    PEM (``# ca.crt`` then ``# issuer.crt``, then ``# jwks.json`` when there is one), or into
+    ``--out`` as ``ca.crt``, ``issuer.crt`` and ``jwks.json`` (0644, replaced atomically). Reads
+    no key. Raises CommandError (1) for an empty store, (2) for an ``--out`` that holds keys or
+    cannot be written; BundleError for a public part that does not verify."""
     from ca_core.bundle import parse_public_bundle
     from handlers.composition import store_retry
 
@@ -101,6 +101,9 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
         sys.stdout.write(public.anchors_pem.decode())
         sys.stdout.write(f"# {ISSUER_CHAIN}: the issuer chain ({len(public.issuer_chain)}), issuer first\n")
         sys.stdout.write(public.issuer_chain_pem.decode())
+        if public.jwks is not None:
+            sys.stdout.write(f"# {JWKS}: the JWK Set verifying the CA's JWT-SVIDs\n")
+            sys.stdout.write(public.jwks.decode(errors="replace").rstrip("\n") + "\n")
         return 0
     out = Path(args.out)
     keys = [name for name in (*SECRET_ITEMS, "..data") if os.path.lexists(out / name)]
@@ -114,10 +117,14 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
         out.mkdir(mode=0o755, parents=True, exist_ok=True)
         write_file(out / ANCHORS, public.anchors_pem, 0o644)
         write_file(out / ISSUER_CHAIN, public.issuer_chain_pem, 0o644)
+        if public.jwks is not None:
+            write_file(out / JWKS, public.jwks, 0o644)
     except OSError as e:
         raise CommandError(f"--out {out}: cannot write ({e.strerror})", USAGE) from None
     print(
         f"wrote the public part of {store.description} to {out}: {ANCHORS} "
-        f"({len(public.trust_anchors)} trust anchor(s)) and {ISSUER_CHAIN}; no private key"
+        f"({len(public.trust_anchors)} trust anchor(s)) and {ISSUER_CHAIN}"
+        + (f" and {JWKS}" if public.jwks is not None else "")
+        + "; no private key"
     )
     return 0

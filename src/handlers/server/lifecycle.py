@@ -333,6 +333,8 @@ class CertificateAuthority:
             loaded, refused = composition.accepted_instead(store, e)
         if previous is None and refused is None:  # a start: the store's record judges (§5.4)
             loaded, refused = composition.screen_start(store, loaded, self._clock())
+        if previous is None and refused is None:  # a start may add the JWT key (§11); never a restart
+            loaded = composition.ensure_jwt_key(config, store, loaded, self._clock())
         if publish and not loaded.created:
             store.publish_public(loaded.stored)
         if loaded.created:

@@ -1,0 +1,122 @@
+"""``sentryca inspect``: the store's public part with the time each certificate has left, the
+JWT keys its ``jwks.json`` publishes, and whether the whole bundle (keys, rotation state) is
+usable (design §5.5)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from ca_core.errors import CAError
+from ca_core.expiry import check_expiry
+
+from .common import open_store, shown_version
+
+if TYPE_CHECKING:
+    from adapters.stores import BundleStore
+    from ca_core.bundle import PublicBundle
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Exit 0 when the whole bundle is usable, 1 when it is empty or unusable; the public part
+    (anchors, issuer) is shown whenever it can be read, with the time each has left."""
+    from ca_core.bundle import parse_bundle, parse_public_bundle
+    from ca_core.errors import BundleError, Unavailable
+
+    _, store = open_store(args)
+    stored = store.load_public()
+    if stored is None:
+        evidence = store.held_before()
+        if evidence is None:
+            print(f"{store.description}: empty (no trust bundle yet; `sentryca serve` creates one)")
+        else:
+            print(
+                f"{store.description}: empty, but it held a trust bundle before ({evidence}): restore "
+                "it from a backup with `sentryca bundle import --from DIR` (docs/runbook.md, Restore)"
+            )
+        return 1
+    public = parse_public_bundle(stored.items, store.labels())
+    now = datetime.now(UTC)
+    print(f"store: {store.description} (version {shown_version(store, stored)})")
+    for f in check_expiry(public.anchors_pem, public.issuer_chain_pem, now):
+        level = {logging.ERROR: "EXPIRED/INVALID", logging.WARNING: "EXPIRING", logging.DEBUG: "ok"}[f.level]
+        not_after = f.not_after.isoformat() if f.not_after else "?"
+        print(
+            f"{f.role:6} {level:15} {_time_left(f.remaining):>20}  NotAfter {not_after}  "
+            f"lifetime {days_hours(f.lifetime)}  {f.subject}"
+        )
+    if public.jwks is not None:
+        from ca_core.jwt_svid import parse_jwks
+
+        for entry in parse_jwks(public.jwks):
+            print(f"jwks   key kid {entry.get('kid', '?')}  {entry.get('alg', '?')} {entry.get('kty')}")
+    try:
+        whole = store.load()
+        if whole is None:
+            raise BundleError("the keys are missing")
+        parse_bundle(whole.items, store.labels())
+    except Unavailable as e:
+        print(f"bundle: the keys cannot be read here ({e}); only the public part was checked")
+        return 0
+    except BundleError as e:
+        print(f"bundle: UNUSABLE: {e}")
+        return 1
+    from ca_core.rotation.codec import describe, parse_state
+
+    bundle = parse_bundle(whole.items, store.labels())
+    try:
+        state = parse_state(whole.items, bundle, store.labels())
+    except BundleError as e:
+        print(f"bundle: UNUSABLE: {e}")
+        return 1
+    for line in describe(state, bundle):
+        print(f"rotation: {line}")
+    if bundle.jwt_key is not None and bundle.jwks is not None:
+        from ca_core.jwt_svid import algorithm_for_key, signing_key_id
+
+        alg = algorithm_for_key(bundle.jwt_key)
+        kid = signing_key_id(bundle.jwks, bundle.jwt_key)
+        print(f"jwt: signing key kid {kid} ({alg.value if alg else '?'}), published in jwks.json")
+    print("bundle: complete (anchors, issuer chain and key match)")
+    _print_newest_against_record(store, whole.items, bundle, now)
+    return 0
+
+
+def _print_newest_against_record(
+    store: BundleStore, items: Mapping[str, bytes], bundle: PublicBundle, now: datetime
+) -> None:
+    """When the store's newest bundle is not its record of the last accepted one: what a CA
+    starting now does with it (design §5.4)."""
+    from ca_core.continuity import judge_against_record, matches_record, refusal_message
+
+    try:
+        record = store.load_accepted()
+    except CAError:
+        return
+    if record is None or matches_record(record.items, items):
+        return
+    verdict = judge_against_record(record.items, bundle, items, now)
+    what = "a CA takes it" if verdict.allowed else f"REFUSED: {refusal_message(verdict, store.description)}"
+    print(f"newest: the store's newest bundle is not its record of the last accepted one; {what}")
+
+
+def days_hours(length: timedelta | None) -> str:
+    """``7d 0h``, ``1d 0h15m`` (minutes only when not whole hours); ``?`` for None."""
+    if length is None:
+        return "?"
+    seconds = int(length.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    return f"{days}d {hours}h" + (f"{minutes}m" if minutes else "")
+
+
+def _time_left(left: timedelta | None) -> str:
+    if left is None:
+        return "?"
+    seconds = int(left.total_seconds())
+    days, hours = abs(seconds) // 86400, abs(seconds) % 86400 // 3600
+    return f"{days}d {hours}h left" if seconds > 0 else f"expired {days}d {hours}h ago"
