@@ -267,3 +267,21 @@ def build_signer(
 
     enabled, default = validators if validators is not None else build_validators(cfg)
     return Signer(bundle, signing_policy(cfg), enabled, default)
+
+
+# --- OIDC discovery and federation: the two values the JWT side provides (design §9.9) -----------
+# Both return "none" until JWT issuance is merged; then ``jwt_issuer`` returns ``cfg.jwt_issuer``
+# (``--jwt-issuer``) and ``bundle_jwks`` the bundle's ``jwks`` (``PublicBundle.jwks``, the stored
+# ``jwks.json``), and the OIDC options require ``--jwt-enabled``.
+
+
+def jwt_issuer(cfg: Config) -> str | None:
+    """The ``iss`` of the CA's JWT-SVIDs (``--jwt-issuer``), or None when it sets none: the OIDC
+    discovery server then states the origin a request reached it at, as Dapr's Sentry does."""
+    return None
+
+
+def bundle_jwks(bundle: TrustBundle | None) -> bytes | None:
+    """The JWKS document of ``bundle`` as stored (``jwks.json``), or None (no bundle, or a bundle
+    without a JWT key): what the OIDC discovery server serves and the federation publishes."""
+    return None

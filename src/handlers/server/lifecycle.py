@@ -82,6 +82,7 @@ class CertificateAuthority:
             readiness=self.readiness,
             reuse_port=reuse_port,
             http_address=http_address,
+            jwks=self.jwks,
         )
         self._upkeep = Upkeep(
             lock=self._lock,
@@ -132,6 +133,16 @@ class CertificateAuthority:
     def metrics_port(self) -> int | None:
         """The bound port of ``/metrics``, or None (idle, or metrics switched off)."""
         return self._listeners.metrics_port
+
+    @property
+    def oidc_port(self) -> int | None:
+        """The bound port of the OIDC discovery server, or None (idle, or ``--oidc-enabled`` off)."""
+        return self._listeners.oidc_port
+
+    def jwks(self) -> bytes | None:
+        """The JWKS document of the bundle in force (``composition.bundle_jwks``), or None."""
+        state = self._state
+        return composition.bundle_jwks(state.signer.bundle if state is not None else None)
 
     @property
     def grpc_server(self) -> grpc.aio.Server | None:
