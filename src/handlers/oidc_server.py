@@ -107,6 +107,7 @@ class OidcServer:
         self._loop = LoopThread("oidc-loop")
         self._server: asyncio.Server | None = None
         self._open = 0
+        self._transports: set[asyncio.BaseTransport] = set()  # the connections open now
         self.port: int | None = None
 
     def start(self) -> OidcServer:
@@ -143,10 +144,15 @@ class OidcServer:
         """Stop accepting and close the port; connections still open are cut. Idempotent."""
         server, self._server = self._server, None
         if server is not None:
-            server.close()
             with contextlib.suppress(Exception):
-                self._loop.run(server.wait_closed(), timeout=1.0)
+                self._loop.run(self._close(server), timeout=5.0)
         self._loop.close()
+
+    async def _close(self, server: asyncio.Server) -> None:
+        server.close()
+        for transport in list(self._transports):
+            transport.abort()
+        await asyncio.wait_for(server.wait_closed(), 1.0)
 
     def _tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -175,6 +181,7 @@ class OidcServer:
             writer.transport.abort()
             return
         self._open += 1
+        self._transports.add(writer.transport)
         try:
             answer = await self._read_and_answer(reader)
             if answer is not None:
@@ -186,6 +193,7 @@ class OidcServer:
             pass  # a client gone or too slow: nothing to answer
         finally:
             self._open -= 1
+            self._transports.discard(writer.transport)
             if not writer.transport.is_closing():
                 writer.transport.abort()
 

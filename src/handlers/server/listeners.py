@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -29,10 +29,12 @@ from ..grpc_health import Probe, ReadinessHealth, add_health_to_server
 from ..grpc_service import CAServicer, add_to_server
 from ..http_endpoints import HttpEndpoints, json_route
 from ..metrics import Metrics
-from ..oidc_server import JwksProvider, OidcServer, OidcSettings
 from ..rate_limit import RateLimiter
 from .event_loop import LoopThread
 from .server_certificate import ServedCertificate
+
+if TYPE_CHECKING:  # imported where used: the OIDC server's module uses this package's event loop
+    from ..oidc_server import JwksProvider, OidcServer, OidcSettings
 
 log = logging.getLogger("sentryca")
 
@@ -65,6 +67,7 @@ LISTENER_GROUPS: dict[str, Callable[[Config], tuple[Any, ...]]] = {
 def oidc_settings(cfg: Config) -> OidcSettings:
     """The OIDC discovery server's settings of ``cfg`` (the issuer: see ``composition.jwt_issuer``)."""
     from .. import composition
+    from ..oidc_server import OidcSettings
 
     return OidcSettings.of(cfg, composition.jwt_issuer(cfg))
 
@@ -172,6 +175,8 @@ class Listeners:
         ConfigError (TLS files) or CAError (the port) as :meth:`OidcServer.start`."""
         if not cfg.oidc_enabled:
             return None
+        from ..oidc_server import OidcServer
+
         return OidcServer(oidc_settings(cfg), self._jwks).start()
 
     def refresh_health(self) -> None:
