@@ -18,6 +18,7 @@ import pytest
 from ca_core.errors import CAError, ConfigError
 from handlers import oidc_server
 from handlers.oidc_server import OidcServer, OidcSettings
+
 from support.jwks_server import SigningKey, claims, jwks, self_signed_tls
 from support.wait import wait_until
 
@@ -77,7 +78,7 @@ def test_a_real_oidc_client_discovers_the_jwks_and_verifies_a_token(tls, keys):
     s = Served(tls, path_prefix="/oidc/")
     s.document = json.dumps(jwks(*keys)).encode()
     try:
-        status, headers, body = s.request("GET", "/oidc/.well-known/openid-configuration")
+        status, _, body = s.request("GET", "/oidc/.well-known/openid-configuration")
         assert status == 200
         doc = json.loads(body)
         origin = f"https://localhost:{s.server.port}"
@@ -232,7 +233,7 @@ def test_unreadable_tls_files_and_a_taken_port_fail_the_start(tls, tmp_path):
         OidcServer(settings(tls, tls_cert_file=str(tmp_path / "missing.pem")), lambda: None).start()
     first = OidcServer(settings(tls), lambda: None).start()
     try:
-        with pytest.raises(CAError, match="cannot listen on 127.0.0.1"):
+        with pytest.raises(CAError, match=r"cannot listen on 127\.0\.0\.1"):
             OidcServer(settings(tls, port=first.port), lambda: None).start()
     finally:
         first.stop()
@@ -302,6 +303,7 @@ def test_stop_closes_the_port(tls):
 def test_the_ca_serves_oidc_discovery_and_hands_it_over(tls, keys, store_dir, tmp_path, monkeypatch):
     from handlers import composition
     from handlers.server import CertificateAuthority
+
     from support.ca import ca_config
 
     # The bundle's JWKS comes from the JWT side (composition.bundle_jwks); here a fixed one.
