@@ -107,7 +107,7 @@ class OidcServer:
         self._loop = LoopThread("oidc-loop")
         self._server: asyncio.Server | None = None
         self._open = 0
-        self._transports: set[asyncio.BaseTransport] = set()  # the connections open now
+        self._transports: set[asyncio.WriteTransport] = set()  # the connections open now
         self.port: int | None = None
 
     def start(self) -> OidcServer:

@@ -38,6 +38,7 @@ from ca_core.validators import TokenValidatorKind, Validator
 
 from .. import composition
 from ..metrics import Metrics
+from .federation import Federation, federation_settings
 from .listeners import Listeners
 from .readiness import check_expiry, publish_bundle, publish_public, readiness_report
 from .server_certificate import ServedCertificate
@@ -71,6 +72,7 @@ class CertificateAuthority:
         self._lock = threading.RLock()  # start/stop/restart/maintain
         self._swap_lock = threading.Lock()  # the state in force and its server certificate
         self._state: State | None = None
+        self._federation: Federation | None = None  # --oidc-federation-bucket (design §9.9)
         self.metrics = Metrics(count_shared_events)
         self._certs = ServedCertificate(clock, self.metrics, self._swap_lock, lambda: self._state)
         self._listeners = Listeners(
@@ -203,6 +205,27 @@ class CertificateAuthority:
         self._listeners.open(state.config)
         self._check_expiry(state)
         self._upkeep.start(state)
+        self._federation = Federation.of(state.config, self.jwks)
+        if self._federation is not None:
+            self._federation.start()
+
+    @property
+    def federation(self) -> Federation | None:
+        """The publisher of the OIDC documents for serverless federation, or None."""
+        return self._federation
+
+    def _federate(self, old: Config, new: Config) -> None:
+        """After a new state went in force: the same federation settings → look at its JWKS now;
+        other settings → the publisher of the new ones replaces the old one."""
+        if federation_settings(old) == federation_settings(new):
+            if self._federation is not None:
+                self._federation.notify()
+            return
+        if self._federation is not None:
+            self._federation.stop()
+        self._federation = Federation.of(new, self.jwks)
+        if self._federation is not None:
+            self._federation.start()
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop serving: in-flight calls get ``grace`` seconds; returns when everything has
@@ -214,6 +237,9 @@ class CertificateAuthority:
             log.info("CA stopped")
 
     def _shutdown(self, grace: float) -> None:
+        federation, self._federation = self._federation, None
+        if federation is not None:
+            federation.stop()
         self._upkeep.stop()
         self._listeners.close(grace)
         self._state = None
@@ -273,6 +299,7 @@ class CertificateAuthority:
         self._hand_over(old, new)
         publish_public(new)
         publish_bundle(new, old, self.metrics)
+        self._federate(old.config, new.config)
         self._check_expiry(new)
         self._listeners.refresh_health()
 
