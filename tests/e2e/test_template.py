@@ -409,3 +409,40 @@ def test_private_subnets_get_the_endpoints_the_tasks_need_as_an_option():
 def test_the_image_is_documented_by_digest():
     description = " ".join(TEMPLATE["Parameters"]["ImageUri"]["Description"].split())
     assert "@sha256:" in description and "by digest" in description
+
+
+def test_the_published_issuer_is_the_oidc_provider_s_url_and_the_task_s_setting():
+    """Serverless federation (design §9.9): the provider URL the tasks publish under is the IAM
+    OIDC provider's URL, the stack's output, and the example role's condition-key prefix; the
+    task's environment with federation on loads as a valid configuration."""
+    env = {
+        e["Name"]: e["Value"]
+        for e in RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
+    }
+    on = {k: v["Fn::If"][1] for k, v in env.items() if k.startswith("SENTRY_OIDC_")}
+    assert all(env[k]["Fn::If"][0] == "MakeOidcFederation" and env[k]["Fn::If"][2] == "" for k in on)
+    url = on["SENTRY_OIDC_FEDERATION_PROVIDER_URL"]
+    assert (
+        RESOURCES["OidcProvider"]["Properties"]["Url"]
+        == url
+        == TEMPLATE["Outputs"]["OidcProviderUrl"]["Value"]
+    )
+    _, names = RESOURCES["OidcExampleRole"]["Properties"]["AssumeRolePolicyDocument"]["Fn::Sub"]
+    assert "https://" + names["Issuer"]["Fn::Sub"] == url["Fn::Sub"]
+    assert RESOURCES["OidcProvider"]["Properties"]["ClientIdList"] == [{"Ref": "OidcAudience"}]
+    refs = REFS | {"OidcBucket": "sentryca-oidc-example", "OidcFederationPrefix": "sentryca"}
+    resolved = {
+        "SENTRY_OIDC_FEDERATION_BUCKET": refs["OidcBucket"],
+        "SENTRY_OIDC_FEDERATION_PREFIX": refs["OidcFederationPrefix"],
+        "SENTRY_OIDC_FEDERATION_PROVIDER_URL": url["Fn::Sub"]
+        .replace("${OidcBucket.RegionalDomainName}", "sentryca-oidc-example.s3.us-east-1.amazonaws.com")
+        .replace("${OidcFederationPrefix}", "sentryca"),
+        "SENTRY_TRUST_BUNDLE_STORE": f"s3://{REFS['BundleBucket']}/{REFS['BundleKey']}",
+    }
+    cfg = load_config({}, resolved)
+    assert (
+        cfg.oidc_federation_provider_url
+        == "https://sentryca-oidc-example.s3.us-east-1.amazonaws.com/sentryca"
+    )
+    # federation off: every value is empty, which the loader reads as no setting
+    assert load_config({}, dict.fromkeys(on, "")).oidc_federation_bucket is None
