@@ -12,9 +12,9 @@ serves (a verifier of ID tokens needs no more): ``issuer``, ``jwks_uri``,
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -63,23 +63,26 @@ def path_prefix_problem(path_prefix: str) -> str | None:
     return None
 
 
+_URL = re.compile(r"(?P<scheme>[a-z]+)://(?P<authority>[^/?#]*)(?P<path>[^?#]*)(?P<rest>[?#].*)?", re.S)
+_AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(:[0-9]{1,5})?")
+
+
 def url_problem(url: str, *, https_only: bool = True) -> str | None:
     """Why ``url`` is not an absolute URL a verifier can use as an issuer or JWKS location
-    (https, a host, no query or fragment; ``https_only=False`` allows http), or None."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as e:
-        return f"{url!r} is not a URL ({e})"
+    (https, a host name or address with an optional port, a plain path, no query, fragment or
+    credentials; ``https_only=False`` allows http), or None."""
+    m = _URL.fullmatch(url)
     schemes = ("https",) if https_only else ("https", "http")
-    if parts.scheme not in schemes:
+    if m is None or m["scheme"] not in schemes:
         return f"{url!r} must be an {' or '.join(schemes)} URL"
-    if not parts.hostname:
-        return f"{url!r} names no host"
-    if parts.query or parts.fragment or url.endswith(("?", "#")):
+    if m["rest"] is not None:
         return f"{url!r} must have no query or fragment"
-    if parts.username is not None or parts.password is not None:
+    if "@" in m["authority"]:
         return f"{url!r} must not hold credentials"
+    if not _AUTHORITY.fullmatch(m["authority"]):
+        return f"{url!r} names no valid host"
+    if m["path"] and path_prefix_problem(m["path"].rstrip("/")):
+        return f"{url!r} has a path that is not plain (no spaces, escapes, '.' or '..' segments)"
     return None
 
 

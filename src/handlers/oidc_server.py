@@ -31,8 +31,6 @@ from ca_core import oidc
 from ca_core.config import Config
 from ca_core.errors import CAError, ConfigError
 
-from .server.event_loop import LoopThread
-
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 256  # open at once, handshakes excluded (those are bounded by HANDSHAKE_TIMEOUT)
@@ -95,6 +93,19 @@ class Answer:
     body: bytes
 
 
+def open_oidc(cfg: Config, jwks: JwksProvider) -> OidcServer | None:
+    """The started OIDC discovery server of ``cfg``, or None when ``--oidc-enabled`` is off.
+    Raises as :meth:`OidcServer.start`."""
+    return OidcServer(oidc_settings(cfg), jwks).start() if cfg.oidc_enabled else None
+
+
+def oidc_settings(cfg: Config) -> OidcSettings:
+    """The server's settings of ``cfg``; the issuer: ``composition.jwt_issuer``."""
+    from . import composition
+
+    return OidcSettings.of(cfg, composition.jwt_issuer(cfg))
+
+
 class OidcServer:
     """The discovery server of ``settings``; ``jwks`` returns the bundle's JWKS document in force
     (None: the bundle has none, both paths answer 404), read on every request. :meth:`start` binds
@@ -103,6 +114,8 @@ class OidcServer:
     def __init__(self, settings: OidcSettings, jwks: JwksProvider) -> None:
         self.settings = settings
         self._jwks = jwks
+        from .server.event_loop import LoopThread  # here: handlers.server imports this module
+
         self._paths = oidc.endpoints(settings.path_prefix)
         self._loop = LoopThread("oidc-loop")
         self._server: asyncio.Server | None = None

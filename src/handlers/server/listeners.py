@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -29,12 +29,10 @@ from ..grpc_health import Probe, ReadinessHealth, add_health_to_server
 from ..grpc_service import CAServicer, add_to_server
 from ..http_endpoints import HttpEndpoints, json_route
 from ..metrics import Metrics
+from ..oidc_server import JwksProvider, OidcServer, oidc_settings, open_oidc
 from ..rate_limit import RateLimiter
 from .event_loop import LoopThread
 from .server_certificate import ServedCertificate
-
-if TYPE_CHECKING:  # imported where used: the OIDC server's module uses this package's event loop
-    from ..oidc_server import JwksProvider, OidcServer, OidcSettings
 
 log = logging.getLogger("sentryca")
 
@@ -62,14 +60,6 @@ LISTENER_GROUPS: dict[str, Callable[[Config], tuple[Any, ...]]] = {
     "metrics": lambda c: (c.listen_address, c.enable_metrics, c.metrics_port),
     "oidc": lambda c: oidc_settings(c).socket if c.oidc_enabled else (),
 }
-
-
-def oidc_settings(cfg: Config) -> OidcSettings:
-    """The OIDC discovery server's settings of ``cfg`` (the issuer: see ``composition.jwt_issuer``)."""
-    from .. import composition
-    from ..oidc_server import OidcSettings
-
-    return OidcSettings.of(cfg, composition.jwt_issuer(cfg))
 
 
 @dataclass(frozen=True)
@@ -168,16 +158,7 @@ class Listeners:
             endpoint = self._open_http(name, cfg)
             if endpoint is not None:
                 self._set_http(name, endpoint)
-        self._oidc = self._open_oidc(cfg)
-
-    def _open_oidc(self, cfg: Config) -> OidcServer | None:
-        """The started OIDC discovery server of ``cfg``, or None when it is not enabled. Raises
-        ConfigError (TLS files) or CAError (the port) as :meth:`OidcServer.start`."""
-        if not cfg.oidc_enabled:
-            return None
-        from ..oidc_server import OidcServer
-
-        return OidcServer(oidc_settings(cfg), self._jwks).start()
+        self._oidc = open_oidc(cfg, self._jwks)
 
     def refresh_health(self) -> None:
         """Publish the readiness to the gRPC health service's watchers."""
@@ -290,7 +271,7 @@ class Listeners:
                 if name in changed:
                     opened_http[name] = self._open_http(name, cfg)
             if "oidc" in changed:
-                opened_oidc = self._open_oidc(cfg)
+                opened_oidc = open_oidc(cfg, self._jwks)
         except BaseException:
             if opened_grpc is not None:
                 self._stop_grpc(opened_grpc, 0)
