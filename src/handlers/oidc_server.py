@@ -93,10 +93,13 @@ class Answer:
     body: bytes
 
 
-def open_oidc(cfg: Config, jwks: JwksProvider) -> OidcServer | None:
-    """The started OIDC discovery server of ``cfg``, or None when ``--oidc-enabled`` is off.
-    Raises as :meth:`OidcServer.start`."""
-    return OidcServer(oidc_settings(cfg), jwks).start() if cfg.oidc_enabled else None
+def open_oidc(cfg: Config, jwks: JwksProvider, *, reuse_port: bool = False) -> OidcServer | None:
+    """The started OIDC discovery server of ``cfg``, or None when ``--oidc-enabled`` is off;
+    ``reuse_port``: bind with SO_REUSEPORT (the ``--workers`` processes share the port). Raises as
+    :meth:`OidcServer.start`."""
+    if not cfg.oidc_enabled:
+        return None
+    return OidcServer(oidc_settings(cfg), jwks, reuse_port=reuse_port).start()
 
 
 def oidc_settings(cfg: Config) -> OidcSettings:
@@ -111,9 +114,10 @@ class OidcServer:
     (None: the bundle has none, both paths answer 404), read on every request. :meth:`start` binds
     (port 0: any free port, see :attr:`port`); :meth:`stop` closes it."""
 
-    def __init__(self, settings: OidcSettings, jwks: JwksProvider) -> None:
+    def __init__(self, settings: OidcSettings, jwks: JwksProvider, *, reuse_port: bool = False) -> None:
         self.settings = settings
         self._jwks = jwks
+        self._reuse_port = reuse_port
         from .server.event_loop import LoopThread  # here: handlers.server imports this module
 
         self._paths = oidc.endpoints(settings.path_prefix)
@@ -187,6 +191,7 @@ class OidcServer:
             ssl=context,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT if context else None,
             limit=MAX_HEAD_BYTES,
+            reuse_port=self._reuse_port or None,
         )
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -158,7 +158,7 @@ class Listeners:
             endpoint = self._open_http(name, cfg)
             if endpoint is not None:
                 self._set_http(name, endpoint)
-        self._oidc = open_oidc(cfg, self._jwks)
+        self._oidc = open_oidc(cfg, self._jwks, reuse_port=self._reuse_port)
 
     def refresh_health(self) -> None:
         """Publish the readiness to the gRPC health service's watchers."""
@@ -271,7 +271,7 @@ class Listeners:
                 if name in changed:
                     opened_http[name] = self._open_http(name, cfg)
             if "oidc" in changed:
-                opened_oidc = open_oidc(cfg, self._jwks)
+                opened_oidc = open_oidc(cfg, self._jwks, reuse_port=self._reuse_port)
         except BaseException:
             if opened_grpc is not None:
                 self._stop_grpc(opened_grpc, 0)
