@@ -251,8 +251,13 @@ class OidcServer:
         path, paths = target.split("?", 1)[0], self._paths
         if path not in (paths.discovery, paths.jwks):
             return _text(404, "not found")
-        host = headers.get("X-Forwarded-Host") or headers.get("Host") or ""
-        if not _HOST_VALUE.fullmatch(host) or not oidc.host_allowed(self.settings.allowed_hosts, host):
+        sent = [h for h in (headers.get("Host"), headers.get("X-Forwarded-Host")) if h is not None]
+        host = sent[-1] if sent else ""  # the forwarded host when sent, as Dapr's Sentry checks it
+        if (
+            not sent
+            or not all(_HOST_VALUE.fullmatch(h) for h in sent)
+            or not oidc.host_allowed(self.settings.allowed_hosts, host)
+        ):
             log.warning("OIDC discovery: refused a request for host %r", host[:100])
             return _text(403, "forbidden: host not allowed")
         if method not in ("GET", "HEAD"):

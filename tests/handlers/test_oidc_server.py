@@ -185,6 +185,10 @@ def test_hosts_not_allowed_are_403(tls, keys):
         assert (
             s.request("GET", "/jwks.json", {"Host": "oidc.example.com", "X-Forwarded-Host": "evil"})[0] == 403
         )
+        # a malformed Host is refused even when the forwarded one is allowed
+        assert (
+            s.request("GET", "/jwks.json", {"Host": "a/b", "X-Forwarded-Host": "oidc.example.com"})[0] == 403
+        )
     finally:
         s.server.stop()
 
