@@ -136,6 +136,7 @@ def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
         "ConfigChangeRejectedAlarm",
         "BundleRevertedAlarm",
         "StoreDegradedAlarm",
+        "OidcPublishFailedAlarm",
     }
     from_logs = _log_metrics()
     for name, alarm in alarms.items():
@@ -184,7 +185,7 @@ def test_a_degraded_store_alarms_from_the_cas_own_json_log_line(caplog, tmp_path
 
     from support.ca import ca_config
 
-    (flt,) = [r["Properties"] for r in RESOURCES.values() if r["Type"] == "AWS::Logs::MetricFilter"]
+    flt = RESOURCES["StoreDegradedMetricFilter"]["Properties"]
     assert flt["LogGroupName"] == {"Ref": "ServerLogGroup"}
     assert flt["FilterPattern"] == '{ $.event = "store_degraded" }'
     (transformation,) = flt["MetricTransformations"]
@@ -446,3 +447,34 @@ def test_the_published_issuer_is_the_oidc_provider_s_url_and_the_task_s_setting(
     )
     # federation off: every value is empty, which the loader reads as no setting
     assert load_config({}, dict.fromkeys(on, "")).oidc_federation_bucket is None
+
+
+def test_failed_oidc_publication_alarms_from_the_cas_own_json_log_line(caplog):
+    """The OidcPublishFailed filter matches the line the federation thread logs (``--log-as-json``)
+    when it cannot publish, and its ``destination`` dimension is what the alarm names."""
+    import logging
+
+    from adapters.oidc_federation import S3DocumentPublisher
+    from handlers.logs import JsonFormatter
+    from handlers.server.federation import Federation
+
+    flt = RESOURCES["OidcPublishFailedMetricFilter"]["Properties"]
+    assert flt["FilterPattern"] == '{ $.event = "oidc_publish_failed" }'
+    assert RESOURCES["OidcPublishFailedMetricFilter"]["Condition"] == "MakeOidcFederation"
+    (transformation,) = flt["MetricTransformations"]
+    assert transformation["Dimensions"] == [{"Key": "destination", "Value": "$.destination"}]
+    alarm = RESOURCES["OidcPublishFailedAlarm"]["Properties"]
+    assert alarm["Dimensions"][0]["Value"] == {"Fn::Sub": "s3://${OidcBucket}/${OidcFederationPrefix}/"}
+
+    class Unreachable:  # an S3 client whose every call fails as the SDK's would
+        def get_object(self, **kwargs):
+            from botocore.exceptions import EndpointConnectionError
+
+            raise EndpointConnectionError(endpoint_url="https://s3.example")
+
+    caplog.set_level(logging.INFO)
+    publisher = S3DocumentPublisher("sentryca-oidc-example", "sentryca", client=Unreachable())
+    assert not Federation(publisher, "https://x.example", lambda: b'{"keys":[]}').sync()
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    (line,) = [x for x in lines if x.get("event") == "oidc_publish_failed"]
+    assert line["destination"] == "s3://sentryca-oidc-example/sentryca/" and line["level"] == "warning"

@@ -4,8 +4,9 @@ never waits on it.
 
 At start the bucket is read and written where it differs; then the JWKS in force is looked at
 every CHECK_INTERVAL seconds, and at once after the CA put a new state in force (:meth:`notify`),
-and published when it changed. A failure is logged and retried, the delay doubling from
-RETRY_FIRST up to RETRY_MAX seconds.
+and published when it changed. A failure is logged (``event=oidc_publish_failed``,
+``destination``: the bucket and prefix) and retried, the delay doubling from RETRY_FIRST up to
+RETRY_MAX seconds.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class Federation:
                 self.publisher.description,
                 self._failures,
                 e,
+                extra={"event": "oidc_publish_failed", "destination": self.publisher.description},
             )
             return False
         self._published, self._failures = documents, 0
