@@ -22,8 +22,10 @@ import email.message
 import http.client
 import io
 import logging
+import os
 import re
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +41,7 @@ MAX_DISCARDED_BODY = 64 * 1024  # a request body read (and dropped) before answe
 HANDSHAKE_TIMEOUT = 10.0  # seconds for the TLS handshake
 REQUEST_TIMEOUT = 10.0  # seconds for the whole request head, from the handshake's end
 WRITE_TIMEOUT = 10.0  # seconds for the client to take the answer
+RELOAD_CHECK = 30.0  # seconds between two looks at the TLS files (a renewed certificate)
 ALLOW = "GET, HEAD"
 _HOST_VALUE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(:[0-9]{1,5})?")
 
@@ -124,6 +127,9 @@ class OidcServer:
         self._loop = LoopThread("oidc-loop")
         self._server: asyncio.Server | None = None
         self._open = 0
+        self._context: ssl.SSLContext | None = None  # the TLS files as last loaded
+        self._stamp: tuple[int, ...] | None = None  # their modification times and sizes then
+        self._checked = time.monotonic()
         self._transports: set[asyncio.WriteTransport] = set()  # the connections open now
         self.port: int | None = None
 
@@ -172,6 +178,8 @@ class OidcServer:
         await asyncio.wait_for(server.wait_closed(), 1.0)
 
     def _tls_context(self) -> ssl.SSLContext:
+        """The TLS files loaded (and their stamp noted); raises ConfigError when they cannot be."""
+        stamp = self._files_stamp()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
@@ -181,7 +189,42 @@ class OidcServer:
                 f"cannot load the OIDC server's TLS certificate {self.settings.tls_cert_file} and key "
                 f"{self.settings.tls_key_file}: {e}"
             ) from None
+        context.sni_callback = self._pick_context
+        self._context, self._stamp = context, stamp
         return context
+
+    def _files_stamp(self) -> tuple[int, ...] | None:
+        try:
+            cert, key = os.stat(str(self.settings.tls_cert_file)), os.stat(str(self.settings.tls_key_file))
+        except OSError:
+            return None
+        return (cert.st_mtime_ns, cert.st_size, key.st_mtime_ns, key.st_size)
+
+    def _pick_context(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, _name: str | None, in_use: ssl.SSLContext
+    ) -> None:
+        """At each TLS handshake (the ClientHello callback): at most every RELOAD_CHECK seconds,
+        load the TLS files again when they changed (a renewed certificate; a pair that does not
+        load, e.g. half written, keeps the previous one, logged), and hand the handshake the
+        context of the files last loaded."""
+        try:
+            now = time.monotonic()
+            if now - self._checked >= RELOAD_CHECK:
+                self._checked = now
+                stamp = self._files_stamp()
+                if stamp is not None and stamp != self._stamp:
+                    try:
+                        self._tls_context()
+                        log.info(
+                            "OIDC discovery: TLS certificate reloaded from %s", self.settings.tls_cert_file
+                        )
+                    except ConfigError as e:
+                        self._stamp = stamp  # tried: again once the files change
+                        log.warning("OIDC discovery: keeping the previous TLS certificate: %s", e)
+            if self._context is not None and self._context is not in_use:
+                connection.context = self._context
+        except Exception:  # a failure here would fail the handshake: keep the context in use
+            log.exception("OIDC discovery: TLS certificate reload failed")
 
     async def _listen(self, context: ssl.SSLContext | None) -> asyncio.Server:
         return await asyncio.start_server(

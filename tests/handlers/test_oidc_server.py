@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import ssl
 import time
@@ -241,6 +242,36 @@ def test_unreadable_tls_files_and_a_taken_port_fail_the_start(tls, tmp_path):
             OidcServer(settings(tls, port=first.port), lambda: None).start()
     finally:
         first.stop()
+
+
+def test_a_renewed_certificate_is_served_from_the_next_handshake(tmp_path, monkeypatch):
+    """The TLS files are looked at again (every RELOAD_CHECK seconds; 0 here) at a handshake: a
+    renewed pair is served, a pair that does not load keeps the previous one."""
+    first = self_signed_tls(tmp_path / "first")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_bytes(first[1].read_bytes())
+    key.write_bytes(first[2].read_bytes())
+    server = OidcServer(settings((first[0], cert, key)), lambda: b'{"keys":[]}').start()
+
+    def handshake(ca_pem) -> None:
+        context = ssl.create_default_context(cafile=str(ca_pem))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            context.wrap_socket(raw, server_hostname="localhost").close()
+
+    try:
+        monkeypatch.setattr(oidc_server, "RELOAD_CHECK", 0.0)
+        handshake(first[0])
+        renewed = self_signed_tls(tmp_path / "renewed")
+        key.write_bytes(b"half written")  # a torn renewal: refused, the first pair stays
+        cert.write_bytes(renewed[1].read_bytes())
+        handshake(first[0])
+        key.write_bytes(renewed[2].read_bytes())
+        os.utime(key, ns=(time.time_ns(), time.time_ns() + 1_000_000))  # a new stamp, whatever the clock
+        handshake(renewed[0])
+        with pytest.raises(ssl.SSLCertVerificationError):
+            handshake(first[0])
+    finally:
+        server.stop()
 
 
 def _tls_socket(served, timeout: float = 10) -> ssl.SSLSocket:
