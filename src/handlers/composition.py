@@ -272,7 +272,9 @@ def build_signer(
 # --- OIDC discovery and federation: the two values the JWT side provides (design §9.9) -----------
 # Both return "none" until JWT issuance is merged; then ``jwt_issuer`` returns ``cfg.jwt_issuer``
 # (``--jwt-issuer``) and ``bundle_jwks`` the bundle's ``jwks`` (``PublicBundle.jwks``, the stored
-# ``jwks.json``), and the OIDC options require ``--jwt-enabled``.
+# ``jwks.json``), and ``ca_core.config.model.validate`` adds
+# ``oidc_jwt_problems(cfg, cfg.jwt_enabled, cfg.jwt_issuer)`` (OIDC needs JWT; the federation's
+# provider URL is the tokens' issuer).
 
 
 def jwt_issuer(cfg: Config) -> str | None:

@@ -260,3 +260,20 @@ def test_the_config_file_fills_only_config_fields():
     )
     assert set(values) == {"workload_cert_ttl", "allowed_clock_skew", "jwks"}
     assert set(values) <= {f.name for f in fields(Config)}
+
+
+def test_oidc_settings_against_jwt_issuance():
+    """``oidc_jwt_problems`` (design §9.9): what ``validate`` checks once the JWT options exist."""
+    from ca_core.config.model import oidc_jwt_problems
+
+    url = "https://docs.s3.us-east-1.amazonaws.com/sentryca"
+    federation = load_config({"oidc_federation_bucket": "docs", "oidc_federation_provider_url": url}, {})
+    assert oidc_jwt_problems(federation, True, url) == []
+    assert oidc_jwt_problems(federation, True, url + "/") == []
+    (problem,) = oidc_jwt_problems(federation, True, None)
+    assert "--jwt-issuer (unset) must be --oidc-federation-provider-url" in problem
+    assert "--oidc-federation-bucket needs --jwt-enabled" in oidc_jwt_problems(federation, False, None)[0]
+    server = load_config({"oidc_enabled": "true", "oidc_server_tls_enabled": "false"}, {})
+    assert oidc_jwt_problems(server, True, None) == []  # the issuer then follows the request
+    assert "--oidc-enabled needs --jwt-enabled" in oidc_jwt_problems(server, False, None)[0]
+    assert oidc_jwt_problems(load_config({}, {}), False, None) == []

@@ -246,6 +246,25 @@ def oidc_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def oidc_jwt_problems(cfg: Config, jwt_enabled: bool, jwt_issuer: str | None) -> list[str]:
+    """The problems of the OIDC settings against JWT issuance (``--jwt-enabled``,
+    ``--jwt-issuer``; design §9.9): both ways of discovery need JWT-SVIDs, and the published
+    documents are an issuer's only when the tokens' ``iss`` is the provider URL. Called by
+    :func:`validate` once the JWT options are fields of Config."""
+    problems: list[str] = []
+    federation = cfg.oidc_federation_bucket is not None
+    if (cfg.oidc_enabled or federation) and not jwt_enabled:
+        flag = "--oidc-enabled" if cfg.oidc_enabled else "--oidc-federation-bucket"
+        problems.append(f"{flag} needs --jwt-enabled (there is no JWKS to serve without it)")
+    url = cfg.oidc_federation_provider_url
+    if federation and jwt_enabled and (jwt_issuer or "").rstrip("/") != (url or "").rstrip("/"):
+        problems.append(
+            f"--jwt-issuer ({jwt_issuer or 'unset'}) must be --oidc-federation-provider-url ({url}): "
+            "verifiers accept a token only from the issuer whose documents they read"
+        )
+    return problems
+
+
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
