@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.message
 import http.client
 import io
@@ -277,6 +278,8 @@ class OidcServer:
             return _text(400, "malformed headers")
         method, target, _version = parts
         answer = self.answer(method, target, headers)
+        if method == "HEAD":  # the headers of the GET, no body
+            answer = dataclasses.replace(answer, body=b"")
         await self._discard_body(reader, headers)
         return answer
 
@@ -307,13 +310,13 @@ class OidcServer:
             return _text(405, "method not allowed", (("Allow", ALLOW),))
         jwks = self._jwks()
         if not jwks:
-            return _text(404, "the trust bundle has no JWKS", head=method == "HEAD")
+            return _text(404, "the trust bundle has no JWKS")
         try:
             body = jwks if path == paths.jwks else self._discovery(headers, jwks, paths)
             oidc.public_keys(jwks)
         except ConfigError as e:
             log.error("OIDC discovery: the bundle's JWKS cannot be served: %s", e)
-            return _text(500, "the JWKS cannot be served", head=method == "HEAD")
+            return _text(500, "the JWKS cannot be served")
         return Answer(
             200,
             (
@@ -321,7 +324,7 @@ class OidcServer:
                 ("Cache-Control", oidc.CACHE_CONTROL),
                 ("Content-Length", str(len(body))),
             ),
-            b"" if method == "HEAD" else body,
+            body,
         )
 
     def _discovery(self, headers: email.message.Message, jwks: bytes, paths: oidc.Endpoints) -> bytes:
@@ -348,12 +351,10 @@ def _origin(url: str) -> str:
     return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
-def _text(
-    status: int, message: str, extra: tuple[tuple[str, str], ...] = (), *, head: bool = False
-) -> Answer:
+def _text(status: int, message: str, extra: tuple[tuple[str, str], ...] = ()) -> Answer:
     body = message.encode() + b"\n"
     headers = (("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *extra)
-    return Answer(status, headers, b"" if head else body)
+    return Answer(status, headers, body)
 
 
 def _encode(answer: Answer) -> bytes:

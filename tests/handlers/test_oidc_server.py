@@ -157,6 +157,8 @@ def test_no_jwks_is_404_on_both_paths(served):
 def test_other_paths_are_404(served):
     for path in ("/", "/jwks", "/oidc/jwks.json", "/.well-known/openid-configuration/x"):
         assert served.request("GET", path)[0] == 404
+    status, headers, body = served.request("HEAD", "/nothing")
+    assert (status, body) == (404, b"") and int(headers["Content-Length"]) > 0  # HEAD: no body
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
