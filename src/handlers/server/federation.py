@@ -25,6 +25,7 @@ log = logging.getLogger("sentryca")
 CHECK_INTERVAL = 10.0  # seconds between two looks at the JWKS in force
 RETRY_FIRST = 5.0  # seconds before the first retry of a failed publication
 RETRY_MAX = 300.0
+STOP_WAIT = 2.0  # seconds a stop waits for a publication under way
 
 
 def federation_settings(cfg: Config) -> tuple[str, str, str] | None:
@@ -110,13 +111,14 @@ class Federation:
         """Look at the JWKS in force now (the CA put a new state in force)."""
         self._wake.set()
 
-    def stop(self) -> None:
-        """Stop the thread (a publication under way completes first, bounded by the SDK's
-        timeouts)."""
+    def stop(self, wait: float = STOP_WAIT) -> None:
+        """Stop the thread: returns once it ended, or after ``wait`` seconds while a publication
+        is under way (the daemon thread then ends after it, bounded by the SDK's timeouts), so
+        that a stop or restart of the CA never waits on S3."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(wait)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
