@@ -314,3 +314,30 @@ def test_the_readme_assume_role_with_web_identity_example_runs_against_moto(aws_
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert out.startswith("assumed ") and ":assumed-role/" in out, out
+
+
+def test_a_stop_does_not_wait_on_a_hanging_publication():
+    """A CA stop or restart stops the thread without waiting for S3: stop returns while the
+    publication still hangs, and the thread ends once it returns."""
+    import threading
+
+    from botocore.exceptions import EndpointConnectionError
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Hanging:  # an S3 endpoint that takes its time, as the SDK's read timeout allows
+        def get_object(self, **kwargs):
+            entered.set()
+            release.wait(60)
+            raise EndpointConnectionError(endpoint_url="https://s3.example")
+
+    federation = Federation(
+        S3DocumentPublisher("docs", client=Hanging()), "https://x.example", lambda: b'{"keys":[]}'
+    ).start()
+    assert entered.wait(30)
+    federation.stop(wait=0.1)
+    thread = federation._thread
+    assert thread is not None and thread.is_alive()  # stop returned; the publication still hangs
+    release.set()
+    thread.join(30)
+    assert not thread.is_alive()
