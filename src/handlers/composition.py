@@ -347,3 +347,18 @@ def build_signer(
     return Signer(
         bundle, signing_policy(cfg, derived_cluster_domain), enabled, default, jwt_issuer(cfg, bundle)
     )
+
+
+# --- OIDC discovery and federation: the two values the JWT side provides (design §9.9) -----------
+
+
+def token_issuer(cfg: Config) -> str | None:
+    """The ``iss`` of the CA's JWT-SVIDs (``--jwt-issuer``), or None when it sets none: the OIDC
+    discovery server then states the origin a request reached it at, as Dapr's Sentry does."""
+    return cfg.jwt_issuer
+
+
+def bundle_jwks(bundle: TrustBundle | None) -> bytes | None:
+    """The JWKS document of ``bundle`` as stored (``jwks.json``), or None (no bundle, or a bundle
+    without a JWT key): what the OIDC discovery server serves and the federation publishes."""
+    return bundle.jwks if bundle is not None else None

@@ -260,3 +260,23 @@ def test_the_config_file_fills_only_config_fields():
     )
     assert set(values) == {"workload_cert_ttl", "allowed_clock_skew", "jwks"}
     assert set(values) <= {f.name for f in fields(Config)}
+
+
+def test_oidc_settings_against_jwt_issuance():
+    """design §9.9: OIDC needs JWT issuance, and the federation's provider URL is the tokens' ``iss``."""
+    url = "https://docs.s3.us-east-1.amazonaws.com/sentryca"
+    federation = {"oidc_federation_bucket": "docs", "oidc_federation_provider_url": url}
+    for issuer in (url, url + "/"):
+        assert (
+            load_config(federation | {"jwt_enabled": "true", "jwt_issuer": issuer}, {}).jwt_issuer == issuer
+        )
+    with pytest.raises(ConfigError, match=r"--jwt-issuer \(unset\) must be --oidc-federation-provider-url"):
+        load_config(federation | {"jwt_enabled": "true"}, {})
+    with pytest.raises(ConfigError, match="--oidc-federation-bucket needs --jwt-enabled"):
+        load_config(federation, {})
+    server = {"oidc_enabled": "true", "oidc_server_tls_enabled": "false"}
+    assert (
+        load_config(server | {"jwt_enabled": "true"}, {}).jwt_issuer is None
+    )  # the issuer follows the request
+    with pytest.raises(ConfigError, match="--oidc-enabled needs --jwt-enabled"):
+        load_config(server, {})

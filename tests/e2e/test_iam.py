@@ -26,6 +26,9 @@ from support import REPO_ROOT
 SRC = REPO_ROOT / "src"
 RESOURCES = load_template(REPO_ROOT / "template.yaml")["Resources"]
 STORES = {"s3": SRC / "adapters/stores/s3.py", "secretsmanager": SRC / "adapters/stores/secretsmanager.py"}
+# The OIDC documents' publisher (--oidc-federation-bucket, template condition MakeOidcFederation):
+# its ``self.client`` is an S3 client; the task runs it when the template turns federation on.
+FEDERATION = SRC / "adapters/oidc_federation.py"
 # IAM names that differ from the API's
 RENAMED = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectVersions": "s3:ListBucketVersions"}
 # Granted without an API call of its own: without s3:ListBucket, S3 answers GetObject of a missing
@@ -136,10 +139,20 @@ PRINCIPALS = {
 }
 
 
-def statements(principal: str) -> list:
+def statements(principal: str, conditions: dict[str, bool] | None = None) -> list:
+    """The statements of ``principal``'s policies; a policy under Fn::If is there when
+    ``conditions`` turn it on (default: every condition on)."""
     props = RESOURCES[principal]["Properties"]
     if principal == "TaskRole":
-        return [s for p in props["Policies"] for s in p["PolicyDocument"]["Statement"]]
+        out = []
+        for p in props["Policies"]:
+            if "Fn::If" in p:
+                name, yes, _no = p["Fn::If"]
+                if not (conditions or {}).get(name, conditions is None):
+                    continue
+                p = yes
+            out.extend(p["PolicyDocument"]["Statement"])
+        return out
     return [s for p in props["Policies"] for s in p["Statement"]]
 
 
@@ -156,16 +169,29 @@ def granted(stmts: list, conditions: dict[str, bool]) -> set[str]:
     return out
 
 
-def needed(principal: str, store_kind: str) -> set[str]:
+def imports(paths: list[Path], module: str) -> bool:
+    """Whether one of ``paths`` imports from ``module``."""
+    return any(
+        isinstance(n, ast.ImportFrom) and n.module == module
+        for path in paths
+        for n in ast.walk(ast.parse(path.read_text()))
+    )
+
+
+def needed(principal: str, store_kind: str, federation: bool = False) -> set[str]:
     names, direct = uses(PRINCIPALS[principal])
+    if federation and imports(PRINCIPALS[principal], "adapters.oidc_federation"):
+        direct |= sdk_calls(ast.parse(FEDERATION.read_text()), "s3")
     return direct | Store.read(store_kind).needs(names)
 
 
+@pytest.mark.parametrize("federation", [False, True], ids=["", "oidc-federation"])
 @pytest.mark.parametrize("store_kind", sorted(STORES))
 @pytest.mark.parametrize("principal", sorted(PRINCIPALS))
-def test_each_policy_allows_exactly_the_calls_of_the_code_it_runs(principal, store_kind):
-    allowed = granted(statements(principal), {"UseS3": store_kind == "s3"})
-    need = needed(principal, store_kind)
+def test_each_policy_allows_exactly_the_calls_of_the_code_it_runs(principal, store_kind, federation):
+    conditions = {"UseS3": store_kind == "s3", "MakeOidcFederation": federation}
+    allowed = granted(statements(principal, conditions), conditions)
+    need = needed(principal, store_kind, federation)
     assert need, f"{principal} makes no AWS call?"
     assert need <= allowed, f"{principal} with a {store_kind} store is denied {sorted(need - allowed)}"
     assert allowed - need <= NO_CALL_NEEDED, f"{principal} may call more than it does: {allowed - need}"
@@ -184,6 +210,30 @@ def test_the_scan_sees_the_calls_it_must():
     assert {"secretsmanager:PutSecretValue", "secretsmanager:UpdateSecretVersionStage"} <= needed(
         "TaskRole", "secretsmanager"
     )
+    # the publisher of the OIDC documents reads and writes S3, also beside a Secrets Manager store
+    assert {"s3:GetObject", "s3:PutObject"} <= needed("TaskRole", "secretsmanager", federation=True)
+    assert not any(a.startswith("s3:") for a in needed("TaskRole", "secretsmanager"))
+
+
+def test_the_federation_policy_writes_only_the_two_documents_of_its_own_bucket():
+    (policy,) = [p["Fn::If"] for p in RESOURCES["TaskRole"]["Properties"]["Policies"] if "Fn::If" in p]
+    name, yes, no = policy
+    assert (name, no) == ("MakeOidcFederation", {"Ref": "AWS::NoValue"})
+    documents, listing = yes["PolicyDocument"]["Statement"]
+    assert documents["Action"] == ["s3:GetObject", "s3:PutObject"]
+    assert [r["Fn::Sub"] for r in documents["Resource"]] == [
+        "${OidcBucket.Arn}/${OidcFederationPrefix}/.well-known/openid-configuration",
+        "${OidcBucket.Arn}/${OidcFederationPrefix}/jwks.json",
+    ]
+    assert (listing["Action"], listing["Resource"]) == (
+        "s3:ListBucket",
+        {"Fn::GetAtt": ["OidcBucket", "Arn"]},
+    )
+    # the public read is of just those two objects, and the documents' bucket is not the bundle's
+    public = RESOURCES["OidcBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+    assert public["Principal"] == "*" and public["Action"] == "s3:GetObject"
+    assert public["Resource"] == documents["Resource"]
+    assert RESOURCES["OidcBucketPolicy"]["Properties"]["Bucket"] == {"Ref": "OidcBucket"}
 
 
 def test_writes_are_only_on_the_bundle_and_its_public_part():
@@ -206,4 +256,5 @@ def test_writes_are_only_on_the_bundle_and_its_public_part():
     # and no policy grants a wildcard action
     for principal in PRINCIPALS:
         for conditions in ({"UseS3": True}, {"UseS3": False}):
+            conditions["MakeOidcFederation"] = True
             assert not any(re.search(r"\*", a) for a in granted(statements(principal), conditions))

@@ -160,6 +160,7 @@ def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
         "ConfigChangeRejectedAlarm",
         "BundleRevertedAlarm",
         "StoreDegradedAlarm",
+        "OidcPublishFailedAlarm",
     }
     from_logs = _log_metrics()
     for name, alarm in alarms.items():
@@ -210,7 +211,7 @@ def test_a_degraded_store_alarms_from_the_cas_own_json_log_line(caplog, tmp_path
 
     from support.ca import ca_config
 
-    (flt,) = [r["Properties"] for r in RESOURCES.values() if r["Type"] == "AWS::Logs::MetricFilter"]
+    flt = RESOURCES["StoreDegradedMetricFilter"]["Properties"]
     assert flt["LogGroupName"] == {"Ref": "ServerLogGroup"}
     assert flt["FilterPattern"] == '{ $.event = "store_degraded" }'
     (transformation,) = flt["MetricTransformations"]
@@ -260,7 +261,8 @@ def test_jwt_issuance_is_a_parameter_of_the_service_off_by_default():
         e["Name"]: e["Value"]
         for e in RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
     }
-    assert env["SENTRY_JWT_ENABLED"] == {"Ref": "JwtEnabled"}
+    # on with JwtEnabled, and always with serverless federation (whose documents need the JWKS)
+    assert env["SENTRY_JWT_ENABLED"] == {"Fn::If": ["MakeOidcFederation", "true", {"Ref": "JwtEnabled"}]}
     for value in param["AllowedValues"]:
         assert load_config({}, {"SENTRY_JWT_ENABLED": value}).jwt_enabled is (value == "true")
 
@@ -447,3 +449,79 @@ def test_private_subnets_get_the_endpoints_the_tasks_need_as_an_option():
 def test_the_image_is_documented_by_digest():
     description = " ".join(TEMPLATE["Parameters"]["ImageUri"]["Description"].split())
     assert "@sha256:" in description and "by digest" in description
+
+
+def test_the_published_issuer_is_the_oidc_provider_s_url_and_the_task_s_setting():
+    """Serverless federation (design §9.9): the provider URL the tasks publish under is the IAM
+    OIDC provider's URL, the stack's output, and the example role's condition-key prefix; the
+    task's environment with federation on loads as a valid configuration."""
+    env = {
+        e["Name"]: e["Value"]
+        for e in RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
+    }
+    on = {
+        k: v["Fn::If"][1] for k, v in env.items() if k.startswith("SENTRY_OIDC_") or k == "SENTRY_JWT_ISSUER"
+    }
+    assert all(env[k]["Fn::If"][0] == "MakeOidcFederation" and env[k]["Fn::If"][2] == "" for k in on)
+    url = on["SENTRY_OIDC_FEDERATION_PROVIDER_URL"]
+    assert on["SENTRY_JWT_ISSUER"] == url  # the tokens' iss is the provider URL
+    assert (
+        RESOURCES["OidcProvider"]["Properties"]["Url"]
+        == url
+        == TEMPLATE["Outputs"]["OidcProviderUrl"]["Value"]
+    )
+    _, names = RESOURCES["OidcExampleRole"]["Properties"]["AssumeRolePolicyDocument"]["Fn::Sub"]
+    assert "https://" + names["Issuer"]["Fn::Sub"] == url["Fn::Sub"]
+    assert RESOURCES["OidcProvider"]["Properties"]["ClientIdList"] == [{"Ref": "OidcAudience"}]
+    refs = REFS | {"OidcBucket": "sentryca-oidc-example", "OidcFederationPrefix": "sentryca"}
+    resolved = {
+        "SENTRY_OIDC_FEDERATION_BUCKET": refs["OidcBucket"],
+        "SENTRY_OIDC_FEDERATION_PREFIX": refs["OidcFederationPrefix"],
+        "SENTRY_OIDC_FEDERATION_PROVIDER_URL": url["Fn::Sub"]
+        .replace("${OidcBucket.RegionalDomainName}", "sentryca-oidc-example.s3.us-east-1.amazonaws.com")
+        .replace("${OidcFederationPrefix}", "sentryca"),
+        "SENTRY_TRUST_BUNDLE_STORE": f"s3://{REFS['BundleBucket']}/{REFS['BundleKey']}",
+    }
+    resolved |= {
+        "SENTRY_JWT_ENABLED": "true",
+        "SENTRY_JWT_ISSUER": resolved["SENTRY_OIDC_FEDERATION_PROVIDER_URL"],
+    }
+    cfg = load_config({}, resolved)
+    assert cfg.jwt_enabled and cfg.jwt_issuer == cfg.oidc_federation_provider_url
+    assert (
+        cfg.oidc_federation_provider_url
+        == "https://sentryca-oidc-example.s3.us-east-1.amazonaws.com/sentryca"
+    )
+    # federation off: every value is empty, which the loader reads as no setting
+    assert load_config({}, dict.fromkeys(on, "")).oidc_federation_bucket is None
+
+
+def test_failed_oidc_publication_alarms_from_the_cas_own_json_log_line(caplog):
+    """The OidcPublishFailed filter matches the line the federation thread logs (``--log-as-json``)
+    when it cannot publish, and its ``destination`` dimension is what the alarm names."""
+    import logging
+
+    from adapters.oidc_federation import S3DocumentPublisher
+    from handlers.logs import JsonFormatter
+    from handlers.server.federation import Federation
+
+    flt = RESOURCES["OidcPublishFailedMetricFilter"]["Properties"]
+    assert flt["FilterPattern"] == '{ $.event = "oidc_publish_failed" }'
+    assert RESOURCES["OidcPublishFailedMetricFilter"]["Condition"] == "MakeOidcFederation"
+    (transformation,) = flt["MetricTransformations"]
+    assert transformation["Dimensions"] == [{"Key": "destination", "Value": "$.destination"}]
+    alarm = RESOURCES["OidcPublishFailedAlarm"]["Properties"]
+    assert alarm["Dimensions"][0]["Value"] == {"Fn::Sub": "s3://${OidcBucket}/${OidcFederationPrefix}/"}
+
+    class Unreachable:  # an S3 client whose every call fails as the SDK's would
+        def get_object(self, **kwargs):
+            from botocore.exceptions import EndpointConnectionError
+
+            raise EndpointConnectionError(endpoint_url="https://s3.example")
+
+    caplog.set_level(logging.INFO)
+    publisher = S3DocumentPublisher("sentryca-oidc-example", "sentryca", client=Unreachable())
+    assert not Federation(publisher, "https://x.example", lambda: b'{"keys":[]}').sync()
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    (line,) = [x for x in lines if x.get("event") == "oidc_publish_failed"]
+    assert line["destination"] == "s3://sentryca-oidc-example/sentryca/" and line["level"] == "warning"

@@ -6,6 +6,7 @@ Pure: built from values the loader has already read and parsed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from ..durations import format_duration
 from ..errors import ConfigError
 from ..jwt_svid import DEFAULT_JWT_TTL, JwtAlgorithm
 from ..keys import KeyAlgorithm
+from ..oidc import path_prefix_problem, url_problem
 from ..spiffe_id import namespace_problem, trust_domain_problem
 
 MODES = ("auto", "kubernetes", "standalone")
@@ -123,6 +125,18 @@ class Config:
     rate_limit: float = 1000.0
     identity_rate_limit: float = 0.0
     workers: int = 1
+    oidc_enabled: bool = False
+    oidc_server_listen_port: int = 9080
+    oidc_server_listen_address: str = "localhost"
+    oidc_server_tls_enabled: bool = True
+    oidc_server_tls_cert_file: str | None = None
+    oidc_server_tls_key_file: str | None = None
+    oidc_jwks_uri: str | None = None
+    oidc_path_prefix: str | None = None
+    oidc_allowed_hosts: tuple[str, ...] = ()
+    oidc_federation_bucket: str | None = None
+    oidc_federation_prefix: str = ""
+    oidc_federation_provider_url: str | None = None
     issuer_credentials: str = "./.sentry/credentials"
     trust_bundle_store: str | None = None
     issuer_ca_filename: str = "ca.crt"
@@ -269,6 +283,80 @@ def validate(cfg: Config) -> Config:
     for name in (cfg.issuer_ca_filename, cfg.issuer_certificate_filename, cfg.issuer_key_filename):
         if not name or "/" in name or name in (".", ".."):
             problems.append(f"file name {name!r} must be a plain file name")
+    problems.extend(oidc_problems(cfg))
+    problems.extend(oidc_jwt_problems(cfg, cfg.jwt_enabled, cfg.jwt_issuer))
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
     return cfg
+
+
+def oidc_problems(cfg: Config) -> list[str]:
+    """The problems of the OIDC discovery server's and the federation publisher's settings
+    (design §9.9): TLS needs both a certificate and a key (as Dapr's Sentry requires); URLs are
+    absolute without query or fragment; the federation bucket is never the trust bundle's own."""
+    problems: list[str] = []
+    if cfg.oidc_enabled and cfg.oidc_server_tls_enabled:
+        for flag, value in (
+            ("--oidc-server-tls-cert-file", cfg.oidc_server_tls_cert_file),
+            ("--oidc-server-tls-key-file", cfg.oidc_server_tls_key_file),
+        ):
+            if not value:
+                problems.append(
+                    f"{flag} is required with --oidc-enabled (unless --oidc-server-tls-enabled=false)"
+                )
+    if bool(cfg.oidc_server_tls_cert_file) != bool(cfg.oidc_server_tls_key_file):
+        problems.append("--oidc-server-tls-cert-file and --oidc-server-tls-key-file go together")
+    if cfg.oidc_jwks_uri is not None and (p := url_problem(cfg.oidc_jwks_uri, https_only=False)):
+        problems.append(f"--oidc-jwks-uri: {p}")
+    if cfg.oidc_path_prefix and (p := path_prefix_problem(cfg.oidc_path_prefix)):
+        problems.append(f"--oidc-path-prefix: {p}")
+    bucket = cfg.oidc_federation_bucket
+    if bucket is not None:
+        if not _BUCKET.fullmatch(bucket):
+            problems.append(f"--oidc-federation-bucket: {bucket!r} is not an S3 bucket name")
+        if bucket == bundle_bucket(cfg.store_url):
+            problems.append(
+                f"--oidc-federation-bucket: {bucket!r} holds the trust bundle, whose keys sit beside "
+                "its public part; publish the OIDC documents to a bucket of their own"
+            )
+        if cfg.oidc_federation_provider_url is None:
+            problems.append("--oidc-federation-provider-url is required with --oidc-federation-bucket")
+    elif cfg.oidc_federation_provider_url is not None:
+        problems.append("--oidc-federation-provider-url needs --oidc-federation-bucket")
+    if cfg.oidc_federation_provider_url is not None and (p := url_problem(cfg.oidc_federation_provider_url)):
+        problems.append(f"--oidc-federation-provider-url: {p}")
+    prefix = cfg.oidc_federation_prefix
+    if prefix:
+        p = "must not start with '/'" if prefix.startswith("/") else path_prefix_problem("/" + prefix)
+        if p:
+            problems.append(f"--oidc-federation-prefix: {p}")
+    return problems
+
+
+def oidc_jwt_problems(cfg: Config, jwt_enabled: bool, jwt_issuer: str | None) -> list[str]:
+    """The problems of the OIDC settings against JWT issuance (``--jwt-enabled``,
+    ``--jwt-issuer``; design §9.9): both ways of discovery need JWT-SVIDs, and the published
+    documents are an issuer's only when the tokens' ``iss`` is the provider URL. Called by
+    :func:`validate` once the JWT options are fields of Config."""
+    problems: list[str] = []
+    federation = cfg.oidc_federation_bucket is not None
+    if (cfg.oidc_enabled or federation) and not jwt_enabled:
+        flag = "--oidc-enabled" if cfg.oidc_enabled else "--oidc-federation-bucket"
+        problems.append(f"{flag} needs --jwt-enabled (there is no JWKS to serve without it)")
+    url = cfg.oidc_federation_provider_url
+    if federation and jwt_enabled and (jwt_issuer or "").rstrip("/") != (url or "").rstrip("/"):
+        problems.append(
+            f"--jwt-issuer ({jwt_issuer or 'unset'}) must be --oidc-federation-provider-url ({url}): "
+            "verifiers accept a token only from the issuer whose documents they read"
+        )
+    return problems
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def bundle_bucket(store_url: str) -> str | None:
+    """The S3 bucket of an ``s3://BUCKET/KEY`` store URL, else None."""
+    if not store_url.startswith("s3://"):
+        return None
+    return store_url[len("s3://") :].split("/", 1)[0].split("?", 1)[0] or None

@@ -134,6 +134,18 @@ def _cluster_domain(text: str) -> str:
     raise ValueError(f"{text!r} is an IP address, not a DNS name (e.g. cluster.local)")
 
 
+def _hosts(text: str) -> tuple[str, ...]:
+    """Comma-separated host names, optionally with a port, or ``*`` (Dapr's string list)."""
+    hosts = tuple(h.strip().lower() for h in text.split(",") if h.strip())
+    for host in hosts:
+        if host != "*" and not _HOST.fullmatch(host):
+            raise ValueError(f"{host!r} is not a host name, host:port or *")
+    return hosts
+
+
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)(:[0-9]{1,5})?")
+
+
 def _log_level(text: str) -> str:
     v = text.strip().lower()
     if v not in ("debug", "info", "warn", "warning", "error", "fatal"):
@@ -334,6 +346,52 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "gRPC server processes sharing --port (SO_REUSEPORT), each a whole CA on the same store, "
         "under one supervisor that serves /healthz, /livez and /metrics for all; 0: one per CPU "
         "(default 1: no supervisor)",
+    ),
+    Option(
+        "oidc-enabled", _bool, "serve the OIDC discovery document and the JWKS over HTTP(S) (default false)"
+    ),
+    Option("oidc-server-listen-port", _port, "port of the OIDC discovery server (default 9080)"),
+    Option(
+        "oidc-server-listen-address", str, "bind address of the OIDC discovery server (default localhost)"
+    ),
+    Option(
+        "oidc-server-tls-enabled",
+        _bool,
+        "serve OIDC discovery over TLS with --oidc-server-tls-cert-file and --oidc-server-tls-key-file "
+        "(both required then); false: plain HTTP, for a TLS-terminating proxy in front (default true)",
+    ),
+    Option("oidc-server-tls-cert-file", str, "PEM certificate chain of the OIDC discovery server"),
+    Option("oidc-server-tls-key-file", str, "PEM private key of the OIDC discovery server"),
+    Option(
+        "oidc-jwks-uri",
+        str,
+        "the jwks_uri the discovery document states, when verifiers reach the JWKS elsewhere "
+        "(default: the server's own <prefix>/jwks.json)",
+    ),
+    Option("oidc-path-prefix", str, "URL path prefix of the two OIDC endpoints, e.g. /oidc (default: none)"),
+    Option(
+        "oidc-allowed-hosts",
+        _hosts,
+        "hosts (Host or X-Forwarded-Host, with or without port) the OIDC server answers, "
+        "comma-separated; others get 403 (default: any host)",
+    ),
+    Option(
+        "oidc-federation-bucket",
+        str,
+        "S3 bucket to publish the OIDC discovery document and the JWKS to on every JWKS change, for "
+        "cloud federation without a server (never the trust bundle's bucket; default: not published)",
+    ),
+    Option(
+        "oidc-federation-prefix",
+        str,
+        "key prefix in --oidc-federation-bucket, e.g. sentryca: the documents are then "
+        "sentryca/.well-known/openid-configuration and sentryca/jwks.json (default: none)",
+    ),
+    Option(
+        "oidc-federation-provider-url",
+        str,
+        "the https URL the published documents are read from, the issuer of the JWT-SVIDs, e.g. "
+        "https://BUCKET.s3.REGION.amazonaws.com/PREFIX (required with --oidc-federation-bucket)",
     ),
     Option("log-level", _log_level, "debug, info, warn, error (default info)"),
     Option("log-as-json", _bool, "log JSON lines (default false)"),

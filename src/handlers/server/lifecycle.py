@@ -39,6 +39,7 @@ from ca_core.validators import TokenValidatorKind, Validator
 
 from .. import composition
 from ..metrics import Metrics
+from .federation import Federation, federation_settings
 from .listeners import Listeners
 from .readiness import check_expiry, publish_bundle, publish_public, readiness_report
 from .server_certificate import ServedCertificate
@@ -72,6 +73,7 @@ class CertificateAuthority:
         self._lock = threading.RLock()  # start/stop/restart/maintain
         self._swap_lock = threading.Lock()  # the state in force and its server certificate
         self._state: State | None = None
+        self._federation: Federation | None = None  # --oidc-federation-bucket (design §9.9)
         self.metrics = Metrics(count_shared_events)
         self._certs = ServedCertificate(clock, self.metrics, self._swap_lock, lambda: self._state)
         self._listeners = Listeners(
@@ -83,6 +85,7 @@ class CertificateAuthority:
             readiness=self.readiness,
             reuse_port=reuse_port,
             http_address=http_address,
+            jwks=self.jwks,
         )
         self._upkeep = Upkeep(
             lock=self._lock,
@@ -133,6 +136,16 @@ class CertificateAuthority:
     def metrics_port(self) -> int | None:
         """The bound port of ``/metrics``, or None (idle, or metrics switched off)."""
         return self._listeners.metrics_port
+
+    @property
+    def oidc_port(self) -> int | None:
+        """The bound port of the OIDC discovery server, or None (idle, or ``--oidc-enabled`` off)."""
+        return self._listeners.oidc_port
+
+    def jwks(self) -> bytes | None:
+        """The JWKS document of the bundle in force (``composition.bundle_jwks``), or None."""
+        state = self._state
+        return composition.bundle_jwks(state.signer.bundle if state is not None else None)
 
     @property
     def grpc_server(self) -> grpc.aio.Server | None:
@@ -200,6 +213,27 @@ class CertificateAuthority:
         self._listeners.open(state.config)
         self._check_expiry(state)
         self._upkeep.start(state)
+        self._federation = Federation.of(state.config, self.jwks)
+        if self._federation is not None:
+            self._federation.start()
+
+    @property
+    def federation(self) -> Federation | None:
+        """The publisher of the OIDC documents for serverless federation, or None."""
+        return self._federation
+
+    def _federate(self, old: Config, new: Config) -> None:
+        """After a new state went in force: the same federation settings → look at its JWKS now;
+        other settings → the publisher of the new ones replaces the old one."""
+        if federation_settings(old) == federation_settings(new):
+            if self._federation is not None:
+                self._federation.notify()
+            return
+        if self._federation is not None:
+            self._federation.stop()
+        self._federation = Federation.of(new, self.jwks)
+        if self._federation is not None:
+            self._federation.start()
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop serving: in-flight calls get ``grace`` seconds; returns when everything has
@@ -211,6 +245,9 @@ class CertificateAuthority:
             log.info("CA stopped")
 
     def _shutdown(self, grace: float) -> None:
+        federation, self._federation = self._federation, None
+        if federation is not None:
+            federation.stop()
         self._upkeep.stop()
         self._listeners.close(grace)
         self._state = None
@@ -283,6 +320,7 @@ class CertificateAuthority:
         self._hand_over(old, new)
         publish_public(new)
         publish_bundle(new, old, self.metrics)
+        self._federate(old.config, new.config)
         self._check_expiry(new)
         self._listeners.refresh_health()
 

@@ -29,6 +29,7 @@ from ..grpc_health import Probe, ReadinessHealth, add_health_to_server
 from ..grpc_service import CAServicer, add_to_server
 from ..http_endpoints import HttpEndpoints, json_route
 from ..metrics import Metrics
+from ..oidc_server import JwksProvider, OidcServer, oidc_settings, open_oidc
 from ..rate_limit import RateLimiter
 from .event_loop import LoopThread
 from .server_certificate import ServedCertificate
@@ -57,6 +58,7 @@ LISTENER_GROUPS: dict[str, Callable[[Config], tuple[Any, ...]]] = {
     ),
     "healthz": lambda c: (c.listen_address, c.healthz_port),
     "metrics": lambda c: (c.listen_address, c.enable_metrics, c.metrics_port),
+    "oidc": lambda c: oidc_settings(c).socket if c.oidc_enabled else (),
 }
 
 
@@ -90,6 +92,7 @@ class Listeners:
         readiness: Probe,
         reuse_port: bool,
         http_address: str | None,
+        jwks: JwksProvider = lambda: None,
     ) -> None:
         self._clock = clock
         self._metrics = metrics
@@ -101,6 +104,8 @@ class Listeners:
         self._http_address = http_address
         self._grpc: _Grpc | None = None
         self._http: dict[str, HttpEndpoints] = {}  # "healthz", "metrics"
+        self._jwks = jwks
+        self._oidc: OidcServer | None = None
         self._draining: list[tuple[_Grpc, Future[None]]] = []  # old servers after a hand-over
         self._loop = LoopThread("grpc-loop")
 
@@ -125,6 +130,12 @@ class Listeners:
         return self._http_port("metrics")
 
     @property
+    def oidc_port(self) -> int | None:
+        """The bound port of the OIDC discovery server, or None (idle, or not enabled)."""
+        server = self._oidc
+        return server.port if server is not None else None
+
+    @property
     def draining(self) -> bool:
         """Whether a gRPC server retired by a hand-over still has calls in flight."""
         return not all(done.done() for _, done in self._draining)
@@ -147,6 +158,7 @@ class Listeners:
             endpoint = self._open_http(name, cfg)
             if endpoint is not None:
                 self._set_http(name, endpoint)
+        self._oidc = open_oidc(cfg, self._jwks, reuse_port=self._reuse_port)
 
     def refresh_health(self) -> None:
         """Publish the readiness to the gRPC health service's watchers."""
@@ -222,6 +234,8 @@ class Listeners:
     def _bound_port(self, group: str) -> int | None:
         if group == "grpc":
             return self.grpc_port
+        if group == "oidc":
+            return self.oidc_port
         return self._http_port(group)
 
     def can_hand_over(self, old: Config, new: Config) -> bool:
@@ -249,18 +263,23 @@ class Listeners:
         open_grpc = cert is not None and ("grpc" in changed or self._grpc is None)
         opened_grpc = None
         opened_http: dict[str, HttpEndpoints | None] = {}
+        opened_oidc: OidcServer | None = None
         try:
             if open_grpc and cert is not None:
                 opened_grpc = self._open_grpc(cfg, cert)
             for name in HTTP_LISTENERS:
                 if name in changed:
                     opened_http[name] = self._open_http(name, cfg)
+            if "oidc" in changed:
+                opened_oidc = open_oidc(cfg, self._jwks, reuse_port=self._reuse_port)
         except BaseException:
             if opened_grpc is not None:
                 self._stop_grpc(opened_grpc, 0)
             for endpoint in opened_http.values():
                 if endpoint is not None:
                     endpoint.stop()
+            if opened_oidc is not None:
+                opened_oidc.stop()
             raise
         retired: _Grpc | None = None
         with self._swap_lock:
@@ -286,6 +305,12 @@ class Listeners:
             self._set_http(name, endpoint)
             if previous is not None:
                 previous.stop()
+        if "oidc" in changed:
+            retired_oidc, self._oidc = self._oidc, opened_oidc
+            if retired_oidc is not None:
+                retired_oidc.stop()
+        elif self._oidc is not None:  # the same socket: hosts, prefix, JWKS URI, issuer in place
+            self._oidc.reconfigure(oidc_settings(cfg))
         if changed:
             log.info(
                 "CA handed over to new listeners (%s): gRPC %s:%s, healthz :%s%s",
@@ -326,6 +351,9 @@ class Listeners:
         for endpoint in self._http.values():
             endpoint.stop()
         self._http.clear()
+        oidc_server, self._oidc = self._oidc, None
+        if oidc_server is not None:
+            oidc_server.stop()
 
 
 def call_limits(cfg: Config) -> CallLimits:
@@ -394,6 +422,8 @@ def group_port(group: str, cfg: Config) -> int | None:
         return cfg.port
     if group == "healthz":
         return cfg.healthz_port
+    if group == "oidc":
+        return cfg.oidc_server_listen_port if cfg.oidc_enabled else None
     return cfg.metrics_port if cfg.enable_metrics else None
 
 
