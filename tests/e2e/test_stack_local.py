@@ -56,7 +56,6 @@ from support.wait import wait_until
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
 TEMPLATE = load_template(TEMPLATE_PATH)
 STACK = "sentryca-e2e"
-NLB_DNS_NAME = f"{STACK}-LoadBal-LOCAL1-0123456789abcdef.elb.{REGION}.amazonaws.com"
 # The template's parameters for this stack: defaults, but no JWKS (the client uses the INSECURE
 # validator, which the template allows only with AllowInsecure=true) and this machine's Lambda.
 PARAMETERS = {
@@ -77,6 +76,37 @@ def test_every_resource_type_of_the_template_has_a_local_stand_in():
     types = {r["Type"] for r in TEMPLATE["Resources"].values()}
     assert types == set(LOCAL), (types - set(LOCAL), set(LOCAL) - types)
     assert all(len(why) > 30 for why in LOCAL.values())
+
+
+def _variables_read() -> set[str]:
+    """Every environment variable the code reads: the option table's (``SENTRY_<FLAG>``) and each
+    one named literally in an ``os.environ`` lookup under src/."""
+    from ca_core.config import options
+
+    names = {
+        o.env_name
+        for group in vars(options).values()
+        if isinstance(group, tuple) and group and all(isinstance(o, options.Option) for o in group)
+        for o in group
+    }
+    for path in (REPO_ROOT / "src").rglob("*.py"):
+        names |= set(re.findall(r'environ(?:\.get)?[\[(]"([A-Z0-9_]+)"', path.read_text()))
+    return names
+
+
+def test_every_variable_the_template_sets_is_read_by_the_code():
+    """A variable the task definition or a function sets that nothing reads is a silent defect
+    (a setting the operator believes in force); the task's Secrets are read by its Command."""
+    stack = Stack(TEMPLATE, STACK, PARAMETERS)
+    read = _variables_read()
+    (container,) = TEMPLATE["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    command = " ".join(container["Command"])
+    for secret in container["Secrets"]:
+        assert f"${secret['Name']}" in command, secret
+    task = {e["Name"] for e in container["Environment"]}
+    assert task - read == set(), "task variables nothing reads"
+    for fn in ("ExpiryCheckFunction", "ConfigChangeFunction"):
+        assert set(stack.function_env(fn)) - read == set(), f"{fn}: variables nothing reads"
 
 
 # --- the tasks: `sentryca serve` as the task definition runs it ---------------------------------
@@ -167,9 +197,11 @@ class SigningLoop(threading.Thread):
     test may extend), each call a different workload of 50, every answer verified against the
     anchors; records each task's last issuer and every failure."""
 
-    def __init__(self, anchors: bytes) -> None:
+    def __init__(self, anchors: bytes, server_name: str) -> None:
         super().__init__(daemon=True)
-        self.anchors, self.tasks, self.stop = anchors, [], threading.Event()
+        self.anchors, self.server_name = anchors, server_name
+        self.tasks: list[Task] = []
+        self.stop = threading.Event()
         self.channels: dict[str, grpc.Channel] = {}
         self.calls: dict[str, int] = {}
         self.failures: list[str] = []
@@ -178,7 +210,9 @@ class SigningLoop(threading.Thread):
 
     def add(self, task: Task) -> None:
         # by the load balancer's name, as the deployed clients: the task's certificate carries it
-        self.channels[task.name] = client.channel(f"127.0.0.1:{task.grpc_port}", self.anchors, NLB_DNS_NAME)
+        self.channels[task.name] = client.channel(
+            f"127.0.0.1:{task.grpc_port}", self.anchors, self.server_name
+        )
         self.calls[task.name] = 0
         self.tasks.append(task)
 
@@ -340,7 +374,7 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
     started = time.monotonic()
 
     stack = Stack(TEMPLATE, STACK, PARAMETERS)
-    queues = create_stack(stack, endpoint, NLB_DNS_NAME)
+    queues = create_stack(stack, endpoint)
     assert set(queues) == {"S3BundleChangedRule", "ConfigParameterChangedRule"}  # StoreKind s3
     assert len(set(queues.values())) == 1  # both rules invoke the config-change function
     events = Queue(endpoint, queues["S3BundleChangedRule"])
@@ -370,7 +404,7 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
         first = store.load()
         anchors = first.items["ca.crt"]
         first_issuer = fingerprint(x509.load_pem_x509_certificates(first.items["issuer.crt"])[0])
-        loop = SigningLoop(anchors)
+        loop = SigningLoop(anchors, stack.attrs[("LoadBalancer", "DNSName")])
         for task in tasks:
             loop.add(task)
         loop.start()
@@ -504,7 +538,8 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
         totals[(ns, metric, dims)] = totals.get((ns, metric, dims), 0.0) + value
 
     cw = aws_client("cloudwatch", endpoint)
-    alarms = cw.describe_alarms()["MetricAlarms"]
+    # the stack's (the scaling policy's own target-tracking alarms, which AWS makes too, aside)
+    alarms = cw.describe_alarms(AlarmNamePrefix=f"{STACK}-")["MetricAlarms"]
     expected = {k for k, v in TEMPLATE["Resources"].items() if v["Type"] == "AWS::CloudWatch::Alarm"}
     assert {a["AlarmName"] for a in alarms} == {stack.refs[k] for k in expected}
     fed: dict[str, list[float]] = {}
@@ -530,7 +565,23 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
     assert totals[("SentryCA", "ConfigChangeRejected", svc)] == 2
     assert totals[("SentryCA", "DeploymentForced", svc)] == 2
     store_dim = frozenset({("store", f"s3://{bucket}/{key}")})
-    assert totals[("SentryCA", "StoreDegraded", store_dim)] >= 1  # the third task's start, at least
+    assert totals[("SentryCA", "StoreDegraded", store_dim)] >= 1
+    degraded = [x for x in tasks[2].log() if x.get("event") == "store_degraded"]
+    assert degraded and degraded[0]["store"] == f"s3://{bucket}/{key}"  # the third task's start
+    # the first two restarted in place for the new issuer (the third started on it)
+    restarts = sum(v for (ns, m, dims), v in totals.items() if m == "Restarts" and dims == svc)
+    assert restarts >= 2
+
+    # every metric the dashboard (as moto holds it) shows is one that was emitted
+    body = json.loads(cw.get_dashboard(DashboardName=stack.refs["Dashboard"])["DashboardBody"])
+    shown = []
+    for widget in body["widgets"]:
+        for row in widget["properties"]["metrics"]:
+            plain = [x for x in row if not isinstance(x, dict)]
+            if plain:  # [namespace, name, dimension, value, ...]; expressions are checked in test_emf
+                ns, metric, *dims = plain
+                shown.append((ns, metric, frozenset(zip(dims[::2], dims[1::2], strict=True))))
+    assert shown and not [m for m in shown if m not in totals], [m for m in shown if m not in totals]
 
     # ... and into the emulated CloudWatch: the alarm's own query finds the data
     for ns, metric, dims, value in data:

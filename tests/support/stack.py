@@ -59,17 +59,18 @@ LOCAL: dict[str, str] = {
     "stack is StoreKind s3",
     "AWS::EC2::VPCEndpoint": "not created: condition MakeVpcEndpoints is false (CreateVpcEndpoints "
     "default); the tasks reach moto on loopback",
-    "AWS::EC2::SecurityGroup": "not created: the tasks are processes on loopback ports, not ENIs in a "
-    "VPC (tests/e2e/test_template.py checks the rules)",
-    "AWS::ElasticLoadBalancingV2::LoadBalancer": "not created: no load balancer in front of the local "
-    "tasks; the client connects to each task's port and checks the certificate names the NLB's "
-    "DNS name (SENTRY_SERVER_NAMES)",
-    "AWS::ElasticLoadBalancingV2::TargetGroup": "not created: no load balancer locally (client IP "
-    "preservation is a template attribute, tests/e2e/test_template.py)",
-    "AWS::ElasticLoadBalancingV2::Listener": "not created: no load balancer locally",
-    "AWS::ApplicationAutoScaling::ScalableTarget": "not created: nothing scales locally; the test starts "
-    "the tasks (two, and a third as a scaling or replacement task would start)",
-    "AWS::ApplicationAutoScaling::ScalingPolicy": "not created: nothing scales locally",
+    "AWS::EC2::SecurityGroup": "moto: each group with its ingress and egress rules, in a VPC and two "
+    "subnets made for VpcId and SubnetIds (moto filters no traffic: the tasks are processes on "
+    "loopback ports)",
+    "AWS::ElasticLoadBalancingV2::LoadBalancer": "moto: the internal NLB with its attributes; it "
+    "forwards nothing: the client connects to each task's port, by the NLB's DNS name, which the "
+    "tasks' certificates carry (SENTRY_SERVER_NAMES)",
+    "AWS::ElasticLoadBalancingV2::TargetGroup": "moto: the target group with its health check and "
+    "attributes (client IP preservation); no targets register, nothing checks them",
+    "AWS::ElasticLoadBalancingV2::Listener": "moto: the TCP listener forwarding to the target group",
+    "AWS::ApplicationAutoScaling::ScalableTarget": "moto: registered as written; nothing scales "
+    "locally: the test starts the tasks (two, and a third as scaling or a replacement would)",
+    "AWS::ApplicationAutoScaling::ScalingPolicy": "moto: put as written (moto never acts on it)",
 }
 
 
@@ -95,7 +96,8 @@ class Stack:
 
     template: dict[str, Any]
     name: str
-    parameters: dict[str, str]
+    parameters: dict[str, Any]
+    nlb_dns_name: str = "internal-sentryca-local.elb.amazonaws.com"  # !GetAtt LoadBalancer.DNSName
     suffix: str = "LOCAL1"
     refs: dict[str, Any] = field(default_factory=dict)
     attrs: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -115,6 +117,7 @@ class Stack:
             "AWS::Partition": "aws",
             "AWS::NoValue": NO_VALUE,
         }
+        plan(self)
 
     @property
     def resources(self) -> dict[str, Any]:
@@ -189,7 +192,7 @@ class Stack:
         return container
 
 
-def plan(stack: Stack, nlb_dns_name: str) -> None:
+def plan(stack: Stack) -> None:
     """Every physical name and attribute CloudFormation would give the resources used here."""
     s, refs, attrs = stack.name, stack.refs, stack.attrs
     bucket = cfn_name(s, "BundleBucket", stack.suffix, lower=True)
@@ -220,7 +223,7 @@ def plan(stack: Stack, nlb_dns_name: str) -> None:
             refs[logical] = name
         elif kind == "AWS::ElasticLoadBalancingV2::LoadBalancer":
             refs[logical] = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:loadbalancer/net/{name}"
-            attrs[(logical, "DNSName")] = nlb_dns_name
+            attrs[(logical, "DNSName")] = stack.nlb_dns_name
     # named by their properties
     for logical, prop in (
         ("ConfigParameter", "Name"),
@@ -239,10 +242,9 @@ def plan(stack: Stack, nlb_dns_name: str) -> None:
         refs.setdefault(logical, f"local-{cfn_name(s, logical, stack.suffix).lower()}")
 
 
-def create_stack(stack: Stack, endpoint: str, nlb_dns_name: str) -> dict[str, str]:
+def create_stack(stack: Stack, endpoint: str) -> dict[str, str]:
     """Create the stack's resources on the moto server at ``endpoint`` (see :data:`LOCAL`);
     returns rule logical id → the URL of the SQS queue standing in for its Lambda target."""
-    plan(stack, nlb_dns_name)
     unknown = {r["Type"] for r in stack.resources.values()} - set(LOCAL)
     assert not unknown, f"resource types with no local stand-in named in support/stack.py: {unknown}"
     s3, ssm = aws_client("s3", endpoint), aws_client("ssm", endpoint)
@@ -254,6 +256,16 @@ def create_stack(stack: Stack, endpoint: str, nlb_dns_name: str) -> dict[str, st
         aws_client("ecs", endpoint),
     )
     targets: dict[str, str] = {}
+    # the VPC and subnets the parameters name (they exist before the stack)
+    ec2 = aws_client("ec2", endpoint)
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    stack.refs["VpcId"] = vpc
+    stack.refs["SubnetIds"] = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{REGION}{az}")["Subnet"][
+            "SubnetId"
+        ]
+        for i, az in enumerate("ab")
+    ]
     order = sorted(stack.resources, key=lambda k: _ORDER.index(stack.resources[k]["Type"]))
     for logical in order:
         kind = stack.resources[logical]["Type"]
@@ -312,14 +324,11 @@ def create_stack(stack: Stack, endpoint: str, nlb_dns_name: str) -> dict[str, st
             )
         elif kind == "AWS::ECS::Service":
             svc = camel(p)
-            ecs.create_service(
-                cluster=svc["cluster"],
-                serviceName=svc["serviceName"],
-                taskDefinition=svc["taskDefinition"],
-                desiredCount=svc["desiredCount"],
-                launchType=svc["launchType"],
-                deploymentConfiguration=svc["deploymentConfiguration"],
-            )
+            ecs.create_service(**svc)
+        elif kind.startswith(
+            ("AWS::EC2::", "AWS::ElasticLoadBalancingV2::", "AWS::ApplicationAutoScaling::")
+        ):
+            _create_network(stack, logical, kind, p, endpoint)
         elif kind == "AWS::Logs::LogGroup":
             logs.create_log_group(logGroupName=p["LogGroupName"])
             logs.put_retention_policy(logGroupName=p["LogGroupName"], retentionInDays=p["RetentionInDays"])
@@ -374,6 +383,78 @@ def create_stack(stack: Stack, endpoint: str, nlb_dns_name: str) -> dict[str, st
             cw.put_dashboard(DashboardName=p["DashboardName"], DashboardBody=p["DashboardBody"])
         stack.created[logical] = "created in moto"
     return targets
+
+
+def _permissions(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CloudFormation's security group rules as the API's IpPermissions."""
+    out = []
+    for rule in rules:
+        perm: dict[str, Any] = {"IpProtocol": str(rule["IpProtocol"])}
+        if "FromPort" in rule:
+            perm |= {"FromPort": rule["FromPort"], "ToPort": rule["ToPort"]}
+        described = {"Description": rule["Description"]} if "Description" in rule else {}
+        if "CidrIp" in rule:
+            perm["IpRanges"] = [{"CidrIp": rule["CidrIp"], **described}]
+        if "SourceSecurityGroupId" in rule:
+            perm["UserIdGroupPairs"] = [{"GroupId": rule["SourceSecurityGroupId"], **described}]
+        out.append(perm)
+    return out
+
+
+def _create_network(stack: Stack, logical: str, kind: str, p: dict[str, Any], endpoint: str) -> None:
+    """The security groups, the NLB with its target group and listener, the service's scaling."""
+    short = f"{stack.name[:8]}-{logical[:12]}-{stack.suffix}"  # ELB names: at most 32 characters
+    if kind == "AWS::EC2::SecurityGroup":
+        ec2 = aws_client("ec2", endpoint)
+        group = ec2.create_security_group(
+            GroupName=cfn_name(stack.name, logical, stack.suffix),
+            Description=p["GroupDescription"],
+            VpcId=p["VpcId"],
+        )["GroupId"]
+        stack.refs[logical] = group
+        stack.attrs[(logical, "GroupId")] = group
+        ec2.authorize_security_group_ingress(
+            GroupId=group, IpPermissions=_permissions(p["SecurityGroupIngress"])
+        )
+        if "SecurityGroupEgress" in p:  # replaces the default allow-all rule, as CloudFormation does
+            ec2.revoke_security_group_egress(
+                GroupId=group, IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+            )
+            ec2.authorize_security_group_egress(
+                GroupId=group, IpPermissions=_permissions(p["SecurityGroupEgress"])
+            )
+    elif kind == "AWS::ElasticLoadBalancingV2::LoadBalancer":
+        elb = aws_client("elbv2", endpoint)
+        (lb,) = elb.create_load_balancer(
+            Name=short,
+            Type=p["Type"],
+            Scheme=p["Scheme"],
+            Subnets=p["Subnets"],
+            SecurityGroups=p["SecurityGroups"],
+        )["LoadBalancers"]
+        elb.modify_load_balancer_attributes(
+            LoadBalancerArn=lb["LoadBalancerArn"], Attributes=p["LoadBalancerAttributes"]
+        )
+        stack.refs[logical] = lb["LoadBalancerArn"]
+        stack.attrs[(logical, "DNSName")] = lb["DNSName"]
+    elif kind == "AWS::ElasticLoadBalancingV2::TargetGroup":
+        elb = aws_client("elbv2", endpoint)
+        attributes = p.pop("TargetGroupAttributes")
+        (tg,) = elb.create_target_group(Name=short, **p)["TargetGroups"]
+        elb.modify_target_group_attributes(TargetGroupArn=tg["TargetGroupArn"], Attributes=attributes)
+        stack.refs[logical] = tg["TargetGroupArn"]
+    elif kind == "AWS::ElasticLoadBalancingV2::Listener":
+        elb = aws_client("elbv2", endpoint)
+        (listener,) = elb.create_listener(**p)["Listeners"]
+        stack.refs[logical] = listener["ListenerArn"]
+    elif kind == "AWS::ApplicationAutoScaling::ScalableTarget":
+        aws_client("application-autoscaling", endpoint).register_scalable_target(**p)
+        stack.refs[logical] = p  # what the scaling policy needs of it
+    elif kind == "AWS::ApplicationAutoScaling::ScalingPolicy":
+        target = p.pop("ScalingTargetId")
+        aws_client("application-autoscaling", endpoint).put_scaling_policy(
+            **p, **{k: target[k] for k in ("ServiceNamespace", "ResourceId", "ScalableDimension")}
+        )
 
 
 # creation order: what a resource names exists before it
