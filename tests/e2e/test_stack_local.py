@@ -172,6 +172,15 @@ class Task:
         )
         return seen["body"]
 
+    def health_check(self, stack: Stack) -> int:
+        """The exit status of the container's HealthCheck command (ECS runs it in the task),
+        with this machine's Python and the task's health port."""
+        cmd_type, program, *args = stack.container()["HealthCheck"]["Command"]
+        assert cmd_type == "CMD" and program == "python"
+        args = [a.replace("127.0.0.1:8080/", f"127.0.0.1:{self.healthz_port}/") for a in args]
+        assert any(f":{self.healthz_port}/livez" in a for a in args), args
+        return subprocess.run([sys.executable, *args], timeout=30, check=False).returncode
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -398,6 +407,7 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
         tasks.append(Task("task-2", stack, endpoint, tmp_path))
         tasks[1].wait_ready()
         figures["start two tasks (s)"] = time.monotonic() - t0
+        assert [t.health_check(stack) for t in tasks] == [0, 0]  # the container's own check
         (created,) = events.take(1, "the first task's bundle")
         assert created["detail"]["object"]["key"] == key and created["source"] == "aws.s3"
         assert functions.run("ConfigChangeFunction", created)["outcome"] == "accepted"
