@@ -3,7 +3,8 @@
 template.yaml's resources on a moto server (support/stack.py: the template's names and properties,
 each rule's Lambda target an SQS queue); the two tasks of the service are `sentryca serve`
 processes run with the task definition's command and environment (only endpoints, ports and
-paths substituted), a client signs in a loop against both for the whole test. Then:
+paths substituted), started together; a client signs in a loop against them for the whole test.
+Then:
 
 - an issuer rotation (`sentryca rotate issuer` on the S3 store) → moto's S3 sends Object Created
   to EventBridge → the template's rule matches → the SQS stand-in → the config-change function
@@ -13,7 +14,8 @@ paths substituted), a client signs in a loop against both for the whole test. Th
   the function (both ways) puts the store back and emits BundleReverted/ConfigChangeRejected;
   every task still serves the accepted issuer;
 - a configuration parameter change (its Parameter Store Change event put on the bus, which moto's
-  SSM does not send) → the function forces one deployment of the ECS service;
+  SSM does not send) → the function forces one deployment of the ECS service, whose new task
+  signs with the new parameter's certificate lifetime;
 - everything the tasks and functions printed (EMF, the tasks' JSON log lines through the
   template's metric filter) reaches the metric of every alarm moto holds, with the alarm's
   namespace, name and exact dimensions: an alarm nothing feeds fails the test.
@@ -400,12 +402,12 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
         with pytest.raises(Exception, match="holds no public trust bundle part"):
             functions.run("ExpiryCheckFunction", schedule)
 
-        # 1. The service's two tasks; the first makes the bundle in the empty store.
+        # 1. The service's two tasks, started together as a first deployment starts them: one
+        # makes the bundle in the empty store (a conditional create), the other loads it.
         t0 = time.monotonic()
-        tasks.append(Task("task-1", stack, endpoint, tmp_path))
-        tasks[0].wait_ready()
-        tasks.append(Task("task-2", stack, endpoint, tmp_path))
-        tasks[1].wait_ready()
+        tasks += [Task(f"task-{i}", stack, endpoint, tmp_path) for i in (1, 2)]
+        for task in tasks:
+            task.wait_ready()
         figures["start two tasks (s)"] = time.monotonic() - t0
         assert [t.health_check(stack) for t in tasks] == [0, 0]  # the container's own check
         (created,) = events.take(1, "the first task's bundle")
@@ -512,6 +514,20 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
         )["services"]
         assert service["deployments"], service
         figures["parameter change: event to deployment (s)"] = time.monotonic() - t0
+        # the deployment's new task reads the new parameter: its certificates last 12 h
+        fourth = Task("task-4", stack, endpoint, tmp_path)
+        tasks.append(fourth)
+        fourth.wait_ready()
+        with client.channel(f"127.0.0.1:{fourth.grpc_port}", anchors, loop.server_name) as chan:
+            resp = client.sign(
+                chan, make_csr(), "orders", "prod", token_validator=sentry_pb2.SignCertificateRequest.INSECURE
+            )
+        leaf = client.verify_response(resp, anchors, namespace="prod", app_id="orders").leaf
+        skew = timedelta(minutes=15)  # NotBefore is backdated by the default clock skew
+        assert leaf.not_valid_after_utc - leaf.not_valid_before_utc - skew == timedelta(hours=12)
+        loop.add(fourth)
+        wait_until(lambda: loop.calls["task-4"] > 0, "the fourth task signs", timeout=60)
+        assert loop.issuer["task-4"] == second_issuer
         assert loop.failures == []
     finally:
         if loop is not None:
@@ -569,7 +585,8 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
     by_alarm = {short[k]: v for k, v in fed.items()}
     print("alarm metric totals:", json.dumps(by_alarm))
     svc = frozenset({("service", STACK)})
-    assert totals[("SentryCA", "SignSuccesses", svc)] == loop.total()  # every call, counted by the tasks
+    # every call, counted by the tasks: the loop's, and the one that read the fourth task's TTL
+    assert totals[("SentryCA", "SignSuccesses", svc)] == loop.total() + 1
     assert totals.get(("SentryCA", "SignFailures", svc), 0) == 0
     assert totals[("SentryCA", "BundleReverted", svc)] == 2  # in-process and in the container
     assert totals[("SentryCA", "ConfigChangeRejected", svc)] == 2
