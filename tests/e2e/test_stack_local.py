@@ -388,6 +388,8 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
     queues = create_stack(stack, endpoint)
     assert set(queues) == {"S3BundleChangedRule", "ConfigParameterChangedRule"}  # StoreKind s3
     assert len(set(queues.values())) == 1  # both rules invoke the config-change function
+    assert set(stack.created) == set(TEMPLATE["Resources"])  # each created, or why not
+    print("resources:", json.dumps(stack.created, indent=1))
     events = Queue(endpoint, queues["S3BundleChangedRule"])
     functions = Functions(stack, env, tmp_path, slim_botocore_data, capsys, monkeypatch)
     bucket, key = stack.refs["BundleBucket"], stack.refs["BundleKey"]
@@ -424,6 +426,10 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
         assert set(loop.issuer.values()) == {first_issuer}
         checked = functions.run("ExpiryCheckFunction", schedule)
         assert checked["status"] == "ok" and checked["coverage_days"] > 300
+        in_container = functions.sam("ExpiryCheckFunction", schedule)
+        assert {k: in_container[k] for k in ("status", "store", "version")} == {
+            k: checked[k] for k in ("status", "store", "version")
+        }
 
         # 2. A new issuer (the CA's own rotation verb on the store) → S3 → EventBridge → SQS →
         # the function, in-process and in its container → both tasks serve it; no call fails.

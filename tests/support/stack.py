@@ -1,8 +1,8 @@
 """template.yaml as a stack on a moto server (issue 14 item 7): moto's CloudFormation lacks many of
 the template's resource types and its EventBridge cannot invoke a Lambda target, so
-:func:`create_stack` makes the resources of the config-change and alarm path itself, through the
-services' own APIs, with the names CloudFormation would give them and the properties the template
-gives them (every ``!Ref``, ``!Sub``, ``!GetAtt``, ``!If`` resolved here). Each EventBridge rule's
+:func:`create_stack` makes the template's resources itself, through the services' own APIs, with
+the names CloudFormation would give them and the properties the template gives them (every
+``!Ref``, ``!Sub``, ``!GetAtt``, ``!If`` resolved here, for the stack's parameters). Each EventBridge rule's
 Lambda target is an SQS queue (moto delivers a matched event to one), which a test reads and hands
 to the function. :data:`LOCAL` says, for every resource type of the template, what stands in for
 it locally; :func:`create_stack` fails on a type it does not name, so a new resource is classified
