@@ -52,7 +52,7 @@ from support.aws import aws_client, emf_lines
 from support.cli import run_sentryca
 from support.docker import aws_env, ensure_base_images, moto_on_bridge, require_engine, sam_invoke
 from support.pki import make_bundle, make_csr
-from support.stack import LOCAL, REGION, Stack, create_stack
+from support.stack import LOCAL, REGION, LoadBalancerStandIn, Stack, create_stack
 from support.wait import wait_until
 
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
@@ -70,6 +70,7 @@ PARAMETERS = {
 }
 POLL = 30  # SENTRY_STORE_POLL_INTERVAL of the task definition, seconds
 PHASE_TIMEOUT = 4 * POLL + 60  # a poll, a restart in place, and a loaded 2-core machine
+SKEW = timedelta(minutes=15)  # NotBefore is backdated by the default clock skew
 
 
 def test_every_resource_type_of_the_template_has_a_local_stand_in():
@@ -204,28 +205,25 @@ def fingerprint(cert: x509.Certificate) -> bytes:
 
 
 class SigningLoop(threading.Thread):
-    """The project's client signing in a loop against every task in ``tasks`` in turn (a list the
-    test may extend), each call a different workload of 50, every answer verified against the
-    anchors; records each task's last issuer and every failure."""
+    """The project's client signing in a loop against every endpoint added (a task's port, or the
+    load balancer stand-in's) in turn, each call a different workload of 50, by the load
+    balancer's DNS name (the tasks' certificates carry it), every answer verified against the
+    anchors; records each endpoint's last issuer and leaf lifetime, and every failure."""
 
     def __init__(self, anchors: bytes, server_name: str) -> None:
         super().__init__(daemon=True)
         self.anchors, self.server_name = anchors, server_name
-        self.tasks: list[Task] = []
         self.stop = threading.Event()
         self.channels: dict[str, grpc.Channel] = {}
         self.calls: dict[str, int] = {}
         self.failures: list[str] = []
         self.issuer: dict[str, bytes] = {}
+        self.lifetime: dict[str, timedelta] = {}
         self.csr = make_csr()
 
-    def add(self, task: Task) -> None:
-        # by the load balancer's name, as the deployed clients: the task's certificate carries it
-        self.channels[task.name] = client.channel(
-            f"127.0.0.1:{task.grpc_port}", self.anchors, self.server_name
-        )
-        self.calls[task.name] = 0
-        self.tasks.append(task)
+    def add(self, name: str, port: int) -> None:
+        self.calls[name] = 0
+        self.channels[name] = client.channel(f"127.0.0.1:{port}", self.anchors, self.server_name)
 
     def total(self) -> int:
         return sum(self.calls.values())
@@ -233,25 +231,26 @@ class SigningLoop(threading.Thread):
     def run(self) -> None:
         n = 0
         while not self.stop.is_set():
-            for task in list(self.tasks):
+            for name, chan in list(self.channels.items()):
                 n += 1
                 app = f"app-{n % 50}"
                 try:
                     resp = client.sign(
-                        self.channels[task.name],
+                        chan,
                         self.csr,
                         app,
                         "prod",
                         token_validator=sentry_pb2.SignCertificateRequest.INSECURE,
                         timeout=15,
                     )
-                    client.verify_response(resp, self.anchors, namespace="prod", app_id=app)
+                    leaf = client.verify_response(resp, self.anchors, namespace="prod", app_id=app).leaf
                     chain = x509.load_pem_x509_certificates(resp.workload_certificate)
-                    self.issuer[task.name] = fingerprint(chain[1])
-                    self.calls[task.name] += 1
+                    self.issuer[name] = fingerprint(chain[1])
+                    self.lifetime[name] = leaf.not_valid_after_utc - leaf.not_valid_before_utc - SKEW
+                    self.calls[name] += 1
                 except (grpc.RpcError, client.VerifyError) as e:
                     detail = f"{e.code()}: {e.details()}" if isinstance(e, grpc.RpcError) else str(e)
-                    self.failures.append(f"{time.strftime('%H:%M:%S')} {task.name}: {detail}")
+                    self.failures.append(f"{time.strftime('%H:%M:%S')} {name}: {detail}")
             self.stop.wait(0.02)  # leave the 2 cores to the tasks, moto and the containers
 
     def close(self) -> None:
@@ -420,7 +419,7 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
         first_issuer = fingerprint(x509.load_pem_x509_certificates(first.items["issuer.crt"])[0])
         loop = SigningLoop(anchors, stack.attrs[("LoadBalancer", "DNSName")])
         for task in tasks:
-            loop.add(task)
+            loop.add(task.name, task.grpc_port)
         loop.start()
         wait_until(lambda: all(loop.calls.values()), "both tasks sign", timeout=60)
         assert set(loop.issuer.values()) == {first_issuer}
@@ -465,7 +464,7 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
         tasks.append(third)
         body = third.wait_ready()
         assert body.get("degraded"), body
-        loop.add(third)
+        loop.add(third.name, third.grpc_port)
         wait_until(lambda: loop.calls["task-3"] > 0, "the third task signs", timeout=60)
         assert loop.issuer["task-3"] == second_issuer
         answer = functions.run("ConfigChangeFunction", bad)
@@ -529,9 +528,8 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
                 chan, make_csr(), "orders", "prod", token_validator=sentry_pb2.SignCertificateRequest.INSECURE
             )
         leaf = client.verify_response(resp, anchors, namespace="prod", app_id="orders").leaf
-        skew = timedelta(minutes=15)  # NotBefore is backdated by the default clock skew
-        assert leaf.not_valid_after_utc - leaf.not_valid_before_utc - skew == timedelta(hours=12)
-        loop.add(fourth)
+        assert leaf.not_valid_after_utc - leaf.not_valid_before_utc - SKEW == timedelta(hours=12)
+        loop.add(fourth.name, fourth.grpc_port)
         wait_until(lambda: loop.calls["task-4"] > 0, "the fourth task signs", timeout=60)
         assert loop.issuer["task-4"] == second_issuer
         assert loop.failures == []
@@ -642,3 +640,98 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
             )
             total = sum(p[alarm["Statistic"]] for p in stats["Datapoints"])
             assert total >= alarm["Threshold"], (alarm["AlarmName"], stats)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_forced_deployment_replaces_the_tasks_behind_the_load_balancer(
+    moto_endpoint, tmp_path, capsys, monkeypatch, slim_botocore_data
+):
+    """The deployment a changed parameter forces, as ECS rolls it behind the NLB (MinimumHealthy
+    100 %, MaximumPercent 200 %): new tasks start and register, the old ones are deregistered
+    (their open connections kept), wait out the target group's deregistration delay and get
+    SIGTERM. A client on one channel through the load balancer stand-in ends on the new tasks,
+    whose certificates carry the new parameter's lifetime, and the old tasks stop cleanly.
+
+    Known and bounded, not yet fixed: a call the client starts on its connection to an old task
+    within a few milliseconds after that task's SIGTERM (before it has read the server's GOAWAY)
+    fails CANCELLED, not the refusal a gRPC client retries by itself; seen in most runs, at most
+    one such call per stopped task here, where the client calls back to back. (That gRPC core's
+    server shutdown cancels it, rather than the pass-through, is the likely cause, not isolated.)"""
+    env = aws_env(moto_endpoint)
+    for k, v in env.items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    stack = Stack(TEMPLATE, "sentryca-roll", PARAMETERS)
+    queues = create_stack(stack, moto_endpoint)
+    functions = Functions(stack, env, tmp_path, slim_botocore_data, capsys, monkeypatch)
+    service = stack.resources["Service"]["Properties"]
+    assert (service["DesiredCount"], service["DeploymentConfiguration"]["MaximumPercent"]) == (2, 200)
+    attributes = {
+        a["Key"]: a["Value"] for a in stack.resources["TargetGroup"]["Properties"]["TargetGroupAttributes"]
+    }
+    assert attributes["deregistration_delay.connection_termination.enabled"] == "false"
+    delay = int(attributes["deregistration_delay.timeout_seconds"])
+    nlb = LoadBalancerStandIn()
+    old = [Task(f"old-{i}", stack, moto_endpoint, tmp_path) for i in (1, 2)]
+    new: list[Task] = []
+    loop: SigningLoop | None = None
+    figures: dict[str, float] = {}
+    try:
+        for task in old:
+            task.wait_ready()
+            nlb.register(task.grpc_port)
+        anchors = S3BundleStore(stack.refs["BundleBucket"], stack.refs["BundleKey"]).load().items["ca.crt"]
+        loop = SigningLoop(anchors, stack.attrs[("LoadBalancer", "DNSName")])
+        loop.add("nlb", nlb.port)
+        loop.start()
+        wait_until(lambda: loop.calls["nlb"] > 10, "signing through the load balancer", timeout=60)
+        assert loop.lifetime["nlb"] == timedelta(hours=24)
+
+        ssm = aws_client("ssm", moto_endpoint)
+        name = stack.refs["ConfigParameter"]
+        value = ssm.get_parameter(Name=name)["Parameter"]["Value"]
+        ssm.put_parameter(
+            Name=name, Value=value.replace("workloadCertTTL: 24h", "workloadCertTTL: 12h"), Overwrite=True
+        )
+        entry = {
+            "Source": "aws.ssm",
+            "DetailType": "Parameter Store Change",
+            "Detail": json.dumps({"operation": "Update", "name": name, "type": "String"}),
+        }
+        assert aws_client("events", moto_endpoint).put_events(Entries=[entry])["FailedEntryCount"] == 0
+        queue = Queue(moto_endpoint, queues["ConfigParameterChangedRule"])
+        changed = [
+            e for e in queue.take(2, "the first bundle and the parameter change") if e["source"] == "aws.ssm"
+        ]
+        assert functions.run("ConfigChangeFunction", changed[0])["deployment"]
+
+        t0 = time.monotonic()
+        new += [Task(f"new-{i}", stack, moto_endpoint, tmp_path) for i in (1, 2)]
+        for task in new:
+            task.wait_ready()
+            nlb.register(task.grpc_port)
+        for task in old:
+            nlb.deregister(task.grpc_port)
+        calls = loop.calls["nlb"]
+        time.sleep(delay)  # the deregistration delay ECS waits out before it stops a task
+        for task in old:
+            task.stop()
+            assert task.proc.returncode == 0, task.stderr.read_text()[-3000:]
+        figures["replace two tasks (s)"] = time.monotonic() - t0
+        wait_until(
+            lambda: loop.lifetime["nlb"] == timedelta(hours=12) and loop.calls["nlb"] > calls + 20,
+            "the client on the new tasks",
+            timeout=60,
+        )
+    finally:
+        if loop is not None:
+            loop.close()
+        for task in old + new:
+            task.stop()
+        nlb.close()
+    figures |= {"calls": loop.total(), "failed calls": len(loop.failures), "connections": nlb.connections}
+    print("figures:", json.dumps({k: round(v, 1) for k, v in figures.items()}))
+    assert all(f.endswith("StatusCode.CANCELLED: CANCELLED") for f in loop.failures), loop.failures[:20]
+    assert len(loop.failures) <= len(old), loop.failures
+    assert nlb.connections >= 2  # the channel moved: a connection to an old task, then to a new one

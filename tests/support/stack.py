@@ -485,3 +485,83 @@ _ORDER = [
     "AWS::CloudWatch::Alarm",
     "AWS::CloudWatch::Dashboard",
 ]
+
+
+class LoadBalancerStandIn:
+    """The NLB's part locally: a TCP listener on 127.0.0.1 passing each new connection through
+    to one registered target (round robin), bytes untouched (TLS ends in the task, as behind the
+    NLB). ``deregister`` sends no new connection to a target and leaves its open ones alone, as
+    the template's target group does (``deregistration_delay.connection_termination.enabled``
+    false) until the task itself stops."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self._socket, self._threading = socket, threading
+        self.targets: list[int] = []  # registered target ports
+        self.connections = 0
+        self._next = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, name="nlb-accept", daemon=True).start()
+
+    def register(self, port: int) -> None:
+        with self._lock:
+            self.targets.append(port)
+
+    def deregister(self, port: int) -> None:
+        with self._lock:
+            self.targets.remove(port)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            with self._lock:
+                if not self.targets:
+                    downstream.close()
+                    continue
+                port = self.targets[self._next % len(self.targets)]
+                self._next += 1
+                self.connections += 1
+            try:
+                upstream = self._socket.create_connection(("127.0.0.1", port), timeout=10)
+            except OSError:
+                downstream.close()
+                continue
+            upstream.settimeout(None)
+            ended = self._threading.Semaphore(0)  # released by each direction as it ends
+            for a, b in ((downstream, upstream), (upstream, downstream)):
+                self._threading.Thread(target=self._pump, args=(a, b, ended), daemon=True).start()
+            self._threading.Thread(
+                target=self._close_after, args=(ended, downstream, upstream), daemon=True
+            ).start()
+
+    def _pump(self, source, sink, ended) -> None:
+        """Copy ``source`` to ``sink`` until ``source`` ends, then end ``sink``'s writing (FIN
+        passes through, as TCP through the NLB)."""
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                sink.shutdown(self._socket.SHUT_WR)
+            except OSError:
+                pass
+            ended.release()
+
+    @staticmethod
+    def _close_after(ended, *sockets) -> None:
+        ended.acquire()
+        ended.acquire()
+        for s in sockets:
+            s.close()
+
+    def close(self) -> None:
+        self._listener.close()
