@@ -656,8 +656,9 @@ def test_a_forced_deployment_replaces_the_tasks_behind_the_load_balancer(
     Known and bounded, not yet fixed: a call the client starts on its connection to an old task
     within a few milliseconds after that task's SIGTERM (before it has read the server's GOAWAY)
     fails CANCELLED, not the refusal a gRPC client retries by itself; seen in most runs, at most
-    one such call per stopped task here, where the client calls back to back. (That gRPC core's
-    server shutdown cancels it, rather than the pass-through, is the likely cause, not isolated.)"""
+    one such call per stopped task here, where the client calls back to back. The pass-through
+    adds nothing: a client connected straight to a stopping `sentryca serve` sees the same
+    (design §8.2)."""
     env = aws_env(moto_endpoint)
     for k, v in env.items():
         if k.startswith("AWS_"):
