@@ -44,6 +44,7 @@ from cryptography import x509
 
 import sentryca_client as client
 from adapters.stores.s3 import S3BundleStore
+from ca_core.errors import BundleError
 from sentryca_proto.sentry.v1 import sentry_pb2
 from tools.local_invoke import invoke, load_template
 
@@ -400,7 +401,7 @@ def test_the_stack_on_a_local_aws_serves_through_a_rotation_and_a_refused_bundle
     loop: SigningLoop | None = None
     try:
         # 0. Before any task: the hourly check finds the store empty, fails and says so.
-        with pytest.raises(Exception, match="holds no public trust bundle part"):
+        with pytest.raises(BundleError, match="holds no public trust bundle part"):
             functions.run("ExpiryCheckFunction", schedule)
 
         # 1. The service's two tasks, started together as a first deployment starts them: one

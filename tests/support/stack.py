@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +99,9 @@ class Stack:
     name: str
     parameters: dict[str, Any]
     nlb_dns_name: str = "internal-sentryca-local.elb.amazonaws.com"  # !GetAtt LoadBalancer.DNSName
-    suffix: str = "LOCAL1"
+    # CloudFormation's random part of physical names: moto's state is one per process, shared by
+    # every moto server in it, so two stacks in one test run must not share names
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8].upper())
     refs: dict[str, Any] = field(default_factory=dict)
     attrs: dict[tuple[str, str], Any] = field(default_factory=dict)
     created: dict[str, str] = field(default_factory=dict)  # logical id → what was done with it
