@@ -63,9 +63,9 @@ LOCAL: dict[str, str] = {
     "AWS::EC2::SecurityGroup": "moto: each group with its ingress and egress rules, in a VPC and two "
     "subnets made for VpcId and SubnetIds (moto filters no traffic: the tasks are processes on "
     "loopback ports)",
-    "AWS::ElasticLoadBalancingV2::LoadBalancer": "moto: the internal NLB with its attributes; it "
-    "forwards nothing: the client connects to each task's port, by the NLB's DNS name, which the "
-    "tasks' certificates carry (SENTRY_SERVER_NAMES)",
+    "AWS::ElasticLoadBalancingV2::LoadBalancer": "moto: the internal NLB with its attributes; moto "
+    "forwards nothing: the client connects to each task's port, or through LoadBalancerStandIn, by "
+    "the NLB's DNS name, which the tasks' certificates carry (SENTRY_SERVER_NAMES)",
     "AWS::ElasticLoadBalancingV2::TargetGroup": "moto: the target group with its health check and "
     "attributes (client IP preservation); no targets register, nothing checks them",
     "AWS::ElasticLoadBalancingV2::Listener": "moto: the TCP listener forwarding to the target group",
