@@ -19,14 +19,11 @@ from support import REPO_ROOT
 from support.aws import BUCKET, FUNCTION_ENV, aws_client, emitted
 from support.cli import run_sentryca
 from support.docker import (
-    LAMBDA_IMAGE,
-    LOCAL_PYTHON,
-    MAKE,
-    MAKE_TOOLS,
     aws_env,
     ensure_base_images,
     moto_on_bridge,
     require_engine,
+    sam_invoke,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -73,31 +70,6 @@ def env_file(tmp_path: Path, store: str) -> Path:
     path = tmp_path / "env.json"
     path.write_text(json.dumps(doc))
     return path
-
-
-def sam_invoke(env: dict[str, str], fn: str, event: str, env_vars: Path) -> tuple[dict, str]:
-    """(answer, container output) of `make sam-invoke` with the local stand-in image."""
-    r = subprocess.run(
-        [
-            *MAKE,
-            *MAKE_TOOLS,
-            "sam-invoke",
-            f"FN={fn}",
-            f"EVENT={event}",
-            f"ENV_VARS={env_vars}",
-            f"INVOKE_IMAGE={LAMBDA_IMAGE}",
-            f"LAMBDA_RUNTIME=python{LOCAL_PYTHON}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    # sam local invoke prints the function's answer on stdout (after make's echo of the command)
-    # and the container's output (logs, EMF) on stderr
-    return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
 
 
 def make_invoke(env: dict[str, str], fn: str, event: str, env_vars: Path) -> tuple[dict, str]:

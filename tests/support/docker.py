@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from support import REPO_ROOT
 
@@ -92,3 +93,28 @@ def aws_env(endpoint: str) -> dict[str, str]:
         "AWS_EC2_METADATA_DISABLED": "true",
         "SAM_CLI_TELEMETRY": "0",
     }
+
+
+def sam_invoke(env: dict[str, str], fn: str, event: str, env_vars: Path) -> tuple[dict, str]:
+    """(answer, container output) of `make sam-invoke` with the local stand-in image."""
+    r = subprocess.run(
+        [
+            *MAKE,
+            *MAKE_TOOLS,
+            "sam-invoke",
+            f"FN={fn}",
+            f"EVENT={event}",
+            f"ENV_VARS={env_vars}",
+            f"INVOKE_IMAGE={LAMBDA_IMAGE}",
+            f"LAMBDA_RUNTIME=python{LOCAL_PYTHON}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # sam local invoke prints the function's answer on stdout (after make's echo of the command)
+    # and the container's output (logs, EMF) on stderr
+    return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
