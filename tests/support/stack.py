@@ -58,6 +58,9 @@ LOCAL: dict[str, str] = {
     "e-mail subscription has no local stand-in",
     "AWS::CloudTrail::Trail": "not created: condition MakeTrail needs StoreKind secretsmanager; this "
     "stack is StoreKind s3",
+    "AWS::IAM::OIDCProvider": "not created: condition MakeOidcProvider needs OidcFederation (default "
+    "false); the federation publisher and the provider's call shape are tested against moto by "
+    "tests/adapters/test_oidc_federation.py",
     "AWS::EC2::VPCEndpoint": "not created: condition MakeVpcEndpoints is false (CreateVpcEndpoints "
     "default); the tasks reach moto on loopback",
     "AWS::EC2::SecurityGroup": "moto: each group with its ingress and egress rules, in a VPC and two "
