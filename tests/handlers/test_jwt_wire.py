@@ -1,9 +1,8 @@
 """JWT-SVIDs over the wire (design §2, §11): the real CA on loopback over TLS fills response fields
-4 and 5 as Dapr's Sentry 1.18 does (``pkg/sentry/server/server.go``, ``signCertificate``: the
-audiences are the trust domain, then ``jwt_audiences``; ``jwt`` one token for all of them;
-``per_audience_jwts`` one token per audience), checked the way Dapr's sidecar reads them
-(``pkg/security``: each per-audience token has exactly its key as audience) and verified by
-joserfc against the ``jwks.json`` the store holds."""
+4 and 5 as Dapr's Sentry 1.18 does (the audiences are the trust domain, then ``jwt_audiences``;
+``jwt`` one token for all of them; ``per_audience_jwts`` one token per audience), checked the way
+Dapr's sidecar reads them (each per-audience token has exactly its key as audience) and verified
+by joserfc against the ``jwks.json`` the store holds."""
 
 import base64
 import json
