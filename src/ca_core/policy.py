@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .bundle import certificates_pem
 from .certs import IpAddress, check_issuer_valid, sign_workload
 from .config import Config, JwksSettings
+from .config.aws_iam import AwsIamSettings
 from .durations import format_duration
 from .errors import BundleError, ConfigError, FailedPrecondition
 from .keys import private_key_pem
@@ -311,19 +312,22 @@ def select_validators(cfg: Config) -> ValidatorChoice:
 
     kubernetes mode: KUBERNETES (the default), plus JWKS when configured;
     standalone without ``tokenValidators``: INSECURE (the default; :func:`check_insecure_allowed`);
-    standalone with JWKS configured: only JWKS, no default (requests must name it).
+    standalone with JWKS configured: only JWKS, no default (requests must name it);
+    AWS_IAM is added when configured, in either mode, and never the default (INSECURE is then off).
     Raises ConfigError when INSECURE would be reachable from a network without the opt-in."""
     enabled: list[TokenValidatorKind] = []
     default: TokenValidatorKind | None = None
     if cfg.effective_mode == "kubernetes":
         enabled.append(TokenValidatorKind.KUBERNETES)
         default = TokenValidatorKind.KUBERNETES
-    elif cfg.jwks is None:
+    elif cfg.jwks is None and cfg.aws_iam is None:
         check_insecure_allowed(cfg)
         enabled.append(TokenValidatorKind.INSECURE)
         default = TokenValidatorKind.INSECURE
     if cfg.jwks is not None:
         enabled.append(TokenValidatorKind.JWKS)
+    if cfg.aws_iam is not None:  # design §6.5: never a default, requests name it
+        enabled.append(TokenValidatorKind.AWS_IAM)
     return ValidatorChoice(tuple(enabled), default)
 
 
@@ -337,6 +341,7 @@ class ValidatorSettings:
 
     mode: str  # the effective mode: kubernetes or standalone
     jwks: JwksSettings | None
+    aws_iam: AwsIamSettings | None
     kubeconfig: str | None
     token_audience: tuple[str, ...] | None
     ca_identity: SpiffeId  # from the trust domain and namespace
@@ -348,6 +353,7 @@ class ValidatorSettings:
         return cls(
             mode=cfg.effective_mode,
             jwks=cfg.jwks,
+            aws_iam=cfg.aws_iam,
             kubeconfig=cfg.kubeconfig,
             token_audience=cfg.token_audience,
             ca_identity=signing_policy(cfg).ca_identity,

@@ -79,6 +79,16 @@ def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], 
 
             keys = JwksCache.from_settings(cfg.jwks, clock=time.monotonic)
             validators[kind] = JwksValidator(keys, ca_identity)
+        elif kind is TokenValidatorKind.AWS_IAM and cfg.aws_iam is not None:
+            from datetime import UTC
+
+            from adapters.sts import StsClient
+            from ca_core.validators.aws_iam import AwsIamValidator, default_server_id
+
+            server_id = cfg.aws_iam.server_id or default_server_id(ca_identity)
+            validators[kind] = AwsIamValidator(
+                cfg.aws_iam, StsClient(cfg.aws_iam), server_id, lambda: datetime.now(UTC)
+            )
     log.info(
         "token validators: %s (default: %s)",
         ", ".join(k.name for k in validators),

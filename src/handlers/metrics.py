@@ -66,6 +66,13 @@ class Metrics:
             ["category", "reason"],
             registry=r,
         )
+        self.rule_matched = Counter(
+            "sentryca_validator_rule_matched",
+            "Certificates issued through a validator's configured mapping rule, by validator and rule "
+            "(the rule names come from the configuration)",
+            ["validator", "rule"],
+            registry=r,
+        )
         self.sign_latency = Histogram(
             "sentryca_sign_request_duration_seconds",
             "Time to answer a SignCertificate call (seconds), by gRPC status code",

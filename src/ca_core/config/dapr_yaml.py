@@ -10,6 +10,7 @@ from typing import Any
 
 from ..durations import parse_duration
 from ..errors import ConfigError
+from .aws_iam import AwsIamSettings, read_aws_iam
 from .model import DEFAULT_JWKS_MIN_REFRESH, DEFAULT_JWKS_REQUEST_TIMEOUT, JwksSettings
 
 JWKS_OPTION_KEYS = ("source", "caCertificate", "minRefreshInterval", "requestTimeout")
@@ -41,11 +42,37 @@ def read_config_file(text: str, path: str) -> dict[str, Any]:
             except ValueError as e:
                 raise ConfigError(f"{path}: spec.mtls.{key}: {e}") from None
     validators = mtls.get("tokenValidators")
+    if isinstance(validators, list):  # aws-iam entries are read apart (design §6.5)
+        aws_iam = _take_aws_iam(validators, f"{path}: spec.mtls.tokenValidators")
+        if aws_iam is not None:
+            out["aws_iam"] = aws_iam
+        validators = [v for v in validators if not _is_aws_iam(v)]
     if validators not in (None, "", []):
         jwks = _read_token_validators(validators, f"{path}: spec.mtls.tokenValidators")
         if jwks is not None:
             out["jwks"] = jwks
     return out
+
+
+def _is_aws_iam(item: Any) -> bool:
+    return isinstance(item, dict) and isinstance(item.get("name"), str) and _is_aws_iam_name(item["name"])
+
+
+def _is_aws_iam_name(name: str) -> bool:
+    return name.strip().lower().replace("_", "-") == "aws-iam"
+
+
+def _take_aws_iam(items: list[Any], where: str) -> AwsIamSettings | None:
+    """The settings of the one ``aws-iam`` entry of ``items`` (None without one); ConfigError when
+    it is listed twice or its options are wrong (``config.aws_iam.read_aws_iam``)."""
+    found: AwsIamSettings | None = None
+    for i, item in enumerate(items):
+        if not _is_aws_iam(item):
+            continue
+        if found is not None:
+            raise ConfigError(f"{where}[{i}]: 'aws-iam' is listed more than once")
+        found = read_aws_iam(item.get("options"), f"{where}[{i}].options")
+    return found
 
 
 def _read_token_validators(items: Any, where: str) -> JwksSettings | None:
@@ -63,10 +90,12 @@ def _read_token_validators(items: Any, where: str) -> JwksSettings | None:
             raise ConfigError(
                 f"{at}: {name!r} cannot be configured here: KUBERNETES and INSECURE follow from "
                 "--mode (kubernetes mode enables KUBERNETES, standalone mode without other validators "
-                "enables INSECURE); only 'jwks' may be listed"
+                "enables INSECURE); only 'jwks' and 'aws-iam' may be listed"
             )
         if name != "jwks":
-            raise ConfigError(f"{at}: unknown token validator {item['name']!r}; only 'jwks' may be listed")
+            raise ConfigError(
+                f"{at}: unknown token validator {item['name']!r}; only 'jwks' and 'aws-iam' may be listed"
+            )
         if jwks is not None:
             raise ConfigError(f"{at}: 'jwks' is listed more than once")
         jwks = _jwks_settings(item.get("options"), f"{at}.options")

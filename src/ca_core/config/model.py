@@ -18,6 +18,7 @@ from ..jwt_svid import DEFAULT_JWT_TTL, JwtAlgorithm
 from ..keys import KeyAlgorithm
 from ..oidc import path_prefix_problem, url_problem
 from ..spiffe_id import namespace_problem, trust_domain_problem
+from .aws_iam import AwsIamSettings
 
 MODES = ("auto", "kubernetes", "standalone")
 # --bootstrap-policy: when a start may generate a first bundle in an empty store (design §5.2)
@@ -96,6 +97,7 @@ class Config:
     server_names: tuple[str, ...] = ()
     kube_cluster_domain: str | None = None
     jwks: JwksSettings | None = None
+    aws_iam: AwsIamSettings | None = None
     workload_cert_ttl: timedelta = timedelta(hours=24)
     allowed_clock_skew: timedelta = timedelta(minutes=15)
     ca_key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
@@ -185,6 +187,7 @@ class Config:
 FIELDS_WITHOUT_OPTION: dict[str, str] = {
     "namespace": "the NAMESPACE environment variable (the pod's namespace; default 'default')",
     "jwks": "spec.mtls.tokenValidators of the --config file (a structured value, not a flag)",
+    "aws_iam": "spec.mtls.tokenValidators[name=aws-iam] of the --config file (design §6.5)",
     "kubernetes_detected": "derived: whether KUBERNETES_SERVICE_HOST is set (resolves --mode auto)",
 }
 

@@ -22,19 +22,25 @@ class TokenValidatorKind(enum.IntEnum):
     INSECURE = 1
     KUBERNETES = 2
     JWKS = 3
+    # This project's extension, outside Dapr's values (design §2, §6.5): a Dapr client never sends
+    # it, and a CA without the validator refuses it as not enabled.
+    AWS_IAM = 100
 
     @classmethod
     def parse(cls, text: str | int) -> TokenValidatorKind:
-        """A name (``insecure``/``selfhosted``, ``kubernetes``, ``jwks``) or number; raises ValueError."""
+        """A name (``insecure``/``selfhosted``, ``kubernetes``, ``jwks``, ``aws-iam``) or number;
+        raises ValueError."""
         if isinstance(text, int) or (isinstance(text, str) and text.strip().lstrip("-").isdigit()):
             return cls(int(text))
-        name = text.strip().upper()
+        name = text.strip().upper().replace("-", "_")
         if name == "SELFHOSTED":
             return cls.INSECURE
         try:
             return cls[name]
         except KeyError:
-            raise ValueError(f"unknown token validator {text!r}; use insecure, kubernetes or jwks") from None
+            raise ValueError(
+                f"unknown token validator {text!r}; use insecure, kubernetes, jwks or aws-iam"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -53,9 +59,11 @@ class SignRequest:
 
 @dataclass(frozen=True)
 class Identity:
-    """A proven identity: the SPIFFE ID to put in the SVID."""
+    """A proven identity: the SPIFFE ID to put in the SVID; ``rule``: the name of the configured
+    mapping rule that gave it (``""`` for validators without rules), for metrics and audit."""
 
     spiffe_id: SpiffeId
+    rule: str = ""
 
 
 @runtime_checkable
