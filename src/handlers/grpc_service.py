@@ -363,9 +363,10 @@ def audit_issued(result: SignedCertificate, *, call_id: str | None, peer: str | 
     if not audit_log.isEnabledFor(logging.INFO):
         return
     audit_log.info(
-        "issued certificate serial %x for %s",
+        "issued certificate serial %x for %s%s",
         result.certificate.serial_number,
         result.spiffe_id,
+        f" ({result.validator} rule {result.rule})" if result.rule else "",
         extra={
             "event": "certificate_issued",
             "serial": f"{result.certificate.serial_number:x}",

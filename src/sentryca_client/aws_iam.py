@@ -72,3 +72,28 @@ def aws_iam_token(
     )
     SigV4Auth(credentials, "sts", region).add_auth(request)
     return encode_proof("POST", {k: str(v) for k, v in request.headers.items()}, GET_CALLER_IDENTITY_BODY)
+
+
+def ca_spiffe_id(
+    server: str, anchors_pem: bytes, server_name: str | None = None, timeout: float = 10.0
+) -> str:
+    """The SPIFFE ID in the TLS certificate of the CA at ``server`` (HOST:PORT), the handshake
+    verified against ``anchors_pem`` and ``server_name`` (default HOST): the default ``serverId``
+    a proof must carry. Raises OSError (ssl.SSLError included) when no verified handshake is made,
+    ValueError when the certificate carries no single SPIFFE ID."""
+    import socket
+    import ssl
+
+    host, _, port = server.rpartition(":")
+    host = host.strip("[]")
+    context = ssl.create_default_context(cadata=anchors_pem.decode("ascii"))
+    with (
+        socket.create_connection((host, int(port)), timeout=timeout) as sock,
+        context.wrap_socket(sock, server_hostname=server_name or host) as tls,
+    ):
+        cert = tls.getpeercert() or {}
+    sans: Any = cert.get("subjectAltName", ())
+    uris = [v for k, v in sans if k == "URI" and str(v).startswith("spiffe://")]
+    if len(uris) != 1:
+        raise ValueError(f"the CA's certificate carries {len(uris)} SPIFFE IDs, expected one")
+    return str(uris[0])

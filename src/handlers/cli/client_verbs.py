@@ -57,6 +57,58 @@ def _client_args(p: argparse.ArgumentParser, with_csr: bool) -> None:
         help="directory for tls.crt (chain) and ca.crt" + ("" if with_csr else " and tls.key"),
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    _aws_iam_args(p)
+
+
+def _aws_iam_args(p: argparse.ArgumentParser) -> None:
+    """The AWS IAM proof flags (design §6.5): the token is signed here from the default AWS
+    credential chain, for the CA's STS region and endpoint and its server id."""
+    g = p.add_argument_group("AWS IAM (the CA's aws-iam validator)")
+    g.add_argument(
+        "--aws-iam",
+        action="store_true",
+        help="prove the caller's IAM role: sign a GetCallerIdentity request as the token "
+        "(token validator aws-iam)",
+    )
+    g.add_argument(
+        "--aws-region",
+        default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        help="the STS region the CA uses (default AWS_REGION, else us-east-1)",
+    )
+    g.add_argument("--aws-sts-endpoint", default=None, help="the CA's stsEndpoint (default from the region)")
+    g.add_argument(
+        "--aws-server-id",
+        default=None,
+        help="the CA's serverId (default: the SPIFFE ID of the CA's TLS certificate)",
+    )
+
+
+def _aws_iam_token(args: argparse.Namespace, csr_key: object, anchors: bytes) -> tuple[str, int]:
+    """(token, validator number) for ``--aws-iam``. Raises CommandError."""
+    from sentryca_client import aws_iam
+
+    if args.token:
+        raise CommandError("--aws-iam signs its own token: leave out --token / SENTRY_TOKEN", USAGE)
+    server_id = args.aws_server_id
+    if server_id is None:
+        try:
+            server_id = aws_iam.ca_spiffe_id(args.server, anchors, args.server_name, min(args.timeout, 10.0))
+        except (OSError, ValueError) as e:
+            raise CommandError(
+                f"--aws-iam: cannot read the CA's SPIFFE ID from its TLS certificate ({e}); give "
+                "--aws-server-id",
+                REFUSED,
+            ) from None
+    try:
+        token = aws_iam.aws_iam_token(
+            csr_key,  # type: ignore[arg-type]
+            server_id,
+            region=args.aws_region,
+            sts_endpoint=args.aws_sts_endpoint,
+        )
+    except aws_iam.NoCredentials as e:
+        raise CommandError(f"--aws-iam: {e}", REFUSED) from None
+    return token, aws_iam.AWS_IAM_VALIDATOR
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
@@ -147,6 +199,9 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
     _check_out(out)  # created only once the answer verified: a failed call leaves nothing behind
     if key_pem is None and (conflict := _existing_key_conflict(out, csr_key)):
         raise CommandError(conflict, USAGE)
+    token, validator_number = args.token, int(validator)
+    if getattr(args, "aws_iam", False):
+        token, validator_number = _aws_iam_token(args, csr_key, anchors)
     try:
         with client.channel(args.server, anchors, args.server_name) as chan:
             response = client.sign(
@@ -155,8 +210,8 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
                 args.id,
                 args.namespace,
                 trust_domain=args.trust_domain,
-                token=args.token,
-                token_validator=int(validator),
+                token=token,
+                token_validator=validator_number,
                 timeout=args.timeout,
             )
         signed = client.verify_response(
