@@ -308,3 +308,21 @@ def test_moto_sts_with_assume_role_credentials(moto_endpoint, monkeypatch):
     identity = validator.validate(request(token, csr))
     assert str(identity.spiffe_id) == "spiffe://example.org/ns/prod/orders"
     assert identity.rule == "orders"
+
+
+def test_a_proof_signed_without_the_sentryca_headers_is_refused(sts):
+    """A GetCallerIdentity request signed for another service (no server-id header signed)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    csr, _ = csr_and_key()
+    body = "Action=GetCallerIdentity&Version=2011-06-15"
+    req = AWSRequest(
+        method="POST", url=sts.endpoint + "/", data=body, headers={"Host": f"127.0.0.1:{sts.port}"}
+    )
+    SigV4Auth(Credentials("AKIDORDERS", "secret-orders"), "sts", "us-east-1").add_auth(req)
+    token = encode_proof("POST", dict(req.headers.items()), body)
+    with pytest.raises(PermissionDenied) as e:
+        validator_for(sts.endpoint).validate(request(token, csr))
+    assert e.value.reason == "aws_iam_server_id"
+    assert sts.requests == []
