@@ -103,6 +103,11 @@ def test_request_aws_iam_against_a_running_ca(tmp_path):
             # a CA without the validator number's validator (INSECURE's token) is not confused
             code, _ = ca.refused("orders", "prod", token_validator=1)
             assert code is grpc.StatusCode.INVALID_ARGUMENT
+            # hostile proofs over the wire: refused with a defined status, never INTERNAL
+            for token in ("", "%%%", "A" * 20000, "eyJ1cmwiOiAiaHR0cDovLzE2OS4yNTQuMTY5LjI1NC8ifQ", "/w"):
+                code, _ = ca.refused("orders", "prod", token=token, token_validator=100)
+                assert code is grpc.StatusCode.PERMISSION_DENIED, token[:20]
+            assert len(sts.requests) == 2  # none of them reached STS
             metrics = ca.metrics()
             assert 'sentryca_validator_rule_matched_total{rule="orders",validator="aws_iam"} 1.0' in metrics
             assert 'reason="app_id_mismatch"' in metrics
