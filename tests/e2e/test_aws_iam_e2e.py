@@ -77,6 +77,10 @@ def test_request_aws_iam_against_a_running_ca(tmp_path):
                 str(tmp_path / "leaf.pem"),
             )
             assert verified.returncode == 0, verified.stderr
+            from spiffe import X509Svid  # the SPIFFE X509-SVID rules, independently
+
+            svid = X509Svid.parse((out / "tls.crt").read_bytes(), (out / "tls.key").read_bytes())
+            assert str(svid.spiffe_id) == "spiffe://example.org/ns/prod/orders"
             assert len(sts.requests) == 1
             # the role maps to orders only: asking for another id is refused, naming both
             refused = run_sentryca(
