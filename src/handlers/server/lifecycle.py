@@ -175,8 +175,6 @@ class CertificateAuthority:
             )
             self._start_with(state)
             publish_bundle(state, None, self.metrics)
-            if state.refused is not None:  # serving the last accepted bundle instead (design §5.4)
-                self._upkeep.refused(state, state.refused.version, state.refused.detail)
 
     def _start_with(self, state: State) -> None:
         config = state.config
@@ -210,9 +208,13 @@ class CertificateAuthority:
 
     def _serve(self, state: State) -> None:
         self._state = state  # before the first call can arrive
+        # upkeep first, so that /healthz is degraded from its first answer when a start serves the
+        # last accepted bundle instead of the store's refused newest (design §5.4)
+        self._upkeep.start(state)
+        if state.refused is not None:
+            self._upkeep.refused(state, state.refused.version, state.refused.detail)
         self._listeners.open(state.config)
         self._check_expiry(state)
-        self._upkeep.start(state)
         self._federation = Federation.of(state.config, self.jwks)
         if self._federation is not None:
             self._federation.start()
