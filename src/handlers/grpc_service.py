@@ -355,8 +355,9 @@ class CAServicer:
 
 def audit_issued(result: SignedCertificate, *, call_id: str | None, peer: str | None) -> None:
     """One audit record (logger ``sentryca.audit``) for an issued certificate: event, serial (hex),
-    spiffe_id, validator, peer address, not_after (ISO 8601 UTC), call_id, and with JWT-SVIDs
-    jwt_ids (the ``jti`` of each token, comma-separated, ``jwt``'s first). Never the CSR or a token."""
+    spiffe_id, validator (and validator_rule: the JWKS issuer rule that matched), peer address,
+    not_after (ISO 8601 UTC), call_id, and with JWT-SVIDs jwt_ids (the ``jti`` of each token,
+    comma-separated, ``jwt``'s first). Never the CSR or a token."""
     if not audit_log.isEnabledFor(logging.INFO):
         return
     audit_log.info(
@@ -368,6 +369,7 @@ def audit_issued(result: SignedCertificate, *, call_id: str | None, peer: str | 
             "serial": f"{result.certificate.serial_number:x}",
             "spiffe_id": str(result.spiffe_id),
             "validator": result.validator or "self",
+            **({"validator_rule": result.rule} if result.rule else {}),
             "peer": peer,
             "not_after": result.not_after.isoformat(),
             "call_id": call_id,
