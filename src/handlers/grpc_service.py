@@ -267,6 +267,8 @@ class CAServicer:
             observe(code)
         result = outcome
         self._metrics.sign_success.inc()
+        if result.rule:
+            self._metrics.rule_matches.labels(validator=result.validator, rule=result.rule).inc()
         audit_issued(result, call_id=call_id, peer=context.peer())
         response = sentry_pb2.SignCertificateResponse(
             workload_certificate=result.chain_pem,
