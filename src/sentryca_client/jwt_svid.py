@@ -18,8 +18,9 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http.client import HTTPMessage
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import jwt
 from jwt.exceptions import InvalidSubjectError
@@ -62,10 +63,28 @@ def parse_jwks(data: bytes, source: str) -> jwt.PyJWKSet:
         raise JwksError(f"{source}: not a JWK Set with a usable key ({e})") from None
 
 
+class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to another https:// URL."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if not newurl.lower().startswith("https://"):
+            raise urllib.error.URLError(f"redirect to a non-https URL refused ({newurl[:200]})")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def load_jwks(source: str, *, timeout: float = 10.0, cafile: str | None = None) -> jwt.PyJWKSet:
     """The JWK Set at ``source``: an ``https://`` URL (fetched once, within ``timeout`` seconds,
     the server verified against ``cafile`` (PEM) when given, else the system's trust store), or
-    a file path. Plain ``http://`` is refused: the keys decide what verifies. At most
+    a file path. Plain ``http://`` is refused, and so is a redirect to it: the keys decide what
+    verifies. At most
     :data:`MAX_JWKS_BYTES`. Raises JwksError naming the source and the cause."""
     if source.startswith("http://"):
         raise JwksError(f"{source}: a JWK Set is fetched over https only")
@@ -75,8 +94,11 @@ def load_jwks(source: str, *, timeout: float = 10.0, cafile: str | None = None) 
         except (OSError, ssl.SSLError) as e:
             raise JwksError(f"{cafile}: cannot load the CA certificates ({e})") from None
         request = urllib.request.Request(source, headers={"Accept": "application/json"})  # noqa: S310
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=context), _HttpsOnlyRedirects()
+        )
         try:
-            with urllib.request.urlopen(request, timeout=timeout, context=context) as answer:  # noqa: S310  # nosec B310: https only
+            with opener.open(request, timeout=timeout) as answer:
                 data = answer.read(MAX_JWKS_BYTES + 1)
         except urllib.error.HTTPError as e:
             raise JwksError(f"{source}: HTTP {e.code}") from None
