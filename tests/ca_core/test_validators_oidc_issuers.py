@@ -359,3 +359,28 @@ def test_no_token_is_logged(world, caplog):
         with pytest.raises(PermissionDenied):
             v.validate(req(token, "billing", "payments", "localhost"))
     assert token.split(".")[2] not in caplog.text and token.split(".")[1] not in caplog.text
+
+
+def test_concurrent_callers_share_one_discovery_fetch(world):
+    """OIDC discovery runs inside the cache's one fetch (design §6.3): callers arriving while it
+    is slow wait for it; the server sees the discovery document and the JWK Set asked once."""
+    import threading
+
+    v = world.validator()
+    world.server.delay = 0.3
+    token = world.gh.token(github_claims(world.base, NOW))
+    results: list[object] = []
+
+    def call() -> None:
+        try:
+            results.append(v.validate(req(token, "repo-74", "gh-octo-org", "ci.example.org")).rule)
+        except (PermissionDenied, Unavailable) as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == ["github"] * 8
+    assert world.server.fetches == 2  # openid-configuration, then jwks_uri
