@@ -135,6 +135,8 @@ def test_no_jwk_set_or_a_ca_without_jwt_svids_is_refused(running_ca, store_dir, 
     assert "--jwt-audience needs the JWK Set" in capsys.readouterr().err
     assert request(running_ca, store_dir, out, "--jwks", str(tmp_path / "x.json")) == 2
     assert "ask for them with --jwt-audience" in capsys.readouterr().err
+    assert request(running_ca, store_dir, out, "--trust-bundle-store", f"file://{store_dir}") == 2
+    assert "ask for them with --jwt-audience" in capsys.readouterr().err
     # a store without jwks.json (this CA runs without --jwt-enabled): refused before the call
     assert (
         request(

@@ -231,9 +231,11 @@ def _jwt_keys(args: argparse.Namespace) -> object | None:
     import sentryca_client as client
 
     if not args.jwt_audience:
-        if args.jwks or args.jwks_ca:
+        if args.jwks or args.jwks_ca or args.trust_bundle_store:
             raise CommandError(
-                "--jwks and --jwks-ca verify JWT-SVIDs: ask for them with --jwt-audience", USAGE
+                "--jwks, --jwks-ca and --trust-bundle-store verify JWT-SVIDs: ask for them with "
+                "--jwt-audience",
+                USAGE,
             )
         return None
     for aud in args.jwt_audience:
