@@ -257,8 +257,8 @@ class IssuedJwts:
 
     @property
     def count(self) -> int:
-        """How many tokens the response carries."""
-        return 1 + len(self.per_audience)
+        """How many distinct tokens the response carries (a lone audience's token is ``jwt`` itself)."""
+        return len({self.jwt, *self.per_audience.values()})
 
 
 @dataclass(frozen=True)
@@ -351,9 +351,13 @@ class JwtIssuer:
         """The tokens of one response, as Dapr's Sentry 1.18 fills them: the audiences are the
         trust domain first, then ``requested`` (kept as sent); ``jwt`` names them all,
         ``per_audience`` has one token per distinct audience. An empty ``requested`` still gives
-        both (for the trust domain alone)."""
+        both (for the trust domain alone): then one token, the same in both fields, since its
+        claims would differ only in ``jti`` (one signature instead of two: RS256 costs ~0.3 ms)."""
         audiences = [trust_domain, *requested]
         every = self.claims(subject, audiences, now, not_after)
+        if len(audiences) == 1:
+            token = self._sign(every)
+            return IssuedJwts(token, {trust_domain: token}, (every["jti"],))
         singles = {aud: self.claims(subject, [aud], now, not_after) for aud in dict.fromkeys(audiences)}
         jtis = (every["jti"], *(c["jti"] for c in singles.values()))
         return IssuedJwts(self._sign(every), {aud: self._sign(c) for aud, c in singles.items()}, jtis)
