@@ -53,6 +53,7 @@ class SignedCertificate:
     spiffe_id: SpiffeId
     validator: str = ""
     jwts: IssuedJwts | None = None
+    rule: str = ""  # the validator's rule that proved the identity (a JWKS issuer rule), or ""
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,9 @@ class Signer:
         public_key = csr_public_key(request.csr_pem)
         if self.jwt is not None and (problem := audience_problem(request.jwt_audiences)):
             raise InvalidRequest(problem, reason="jwt_audiences")
-        signed = replace(self.issue(public_key, identity, now), validator=validator.kind.name.lower())
+        signed = replace(
+            self.issue(public_key, identity, now), validator=validator.kind.name.lower(), rule=identity.rule
+        )
         if self.jwt is None:
             return signed
         sid = signed.spiffe_id

@@ -77,8 +77,27 @@ def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], 
             from adapters.jwks_source import JwksCache
             from ca_core.validators.jwks import JwksValidator
 
-            keys = JwksCache.from_settings(cfg.jwks, clock=time.monotonic)
-            validators[kind] = JwksValidator(keys, ca_identity)
+            if cfg.jwks.issuers:
+                from ca_core.claim_mapping import Template
+                from ca_core.validators.oidc_issuers import IssuerRule, IssuersValidator
+
+                rules = [
+                    IssuerRule(
+                        r.name,
+                        r.issuer,
+                        JwksCache.for_issuer(r, clock=time.monotonic),
+                        r.audiences,
+                        r.claims,
+                        Template.parse(r.namespace, "namespace") if r.namespace else None,
+                        Template.parse(r.app_id, "appId") if r.app_id else None,
+                        r.trust_domain,
+                    )
+                    for r in cfg.jwks.issuers
+                ]
+                validators[kind] = IssuersValidator(rules, ca_identity)
+            else:
+                keys = JwksCache.from_settings(cfg.jwks, clock=time.monotonic)
+                validators[kind] = JwksValidator(keys, ca_identity)
     log.info(
         "token validators: %s (default: %s)",
         ", ".join(k.name for k in validators),

@@ -60,6 +60,12 @@ class Metrics:
             "JWT-SVIDs signed into answers (every token of jwt and per_audience_jwts)",
             registry=r,
         )
+        self.rule_matches = Counter(
+            "sentryca_validator_rule_matches",
+            "Certificates signed, by validator and the rule that proved the identity (JWKS issuer rules)",
+            ["validator", "rule"],
+            registry=r,
+        )
         self.sign_failure = Counter(
             "dapr_sentry_cert_sign_failure",
             "Failed signing requests, by coarse category and fine-grained reason",

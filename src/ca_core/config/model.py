@@ -53,6 +53,33 @@ DEFAULT_JWKS_REQUEST_TIMEOUT = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
+class JwtIssuerSettings:
+    """One entry of ``tokenValidators[name=jwks].options.issuers`` (design §6.5): a rule that
+    accepts the tokens of one OIDC issuer and maps their claims to an identity.
+
+    name: the rule's name in refusals, metrics and audit records; issuer: the pinned ``iss``;
+    source: where its JWK Set comes from (as :class:`JwksSettings`' ``source``), None for OIDC
+    discovery from ``issuer``; audiences: ``aud`` must hold one of them (empty: the CA's SPIFFE
+    ID); claims: (claim, value) pairs the token must carry, a claim named by JSON Pointer
+    (``/kubernetes.io/namespace``) or by its top-level name; namespace, app_id: templates
+    building the identity (literal text and ``{/json/pointer}`` placeholders), both None for the
+    default mapping (``sub`` = the SPIFFE ID); trust_domain: the mapped identity's (None: the
+    CA's); the fetch settings as :class:`JwksSettings`'."""
+
+    name: str
+    issuer: str
+    source: str | None = None
+    audiences: tuple[str, ...] = ()
+    claims: tuple[tuple[str, object], ...] = ()
+    namespace: str | None = None
+    app_id: str | None = None
+    trust_domain: str | None = None
+    ca_certificate: str | None = None
+    min_refresh_interval: timedelta = DEFAULT_JWKS_MIN_REFRESH
+    request_timeout: timedelta = DEFAULT_JWKS_REQUEST_TIMEOUT
+
+
+@dataclass(frozen=True)
 class JwksSettings:
     """``spec.mtls.tokenValidators[name=jwks].options`` (design §6, §7).
 
@@ -66,11 +93,14 @@ class JwksSettings:
     ca_certificate: str | None = None
     min_refresh_interval: timedelta = DEFAULT_JWKS_MIN_REFRESH
     request_timeout: timedelta = DEFAULT_JWKS_REQUEST_TIMEOUT
+    issuers: tuple[JwtIssuerSettings, ...] = ()  # when given, ``source`` is "" (design §6.5)
 
     def __repr__(self) -> str:  # the inline JWKS or CA PEM may be long: name the kind only
         src = self.source if len(self.source) < 200 else f"<inline JWKS, {len(self.source)} chars>"
+        rules = f", issuers={[i.name for i in self.issuers]}" if self.issuers else ""
         return (
-            f"JwksSettings(source={src!r}, min_refresh_interval={format_duration(self.min_refresh_interval)})"
+            f"JwksSettings(source={src!r}, min_refresh_interval={format_duration(self.min_refresh_interval)}"
+            f"{rules})"
         )
 
 

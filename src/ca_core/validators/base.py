@@ -53,9 +53,11 @@ class SignRequest:
 
 @dataclass(frozen=True)
 class Identity:
-    """A proven identity: the SPIFFE ID to put in the SVID."""
+    """A proven identity: the SPIFFE ID to put in the SVID; ``rule``: the validator's rule that
+    proved it (a JWKS issuer rule's name, design §6.5), "" when the validator has none."""
 
     spiffe_id: SpiffeId
+    rule: str = ""
 
 
 @runtime_checkable
