@@ -124,6 +124,7 @@ def rotation_policy(cfg: Config) -> RotationPolicy:
         algorithm=cfg.ca_key_algorithm,
         root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
         issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
+        upstream=cfg.upstream_authority,
     )
 
 
