@@ -1,0 +1,158 @@
+"""A running CA with ``--upstream-authority acm-pca://<CA ARN>`` (issue 16, item 3) against the
+loopback Private CA double (support.acmpca_double, real keys over AWS JSON 1.1): the first bundle's
+issuer is a path-length-0 subordinate the double signed for a key generated here, the trust anchor
+is the double's root, and no root key is stored; leaves verify to that root (pyca's client verifier
+and ``openssl verify -x509_strict``); on an injected clock, ``--auto-rotate`` renews the issuer
+through the upstream with no root key present, and pending or throttled answers leave the CA
+ready and serving its current issuer, with one clear message, until the upstream answers."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from adapters.acm_pca import AcmPcaAuthority, Backoff
+from adapters.stores import FileBundleStore
+from ca_core.bundle import ROOT_KEY
+from ca_core.validators import SignRequest, TokenValidatorKind
+from handlers.server import CertificateAuthority
+
+from support.acmpca_double import AcmPcaDouble
+from support.ca import ca_config
+from support.openssl import run_openssl
+from support.pki import make_csr, verifies
+
+STEP = timedelta(hours=1)
+
+
+@pytest.fixture
+def double(monkeypatch):
+    with AcmPcaDouble() as d:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_ACM_PCA", d.endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        yield d
+
+
+def sign(ca: CertificateAuthority, now: datetime) -> tuple[x509.Certificate, list[x509.Certificate], bytes]:
+    request = SignRequest("app", "prod", make_csr(), token_validator=TokenValidatorKind.INSECURE.value)
+    signed = ca.signer.sign(request, now)
+    certs = x509.load_pem_x509_certificates(signed.chain_pem)
+    return certs[0], certs[1:], signed.anchors_pem
+
+
+def start(tmp_path, double, clock, waits, **flags):
+    ca = CertificateAuthority(
+        clock=lambda: clock[0],
+        upstream_authority=lambda up: AcmPcaAuthority(up, backoff=Backoff(polls=2), sleep=waits.append),
+    )
+    cfg = ca_config(
+        tmp_path / "credentials",
+        upstream_authority=double.upstream,
+        issuer_ttl="24h",
+        auto_rotate="true",
+        expiry_check_interval="1h",
+        workload_cert_ttl="4h",
+        **flags,
+    )
+    ca.start(cfg)
+    return ca
+
+
+def test_the_first_issuer_is_signed_by_private_ca_and_leaves_verify_to_its_root(tmp_path, double):
+    now = datetime.now(UTC)
+    ca = start(tmp_path, double, [now], [])
+    try:
+        bundle = ca.signer.bundle
+        assert bundle.trust_anchors == (double.root,) and bundle.root_key is None
+        assert bundle.issuer_chain == (bundle.issuer, double.ca)
+        bc = bundle.issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+        assert bc.ca and bc.path_length == 0
+        assert double.requests[0]["TemplateArn"].endswith("SubordinateCACertificate_PathLen0/V1")
+        stored = FileBundleStore(tmp_path / "credentials").load()
+        assert stored is not None and ROOT_KEY not in stored.items
+        leaf, chain, anchors = sign(ca, now)
+        assert chain == [bundle.issuer, double.ca]
+        assert verifies(leaf, chain, anchors, now)
+        assert x509.load_pem_x509_certificates(anchors) == [double.root]
+        pem = lambda *cs: b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cs)  # noqa: E731
+        (tmp_path / "anchors.pem").write_bytes(anchors)
+        (tmp_path / "chain.pem").write_bytes(pem(*chain))
+        (tmp_path / "leaf.pem").write_bytes(pem(leaf))
+        result = run_openssl(
+            "verify", "-x509_strict", "-purpose", "sslclient",
+            "-CAfile", str(tmp_path / "anchors.pem"), "-untrusted", str(tmp_path / "chain.pem"),
+            str(tmp_path / "leaf.pem"),
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        ca.stop(grace=0)
+
+
+def test_auto_rotation_renews_the_issuer_through_private_ca_with_no_root_key(tmp_path, double):
+    start_at = datetime.now(UTC)
+    clock = [start_at]
+    ca = start(tmp_path, double, clock, [])
+    store = FileBundleStore(tmp_path / "credentials")
+    issuers = {ca.signer.bundle.issuer.serial_number}
+    leaves = []
+    try:
+        while clock[0] < start_at + timedelta(days=3):
+            clock[0] += STEP
+            now = clock[0]
+            ca.maintain()
+            ready, detail = ca.readiness()
+            assert ready, (now, detail)
+            bundle = ca.signer.bundle
+            issuers.add(bundle.issuer.serial_number)
+            leaves.append(sign(ca, now))
+            for leaf, chain, anchors in leaves:
+                if leaf.not_valid_after_utc > now:
+                    assert verifies(leaf, chain, anchors, now), now
+            stored = store.load()
+            assert stored is not None and ROOT_KEY not in stored.items
+            assert bundle.trust_anchors == (double.root,)
+    finally:
+        ca.stop(grace=0)
+    # 24 h issuers over three days: each renewed through IssueCertificate, none by a root key
+    issued = {c.serial_number for c in double.issued.values()}
+    assert len(issuers) >= 4 and issuers <= issued
+    assert len(issued - issuers) <= 1  # at most the one prepared now, not active yet
+
+
+def test_pending_and_throttling_back_off_and_the_ca_keeps_serving(tmp_path, double, caplog):
+    start_at = datetime.now(UTC)
+    clock = [start_at]
+    waits: list[float] = []
+    ca = start(tmp_path, double, clock, waits)
+    first = ca.signer.bundle.issuer
+    double.calls.clear()
+    double.issued.clear()  # what the start asked for
+    try:
+        double.pending_polls = 10  # a new certificate stays pending for 10 polls
+        double.fail["IssueCertificate"].extend(["ThrottlingException"] * 2)
+        with caplog.at_level(logging.WARNING, logger="sentryca"):
+            for _ in range(14):  # past the prepare margin (12 h left)
+                clock[0] += STEP
+                ca.maintain()
+                assert ca.readiness()[0]
+                assert ca.signer.bundle.issuer == first  # serving the current issuer meanwhile
+                sign(ca, clock[0])
+        messages = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "upstream_failed"]
+        assert len(messages) == 1 and "has not issued" in messages[0] and "keeps serving its current issuer" in messages[0]
+        assert any("throttled by AWS Private CA" in r.getMessage() for r in caplog.records)
+        assert double.calls.count("IssueCertificate") == 3  # two throttled, one issued: never a storm
+        assert len(double.issued) == 1
+        assert max(waits) <= 8.0 and waits[:2] == sorted(waits[:2])
+        for _ in range(7):  # issued at the 4th attempt: prepared, active with 4 h of the old one left
+            clock[0] += STEP
+            ca.maintain()
+        assert ca.signer.bundle.issuer in double.issued.values()
+        assert len(double.issued) == 1
+    finally:
+        ca.stop(grace=0)
