@@ -38,7 +38,13 @@ from . import aws
 log = logging.getLogger("sentryca")
 
 THROTTLING_CODES = frozenset(
-    {"ThrottlingException", "Throttling", "TooManyRequestsException", "LimitExceededException", "RequestLimitExceeded"}
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "LimitExceededException",
+        "RequestLimitExceeded",
+    }
 )
 PENDING_CODE = "RequestInProgressException"
 DENIED_CODES = aws.DENIED_CODES
@@ -206,11 +212,17 @@ class AcmPcaAuthority:
                     reason="upstream_invalid_state",
                 )
             if code == "ResourceNotFoundException":
-                return ConfigError(f"{where}: no such Private CA or certificate ({message}); check --upstream-authority")
+                return ConfigError(
+                    f"{where}: no such Private CA or certificate ({message}); check --upstream-authority"
+                )
             if code in THROTTLING_CODES or status == 429:
-                return _Retryable(f"{where}: throttled by AWS Private CA ({code})", reason="upstream_throttled")
+                return _Retryable(
+                    f"{where}: throttled by AWS Private CA ({code})", reason="upstream_throttled"
+                )
             if status >= 500:
-                return _Retryable(f"{where}: AWS Private CA answered {code or status}", reason="upstream_unreachable")
+                return _Retryable(
+                    f"{where}: AWS Private CA answered {code or status}", reason="upstream_unreachable"
+                )
             return CAError(f"{where} was refused ({code}: {message})", reason="upstream_refused")
         if isinstance(e, bex.BotoCoreError):
             return _Retryable(f"{where}: cannot reach AWS Private CA ({e})", reason="upstream_unreachable")

@@ -127,10 +127,10 @@ def accept_issued(
             "the upstream's certificate is not a CA with path length 0 (is the template "
             f"{SUBORDINATE_PATHLEN0_TEMPLATE}?)"
         )
-    if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    if not start <= now < end:
         raise BundleError(
-            f"the upstream's certificate is not valid now (valid {certificate.not_valid_before_utc.isoformat()} "
-            f"to {certificate.not_valid_after_utc.isoformat()})"
+            f"the upstream's certificate is not valid now (valid {start.isoformat()} to {end.isoformat()})"
         )
     rest = [c for c in chain if c != certificate]
     ordered = [certificate]
@@ -149,11 +149,15 @@ def accept_issued(
         )
     for cert in ordered[1:]:
         if not is_ca(cert):
-            raise BundleError(f"the upstream's chain holds a certificate that is not a CA: {cert.subject.rfc4514_string()}")
+            raise BundleError(
+                f"the upstream's chain holds a certificate that is not a CA: {cert.subject.rfc4514_string()}"
+            )
     return tuple(ordered[:-1]), (ordered[-1],)
 
 
-def upstream_bundle(request: IssuerRequest, certificate: x509.Certificate, chain: tuple[x509.Certificate, ...], now: datetime) -> TrustBundle:
+def upstream_bundle(
+    request: IssuerRequest, certificate: x509.Certificate, chain: tuple[x509.Certificate, ...], now: datetime
+) -> TrustBundle:
     """A first bundle from the upstream's answer (:func:`accept_issued`): the upstream's root as
     the only trust anchor, its issuer chain, the request's key, and no root key."""
     issuer_chain, roots = accept_issued(request, certificate, chain, now)

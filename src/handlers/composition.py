@@ -154,7 +154,7 @@ def load_bundle(
 
     def generate() -> TrustBundle:
         if cfg.upstream_authority is not None:
-            bundle = upstream_first_bundle(cfg, ca_identity, now)
+            bundle = upstream_first_bundle(cfg, cfg.upstream_authority, ca_identity, now)
             log.info(
                 "no trust bundle in %s: %s signed a new issuer (%s, valid until %s) under its root %s; "
                 "no root key is held",
@@ -195,8 +195,8 @@ def load_bundle(
     return LoadedBundle(bundle, stored.version, created, stored)
 
 
-def upstream_first_bundle(cfg: Config, ca_identity: SpiffeId, now: datetime) -> TrustBundle:
-    """A first bundle signed by ``--upstream-authority`` (design §5.16): a local issuer key of
+def upstream_first_bundle(cfg: Config, upstream: str, ca_identity: SpiffeId, now: datetime) -> TrustBundle:
+    """A first bundle signed by ``upstream`` (``--upstream-authority``, design §5.16): a local issuer key of
     ``--ca-key-algorithm``, its certificate issued by AWS Private CA for ``--issuer-ttl`` (unset:
     one year, cut to the Private CA's NotAfter), the Private CA's root as the trust anchor, no root
     key. Raises the adapter's errors (``adapters.acm_pca``: Unavailable while throttled or still
@@ -206,7 +206,6 @@ def upstream_first_bundle(cfg: Config, ca_identity: SpiffeId, now: datetime) -> 
     from ca_core.certs import DEFAULT_CA_LIFETIME
     from ca_core.upstream import issuer_request, upstream_bundle
 
-    assert cfg.upstream_authority is not None
     request = issuer_request(
         ca_identity,
         cfg.ca_key_algorithm,
@@ -214,7 +213,7 @@ def upstream_first_bundle(cfg: Config, ca_identity: SpiffeId, now: datetime) -> 
         lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
         backdate=cfg.allowed_clock_skew,
     )
-    certificate, chain = AcmPcaAuthority(cfg.upstream_authority).issue_issuer(request)
+    certificate, chain = AcmPcaAuthority(upstream).issue_issuer(request)
     return upstream_bundle(request, certificate, chain, now)
 
 
@@ -378,7 +377,6 @@ def build_signer(
     result."""
     from ca_core.policy import jwt_issuer, signing_policy
     from ca_core.service import Signer
-    from ca_core.spiffe_id import SpiffeId
 
     enabled, default = validators if validators is not None else build_validators(cfg)
     return Signer(

@@ -34,7 +34,9 @@ def double(monkeypatch):
 
 
 def authority(double, waits: list[float], **backoff) -> AcmPcaAuthority:
-    return AcmPcaAuthority(double.upstream, backoff=Backoff(**backoff), sleep=waits.append, random=lambda: 1.0)
+    return AcmPcaAuthority(
+        double.upstream, backoff=Backoff(**backoff), sleep=waits.append, random=lambda: 1.0
+    )
 
 
 def request(now, lifetime=timedelta(hours=24)):
@@ -48,7 +50,9 @@ def test_the_issuer_is_a_pathlen_0_subordinate_with_the_validity_asked_for(doubl
     cert, chain = authority(double, waits).issue_issuer(req)
     assert double.calls == ["GetCertificateAuthorityCertificate", "IssueCertificate", "GetCertificate"]
     sent = double.requests[0]
-    assert sent["TemplateArn"] == SUBORDINATE_PATHLEN0_TEMPLATE and sent["SigningAlgorithm"] == "SHA256WITHECDSA"
+    assert (
+        sent["TemplateArn"] == SUBORDINATE_PATHLEN0_TEMPLATE and sent["SigningAlgorithm"] == "SHA256WITHECDSA"
+    )
     bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert bc.critical and bc.value.ca and bc.value.path_length == 0
     ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value

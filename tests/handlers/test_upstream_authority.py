@@ -85,8 +85,14 @@ def test_the_first_issuer_is_signed_by_private_ca_and_leaves_verify_to_its_root(
         (tmp_path / "chain.pem").write_bytes(pem(*chain))
         (tmp_path / "leaf.pem").write_bytes(pem(leaf))
         result = run_openssl(
-            "verify", "-x509_strict", "-purpose", "sslclient",
-            "-CAfile", str(tmp_path / "anchors.pem"), "-untrusted", str(tmp_path / "chain.pem"),
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            str(tmp_path / "anchors.pem"),
+            "-untrusted",
+            str(tmp_path / "chain.pem"),
             str(tmp_path / "leaf.pem"),
         )
         assert result.returncode == 0, result.stdout + result.stderr
@@ -144,7 +150,11 @@ def test_pending_and_throttling_back_off_and_the_ca_keeps_serving(tmp_path, doub
                 assert ca.signer.bundle.issuer == first  # serving the current issuer meanwhile
                 sign(ca, clock[0])
         messages = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "upstream_failed"]
-        assert len(messages) == 1 and "has not issued" in messages[0] and "keeps serving its current issuer" in messages[0]
+        assert (
+            len(messages) == 1
+            and "has not issued" in messages[0]
+            and "keeps serving its current issuer" in messages[0]
+        )
         assert any("throttled by AWS Private CA" in r.getMessage() for r in caplog.records)
         assert double.calls.count("IssueCertificate") == 3  # two throttled, one issued: never a storm
         assert len(double.issued) == 1

@@ -36,8 +36,12 @@ HASHES = {"SHA256WITHECDSA": hashes.SHA256, "SHA384WITHECDSA": hashes.SHA384}
 
 def _ca(name: str, key, parent=None, parent_key=None, *, days: int, path_length=None) -> x509.Certificate:
     now = datetime.now(UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Corp"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Corp"),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
     issuer = parent.subject if parent is not None else subject
     builder = (
         x509.CertificateBuilder()
@@ -76,7 +80,9 @@ class AcmPcaDouble:
         self.root = _ca("Example Root CA", self.root_key, days=days + 1)
         if hierarchy == "subordinate":
             self.ca_key = ec.generate_private_key(ec.SECP256R1())
-            self.ca = _ca("Example Issuing CA", self.ca_key, self.root, self.root_key, days=days, path_length=1)
+            self.ca = _ca(
+                "Example Issuing CA", self.ca_key, self.root, self.root_key, days=days, path_length=1
+            )
             self.chain: tuple[x509.Certificate, ...] = (self.root,)
         else:
             self.ca_key, self.ca, self.chain = self.root_key, self.root, ()
@@ -98,7 +104,7 @@ class AcmPcaDouble:
         double = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 target = self.headers.get("X-Amz-Target", "")
                 status, answer = double._answer(target, body, self.headers)
@@ -141,20 +147,31 @@ class AcmPcaDouble:
 
     def _answer(self, target: str, body: bytes, headers: Any) -> tuple[int, dict[str, Any]]:
         prefix = "ACMPrivateCA."
-        if not target.startswith(prefix) or "application/x-amz-json-1.1" not in headers.get("Content-Type", ""):
-            return 400, {"__type": "UnknownOperationException", "message": f"not ACM PCA JSON 1.1: {target!r}"}
+        if not target.startswith(prefix) or "application/x-amz-json-1.1" not in headers.get(
+            "Content-Type", ""
+        ):
+            return 400, {
+                "__type": "UnknownOperationException",
+                "message": f"not ACM PCA JSON 1.1: {target!r}",
+            }
         if "AWS4-HMAC-SHA256" not in headers.get("Authorization", ""):
             return 400, {"__type": "MissingAuthenticationTokenException", "message": "unsigned request"}
-        operation = target[len(prefix):]
+        operation = target[len(prefix) :]
         with self._lock:
             self.calls.append(operation)
             if self.fail[operation]:
                 code = self.fail[operation].popleft()
-                return (403 if code == "AccessDeniedException" else 400), {"__type": code, "message": f"scripted {code}"}
+                return (403 if code == "AccessDeniedException" else 400), {
+                    "__type": code,
+                    "message": f"scripted {code}",
+                }
             try:
                 request = json.loads(body or b"{}")
                 if request.get("CertificateAuthorityArn") != self.ca_arn:
-                    return 400, {"__type": "ResourceNotFoundException", "message": "no such certificate authority"}
+                    return 400, {
+                        "__type": "ResourceNotFoundException",
+                        "message": "no such certificate authority",
+                    }
                 handler = getattr(self, "_" + operation, None)
                 if handler is None:
                     return 400, {"__type": "UnknownOperationException", "message": operation}
@@ -162,13 +179,13 @@ class AcmPcaDouble:
             except _Refused as e:
                 return 400, {"__type": e.code, "message": str(e)}
 
-    def _GetCertificateAuthorityCertificate(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # noqa: N802
+    def _GetCertificateAuthorityCertificate(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         answer = {"Certificate": _pem(self.ca)}
         if self.chain:
             answer["CertificateChain"] = _pem(*self.chain)
         return 200, answer
 
-    def _IssueCertificate(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # noqa: N802
+    def _IssueCertificate(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if self.state != "ACTIVE":
             raise _Refused("InvalidStateException", f"The certificate authority is {self.state}")
         if request.get("TemplateArn") != TEMPLATE:
@@ -187,7 +204,9 @@ class AcmPcaDouble:
             raise _Refused("InvalidArgsException", "SigningAlgorithm does not match the CA's key")
         not_after = self._absolute(request["Validity"])
         not_before = (
-            self._absolute(request["ValidityNotBefore"]) if "ValidityNotBefore" in request else datetime.now(UTC)
+            self._absolute(request["ValidityNotBefore"])
+            if "ValidityNotBefore" in request
+            else datetime.now(UTC)
         )
         if not_after > self.ca.not_valid_after_utc:
             raise _Refused("ValidationException", "the validity exceeds that of the certificate authority")
@@ -215,7 +234,7 @@ class AcmPcaDouble:
             self._tokens[token] = arn
         return 200, {"CertificateArn": arn}
 
-    def _GetCertificate(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:  # noqa: N802
+    def _GetCertificate(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         arn = request.get("CertificateArn", "")
         if arn not in self.issued:
             raise _Refused("ResourceNotFoundException", "no such certificate")
