@@ -29,7 +29,7 @@ Rules, in the order :func:`advance` applies them (one call applies every step th
    its root, so with the default equal lifetimes the root's rotation renews the issuer);
    ``activate_after = NotAfter - min(lifetime/6, 7 days)``. With an upstream authority
    (``policy.upstream``, no root key held) the issuer is the one the upstream signed, passed in
-   by the adapter step that asked for it when :func:`issuer_prepare_due` said so (design §5.16).
+   by the adapter step that asked for it when :func:`.issuer_rule.issuer_prepare_due` said so (design §5.16).
 
 The operator's actions (:mod:`.actions`) share the public helpers among the step functions:
 the bound to act on and its record (rule 0), the removal history, a new root and issuer, and the
@@ -44,14 +44,14 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 
-from ..bundle import TrustBundle, chain_not_after, fingerprint, issued_by
+from ..bundle import TrustBundle, chain_not_after, fingerprint
 from ..certs import generate_issuer, generate_root
 from ..durations import format_duration
 from ..keys import PrivateKey
+from .issuer_rule import UpstreamIssuer, auto_prepare_issuer
 from .state import (
     AUTO,
     REMOVED_HISTORY,
-    PreparedIssuer,
     PreparedRoot,
     RemovedRoot,
     RetiringRoot,
@@ -76,9 +76,6 @@ def _seconds(d: timedelta) -> int:
     return math.ceil(d.total_seconds())  # never below the bound it records
 
 
-UpstreamIssuer = tuple[tuple[x509.Certificate, ...], PrivateKey]  # (issuer chain, its key)
-
-
 def advance(
     bundle: TrustBundle,
     state: RotationState,
@@ -91,7 +88,7 @@ def advance(
     bundle: the bundle in force; state: its rotation state (:func:`.codec.parse_state`); now: aware
     UTC. Never raises for a due step it cannot take (e.g. no root key): it is simply not taken.
     upstream_issuer: with ``policy.upstream``, the issuer (chain under the active root, issuer
-    first; its key) an upstream authority signed because :func:`issuer_prepare_due` said so:
+    first; its key) an upstream authority signed because :func:`.issuer_rule.issuer_prepare_due` said so:
     rule 5 prepares it instead of signing one with the root key (which the CA does not hold).
     """
     steps: list[Step] = []
@@ -124,7 +121,7 @@ def _next_step(
         taken = rule(bundle, state, now, policy)
         if taken is not None:
             return taken
-    return _auto_prepare_issuer(bundle, state, now, policy, upstream_issuer)
+    return auto_prepare_issuer(bundle, state, now, policy, upstream_issuer)
 
 
 def acting_leaf_bound(state: RotationState, policy: RotationPolicy) -> timedelta:
@@ -314,77 +311,6 @@ def _auto_prepare_root(
     if now < root.not_valid_after_utc - prepare_within:
         return None
     return prepare_root_step(bundle, state, now, policy, AUTO)
-
-
-def issuer_prepare_due(
-    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
-) -> bool:
-    """Whether rule 5 would prepare an issuer now if it could sign one: the automatic policy is
-    on, no issuer is prepared, the active root is valid, less than the prepare margin of the
-    active issuer remains and a new issuer would end later. With ``policy.upstream`` the adapter
-    asks the upstream for an issuer exactly when this is true, then passes it to :func:`advance`."""
-    if not policy.auto or state.prepared_issuer is not None:
-        return False
-    root, issuer = active_root(bundle), bundle.issuer
-    if not root.not_valid_before_utc <= now < root.not_valid_after_utc:
-        return False
-    if now < issuer.not_valid_after_utc - margins(issuer)[0]:
-        return False
-    # a new issuer must outlive this one (an issuer never outlives its root, so with the default
-    # equal lifetimes the root's rotation renews the issuer)
-    return min(now + policy.issuer_lifetime, root.not_valid_after_utc) > issuer.not_valid_after_utc
-
-
-def _auto_prepare_issuer(
-    bundle: TrustBundle,
-    state: RotationState,
-    now: datetime,
-    policy: RotationPolicy,
-    upstream_issuer: UpstreamIssuer | None = None,
-) -> tuple[TrustBundle, RotationState, Step] | None:
-    root_key = held_root_key(bundle)
-    if not issuer_prepare_due(bundle, state, now, policy):
-        return None
-    root, issuer = active_root(bundle), bundle.issuer
-    if upstream_issuer is not None and policy.upstream is not None:
-        chain, key = upstream_issuer
-        if chain[0].not_valid_after_utc <= issuer.not_valid_after_utc or not issued_by(chain[-1], root):
-            return None  # the adapter checked it (ca_core.upstream.accept_issued); never a worse one
-        signer = policy.upstream
-        signed_by = f"signed by {signer}"
-    elif root_key is not None:
-        key = policy.algorithm.generate()
-        chain = (
-            generate_issuer(
-                root,
-                root_key,
-                key,
-                policy.ca_identity,
-                now,
-                lifetime=policy.issuer_lifetime,
-                backdate=policy.clock_skew,
-            ),
-        )
-        signer, signed_by = "root", "signed with the root key"
-    else:
-        return None
-    cert = chain[0]
-    activate_after = max(now, issuer.not_valid_after_utc - margins(issuer)[1])
-    prepared = PreparedIssuer(chain, key, root, now, activate_after, AUTO)
-    step = Step(
-        "issuer",
-        "prepare",
-        AUTO,
-        f"issuer rotation: prepared issuer serial {cert.serial_number:x} ({signed_by}, valid until "
-        f"{iso(cert.not_valid_after_utc)}); it becomes active at {iso(activate_after)}",
-        {
-            "issuer_serial": f"{cert.serial_number:x}",
-            "not_after": iso(cert.not_valid_after_utc),
-            "activate_after": iso(activate_after),
-            "signed_by": signer,
-        },
-    )
-    return bundle, replace(state, prepared_issuer=prepared), step
 
 
 def generate_root_and_issuer(

@@ -45,7 +45,6 @@ from .readiness import check_expiry, publish_bundle, publish_public, readiness_r
 from .server_certificate import ServedCertificate
 from .state import AlreadyRunning, NotRunning, State, utc_now
 from .upkeep import Upkeep
-from .upstream_step import UpstreamIssuerStep
 
 log = logging.getLogger("sentryca")
 
@@ -70,9 +69,8 @@ class CertificateAuthority:
         """``reuse_port``: bind the gRPC port with SO_REUSEPORT (the worker processes of
         ``handlers.workers`` share one port); ``http_address``: bind /healthz and /metrics there
         instead of ``--listen-address`` (a worker's, reached only by its supervisor);
-        ``count_shared_events``: see :class:`~handlers.metrics.Metrics`; ``upstream_authority``:
-        builds the adapter of ``--upstream-authority`` for the rotation steps (default
-        ``adapters.acm_pca.AcmPcaAuthority``)."""
+        ``count_shared_events``: see :class:`~handlers.metrics.Metrics`; ``upstream_authority``: of
+        :class:`~.upstream_step.UpstreamIssuerStep`."""
         self._clock = clock
         self._lock = threading.RLock()  # start/stop/restart/maintain
         self._swap_lock = threading.Lock()  # the state in force and its server certificate
@@ -100,7 +98,7 @@ class CertificateAuthority:
             apply=self._apply_stored,
             check_expiry=self._check_expiry,
             refresh_health=self._listeners.refresh_health,
-            upstream=UpstreamIssuerStep(upstream_authority),
+            upstream_authority=upstream_authority,
         )
 
     # --- what is in force ------------------------------------------------------------------

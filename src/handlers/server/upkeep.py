@@ -69,8 +69,8 @@ class Upkeep:
     :meth:`round` and :meth:`rotate`; the watcher only ever tries it); ``in_force`` returns the
     state in force (None: idle); ``apply`` puts the store's content in force; ``check_expiry``
     runs the expiry check over a state; ``refresh_health`` publishes readiness to health
-    watchers; ``upstream`` asks ``--upstream-authority`` for the issuers rule 5 wants (design
-    §5.16)."""
+    watchers; ``upstream_authority`` builds the adapter that :class:`UpstreamIssuerStep` asks for
+    the issuers rule 5 wants (design §5.16)."""
 
     def __init__(
         self,
@@ -83,7 +83,7 @@ class Upkeep:
         apply: ApplyStored,
         check_expiry: Callable[[State], list[ExpiryFinding]],
         refresh_health: Callable[[], None],
-        upstream: UpstreamIssuerStep | None = None,
+        upstream_authority: Callable[[str], object] | None = None,
     ) -> None:
         self._lock = lock
         self._clock = clock
@@ -93,7 +93,7 @@ class Upkeep:
         self._apply = apply
         self._check_expiry = check_expiry
         self._refresh_health = refresh_health
-        self._upstream = upstream or UpstreamIssuerStep()
+        self._upstream = UpstreamIssuerStep(upstream_authority)
         self._watcher: threading.Thread | None = None
         self._stop_watch = threading.Event()
         self._next_expiry_check = datetime.max.replace(tzinfo=UTC)

@@ -1,10 +1,10 @@
 """The adapter step before the rotation rules when an upstream authority signs the issuers
 (``--upstream-authority``, design §5.16).
 
-The rules stay pure: when ``rules.issuer_prepare_due`` says rule 5 would prepare an issuer, this
-step asks the upstream for one (``adapters.acm_pca``), checks it (``ca_core.upstream.accept_issued``:
-it must chain to the bundle's active root) and hands it to ``rules.advance``, which prepares and
-later activates it as it would an issuer signed with a root key. A failure never fails the CA:
+The rules stay pure: when ``rotation.issuer_rule.issuer_prepare_due`` says rule 5 would prepare
+an issuer, this step asks the upstream for one (``adapters.acm_pca``), checks it
+(``ca_core.upstream.accept_issued``: it must chain to the bundle's active root) and hands it to
+``rules.advance``, which prepares and later activates it as it would an issuer signed with a root key. A failure never fails the CA:
 it is logged once per distinct problem with what to do (throttled, pending, denied, the CA's
 state), the CA keeps serving its current issuer, and the next expiry check tries again. A
 certificate still pending is remembered (its ARN and the key it certifies), so the next attempt
@@ -19,7 +19,7 @@ from datetime import datetime
 
 from ca_core.bundle import TrustBundle
 from ca_core.errors import BundleError, CAError
-from ca_core.rotation import rules
+from ca_core.rotation.issuer_rule import UpstreamIssuer, issuer_prepare_due
 from ca_core.rotation.state import RotationPolicy, RotationState, active_root
 from ca_core.upstream import IssuerRequest, accept_issued, issuer_request
 
@@ -41,11 +41,11 @@ class UpstreamIssuerStep:
 
     def __call__(
         self, bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
-    ) -> rules.UpstreamIssuer | None:
+    ) -> UpstreamIssuer | None:
         """The upstream's new issuer when rule 5 wants one now, else None (nothing due, or the
         upstream could not give one yet: logged)."""
         upstream = policy.upstream
-        if upstream is None or not rules.issuer_prepare_due(bundle, state, now, policy):
+        if upstream is None or not issuer_prepare_due(bundle, state, now, policy):
             self._pending = None
             return None
         authority = self._authority_for(upstream)
