@@ -4,11 +4,12 @@
 The rules stay pure: when ``rotation.issuer_rule.issuer_prepare_due`` says rule 5 would prepare
 an issuer, this step asks the upstream for one (``adapters.acm_pca``), checks it
 (``ca_core.upstream.accept_issued``: it must chain to the bundle's active root) and hands it to
-``rules.advance``, which prepares and later activates it as it would an issuer signed with a root key. A failure never fails the CA:
-it is logged once per distinct problem with what to do (throttled, pending, denied, the CA's
-state), the CA keeps serving its current issuer, and the next expiry check tries again. A
-certificate still pending is remembered (its ARN and the key it certifies), so the next attempt
-polls that one instead of asking for another: one request per issuer, never a storm.
+``rules.advance``, which prepares and later activates it as it would an issuer signed with a root
+key. A failure never fails the CA: it is logged once per distinct problem with what to do
+(throttled, pending, denied, the CA's state), the CA keeps serving its current issuer, and the
+next expiry check tries again. A certificate still pending is remembered (its ARN and the key it
+certifies), so the next attempt polls that one instead of asking for another: one request per
+issuer, never a storm.
 """
 
 from __future__ import annotations
