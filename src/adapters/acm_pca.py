@@ -110,21 +110,36 @@ class AcmPcaAuthority:
         return self._certificates(pem, "GetCertificateAuthorityCertificate")
 
     def issue_issuer(
-        self, request: IssuerRequest, *, resume: str | None = None
+        self,
+        request: IssuerRequest,
+        *,
+        resume: str | None = None,
+        expect_root: x509.Certificate | None = None,
     ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
         """The issuer certificate for ``request`` and the chain above it (issuing CA first, root
         last), as Private CA returns them. ``resume``: the certificate ARN of an earlier call that
-        was still pending (polled instead of a new IssueCertificate). Raises UpstreamPending
+        was still pending (polled instead of a new IssueCertificate); ``expect_root``: the root the
+        issuer must chain to (the bundle's): another one is refused before anything is issued
+        (CAError ``upstream_other_root``). Raises UpstreamPending
         (still pending after the bounded polls), Unavailable (throttled or unreachable after the
         bounded retries), PermissionDenied (access denied), CAError (the CA's state, or a refusal)."""
-        arn = resume or self._issue(request)
+        arn = resume or self._issue(request, expect_root)
         answer = self._poll(arn)
         certificate = self._certificates(answer.get("Certificate") or "", "GetCertificate")[0]
         chain = self._certificates(answer.get("CertificateChain") or "", "GetCertificate")
         return certificate, chain
 
-    def _issue(self, request: IssuerRequest) -> str:
-        ca = self.ca_chain()[0]
+    def _issue(self, request: IssuerRequest, expect_root: x509.Certificate | None) -> str:
+        chain = self.ca_chain()
+        ca, top = chain[0], chain[-1]
+        if expect_root is not None and top != expect_root:
+            raise CAError(
+                f"{self.description} chains to {top.subject.rfc4514_string()}, not to the bundle's active "
+                f"root {expect_root.subject.rfc4514_string()}: its issuers would not verify for the "
+                "workloads; nothing was issued (move the CA to the Private CA's hierarchy with `sentryca "
+                "bundle import`, both roots as anchors, or unset --upstream-authority)",
+                reason="upstream_other_root",
+            )
         not_after = min(request.not_after, ca.not_valid_after_utc)
         not_before = max(request.not_before, ca.not_valid_before_utc)
         answer = self._call(

@@ -167,3 +167,53 @@ def test_pending_and_throttling_back_off_and_the_ca_keeps_serving(tmp_path, doub
         assert len(double.issued) == 1
     finally:
         ca.stop(grace=0)
+
+
+def test_a_bundle_under_another_root_is_never_sent_to_private_ca(tmp_path, double, caplog):
+    """A bundle whose root is not Private CA's and whose key is not held (an operator's PKI):
+    nothing is issued, one clear error, and the CA serves its issuer."""
+    start_at = datetime.now(UTC)
+    clock = [start_at]
+    own = ca_config(tmp_path / "credentials", issuer_ttl="24h", expiry_check_interval="1h")
+    first = CertificateAuthority(clock=lambda: clock[0])
+    first.start(own)  # a bundle of its own root, then the root key taken away
+    first.stop(grace=0)
+    store = FileBundleStore(tmp_path / "credentials")
+    stored = store.load()
+    items = {k: v for k, v in stored.items.items() if k != ROOT_KEY}
+    assert store.replace(items, stored.version)
+    double.calls.clear()
+    ca = start(tmp_path, double, clock, [])
+    issuer = ca.signer.bundle.issuer
+    try:
+        with caplog.at_level(logging.ERROR, logger="sentryca"):
+            for _ in range(14):
+                clock[0] += STEP
+                ca.maintain()
+                assert ca.readiness()[0] and ca.signer.bundle.issuer == issuer
+        assert "IssueCertificate" not in double.calls and not double.issued
+        errors = [r.getMessage() for r in caplog.records if getattr(r, "problem", "") == "upstream_other_root"]
+        assert len(errors) == 1 and "nothing was issued" in errors[0]
+    finally:
+        ca.stop(grace=0)
+
+
+def test_a_held_root_key_signs_as_without_an_upstream(tmp_path, double):
+    start_at = datetime.now(UTC)
+    clock = [start_at]
+    own = ca_config(tmp_path / "credentials", issuer_ttl="24h", expiry_check_interval="1h")
+    first = CertificateAuthority(clock=lambda: clock[0])
+    first.start(own)
+    root = first.signer.bundle.trust_anchors
+    first.stop(grace=0)
+    double.calls.clear()
+    ca = start(tmp_path, double, clock, [])
+    issuer = ca.signer.bundle.issuer
+    try:
+        for _ in range(22):
+            clock[0] += STEP
+            ca.maintain()
+        assert ca.signer.bundle.issuer != issuer and ca.signer.bundle.trust_anchors == root
+        assert double.calls == []
+    finally:
+        ca.stop(grace=0)

@@ -21,7 +21,7 @@ from datetime import datetime
 from ca_core.bundle import TrustBundle
 from ca_core.errors import BundleError, CAError
 from ca_core.rotation.issuer_rule import UpstreamIssuer, issuer_prepare_due
-from ca_core.rotation.state import RotationPolicy, RotationState, active_root
+from ca_core.rotation.state import RotationPolicy, RotationState, active_root, held_root_key
 from ca_core.upstream import IssuerRequest, accept_issued, issuer_request
 
 log = logging.getLogger("sentryca")
@@ -46,7 +46,11 @@ class UpstreamIssuerStep:
         """The upstream's new issuer when rule 5 wants one now, else None (nothing due, or the
         upstream could not give one yet: logged)."""
         upstream = policy.upstream
-        if upstream is None or not issuer_prepare_due(bundle, state, now, policy):
+        if (
+            upstream is None
+            or held_root_key(bundle) is not None  # the root key signs, as without an upstream
+            or not issuer_prepare_due(bundle, state, now, policy)
+        ):
             self._pending = None
             return None
         authority = self._authority_for(upstream)
@@ -62,7 +66,9 @@ class UpstreamIssuerStep:
                     lifetime=policy.issuer_lifetime,
                     backdate=policy.clock_skew,
                 )
-            certificate, chain = authority.issue_issuer(request, resume=resume)  # type: ignore[attr-defined]
+            certificate, chain = authority.issue_issuer(  # type: ignore[attr-defined]
+                request, resume=resume, expect_root=active_root(bundle)
+            )
             issuer_chain, roots = accept_issued(request, certificate, chain, now)
             if roots[0] != active_root(bundle):
                 raise BundleError(
