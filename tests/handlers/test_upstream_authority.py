@@ -23,6 +23,7 @@ from handlers.server import CertificateAuthority
 
 from support.acmpca_double import AcmPcaDouble
 from support.ca import ca_config
+from support.cli import run_sentryca
 from support.openssl import run_openssl
 from support.pki import make_csr, verifies
 
@@ -192,7 +193,9 @@ def test_a_bundle_under_another_root_is_never_sent_to_private_ca(tmp_path, doubl
                 ca.maintain()
                 assert ca.readiness()[0] and ca.signer.bundle.issuer == issuer
         assert "IssueCertificate" not in double.calls and not double.issued
-        errors = [r.getMessage() for r in caplog.records if getattr(r, "problem", "") == "upstream_other_root"]
+        errors = [
+            r.getMessage() for r in caplog.records if getattr(r, "problem", "") == "upstream_other_root"
+        ]
         assert len(errors) == 1 and "nothing was issued" in errors[0]
     finally:
         ca.stop(grace=0)
@@ -217,3 +220,47 @@ def test_a_held_root_key_signs_as_without_an_upstream(tmp_path, double):
         assert double.calls == []
     finally:
         ca.stop(grace=0)
+
+
+def test_rotate_issuer_asks_private_ca_when_no_root_key_is_held(tmp_path, double):
+    """``sentryca rotate issuer --upstream-authority ...`` (a process of its own, botocore to the
+    double): the new issuer is Private CA's, active at once, and leaves still verify."""
+    now = datetime.now(UTC)
+    ca = start(tmp_path, double, [now], [])
+    old = ca.signer.bundle.issuer
+    ca.stop(grace=0)
+    env = {
+        "AWS_ENDPOINT_URL_ACM_PCA": double.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    store_url = f"file://{tmp_path / 'credentials'}"
+    result = run_sentryca(
+        "rotate",
+        "issuer",
+        "--trust-bundle-store",
+        store_url,
+        "--upstream-authority",
+        double.upstream,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{double.upstream} signed issuer serial" in result.stdout
+    stored = FileBundleStore(tmp_path / "credentials").load()
+    assert stored is not None and ROOT_KEY not in stored.items
+    chain = x509.load_pem_x509_certificates(stored.items["issuer.crt"])
+    assert chain[0] != old and chain[0] in double.issued.values() and chain[1] == double.ca
+    # denied: a clear message naming the permissions, nothing written
+    double.fail["GetCertificateAuthorityCertificate"].append("AccessDeniedException")
+    denied = run_sentryca(
+        "rotate",
+        "issuer",
+        "--trust-bundle-store",
+        store_url,
+        "--upstream-authority",
+        double.upstream,
+        env=env,
+    )
+    assert denied.returncode != 0 and "acm-pca:IssueCertificate" in denied.stderr
+    assert FileBundleStore(tmp_path / "credentials").load().version == stored.version
