@@ -264,3 +264,29 @@ def test_rotate_issuer_asks_private_ca_when_no_root_key_is_held(tmp_path, double
     )
     assert denied.returncode != 0 and "acm-pca:IssueCertificate" in denied.stderr
     assert FileBundleStore(tmp_path / "credentials").load().version == stored.version
+
+
+def test_bundle_init_with_an_upstream_holds_its_issuer_and_no_root_key(tmp_path, double):
+    env = {
+        "AWS_ENDPOINT_URL_ACM_PCA": double.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    store_url = f"file://{tmp_path / 'store'}"
+    result = run_sentryca(
+        "bundle",
+        "init",
+        "--trust-bundle-store",
+        store_url,
+        "--upstream-authority",
+        double.upstream,
+        "--issuer-ttl",
+        "24h",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    stored = FileBundleStore(tmp_path / "store").load()
+    assert stored is not None and ROOT_KEY not in stored.items
+    assert x509.load_pem_x509_certificates(stored.items["ca.crt"]) == [double.root]
+    issuer = x509.load_pem_x509_certificates(stored.items["issuer.crt"])[0]
+    assert issuer in double.issued.values()
