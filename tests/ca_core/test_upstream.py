@@ -12,9 +12,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
+from ca_core.bundle_settings import settings_of
 from ca_core.config import load_config
 from ca_core.errors import BundleError, ConfigError
 from ca_core.keys import KeyAlgorithm
+from ca_core.policy import bundle_rotation_policy
 from ca_core.rotation import rules
 from ca_core.rotation.issuer_rule import issuer_prepare_due
 from ca_core.rotation.state import EMPTY, RotationPolicy
@@ -61,8 +63,8 @@ def _cert(
 class Upstream:
     """A root and a subordinate (the Private CA) that sign as the pathlen-0 template says."""
 
-    def __init__(self) -> None:
-        self.root_key, self.ca_key = make_key(), make_key()
+    def __init__(self, root_kind: str = "p256") -> None:
+        self.root_key, self.ca_key = make_key(root_kind), make_key()
         self.root = _cert(
             _name("Root"),
             self.root_key.public_key(),
@@ -228,3 +230,15 @@ def test_an_upstream_issuer_that_ends_sooner_or_under_another_root_is_not_prepar
     assert (
         rules.advance(bundle, EMPTY, due, policy, upstream_issuer=((elsewhere, other.ca), short.key)) is None
     )
+
+
+def test_with_an_upstream_new_issuers_keep_the_issuer_s_key_algorithm_not_the_root_s():
+    up, first = Upstream("p384"), request()
+    bundle = upstream_bundle(first, up.sign(first), (up.ca, up.root), NOW)
+    arn = "acm-pca://arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/x"
+    with_upstream = load_config({"upstream_authority": arn}, {})
+    assert bundle_rotation_policy(with_upstream, settings_of(bundle)).algorithm == KeyAlgorithm.ECDSA_P256
+    assert (
+        bundle_rotation_policy(load_config({}, {}), settings_of(bundle)).algorithm == KeyAlgorithm.ECDSA_P384
+    )
+    assert bundle_rotation_policy(with_upstream, settings_of(bundle)).upstream == arn
