@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from adapters.acm_pca import AcmPcaAuthority, Backoff
 from adapters.stores import FileBundleStore
 from ca_core.bundle import ROOT_KEY
+from ca_core.errors import CAError
 from ca_core.validators import SignRequest, TokenValidatorKind
 from handlers.server import CertificateAuthority
 
@@ -290,3 +291,20 @@ def test_bundle_init_with_an_upstream_holds_its_issuer_and_no_root_key(tmp_path,
     assert x509.load_pem_x509_certificates(stored.items["ca.crt"]) == [double.root]
     issuer = x509.load_pem_x509_certificates(stored.items["issuer.crt"])[0]
     assert issuer in double.issued.values()
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        ("AccessDeniedException", "acm-pca:GetCertificateAuthorityCertificate on"),
+        ("InvalidStateException", "must be ACTIVE"),
+    ],
+)
+def test_a_first_start_private_ca_refuses_says_why_and_writes_nothing(tmp_path, double, code, says):
+    double.fail["IssueCertificate"].append(code)
+    ca = CertificateAuthority(clock=lambda: datetime.now(UTC))
+    cfg = ca_config(tmp_path / "credentials", upstream_authority=double.upstream)
+    with pytest.raises(CAError) as raised:
+        ca.start(cfg)
+    assert says in str(raised.value) and double.ca_arn in str(raised.value)
+    assert FileBundleStore(tmp_path / "credentials").load() is None and not double.issued
