@@ -29,8 +29,9 @@ log = logging.getLogger("sentryca")
 
 class UpstreamIssuerStep:
     """Asks ``--upstream-authority`` for issuers. ``authority``: builds the adapter for an
-    upstream (default ``adapters.acm_pca.AcmPcaAuthority``); it is kept while the upstream named
-    by the configuration stays the same."""
+    upstream (default ``adapters.acm_pca.AcmPcaAuthority`` with short waits: 2 tries of a
+    call, 3 polls, at most 2 s apart, since the upkeep holds the lifecycle lock); it is
+    kept while the upstream named by the configuration stays the same."""
 
     def __init__(self, authority: Callable[[str], object] | None = None) -> None:
         self._make = authority
@@ -99,9 +100,10 @@ class UpstreamIssuerStep:
     def _authority_for(self, upstream: str) -> object:
         if self._authority is None or self._upstream != upstream:
             if self._make is None:
-                from adapters.acm_pca import AcmPcaAuthority
+                from adapters.acm_pca import AcmPcaAuthority, Backoff
 
-                self._authority = AcmPcaAuthority(upstream)
+                # the upkeep holds the lifecycle lock: short waits, the rest at the next check
+                self._authority = AcmPcaAuthority(upstream, backoff=Backoff(attempts=2, polls=3, cap=2.0))
             else:
                 self._authority = self._make(upstream)
             self._upstream, self._pending = upstream, None
