@@ -308,3 +308,32 @@ def test_a_first_start_private_ca_refuses_says_why_and_writes_nothing(tmp_path, 
         ca.start(cfg)
     assert says in str(raised.value) and double.ca_arn in str(raised.value)
     assert FileBundleStore(tmp_path / "credentials").load() is None and not double.issued
+
+
+def test_the_running_ca_polls_a_few_times_per_check_by_default(tmp_path, double):
+    """The default adapter of the upkeep (no injected one): 4 GetCertificate answers per expiry
+    check at most (3 waits), the rest at the next check, the same certificate."""
+    start_at = datetime.now(UTC)
+    clock = [start_at]
+    ca = CertificateAuthority(clock=lambda: clock[0])
+    ca.start(
+        ca_config(
+            tmp_path / "credentials",
+            upstream_authority=double.upstream,
+            issuer_ttl="24h",
+            auto_rotate="true",
+            expiry_check_interval="1h",
+            workload_cert_ttl="4h",
+        )
+    )
+    try:
+        double.calls.clear()
+        double.pending_polls = 5
+        clock[0] += timedelta(hours=13)  # past the prepare margin
+        ca.maintain()
+        assert double.calls.count("GetCertificate") == 4 and ca.readiness()[0]
+        clock[0] += STEP
+        ca.maintain()
+        assert double.calls.count("IssueCertificate") == 1 and double.calls.count("GetCertificate") == 6
+    finally:
+        ca.stop(grace=0)
