@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .bundle import TrustBundle
     from .bundle_settings import BundleSettings
     from .jwt_svid import JwtIssuer
+    from .keys import KeyAlgorithm
     from .rotation.state import RotationPolicy
     from .service import Signer
 
@@ -124,6 +125,7 @@ def rotation_policy(cfg: Config) -> RotationPolicy:
         algorithm=cfg.ca_key_algorithm,
         root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
         issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
+        upstream=cfg.upstream_authority,
     )
 
 
@@ -257,10 +259,19 @@ def bundle_rotation_policy(cfg: Config, settings: BundleSettings) -> RotationPol
         base,
         trust_domain=settings.trust_domain or base.trust_domain,
         ca_identity=settings.ca_identity or base.ca_identity,
-        algorithm=settings.prepared_algorithm or settings.root_algorithm or base.algorithm,
+        algorithm=_bundle_algorithm(cfg, settings) or base.algorithm,
         root_lifetime=kept.root,
         issuer_lifetime=kept.issuer,
     )
+
+
+def _bundle_algorithm(cfg: Config, settings: BundleSettings) -> KeyAlgorithm | None:
+    """The key algorithm of what the bundle's rotations generate: a prepared root's, else the
+    active root's; with an upstream authority (design §5.16, its root is not the CA's to
+    generate) the issuer's."""
+    if cfg.upstream_authority is not None:
+        return settings.issuer_algorithm
+    return settings.prepared_algorithm or settings.root_algorithm
 
 
 # --- token validators -------------------------------------------------------------------------

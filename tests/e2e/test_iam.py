@@ -29,6 +29,9 @@ STORES = {"s3": SRC / "adapters/stores/s3.py", "secretsmanager": SRC / "adapters
 # The OIDC documents' publisher (--oidc-federation-bucket, template condition MakeOidcFederation):
 # its ``self.client`` is an S3 client; the task runs it when the template turns federation on.
 FEDERATION = SRC / "adapters/oidc_federation.py"
+# The upstream authority's adapter (--upstream-authority, template condition UseUpstream): its calls
+# go through ``self._call("<Operation>", ...)`` (bounded retries), to an acm-pca client.
+UPSTREAM = SRC / "adapters/acm_pca.py"
 # IAM names that differ from the API's
 RENAMED = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectVersions": "s3:ListBucketVersions"}
 # Granted without an API call of its own: without s3:ListBucket, S3 answers GetObject of a missing
@@ -178,10 +181,25 @@ def imports(paths: list[Path], module: str) -> bool:
     )
 
 
-def needed(principal: str, store_kind: str, federation: bool = False) -> set[str]:
+def upstream_calls() -> set[str]:
+    """The IAM actions of the upstream adapter's ``self._call("<Operation>", ...)`` calls."""
+    return {
+        f"acm-pca:{node.args[0].value}"
+        for node in ast.walk(ast.parse(UPSTREAM.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "_call"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+
+
+def needed(principal: str, store_kind: str, federation: bool = False, upstream: bool = False) -> set[str]:
     names, direct = uses(PRINCIPALS[principal])
     if federation and imports(PRINCIPALS[principal], "adapters.oidc_federation"):
         direct |= sdk_calls(ast.parse(FEDERATION.read_text()), "s3")
+    if upstream and imports(PRINCIPALS[principal], "adapters.acm_pca"):
+        direct |= upstream_calls()
     return direct | Store.read(store_kind).needs(names)
 
 
@@ -215,8 +233,35 @@ def test_the_scan_sees_the_calls_it_must():
     assert not any(a.startswith("s3:") for a in needed("TaskRole", "secretsmanager"))
 
 
+@pytest.mark.parametrize("store_kind", sorted(STORES))
+def test_with_an_upstream_the_task_may_call_private_ca_on_that_ca_only(store_kind):
+    conditions = {"UseS3": store_kind == "s3", "MakeOidcFederation": False, "UseUpstream": True}
+    allowed = granted(statements("TaskRole", conditions), conditions)
+    need = needed("TaskRole", store_kind, upstream=True)
+    assert need - needed("TaskRole", store_kind) == {
+        "acm-pca:IssueCertificate",
+        "acm-pca:GetCertificate",
+        "acm-pca:GetCertificateAuthorityCertificate",
+    }
+    assert need <= allowed and allowed - need <= NO_CALL_NEEDED
+    (policy,) = [
+        p["Fn::If"][1]
+        for p in RESOURCES["TaskRole"]["Properties"]["Policies"]
+        if "Fn::If" in p and p["Fn::If"][0] == "UseUpstream"
+    ]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Resource"] == {"Ref": "UpstreamCaArn"}  # the one CA, no wildcard
+    # the functions never call it
+    for principal in ("ExpiryCheckFunction", "ConfigChangeFunction"):
+        assert not any(a.startswith("acm-pca:") for a in needed(principal, store_kind, upstream=True))
+
+
 def test_the_federation_policy_writes_only_the_two_documents_of_its_own_bucket():
-    (policy,) = [p["Fn::If"] for p in RESOURCES["TaskRole"]["Properties"]["Policies"] if "Fn::If" in p]
+    (policy,) = [
+        p["Fn::If"]
+        for p in RESOURCES["TaskRole"]["Properties"]["Policies"]
+        if "Fn::If" in p and p["Fn::If"][0] == "MakeOidcFederation"
+    ]
     name, yes, no = policy
     assert (name, no) == ("MakeOidcFederation", {"Ref": "AWS::NoValue"})
     documents, listing = yes["PolicyDocument"]["Statement"]

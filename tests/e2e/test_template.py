@@ -424,9 +424,10 @@ def test_private_subnets_get_the_endpoints_the_tasks_need_as_an_option():
     store_services = {a.split(":")[0] for a in task_policy}
     (container,) = RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"]
     assert container["LogConfiguration"]["LogDriver"] == "awslogs"
-    assert set(services) == {"ecr.api", "ecr.dkr", "logs", "ssm"} | store_services
+    # and with UpstreamCaArn, AWS Private CA (the task policy's upstream-authority statement)
+    assert set(services) == {"ecr.api", "ecr.dkr", "logs", "ssm", "acm-pca"} | store_services
     for name, res in services.items():
-        assert res["Condition"] in ("MakeVpcEndpoints", "MakeSecretsManagerEndpoint")
+        assert res["Condition"] in ("MakeVpcEndpoints", "MakeSecretsManagerEndpoint", "MakeAcmPcaEndpoint")
         props = res["Properties"]
         if name == "s3":  # a gateway: the bundle and ECR's image layers
             assert props["VpcEndpointType"] == "Gateway" and props["RouteTableIds"] == {
@@ -439,6 +440,10 @@ def test_private_subnets_get_the_endpoints_the_tasks_need_as_an_option():
     assert services["secretsmanager"]["Condition"] == "MakeSecretsManagerEndpoint"
     assert TEMPLATE["Conditions"]["MakeSecretsManagerEndpoint"] == {
         "Fn::And": [{"Fn::Condition": "MakeVpcEndpoints"}, {"Fn::Condition": "UseSecretsManager"}]
+    }
+    assert services["acm-pca"]["Condition"] == "MakeAcmPcaEndpoint"
+    assert TEMPLATE["Conditions"]["MakeAcmPcaEndpoint"] == {
+        "Fn::And": [{"Fn::Condition": "MakeVpcEndpoints"}, {"Fn::Condition": "UseUpstream"}]
     }
     assert TEMPLATE["Parameters"]["CreateVpcEndpoints"]["Default"] == "false"
     (rule,) = RESOURCES["VpcEndpointSecurityGroup"]["Properties"]["SecurityGroupIngress"]

@@ -141,6 +141,7 @@ class Config:
     root_propagation_window: timedelta = timedelta(hours=24)
     root_ttl: timedelta | None = None  # None: a new bundle gets one year, a rotation keeps the root's
     issuer_ttl: timedelta | None = None  # None: likewise, of the issuer it replaces
+    upstream_authority: str | None = None  # acm-pca://<CA ARN> (design §5.16)
     log_level: str = "info"
     log_as_json: bool = False
     emf_interval: timedelta = timedelta(0)
@@ -293,6 +294,14 @@ def validate(cfg: Config) -> Config:
     if not timedelta(0) <= cfg.root_propagation_window <= MAX_PROPAGATION_WINDOW:
         problems.append("--root-propagation-window must be between 0s and 720h (30 days)")
     problems += lifetime_problems(cfg)
+    if cfg.upstream_authority is not None:
+        from ..upstream import UPSTREAM_KEY_ALGORITHMS
+
+        if cfg.ca_key_algorithm not in UPSTREAM_KEY_ALGORITHMS:
+            problems.append(
+                f"--ca-key-algorithm {cfg.ca_key_algorithm.value} cannot be used with --upstream-authority "
+                "(AWS Private CA signs only RSA and ECDSA P-256/P-384 keys: use ecdsa-p256 or ecdsa-p384)"
+            )
     for flag, value in (
         ("--message-timeout", cfg.message_timeout),
         ("--handshake-timeout", cfg.handshake_timeout),

@@ -94,6 +94,13 @@ def _algorithm(text: str) -> KeyAlgorithm:
     return KeyAlgorithm.parse(text)
 
 
+def _upstream(text: str) -> str:
+    from ..upstream import parse_upstream  # here: the functions import the options cold
+
+    parse_upstream(text)  # the ARN's shape; ValueError names the expected one
+    return text.strip()
+
+
 def _jwt_algorithm(text: str) -> JwtAlgorithm:
     return JwtAlgorithm.parse(text)
 
@@ -279,6 +286,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "lifetime of generated issuers, Go duration, at least 12 x --expiry-check-interval, at "
         "most --root-ttl; an issuer never outlives its root (default: 8760h for a new bundle, cut "
         "to the root's NotAfter; a rotation keeps the lifetime of the issuer it replaces)",
+    ),
+    Option(
+        "upstream-authority",
+        _upstream,
+        "acm-pca://<CA ARN>: AWS Private CA signs the issuer (a path-length-0 subordinate CA for a "
+        "key generated here) and its roots are the trust anchors; no root key is held, and "
+        "--auto-rotate asks it for each new issuer (default: none, the CA's own root)",
     ),
     Option(
         "allow-insecure-on-network",

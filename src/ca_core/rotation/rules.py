@@ -27,7 +27,9 @@ Rules, in the order :func:`advance` applies them (one call applies every step th
 5. Likewise **prepare** an issuer under the active root when less than ``min(lifetime/2, 30
    days)`` of the active issuer remains and a new one would end later (an issuer never outlives
    its root, so with the default equal lifetimes the root's rotation renews the issuer);
-   ``activate_after = NotAfter - min(lifetime/6, 7 days)``.
+   ``activate_after = NotAfter - min(lifetime/6, 7 days)``. With an upstream authority
+   (``policy.upstream``, no root key held) the issuer is the one the upstream signed, passed in
+   by the adapter step that asked for it when :func:`.issuer_rule.issuer_prepare_due` said so (design §5.16).
 
 The operator's actions (:mod:`.actions`) share the public helpers among the step functions:
 the bound to act on and its record (rule 0), the removal history, a new root and issuer, and the
@@ -46,10 +48,10 @@ from ..bundle import TrustBundle, chain_not_after, fingerprint
 from ..certs import generate_issuer, generate_root
 from ..durations import format_duration
 from ..keys import PrivateKey
+from .issuer_rule import UpstreamIssuer, auto_prepare_issuer
 from .state import (
     AUTO,
     REMOVED_HISTORY,
-    PreparedIssuer,
     PreparedRoot,
     RemovedRoot,
     RetiringRoot,
@@ -75,26 +77,39 @@ def _seconds(d: timedelta) -> int:
 
 
 def advance(
-    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+    bundle: TrustBundle,
+    state: RotationState,
+    now: datetime,
+    policy: RotationPolicy,
+    upstream_issuer: UpstreamIssuer | None = None,
 ) -> Rotation | None:
     """Every rotation step due at ``now`` (rules 1-5 of the module docstring), or None.
 
     bundle: the bundle in force; state: its rotation state (:func:`.codec.parse_state`); now: aware
     UTC. Never raises for a due step it cannot take (e.g. no root key): it is simply not taken.
+    upstream_issuer: with ``policy.upstream``, the issuer (chain under the active root, issuer
+    first; its key) an upstream authority signed because :func:`.issuer_rule.issuer_prepare_due` said so:
+    rule 5 prepares it instead of signing one with the root key (which the CA does not hold).
     """
     steps: list[Step] = []
     for _ in range(8):  # each rule changes the state so that it no longer applies
-        taken = _next_step(bundle, state, now, policy)
+        taken = _next_step(bundle, state, now, policy, upstream_issuer)
         if taken is None:
             break
         bundle, state, step = taken
+        if step.kind == "issuer" and step.action == "prepare":
+            upstream_issuer = None  # used
         state = with_leaf_bound_recorded(state, policy)  # a step taken here used this writer's bound
         steps.append(step)
     return Rotation(bundle, state, tuple(steps)) if steps else None
 
 
 def _next_step(
-    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+    bundle: TrustBundle,
+    state: RotationState,
+    now: datetime,
+    policy: RotationPolicy,
+    upstream_issuer: UpstreamIssuer | None,
 ) -> tuple[TrustBundle, RotationState, Step] | None:
     for rule in (
         _raise_bound,
@@ -102,12 +117,11 @@ def _next_step(
         _activate_root,
         _activate_issuer,
         _auto_prepare_root,
-        _auto_prepare_issuer,
     ):
         taken = rule(bundle, state, now, policy)
         if taken is not None:
             return taken
-    return None
+    return auto_prepare_issuer(bundle, state, now, policy, upstream_issuer)
 
 
 def acting_leaf_bound(state: RotationState, policy: RotationPolicy) -> timedelta:
@@ -299,47 +313,6 @@ def _auto_prepare_root(
     return prepare_root_step(bundle, state, now, policy, AUTO)
 
 
-def _auto_prepare_issuer(
-    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
-) -> tuple[TrustBundle, RotationState, Step] | None:
-    root_key = held_root_key(bundle)
-    if not policy.auto or state.prepared_issuer is not None or root_key is None:
-        return None
-    root, issuer = active_root(bundle), bundle.issuer
-    if not root.not_valid_before_utc <= now < root.not_valid_after_utc:
-        return None
-    prepare_within, activate_within = margins(issuer)
-    if now < issuer.not_valid_after_utc - prepare_within:
-        return None
-    if min(now + policy.issuer_lifetime, root.not_valid_after_utc) <= issuer.not_valid_after_utc:
-        return None  # a new issuer would not outlive this one: the root's rotation renews it
-    key = policy.algorithm.generate()
-    cert = generate_issuer(
-        root,
-        root_key,
-        key,
-        policy.ca_identity,
-        now,
-        lifetime=policy.issuer_lifetime,
-        backdate=policy.clock_skew,
-    )
-    activate_after = max(now, issuer.not_valid_after_utc - activate_within)
-    prepared = PreparedIssuer((cert,), key, root, now, activate_after, AUTO)
-    step = Step(
-        "issuer",
-        "prepare",
-        AUTO,
-        f"issuer rotation: prepared issuer serial {cert.serial_number:x} (valid until "
-        f"{iso(cert.not_valid_after_utc)}); it becomes active at {iso(activate_after)}",
-        {
-            "issuer_serial": f"{cert.serial_number:x}",
-            "not_after": iso(cert.not_valid_after_utc),
-            "activate_after": iso(activate_after),
-        },
-    )
-    return bundle, replace(state, prepared_issuer=prepared), step
-
-
 def generate_root_and_issuer(
     now: datetime, policy: RotationPolicy
 ) -> tuple[x509.Certificate, PrivateKey, x509.Certificate, PrivateKey]:
@@ -412,9 +385,10 @@ def next_step_due(
         due.append(
             (min(q.activate_after, chain_end), f"the activation of the prepared issuer serial {serial:x}")
         )
-    if policy.auto and held_root_key(bundle) is not None:
+    held = held_root_key(bundle) is not None
+    if policy.auto and (held or policy.upstream is not None):
         root, issuer = active_root(bundle), bundle.issuer
-        if state.prepared_root is None:
+        if state.prepared_root is None and held:
             due.append(
                 (root.not_valid_after_utc - margins(root)[0], "the preparation of a new root (--auto-rotate)")
             )

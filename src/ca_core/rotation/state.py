@@ -116,7 +116,8 @@ class RotationPolicy:
     (workload TTL + clock skew + how long a CA may still sign with it: the store poll interval,
     or the expiry-check interval without polling; :mod:`.rules`, rule 0); clock_skew:
     backdating of generated certificates; algorithm, root_lifetime, issuer_lifetime: of
-    generated keys and certificates.
+    generated keys and certificates; upstream: the upstream authority that signs new issuers
+    (``acm-pca://<CA ARN>``, design §5.16), None when the root key signs them.
     """
 
     trust_domain: str = "localhost"
@@ -128,6 +129,7 @@ class RotationPolicy:
     algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
     root_lifetime: timedelta = DEFAULT_CA_LIFETIME
     issuer_lifetime: timedelta = DEFAULT_CA_LIFETIME
+    upstream: str | None = None
 
 
 @dataclass(frozen=True)

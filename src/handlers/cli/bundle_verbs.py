@@ -39,7 +39,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         o for o in SERVE_OPTIONS if o.flag in ("trust-domain", "ca-key-algorithm", "root-ttl", "issuer-ttl")
     )
     p = bundle.add_parser("init", allow_abbrev=False, help="generate a root and issuer into an empty store")
-    add_options(p, STORE_OPTIONS + gen_options)
+    upstream = tuple(o for o in SERVE_OPTIONS if o.flag == "upstream-authority")  # design §5.16
+    add_options(p, STORE_OPTIONS + gen_options + upstream)
     p.add_argument(
         "--force",
         action="store_true",

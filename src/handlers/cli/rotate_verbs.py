@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ca_core.bundle import TrustBundle
     from ca_core.bundle_settings import Change
     from ca_core.config import Config
+    from ca_core.rotation.issuer_rule import UpstreamIssuer
     from ca_core.rotation.state import Rotation, RotationPolicy, RotationState
 
 # The serve options the rotate verbs take: names, algorithm and lifetimes of what they generate,
@@ -36,6 +37,7 @@ ROTATION_FLAGS = (
     "root-propagation-window",
     "root-ttl",
     "issuer-ttl",
+    "upstream-authority",
     "log-level",
     "log-as-json",
 )
@@ -159,11 +161,13 @@ def _write_rotation(store: BundleStore, current: StoredBundle, result: Rotation)
 
 
 def cmd_rotate_issuer(args: argparse.Namespace) -> int:
-    """A new issuer under the active root: generated, or ``--issuer-cert``/``--issuer-key``."""
+    """A new issuer under the active root: generated, or ``--issuer-cert``/``--issuer-key``, or
+    with ``--upstream-authority`` and no root key held, signed by the upstream."""
     from ca_core.bundle import parse_certificates
     from ca_core.bundle_settings import Change
     from ca_core.keys import load_private_key
     from ca_core.rotation.actions import rotate_issuer
+    from ca_core.rotation.state import held_root_key
 
     cfg, store, current, bundle, state = _rotation_context(args)
     supplied = None
@@ -182,6 +186,8 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
         supplied = (chain, key)
     generates = supplied is None
     policy = _policy(args, cfg, store, bundle, state, Change.ISSUER, "rotate issuer", generates=generates)
+    if supplied is None and cfg.upstream_authority is not None and held_root_key(bundle) is None:
+        supplied = _from_upstream(cfg.upstream_authority, bundle, policy)  # design §5.16
     result = rotate_issuer(bundle, state, datetime.now(UTC), policy, supplied)
     _write_rotation(store, current, result)
     print(
@@ -189,6 +195,23 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
         "then it keeps signing with the old one."
     )
     return 0
+
+
+def _from_upstream(upstream: str, bundle: TrustBundle, policy: RotationPolicy) -> UpstreamIssuer:
+    """An issuer signed by ``--upstream-authority`` under the bundle's active root, checked."""
+    from adapters.acm_pca import AcmPcaAuthority
+    from ca_core.rotation.state import active_root
+    from ca_core.upstream import accept_issued, issuer_request
+
+    now = datetime.now(UTC)
+    request = issuer_request(
+        policy.ca_identity, policy.algorithm, now, lifetime=policy.issuer_lifetime, backdate=policy.clock_skew
+    )
+    root = active_root(bundle)
+    certificate, chain = AcmPcaAuthority(upstream).issue_issuer(request, expect_root=root)
+    issuer_chain, _ = accept_issued(request, certificate, chain, now)
+    print(f"{upstream} signed issuer serial {certificate.serial_number:x}")
+    return issuer_chain, request.key
 
 
 def cmd_rotate_root(args: argparse.Namespace) -> int:

@@ -64,11 +64,13 @@ class CertificateAuthority:
         reuse_port: bool = False,
         http_address: str | None = None,
         count_shared_events: bool = True,
+        upstream_authority: Callable[[str], object] | None = None,
     ) -> None:
         """``reuse_port``: bind the gRPC port with SO_REUSEPORT (the worker processes of
         ``handlers.workers`` share one port); ``http_address``: bind /healthz and /metrics there
         instead of ``--listen-address`` (a worker's, reached only by its supervisor);
-        ``count_shared_events``: see :class:`~handlers.metrics.Metrics`."""
+        ``count_shared_events``: see :class:`~handlers.metrics.Metrics`; ``upstream_authority``: of
+        :class:`~.upstream_step.UpstreamIssuerStep`."""
         self._clock = clock
         self._lock = threading.RLock()  # start/stop/restart/maintain
         self._swap_lock = threading.Lock()  # the state in force and its server certificate
@@ -96,6 +98,7 @@ class CertificateAuthority:
             apply=self._apply_stored,
             check_expiry=self._check_expiry,
             refresh_health=self._listeners.refresh_health,
+            upstream_authority=upstream_authority,
         )
 
     # --- what is in force ------------------------------------------------------------------
