@@ -205,14 +205,12 @@ class CertificateAuthority:
             state.store.description,
         )
         log.debug("configuration: %s", config.describe())
-        bundle = state.signer.bundle
-        for warning in policy.lifetime_warnings(config, settings_of(bundle)):
+        for warning in policy.lifetime_warnings(config, settings_of(state.signer.bundle)):
             log.warning("lifetimes: %s", warning)
 
     def _serve(self, state: State) -> None:
         self._state = state  # before the first call can arrive
-        # upkeep first, so that /healthz is degraded from its first answer when a start serves the
-        # last accepted bundle instead of the store's refused newest (design §5.4)
+        # upkeep first: /healthz is degraded from its first answer when serving instead of a refused bundle
         self._upkeep.start(state)
         if state.refused is not None:
             self._upkeep.refused(state, state.refused.version, state.refused.detail)
