@@ -29,6 +29,9 @@ Rules, in the order :func:`advance` applies them (one call applies every step th
    its root, so with the default equal lifetimes the root's rotation renews the issuer);
    ``activate_after = NotAfter - min(lifetime/6, 7 days)``.
 
+6. JWT keys (:mod:`.jwt_keys`): **prune** a retired JWT key, **activate** a prepared one, and
+   with the automatic policy **prepare** one (design §5.16).
+
 The operator's actions (:mod:`.actions`) share the public helpers among the step functions:
 the bound to act on and its record (rule 0), the removal history, a new root and issuer, and the
 step that prepares a root (rule 4).
@@ -46,6 +49,7 @@ from ..bundle import TrustBundle, chain_not_after, fingerprint
 from ..certs import generate_issuer, generate_root
 from ..durations import format_duration
 from ..keys import PrivateKey
+from . import jwt_keys
 from .state import (
     AUTO,
     REMOVED_HISTORY,
@@ -103,6 +107,7 @@ def _next_step(
         _activate_issuer,
         _auto_prepare_root,
         _auto_prepare_issuer,
+        *jwt_keys.RULES,
     ):
         taken = rule(bundle, state, now, policy)
         if taken is not None:
@@ -425,4 +430,5 @@ def next_step_due(
             and min(at + policy.issuer_lifetime, root.not_valid_after_utc) > issuer.not_valid_after_utc
         ):
             due.append((at, "the preparation of a new issuer (--auto-rotate)"))
+    due.extend(jwt_keys.next_jwt_steps(bundle, state, policy))
     return min(due, key=lambda d: d[0]) if due else None
