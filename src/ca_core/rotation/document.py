@@ -132,6 +132,28 @@ def released_jwt_keys(old_items: Mapping[str, bytes], now: datetime) -> frozense
     return frozenset(released)
 
 
+def jwt_key_states(items: Mapping[str, bytes]) -> dict[str, str]:
+    """Thumbprint (hex) → the state of that JWT key as the rotation state (full or public)
+    records it, for operators (design §5.16): ``active since T``, ``prepared since T, signs from
+    T``, ``retiring since T, removed after T``. Lenient: unreadable → {}."""
+    section = _section(items, "jwt")
+    states: dict[str, str] = {}
+    for entry in _entries(section, "retiring", "thumbprint"):
+        states[str(entry["thumbprint"])] = (
+            f"retiring since {entry.get('since', '?')}, removed after {entry.get('prune_after', '?')}"
+        )
+    prepared = _object(section.get("prepared"))
+    if "thumbprint" in prepared:
+        states[str(prepared["thumbprint"])] = (
+            f"prepared since {prepared.get('since', '?')}, signs from {prepared.get('activate_after', '?')}"
+        )
+    active = _object(section.get("active"))
+    if "thumbprint" in active:
+        since = active.get("since")
+        states[str(active["thumbprint"])] = "active" + (f" since {since}" if since else " (since unknown)")
+    return states
+
+
 def _root_section(items: Mapping[str, bytes]) -> dict[str, Any]:
     return _section(items, "root")
 
