@@ -125,7 +125,7 @@ def test_rotate_jwt_key_then_advance_and_inspect_show_each_key_with_its_state(tm
     r = run("rotate", "jwt-key", "--trust-bundle-store", url)  # the new key: the current key's algorithm
     assert r.returncode == 0, r.stdout + r.stderr
     assert "rotation_step: jwt prepare (manual)" in r.stderr  # the audit record
-    new_kid = [k for k in key_ids((store / "jwks.json").read_bytes()) if k != old_kid][0]
+    new_kid = next(k for k in key_ids((store / "jwks.json").read_bytes()) if k != old_kid)
     r = run("rotate", "jwt-key", "--trust-bundle-store", url)
     assert r.returncode != 0 and "already prepared" in r.stdout + r.stderr
     r = run("rotate", "advance", "--trust-bundle-store", url)
