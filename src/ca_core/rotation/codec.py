@@ -141,12 +141,11 @@ def encode_state(state: RotationState, bundle: TrustBundle) -> bytes:
         },
     }
     if bundle.jwt_key is not None:
-        doc["jwt"] = _encode_jwt(state, bundle)
+        doc["jwt"] = _encode_jwt(state, bundle, bundle.jwt_key)
     return (json.dumps(doc, indent=1) + "\n").encode("ascii")
 
 
-def _encode_jwt(state: RotationState, bundle: TrustBundle) -> dict[str, Any]:
-    assert bundle.jwt_key is not None
+def _encode_jwt(state: RotationState, bundle: TrustBundle, jwt_key: PrivateKey) -> dict[str, Any]:
     prepared = None
     if (p := state.prepared_jwt) is not None:
         prepared = {
@@ -161,7 +160,7 @@ def _encode_jwt(state: RotationState, bundle: TrustBundle) -> dict[str, Any]:
     return {
         "active": {
             "kid": active_kid(bundle),
-            "thumbprint": thumbprint(bundle.jwt_key).hex(),
+            "thumbprint": thumbprint(jwt_key).hex(),
             "since": _opt_iso(state.jwt_since),
         },
         "prepared": prepared,

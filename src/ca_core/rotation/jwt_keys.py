@@ -70,9 +70,9 @@ def _refuse(problem: str, reason: str) -> FailedPrecondition:
 def _prepare(
     bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy, trigger: str
 ) -> Taken:
-    assert bundle.jwt_key is not None and bundle.jwks is not None  # the callers check
-    algorithm = algorithm_for_key(bundle.jwt_key)
-    assert algorithm is not None  # parse_bundle refuses any other key
+    algorithm = algorithm_for_key(bundle.jwt_key) if bundle.jwt_key is not None else None
+    if bundle.jwks is None or algorithm is None:  # the callers check; parse_bundle: no other key
+        raise _refuse("the trust bundle holds no JWT key", "jwt_key_missing")
     key = algorithm.generate()
     kid = default_key_id(key)
     jwks = jwks_document([*parse_jwks(bundle.jwks), public_jwk(key, kid, algorithm)])
@@ -91,7 +91,8 @@ def _prepare(
 
 def _activate_now(bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy) -> Taken:
     prepared = state.prepared_jwt
-    assert prepared is not None and bundle.jwt_key is not None
+    if prepared is None or bundle.jwt_key is None:  # the callers check
+        raise _refuse("no JWT key is prepared", "jwt_key_missing")
     old_kid = active_kid(bundle) or default_key_id(bundle.jwt_key)
     prune_after = now + policy.jwt_retire
     retiring = RetiringJwtKey(old_kid, thumbprint(bundle.jwt_key).hex(), now, prune_after)
@@ -179,8 +180,7 @@ def auto_prepare_jwt(
 
 def _auto_due(state: RotationState, policy: RotationPolicy) -> datetime | None:
     """When the automatic policy prepares the next key (None: now, the key's age is unknown)."""
-    assert policy.jwt_key_lifetime is not None
-    if state.jwt_since is None:
+    if state.jwt_since is None or policy.jwt_key_lifetime is None:
         return None
     return state.jwt_since + max(policy.jwt_key_lifetime - policy.jwt_publish, policy.jwt_publish)
 
