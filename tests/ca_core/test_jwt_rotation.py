@@ -141,8 +141,10 @@ def test_every_live_token_verifies_against_every_jwks_a_reader_can_hold(settings
     cfg = _cfg(**settings)
     world, state, kids, failures = walk(cfg, JwtAlgorithm.ES256, days, step)
     assert failures == []
-    # The walk rotated: the first key of unknown age at once, then every --jwt-key-ttl.
+    # The walk rotated every --jwt-key-ttl, counted from the first check for the key of unknown age.
     assert len(kids) >= days * timedelta(days=1) // cfg.jwt_key_ttl
+    first_state = json.loads(world.history[1][1][ROTATION_STATE])["jwt"]
+    assert first_state["active"]["since"] == NOW.isoformat() and first_state["prepared"] is None
     actions = [json.loads(i[ROTATION_STATE])["jwt"] for _, i in world.history[1:]]
     assert any(a["retiring"] for a in actions) and state.removed_jwt  # keys retired and pruned
     # No JWK Set ever held more than the signing key, one prepared and the retiring ones.

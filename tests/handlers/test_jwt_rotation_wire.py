@@ -98,7 +98,7 @@ def test_a_running_ca_signs_with_the_new_kid_only_after_the_publish_period(tmp_p
         steps = [r for r in caplog.records if getattr(r, "event", None) == "rotation_step"]
     finally:
         ca.stop(grace=0)
-    # the key of unknown age rotated at the first check, then about every 24 h
+    # the key's start recorded at the first check, then a rotation about every 24 h
     assert len(signed_with) >= 3
     publish = timedelta(hours=1) + STEP + timedelta(minutes=5)  # max-age + notice + federation
     initial = min(signed_with, key=signed_with.get)
@@ -107,6 +107,7 @@ def test_a_running_ca_signs_with_the_new_kid_only_after_the_publish_period(tmp_p
             assert at - first_seen[kid] >= publish, (kid, first_seen[kid], at)
     kinds = {(r.kind, r.step, r.trigger) for r in steps}
     assert {("jwt", "prepare", "auto"), ("jwt", "activate", "auto"), ("jwt", "prune", "auto")} <= kinds
+    assert next((r.kind, r.step) for r in steps) == ("jwt", "record")
     counted = {
         (s.labels["kind"], s.labels["step"])
         for m in ca.metrics.registry.collect()

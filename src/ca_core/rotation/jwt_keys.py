@@ -17,8 +17,9 @@ the X.509 steps (one conditional write per step, :func:`.rules.advance` takes th
 
 Each writer acts on the later of the recorded time and its own bound, so a writer with longer
 settings never activates or prunes early. Under the automatic policy a key is prepared once it
-has signed for ``jwt_key_lifetime - jwt_publish`` (a key of unknown age at once), so its
-successor signs about ``jwt_key_lifetime`` after it began. ``--jwt-key-id`` pins one kid: no
+has signed for ``jwt_key_lifetime - jwt_publish`` (for a key whose start is not recorded, its
+lifetime counts from the first check that sees it: step ``record``), so its successor signs
+about ``jwt_key_lifetime`` after it began. ``--jwt-key-id`` pins one kid: no
 rotation then. The new key has the current key's algorithm and its RFC 7638 thumbprint as kid.
 """
 
@@ -163,7 +164,9 @@ def auto_prepare_jwt(
     bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
 ) -> Taken | None:
     """Rule (``--auto-rotate``): prepare a successor once the JWT key has signed for
-    ``jwt_key_lifetime - jwt_publish`` (at once when its age is unknown)."""
+    ``jwt_key_lifetime - jwt_publish``. A key whose start is not recorded (generated with the
+    bundle, added at a start, or written by Dapr's Sentry) gets ``now`` recorded (step
+    ``record``), so its lifetime counts from when a writer first saw it."""
     if (
         not policy.auto
         or policy.jwt_key_lifetime is None
@@ -172,6 +175,17 @@ def auto_prepare_jwt(
         or state.prepared_jwt is not None
     ):
         return None
+    if state.jwt_since is None:  # a key of unknown age: its lifetime counts from now
+        kid = active_kid(bundle) or "?"
+        step = Step(
+            "jwt",
+            "record",
+            AUTO,
+            f"JWT key rotation: the signing key kid {kid} has no recorded start; --jwt-key-ttl counts "
+            "from now",
+            {"kid": kid, "since": iso(now)},
+        )
+        return bundle, replace(state, jwt_since=now), step
     due = _auto_due(state, policy)
     if due is not None and now < due:
         return None
@@ -179,7 +193,7 @@ def auto_prepare_jwt(
 
 
 def _auto_due(state: RotationState, policy: RotationPolicy) -> datetime | None:
-    """When the automatic policy prepares the next key (None: now, the key's age is unknown)."""
+    """When the automatic policy prepares the next key (None: its start is not recorded yet)."""
     if state.jwt_since is None or policy.jwt_key_lifetime is None:
         return None
     return state.jwt_since + max(policy.jwt_key_lifetime - policy.jwt_publish, policy.jwt_publish)

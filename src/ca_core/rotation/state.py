@@ -189,7 +189,8 @@ class RotationPolicy:
 @dataclass(frozen=True)
 class Step:
     """One rotation step: kind root | issuer | jwt; action bound | prepare | activate | prune |
-    rotate | emergency; trigger manual | auto; a log line; audit fields (fingerprints, serials, times)."""
+    rotate | emergency | record (a JWT key's start); trigger manual | auto; a log line; audit
+    fields (fingerprints, serials, key ids, times)."""
 
     kind: str
     action: str
