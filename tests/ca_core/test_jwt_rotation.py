@@ -295,3 +295,35 @@ def test_the_public_part_carries_no_jwt_key_and_the_strict_reader_refuses_bad_re
             codec.parse_state(bad, parse_bundle(bad))
     # the active record of the key in force keeps its time; thumbprints are RFC 7638, hex
     assert doc["jwt"]["active"]["thumbprint"] == thumbprint(bundle.jwt_key).hex()
+
+
+def test_a_writer_with_longer_settings_neither_activates_nor_prunes_early():
+    short = rotation_policy(Config(jwt_enabled=True, store_poll_interval=timedelta(seconds=30)))
+    long = rotation_policy(Config(jwt_enabled=True, jwt_ttl=timedelta(hours=48)))  # no polling: 1h
+    bundle = make_bundle(jwt=JwtAlgorithm.ES256)
+    r = rotate_jwt_key(bundle, codec.EMPTY, NOW, short)  # prepared by the short writer
+    at = NOW + short.jwt_publish
+    assert long.jwt_publish > short.jwt_publish
+    assert advance(r.bundle, r.state, at, long) is None  # the long writer waits its own period
+    a = advance(r.bundle, r.state, NOW + long.jwt_publish, long)
+    assert [s.action for s in a.steps] == ["activate"]
+    retiring = a.state.retiring_jwt[0]
+    assert retiring.prune_after == NOW + long.jwt_publish + long.jwt_retire
+    # a short writer later never prunes before the recorded prune_after
+    assert advance(a.bundle, a.state, retiring.since + short.jwt_retire, short) is None
+
+
+def test_x509_rotations_keep_the_jwt_key_and_its_rotation():
+    from ca_core.rotation.actions import emergency_root, prepare_root
+
+    cfg = Config(jwt_enabled=True, jwt_signing_algorithm=JwtAlgorithm.ES256)
+    policy = rotation_policy(cfg)
+    bundle = make_bundle(jwt=JwtAlgorithm.ES256)
+    r = rotate_jwt_key(bundle, codec.EMPTY, NOW, policy, at_once=True)
+    for step in (prepare_root, emergency_root):
+        x = step(r.bundle, r.state, NOW, policy)
+        assert x.bundle.jwks == r.bundle.jwks and x.bundle.jwt_key is r.bundle.jwt_key
+        assert x.state.retiring_jwt == r.state.retiring_jwt and x.state.jwt_since == NOW
+        items = x.items()
+        again = codec.parse_state(items, parse_bundle(items))
+        assert again.retiring_jwt == r.state.retiring_jwt and again.jwt_since == NOW
