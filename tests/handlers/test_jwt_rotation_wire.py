@@ -4,7 +4,8 @@ the real rules into a file store. Over gRPC/TLS, the tokens carry the new ``kid`
 publish period has passed since the key appeared in ``jwks.json``; every token answered verifies
 (PyJWT) against the store's JWK Set of that hour and against the one a reader fetched an hour
 before (cached for max-age); the steps are counted and audited. Then ``sentryca rotate jwt-key``
-as an operator runs it, and ``inspect`` showing each key's state."""
+as an operator runs it, and ``inspect`` showing each key's state; a polling CA taking
+``rotate jwt-key --now`` and refusing a bundle that drops the old key before its time."""
 
 from __future__ import annotations
 
@@ -150,3 +151,44 @@ def test_rotate_jwt_key_then_advance_and_inspect_show_each_key_with_its_state(tm
     r = run("rotate", "jwt-key", "--trust-bundle-store", url, "--jwt-key-id", new_kid)
     assert r.returncode != 0 and "--jwt-key-id" in r.stdout + r.stderr
     assert (store / "jwks.json").read_bytes() == before
+
+
+def test_a_polling_ca_takes_rotate_jwt_key_now_and_refuses_an_early_removal_of_the_old_key(tmp_path):
+    from ca_core.bundle import ROTATION_STATE, parse_bundle
+    from ca_core.jwt_svid import jwks_document, parse_jwks
+
+    from support.wait import wait_until
+
+    store_dir = tmp_path / "credentials"
+    ca = CertificateAuthority()
+    ca.start(
+        ca_config(store_dir, jwt_enabled="true", jwt_signing_algorithm="ES256", store_poll_interval="1s")
+    )
+    try:
+        anchors = (store_dir / "ca.crt").read_bytes()
+        old_kid = ca.signer.jwt.key_id
+        r = run("rotate", "jwt-key", "--issuer-credentials", str(store_dir), "--now")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_until(lambda: ca.signer.jwt.key_id != old_kid, "the poll loads the rotated bundle")
+        new_kid = ca.signer.jwt.key_id
+        token = _sign(ca, anchors)
+        assert pyjwt.get_unverified_header(token)["kid"] == new_kid
+        assert _verifies(token, (store_dir / "jwks.json").read_bytes(), datetime.now(UTC))
+        # a bundle written around the CA that drops the retiring key before its prune_after
+        store = FileBundleStore(store_dir)
+        stored = store.load()
+        assert json.loads(stored.items[ROTATION_STATE])["jwt"]["retiring"][0]["kid"] == old_kid
+        kept = [e for e in parse_jwks(stored.items[JWKS]) if e["kid"] != old_kid]
+        early = {**stored.items, JWKS: jwks_document(kept)}
+        parse_bundle(early)  # a usable bundle: only continuity refuses it
+        assert store.replace(early, stored.version)
+
+        def refused() -> float:
+            return ca.metrics.registry.get_sample_value("sentryca_bundle_change_refused_total") or 0.0
+
+        wait_until(lambda: refused() >= 1, "the poll refuses the early removal")
+        ready, details = ca.readiness()
+        assert ready and f"does not publish the JWT key(s) {old_kid}" in details["degraded"]["detail"]
+        assert old_kid in key_ids(ca.signer.bundle.jwks)  # still published by the bundle in force
+    finally:
+        ca.stop(grace=0)
