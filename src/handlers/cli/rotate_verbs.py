@@ -1,6 +1,6 @@
-"""``sentryca rotate issuer|root|advance|jwt-key``: rotation steps on the trust bundle in a store
-(design §5.7–5.13). The core decides each step; these verbs read the store, write the outcome over
-the version read (compare-and-swap), audit and print each step. What they generate keeps the
+"""``sentryca rotate issuer|root|advance|jwt-key``: rotation steps on the trust bundle in a
+store (design §5.7–5.13, §5.16). The core decides each step; these verbs read the store, write
+the outcome over the version read (compare-and-swap), audit and print each step. What they generate keeps the
 bundle's trust domain, issuer ID and key algorithm (design §5.15)."""
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ PICKED_UP = "with --store-poll-interval, or after a restart"
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rotate`` with its verbs."""
     rotate = sub.add_parser(
-        "rotate", allow_abbrev=False, help="rotate the issuer or the root of the trust bundle in a store"
+        "rotate",
+        allow_abbrev=False,
+        help="rotate the issuer, the root or the JWT key of the trust bundle in a store",
     ).add_subparsers(dest="rotate_command", required=True)
     rotation_options = STORE_OPTIONS + tuple(o for o in SERVE_OPTIONS if o.flag in ROTATION_FLAGS)
     p = rotate.add_parser(
