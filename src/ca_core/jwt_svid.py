@@ -175,11 +175,24 @@ def _key_members(entry: Mapping[str, Any]) -> tuple[tuple[str, Any], ...] | None
     return tuple((k, entry.get(k)) for k in required)
 
 
-def dropped_keys(current: bytes | None, new: bytes | None) -> tuple[str, ...]:
+def entry_thumbprint(entry: Mapping[str, Any]) -> str | None:
+    """The RFC 7638 SHA-256 thumbprint (hex) of a JWK Set entry's key, from its required
+    members; None for an entry of another key type or missing one of them."""
+    members = _key_members(entry)
+    if members is None or any(not isinstance(v, str) for _, v in members):
+        return None
+    canonical = json.dumps(dict(members), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def dropped_keys(
+    current: bytes | None, new: bytes | None, released: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
     """The ``kid`` of each key the JWK Set ``current`` publishes and ``new`` does not (keys are
     compared by their RFC 7638 members, not by kid): tokens signed with them would stop
-    verifying. An unreadable ``current`` judges nothing (it is a derived copy); an absent or
-    unreadable ``new`` publishes nothing."""
+    verifying. ``released``: thumbprints (hex, :func:`entry_thumbprint`) of keys the rotation
+    rules let go (design §5.4), not counted. An unreadable ``current`` judges nothing (it is a
+    derived copy); an absent or unreadable ``new`` publishes nothing."""
     if current is None:
         return ()
     try:
@@ -190,7 +203,11 @@ def dropped_keys(current: bytes | None, new: bytes | None) -> tuple[str, ...]:
         kept = {_key_members(e) for e in parse_jwks(new)} if new is not None else set()
     except BundleError:
         kept = set()
-    return tuple(str(e.get("kid", "?")) for e in old if _key_members(e) not in kept)
+    return tuple(
+        str(e.get("kid", "?"))
+        for e in old
+        if _key_members(e) not in kept and entry_thumbprint(e) not in released
+    )
 
 
 def key_ids(raw: bytes) -> tuple[str, ...]:

@@ -126,7 +126,29 @@ def rotation_policy(cfg: Config) -> RotationPolicy:
         root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
         issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
         upstream=cfg.upstream_authority,
+        jwt_publish=jwt_publish_period(cfg),
+        jwt_retire=jwt_retire_period(cfg),
+        jwt_key_lifetime=cfg.jwt_key_ttl or None,
+        jwt_key_id_fixed=cfg.jwt_key_id is not None,
     )
+
+
+def jwt_publish_period(cfg: Config) -> timedelta:
+    """How long a new JWT key is published before it signs (design §5.17): the longest a
+    verifier caches a JWK Set (the OIDC server's ``max-age``), plus :func:`stale_signing_bound`
+    (a CA serves the JWK Set of the bundle in force until it notices the change), plus the
+    longest federation takes to publish a change (its re-check after a failure)."""
+    from .oidc import MAX_AGE_SECONDS
+    from .rotation.state import FEDERATION_DELAY
+
+    return timedelta(seconds=MAX_AGE_SECONDS) + stale_signing_bound(cfg) + FEDERATION_DELAY
+
+
+def jwt_retire_period(cfg: Config) -> timedelta:
+    """How long a former JWT key stays published after its successor began to sign (design
+    §5.17): :func:`stale_signing_bound` (a CA signs with it until it notices), plus ``--jwt-ttl``
+    (its last tokens' lifetime), plus ``--allowed-clock-skew`` (a verifier's leeway on ``exp``)."""
+    return stale_signing_bound(cfg) + cfg.jwt_ttl + cfg.allowed_clock_skew
 
 
 def lifetime_warnings(cfg: Config, settings: BundleSettings | None = None) -> list[str]:

@@ -114,8 +114,8 @@ class Metrics:
         )
         self.rotation_steps = Counter(
             "sentryca_rotation_steps",
-            "Rotation steps this CA wrote, by kind (root, issuer) and step (prepare, activate, "
-            "prune, rotate, emergency)",
+            "Rotation steps this CA wrote, by kind (root, issuer, jwt) and step (prepare, activate, "
+            "prune, rotate, emergency, bound, record)",
             ["kind", "step"],
             registry=r,
         )

@@ -46,6 +46,7 @@ MAX_CA_TTL = timedelta(days=3650)
 MIN_CA_TTL_CHECKS = 12
 MIN_ROOT_TTL_WINDOWS = 3
 MAX_JWT_TTL = timedelta(days=30)
+MIN_JWT_KEY_TTL = timedelta(hours=24)  # a shorter one would rotate before its predecessor retires
 MAX_JWT_CLAIM_LENGTH = 1024  # --jwt-issuer, --jwt-key-id
 
 DEFAULT_JWKS_MIN_REFRESH = timedelta(minutes=10)
@@ -134,6 +135,7 @@ class Config:
     jwt_issuer: str | None = None
     jwt_signing_algorithm: JwtAlgorithm = JwtAlgorithm.RS256
     jwt_key_id: str | None = None
+    jwt_key_ttl: timedelta = timedelta(days=90)  # 0: never rotated by --auto-rotate (design §5.17)
     expiry_check_interval: timedelta = timedelta(hours=1)
     store_poll_interval: timedelta = timedelta(0)
     bootstrap_policy: str = "if-never-held"
@@ -312,6 +314,8 @@ def validate(cfg: Config) -> Config:
         problems.append("--idle-timeout must be positive and at most 24h")
     if not timedelta(0) < cfg.jwt_ttl <= MAX_JWT_TTL:
         problems.append("--jwt-ttl must be positive and at most 720h (30 days)")
+    if cfg.jwt_key_ttl and cfg.jwt_key_ttl < MIN_JWT_KEY_TTL:
+        problems.append("--jwt-key-ttl must be 0 (no automatic JWT key rotation) or at least 24h")
     if cfg.jwt_issuer is not None and not cfg.jwt_enabled:
         problems.append("--jwt-issuer is set but --jwt-enabled is false (as Dapr's Sentry, this is refused)")
     for flag, text in (("--jwt-issuer", cfg.jwt_issuer), ("--jwt-key-id", cfg.jwt_key_id)):

@@ -241,6 +241,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "kid, for a generated key the base64 SHA-256 JWK thumbprint, RFC 7638)",
     ),
     Option(
+        "jwt-key-ttl",
+        parse_duration,
+        "with --auto-rotate, how long a JWT key signs before its successor does; 0 never rotates it "
+        "automatically; Go duration, 0 or at least 24h (default 2160h, 90 days)",
+    ),
+    Option(
         "expiry-check-interval",
         parse_duration,
         "how often the watcher checks root/issuer expiry (default 1h)",

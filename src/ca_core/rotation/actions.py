@@ -75,6 +75,11 @@ def emergency_root(
         issuer_since=now,
         removed=remember_removed(state.removed, *removed),
         leaf_bound=acting_leaf_bound(state, policy),
+        # the JWT key and its rotation are kept as they are
+        jwt_since=state.jwt_since,
+        prepared_jwt=state.prepared_jwt,
+        retiring_jwt=state.retiring_jwt,
+        removed_jwt=state.removed_jwt,
     )
     step = Step(
         "root",

@@ -15,7 +15,15 @@ The state (``rotation.json``) is a JSON object, format 1::
      "issuer": {"active": {"serial": HEX, "since": T},
                 "prepared": {"serial": HEX, "subject": S, "root": FP, "not_after": T, "since": T,
                              "activate_after": T, "trigger": ..., "issuer_chain": PEM,
-                             "issuer_key": PEM} | null}}
+                             "issuer_key": PEM} | null},
+     "jwt": {"active": {"kid": K, "thumbprint": TP, "since": T},
+             "prepared": {"kid": K, "thumbprint": TP, "alg": A, "since": T,
+                          "activate_after": T, "trigger": ..., "key": PEM} | null,
+             "retiring": [{"kid": K, "thumbprint": TP, "since": T, "prune_after": T}],
+             "removed": [{"kid": K, "thumbprint": TP, "at": T, "reason": "pruned"}]}}
+
+``jwt`` is there only when the bundle has a JWT key (TP: RFC 7638 SHA-256 thumbprint, hex);
+a reader that does not know it ignores it.
 
 FP: SHA-256 fingerprint (hex) of a certificate; T: ISO 8601 UTC. A prepared root's certificate
 is the anchor with that fingerprint. ``not_after`` of a prepared chain is the earliest NotAfter of
@@ -127,6 +135,10 @@ def encode_state(state: RotationState, bundle: TrustBundle) -> bytes:
             "prepared": prepared_issuer,
         },
     }
+    if bundle.jwt_key is not None:
+        from .jwt_codec import encode_jwt
+
+        doc["jwt"] = encode_jwt(state, bundle, bundle.jwt_key)
     return (json.dumps(doc, indent=1) + "\n").encode("ascii")
 
 
@@ -300,6 +312,9 @@ def parse_state(
         not isinstance(leaf_bound, int) or isinstance(leaf_bound, bool) or leaf_bound < 0
     ):
         raise r.fail("root.leaf_bound_seconds is not a whole number of seconds")
+    from .jwt_codec import parse_jwt  # here: it reads with this module's _Reader
+
+    jwt = parse_jwt(r, doc, bundle)
     return RotationState(
         root_since,
         issuer_since,
@@ -308,6 +323,7 @@ def parse_state(
         tuple(retiring),
         tuple(removed[-REMOVED_HISTORY:]),
         None if leaf_bound is None else timedelta(seconds=leaf_bound),
+        *jwt,
     )
 
 
@@ -358,4 +374,6 @@ def describe(state: RotationState, bundle: TrustBundle) -> list[str]:
         )
     for x in state.removed[-3:]:
         lines.append(f"root    removed   {x.subject}  at {iso(x.at)} ({x.reason})")
-    return lines
+    from .jwt_codec import describe_jwt
+
+    return lines + describe_jwt(state, bundle)

@@ -31,6 +31,9 @@ Rules, in the order :func:`advance` applies them (one call applies every step th
    (``policy.upstream``, no root key held) the issuer is the one the upstream signed, passed in
    by the adapter step that asked for it when :func:`.issuer_rule.issuer_prepare_due` said so (design §5.16).
 
+6. JWT keys (:mod:`.jwt_keys`): **prune** a retired JWT key, **activate** a prepared one, and
+   with the automatic policy **prepare** one (design §5.17).
+
 The operator's actions (:mod:`.actions`) share the public helpers among the step functions:
 the bound to act on and its record (rule 0), the removal history, a new root and issuer, and the
 step that prepares a root (rule 4).
@@ -48,6 +51,7 @@ from ..bundle import TrustBundle, chain_not_after, fingerprint
 from ..certs import generate_issuer, generate_root
 from ..durations import format_duration
 from ..keys import PrivateKey
+from . import jwt_keys
 from .issuer_rule import UpstreamIssuer, auto_prepare_issuer
 from .state import (
     AUTO,
@@ -121,7 +125,14 @@ def _next_step(
         taken = rule(bundle, state, now, policy)
         if taken is not None:
             return taken
-    return auto_prepare_issuer(bundle, state, now, policy, upstream_issuer)
+    taken = auto_prepare_issuer(bundle, state, now, policy, upstream_issuer)
+    if taken is not None:
+        return taken
+    for jwt_rule in jwt_keys.RULES:
+        taken = jwt_rule(bundle, state, now, policy)
+        if taken is not None:
+            return taken
+    return None
 
 
 def acting_leaf_bound(state: RotationState, policy: RotationPolicy) -> timedelta:
@@ -399,4 +410,5 @@ def next_step_due(
             and min(at + policy.issuer_lifetime, root.not_valid_after_utc) > issuer.not_valid_after_utc
         ):
             due.append((at, "the preparation of a new issuer (--auto-rotate)"))
+    due.extend(jwt_keys.next_jwt_steps(bundle, state, policy))
     return min(due, key=lambda d: d[0]) if due else None

@@ -49,10 +49,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"lifetime {days_hours(f.lifetime)}  {f.subject}"
         )
     if public.jwks is not None:
-        from ca_core.jwt_svid import parse_jwks
+        from ca_core.jwt_svid import entry_thumbprint, parse_jwks
+        from ca_core.rotation.document import jwt_key_states
 
+        key_states = jwt_key_states(stored.items)
         for entry in parse_jwks(public.jwks):
-            print(f"jwks   key kid {entry.get('kid', '?')}  {entry.get('alg', '?')} {entry.get('kty')}")
+            key_state = key_states.get(entry_thumbprint(entry) or "", "published")
+            kid, alg = entry.get("kid", "?"), entry.get("alg", "?")
+            print(f"jwks   key kid {kid}  {alg} {entry.get('kty')}  {key_state}")
     try:
         whole = store.load()
         if whole is None:

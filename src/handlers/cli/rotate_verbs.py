@@ -1,6 +1,6 @@
-"""``sentryca rotate issuer|root|advance``: rotation steps on the trust bundle in a store
-(design §5.7–5.13). The core decides each step; these verbs read the store, write the outcome over
-the version read (compare-and-swap), audit and print each step. What they generate keeps the
+"""``sentryca rotate issuer|root|advance|jwt-key``: rotation steps on the trust bundle in a
+store (design §5.7–5.13, §5.17). The core decides each step; these verbs read the store, write
+the outcome over the version read (compare-and-swap), audit and print each step. What they generate keeps the
 bundle's trust domain, issuer ID and key algorithm (design §5.15)."""
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ ROTATION_FLAGS = (
     "root-ttl",
     "issuer-ttl",
     "upstream-authority",
+    "jwt-ttl",
+    "jwt-key-ttl",
+    "jwt-key-id",
     "log-level",
     "log-as-json",
 )
@@ -48,7 +51,9 @@ PICKED_UP = "with --store-poll-interval, or after a restart"
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rotate`` with its verbs."""
     rotate = sub.add_parser(
-        "rotate", allow_abbrev=False, help="rotate the issuer or the root of the trust bundle in a store"
+        "rotate",
+        allow_abbrev=False,
+        help="rotate the issuer, the root or the JWT key of the trust bundle in a store",
     ).add_subparsers(dest="rotate_command", required=True)
     rotation_options = STORE_OPTIONS + tuple(o for o in SERVE_OPTIONS if o.flag in ROTATION_FLAGS)
     p = rotate.add_parser(
@@ -82,6 +87,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     add_options(p, rotation_options)
     p.set_defaults(func=cmd_rotate_advance)
+    p = rotate.add_parser(
+        "jwt-key",
+        allow_abbrev=False,
+        help="publish a new JWT key in jwks.json; it signs once verifiers' cached JWK Sets hold it",
+    )
+    add_options(p, rotation_options)
+    p.add_argument(
+        "--now",
+        action="store_true",
+        help="the new key signs at once (breaks caches: verifiers holding a JWK Set fetched before "
+        "refuse its tokens for up to an hour); the old key stays published as usual",
+    )
+    p.set_defaults(func=cmd_rotate_jwt_key)
 
 
 def _rotation_context(
@@ -261,4 +279,28 @@ def cmd_rotate_advance(args: argparse.Namespace) -> int:
         print(f"{store.description}: no rotation step is due{when}")
         return 0
     _write_rotation(store, current, result)
+    return 0
+
+
+def cmd_rotate_jwt_key(args: argparse.Namespace) -> int:
+    """Publish a new JWT key (design §5.17); with ``--now`` it also signs at once."""
+    from ca_core.bundle_settings import Change
+    from ca_core.rotation.jwt_keys import rotate_jwt_key
+
+    cfg, store, current, bundle, state = _rotation_context(args)
+    policy = _policy(args, cfg, store, bundle, state, Change.STEPS, "rotate jwt-key", generates=False)
+    result = rotate_jwt_key(bundle, state, datetime.now(UTC), policy, at_once=args.now)
+    _write_rotation(store, current, result)
+    if args.now:
+        print(
+            "Running CAs sign with the new key once they load this bundle "
+            f"({PICKED_UP}); verifiers that cached the JWK Set before refuse its tokens until they "
+            "fetch it again (the OIDC server's max-age: 1h).",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"The running CA makes the new key sign itself once the publish period has passed ({PICKED_UP}); "
+            "without one, run `sentryca rotate advance` then."
+        )
     return 0
