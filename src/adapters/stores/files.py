@@ -49,6 +49,7 @@ from ca_core.bundle import (
     JWT_KEY,
     PUBLIC_ITEMS,
     ROOT_KEY,
+    ROOT_KEY_REF,
     ROTATION_STATE,
     FileNames,
 )
@@ -329,7 +330,16 @@ class FileBundleStore:
         # Keys first, certificates last (matters only for readers of a half-adopted directory).
         order = [
             i
-            for i in (ROOT_KEY, ISSUER_KEY, JWT_KEY, ROTATION_STATE, JWKS, ISSUER_CHAIN, ANCHORS)
+            for i in (
+                ROOT_KEY,
+                ROOT_KEY_REF,
+                ISSUER_KEY,
+                JWT_KEY,
+                ROTATION_STATE,
+                JWKS,
+                ISSUER_CHAIN,
+                ANCHORS,
+            )
             if i in items
         ]
         for item in order:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from adapters.kms import open_key as open_kms_key
 from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
 from ca_core.errors import CAError
 
@@ -143,8 +144,10 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"--from {args.from_dir}: no trust bundle there (write one with `bundle export`)", USAGE
             )
-        new = parse_bundle(exported.items, source.labels())
-        parse_state(exported.items, new, source.labels())  # verified before anything is written
+        new = parse_bundle(exported.items, source.labels(), open_key=open_kms_key)
+        parse_state(
+            exported.items, new, source.labels(), open_key=open_kms_key
+        )  # verified before anything is written
         items = new.to_items()
         if ROTATION_STATE in exported.items:
             items[ROTATION_STATE] = exported.items[ROTATION_STATE]
@@ -164,7 +167,7 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
             items[ROOT_KEY] = read_input(args.root_key, "--root-key")
         labels = {ANCHORS: f"--root {args.root}", ISSUER_CHAIN: f"--issuer-cert {args.issuer_cert}"}
         labels |= {ISSUER_KEY: f"--issuer-key {args.issuer_key}", ROOT_KEY: f"--root-key {args.root_key}"}
-        new = parse_bundle(items, labels)  # verified before anything is written
+        new = parse_bundle(items, labels, open_key=open_kms_key)  # verified before anything is written
         items = new.to_items()  # normalised: keys as PKCS#8, the root never in issuer.crt
     current = store_retry().run(f"read {store.description}", store.load)
     if current is None:
@@ -293,7 +296,7 @@ def _current_bundle(
     except CAError as e:
         return None, str(e)
     try:
-        parse_state(items, parse_bundle(items, labels), labels)
+        parse_state(items, parse_bundle(items, labels, open_key=open_kms_key), labels)
     except CAError as e:
         return public, str(e)
     return public, None

@@ -14,6 +14,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from adapters.kms import open_key as open_kms_key
 from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, JWKS, JWT_KEY, ROOT_KEY, ROTATION_STATE
 from ca_core.config import STORE_OPTIONS, add_options
 from ca_core.errors import CAError
@@ -64,7 +65,7 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
     if current is None:
         raise CommandError(f"{store.description} is empty; nothing to export")
     try:
-        parse_bundle(current.items, store.labels())
+        parse_bundle(current.items, store.labels(), open_key=open_kms_key)
     except CAError as e:
         print(f"warning: exporting a bundle that does not load: {e}", file=sys.stderr)
     out = Path(args.out) if args.out else new_backup_directory(datetime.now(UTC))

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from adapters.kms import open_key as open_kms_key
 from ca_core.errors import CAError
 from ca_core.expiry import check_expiry
 
@@ -57,7 +58,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         whole = store.load()
         if whole is None:
             raise BundleError("the keys are missing")
-        parse_bundle(whole.items, store.labels())
+        parse_bundle(whole.items, store.labels(), open_key=open_kms_key)
     except Unavailable as e:
         print(f"bundle: the keys cannot be read here ({e}); only the public part was checked")
         return 0
@@ -66,9 +67,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 1
     from ca_core.rotation.codec import describe, parse_state
 
-    bundle = parse_bundle(whole.items, store.labels())
+    bundle = parse_bundle(whole.items, store.labels(), open_key=open_kms_key)
     try:
-        state = parse_state(whole.items, bundle, store.labels())
+        state = parse_state(whole.items, bundle, store.labels(), open_key=open_kms_key)
     except BundleError as e:
         print(f"bundle: UNUSABLE: {e}")
         return 1

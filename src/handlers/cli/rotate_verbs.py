@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from adapters.kms import open_key as open_kms_key
 from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
 
 from .common import USAGE, CommandError, open_store, read_input, settle_with_bundle
@@ -98,8 +99,8 @@ def _rotation_context(
     current = store_retry().run(f"read {store.description}", store.load)
     if current is None:
         raise CommandError(f"{store.description} holds no trust bundle; nothing to rotate")
-    bundle = parse_bundle(current.items, store.labels())
-    state = parse_state(current.items, bundle, store.labels())
+    bundle = parse_bundle(current.items, store.labels(), open_key=open_kms_key)
+    state = parse_state(current.items, bundle, store.labels(), open_key=open_kms_key)
     return cfg, store, current, bundle, state
 
 
