@@ -228,7 +228,8 @@ def load_or_create_stored(
 def parse_stored(store: BundleStore, stored: StoredBundle) -> TrustBundle:
     """The bundle of ``stored`` (content read from, or just written to, ``store``), its rotation
     state checked too. No I/O but KMS's (once per process, for a root key in KMS). Raises
-    BundleError naming the item, with the advice of a refused start, for a partial, corrupt or mismatched bundle or a rotation state that cannot be acted on."""
+    BundleError naming the item, with the advice of a refused start, for a partial, corrupt or
+    mismatched bundle or a rotation state that cannot be acted on."""
     from ..kms import open_key as open_kms_key  # a root key in KMS (root.kms): opened once per process
 
     try:

@@ -31,6 +31,13 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r} (use true or false)")
 
 
+def _kms_ref(text: str) -> str:
+    v = str(text).strip()
+    if not v.startswith("kms://") or len(v) == len("kms://") or any(c.isspace() for c in v):
+        raise ValueError(f"not a KMS key reference: {text!r} (use kms://<key id, key ARN or alias>)")
+    return v
+
+
 def _integer(text: str) -> int:
     try:
         return int(text)
@@ -208,6 +215,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("allowed-clock-skew", parse_duration, "NotBefore backdating, Go duration (default 15m)"),
     Option(
         "ca-key-algorithm", _algorithm, "for generated roots and issuers: ecdsa-p256, ecdsa-p384, ed25519"
+    ),
+    Option(
+        "root-key",
+        _kms_ref,
+        "where a generated root's key lives: kms://<key id, ARN or alias> of an asymmetric SIGN_VERIFY "
+        "KMS key (ECC_NIST_P256, ECC_NIST_P384, RSA_*); the root is signed by KMS and the store keeps "
+        "only the reference (root.kms) (default: a local key of --ca-key-algorithm, kept as root.key)",
     ),
     Option(
         "jwt-enabled",

@@ -37,7 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "bundle", allow_abbrev=False, help="operate on the trust bundle in a store"
     ).add_subparsers(dest="bundle_command", required=True)
     gen_options = tuple(
-        o for o in SERVE_OPTIONS if o.flag in ("trust-domain", "ca-key-algorithm", "root-ttl", "issuer-ttl")
+        o
+        for o in SERVE_OPTIONS
+        if o.flag in ("trust-domain", "ca-key-algorithm", "root-key", "root-ttl", "issuer-ttl")
     )
     p = bundle.add_parser("init", allow_abbrev=False, help="generate a root and issuer into an empty store")
     add_options(p, STORE_OPTIONS + gen_options)

@@ -66,7 +66,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         allow_abbrev=False,
         help="prepare a new root: a trust anchor now, its issuer active after --root-propagation-window",
     )
-    add_options(p, rotation_options)
+    add_options(p, rotation_options + tuple(o for o in SERVE_OPTIONS if o.flag == "root-key"))
     p.add_argument(
         "--emergency",
         action="store_true",
@@ -200,10 +200,20 @@ def cmd_rotate_root(args: argparse.Namespace) -> int:
     cfg, store, current, bundle, state = _rotation_context(args)
     policy = _policy(args, cfg, store, bundle, state, Change.NEW_ROOT, "rotate root")
     now = datetime.now(UTC)
+    root_key = open_kms_key(cfg.root_key) if cfg.root_key else None  # --root-key kms://...
+    if root_key is not None and root_key.key_uri == bundle.root_key_uri:
+        raise CommandError(
+            f"--root-key {cfg.root_key} is the active root's KMS key: a new root needs a new key "
+            "(create one: aws kms create-key --key-usage SIGN_VERIFY --key-spec ECC_NIST_P256). "
+            "Nothing was changed",
+            USAGE,
+        )
+    if root_key is not None:
+        print(f"the new root's key is {root_key.key_uri} ({root_key.key_spec}): KMS signs it")
     if args.emergency:
-        result = emergency_root(bundle, state, now, policy)
+        result = emergency_root(bundle, state, now, policy, root_key)
     else:
-        result = prepare_root(bundle, state, now, policy)
+        result = prepare_root(bundle, state, now, policy, root_key)
     _write_rotation(store, current, result)
     if args.emergency:
         print(
