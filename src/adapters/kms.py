@@ -1,4 +1,4 @@
-"""CA keys held in AWS KMS (design §5.13): signing key objects whose ``sign`` calls KMS ``Sign``.
+"""CA keys held in AWS KMS (design §5.16): signing key objects whose ``sign`` calls KMS ``Sign``.
 
 :func:`open_key` turns a reference (``kms://<key id, key ARN, alias name or alias ARN>``) into a
 ``cryptography`` private-key object, an :class:`ec.EllipticCurvePrivateKey` or

@@ -3,7 +3,7 @@
 A bundle travels between stores as a mapping of logical item names to bytes
 (:data:`ANCHORS` ``ca.crt``, :data:`ISSUER_CHAIN` ``issuer.crt``, :data:`ISSUER_KEY`
 ``issuer.key``, optional :data:`ROOT_KEY` ``root.key`` or, for a root key held in KMS, its
-reference :data:`ROOT_KEY_REF` ``root.kms`` (design §5.13), and the JWT items :data:`JWT_KEY`
+reference :data:`ROOT_KEY_REF` ``root.kms`` (design §5.16), and the JWT items :data:`JWT_KEY`
 ``jwt.key`` and :data:`JWKS` ``jwks.json``, Dapr's names); stores may keep them under other
 names (``--issuer-*-filename``). Parsing and verification are pure and name the item at fault.
 """
@@ -198,7 +198,7 @@ def generate_bundle(
     """A fresh root and issuer (design §4) for ``trust_domain``; the bundle keeps the root key.
 
     ca_identity: the CA's SPIFFE ID (issuer subject O); now: aware UTC datetime; root_key: the
-    root's key when the caller supplies it (a KMS key, design §5.13), else one of ``algorithm``
+    root's key when the caller supplies it (a KMS key, design §5.16), else one of ``algorithm``
     is generated. The issuer key is always generated, of ``algorithm``.
     """
     root_key = root_key if root_key is not None else algorithm.generate()

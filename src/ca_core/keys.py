@@ -23,7 +23,7 @@ PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublic
 
 @runtime_checkable
 class RemoteKey(Protocol):
-    """A private key held outside the process (a KMS key, design §5.13): a ``cryptography``
+    """A private key held outside the process (a KMS key, design §5.16): a ``cryptography``
     private-key object whose ``sign`` asks the key's service, so ``CertificateBuilder.sign``
     takes it like a local key. Its private half never exists here: it is stored by reference
     (``key_uri``, e.g. ``kms://arn:aws:kms:...``), never as PEM."""

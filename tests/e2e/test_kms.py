@@ -1,4 +1,4 @@
-"""The root key in AWS KMS (design §5.13), against moto in server mode on loopback: `sentryca
+"""The root key in AWS KMS (design §5.16), against moto in server mode on loopback: `sentryca
 serve`, `bundle init`, `rotate issuer|root|advance`, `inspect` and `bundle export` with
 ``--root-key kms://...``. The root is self-signed through KMS ``Sign`` and the store holds only
 the key's reference; the chain and leaves are checked with OpenSSL (``-x509_strict``), pyca's

@@ -99,7 +99,7 @@ class Config:
     workload_cert_ttl: timedelta = timedelta(hours=24)
     allowed_clock_skew: timedelta = timedelta(minutes=15)
     ca_key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
-    root_key: str | None = None  # kms://...: a generated root's key is that KMS key (design §5.13)
+    root_key: str | None = None  # kms://...: a generated root's key is that KMS key (design §5.16)
     jwt_enabled: bool = False
     jwt_ttl: timedelta = DEFAULT_JWT_TTL
     jwt_issuer: str | None = None
