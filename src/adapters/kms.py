@@ -20,6 +20,7 @@ found, wrong usage or spec).
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ SUPPORTED_SPECS = ("ECC_NIST_P256", "ECC_NIST_P384", "RSA_2048", "RSA_3072", "RS
 _EC_CURVES = {"ECC_NIST_P256": "secp256r1", "ECC_NIST_P384": "secp384r1"}
 _HASH_SUFFIX = {"sha256": "SHA_256", "sha384": "SHA_384", "sha512": "SHA_512"}
 
+logger = logging.getLogger(__name__)
 _opened: dict[str, KmsEcKey | KmsRsaKey] = {}
 _lock = threading.Lock()
 
@@ -55,18 +57,22 @@ def key_id_of(uri: str) -> str:
     return uri[len(SCHEME) :]
 
 
-def open_key(uri: str, client: Any = None) -> KmsEcKey | KmsRsaKey:
+def open_key(uri: str, client: Any = None, *, require_enabled: bool = False) -> KmsEcKey | KmsRsaKey:
     """The signing key object for ``uri`` (``kms://...``), opened once per process and
     reference (``DescribeKey`` and ``GetPublicKey``; the public key of a KMS key never changes).
-    client: a botocore KMS client (default: :func:`adapters.aws.client`, the key ARN's region or
-    ``AWS_REGION``). Raises ValueError for a malformed reference, Unavailable (reasons in the
-    module docstring) when KMS cannot be reached or the key cannot sign."""
+    A key that is not Enabled is opened with a warning (a stored bundle still loads: its issuer
+    signs leaves; only issuer signing fails, at ``Sign``), or refused with ``require_enabled``
+    (a new root: its state is read again even when opened before). client: a botocore KMS client
+    (default: :func:`adapters.aws.client`, the key ARN's region or ``AWS_REGION``). Raises
+    ValueError for a malformed reference, Unavailable (reasons in the module docstring) when KMS
+    cannot be reached or the key cannot sign."""
     key_id = key_id_of(uri)
     with _lock:
-        if uri in _opened:
-            return _opened[uri]
+        cached = _opened.get(uri)
+    if cached is not None and not require_enabled:
+        return cached
     if client is None:
-        client = aws.client("kms", _region_of(key_id))
+        client = cached._client if cached is not None else aws.client("kms", _region_of(key_id))
     where = f"KMS key {key_id}"
     try:
         meta = client.describe_key(KeyId=key_id)["KeyMetadata"]
@@ -81,7 +87,19 @@ def open_key(uri: str, client: Any = None) -> KmsEcKey | KmsRsaKey:
             f"asymmetric SIGN_VERIFY key of spec {', '.join(SUPPORTED_SPECS)}",
             reason="kms_key_invalid",
         )
-    _check_state(meta, where)
+    state = meta.get("KeyState", "Enabled")
+    if state != "Enabled" and require_enabled:
+        raise Unavailable(
+            f"{where} is {state}: nothing can be signed with it. Enable it (aws kms enable-key, or cancel "
+            "its deletion) or choose another key (docs/runbook.md, KMS keys)",
+            reason="kms_key_disabled",
+        )
+    if state != "Enabled":
+        logger.warning(
+            "%s is %s: issuers cannot be signed until it is enabled (docs/runbook.md, KMS keys)", where, state
+        )
+    if cached is not None:
+        return cached
     try:
         der = client.get_public_key(KeyId=arn)["PublicKey"]
     except aws.sdk_errors() as e:
@@ -104,16 +122,6 @@ def _region_of(key_id: str) -> str | None:
     # arn:aws:kms:REGION:ACCOUNT:key/ID (or :alias/NAME): the key's own region
     parts = key_id.split(":")
     return parts[3] if key_id.startswith("arn:") and len(parts) > 4 and parts[3] else None
-
-
-def _check_state(meta: dict[str, Any], where: str) -> None:
-    state = meta.get("KeyState", "Enabled")
-    if state != "Enabled":
-        raise Unavailable(
-            f"{where} is {state}: nothing can be signed with it. Enable it (aws kms enable-key, or cancel "
-            "its deletion) or rotate to another key (docs/runbook.md, KMS keys)",
-            reason="kms_key_disabled",
-        )
 
 
 def kms_error(e: Exception, where: str, doing: str) -> Unavailable:

@@ -166,7 +166,7 @@ def load_bundle(
         if cfg.root_key:  # opened (and so checked) before anything is written
             from adapters.kms import open_key
 
-            root_key = open_key(cfg.root_key)
+            root_key = open_key(cfg.root_key, require_enabled=True)
             log.info("the new root's key is %s (%s): KMS signs the root", root_key.key_uri, root_key.key_spec)
         bundle = generate_bundle(
             cfg.trust_domain,

@@ -215,7 +215,19 @@ def test_a_disabled_or_missing_kms_key_refuses_bundle_init_and_writes_nothing(
     moto_endpoint, aws_env, tmp_path
 ):
     key_id, _ = kms_key(moto_endpoint, "ECC_NIST_P256")
+    # A bundle made while the key was enabled still loads once it is disabled: its issuer signs
+    # leaves (only issuer signing needs the root key); the CA says why rotations will fail.
+    running = tmp_path / "running"
+    creds = str(running / "creds")
+    r = run("bundle", "init", "--issuer-credentials", creds, "--root-key", f"kms://{key_id}", env=aws_env)
+    assert r.returncode == 0, r.stdout + r.stderr
     aws_client("kms", moto_endpoint).disable_key(KeyId=key_id)
+    ca = serve(running, "--mode", "standalone", env=aws_env)
+    try:
+        client.verify_response(ca.sign("orders", "prod"), ca.anchors)
+    finally:
+        log = ca.stop()
+    assert "is Disabled: issuers cannot be signed until it is enabled" in ca.start_log + log
     store = tmp_path / "store"
     r = run(
         "bundle", "init", "--issuer-credentials", str(store), "--root-key", f"kms://{key_id}", env=aws_env
@@ -233,6 +245,27 @@ def test_a_disabled_or_missing_kms_key_refuses_bundle_init_and_writes_nothing(
     with pytest.raises(Unavailable, match="cannot sign certificates") as e:
         kms.open_key(f"kms://{enc}")
     assert e.value.reason == "kms_key_invalid"
+
+
+def test_kms_sign_errors_map_to_operator_messages():
+    from botocore.exceptions import ClientError
+
+    def refused(code: str, status: int) -> ClientError:
+        error = {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return ClientError(error, "Sign")  # type: ignore[arg-type]
+
+    cases = {
+        ("DisabledException", 400): ("kms_key_disabled", "Enable it (aws kms enable-key"),
+        ("KMSInvalidStateException", 400): ("kms_key_disabled", "pending deletion"),
+        ("ThrottlingException", 400): ("kms_unreachable", "after the SDK's retries"),
+        ("KMSInternalException", 500): ("kms_unreachable", "after the SDK's retries"),
+        ("AccessDeniedException", 400): ("kms_denied", "access denied"),
+        ("NotFoundException", 400): ("kms_key_invalid", "NotFoundException"),
+    }
+    for (code, status), (reason, words) in cases.items():
+        e = kms.kms_error(refused(code, status), "KMS key arn:k", "sign")
+        assert e.reason == reason and words in str(e), (code, str(e))
+        assert "KMS key arn:k: cannot sign" in str(e)
 
 
 def test_kms_unreachable_is_unavailable_with_the_key_named(monkeypatch):

@@ -383,6 +383,9 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
         args, cfg, settings, Change.NEW_ROOT, "bundle regenerate", store.description
     )
     now = datetime.now(UTC)
+    root_key = (
+        open_kms_key(cfg.root_key, require_enabled=True) if cfg.root_key else None
+    )  # checked before any write
     if backup is None:
         backup = build_store(cfg, f"file://{new_backup_directory(now)}")
     if not backup.create(current.items):
@@ -397,6 +400,7 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
         algorithm=settled.algorithm,
         root_lifetime=settled.lifetimes.root,
         issuer_lifetime=settled.lifetimes.issuer,
+        root_key=root_key,
     )
     items = bundle.to_items()
     token = store.replace_version(items, current.version)

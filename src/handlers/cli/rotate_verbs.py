@@ -200,7 +200,9 @@ def cmd_rotate_root(args: argparse.Namespace) -> int:
     cfg, store, current, bundle, state = _rotation_context(args)
     policy = _policy(args, cfg, store, bundle, state, Change.NEW_ROOT, "rotate root")
     now = datetime.now(UTC)
-    root_key = open_kms_key(cfg.root_key) if cfg.root_key else None  # --root-key kms://...
+    root_key = (
+        open_kms_key(cfg.root_key, require_enabled=True) if cfg.root_key else None
+    )  # --root-key kms://...
     if root_key is not None and root_key.key_uri == bundle.root_key_uri:
         raise CommandError(
             f"--root-key {cfg.root_key} is the active root's KMS key: a new root needs a new key "
