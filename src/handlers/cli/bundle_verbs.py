@@ -57,7 +57,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--root", help="PEM trust anchors (one or more self-signed roots)")
     p.add_argument("--issuer-cert", help="PEM issuer certificate (chain), issuer first")
     p.add_argument("--issuer-key", help="PEM issuer private key (PKCS#8, SEC1 or PKCS#1)")
-    p.add_argument("--root-key", help="PEM root private key (lets the CA rotate issuers itself)")
+    # dest: not the --root-key option of serve and init (a kms:// reference, design §5.16)
+    p.add_argument(
+        "--root-key", dest="root_key_file", help="PEM root private key (lets the CA rotate issuers itself)"
+    )
     p.add_argument(
         "--from",
         dest="from_dir",
@@ -136,7 +139,7 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
 
     _, store = open_store(args)
     if args.from_dir:
-        if args.root or args.issuer_cert or args.issuer_key or args.root_key:
+        if args.root or args.issuer_cert or args.issuer_key or args.root_key_file:
             raise CommandError(
                 "--from takes a whole exported bundle: give no --root/--issuer-*/--root-key", USAGE
             )
@@ -165,10 +168,13 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
             ISSUER_CHAIN: read_input(args.issuer_cert, "--issuer-cert"),
             ISSUER_KEY: read_input(args.issuer_key, "--issuer-key"),
         }
-        if args.root_key:
-            items[ROOT_KEY] = read_input(args.root_key, "--root-key")
+        if args.root_key_file:
+            items[ROOT_KEY] = read_input(args.root_key_file, "--root-key")
         labels = {ANCHORS: f"--root {args.root}", ISSUER_CHAIN: f"--issuer-cert {args.issuer_cert}"}
-        labels |= {ISSUER_KEY: f"--issuer-key {args.issuer_key}", ROOT_KEY: f"--root-key {args.root_key}"}
+        labels |= {
+            ISSUER_KEY: f"--issuer-key {args.issuer_key}",
+            ROOT_KEY: f"--root-key {args.root_key_file}",
+        }
         new = parse_bundle(items, labels, open_key=open_kms_key)  # verified before anything is written
         items = new.to_items()  # normalised: keys as PKCS#8, the root never in issuer.crt
     current = store_retry().run(f"read {store.description}", store.load)
