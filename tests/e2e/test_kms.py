@@ -144,6 +144,12 @@ def test_rotations_sign_through_kms_and_no_store_item_holds_a_root_key(moto_endp
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"root key in KMS: kms://{arn}" in r.stdout
     assert "issuer key in the store" in r.stdout
+    # KMS out of reach: inspect still says where the keys live, and that they cannot be read here
+    away = aws_env | {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    r = run("inspect", "--issuer-credentials", str(store), env=away)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"root key in KMS: kms://{arn}" in r.stdout and "the keys cannot be read here" in r.stdout
+    assert "Traceback" not in r.stderr
 
     # An issuer rotation: the new issuer is signed by KMS (no root key exists locally).
     before = parse_bundle(FileBundleStore(store).load().items).issuer
