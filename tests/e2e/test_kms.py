@@ -212,9 +212,28 @@ def test_rotations_sign_through_kms_and_no_store_item_holds_a_root_key(moto_endp
     r = run("bundle", "export", "--issuer-credentials", str(store), "--out", str(out), env=aws_env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"not exported: the key(s) held by KMS (kms://{new_arn})" in r.stdout
-    assert (out / ROOT_KEY_REF).read_bytes() == f"kms://{new_arn}\n".encode() and not (
-        out / ROOT_KEY
-    ).exists()
+    assert (out / ROOT_KEY_REF).read_bytes() == f"kms://{new_arn}\n".encode()
+    assert not (out / ROOT_KEY).exists()
+
+    # bundle regenerate with a third key: a new KMS root, the old bundle (its reference) backed up
+    third_id, third_arn = kms_key(moto_endpoint, "RSA_2048")
+    backup = tmp_path / "before-regenerate"
+    r = run(
+        "bundle",
+        "regenerate",
+        "--issuer-credentials",
+        str(store),
+        "--root-key",
+        f"kms://{third_id}",
+        "--backup-to",
+        f"file://{backup}",
+        env=aws_env,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    bundle = parse_bundle(FileBundleStore(store).load().items, open_key=kms.open_key)
+    assert bundle.root_key_uri == f"kms://{third_arn}" and len(bundle.trust_anchors) == 1
+    assert (backup / ROOT_KEY_REF).read_bytes() == f"kms://{new_arn}\n".encode()
+    assert_no_key_in(store, moto_private_key(third_id))
 
 
 def test_a_disabled_or_missing_kms_key_refuses_bundle_init_and_writes_nothing(
