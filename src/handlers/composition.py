@@ -194,6 +194,14 @@ def load_bundle(
                     format_duration(cfg.issuer_ttl or DEFAULT_CA_LIFETIME),
                     "" if by_operator else "; --bootstrap-policy never would refuse this",
                 )
+            root_key = None
+            if cfg.root_key:  # opened (and so checked) before anything is written
+                from adapters.kms import open_key
+
+                root_key = open_key(cfg.root_key, require_enabled=True)
+                log.info(
+                    "the new root's key is %s (%s): KMS signs the root", root_key.key_uri, root_key.key_spec
+                )
             bundle = generate_bundle(
                 cfg.trust_domain,
                 ca_identity,
@@ -201,6 +209,7 @@ def load_bundle(
                 algorithm=cfg.ca_key_algorithm,
                 root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
                 issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
+                root_key=root_key,
             )
         if cfg.jwt_enabled:
             from ca_core.jwt_svid import new_jwt_items

@@ -242,3 +242,12 @@ def test_with_an_upstream_new_issuers_keep_the_issuer_s_key_algorithm_not_the_ro
         bundle_rotation_policy(load_config({}, {}), settings_of(bundle)).algorithm == KeyAlgorithm.ECDSA_P384
     )
     assert bundle_rotation_policy(with_upstream, settings_of(bundle)).upstream == arn
+
+
+def test_a_kms_root_key_and_an_upstream_authority_exclude_each_other():
+    from ca_core.config import load_config
+    from ca_core.errors import ConfigError
+
+    arn = "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/11111111-2222-3333-4444-555555555555"
+    with pytest.raises(ConfigError, match=r"--root-key and --upstream-authority exclude each other"):
+        load_config({"upstream_authority": f"acm-pca://{arn}", "root_key": "kms://alias/root"}, {})

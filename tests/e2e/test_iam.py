@@ -32,6 +32,10 @@ FEDERATION = SRC / "adapters/oidc_federation.py"
 # The upstream authority's adapter (--upstream-authority, template condition UseUpstream): its calls
 # go through ``self._call("<Operation>", ...)`` (bounded retries), to an acm-pca client.
 UPSTREAM = SRC / "adapters/acm_pca.py"
+# The root key in KMS (template condition UseKmsRoot): ``client``/``self._client`` in the adapter
+# are KMS clients. Opening a key (open_key) is what parsing a KMS-rooted bundle needs; signing
+# (KmsKey._kms_sign) what a principal that rotates (imports ca_core.rotation) needs too.
+KMS = SRC / "adapters/kms.py"
 # IAM names that differ from the API's
 RENAMED = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectVersions": "s3:ListBucketVersions"}
 # Granted without an API call of its own: without s3:ListBucket, S3 answers GetObject of a missing
@@ -50,6 +54,11 @@ def _client_service(node: ast.expr, module_service: str | None) -> str | None:
     """The service of the client ``node`` names: ``self.client`` in a store adapter, or
     ``aws.client("svc")``."""
     if isinstance(node, ast.Attribute) and node.attr == "client" and module_service:
+        return module_service
+    if module_service == "kms" and (
+        (isinstance(node, ast.Name) and node.id == "client")
+        or (isinstance(node, ast.Attribute) and node.attr == "_client")
+    ):
         return module_service
     if (
         isinstance(node, ast.Call)
@@ -194,22 +203,38 @@ def upstream_calls() -> set[str]:
     }
 
 
-def needed(principal: str, store_kind: str, federation: bool = False, upstream: bool = False) -> set[str]:
-    names, direct = uses(PRINCIPALS[principal])
-    if federation and imports(PRINCIPALS[principal], "adapters.oidc_federation"):
+def kms_calls(function: str) -> set[str]:
+    """The IAM actions of the KMS calls in ``function`` (a function or method of adapters/kms.py)."""
+    for node in ast.walk(ast.parse(KMS.read_text())):
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return sdk_calls(node, "kms")
+    raise AssertionError(f"no {function} in {KMS}")
+
+
+def needed(
+    principal: str, store_kind: str, federation: bool = False, upstream: bool = False, kms: bool = False
+) -> set[str]:
+    paths = PRINCIPALS[principal]
+    names, direct = uses(paths)
+    if federation and imports(paths, "adapters.oidc_federation"):
         direct |= sdk_calls(ast.parse(FEDERATION.read_text()), "s3")
-    if upstream and imports(PRINCIPALS[principal], "adapters.acm_pca"):
+    if upstream and imports(paths, "adapters.acm_pca"):
         direct |= upstream_calls()
+    if kms and imports(paths, "adapters.kms"):
+        direct |= kms_calls("open_key")
+        if imports(paths, "ca_core.rotation"):
+            direct |= kms_calls("_kms_sign")
     return direct | Store.read(store_kind).needs(names)
 
 
+@pytest.mark.parametrize("kms", [False, True], ids=["", "kms-root"])
 @pytest.mark.parametrize("federation", [False, True], ids=["", "oidc-federation"])
 @pytest.mark.parametrize("store_kind", sorted(STORES))
 @pytest.mark.parametrize("principal", sorted(PRINCIPALS))
-def test_each_policy_allows_exactly_the_calls_of_the_code_it_runs(principal, store_kind, federation):
-    conditions = {"UseS3": store_kind == "s3", "MakeOidcFederation": federation}
+def test_each_policy_allows_exactly_the_calls_of_the_code_it_runs(principal, store_kind, federation, kms):
+    conditions = {"UseS3": store_kind == "s3", "MakeOidcFederation": federation, "UseKmsRoot": kms}
     allowed = granted(statements(principal, conditions), conditions)
-    need = needed(principal, store_kind, federation)
+    need = needed(principal, store_kind, federation, kms)
     assert need, f"{principal} makes no AWS call?"
     assert need <= allowed, f"{principal} with a {store_kind} store is denied {sorted(need - allowed)}"
     assert allowed - need <= NO_CALL_NEEDED, f"{principal} may call more than it does: {allowed - need}"
@@ -231,6 +256,12 @@ def test_the_scan_sees_the_calls_it_must():
     # the publisher of the OIDC documents reads and writes S3, also beside a Secrets Manager store
     assert {"s3:GetObject", "s3:PutObject"} <= needed("TaskRole", "secretsmanager", federation=True)
     assert not any(a.startswith("s3:") for a in needed("TaskRole", "secretsmanager"))
+    # a KMS root: the task opens and signs; the config-change function only opens; expiry neither
+    kms_open, kms_sign = {"kms:DescribeKey", "kms:GetPublicKey"}, {"kms:Sign"}
+    assert kms_open | kms_sign <= needed("TaskRole", "s3", kms=True)
+    assert kms_open <= needed("ConfigChangeFunction", "s3", kms=True)
+    assert not kms_sign & needed("ConfigChangeFunction", "s3", kms=True)
+    assert not any(a.startswith("kms:") for a in needed("ExpiryCheckFunction", "s3", kms=True))
 
 
 @pytest.mark.parametrize("store_kind", sorted(STORES))
@@ -301,5 +332,5 @@ def test_writes_are_only_on_the_bundle_and_its_public_part():
     # and no policy grants a wildcard action
     for principal in PRINCIPALS:
         for conditions in ({"UseS3": True}, {"UseS3": False}):
-            conditions["MakeOidcFederation"] = True
+            conditions["MakeOidcFederation"] = conditions["UseKmsRoot"] = True
             assert not any(re.search(r"\*", a) for a in granted(statements(principal), conditions))

@@ -130,6 +130,7 @@ class Config:
     workload_cert_ttl: timedelta = timedelta(hours=24)
     allowed_clock_skew: timedelta = timedelta(minutes=15)
     ca_key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
+    root_key: str | None = None  # kms://...: a generated root's key is that KMS key (design §5.18)
     jwt_enabled: bool = False
     jwt_ttl: timedelta = DEFAULT_JWT_TTL
     jwt_issuer: str | None = None
@@ -303,6 +304,10 @@ def validate(cfg: Config) -> Config:
             problems.append(
                 f"--ca-key-algorithm {cfg.ca_key_algorithm.value} cannot be used with --upstream-authority "
                 "(AWS Private CA signs only RSA and ECDSA P-256/P-384 keys: use ecdsa-p256 or ecdsa-p384)"
+            )
+        if cfg.root_key is not None:
+            problems.append(
+                "--root-key and --upstream-authority exclude each other (an upstream means no root key)"
             )
     for flag, value in (
         ("--message-timeout", cfg.message_timeout),

@@ -21,7 +21,9 @@ Rules, in the order :func:`advance` applies them (one call applies every step th
    issuer outlasted by the propagation wait) is replaced by one signed now with the root's key.
 3. **Activate** a prepared issuer once ``now >= activate_after`` (or the active chain expired).
 4. With the automatic policy only, and only for a root whose key the CA holds (it generated the
-   root, or was given the key; a bundle imported without it is the operator's PKI): **prepare**
+   root, or was given the key; a bundle imported without it is the operator's PKI) in memory (a
+   KMS root key is the operator's: its successor is a KMS key they create, ``rotate root
+   --root-key kms://...``; issuers under a KMS root still rotate automatically): **prepare**
    a root when less than ``min(lifetime/2, 30 days)`` of the active root remains;
    ``activate_after = max(now + propagation window, NotAfter - min(lifetime/6, 7 days))``.
 5. Likewise **prepare** an issuer under the active root when less than ``min(lifetime/2, 30
@@ -50,7 +52,7 @@ from cryptography import x509
 from ..bundle import TrustBundle, chain_not_after, fingerprint
 from ..certs import generate_issuer, generate_root
 from ..durations import format_duration
-from ..keys import PrivateKey
+from ..keys import PrivateKey, key_uri_of
 from . import jwt_keys
 from .issuer_rule import UpstreamIssuer, auto_prepare_issuer
 from .state import (
@@ -315,7 +317,7 @@ def _activate_issuer(
 def _auto_prepare_root(
     bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
 ) -> tuple[TrustBundle, RotationState, Step] | None:
-    if not policy.auto or state.prepared_root is not None or held_root_key(bundle) is None:
+    if not policy.auto or state.prepared_root is not None or not _rotates_root(bundle):
         return None
     root = active_root(bundle)
     prepare_within, _ = margins(root)
@@ -324,11 +326,18 @@ def _auto_prepare_root(
     return prepare_root_step(bundle, state, now, policy, AUTO)
 
 
+def _rotates_root(bundle: TrustBundle) -> bool:
+    # Rule 4 applies to a root key held in memory only: a new KMS key is the operator's to create.
+    key = held_root_key(bundle)
+    return key is not None and key_uri_of(key) is None
+
+
 def generate_root_and_issuer(
-    now: datetime, policy: RotationPolicy
+    now: datetime, policy: RotationPolicy, root_key: PrivateKey | None = None
 ) -> tuple[x509.Certificate, PrivateKey, x509.Certificate, PrivateKey]:
-    """A new root and an issuer under it, as ``policy`` makes them: (root, key, issuer, key)."""
-    root_key = policy.algorithm.generate()
+    """A new root and an issuer under it, as ``policy`` makes them: (root, key, issuer, key).
+    root_key: the new root's key when the operator supplies it (a KMS key), else generated."""
+    root_key = root_key if root_key is not None else policy.algorithm.generate()
     root = generate_root(
         policy.trust_domain, root_key, now, lifetime=policy.root_lifetime, backdate=policy.clock_skew
     )
@@ -346,11 +355,17 @@ def generate_root_and_issuer(
 
 
 def prepare_root_step(
-    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy, trigger: str
+    bundle: TrustBundle,
+    state: RotationState,
+    now: datetime,
+    policy: RotationPolicy,
+    trigger: str,
+    root_key: PrivateKey | None = None,
 ) -> tuple[TrustBundle, RotationState, Step]:
     """Rule 4's step, and ``sentryca rotate root``'s: a new root (and its issuer) joins the trust
-    anchors now and becomes active at ``activate_after`` (module docstring). (bundle, state, step)."""
-    root, root_key, issuer, issuer_key = generate_root_and_issuer(now, policy)
+    anchors now and becomes active at ``activate_after`` (module docstring). (bundle, state, step).
+    root_key: the new root's key when supplied (``rotate root --root-key kms://...``)."""
+    root, root_key, issuer, issuer_key = generate_root_and_issuer(now, policy, root_key)
     activate_after = now + policy.propagation_window
     if trigger == AUTO:
         current = active_root(bundle)
@@ -399,7 +414,7 @@ def next_step_due(
     held = held_root_key(bundle) is not None
     if policy.auto and (held or policy.upstream is not None):
         root, issuer = active_root(bundle), bundle.issuer
-        if state.prepared_root is None and held:
+        if state.prepared_root is None and _rotates_root(bundle):
             due.append(
                 (root.not_valid_after_utc - margins(root)[0], "the preparation of a new root (--auto-rotate)")
             )

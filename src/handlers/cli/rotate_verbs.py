@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from adapters.kms import open_key as open_kms_key
 from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
 
 from .common import USAGE, CommandError, open_store, read_input, settle_with_bundle
@@ -72,7 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         allow_abbrev=False,
         help="prepare a new root: a trust anchor now, its issuer active after --root-propagation-window",
     )
-    add_options(p, rotation_options)
+    add_options(p, rotation_options + tuple(o for o in SERVE_OPTIONS if o.flag == "root-key"))
     p.add_argument(
         "--emergency",
         action="store_true",
@@ -118,8 +119,8 @@ def _rotation_context(
     current = store_retry().run(f"read {store.description}", store.load)
     if current is None:
         raise CommandError(f"{store.description} holds no trust bundle; nothing to rotate")
-    bundle = parse_bundle(current.items, store.labels())
-    state = parse_state(current.items, bundle, store.labels())
+    bundle = parse_bundle(current.items, store.labels(), open_key=open_kms_key)
+    state = parse_state(current.items, bundle, store.labels(), open_key=open_kms_key)
     return cfg, store, current, bundle, state
 
 
@@ -240,10 +241,22 @@ def cmd_rotate_root(args: argparse.Namespace) -> int:
     cfg, store, current, bundle, state = _rotation_context(args)
     policy = _policy(args, cfg, store, bundle, state, Change.NEW_ROOT, "rotate root")
     now = datetime.now(UTC)
+    root_key = (
+        open_kms_key(cfg.root_key, require_enabled=True) if cfg.root_key else None
+    )  # --root-key kms://...
+    if root_key is not None and root_key.key_uri == bundle.root_key_uri:
+        raise CommandError(
+            f"--root-key {cfg.root_key} is the active root's KMS key: a new root needs a new key "
+            "(create one: aws kms create-key --key-usage SIGN_VERIFY --key-spec ECC_NIST_P256). "
+            "Nothing was changed",
+            USAGE,
+        )
+    if root_key is not None:
+        print(f"the new root's key is {root_key.key_uri} ({root_key.key_spec}): KMS signs it")
     if args.emergency:
-        result = emergency_root(bundle, state, now, policy)
+        result = emergency_root(bundle, state, now, policy, root_key)
     else:
-        result = prepare_root(bundle, state, now, policy)
+        result = prepare_root(bundle, state, now, policy, root_key)
     _write_rotation(store, current, result)
     if args.emergency:
         print(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from adapters.kms import open_key as open_kms_key
 from adapters.stores import StoredBundle, parse_stored
 from ca_core import policy
 from ca_core.bundle_settings import settings_of
@@ -161,7 +162,9 @@ class Upkeep:
         (the state in force, whether this CA wrote a step)."""
         bundle = state.signer.bundle
         try:
-            current = codec.parse_state(state.stored.items if state.stored else {}, bundle)
+            current = codec.parse_state(
+                state.stored.items if state.stored else {}, bundle, open_key=open_kms_key
+            )
             prepared = current.prepared_root.root if current.prepared_root is not None else None
             rotation_policy = policy.bundle_rotation_policy(state.config, settings_of(bundle, prepared))
             upstream_issuer = self._upstream(bundle, current, now, rotation_policy)
