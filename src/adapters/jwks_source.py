@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import os
 import ssl
@@ -25,7 +26,7 @@ from typing import IO, Any
 
 import jwt
 
-from ca_core.config import JwksSettings
+from ca_core.config import JwksSettings, JwtIssuerSettings
 from ca_core.errors import ConfigError, Unavailable
 from ca_core.validators.jwks import parse_key_set
 
@@ -83,8 +84,29 @@ class JwksSource:
             "jwks source: neither an https:// URL, an existing file, nor JWKS JSON (plain or base64)"
         )
 
+    @classmethod
+    def for_issuer(cls, rule: JwtIssuerSettings) -> JwksSource:
+        """The source of an issuer rule (design §6.5): its ``source`` as :meth:`from_settings`
+        classifies it, else OIDC discovery from its ``issuer`` (kind ``discovery``). Raises
+        ConfigError."""
+        settings = JwksSettings(
+            rule.source or "", rule.ca_certificate, rule.min_refresh_interval, rule.request_timeout
+        )
+        if rule.source is not None:
+            return cls.from_settings(settings)
+        return cls(
+            "discovery",
+            rule.issuer,
+            timeout=rule.request_timeout.total_seconds(),
+            ssl_context=_ssl_context(rule.ca_certificate),
+        )
+
     def load(self) -> bytes:
-        """The document's bytes (at most MAX_JWKS_BYTES); raises Unavailable."""
+        """The document's bytes (at most MAX_JWKS_BYTES); raises Unavailable. For ``discovery``:
+        ``<issuer>/.well-known/openid-configuration`` first, whose ``issuer`` must be the rule's
+        and whose ``jwks_uri`` (https only) is then fetched, within one timeout."""
+        if self.kind == "discovery":
+            return self._discover()
         if self.kind == "inline":
             return self.inline
         if self.kind == "file":
@@ -96,21 +118,41 @@ class JwksSource:
                     f"JWKS file {self.location}: {e.strerror}", reason="jwks_unavailable"
                 ) from None
         # Only https:// reaches here: from_settings refuses every other scheme.
-        request = urllib.request.Request(self.location, headers={"Accept": "application/json"})  # noqa: S310
+        return self._get(self.location, time.monotonic() + self.timeout)
+
+    def _get(self, url: str, deadline: float) -> bytes:
+        """GET ``url`` (https), the answer complete by ``deadline`` (real monotonic seconds, whatever
+        clock the cache has). Raises Unavailable."""
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
         opener = urllib.request.build_opener(
             urllib.request.HTTPSHandler(context=self.ssl_context), _HttpsOnlyRedirects()
         )
-        deadline = time.monotonic() + self.timeout  # real time, whatever clock the cache has
         try:
-            with opener.open(request, timeout=self.timeout) as resp:
-                return _read_within(resp, deadline, self.location)
+            with opener.open(request, timeout=max(0.1, deadline - time.monotonic())) as resp:
+                return _read_within(resp, deadline, url)
         except urllib.error.HTTPError as e:
-            raise Unavailable(f"JWKS {self.location} answered {e.code}", reason="jwks_unavailable") from None
+            raise Unavailable(f"JWKS {url} answered {e.code}", reason="jwks_unavailable") from None
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
+            raise Unavailable(f"JWKS {url} unreachable: {reason}", reason="jwks_unavailable") from None
+
+    def _discover(self) -> bytes:
+        deadline = time.monotonic() + self.timeout
+        where = f"{self.location.rstrip('/')}/.well-known/openid-configuration"
+        try:
+            document = json.loads(self._get(where, deadline))
+        except (ValueError, RecursionError):
+            raise Unavailable(f"OIDC discovery {where}: not JSON", reason="jwks_unavailable") from None
+        if not isinstance(document, dict) or document.get("issuer") != self.location:
             raise Unavailable(
-                f"JWKS {self.location} unreachable: {reason}", reason="jwks_unavailable"
-            ) from None
+                f"OIDC discovery {where}: its issuer is not {self.location!r}", reason="jwks_unavailable"
+            )
+        jwks_uri = document.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not jwks_uri.lower().startswith("https://"):
+            raise Unavailable(
+                f"OIDC discovery {where}: jwks_uri is not an https:// URL", reason="jwks_unavailable"
+            )
+        return self._get(jwks_uri, deadline)
 
 
 class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
@@ -186,7 +228,7 @@ class JwksCache:
         self._flight: _Flight | None = None
         self.last_problem = "the JWKS has not been fetched yet"
         self.fetches = 0
-        if source.kind != "url":  # a file or inline set must be usable from the start
+        if source.kind not in ("url", "discovery"):  # a file or inline set must be usable from the start
             try:
                 self._install(parse_key_set(source.load(), source.location))
             except (ValueError, Unavailable) as e:
@@ -197,6 +239,11 @@ class JwksCache:
         """The cache over the ``--config`` JWKS options; raises ConfigError for an unusable source
         or CA certificate."""
         return cls(JwksSource.from_settings(settings), settings.min_refresh_interval.total_seconds(), clock)
+
+    @classmethod
+    def for_issuer(cls, rule: JwtIssuerSettings, clock: Callable[[], float] = time.monotonic) -> JwksCache:
+        """The cache of an issuer rule's JWK Set (design §6.5); raises ConfigError."""
+        return cls(JwksSource.for_issuer(rule), rule.min_refresh_interval.total_seconds(), clock)
 
     @property
     def location(self) -> str:

@@ -1,4 +1,4 @@
-"""The AWS IAM validator's STS (design §6.5): sends a caller's signed GetCallerIdentity request to
+"""The AWS IAM validator's STS (design §6.6): sends a caller's signed GetCallerIdentity request to
 the endpoint of the CA's configuration, within its timeout, and reads the caller's ARN.
 
 The target is always ``settings.sts_endpoint`` with path ``/``: nothing in a proof chooses where

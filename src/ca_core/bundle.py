@@ -2,7 +2,8 @@
 
 A bundle travels between stores as a mapping of logical item names to bytes
 (:data:`ANCHORS` ``ca.crt``, :data:`ISSUER_CHAIN` ``issuer.crt``, :data:`ISSUER_KEY`
-``issuer.key``, optional :data:`ROOT_KEY` ``root.key``, and the JWT items :data:`JWT_KEY`
+``issuer.key``, optional :data:`ROOT_KEY` ``root.key`` or, for a root key held in KMS, its
+reference :data:`ROOT_KEY_REF` ``root.kms`` (design §5.18), and the JWT items :data:`JWT_KEY`
 ``jwt.key`` and :data:`JWKS` ``jwks.json``, Dapr's names); stores may keep them under other
 names (``--issuer-*-filename``). Parsing and verification are pure and name the item at fault.
 """
@@ -20,19 +21,29 @@ from cryptography.hazmat.primitives import hashes
 
 from .certs import DEFAULT_CA_LIFETIME, DEFAULT_CLOCK_SKEW, generate_issuer, generate_root
 from .errors import BundleError
-from .keys import KeyAlgorithm, PrivateKey, load_private_key, private_key_pem, public_key_der
+from .keys import (
+    KeyAlgorithm,
+    KeyOpener,
+    PrivateKey,
+    key_uri_of,
+    load_private_key,
+    private_key_pem,
+    public_key_der,
+)
 from .spiffe_id import SpiffeId
 
 ANCHORS = "ca.crt"
 ISSUER_CHAIN = "issuer.crt"
 ISSUER_KEY = "issuer.key"
 ROOT_KEY = "root.key"
+# The root key's reference when KMS holds it (``kms://<key ARN>``, one line): never with root.key.
+ROOT_KEY_REF = "root.kms"
 # The JWT-SVID signing key (PKCS#8) and the JWK Set publishing it (design §5.1): both or neither.
 JWT_KEY = "jwt.key"
 JWKS = "jwks.json"
 REQUIRED_ITEMS = (ANCHORS, ISSUER_CHAIN, ISSUER_KEY)
 JWT_ITEMS = (JWT_KEY, JWKS)
-ALL_ITEMS = (*REQUIRED_ITEMS, ROOT_KEY, *JWT_ITEMS)
+ALL_ITEMS = (*REQUIRED_ITEMS, ROOT_KEY, ROOT_KEY_REF, *JWT_ITEMS)
 REQUIRED_PUBLIC_ITEMS = (ANCHORS, ISSUER_CHAIN)
 PUBLIC_ITEMS = (*REQUIRED_PUBLIC_ITEMS, JWKS)
 # Reserved for root/issuer rotation (a small JSON document: which root/issuer is prepared, active,
@@ -49,6 +60,7 @@ class FileNames:
     issuer_certificate: str = "issuer.crt"
     issuer_key: str = "issuer.key"
     root_key: str = "root.key"
+    root_key_ref: str = ROOT_KEY_REF
     rotation_state: str = "rotation.json"
     jwt_key: str = JWT_KEY
     jwks: str = JWKS
@@ -60,6 +72,7 @@ class FileNames:
             ISSUER_CHAIN: self.issuer_certificate,
             ISSUER_KEY: self.issuer_key,
             ROOT_KEY: self.root_key,
+            ROOT_KEY_REF: self.root_key_ref,
             ROTATION_STATE: self.rotation_state,
             JWT_KEY: self.jwt_key,
             JWKS: self.jwks,
@@ -124,11 +137,20 @@ class TrustBundle(PublicBundle):
     """A complete signing bundle. Build it with :func:`parse_bundle` or :func:`generate_bundle`.
 
     jwt_key: the JWT-SVID signing key, published in ``jwks`` (both set, or both None).
+    root_key_uri: where the root key lives when a service holds it (``kms://<key ARN>``, stored
+    as ``root.kms``); set from a :class:`~.keys.RemoteKey` root key, or kept from a bundle parsed
+    without a key opener (``root_key`` None then: the bundle round-trips, but cannot sign issuers).
     """
 
     issuer_key: PrivateKey
     root_key: PrivateKey | None = None
     jwt_key: PrivateKey | None = field(default=None, kw_only=True)
+    root_key_uri: str | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        uri = key_uri_of(self.root_key)
+        if uri is not None:
+            object.__setattr__(self, "root_key_uri", uri)
 
     @property
     def public(self) -> PublicBundle:
@@ -136,14 +158,17 @@ class TrustBundle(PublicBundle):
         return PublicBundle(self.trust_anchors, self.issuer_chain, jwks=self.jwks)
 
     def to_items(self) -> dict[str, bytes]:
-        """Serialise: {ca.crt, issuer.crt, issuer.key[, root.key][, jwt.key, jwks.json]} → bytes
-        (PEM, keys as PKCS#8; the JWK Set as stored)."""
+        """Serialise: {ca.crt, issuer.crt, issuer.key[, root.key | root.kms][, jwt.key, jwks.json]}
+        → bytes (PEM, keys as PKCS#8; a KMS root key as its reference, never key material; the JWK
+        Set as stored)."""
         items = {
             ANCHORS: self.anchors_pem,
             ISSUER_CHAIN: self.issuer_chain_pem,
             ISSUER_KEY: private_key_pem(self.issuer_key),
         }
-        if self.root_key is not None:
+        if self.root_key_uri is not None:
+            items[ROOT_KEY_REF] = self.root_key_uri.encode("ascii") + b"\n"
+        elif self.root_key is not None:
             items[ROOT_KEY] = private_key_pem(self.root_key)
         if self.jwt_key is not None and self.jwks is not None:
             items[JWT_KEY] = private_key_pem(self.jwt_key)
@@ -168,12 +193,15 @@ def generate_bundle(
     root_lifetime: timedelta = DEFAULT_CA_LIFETIME,
     issuer_lifetime: timedelta = DEFAULT_CA_LIFETIME,
     backdate: timedelta = DEFAULT_CLOCK_SKEW,
+    root_key: PrivateKey | None = None,
 ) -> TrustBundle:
     """A fresh root and issuer (design §4) for ``trust_domain``; the bundle keeps the root key.
 
-    ca_identity: the CA's SPIFFE ID (issuer subject O); now: aware UTC datetime.
+    ca_identity: the CA's SPIFFE ID (issuer subject O); now: aware UTC datetime; root_key: the
+    root's key when the caller supplies it (a KMS key, design §5.18), else one of ``algorithm``
+    is generated. The issuer key is always generated, of ``algorithm``.
     """
-    root_key = algorithm.generate()
+    root_key = root_key if root_key is not None else algorithm.generate()
     root = generate_root(trust_domain, root_key, now, lifetime=root_lifetime, backdate=backdate)
     issuer_key = algorithm.generate()
     issuer = generate_issuer(
@@ -213,11 +241,18 @@ def parse_public_bundle(items: Mapping[str, bytes], labels: Mapping[str, str] | 
     return public
 
 
-def parse_bundle(items: Mapping[str, bytes], labels: Mapping[str, str] | None = None) -> TrustBundle:
+def parse_bundle(
+    items: Mapping[str, bytes],
+    labels: Mapping[str, str] | None = None,
+    *,
+    open_key: KeyOpener | None = None,
+) -> TrustBundle:
     """Parse and structurally verify a whole bundle (design §5 load rules).
 
     items: logical name → bytes; ``ca.crt``, ``issuer.crt`` and ``issuer.key`` are required,
-    ``root.key`` optional, ``jwt.key`` and ``jwks.json`` optional but only together. Checks:
+    ``root.key`` or ``root.kms`` optional (not both), ``jwt.key`` and ``jwks.json`` optional but
+    only together. ``open_key`` opens a ``root.kms`` reference as a signing key (the adapter's;
+    it may raise Unavailable); without it the reference is kept and ``root_key`` is None. Checks:
     anchors self-signed CAs; issuer chain in order and verifying to an anchor; issuer key matches
     the issuer; root key (if any) matches an anchor; the JWK Set (if any) publishes the JWT key.
     Validity periods are not structural and are not checked here.
@@ -238,16 +273,44 @@ def parse_bundle(items: Mapping[str, bytes], labels: Mapping[str, str] | None = 
             f"does not match the public key of the issuer certificate in {label(ISSUER_CHAIN)}",
             item=label(ISSUER_KEY),
         )
-    root_key = None
+    root_key, root_key_uri = None, None
+    if ROOT_KEY in items and ROOT_KEY_REF in items:
+        raise BundleError(
+            f"is present with {label(ROOT_KEY)}: a root key is either held (root.key) or in KMS, not both",
+            item=label(ROOT_KEY_REF),
+        )
     if ROOT_KEY in items:
         root_key = _parse_key(items[ROOT_KEY], label(ROOT_KEY))
+    elif ROOT_KEY_REF in items:
+        root_key_uri = parse_key_ref(items[ROOT_KEY_REF], label(ROOT_KEY_REF))
+        root_key = open_key(root_key_uri) if open_key is not None else None
+    if root_key is not None:
         root_pub = public_key_der(root_key.public_key())
         if not any(public_key_der(a.public_key()) == root_pub for a in public.trust_anchors):
-            raise BundleError(f"does not match any trust anchor in {label(ANCHORS)}", item=label(ROOT_KEY))
+            item = label(ROOT_KEY if root_key_uri is None else ROOT_KEY_REF)
+            raise BundleError(f"does not match any trust anchor in {label(ANCHORS)}", item=item)
     jwt_key = _parse_jwt_key(items, public, label)
     return TrustBundle(
-        public.trust_anchors, public.issuer_chain, issuer_key, root_key, jwt_key=jwt_key, jwks=public.jwks
+        public.trust_anchors,
+        public.issuer_chain,
+        issuer_key,
+        root_key,
+        jwt_key=jwt_key,
+        jwks=public.jwks,
+        root_key_uri=root_key_uri,
     )
+
+
+def parse_key_ref(raw: bytes, item: str) -> str:
+    """A stored key reference (``root.kms``: one line, ``kms://...``); raises BundleError naming
+    ``item`` for anything else."""
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise BundleError("is not an ASCII key reference (kms://...)", item=item) from None
+    if not text.startswith("kms://") or len(text) <= len("kms://") or any(c.isspace() for c in text):
+        raise BundleError("is not a key reference: one line, kms://<key ARN>", item=item)
+    return text
 
 
 def _parse_jwt_key(

@@ -10,8 +10,9 @@ would stop trusting its peers, unless that root is *released*
 (:func:`ca_core.rotation.document.released_roots`: expired, pruned as the current rotation state
 scheduled, activated-and-pruned when its chain expired, or removed by a recorded emergency
 rotation), or the operator forces it. Likewise a replacement whose ``jwks.json`` leaves out a key
-the current one publishes is refused (JWT-SVIDs signed with it would stop verifying) unless forced:
-JWT key rotation, which will release such keys, is not there yet.
+the current one publishes is refused (JWT-SVIDs signed with it would stop verifying) unless that
+key is released (:func:`ca_core.rotation.document.released_jwt_keys`: the current rotation state
+retires it and its ``prune_after`` has passed) or the operator forces it.
 
 Where there is no bundle in force (a task starting, the config-change function), "current" is the
 store's **record of the last accepted bundle** (:func:`judge_against_record`): its public part,
@@ -32,7 +33,7 @@ from cryptography import x509
 from .bundle import JWKS, ROOT_KEY, PublicBundle, fingerprint, parse_public_bundle
 from .errors import BundleError
 from .keys import load_private_key, public_key_der
-from .rotation.document import public_items, released_roots
+from .rotation.document import public_items, released_jwt_keys, released_roots
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class Verdict:
     allowed: whether it may take effect. dropped_root: the current active root the replacement
     leaves out of its trust anchors (None when it keeps it or there is none); set also when the
     drop is allowed (released or forced). released: that root is released by the rotation rules.
-    dropped_jwt_keys: the kid of each key of the current ``jwks.json`` the replacement leaves out.
+    dropped_jwt_keys: the kid of each key of the current ``jwks.json`` the replacement leaves out
+    that the rotation rules do not release.
     """
 
     allowed: bool
@@ -66,7 +68,8 @@ def judge_replacement(
     ``force``: the operator's explicit override (``--force``). Pure."""
     from .jwt_svid import dropped_keys
 
-    dropped_kids = dropped_keys(current_items.get(JWKS), new_items.get(JWKS))
+    released_jwt = released_jwt_keys(current_items, now)
+    dropped_kids = dropped_keys(current_items.get(JWKS), new_items.get(JWKS), released_jwt)
     jwt_ok = force or not dropped_kids
     active_root = current.anchor_for(current.issuer_chain[-1])
     if active_root is None or active_root in new.trust_anchors:

@@ -175,11 +175,24 @@ def _key_members(entry: Mapping[str, Any]) -> tuple[tuple[str, Any], ...] | None
     return tuple((k, entry.get(k)) for k in required)
 
 
-def dropped_keys(current: bytes | None, new: bytes | None) -> tuple[str, ...]:
+def entry_thumbprint(entry: Mapping[str, Any]) -> str | None:
+    """The RFC 7638 SHA-256 thumbprint (hex) of a JWK Set entry's key, from its required
+    members; None for an entry of another key type or missing one of them."""
+    members = _key_members(entry)
+    if members is None or any(not isinstance(v, str) for _, v in members):
+        return None
+    canonical = json.dumps(dict(members), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def dropped_keys(
+    current: bytes | None, new: bytes | None, released: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
     """The ``kid`` of each key the JWK Set ``current`` publishes and ``new`` does not (keys are
     compared by their RFC 7638 members, not by kid): tokens signed with them would stop
-    verifying. An unreadable ``current`` judges nothing (it is a derived copy); an absent or
-    unreadable ``new`` publishes nothing."""
+    verifying. ``released``: thumbprints (hex, :func:`entry_thumbprint`) of keys the rotation
+    rules let go (design §5.4), not counted. An unreadable ``current`` judges nothing (it is a
+    derived copy); an absent or unreadable ``new`` publishes nothing."""
     if current is None:
         return ()
     try:
@@ -190,7 +203,11 @@ def dropped_keys(current: bytes | None, new: bytes | None) -> tuple[str, ...]:
         kept = {_key_members(e) for e in parse_jwks(new)} if new is not None else set()
     except BundleError:
         kept = set()
-    return tuple(str(e.get("kid", "?")) for e in old if _key_members(e) not in kept)
+    return tuple(
+        str(e.get("kid", "?"))
+        for e in old
+        if _key_members(e) not in kept and entry_thumbprint(e) not in released
+    )
 
 
 def key_ids(raw: bytes) -> tuple[str, ...]:
@@ -257,8 +274,8 @@ class IssuedJwts:
 
     @property
     def count(self) -> int:
-        """How many tokens the response carries."""
-        return 1 + len(self.per_audience)
+        """How many distinct tokens the response carries (a lone audience's token is ``jwt`` itself)."""
+        return len({self.jwt, *self.per_audience.values()})
 
 
 @dataclass(frozen=True)
@@ -351,9 +368,13 @@ class JwtIssuer:
         """The tokens of one response, as Dapr's Sentry 1.18 fills them: the audiences are the
         trust domain first, then ``requested`` (kept as sent); ``jwt`` names them all,
         ``per_audience`` has one token per distinct audience. An empty ``requested`` still gives
-        both (for the trust domain alone)."""
+        both (for the trust domain alone): then one token, the same in both fields, since its
+        claims would differ only in ``jti`` (one signature instead of two: RS256 costs ~0.3 ms)."""
         audiences = [trust_domain, *requested]
         every = self.claims(subject, audiences, now, not_after)
+        if len(audiences) == 1:
+            token = self._sign(every)
+            return IssuedJwts(token, {trust_domain: token}, (every["jti"],))
         singles = {aud: self.claims(subject, [aud], now, not_after) for aud in dict.fromkeys(audiences)}
         jtis = (every["jti"], *(c["jti"] for c in singles.values()))
         return IssuedJwts(self._sign(every), {aud: self._sign(c) for aud, c in singles.items()}, jtis)

@@ -7,7 +7,8 @@ Keys are written as PKCS#8 PEM and read as PKCS#8, SEC1 (``EC PRIVATE KEY``) or 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -18,6 +19,29 @@ if TYPE_CHECKING:
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+
+
+@runtime_checkable
+class RemoteKey(Protocol):
+    """A private key held outside the process (a KMS key, design §5.18): a ``cryptography``
+    private-key object whose ``sign`` asks the key's service, so ``CertificateBuilder.sign``
+    takes it like a local key. Its private half never exists here: it is stored by reference
+    (``key_uri``, e.g. ``kms://arn:aws:kms:...``), never as PEM."""
+
+    @property
+    def key_uri(self) -> str:
+        """The key's reference as stored in the bundle (``kms://<key ARN>``)."""
+        ...
+
+
+# What opens a stored key reference (``kms://...``) as a signing key object: the adapter's
+# (``adapters.kms.open_key``); the core receives it and never does the I/O itself.
+KeyOpener = Callable[[str], "PrivateKey"]
+
+
+def key_uri_of(key: object) -> str | None:
+    """The reference of a :class:`RemoteKey`, or None for a key held in memory."""
+    return key.key_uri if isinstance(key, RemoteKey) else None
 
 
 class KeyAlgorithm(enum.Enum):
@@ -90,8 +114,12 @@ def load_private_key(pem: bytes) -> PrivateKey:
 
 
 def private_key_pem(key: PrivateKey) -> bytes:
-    """``key`` as unencrypted PKCS#8 PEM (``PRIVATE KEY``)."""
+    """``key`` as unencrypted PKCS#8 PEM (``PRIVATE KEY``). Raises ValueError for a
+    :class:`RemoteKey` (its private half cannot leave its service)."""
     from cryptography.hazmat.primitives import serialization
+
+    if (uri := key_uri_of(key)) is not None:
+        raise ValueError(f"the key {uri} is held by its service and cannot be written as PEM")
 
     return key.private_bytes(
         serialization.Encoding.PEM,

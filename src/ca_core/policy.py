@@ -1,7 +1,7 @@
 """The CA's policies from its configuration, each decided once (design §10): issuance settings, the
 leaf bound a rotation must respect, whether an empty store may get a new CA, which token validators
-are enabled and which is the default, the INSECURE opt-in, and the rule for the CA's own TLS server
-certificate.
+are enabled and which is the default, and the INSECURE opt-in (the rule for the CA's own TLS server
+certificate is :mod:`.server_certificate`'s).
 
 Values in, values out: every entry point (the server, the CLI, the Lambda functions) asks here
 through ``handlers.composition``, which only wires.
@@ -12,28 +12,23 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from .bundle import certificates_pem
-from .certs import IpAddress, check_issuer_valid, sign_workload
 from .config import Config, JwksSettings
 from .config.aws_iam import AwsIamSettings
 from .durations import format_duration
-from .errors import BundleError, ConfigError, FailedPrecondition
-from .keys import private_key_pem
+from .errors import BundleError, ConfigError
 from .service import SigningPolicy
 from .spiffe_id import SpiffeId
-from .validators import Identity, TokenValidatorKind
+from .validators import TokenValidatorKind
 
 if TYPE_CHECKING:
     from .bundle import TrustBundle
     from .bundle_settings import BundleSettings
     from .jwt_svid import JwtIssuer
+    from .keys import KeyAlgorithm
     from .rotation.state import RotationPolicy
-    from .service import Signer
 
 log = logging.getLogger("sentryca")
 
@@ -125,7 +120,30 @@ def rotation_policy(cfg: Config) -> RotationPolicy:
         algorithm=cfg.ca_key_algorithm,
         root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
         issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
+        upstream=cfg.upstream_authority,
+        jwt_publish=jwt_publish_period(cfg),
+        jwt_retire=jwt_retire_period(cfg),
+        jwt_key_lifetime=cfg.jwt_key_ttl or None,
+        jwt_key_id_fixed=cfg.jwt_key_id is not None,
     )
+
+
+def jwt_publish_period(cfg: Config) -> timedelta:
+    """How long a new JWT key is published before it signs (design §5.17): the longest a
+    verifier caches a JWK Set (the OIDC server's ``max-age``), plus :func:`stale_signing_bound`
+    (a CA serves the JWK Set of the bundle in force until it notices the change), plus the
+    longest federation takes to publish a change (its re-check after a failure)."""
+    from .oidc import MAX_AGE_SECONDS
+    from .rotation.state import FEDERATION_DELAY
+
+    return timedelta(seconds=MAX_AGE_SECONDS) + stale_signing_bound(cfg) + FEDERATION_DELAY
+
+
+def jwt_retire_period(cfg: Config) -> timedelta:
+    """How long a former JWT key stays published after its successor began to sign (design
+    §5.17): :func:`stale_signing_bound` (a CA signs with it until it notices), plus ``--jwt-ttl``
+    (its last tokens' lifetime), plus ``--allowed-clock-skew`` (a verifier's leeway on ``exp``)."""
+    return stale_signing_bound(cfg) + cfg.jwt_ttl + cfg.allowed_clock_skew
 
 
 def lifetime_warnings(cfg: Config, settings: BundleSettings | None = None) -> list[str]:
@@ -258,10 +276,19 @@ def bundle_rotation_policy(cfg: Config, settings: BundleSettings) -> RotationPol
         base,
         trust_domain=settings.trust_domain or base.trust_domain,
         ca_identity=settings.ca_identity or base.ca_identity,
-        algorithm=settings.prepared_algorithm or settings.root_algorithm or base.algorithm,
+        algorithm=_bundle_algorithm(cfg, settings) or base.algorithm,
         root_lifetime=kept.root,
         issuer_lifetime=kept.issuer,
     )
+
+
+def _bundle_algorithm(cfg: Config, settings: BundleSettings) -> KeyAlgorithm | None:
+    """The key algorithm of what the bundle's rotations generate: a prepared root's, else the
+    active root's; with an upstream authority (design §5.16, its root is not the CA's to
+    generate) the issuer's."""
+    if cfg.upstream_authority is not None:
+        return settings.issuer_algorithm
+    return settings.prepared_algorithm or settings.root_algorithm
 
 
 # --- token validators -------------------------------------------------------------------------
@@ -326,7 +353,7 @@ def select_validators(cfg: Config) -> ValidatorChoice:
         default = TokenValidatorKind.INSECURE
     if cfg.jwks is not None:
         enabled.append(TokenValidatorKind.JWKS)
-    if cfg.aws_iam is not None:  # design §6.5: never a default, requests name it
+    if cfg.aws_iam is not None:  # design §6.6: never a default, requests name it
         enabled.append(TokenValidatorKind.AWS_IAM)
     return ValidatorChoice(tuple(enabled), default)
 
@@ -360,72 +387,3 @@ class ValidatorSettings:
             loopback_only=listens_on_loopback_only(cfg),
             allow_insecure_on_network=cfg.allow_insecure_on_network,
         )
-
-
-# --- the CA's own TLS server certificate ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServerCertificate:
-    """The CA's own TLS certificate: chain PEM (leaf first), key PEM (PKCS#8), NotAfter, when to
-    renew (half its life), and who signed it (``"issuer"`` or ``"root"``)."""
-
-    chain_pem: bytes
-    key_pem: bytes
-    not_after: datetime
-    renew_at: datetime
-    signed_by: str
-
-
-def server_sans(cfg: Config) -> tuple[tuple[str, ...], tuple[IpAddress, ...]]:
-    """DNS and IP SANs of the server certificate (design §9.1): localhost, 127.0.0.1, ::1, a
-    specific listen address, and the names the CA is reached by (``--server-names``)."""
-    dns = ["localhost"]
-    ips: list[IpAddress] = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
-    for name in (cfg.listen_address, *cfg.server_names):
-        addr = name.strip("[]")
-        try:
-            ip = ipaddress.ip_address(addr)
-            if not ip.is_unspecified and ip not in ips:
-                ips.append(ip)
-        except ValueError:
-            if addr and addr not in dns:
-                dns.append(addr)
-    return tuple(dns), tuple(ips)
-
-
-def issue_server_certificate(signer: Signer, cfg: Config, now: datetime) -> ServerCertificate:
-    """Issue the CA's TLS certificate for its own SPIFFE ID (design §9.1) with a fresh P-256 key,
-    valid for the workload TTL.
-
-    Signed by the issuer; when the issuer is not valid now but the root key is at hand, signed
-    directly by the root, so clients can still reach the CA and be told FAILED_PRECONDITION.
-    Raises FailedPrecondition when neither can sign.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    dns, ips = server_sans(cfg)
-    identity = Identity(signer.policy.ca_identity)
-    ttl = cfg.workload_cert_ttl
-    bundle = signer.bundle
-    try:
-        signed = signer.issue(key.public_key(), identity, now, ttl=ttl, dns_names=dns, ip_addresses=ips)
-        chain_pem, not_after, by = signed.chain_pem, signed.not_after, "issuer"
-    except FailedPrecondition:
-        root = bundle.anchor_for(bundle.issuer_chain[-1])
-        if bundle.root_key is None or root is None:
-            raise
-        check_issuer_valid(root, now)
-        cert = sign_workload(
-            root,
-            bundle.root_key,
-            key.public_key(),
-            identity.spiffe_id,
-            now,
-            ttl=ttl,
-            clock_skew=cfg.allowed_clock_skew,
-            dns_names=dns,
-            ip_addresses=ips,
-        )
-        chain_pem, not_after, by = certificates_pem([cert]), cert.not_valid_after_utc, "root"
-    renew_at = now + (not_after - now) / 2
-    return ServerCertificate(chain_pem, private_key_pem(key), not_after, renew_at, by)

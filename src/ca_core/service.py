@@ -53,7 +53,7 @@ class SignedCertificate:
     spiffe_id: SpiffeId
     validator: str = ""
     jwts: IssuedJwts | None = None
-    rule: str = ""  # the validator's mapping rule that matched (design §6.5), "" without rules
+    rule: str = ""  # the validator's rule that proved the identity (a JWKS issuer rule), or ""
 
 
 @dataclass(frozen=True)

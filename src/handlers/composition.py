@@ -31,6 +31,7 @@ from ca_core.errors import BundleError
 
 if TYPE_CHECKING:
     from ca_core.service import Signer
+    from ca_core.spiffe_id import SpiffeId
     from ca_core.validators import TokenValidatorKind, Validator
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,27 @@ def build_validators(cfg: Config) -> tuple[dict[TokenValidatorKind, Validator], 
             from adapters.jwks_source import JwksCache
             from ca_core.validators.jwks import JwksValidator
 
-            keys = JwksCache.from_settings(cfg.jwks, clock=time.monotonic)
-            validators[kind] = JwksValidator(keys, ca_identity)
+            if cfg.jwks.issuers:
+                from ca_core.claim_mapping import Template
+                from ca_core.validators.oidc_issuers import IssuerRule, IssuersValidator
+
+                rules = [
+                    IssuerRule(
+                        r.name,
+                        r.issuer,
+                        JwksCache.for_issuer(r, clock=time.monotonic),
+                        r.audiences,
+                        r.claims,
+                        Template.parse(r.namespace, "namespace") if r.namespace else None,
+                        Template.parse(r.app_id, "appId") if r.app_id else None,
+                        r.trust_domain,
+                    )
+                    for r in cfg.jwks.issuers
+                ]
+                validators[kind] = IssuersValidator(rules, ca_identity)
+            else:
+                keys = JwksCache.from_settings(cfg.jwks, clock=time.monotonic)
+                validators[kind] = JwksValidator(keys, ca_identity)
         elif kind is TokenValidatorKind.AWS_IAM and cfg.aws_iam is not None:
             from datetime import UTC
 
@@ -162,24 +182,45 @@ def load_bundle(
             held.append(verdict.message)
 
     def generate() -> TrustBundle:
-        if not held:
+        if cfg.upstream_authority is not None:
+            bundle = upstream_first_bundle(cfg, cfg.upstream_authority, ca_identity, now)
             log.info(
-                "no trust bundle in %s, and no sign that it ever held one: generating a new root and "
-                "issuer (%s; lifetimes %s and %s)%s",
+                "no trust bundle in %s: %s signed a new issuer (%s, valid until %s) under its root %s; "
+                "no root key is held",
                 store.description,
-                cfg.ca_key_algorithm.value,
-                format_duration(cfg.root_ttl or DEFAULT_CA_LIFETIME),
-                format_duration(cfg.issuer_ttl or DEFAULT_CA_LIFETIME),
-                "" if by_operator else "; --bootstrap-policy never would refuse this",
+                cfg.upstream_authority,
+                bundle.issuer.subject.rfc4514_string(),
+                bundle.issuer.not_valid_after_utc.isoformat(),
+                bundle.trust_anchors[0].subject.rfc4514_string(),
             )
-        bundle = generate_bundle(
-            cfg.trust_domain,
-            ca_identity,
-            now,
-            algorithm=cfg.ca_key_algorithm,
-            root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
-            issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
-        )
+        else:
+            if not held:
+                log.info(
+                    "no trust bundle in %s, and no sign that it ever held one: generating a new root and "
+                    "issuer (%s; lifetimes %s and %s)%s",
+                    store.description,
+                    cfg.ca_key_algorithm.value,
+                    format_duration(cfg.root_ttl or DEFAULT_CA_LIFETIME),
+                    format_duration(cfg.issuer_ttl or DEFAULT_CA_LIFETIME),
+                    "" if by_operator else "; --bootstrap-policy never would refuse this",
+                )
+            root_key = None
+            if cfg.root_key:  # opened (and so checked) before anything is written
+                from adapters.kms import open_key
+
+                root_key = open_key(cfg.root_key, require_enabled=True)
+                log.info(
+                    "the new root's key is %s (%s): KMS signs the root", root_key.key_uri, root_key.key_spec
+                )
+            bundle = generate_bundle(
+                cfg.trust_domain,
+                ca_identity,
+                now,
+                algorithm=cfg.ca_key_algorithm,
+                root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
+                issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
+                root_key=root_key,
+            )
         if cfg.jwt_enabled:
             from ca_core.jwt_svid import new_jwt_items
 
@@ -190,6 +231,28 @@ def load_bundle(
     if publish and not created:
         store.publish_public(stored)
     return LoadedBundle(bundle, stored.version, created, stored)
+
+
+def upstream_first_bundle(cfg: Config, upstream: str, ca_identity: SpiffeId, now: datetime) -> TrustBundle:
+    """A first bundle signed by ``upstream`` (``--upstream-authority``, design §5.16): a local issuer key of
+    ``--ca-key-algorithm``, its certificate issued by AWS Private CA for ``--issuer-ttl`` (unset:
+    one year, cut to the Private CA's NotAfter), the Private CA's root as the trust anchor, no root
+    key. Raises the adapter's errors (``adapters.acm_pca``: Unavailable while throttled or still
+    pending after its bounded retries, PermissionDenied, CAError) or BundleError when the answer
+    fails :func:`ca_core.upstream.accept_issued`."""
+    from adapters.acm_pca import AcmPcaAuthority
+    from ca_core.certs import DEFAULT_CA_LIFETIME
+    from ca_core.upstream import issuer_request, upstream_bundle
+
+    request = issuer_request(
+        ca_identity,
+        cfg.ca_key_algorithm,
+        now,
+        lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
+        backdate=cfg.allowed_clock_skew,
+    )
+    certificate, chain = AcmPcaAuthority(upstream).issue_issuer(request)
+    return upstream_bundle(request, certificate, chain, now)
 
 
 def ensure_jwt_key(cfg: Config, store: BundleStore, loaded: LoadedBundle, now: datetime) -> LoadedBundle:

@@ -41,6 +41,7 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from adapters.kms import open_key as open_kms_key
 from adapters.stores import parse_stored
 from ca_core.bundle import parse_bundle
 from ca_core.config import read_config_file
@@ -218,8 +219,8 @@ def _validate_bundle(store: Any, stored: Any) -> None:
     Unavailable."""
     if stored is None:
         raise BundleError(f"{store.description} holds no trust bundle any more")
-    new = parse_bundle(stored.items, store.labels())
-    parse_state(stored.items, new, store.labels())
+    new = parse_bundle(stored.items, store.labels(), open_key=open_kms_key)
+    parse_state(stored.items, new, store.labels(), open_key=open_kms_key)
     try:
         record = store.load_accepted()
     except BundleError as e:
@@ -239,7 +240,7 @@ def _validate_bundle(store: Any, stored: Any) -> None:
         )
         return
     try:
-        old = parse_bundle(previous.items, store.labels())
+        old = parse_bundle(previous.items, store.labels(), open_key=open_kms_key)
     except CAError as e:
         logger.warning(
             "the previous bundle version in %s is unusable (%s); continuity not checked", store.description, e

@@ -268,7 +268,7 @@ class CAServicer:
         result = outcome
         self._metrics.sign_success.inc()
         if result.rule:
-            self._metrics.rule_matched.labels(validator=result.validator, rule=result.rule).inc()
+            self._metrics.rule_matches.labels(validator=result.validator, rule=result.rule).inc()
         audit_issued(result, call_id=call_id, peer=context.peer())
         response = sentry_pb2.SignCertificateResponse(
             workload_certificate=result.chain_pem,
@@ -357,9 +357,9 @@ class CAServicer:
 
 def audit_issued(result: SignedCertificate, *, call_id: str | None, peer: str | None) -> None:
     """One audit record (logger ``sentryca.audit``) for an issued certificate: event, serial (hex),
-    spiffe_id, validator, peer address, not_after (ISO 8601 UTC), call_id, and with JWT-SVIDs
-    jwt_ids (the ``jti`` of each token, comma-separated, ``jwt``'s first), and ``rule`` when the
-    validator's mapping rule gave the identity. Never the CSR, a token or a signed header."""
+    spiffe_id, validator (and validator_rule: the JWKS issuer rule that matched), peer address,
+    not_after (ISO 8601 UTC), call_id, and with JWT-SVIDs jwt_ids (the ``jti`` of each token,
+    comma-separated, ``jwt``'s first). Never the CSR, a token or a signed header."""
     if not audit_log.isEnabledFor(logging.INFO):
         return
     audit_log.info(
@@ -372,10 +372,10 @@ def audit_issued(result: SignedCertificate, *, call_id: str | None, peer: str | 
             "serial": f"{result.certificate.serial_number:x}",
             "spiffe_id": str(result.spiffe_id),
             "validator": result.validator or "self",
+            **({"validator_rule": result.rule} if result.rule else {}),
             "peer": peer,
             "not_after": result.not_after.isoformat(),
             "call_id": call_id,
             **({"jwt_ids": ",".join(result.jwts.jtis)} if result.jwts is not None else {}),
-            **({"rule": result.rule} if result.rule else {}),
         },
     )

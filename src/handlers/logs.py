@@ -51,8 +51,9 @@ def setup_logging(level: str = "info", as_json: bool = False) -> None:
 
 def audit_rotation(step: Step, store: str) -> None:
     """One audit record (logger ``sentryca.audit``) for a rotation step: event ``rotation_step``,
-    kind (root | issuer), step (prepare | activate | prune | rotate | emergency), trigger
-    (manual | auto), store, and the step's fingerprints, serials and times."""
+    kind (root | issuer | jwt), step (prepare | activate | prune | rotate | emergency | bound |
+    record), trigger (manual | auto), store, and the step's fingerprints, serials, key ids and
+    times."""
     audit_log.info(
         "rotation_step: %s %s (%s) in %s",
         step.kind,

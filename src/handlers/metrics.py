@@ -60,17 +60,16 @@ class Metrics:
             "JWT-SVIDs signed into answers (every token of jwt and per_audience_jwts)",
             registry=r,
         )
+        self.rule_matches = Counter(
+            "sentryca_validator_rule_matches",
+            "Certificates signed, by validator and the rule that proved the identity (JWKS issuer rules)",
+            ["validator", "rule"],
+            registry=r,
+        )
         self.sign_failure = Counter(
             "dapr_sentry_cert_sign_failure",
             "Failed signing requests, by coarse category and fine-grained reason",
             ["category", "reason"],
-            registry=r,
-        )
-        self.rule_matched = Counter(
-            "sentryca_validator_rule_matched",
-            "Certificates issued through a validator's configured mapping rule, by validator and rule "
-            "(the rule names come from the configuration)",
-            ["validator", "rule"],
             registry=r,
         )
         self.sign_latency = Histogram(
@@ -115,8 +114,8 @@ class Metrics:
         )
         self.rotation_steps = Counter(
             "sentryca_rotation_steps",
-            "Rotation steps this CA wrote, by kind (root, issuer) and step (prepare, activate, "
-            "prune, rotate, emergency)",
+            "Rotation steps this CA wrote, by kind (root, issuer, jwt) and step (prepare, activate, "
+            "prune, rotate, emergency, bound, record)",
             ["kind", "step"],
             registry=r,
         )

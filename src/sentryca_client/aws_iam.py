@@ -1,4 +1,4 @@
-"""The client's side of the AWS IAM validator (design §6.5): sign a GetCallerIdentity request
+"""The client's side of the AWS IAM validator (design §6.6): sign a GetCallerIdentity request
 for one CSR key and one CA with botocore's SigV4 signer, as the token of a SignCertificate call.
 
 From Python (e.g. a Lambda function's init phase)::

@@ -6,6 +6,7 @@ The CA server is authenticated with TLS against the trust anchors the caller hol
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -48,9 +49,11 @@ def sign(
     trust_domain: str = "",
     token: str = "",
     token_validator: int = 0,
+    jwt_audiences: Sequence[str] = (),
     timeout: float = 30.0,
 ) -> sentry_pb2.SignCertificateResponse:
-    """Call SignCertificate; raises grpc.RpcError with the CA's status and message."""
+    """Call SignCertificate (``jwt_audiences``: field 7, the JWT-SVIDs' audiences; ``timeout``
+    in seconds); raises grpc.RpcError with the CA's status and message."""
     stub = sentry_pb2_grpc.CAStub(chan)
     req = sentry_pb2.SignCertificateRequest(
         id=app_id,
@@ -59,6 +62,7 @@ def sign(
         namespace=namespace,
         certificate_signing_request=csr_pem,
         token_validator=token_validator,  # type: ignore[arg-type]
+        jwt_audiences=list(jwt_audiences),
     )
     return stub.SignCertificate(req, timeout=timeout)
 

@@ -1,4 +1,4 @@
-"""The AWS IAM validator (design §6.5) over real HTTP: proofs signed by botocore's SigV4 signer
+"""The AWS IAM validator (design §6.6) over real HTTP: proofs signed by botocore's SigV4 signer
 (the client library's ``aws_iam_token``), sent by the CA's StsClient to a loopback STS double that
 checks the signature with the known secret key, and to moto server's STS with AssumeRole
 credentials. Every refusal has its status class and reason; hostile proofs never escape as an

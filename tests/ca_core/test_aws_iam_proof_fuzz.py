@@ -1,4 +1,4 @@
-"""Hostile AWS IAM proofs (design §6.5): whatever the token holds — JSON of any shape, headers of
+"""Hostile AWS IAM proofs (design §6.6): whatever the token holds — JSON of any shape, headers of
 any name, type and value, non-UTF-8 bytes, damaged real proofs — ``parse_proof`` returns a proof or
 refuses it as PermissionDenied, never another exception (which the server would answer INTERNAL)."""
 

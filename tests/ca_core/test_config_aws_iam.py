@@ -1,4 +1,4 @@
-"""The aws-iam entry of ``tokenValidators`` (design §6.5, §7.3): mapped names checked at start,
+"""The aws-iam entry of ``tokenValidators`` (design §6.6, §7.3): mapped names checked at start,
 accounts, endpoint and options; the validator's selection and wire number."""
 
 from __future__ import annotations

@@ -145,6 +145,9 @@ def test_issue_fills_jwt_and_per_audience_as_dapr_1_18():
     assert parts(none.jwt)[1]["aud"] == ["example.org"]
     assert list(none.per_audience) == ["example.org"]
     assert parts(none.per_audience["example.org"])[1]["aud"] == ["example.org"]
+    # one audience: one token in both fields (the claims would differ only in jti)
+    assert none.per_audience["example.org"] == none.jwt and none.count == 1
+    assert none.jtis == (parts(none.jwt)[1]["jti"],)
 
     some = issuer.issue(SUBJECT, "example.org", ["aws", "azure", "aws"], NOW)
     assert parts(some.jwt)[1]["aud"] == ["example.org", "aws", "azure", "aws"]  # as sent, trust domain first
@@ -152,7 +155,7 @@ def test_issue_fills_jwt_and_per_audience_as_dapr_1_18():
     for aud, token in some.per_audience.items():
         assert parts(token)[1]["aud"] == [aud]
     jtis = {parts(t)[1]["jti"] for t in (some.jwt, *some.per_audience.values())}
-    assert len(jtis) == 4  # every token its own jti
+    assert len(jtis) == 4 and some.count == 4  # every token its own jti
 
 
 def test_exp_never_passes_the_certificate_and_iss_when_configured():

@@ -1,5 +1,5 @@
 """``sentryca request --aws-iam`` against a running ``sentryca serve`` whose aws-iam validator sends
-proofs to a loopback STS double (design §6.5): the CLI signs from the default credential chain (the
+proofs to a loopback STS double (design §6.6): the CLI signs from the default credential chain (the
 environment here) with the CA's SPIFFE ID read from its TLS certificate; the CA maps the role and
 issues; the certificate verifies with OpenSSL; metrics and audit name the rule; the log never holds
 the proof, its signature or the secret."""
@@ -113,7 +113,7 @@ def test_request_aws_iam_against_a_running_ca(tmp_path):
                 assert code is grpc.StatusCode.PERMISSION_DENIED, token[:20]
             assert len(sts.requests) == 2  # none of them reached STS
             metrics = ca.metrics()
-            assert 'sentryca_validator_rule_matched_total{rule="orders",validator="aws_iam"} 1.0' in metrics
+            assert 'sentryca_validator_rule_matches_total{rule="orders",validator="aws_iam"} 1.0' in metrics
             assert 'reason="app_id_mismatch"' in metrics
         finally:
             log = ca.stop()

@@ -50,6 +50,7 @@ CASES = {
     "signer_fields": 2500,
     "signer_csr_bytes": 2500,
     "signer_jwks_tokens": 1200,
+    "signer_issuer_rule_tokens": 600,
     "kubernetes_pod_claim": 1000,
     "grpc_fields": 1200,
     "grpc_raw_messages": 800,
@@ -360,6 +361,48 @@ def jwks_signer(tmp_path_factory):
     from datetime import UTC, datetime
 
     return Signer(make_bundle(datetime.now(UTC)), policy, {TokenValidatorKind.JWKS: validator})
+
+
+@fuzz_settings("signer_issuer_rule_tokens")
+@given(token=hostile_token())
+def test_signer_issuer_rule_tokens(issuer_rule_signer, token):
+    """The same tokens through a JWKS issuer rule (design §6.5) whose iss they carry, mapping
+    namespace and app id from claims of any shape."""
+    request = SignRequest("orders", "prod", GOOD_CSR, token=token, token_validator=JWKS)
+    defined_outcome(issuer_rule_signer, request)
+
+
+@pytest.fixture(scope="module")
+def issuer_rule_signer():
+    from datetime import UTC, datetime
+
+    from ca_core.config import load_config
+    from ca_core.service import Signer, SigningPolicy
+    from ca_core.validators import TokenValidatorKind
+    from handlers.composition import build_validators
+
+    from support.pki import make_bundle
+
+    text = f"""
+spec:
+  mtls:
+    tokenValidators:
+      - name: jwks
+        options:
+          issuers:
+            - name: fuzz
+              issuer: https://issuer.test
+              source: '{json.dumps(jwks(SIGNER))}'
+              audiences: ["{AUD}"]
+              namespace: "ns-{{/kubernetes.io/namespace}}"
+              appId: "{{/kubernetes.io/serviceaccount/name}}"
+"""
+    cfg = load_config({"config": "c.yaml", "mode": "standalone"}, {}, {"c.yaml": text}.__getitem__)
+    validators, _ = build_validators(cfg)
+    policy = SigningPolicy()
+    return Signer(
+        make_bundle(datetime.now(UTC)), policy, {TokenValidatorKind.JWKS: validators[TokenValidatorKind.JWKS]}
+    )
 
 
 @fuzz_settings("kubernetes_pod_claim")

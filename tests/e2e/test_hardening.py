@@ -321,7 +321,7 @@ def test_server_names_are_added_to_the_cas_tls_certificate(store_dir):
 
     from cryptography import x509
 
-    from ca_core.policy import server_sans
+    from ca_core.server_certificate import server_sans
 
     cfg = load_config({"server_names": "CA.internal.example, 10.0.0.7", "listen_address": "127.0.0.1"}, {})
     dns, ips = server_sans(cfg)

@@ -29,6 +29,13 @@ STORES = {"s3": SRC / "adapters/stores/s3.py", "secretsmanager": SRC / "adapters
 # The OIDC documents' publisher (--oidc-federation-bucket, template condition MakeOidcFederation):
 # its ``self.client`` is an S3 client; the task runs it when the template turns federation on.
 FEDERATION = SRC / "adapters/oidc_federation.py"
+# The upstream authority's adapter (--upstream-authority, template condition UseUpstream): its calls
+# go through ``self._call("<Operation>", ...)`` (bounded retries), to an acm-pca client.
+UPSTREAM = SRC / "adapters/acm_pca.py"
+# The root key in KMS (template condition UseKmsRoot): ``client``/``self._client`` in the adapter
+# are KMS clients. Opening a key (open_key) is what parsing a KMS-rooted bundle needs; signing
+# (KmsKey._kms_sign) what a principal that rotates (imports ca_core.rotation) needs too.
+KMS = SRC / "adapters/kms.py"
 # IAM names that differ from the API's
 RENAMED = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectVersions": "s3:ListBucketVersions"}
 # Granted without an API call of its own: without s3:ListBucket, S3 answers GetObject of a missing
@@ -47,6 +54,11 @@ def _client_service(node: ast.expr, module_service: str | None) -> str | None:
     """The service of the client ``node`` names: ``self.client`` in a store adapter, or
     ``aws.client("svc")``."""
     if isinstance(node, ast.Attribute) and node.attr == "client" and module_service:
+        return module_service
+    if module_service == "kms" and (
+        (isinstance(node, ast.Name) and node.id == "client")
+        or (isinstance(node, ast.Attribute) and node.attr == "_client")
+    ):
         return module_service
     if (
         isinstance(node, ast.Call)
@@ -178,20 +190,51 @@ def imports(paths: list[Path], module: str) -> bool:
     )
 
 
-def needed(principal: str, store_kind: str, federation: bool = False) -> set[str]:
-    names, direct = uses(PRINCIPALS[principal])
-    if federation and imports(PRINCIPALS[principal], "adapters.oidc_federation"):
+def upstream_calls() -> set[str]:
+    """The IAM actions of the upstream adapter's ``self._call("<Operation>", ...)`` calls."""
+    return {
+        f"acm-pca:{node.args[0].value}"
+        for node in ast.walk(ast.parse(UPSTREAM.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "_call"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+
+
+def kms_calls(function: str) -> set[str]:
+    """The IAM actions of the KMS calls in ``function`` (a function or method of adapters/kms.py)."""
+    for node in ast.walk(ast.parse(KMS.read_text())):
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return sdk_calls(node, "kms")
+    raise AssertionError(f"no {function} in {KMS}")
+
+
+def needed(
+    principal: str, store_kind: str, federation: bool = False, upstream: bool = False, kms: bool = False
+) -> set[str]:
+    paths = PRINCIPALS[principal]
+    names, direct = uses(paths)
+    if federation and imports(paths, "adapters.oidc_federation"):
         direct |= sdk_calls(ast.parse(FEDERATION.read_text()), "s3")
+    if upstream and imports(paths, "adapters.acm_pca"):
+        direct |= upstream_calls()
+    if kms and imports(paths, "adapters.kms"):
+        direct |= kms_calls("open_key")
+        if imports(paths, "ca_core.rotation"):
+            direct |= kms_calls("_kms_sign")
     return direct | Store.read(store_kind).needs(names)
 
 
+@pytest.mark.parametrize("kms", [False, True], ids=["", "kms-root"])
 @pytest.mark.parametrize("federation", [False, True], ids=["", "oidc-federation"])
 @pytest.mark.parametrize("store_kind", sorted(STORES))
 @pytest.mark.parametrize("principal", sorted(PRINCIPALS))
-def test_each_policy_allows_exactly_the_calls_of_the_code_it_runs(principal, store_kind, federation):
-    conditions = {"UseS3": store_kind == "s3", "MakeOidcFederation": federation}
+def test_each_policy_allows_exactly_the_calls_of_the_code_it_runs(principal, store_kind, federation, kms):
+    conditions = {"UseS3": store_kind == "s3", "MakeOidcFederation": federation, "UseKmsRoot": kms}
     allowed = granted(statements(principal, conditions), conditions)
-    need = needed(principal, store_kind, federation)
+    need = needed(principal, store_kind, federation, kms)
     assert need, f"{principal} makes no AWS call?"
     assert need <= allowed, f"{principal} with a {store_kind} store is denied {sorted(need - allowed)}"
     assert allowed - need <= NO_CALL_NEEDED, f"{principal} may call more than it does: {allowed - need}"
@@ -213,10 +256,43 @@ def test_the_scan_sees_the_calls_it_must():
     # the publisher of the OIDC documents reads and writes S3, also beside a Secrets Manager store
     assert {"s3:GetObject", "s3:PutObject"} <= needed("TaskRole", "secretsmanager", federation=True)
     assert not any(a.startswith("s3:") for a in needed("TaskRole", "secretsmanager"))
+    # a KMS root: the task opens and signs; the config-change function only opens; expiry neither
+    kms_open, kms_sign = {"kms:DescribeKey", "kms:GetPublicKey"}, {"kms:Sign"}
+    assert kms_open | kms_sign <= needed("TaskRole", "s3", kms=True)
+    assert kms_open <= needed("ConfigChangeFunction", "s3", kms=True)
+    assert not kms_sign & needed("ConfigChangeFunction", "s3", kms=True)
+    assert not any(a.startswith("kms:") for a in needed("ExpiryCheckFunction", "s3", kms=True))
+
+
+@pytest.mark.parametrize("store_kind", sorted(STORES))
+def test_with_an_upstream_the_task_may_call_private_ca_on_that_ca_only(store_kind):
+    conditions = {"UseS3": store_kind == "s3", "MakeOidcFederation": False, "UseUpstream": True}
+    allowed = granted(statements("TaskRole", conditions), conditions)
+    need = needed("TaskRole", store_kind, upstream=True)
+    assert need - needed("TaskRole", store_kind) == {
+        "acm-pca:IssueCertificate",
+        "acm-pca:GetCertificate",
+        "acm-pca:GetCertificateAuthorityCertificate",
+    }
+    assert need <= allowed and allowed - need <= NO_CALL_NEEDED
+    (policy,) = [
+        p["Fn::If"][1]
+        for p in RESOURCES["TaskRole"]["Properties"]["Policies"]
+        if "Fn::If" in p and p["Fn::If"][0] == "UseUpstream"
+    ]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Resource"] == {"Ref": "UpstreamCaArn"}  # the one CA, no wildcard
+    # the functions never call it
+    for principal in ("ExpiryCheckFunction", "ConfigChangeFunction"):
+        assert not any(a.startswith("acm-pca:") for a in needed(principal, store_kind, upstream=True))
 
 
 def test_the_federation_policy_writes_only_the_two_documents_of_its_own_bucket():
-    (policy,) = [p["Fn::If"] for p in RESOURCES["TaskRole"]["Properties"]["Policies"] if "Fn::If" in p]
+    (policy,) = [
+        p["Fn::If"]
+        for p in RESOURCES["TaskRole"]["Properties"]["Policies"]
+        if "Fn::If" in p and p["Fn::If"][0] == "MakeOidcFederation"
+    ]
     name, yes, no = policy
     assert (name, no) == ("MakeOidcFederation", {"Ref": "AWS::NoValue"})
     documents, listing = yes["PolicyDocument"]["Statement"]
@@ -256,5 +332,5 @@ def test_writes_are_only_on_the_bundle_and_its_public_part():
     # and no policy grants a wildcard action
     for principal in PRINCIPALS:
         for conditions in ({"UseS3": True}, {"UseS3": False}):
-            conditions["MakeOidcFederation"] = True
+            conditions["MakeOidcFederation"] = conditions["UseKmsRoot"] = True
             assert not any(re.search(r"\*", a) for a in granted(statements(principal), conditions))

@@ -52,12 +52,21 @@ MARK = re.compile(
     r"\n```sh\n(.*?)```",
     re.S,
 )
-DEFAULT_PORTS = {"50001": "port", "8080": "healthz", "9090": "metrics", "5000": "moto"}
-PORT = re.compile(r"(?<!\d)(50001|8080|9090|5000)(?!\d)")
+# the second CA's (request-jwt), picked free too
+DEFAULT_PORTS = {
+    "50001": "port",
+    "8080": "healthz",
+    "9090": "metrics",
+    "5000": "moto",
+    "50002": "port2",
+    "8082": "healthz2",
+    "9092": "metrics2",
+}
+PORT = re.compile(r"(?<!\d)(50001|8080|9090|5000|50002|8082|9092)(?!\d)")
 # `localhost` before one of those ports: the ports are picked free on 127.0.0.1, where the CA and
 # moto listen, while localhost may resolve to ::1 first, where another process may hold the same
 # port number
-LOCALHOST = re.compile(r'localhost(?=(?::|", )(?:50001|8080|9090|5000)(?!\d))')
+LOCALHOST = re.compile(r'localhost(?=(?::|", )(?:50001|8080|9090|5000|50002|8082|9092)(?!\d))')
 # the images `make image` tags (IMAGE ?= sentryca), and what a docker block tags instead
 IMAGE_TAG = re.compile(r"(?<![\w/.-])sentryca:(server|lambda)\b")
 TEST_IMAGE = "sentryca-readme"
@@ -90,11 +99,13 @@ def block(name: str) -> Block:
 
 
 def test_the_port_replacement_reaches_every_address_of_the_blocks():
-    co = Checkout(Path("."), {}, ports={"port": 1, "healthz": 2, "metrics": 3, "moto": 4})
+    ports = {"port": 1, "healthz": 2, "metrics": 3, "moto": 4, "port2": 5, "healthz2": 6, "metrics2": 7}
+    co = Checkout(Path("."), {}, ports=ports)
     text = "\n".join(co.text(b) for b in blocks())
-    assert not re.search(r"(?<!\d)(50001|8080|9090|5000)(?!\d)|localhost[:\"]", text)
+    assert not re.search(r"(?<!\d)(50001|8080|9090|5000|50002|8082|9092)(?!\d)|localhost[:\"]", text)
     assert "--server 127.0.0.1:1 " in text and "http://127.0.0.1:2/healthz" in text
     assert '("127.0.0.1", 1)' in text and "-p 4" in text
+    assert "--port 5 --healthz-port 6 --metrics-port 7" in text and "--server 127.0.0.1:5 " in text
 
 
 def test_every_shell_block_of_the_readme_is_marked():
@@ -332,6 +343,10 @@ def checkout(tmp_path_factory) -> Iterator[Checkout]:
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
     co = Checkout(root, env)
+    for name in ("port2", "healthz2", "metrics2"):  # the second CA's, as moto's are picked
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            co.ports[name] = s.getsockname()[1]
     free_ports = {"SENTRY_PORT": "0", "SENTRY_HEALTHZ_PORT": "0", "SENTRY_METRICS_PORT": "0"}
     ca = co.start(block("make-run"), free_ports | {"SENTRY_MODE": "standalone"})
     lines: list[str] = []
@@ -344,7 +359,7 @@ def checkout(tmp_path_factory) -> Iterator[Checkout]:
 
     try:
         wait_for_line(ca.stderr, banner, "make run says where the CA serves", timeout=60, seen=lines)
-        assert set(co.ports) == set(BANNER), "".join(lines)
+        assert set(co.ports) == set(BANNER) | {"port2", "healthz2", "metrics2"}, "".join(lines)
         co.drain("make-run", ca, lines)
         yield co
     finally:
@@ -370,6 +385,20 @@ def _uris(cert: x509.Certificate) -> list[str]:
 def _check_request(co: Checkout, r: subprocess.CompletedProcess) -> None:
     assert _uris(_first_cert(co.root / "certs" / "tls.crt")) == ["spiffe://public/ns/default/myapp"]
     assert (co.root / "certs" / "tls.key").stat().st_mode & 0o777 == 0o600
+
+
+def _check_request_jwt(co: Checkout, r: subprocess.CompletedProcess) -> None:
+    import jwt
+
+    out = co.root / "certs-jwt"
+    spiffe_id = _uris(_first_cert(out / "tls.crt"))[0]
+    keys = jwt.PyJWKSet.from_json((co.root / "jwt-ca" / "jwks.json").read_text())
+    for name, aud in (("jwt.token", ["public", "sts.amazonaws.com"]), ("jwt-sts.amazonaws.com.token", None)):
+        token = (out / name).read_text().strip()
+        key = keys[jwt.get_unverified_header(token)["kid"]]
+        claims = jwt.decode(token, key, audience="sts.amazonaws.com", algorithms=["RS256"])
+        assert claims["sub"] == spiffe_id and claims["aud"] == (aud or ["sts.amazonaws.com"])
+        assert (out / name).stat().st_mode & 0o777 == 0o600
 
 
 def _check_sign(co: Checkout, r: subprocess.CompletedProcess) -> None:
@@ -510,6 +539,7 @@ def _unusable(program: str) -> str | None:
 
 CHECKS: dict[str, Callable[[Checkout, subprocess.CompletedProcess], None]] = {
     "request": _check_request,
+    "request-jwt": _check_request_jwt,
     "sign-and-verify": _check_sign,
     "inspect-and-health": _check_health,
     "dapr-sentry-id": _check_sentry_id,

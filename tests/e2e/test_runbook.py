@@ -54,6 +54,7 @@ BLOCKS = {
     "expired-issuer": "test_recovery_from_an_expired_issuer",
     "expired-root": "test_recovery_from_an_expired_root",
     "workload-renew": "test_recovery_from_an_expired_root",
+    "rotate-jwt-key": "test_rotating_the_jwt_key_as_the_runbook_says",
 }
 
 
@@ -340,6 +341,21 @@ def test_the_automatic_serve_command_serves(tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_rotating_the_jwt_key_as_the_runbook_says(tmp_path):
+    from ca_core.jwt_svid import JwtAlgorithm, key_ids
+
+    url = f"file://{tmp_path / 'store'}"
+    first = make_bundle(datetime.now(UTC), jwt=JwtAlgorithm.ES256)
+    assert FileBundleStore(tmp_path / "store").create(first.to_items())
+    r = sh("rotate-jwt-key", tmp_path, STORE=url)
+    rotated, state = _loaded(tmp_path / "store")
+    new_kid = state.prepared_jwt.kid
+    assert key_ids(rotated.jwks) == (*key_ids(first.jwks), new_kid)
+    assert rotated.jwt_key.private_numbers() == first.jwt_key.private_numbers()  # still signs
+    assert f"jwks   key kid {new_kid}  ES256 EC  prepared since " in r.stdout
+    assert f"rotation: jwt     prepared  kid {new_kid} (ES256)" in r.stdout
 
 
 def test_rotation_by_hand_as_the_runbook_says(tmp_path):

@@ -422,11 +422,24 @@ def test_private_subnets_get_the_endpoints_the_tasks_need_as_an_option():
     # what a task reaches: ECR (image), its log driver, the execution role's SSM read, its store
     task_policy = _actions(RESOURCES["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"])
     store_services = {a.split(":")[0] for a in task_policy}
+    # and, with RootKeyKms, KMS (the root key signs issuers)
+    (kms_policy,) = [
+        p["Fn::If"][1]
+        for p in RESOURCES["TaskRole"]["Properties"]["Policies"]
+        if "Fn::If" in p and p["Fn::If"][0] == "UseKmsRoot"
+    ]
+    assert {a.split(":")[0] for a in _actions(kms_policy["PolicyDocument"]["Statement"])} == {"kms"}
     (container,) = RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"]
     assert container["LogConfiguration"]["LogDriver"] == "awslogs"
-    assert set(services) == {"ecr.api", "ecr.dkr", "logs", "ssm"} | store_services
+    # and with UpstreamCaArn, AWS Private CA (the task policy's upstream-authority statement)
+    assert set(services) == {"ecr.api", "ecr.dkr", "logs", "ssm", "acm-pca", "kms"} | store_services
     for name, res in services.items():
-        assert res["Condition"] in ("MakeVpcEndpoints", "MakeSecretsManagerEndpoint")
+        assert res["Condition"] in (
+            "MakeVpcEndpoints",
+            "MakeSecretsManagerEndpoint",
+            "MakeAcmPcaEndpoint",
+            "MakeKmsEndpoint",
+        )
         props = res["Properties"]
         if name == "s3":  # a gateway: the bundle and ECR's image layers
             assert props["VpcEndpointType"] == "Gateway" and props["RouteTableIds"] == {
@@ -439,6 +452,14 @@ def test_private_subnets_get_the_endpoints_the_tasks_need_as_an_option():
     assert services["secretsmanager"]["Condition"] == "MakeSecretsManagerEndpoint"
     assert TEMPLATE["Conditions"]["MakeSecretsManagerEndpoint"] == {
         "Fn::And": [{"Fn::Condition": "MakeVpcEndpoints"}, {"Fn::Condition": "UseSecretsManager"}]
+    }
+    assert services["acm-pca"]["Condition"] == "MakeAcmPcaEndpoint"
+    assert TEMPLATE["Conditions"]["MakeAcmPcaEndpoint"] == {
+        "Fn::And": [{"Fn::Condition": "MakeVpcEndpoints"}, {"Fn::Condition": "UseUpstream"}]
+    }
+    assert services["kms"]["Condition"] == "MakeKmsEndpoint"
+    assert TEMPLATE["Conditions"]["MakeKmsEndpoint"] == {
+        "Fn::And": [{"Fn::Condition": "MakeVpcEndpoints"}, {"Fn::Condition": "UseKmsRoot"}]
     }
     assert TEMPLATE["Parameters"]["CreateVpcEndpoints"]["Default"] == "false"
     (rule,) = RESOURCES["VpcEndpointSecurityGroup"]["Properties"]["SecurityGroupIngress"]

@@ -140,7 +140,8 @@ class JwksServer:
     ``paths``: every path that serves ``document``; ``hold``: path → Event, a request for that
     path waits until the Event is set (at most a minute) before it is answered; ``parked``
     counts requests waiting so. ``delay``: seconds every answer waits (a slow JWKS); ``body``:
-    when set, the raw bytes answered instead of ``document`` (a hostile body).
+    when set, the raw bytes answered instead of ``document`` (a hostile body); ``documents``:
+    path → another JSON document served at that path (an OIDC discovery document).
     """
 
     tls_dir: Path
@@ -153,6 +154,7 @@ class JwksServer:
     parked: int = 0
     delay: float = 0.0
     body: bytes | None = None
+    documents: dict = field(default_factory=dict)  # path -> a JSON document served there instead
 
     def start(self) -> JwksServer:
         self.ca_pem, cert, key = self_signed_tls(self.tls_dir)
@@ -176,8 +178,9 @@ class JwksServer:
                     gate.wait(60)
                 if server.delay:
                     time.sleep(server.delay)
-                code = server.status or (200 if self.path in server.paths else 404)
-                body = json.dumps(server.document if code == 200 else {"error": code}).encode()
+                code = server.status or (200 if self.path in (*server.paths, *server.documents) else 404)
+                document = server.documents.get(self.path, server.document)
+                body = json.dumps(document if code == 200 else {"error": code}).encode()
                 if code == 200 and server.body is not None:
                     body = server.body
                 self.send_response(code)

@@ -466,6 +466,7 @@ def _create_network(stack: Stack, logical: str, kind: str, p: dict[str, Any], en
 # creation order: what a resource names exists before it
 _ORDER = [
     "AWS::IAM::Role",
+    "AWS::IAM::OIDCProvider",
     "AWS::S3::Bucket",
     "AWS::S3::BucketPolicy",
     "AWS::SSM::Parameter",

@@ -227,13 +227,17 @@ def load_or_create_stored(
 
 def parse_stored(store: BundleStore, stored: StoredBundle) -> TrustBundle:
     """The bundle of ``stored`` (content read from, or just written to, ``store``), its rotation
-    state checked too. No I/O. Raises BundleError naming the item, with the advice of a refused
-    start, for a partial, corrupt or mismatched bundle or a rotation state that cannot be acted on."""
+    state checked too. No I/O but KMS's (once per process, for a root key in KMS). Raises
+    BundleError naming the item, with the advice of a refused start, for a partial, corrupt or
+    mismatched bundle or a rotation state that cannot be acted on."""
+    from ..kms import open_key as open_kms_key  # a root key in KMS (root.kms): opened once per process
+
     try:
-        bundle = parse_bundle(stored.items, store.labels())
+        bundle = parse_bundle(stored.items, store.labels(), open_key=open_kms_key)
         from ca_core.rotation.codec import parse_state  # here: the expiry function never loads a full bundle
 
-        parse_state(stored.items, bundle, store.labels())  # a rotation state that cannot be acted on
+        # a rotation state that cannot be acted on
+        parse_state(stored.items, bundle, store.labels(), open_key=open_kms_key)
     except BundleError as e:
         raise BundleError(
             f"refusing to start: the trust bundle in {store.description} is unusable: {e}. "

@@ -49,6 +49,7 @@ from ca_core.bundle import (
     JWT_KEY,
     PUBLIC_ITEMS,
     ROOT_KEY,
+    ROOT_KEY_REF,
     ROTATION_STATE,
     FileNames,
 )
@@ -90,6 +91,10 @@ def _flocked(fd: int, operation: int) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+# Keys first, certificates last (matters only for readers of a half-adopted directory).
+_WRITE_ORDER = (ROOT_KEY, ROOT_KEY_REF, ISSUER_KEY, JWT_KEY, ROTATION_STATE, JWKS, ISSUER_CHAIN, ANCHORS)
 
 
 class FileBundleStore:
@@ -326,12 +331,7 @@ class FileBundleStore:
     def _write_generation(self, items: Mapping[str, bytes]) -> Path:
         gen = Path(tempfile.mkdtemp(prefix=_GEN_PREFIX, dir=self.directory))  # 0700
         names = self.names.mapping()
-        # Keys first, certificates last (matters only for readers of a half-adopted directory).
-        order = [
-            i
-            for i in (ROOT_KEY, ISSUER_KEY, JWT_KEY, ROTATION_STATE, JWKS, ISSUER_CHAIN, ANCHORS)
-            if i in items
-        ]
+        order = [i for i in _WRITE_ORDER if i in items]
         for item in order:
             fd = os.open(gen / names[item], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:

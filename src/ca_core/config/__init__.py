@@ -26,6 +26,7 @@ from .model import (
     MODES,
     Config,
     JwksSettings,
+    JwtIssuerSettings,
     validate,
 )
 from .options import SERVE_OPTIONS, STORE_OPTIONS, Option, add_options
@@ -47,6 +48,7 @@ __all__ = [
     "STORE_OPTIONS",
     "Config",
     "JwksSettings",
+    "JwtIssuerSettings",
     "Option",
     "add_options",
     "explicit_source",

@@ -1,4 +1,4 @@
-"""The AWS IAM validator's settings (design §6.5, §7.3): ``spec.mtls.tokenValidators[name=aws-iam]``
+"""The AWS IAM validator's settings (design §6.6, §7.3): ``spec.mtls.tokenValidators[name=aws-iam]``
 of the ``--config`` file, read and checked at start. Pure: the parsed YAML value is passed in.
 
 ```yaml

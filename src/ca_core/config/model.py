@@ -47,10 +47,38 @@ MAX_CA_TTL = timedelta(days=3650)
 MIN_CA_TTL_CHECKS = 12
 MIN_ROOT_TTL_WINDOWS = 3
 MAX_JWT_TTL = timedelta(days=30)
+MIN_JWT_KEY_TTL = timedelta(hours=24)  # a shorter one would rotate before its predecessor retires
 MAX_JWT_CLAIM_LENGTH = 1024  # --jwt-issuer, --jwt-key-id
 
 DEFAULT_JWKS_MIN_REFRESH = timedelta(minutes=10)
 DEFAULT_JWKS_REQUEST_TIMEOUT = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class JwtIssuerSettings:
+    """One entry of ``tokenValidators[name=jwks].options.issuers`` (design §6.5): a rule that
+    accepts the tokens of one OIDC issuer and maps their claims to an identity.
+
+    name: the rule's name in refusals, metrics and audit records; issuer: the pinned ``iss``;
+    source: where its JWK Set comes from (as :class:`JwksSettings`' ``source``), None for OIDC
+    discovery from ``issuer``; audiences: ``aud`` must hold one of them (empty: the CA's SPIFFE
+    ID); claims: (claim, value) pairs the token must carry, a claim named by JSON Pointer
+    (``/kubernetes.io/namespace``) or by its top-level name; namespace, app_id: templates
+    building the identity (literal text and ``{/json/pointer}`` placeholders), both None for the
+    default mapping (``sub`` = the SPIFFE ID); trust_domain: the mapped identity's (None: the
+    CA's); the fetch settings as :class:`JwksSettings`'."""
+
+    name: str
+    issuer: str
+    source: str | None = None
+    audiences: tuple[str, ...] = ()
+    claims: tuple[tuple[str, object], ...] = ()
+    namespace: str | None = None
+    app_id: str | None = None
+    trust_domain: str | None = None
+    ca_certificate: str | None = None
+    min_refresh_interval: timedelta = DEFAULT_JWKS_MIN_REFRESH
+    request_timeout: timedelta = DEFAULT_JWKS_REQUEST_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -67,11 +95,14 @@ class JwksSettings:
     ca_certificate: str | None = None
     min_refresh_interval: timedelta = DEFAULT_JWKS_MIN_REFRESH
     request_timeout: timedelta = DEFAULT_JWKS_REQUEST_TIMEOUT
+    issuers: tuple[JwtIssuerSettings, ...] = ()  # when given, ``source`` is "" (design §6.5)
 
     def __repr__(self) -> str:  # the inline JWKS or CA PEM may be long: name the kind only
         src = self.source if len(self.source) < 200 else f"<inline JWKS, {len(self.source)} chars>"
+        rules = f", issuers={[i.name for i in self.issuers]}" if self.issuers else ""
         return (
-            f"JwksSettings(source={src!r}, min_refresh_interval={format_duration(self.min_refresh_interval)})"
+            f"JwksSettings(source={src!r}, min_refresh_interval={format_duration(self.min_refresh_interval)}"
+            f"{rules})"
         )
 
 
@@ -101,11 +132,13 @@ class Config:
     workload_cert_ttl: timedelta = timedelta(hours=24)
     allowed_clock_skew: timedelta = timedelta(minutes=15)
     ca_key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
+    root_key: str | None = None  # kms://...: a generated root's key is that KMS key (design §5.18)
     jwt_enabled: bool = False
     jwt_ttl: timedelta = DEFAULT_JWT_TTL
     jwt_issuer: str | None = None
     jwt_signing_algorithm: JwtAlgorithm = JwtAlgorithm.RS256
     jwt_key_id: str | None = None
+    jwt_key_ttl: timedelta = timedelta(days=90)  # 0: never rotated by --auto-rotate (design §5.17)
     expiry_check_interval: timedelta = timedelta(hours=1)
     store_poll_interval: timedelta = timedelta(0)
     bootstrap_policy: str = "if-never-held"
@@ -113,6 +146,7 @@ class Config:
     root_propagation_window: timedelta = timedelta(hours=24)
     root_ttl: timedelta | None = None  # None: a new bundle gets one year, a rotation keeps the root's
     issuer_ttl: timedelta | None = None  # None: likewise, of the issuer it replaces
+    upstream_authority: str | None = None  # acm-pca://<CA ARN> (design §5.16)
     log_level: str = "info"
     log_as_json: bool = False
     emf_interval: timedelta = timedelta(0)
@@ -187,7 +221,7 @@ class Config:
 FIELDS_WITHOUT_OPTION: dict[str, str] = {
     "namespace": "the NAMESPACE environment variable (the pod's namespace; default 'default')",
     "jwks": "spec.mtls.tokenValidators of the --config file (a structured value, not a flag)",
-    "aws_iam": "spec.mtls.tokenValidators[name=aws-iam] of the --config file (design §6.5)",
+    "aws_iam": "spec.mtls.tokenValidators[name=aws-iam] of the --config file (design §6.6)",
     "kubernetes_detected": "derived: whether KUBERNETES_SERVICE_HOST is set (resolves --mode auto)",
 }
 
@@ -266,6 +300,18 @@ def validate(cfg: Config) -> Config:
     if not timedelta(0) <= cfg.root_propagation_window <= MAX_PROPAGATION_WINDOW:
         problems.append("--root-propagation-window must be between 0s and 720h (30 days)")
     problems += lifetime_problems(cfg)
+    if cfg.upstream_authority is not None:
+        from ..upstream import UPSTREAM_KEY_ALGORITHMS
+
+        if cfg.ca_key_algorithm not in UPSTREAM_KEY_ALGORITHMS:
+            problems.append(
+                f"--ca-key-algorithm {cfg.ca_key_algorithm.value} cannot be used with --upstream-authority "
+                "(AWS Private CA signs only RSA and ECDSA P-256/P-384 keys: use ecdsa-p256 or ecdsa-p384)"
+            )
+        if cfg.root_key is not None:
+            problems.append(
+                "--root-key and --upstream-authority exclude each other (an upstream means no root key)"
+            )
     for flag, value in (
         ("--message-timeout", cfg.message_timeout),
         ("--handshake-timeout", cfg.handshake_timeout),
@@ -276,6 +322,8 @@ def validate(cfg: Config) -> Config:
         problems.append("--idle-timeout must be positive and at most 24h")
     if not timedelta(0) < cfg.jwt_ttl <= MAX_JWT_TTL:
         problems.append("--jwt-ttl must be positive and at most 720h (30 days)")
+    if cfg.jwt_key_ttl and cfg.jwt_key_ttl < MIN_JWT_KEY_TTL:
+        problems.append("--jwt-key-ttl must be 0 (no automatic JWT key rotation) or at least 24h")
     if cfg.jwt_issuer is not None and not cfg.jwt_enabled:
         problems.append("--jwt-issuer is set but --jwt-enabled is false (as Dapr's Sentry, this is refused)")
     for flag, text in (("--jwt-issuer", cfg.jwt_issuer), ("--jwt-key-id", cfg.jwt_key_id)):

@@ -7,150 +7,33 @@ loader prefixes with the source (``--port: ...``, ``SENTRY_PORT: ...``).
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..durations import parse_duration
-from ..jwt_svid import JwtAlgorithm
-from ..keys import KeyAlgorithm
-from .model import BOOTSTRAP_POLICIES, MAX_WORKERS, MODES
+from .values import (
+    parse_algorithm,
+    parse_audiences,
+    parse_bool,
+    parse_bootstrap_policy,
+    parse_cluster_domain,
+    parse_hosts,
+    parse_jwt_algorithm,
+    parse_kms_ref,
+    parse_log_level,
+    parse_mode,
+    parse_non_negative_int,
+    parse_port,
+    parse_positive_int,
+    parse_rate,
+    parse_server_names,
+    parse_upstream,
+    parse_workers,
+)
 
 if TYPE_CHECKING:  # argparse is only a type here: the Lambda functions import this package cold
     import argparse
-
-
-def _bool(text: str) -> bool:
-    v = str(text).strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {text!r} (use true or false)")
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
-
-
-def _port(text: str) -> int:
-    n = _integer(text)
-    if not 0 <= n <= 65535:
-        raise ValueError(f"port {n} is out of range 0-65535")
-    return n
-
-
-def _workers(text: str) -> int:
-    n = _integer(text)
-    if not 0 <= n <= MAX_WORKERS:
-        raise ValueError(f"{n} must be between 0 (one per CPU) and {MAX_WORKERS}")
-    return n
-
-
-def _positive_int(text: str) -> int:
-    n = _integer(text)
-    if n < 1:
-        raise ValueError(f"{n} must be at least 1")
-    return n
-
-
-def _non_negative_int(text: str) -> int:
-    n = _integer(text)
-    if n < 0:
-        raise ValueError(f"{n} must be 0 or more")
-    return n
-
-
-def _rate(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not 0 <= v < float("inf"):
-        raise ValueError(f"{text!r} must be a number of requests per second, 0 or more (0: no limit)")
-    return v
-
-
-def _mode(text: str) -> str:
-    v = text.strip().lower()
-    if v not in MODES:
-        raise ValueError(f"unknown mode {text!r}; use one of {', '.join(MODES)}")
-    return v
-
-
-def _bootstrap_policy(text: str) -> str:
-    v = text.strip().lower()
-    if v not in BOOTSTRAP_POLICIES:
-        raise ValueError(f"unknown bootstrap policy {text!r}; use one of {', '.join(BOOTSTRAP_POLICIES)}")
-    return v
-
-
-def _algorithm(text: str) -> KeyAlgorithm:
-    return KeyAlgorithm.parse(text)
-
-
-def _jwt_algorithm(text: str) -> JwtAlgorithm:
-    return JwtAlgorithm.parse(text)
-
-
-def _audiences(text: str) -> tuple[str, ...]:
-    items = tuple(a.strip() for a in text.split(",") if a.strip())
-    if not items:
-        raise ValueError("--token-audience needs at least one audience (comma-separated)")
-    return items
-
-
-_DNS_NAME = re.compile(
-    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
-)
-
-
-def _server_names(text: str) -> tuple[str, ...]:
-    """Comma-separated DNS names and IP addresses (RFC 1123 names, lowercase; IPv4/IPv6)."""
-    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
-    for name in names:
-        try:
-            ipaddress.ip_address(name.strip("[]"))
-        except ValueError:
-            if not _DNS_NAME.fullmatch(name):
-                raise ValueError(f"{name!r} is neither a DNS name nor an IP address") from None
-    return names
-
-
-def _cluster_domain(text: str) -> str:
-    """A DNS name (RFC 1123, lowercase), a trailing dot dropped: ``cluster.local``."""
-    name = text.strip().lower().removesuffix(".")
-    if not _DNS_NAME.fullmatch(name):
-        raise ValueError(f"{text!r} is not a DNS name (e.g. cluster.local)")
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return name
-    raise ValueError(f"{text!r} is an IP address, not a DNS name (e.g. cluster.local)")
-
-
-def _hosts(text: str) -> tuple[str, ...]:
-    """Comma-separated host names, optionally with a port, or ``*`` (Dapr's string list)."""
-    hosts = tuple(h.strip().lower() for h in text.split(",") if h.strip())
-    for host in hosts:
-        if host != "*" and not _HOST.fullmatch(host):
-            raise ValueError(f"{host!r} is not a host name, host:port or *")
-    return hosts
-
-
-_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)(:[0-9]{1,5})?")
-
-
-def _log_level(text: str) -> str:
-    v = text.strip().lower()
-    if v not in ("debug", "info", "warn", "warning", "error", "fatal"):
-        raise ValueError(f"unknown log level {text!r}; use debug, info, warn, error or fatal")
-    return {"warn": "warning", "fatal": "critical"}.get(v, v)
 
 
 @dataclass(frozen=True)
@@ -178,28 +61,30 @@ class Option:
 
 
 SERVE_OPTIONS: tuple[Option, ...] = (
-    Option("port", _port, "gRPC port (default 50001)"),
+    Option("port", parse_port, "gRPC port (default 50001)"),
     Option("listen-address", str, "bind address of gRPC, /healthz and /metrics (default 127.0.0.1)"),
-    Option("healthz-port", _port, "HTTP port of /healthz and /livez (default 8080)"),
-    Option("metrics-port", _port, "Prometheus metrics port (default 9090)"),
-    Option("enable-metrics", _bool, "serve Prometheus metrics (default true)"),
+    Option("healthz-port", parse_port, "HTTP port of /healthz and /livez (default 8080)"),
+    Option("metrics-port", parse_port, "Prometheus metrics port (default 9090)"),
+    Option("enable-metrics", parse_bool, "serve Prometheus metrics (default true)"),
     Option("trust-domain", str, "the CA's (control-plane) trust domain (default localhost)"),
-    Option("mode", _mode, "auto, kubernetes or standalone: selects the default validators (default auto)"),
+    Option(
+        "mode", parse_mode, "auto, kubernetes or standalone: selects the default validators (default auto)"
+    ),
     Option("config", str, "YAML file in the shape of Dapr's Configuration (spec.mtls.*)"),
     Option(
         "token-audience",
-        _audiences,
+        parse_audiences,
         "TokenReview audiences, comma-separated (default: dapr.io/sentry and the CA's SPIFFE ID)",
     ),
     Option(
         "server-names",
-        _server_names,
+        parse_server_names,
         "extra DNS names / IPs for the CA's TLS certificate, comma-separated, e.g. the load "
         "balancer's name (always: localhost, 127.0.0.1, ::1 and a specific --listen-address)",
     ),
     Option(
         "kube-cluster-domain",
-        _cluster_domain,
+        parse_cluster_domain,
         "the Kubernetes cluster domain in the scheduler's DNS SANs, e.g. cluster.local (unset: in "
         "kubernetes mode derived from kubernetes.default.svc's canonical name, else and on failure "
         "the trust domain, as Dapr's Sentry does)",
@@ -207,11 +92,20 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("workload-cert-ttl", parse_duration, "workload certificate lifetime, Go duration (default 24h)"),
     Option("allowed-clock-skew", parse_duration, "NotBefore backdating, Go duration (default 15m)"),
     Option(
-        "ca-key-algorithm", _algorithm, "for generated roots and issuers: ecdsa-p256, ecdsa-p384, ed25519"
+        "ca-key-algorithm",
+        parse_algorithm,
+        "for generated roots and issuers: ecdsa-p256, ecdsa-p384, ed25519",
+    ),
+    Option(
+        "root-key",
+        parse_kms_ref,
+        "where a generated root's key lives: kms://<key id, ARN or alias> of an asymmetric SIGN_VERIFY "
+        "KMS key (ECC_NIST_P256, ECC_NIST_P384, RSA_*); the root is signed by KMS and the store keeps "
+        "only the reference (root.kms) (default: a local key of --ca-key-algorithm, kept as root.key)",
     ),
     Option(
         "jwt-enabled",
-        _bool,
+        parse_bool,
         "issue JWT-SVIDs (response fields jwt and per_audience_jwts) beside each certificate, signed "
         "by the bundle's JWT key (jwt.key, published in jwks.json; generated when missing) (default false)",
     ),
@@ -223,7 +117,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("jwt-issuer", str, "the iss claim of JWT-SVIDs (default: none); needs --jwt-enabled"),
     Option(
         "jwt-signing-algorithm",
-        _jwt_algorithm,
+        parse_jwt_algorithm,
         "RS256 (RSA-2048), ES256 or EdDSA: the JWT key generated, and what a stored one must be "
         "(default RS256)",
     ),
@@ -232,6 +126,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         str,
         "the kid of JWT-SVIDs; must name the JWT key's entry in jwks.json (default: that entry's "
         "kid, for a generated key the base64 SHA-256 JWK thumbprint, RFC 7638)",
+    ),
+    Option(
+        "jwt-key-ttl",
+        parse_duration,
+        "with --auto-rotate, how long a JWT key signs before its successor does; 0 never rotates it "
+        "automatically; Go duration, 0 or at least 24h (default 2160h, 90 days)",
     ),
     Option(
         "expiry-check-interval",
@@ -246,14 +146,14 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "bootstrap-policy",
-        _bootstrap_policy,
+        parse_bootstrap_policy,
         "when a start may generate a new root and issuer in an empty store: if-never-held (only "
         "in a store that shows no sign of having held a bundle) or never (only `sentryca bundle "
         "init` creates one; a start on an empty store is refused) (default if-never-held)",
     ),
     Option(
         "auto-rotate",
-        _bool,
+        parse_bool,
         "rotate the root and the issuer automatically: prepare a successor when less than "
         "min(lifetime/2, 30 days) remains, activate it when less than min(lifetime/6, 7 days) "
         "remains (only for a root whose key the CA holds; default false)",
@@ -281,24 +181,31 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "to the root's NotAfter; a rotation keeps the lifetime of the issuer it replaces)",
     ),
     Option(
+        "upstream-authority",
+        parse_upstream,
+        "acm-pca://<CA ARN>: AWS Private CA signs the issuer (a path-length-0 subordinate CA for a "
+        "key generated here) and its roots are the trust anchors; no root key is held, and "
+        "--auto-rotate asks it for each new issuer (default: none, the CA's own root)",
+    ),
+    Option(
         "allow-insecure-on-network",
-        _bool,
+        parse_bool,
         "allow the INSECURE validator on a non-loopback --listen-address (default false)",
     ),
     Option(
         "max-concurrent-streams",
-        _positive_int,
+        parse_positive_int,
         "gRPC: most concurrent calls on one client connection (HTTP/2 streams; default 100)",
     ),
     Option(
         "max-in-flight",
-        _positive_int,
+        parse_positive_int,
         "gRPC: most SignCertificate calls the CA holds at once, from a call's start to its answer "
         "(waiting for the request message included); more get RESOURCE_EXHAUSTED (default 1024)",
     ),
     Option(
         "max-in-flight-per-peer",
-        _non_negative_int,
+        parse_non_negative_int,
         "gRPC: most calls (SignCertificate and health) one peer address holds at once; more get "
         "RESOURCE_EXHAUSTED. Behind a proxy that hides client addresses, raise it or set 0 (no such "
         "limit) (default 128)",
@@ -311,7 +218,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "max-connections",
-        _positive_int,
+        parse_positive_int,
         "gRPC: most client connections open at once, handshakes included; more are closed at once. "
         "The open-file limit is raised to this plus 256 where the hard limit allows (default 4096)",
     ),
@@ -329,34 +236,36 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "rate-limit",
-        _rate,
+        parse_rate,
         "SignCertificate requests per second allowed to one caller (peer IP address), bursts of as "
         "many; more get RESOURCE_EXHAUSTED. 0: no limit (default 1000)",
     ),
     Option(
         "identity-rate-limit",
-        _rate,
+        parse_rate,
         "SignCertificate requests per second allowed to one proven identity (SPIFFE ID), checked "
         "after its validator proved it, bursts of as many; more get RESOURCE_EXHAUSTED. 0: no limit "
         "(default 0)",
     ),
     Option(
         "workers",
-        _workers,
+        parse_workers,
         "gRPC server processes sharing --port (SO_REUSEPORT), each a whole CA on the same store, "
         "under one supervisor that serves /healthz, /livez and /metrics for all; 0: one per CPU "
         "(default 1: no supervisor)",
     ),
     Option(
-        "oidc-enabled", _bool, "serve the OIDC discovery document and the JWKS over HTTP(S) (default false)"
+        "oidc-enabled",
+        parse_bool,
+        "serve the OIDC discovery document and the JWKS over HTTP(S) (default false)",
     ),
-    Option("oidc-server-listen-port", _port, "port of the OIDC discovery server (default 9080)"),
+    Option("oidc-server-listen-port", parse_port, "port of the OIDC discovery server (default 9080)"),
     Option(
         "oidc-server-listen-address", str, "bind address of the OIDC discovery server (default localhost)"
     ),
     Option(
         "oidc-server-tls-enabled",
-        _bool,
+        parse_bool,
         "serve OIDC discovery over TLS with --oidc-server-tls-cert-file and --oidc-server-tls-key-file "
         "(both required then); false: plain HTTP, for a TLS-terminating proxy in front (default true)",
     ),
@@ -371,7 +280,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("oidc-path-prefix", str, "URL path prefix of the two OIDC endpoints, e.g. /oidc (default: none)"),
     Option(
         "oidc-allowed-hosts",
-        _hosts,
+        parse_hosts,
         "hosts (Host or X-Forwarded-Host, with or without port) the OIDC server answers, "
         "comma-separated; others get 403 (default: any host)",
     ),
@@ -393,8 +302,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "the https URL the published documents are read from, the issuer of the JWT-SVIDs, e.g. "
         "https://BUCKET.s3.REGION.amazonaws.com/PREFIX (required with --oidc-federation-bucket)",
     ),
-    Option("log-level", _log_level, "debug, info, warn, error (default info)"),
-    Option("log-as-json", _bool, "log JSON lines (default false)"),
+    Option("log-level", parse_log_level, "debug, info, warn, error (default info)"),
+    Option("log-as-json", parse_bool, "log JSON lines (default false)"),
     Option(
         "emf-interval",
         parse_duration,

@@ -16,8 +16,11 @@ The modules, in reading order (after SPIRE's CA manager: slot, journal, manager,
   due now: bound, prune, activate, automatic prepare) and ``next_step_due``.
 - ``actions``: what the operator asks for: ``prepare_root``, ``emergency_root``,
   ``rotate_issuer`` (with the checks of a supplied issuer).
+- ``jwt_keys``: JWT key rotation (design §5.17): the rules ``advance`` takes for the JWT key
+  (prune, activate, automatic prepare) and ``rotate_jwt_key``, what ``rotate jwt-key`` asks for.
 - ``codec``: ``rotation.json`` written and read strictly (``encode_state``, ``parse_state``: its
-  format is described there), and ``describe`` for ``sentryca rotate status``.
+  format is described there), and ``describe`` for ``sentryca rotate status``; its ``jwt``
+  section in ``jwt_codec``.
 - ``document``: the same document read leniently, cheap to import: the end of each prepared
   chain (signing coverage), the roots a replacement may drop (trust continuity) and the public
   part the stores publish.

@@ -41,12 +41,17 @@ from .state import (
 
 
 def prepare_root(
-    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+    bundle: TrustBundle,
+    state: RotationState,
+    now: datetime,
+    policy: RotationPolicy,
+    root_key: PrivateKey | None = None,
 ) -> Rotation:
     """``sentryca rotate root``: a new root (and its issuer) joins the trust anchors now; its
     issuer becomes active once ``now + policy.propagation_window`` has passed (taken by
-    :func:`.rules.advance`). Works without the current root's key. Raises FailedPrecondition when a
-    root rotation is already prepared."""
+    :func:`.rules.advance`). Works without the current root's key. root_key: the new root's key
+    when supplied (a KMS key), else generated. Raises FailedPrecondition when a root rotation is
+    already prepared."""
     if state.prepared_root is not None:
         p = state.prepared_root
         raise FailedPrecondition(
@@ -54,18 +59,23 @@ def prepare_root(
             f"issuer becomes active at {iso(p.activate_after)}. Nothing was changed",
             reason="rotation_in_progress",
         )
-    new_bundle, new_state, step = prepare_root_step(bundle, state, now, policy, MANUAL)
+    new_bundle, new_state, step = prepare_root_step(bundle, state, now, policy, MANUAL, root_key)
     return Rotation(new_bundle, with_leaf_bound_recorded(new_state, policy), (step,))
 
 
 def emergency_root(
-    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+    bundle: TrustBundle,
+    state: RotationState,
+    now: datetime,
+    policy: RotationPolicy,
+    root_key: PrivateKey | None = None,
 ) -> Rotation:
     """``sentryca rotate root --emergency`` (after a key compromise): a new root and issuer are
     active at once and become the only trust anchor; every other anchor (the active, prepared
     and retiring roots) is removed now and recorded as removed, so trust continuity accepts the
-    change. Every leaf issued before stops verifying; workloads must fetch the new anchors."""
-    root, root_key, issuer, issuer_key = generate_root_and_issuer(now, policy)
+    change. Every leaf issued before stops verifying; workloads must fetch the new anchors.
+    root_key: the new root's key when supplied (a KMS key), else generated."""
+    root, root_key, issuer, issuer_key = generate_root_and_issuer(now, policy, root_key)
     removed = tuple(
         RemovedRoot(fingerprint(a), subject_of(a), now, "emergency") for a in bundle.trust_anchors
     )
@@ -75,6 +85,11 @@ def emergency_root(
         issuer_since=now,
         removed=remember_removed(state.removed, *removed),
         leaf_bound=acting_leaf_bound(state, policy),
+        # the JWT key and its rotation are kept as they are
+        jwt_since=state.jwt_since,
+        prepared_jwt=state.prepared_jwt,
+        retiring_jwt=state.retiring_jwt,
+        removed_jwt=state.removed_jwt,
     )
     step = Step(
         "root",

@@ -7,7 +7,8 @@ The state (``rotation.json``) is a JSON object, format 1::
      "root": {"active": {"sha256": FP, "since": T},
               "prepared": {"sha256": FP, "subject": S, "not_after": T, "since": T,
                            "activate_after": T, "trigger": "manual"|"auto",
-                           "key": PEM, "issuer_chain": PEM, "issuer_key": PEM} | null,
+                           "key": PEM (or "key_uri": "kms://..." for a KMS root key),
+                           "issuer_chain": PEM, "issuer_key": PEM} | null,
               "retiring": [{"sha256": FP, "subject": S, "since": T, "prune_after": T}],
               "removed": [{"sha256": FP, "subject": S, "at": T,
                            "reason": "pruned"|"expired"|"emergency"}],
@@ -15,7 +16,15 @@ The state (``rotation.json``) is a JSON object, format 1::
      "issuer": {"active": {"serial": HEX, "since": T},
                 "prepared": {"serial": HEX, "subject": S, "root": FP, "not_after": T, "since": T,
                              "activate_after": T, "trigger": ..., "issuer_chain": PEM,
-                             "issuer_key": PEM} | null}}
+                             "issuer_key": PEM} | null},
+     "jwt": {"active": {"kid": K, "thumbprint": TP, "since": T},
+             "prepared": {"kid": K, "thumbprint": TP, "alg": A, "since": T,
+                          "activate_after": T, "trigger": ..., "key": PEM} | null,
+             "retiring": [{"kid": K, "thumbprint": TP, "since": T, "prune_after": T}],
+             "removed": [{"kid": K, "thumbprint": TP, "at": T, "reason": "pruned"}]}}
+
+``jwt`` is there only when the bundle has a JWT key (TP: RFC 7638 SHA-256 thumbprint, hex);
+a reader that does not know it ignores it.
 
 FP: SHA-256 fingerprint (hex) of a certificate; T: ISO 8601 UTC. A prepared root's certificate
 is the anchor with that fingerprint. ``not_after`` of a prepared chain is the earliest NotAfter of
@@ -51,7 +60,7 @@ from ..bundle import (
     parse_certificates,
 )
 from ..errors import BundleError
-from ..keys import PrivateKey, load_private_key, private_key_pem, public_key_der
+from ..keys import KeyOpener, PrivateKey, key_uri_of, load_private_key, private_key_pem, public_key_der
 from .document import FORMAT, load_document
 from .state import (
     AUTO,
@@ -74,6 +83,12 @@ def _pem_key(key: PrivateKey) -> str:
     return private_key_pem(key).decode("ascii")
 
 
+def _root_key_entry(key: PrivateKey) -> dict[str, str]:
+    # A KMS root key is stored as its reference ("key_uri"), never as key material.
+    uri = key_uri_of(key)
+    return {"key_uri": uri} if uri is not None else {"key": _pem_key(key)}
+
+
 def encode_state(state: RotationState, bundle: TrustBundle) -> bytes:
     """``rotation.json`` for ``state`` of ``bundle`` (the module docstring's format)."""
     root, issuer = active_root(bundle), bundle.issuer
@@ -86,7 +101,7 @@ def encode_state(state: RotationState, bundle: TrustBundle) -> bytes:
             "since": iso(p.since),
             "activate_after": iso(p.activate_after),
             "trigger": p.trigger,
-            "key": _pem_key(p.root_key),
+            **_root_key_entry(p.root_key),
             "issuer_chain": certificates_pem(p.issuer_chain).decode("ascii"),
             "issuer_key": _pem_key(p.issuer_key),
         }
@@ -127,6 +142,10 @@ def encode_state(state: RotationState, bundle: TrustBundle) -> bytes:
             "prepared": prepared_issuer,
         },
     }
+    if bundle.jwt_key is not None:
+        from .jwt_codec import encode_jwt
+
+        doc["jwt"] = encode_jwt(state, bundle, bundle.jwt_key)
     return (json.dumps(doc, indent=1) + "\n").encode("ascii")
 
 
@@ -198,7 +217,11 @@ class _Reader:
 
 
 def parse_state(
-    items: Mapping[str, bytes], bundle: TrustBundle, labels: Mapping[str, str] | None = None
+    items: Mapping[str, bytes],
+    bundle: TrustBundle,
+    labels: Mapping[str, str] | None = None,
+    *,
+    open_key: KeyOpener | None = None,
 ) -> RotationState:
     """The rotation state stored with ``bundle`` (``items[rotation.json]``; none → the empty state).
 
@@ -207,7 +230,8 @@ def parse_state(
     issuer must verify to the active root; times must be ISO 8601 with a zone. Records of
     retiring roots that are no longer anchors (or are the active root) are dropped, and an
     ``active`` record naming another root or issuer leaves its time unknown. Raises BundleError
-    naming ``rotation.json`` (or its label) and the problem.
+    naming ``rotation.json`` (or its label) and the problem. A prepared root whose key is in KMS
+    (``key_uri``) is opened with ``open_key`` (the adapter's); without one, BundleError.
     """
     raw = items.get(ROTATION_STATE)
     if raw is None:
@@ -240,7 +264,13 @@ def parse_state(
             raise r.fail(f"{where}: the prepared root is not among the trust anchors")
         if cert == root:
             raise r.fail(f"{where}: the prepared root is the active root")
-        root_key = r.key(p, "key", where)
+        if "key_uri" in p:
+            uri = r.text(p, "key_uri", where)
+            if open_key is None:
+                raise r.fail(f"{where}: the prepared root's key is {uri}; opening it needs KMS access")
+            root_key = open_key(uri)
+        else:
+            root_key = r.key(p, "key", where)
         if public_key_der(root_key.public_key()) != public_key_der(cert.public_key()):
             raise r.fail(f"{where}.key does not match the prepared root")
         chain, key = _prepared_chain(r, p, where, cert)
@@ -300,6 +330,9 @@ def parse_state(
         not isinstance(leaf_bound, int) or isinstance(leaf_bound, bool) or leaf_bound < 0
     ):
         raise r.fail("root.leaf_bound_seconds is not a whole number of seconds")
+    from .jwt_codec import parse_jwt  # here: it reads with this module's _Reader
+
+    jwt = parse_jwt(r, doc, bundle)
     return RotationState(
         root_since,
         issuer_since,
@@ -308,6 +341,7 @@ def parse_state(
         tuple(retiring),
         tuple(removed[-REMOVED_HISTORY:]),
         None if leaf_bound is None else timedelta(seconds=leaf_bound),
+        *jwt,
     )
 
 
@@ -358,4 +392,6 @@ def describe(state: RotationState, bundle: TrustBundle) -> list[str]:
         )
     for x in state.removed[-3:]:
         lines.append(f"root    removed   {x.subject}  at {iso(x.at)} ({x.reason})")
-    return lines
+    from .jwt_codec import describe_jwt
+
+    return lines + describe_jwt(state, bundle)

@@ -119,7 +119,46 @@ def released_roots(
     return frozenset(released)
 
 
+def released_jwt_keys(old_items: Mapping[str, bytes], now: datetime) -> frozenset[str]:
+    """Thumbprints (RFC 7638 SHA-256, hex) of JWT keys a replacement may leave out of
+    ``jwks.json`` (design §5.4, §5.17): the CURRENT state lists them as retiring and their
+    ``prune_after`` has passed, so every token they signed has expired. What the new state says
+    counts for nothing. Lenient: an unreadable state releases nothing."""
+    released = set()
+    for entry in _entries(_section(old_items, "jwt"), "retiring", "thumbprint"):
+        prune_after = _time(entry.get("prune_after"))
+        if prune_after is not None and prune_after <= now:
+            released.add(str(entry["thumbprint"]))
+    return frozenset(released)
+
+
+def jwt_key_states(items: Mapping[str, bytes]) -> dict[str, str]:
+    """Thumbprint (hex) → the state of that JWT key as the rotation state (full or public)
+    records it, for operators (design §5.17): ``active since T``, ``prepared since T, signs from
+    T``, ``retiring since T, removed after T``. Lenient: unreadable → {}."""
+    section = _section(items, "jwt")
+    states: dict[str, str] = {}
+    for entry in _entries(section, "retiring", "thumbprint"):
+        states[str(entry["thumbprint"])] = (
+            f"retiring since {entry.get('since', '?')}, removed after {entry.get('prune_after', '?')}"
+        )
+    prepared = _object(section.get("prepared"))
+    if "thumbprint" in prepared:
+        states[str(prepared["thumbprint"])] = (
+            f"prepared since {prepared.get('since', '?')}, signs from {prepared.get('activate_after', '?')}"
+        )
+    active = _object(section.get("active"))
+    if "thumbprint" in active:
+        since = active.get("since")
+        states[str(active["thumbprint"])] = "active" + (f" since {since}" if since else " (since unknown)")
+    return states
+
+
 def _root_section(items: Mapping[str, bytes]) -> dict[str, Any]:
+    return _section(items, "root")
+
+
+def _section(items: Mapping[str, bytes], name: str) -> dict[str, Any]:
     raw = items.get(ROTATION_STATE)
     if not raw:
         return {}
@@ -127,8 +166,8 @@ def _root_section(items: Mapping[str, bytes]) -> dict[str, Any]:
         doc = load_document(raw, ROTATION_STATE)
     except BundleError:
         return {}
-    root = doc.get("root")
-    return root if isinstance(root, dict) else {}
+    section = doc.get(name)
+    return section if isinstance(section, dict) else {}
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -136,11 +175,11 @@ def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _entries(section: dict[str, Any], key: str) -> list[dict[str, Any]]:
+def _entries(section: dict[str, Any], key: str, ident: str = "sha256") -> list[dict[str, Any]]:
     value = section.get(key)
     if not isinstance(value, list):
         return []
-    return [e for e in value if isinstance(e, dict) and "sha256" in e]
+    return [e for e in value if isinstance(e, dict) and ident in e]
 
 
 def _time(value: Any) -> datetime | None:
@@ -172,7 +211,7 @@ def public_state(raw: bytes) -> bytes | None:
         doc = load_document(raw, ROTATION_STATE)
     except BundleError:
         return None
-    for section in ("root", "issuer"):
+    for section in ("root", "issuer", "jwt"):
         prepared = (doc.get(section) or {}).get("prepared") if isinstance(doc.get(section), dict) else None
         if isinstance(prepared, dict):
             for name in SECRET_FIELDS:

@@ -21,13 +21,20 @@ Rules, in the order :func:`advance` applies them (one call applies every step th
    issuer outlasted by the propagation wait) is replaced by one signed now with the root's key.
 3. **Activate** a prepared issuer once ``now >= activate_after`` (or the active chain expired).
 4. With the automatic policy only, and only for a root whose key the CA holds (it generated the
-   root, or was given the key; a bundle imported without it is the operator's PKI): **prepare**
+   root, or was given the key; a bundle imported without it is the operator's PKI) in memory (a
+   KMS root key is the operator's: its successor is a KMS key they create, ``rotate root
+   --root-key kms://...``; issuers under a KMS root still rotate automatically): **prepare**
    a root when less than ``min(lifetime/2, 30 days)`` of the active root remains;
    ``activate_after = max(now + propagation window, NotAfter - min(lifetime/6, 7 days))``.
 5. Likewise **prepare** an issuer under the active root when less than ``min(lifetime/2, 30
    days)`` of the active issuer remains and a new one would end later (an issuer never outlives
    its root, so with the default equal lifetimes the root's rotation renews the issuer);
-   ``activate_after = NotAfter - min(lifetime/6, 7 days)``.
+   ``activate_after = NotAfter - min(lifetime/6, 7 days)``. With an upstream authority
+   (``policy.upstream``, no root key held) the issuer is the one the upstream signed, passed in
+   by the adapter step that asked for it when :func:`.issuer_rule.issuer_prepare_due` said so (design §5.16).
+
+6. JWT keys (:mod:`.jwt_keys`): **prune** a retired JWT key, **activate** a prepared one, and
+   with the automatic policy **prepare** one (design §5.17).
 
 The operator's actions (:mod:`.actions`) share the public helpers among the step functions:
 the bound to act on and its record (rule 0), the removal history, a new root and issuer, and the
@@ -45,11 +52,12 @@ from cryptography import x509
 from ..bundle import TrustBundle, chain_not_after, fingerprint
 from ..certs import generate_issuer, generate_root
 from ..durations import format_duration
-from ..keys import PrivateKey
+from ..keys import PrivateKey, key_uri_of
+from . import jwt_keys
+from .issuer_rule import UpstreamIssuer, auto_prepare_issuer
 from .state import (
     AUTO,
     REMOVED_HISTORY,
-    PreparedIssuer,
     PreparedRoot,
     RemovedRoot,
     RetiringRoot,
@@ -75,26 +83,39 @@ def _seconds(d: timedelta) -> int:
 
 
 def advance(
-    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+    bundle: TrustBundle,
+    state: RotationState,
+    now: datetime,
+    policy: RotationPolicy,
+    upstream_issuer: UpstreamIssuer | None = None,
 ) -> Rotation | None:
     """Every rotation step due at ``now`` (rules 1-5 of the module docstring), or None.
 
     bundle: the bundle in force; state: its rotation state (:func:`.codec.parse_state`); now: aware
     UTC. Never raises for a due step it cannot take (e.g. no root key): it is simply not taken.
+    upstream_issuer: with ``policy.upstream``, the issuer (chain under the active root, issuer
+    first; its key) an upstream authority signed because :func:`.issuer_rule.issuer_prepare_due` said so:
+    rule 5 prepares it instead of signing one with the root key (which the CA does not hold).
     """
     steps: list[Step] = []
     for _ in range(8):  # each rule changes the state so that it no longer applies
-        taken = _next_step(bundle, state, now, policy)
+        taken = _next_step(bundle, state, now, policy, upstream_issuer)
         if taken is None:
             break
         bundle, state, step = taken
+        if step.kind == "issuer" and step.action == "prepare":
+            upstream_issuer = None  # used
         state = with_leaf_bound_recorded(state, policy)  # a step taken here used this writer's bound
         steps.append(step)
     return Rotation(bundle, state, tuple(steps)) if steps else None
 
 
 def _next_step(
-    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
+    bundle: TrustBundle,
+    state: RotationState,
+    now: datetime,
+    policy: RotationPolicy,
+    upstream_issuer: UpstreamIssuer | None,
 ) -> tuple[TrustBundle, RotationState, Step] | None:
     for rule in (
         _raise_bound,
@@ -102,9 +123,15 @@ def _next_step(
         _activate_root,
         _activate_issuer,
         _auto_prepare_root,
-        _auto_prepare_issuer,
     ):
         taken = rule(bundle, state, now, policy)
+        if taken is not None:
+            return taken
+    taken = auto_prepare_issuer(bundle, state, now, policy, upstream_issuer)
+    if taken is not None:
+        return taken
+    for jwt_rule in jwt_keys.RULES:
+        taken = jwt_rule(bundle, state, now, policy)
         if taken is not None:
             return taken
     return None
@@ -290,7 +317,7 @@ def _activate_issuer(
 def _auto_prepare_root(
     bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
 ) -> tuple[TrustBundle, RotationState, Step] | None:
-    if not policy.auto or state.prepared_root is not None or held_root_key(bundle) is None:
+    if not policy.auto or state.prepared_root is not None or not _rotates_root(bundle):
         return None
     root = active_root(bundle)
     prepare_within, _ = margins(root)
@@ -299,52 +326,18 @@ def _auto_prepare_root(
     return prepare_root_step(bundle, state, now, policy, AUTO)
 
 
-def _auto_prepare_issuer(
-    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy
-) -> tuple[TrustBundle, RotationState, Step] | None:
-    root_key = held_root_key(bundle)
-    if not policy.auto or state.prepared_issuer is not None or root_key is None:
-        return None
-    root, issuer = active_root(bundle), bundle.issuer
-    if not root.not_valid_before_utc <= now < root.not_valid_after_utc:
-        return None
-    prepare_within, activate_within = margins(issuer)
-    if now < issuer.not_valid_after_utc - prepare_within:
-        return None
-    if min(now + policy.issuer_lifetime, root.not_valid_after_utc) <= issuer.not_valid_after_utc:
-        return None  # a new issuer would not outlive this one: the root's rotation renews it
-    key = policy.algorithm.generate()
-    cert = generate_issuer(
-        root,
-        root_key,
-        key,
-        policy.ca_identity,
-        now,
-        lifetime=policy.issuer_lifetime,
-        backdate=policy.clock_skew,
-    )
-    activate_after = max(now, issuer.not_valid_after_utc - activate_within)
-    prepared = PreparedIssuer((cert,), key, root, now, activate_after, AUTO)
-    step = Step(
-        "issuer",
-        "prepare",
-        AUTO,
-        f"issuer rotation: prepared issuer serial {cert.serial_number:x} (valid until "
-        f"{iso(cert.not_valid_after_utc)}); it becomes active at {iso(activate_after)}",
-        {
-            "issuer_serial": f"{cert.serial_number:x}",
-            "not_after": iso(cert.not_valid_after_utc),
-            "activate_after": iso(activate_after),
-        },
-    )
-    return bundle, replace(state, prepared_issuer=prepared), step
+def _rotates_root(bundle: TrustBundle) -> bool:
+    # Rule 4 applies to a root key held in memory only: a new KMS key is the operator's to create.
+    key = held_root_key(bundle)
+    return key is not None and key_uri_of(key) is None
 
 
 def generate_root_and_issuer(
-    now: datetime, policy: RotationPolicy
+    now: datetime, policy: RotationPolicy, root_key: PrivateKey | None = None
 ) -> tuple[x509.Certificate, PrivateKey, x509.Certificate, PrivateKey]:
-    """A new root and an issuer under it, as ``policy`` makes them: (root, key, issuer, key)."""
-    root_key = policy.algorithm.generate()
+    """A new root and an issuer under it, as ``policy`` makes them: (root, key, issuer, key).
+    root_key: the new root's key when the operator supplies it (a KMS key), else generated."""
+    root_key = root_key if root_key is not None else policy.algorithm.generate()
     root = generate_root(
         policy.trust_domain, root_key, now, lifetime=policy.root_lifetime, backdate=policy.clock_skew
     )
@@ -362,11 +355,17 @@ def generate_root_and_issuer(
 
 
 def prepare_root_step(
-    bundle: TrustBundle, state: RotationState, now: datetime, policy: RotationPolicy, trigger: str
+    bundle: TrustBundle,
+    state: RotationState,
+    now: datetime,
+    policy: RotationPolicy,
+    trigger: str,
+    root_key: PrivateKey | None = None,
 ) -> tuple[TrustBundle, RotationState, Step]:
     """Rule 4's step, and ``sentryca rotate root``'s: a new root (and its issuer) joins the trust
-    anchors now and becomes active at ``activate_after`` (module docstring). (bundle, state, step)."""
-    root, root_key, issuer, issuer_key = generate_root_and_issuer(now, policy)
+    anchors now and becomes active at ``activate_after`` (module docstring). (bundle, state, step).
+    root_key: the new root's key when supplied (``rotate root --root-key kms://...``)."""
+    root, root_key, issuer, issuer_key = generate_root_and_issuer(now, policy, root_key)
     activate_after = now + policy.propagation_window
     if trigger == AUTO:
         current = active_root(bundle)
@@ -412,9 +411,10 @@ def next_step_due(
         due.append(
             (min(q.activate_after, chain_end), f"the activation of the prepared issuer serial {serial:x}")
         )
-    if policy.auto and held_root_key(bundle) is not None:
+    held = held_root_key(bundle) is not None
+    if policy.auto and (held or policy.upstream is not None):
         root, issuer = active_root(bundle), bundle.issuer
-        if state.prepared_root is None:
+        if state.prepared_root is None and _rotates_root(bundle):
             due.append(
                 (root.not_valid_after_utc - margins(root)[0], "the preparation of a new root (--auto-rotate)")
             )
@@ -425,4 +425,5 @@ def next_step_due(
             and min(at + policy.issuer_lifetime, root.not_valid_after_utc) > issuer.not_valid_after_utc
         ):
             due.append((at, "the preparation of a new issuer (--auto-rotate)"))
+    due.extend(jwt_keys.next_jwt_steps(bundle, state, policy))
     return min(due, key=lambda d: d[0]) if due else None

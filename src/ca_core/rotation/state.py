@@ -23,7 +23,9 @@ from cryptography import x509
 from ..bundle import ROTATION_STATE, TrustBundle, chain_not_after, fingerprint
 from ..certs import DEFAULT_CA_LIFETIME, DEFAULT_CLOCK_SKEW, DEFAULT_WORKLOAD_TTL
 from ..errors import BundleError
+from ..jwt_svid import DEFAULT_JWT_TTL, JwtAlgorithm
 from ..keys import KeyAlgorithm, PrivateKey, public_key_der
+from ..oidc import MAX_AGE_SECONDS
 from ..spiffe_id import SpiffeId
 
 PREPARE_WITHIN = timedelta(days=30)  # prepare when less than min(lifetime/2, this) remains
@@ -31,6 +33,12 @@ ACTIVATE_WITHIN = timedelta(days=7)  # activate when less than min(lifetime/6, t
 DEFAULT_PROPAGATION_WINDOW = timedelta(hours=24)
 REMOVED_HISTORY = 16  # removed roots the state keeps
 MANUAL, AUTO = "manual", "auto"  # what triggered a step
+# JWT keys (design §5.17): how long verifiers may cache a JWK Set (the OIDC server's max-age,
+# ``ca_core.oidc.MAX_AGE_SECONDS``) and how long federation may take to publish a change (its
+# longest re-check, ``handlers.server.federation.RETRY_MAX``); the default key lifetime.
+JWKS_CACHE = timedelta(seconds=MAX_AGE_SECONDS)
+FEDERATION_DELAY = timedelta(seconds=300)
+DEFAULT_JWT_KEY_LIFETIME = timedelta(days=90)
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,41 @@ class RemovedRoot:
 
 
 @dataclass(frozen=True)
+class PreparedJwtKey:
+    """A JWT key published in ``jwks.json`` ahead of use (design §5.17): it signs from
+    ``activate_after``. ``kid``: its entry's key id; the key itself lives only in the secret state."""
+
+    key: PrivateKey
+    kid: str
+    algorithm: JwtAlgorithm
+    since: datetime
+    activate_after: datetime
+    trigger: str
+
+
+@dataclass(frozen=True)
+class RetiringJwtKey:
+    """A former signing key still published until ``prune_after``; ``since``: when its successor
+    became active (the last time a writer signed with it, give or take the notice bound);
+    ``thumbprint``: RFC 7638 SHA-256, hex (what the JWK Set entry is matched by)."""
+
+    kid: str
+    thumbprint: str
+    since: datetime
+    prune_after: datetime
+
+
+@dataclass(frozen=True)
+class RemovedJwtKey:
+    """A JWT key taken out of ``jwks.json`` by the rotation (reason ``pruned``)."""
+
+    kid: str
+    thumbprint: str
+    at: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
 class RotationState:
     """The rotation state of one bundle (``rotation.json``). ``root_since``/``issuer_since``:
     when the active root/issuer became active (None when not known: a bundle that never rotated)."""
@@ -99,6 +142,10 @@ class RotationState:
     retiring: tuple[RetiringRoot, ...] = ()
     removed: tuple[RemovedRoot, ...] = ()
     leaf_bound: timedelta | None = None  # the longest leaf bound any writer used (rules, rule 0)
+    jwt_since: datetime | None = None  # when the JWT key (jwt.key) began to sign, when known
+    prepared_jwt: PreparedJwtKey | None = None
+    retiring_jwt: tuple[RetiringJwtKey, ...] = ()
+    removed_jwt: tuple[RemovedJwtKey, ...] = ()
 
 
 EMPTY = RotationState()
@@ -116,7 +163,13 @@ class RotationPolicy:
     (workload TTL + clock skew + how long a CA may still sign with it: the store poll interval,
     or the expiry-check interval without polling; :mod:`.rules`, rule 0); clock_skew:
     backdating of generated certificates; algorithm, root_lifetime, issuer_lifetime: of
-    generated keys and certificates.
+    generated keys and certificates; upstream: the upstream authority that signs new issuers
+    (``acm-pca://<CA ARN>``, design §5.16), None when the root key signs them. JWT keys (design
+    §5.17): jwt_publish: how long a new JWT key is published before it signs (JWKS cache +
+    notice bound + federation delay); jwt_retire: how long a former key stays published after
+    its successor activated (notice bound + ``--jwt-ttl`` + clock skew); jwt_key_lifetime:
+    ``--jwt-key-ttl``, after which the automatic policy rotates the key (None: never);
+    jwt_key_id_fixed: ``--jwt-key-id`` is set, which pins one key id, so the key is not rotated.
     """
 
     trust_domain: str = "localhost"
@@ -128,12 +181,18 @@ class RotationPolicy:
     algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
     root_lifetime: timedelta = DEFAULT_CA_LIFETIME
     issuer_lifetime: timedelta = DEFAULT_CA_LIFETIME
+    upstream: str | None = None
+    jwt_publish: timedelta = JWKS_CACHE + timedelta(hours=1) + FEDERATION_DELAY
+    jwt_retire: timedelta = timedelta(hours=1) + DEFAULT_JWT_TTL + DEFAULT_CLOCK_SKEW
+    jwt_key_lifetime: timedelta | None = DEFAULT_JWT_KEY_LIFETIME
+    jwt_key_id_fixed: bool = False
 
 
 @dataclass(frozen=True)
 class Step:
-    """One rotation step: kind root | issuer; action bound | prepare | activate | prune | rotate |
-    emergency; trigger manual | auto; a log line; audit fields (fingerprints, serials, times)."""
+    """One rotation step: kind root | issuer | jwt; action bound | prepare | activate | prune |
+    rotate | emergency | record (a JWT key's start); trigger manual | auto; a log line; audit
+    fields (fingerprints, serials, key ids, times)."""
 
     kind: str
     action: str

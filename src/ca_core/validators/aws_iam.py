@@ -1,4 +1,4 @@
-"""AWS IAM validator (design §6.5): the token is a SigV4-signed ``sts:GetCallerIdentity`` request,
+"""AWS IAM validator (design §6.6): the token is a SigV4-signed ``sts:GetCallerIdentity`` request,
 which the CA sends to the STS endpoint of its own configuration and whose answer names the caller's
 ARN; configured rules map the ARN to a SPIFFE ID (the idea of Vault's ``aws`` auth method, IAM type).
 
@@ -245,7 +245,7 @@ def match_rule(rules: tuple[AwsIamRule, ...], principal: Principal) -> AwsIamRul
 
 
 class AwsIamValidator:
-    """AWS IAM (design §6.5). ``settings``: the configured rules; ``sts``: the STS port;
+    """AWS IAM (design §6.6). ``settings``: the configured rules; ``sts``: the STS port;
     ``server_id``: the value the proof's server-id header must carry; ``clock``: aware UTC now.
     validate() raises PermissionDenied naming the failed check, Unavailable when STS cannot be
     used, InvalidRequest when the CSR cannot be read (its key is bound into the proof)."""

@@ -59,8 +59,8 @@ class SignRequest:
 
 @dataclass(frozen=True)
 class Identity:
-    """A proven identity: the SPIFFE ID to put in the SVID; ``rule``: the name of the configured
-    mapping rule that gave it (``""`` for validators without rules), for metrics and audit."""
+    """A proven identity: the SPIFFE ID to put in the SVID; ``rule``: the validator's rule that
+    proved it (a JWKS issuer rule's name, design §6.5), "" when the validator has none."""
 
     spiffe_id: SpiffeId
     rule: str = ""

@@ -27,6 +27,7 @@ from jwt.exceptions import (
     ExpiredSignatureError,
     ImmatureSignatureError,
     InvalidAudienceError,
+    InvalidIssuerError,
     InvalidSignatureError,
     MissingRequiredClaimError,
     PyJWKError,
@@ -211,7 +212,7 @@ class JwksValidator:
                 reason="token_key_unknown",
             )
         _check_numeric_dates(request.token)
-        claims = self._verify(request.token, alg, keys)
+        claims = verify_token(request.token, alg, keys, self.audience)
         sub = claims.get("sub")
         if sub != expected_sub:
             raise PermissionDenied(
@@ -220,35 +221,51 @@ class JwksValidator:
             )
         return Identity(SpiffeId(trust_domain, request.namespace, request.app_id))
 
-    def _verify(self, token: str, alg: str, keys: list[jwt.PyJWK]) -> dict[str, Any]:
-        for key in keys:
-            try:
-                return jwt.decode(
-                    token,
-                    key.key,
-                    algorithms=[alg],
-                    audience=self.audience,
-                    leeway=LEEWAY,
-                    options={"require": ["exp", "aud", "sub"]},
-                )
-            except InvalidSignatureError:
-                continue
-            except ExpiredSignatureError:
-                raise PermissionDenied("the token has expired (exp)", reason="token_expired") from None
-            except ImmatureSignatureError as e:
-                raise PermissionDenied(
-                    f"the token is not valid yet: {e}", reason="token_not_yet_valid"
-                ) from None
-            except InvalidAudienceError:
-                raise PermissionDenied(
-                    f"token audience does not contain {self.audience!r}", reason="token_audience"
-                ) from None
-            except MissingRequiredClaimError as e:
-                raise PermissionDenied(f"token claim missing: {e.claim}", reason="token_claims") from None
-            except (DecodeError, RecursionError):  # RecursionError: JSON nested too deep
-                raise PermissionDenied("the token cannot be decoded", reason="token_malformed") from None
-            except PyJWTError as e:
-                raise PermissionDenied(f"the token is invalid: {e}", reason="token_invalid") from None
-        raise PermissionDenied(
-            "the token's signature does not verify with any JWKS key", reason="token_signature"
-        )
+
+def verify_token(
+    token: str,
+    alg: str,
+    keys: list[jwt.PyJWK],
+    audience: str | Sequence[str],
+    issuer: str | None = None,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """The claims of ``token`` once its signature verifies with one of ``keys`` for ``alg``,
+    ``exp``/``nbf``/``iat`` hold (with :data:`LEEWAY`), ``aud`` holds ``audience`` (one of
+    them, for a list) and, when given, ``iss`` is ``issuer``. Raises PermissionDenied whose
+    message starts with ``prefix`` (e.g. the issuer rule's name)."""
+    audience_text = audience if isinstance(audience, str) else " or ".join(map(repr, audience))
+    for key in keys:
+        try:
+            return jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=audience if isinstance(audience, str) else list(audience),
+                issuer=issuer,
+                leeway=LEEWAY,
+                options={"require": ["exp", "aud", "sub", *(["iss"] if issuer else [])]},
+            )
+        except InvalidSignatureError:
+            continue
+        except ExpiredSignatureError:
+            raise PermissionDenied(f"{prefix}the token has expired (exp)", reason="token_expired") from None
+        except ImmatureSignatureError as e:
+            raise PermissionDenied(
+                f"{prefix}the token is not valid yet: {e}", reason="token_not_yet_valid"
+            ) from None
+        except InvalidAudienceError:
+            raise PermissionDenied(
+                f"{prefix}token audience does not contain {audience_text}", reason="token_audience"
+            ) from None
+        except InvalidIssuerError:
+            raise PermissionDenied(f"{prefix}token iss is not {issuer!r}", reason="token_issuer") from None
+        except MissingRequiredClaimError as e:
+            raise PermissionDenied(f"{prefix}token claim missing: {e.claim}", reason="token_claims") from None
+        except (DecodeError, RecursionError):  # RecursionError: JSON nested too deep
+            raise PermissionDenied(f"{prefix}the token cannot be decoded", reason="token_malformed") from None
+        except PyJWTError as e:
+            raise PermissionDenied(f"{prefix}the token is invalid: {e}", reason="token_invalid") from None
+    raise PermissionDenied(
+        f"{prefix}the token's signature does not verify with any JWKS key", reason="token_signature"
+    )

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from adapters.kms import open_key as open_kms_key
 from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
 from ca_core.errors import CAError
 
@@ -36,10 +37,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "bundle", allow_abbrev=False, help="operate on the trust bundle in a store"
     ).add_subparsers(dest="bundle_command", required=True)
     gen_options = tuple(
-        o for o in SERVE_OPTIONS if o.flag in ("trust-domain", "ca-key-algorithm", "root-ttl", "issuer-ttl")
+        o
+        for o in SERVE_OPTIONS
+        if o.flag in ("trust-domain", "ca-key-algorithm", "root-key", "root-ttl", "issuer-ttl")
     )
     p = bundle.add_parser("init", allow_abbrev=False, help="generate a root and issuer into an empty store")
-    add_options(p, STORE_OPTIONS + gen_options)
+    upstream = tuple(o for o in SERVE_OPTIONS if o.flag == "upstream-authority")  # design §5.16
+    add_options(p, STORE_OPTIONS + gen_options + upstream)
     p.add_argument(
         "--force",
         action="store_true",
@@ -54,7 +58,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--root", help="PEM trust anchors (one or more self-signed roots)")
     p.add_argument("--issuer-cert", help="PEM issuer certificate (chain), issuer first")
     p.add_argument("--issuer-key", help="PEM issuer private key (PKCS#8, SEC1 or PKCS#1)")
-    p.add_argument("--root-key", help="PEM root private key (lets the CA rotate issuers itself)")
+    # dest: not the --root-key option of serve and init (a kms:// reference, design §5.18)
+    p.add_argument(
+        "--root-key", dest="root_key_file", help="PEM root private key (lets the CA rotate issuers itself)"
+    )
     p.add_argument(
         "--from",
         dest="from_dir",
@@ -133,7 +140,7 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
 
     _, store = open_store(args)
     if args.from_dir:
-        if args.root or args.issuer_cert or args.issuer_key or args.root_key:
+        if args.root or args.issuer_cert or args.issuer_key or args.root_key_file:
             raise CommandError(
                 "--from takes a whole exported bundle: give no --root/--issuer-*/--root-key", USAGE
             )
@@ -143,8 +150,10 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"--from {args.from_dir}: no trust bundle there (write one with `bundle export`)", USAGE
             )
-        new = parse_bundle(exported.items, source.labels())
-        parse_state(exported.items, new, source.labels())  # verified before anything is written
+        new = parse_bundle(exported.items, source.labels(), open_key=open_kms_key)
+        parse_state(
+            exported.items, new, source.labels(), open_key=open_kms_key
+        )  # verified before anything is written
         items = new.to_items()
         if ROTATION_STATE in exported.items:
             items[ROTATION_STATE] = exported.items[ROTATION_STATE]
@@ -160,11 +169,14 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
             ISSUER_CHAIN: read_input(args.issuer_cert, "--issuer-cert"),
             ISSUER_KEY: read_input(args.issuer_key, "--issuer-key"),
         }
-        if args.root_key:
-            items[ROOT_KEY] = read_input(args.root_key, "--root-key")
+        if args.root_key_file:
+            items[ROOT_KEY] = read_input(args.root_key_file, "--root-key")
         labels = {ANCHORS: f"--root {args.root}", ISSUER_CHAIN: f"--issuer-cert {args.issuer_cert}"}
-        labels |= {ISSUER_KEY: f"--issuer-key {args.issuer_key}", ROOT_KEY: f"--root-key {args.root_key}"}
-        new = parse_bundle(items, labels)  # verified before anything is written
+        labels |= {
+            ISSUER_KEY: f"--issuer-key {args.issuer_key}",
+            ROOT_KEY: f"--root-key {args.root_key_file}",
+        }
+        new = parse_bundle(items, labels, open_key=open_kms_key)  # verified before anything is written
         items = new.to_items()  # normalised: keys as PKCS#8, the root never in issuer.crt
     current = store_retry().run(f"read {store.description}", store.load)
     if current is None:
@@ -293,7 +305,7 @@ def _current_bundle(
     except CAError as e:
         return None, str(e)
     try:
-        parse_state(items, parse_bundle(items, labels), labels)
+        parse_state(items, parse_bundle(items, labels, open_key=open_kms_key), labels)
     except CAError as e:
         return public, str(e)
     return public, None
@@ -378,6 +390,9 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
         args, cfg, settings, Change.NEW_ROOT, "bundle regenerate", store.description
     )
     now = datetime.now(UTC)
+    root_key = (
+        open_kms_key(cfg.root_key, require_enabled=True) if cfg.root_key else None
+    )  # checked before any write
     if backup is None:
         backup = build_store(cfg, f"file://{new_backup_directory(now)}")
     if not backup.create(current.items):
@@ -392,6 +407,7 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
         algorithm=settled.algorithm,
         root_lifetime=settled.lifetimes.root,
         issuer_lifetime=settled.lifetimes.issuer,
+        root_key=root_key,
     )
     items = bundle.to_items()
     token = store.replace_version(items, current.version)

@@ -57,11 +57,30 @@ def _client_args(p: argparse.ArgumentParser, with_csr: bool) -> None:
         help="directory for tls.crt (chain) and ca.crt" + ("" if with_csr else " and tls.key"),
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    p.add_argument(
+        "--jwt-audience",
+        action="append",
+        default=[],
+        metavar="AUDIENCE",
+        help="ask for JWT-SVIDs for this audience too (repeatable); they are verified and written "
+        "to --out as jwt.token and jwt-AUDIENCE.token",
+    )
+    p.add_argument(
+        "--jwks", help="the JWK Set verifying the JWT-SVIDs: a file, or an https:// URL (e.g. jwks.json)"
+    )
+    p.add_argument(
+        "--jwks-ca", help="PEM file of the CAs trusted for an https:// --jwks (default: the system's)"
+    )
+    p.add_argument(
+        "--trust-bundle-store",
+        help="without --jwks: read the JWK Set from this store's public part (the URL `serve` takes)",
+    )
+    p.add_argument("--kubeconfig", help="Kubernetes API access for a kubernetes:// --trust-bundle-store")
     _aws_iam_args(p)
 
 
 def _aws_iam_args(p: argparse.ArgumentParser) -> None:
-    """The AWS IAM proof flags (design §6.5): the token is signed here from the default AWS
+    """The AWS IAM proof flags (design §6.6): the token is signed here from the default AWS
     credential chain, for the CA's STS region and endpoint and its server id."""
     g = p.add_argument_group("AWS IAM (the CA's aws-iam validator)")
     g.add_argument(
@@ -199,6 +218,7 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
     _check_out(out)  # created only once the answer verified: a failed call leaves nothing behind
     if key_pem is None and (conflict := _existing_key_conflict(out, csr_key)):
         raise CommandError(conflict, USAGE)
+    jwt_keys = _jwt_keys(args)  # before the call: a JWK Set that cannot be had refuses at once
     token, validator_number = args.token, int(validator)
     if getattr(args, "aws_iam", False):
         token, validator_number = _aws_iam_token(args, csr_key, anchors)
@@ -212,6 +232,7 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
                 trust_domain=args.trust_domain,
                 token=token,
                 token_validator=validator_number,
+                jwt_audiences=args.jwt_audience,
                 timeout=args.timeout,
             )
         signed = client.verify_response(
@@ -222,6 +243,7 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
             trust_domain=args.trust_domain or None,
             public_key=csr_key,
         )
+        tokens = _jwt_files(response, jwt_keys, signed.spiffe_id, args.jwt_audience) if jwt_keys else {}
     except grpc.RpcError as e:
         raise connection_error(client.diagnose(e, args.server), args) from None
     except client.VerifyError as e:
@@ -232,10 +254,104 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
             write_file(out / "tls.key", key_pem, 0o600)
         write_file(out / "tls.crt", signed.chain_pem, 0o644)
         write_file(out / "ca.crt", signed.anchors_pem, 0o644)
+        for name, token in tokens.items():
+            write_file(out / name, token.encode() + b"\n", 0o600)
     except OSError as e:
         raise CommandError(f"--out {out}: cannot write ({e.strerror or e})", USAGE) from None
     print(
         f"{signed.spiffe_id}\nvalid until {signed.valid_until.isoformat()}\nwritten to {out}/"
-        f"{{tls.crt,ca.crt{',tls.key' if key_pem else ''}}}"
+        f"{{tls.crt,ca.crt{',tls.key' if key_pem else ''}{''.join(',' + n for n in tokens)}}}"
     )
     return 0
+
+
+def jwt_file_name(audience: str | None) -> str:
+    """The file a JWT-SVID is written to in ``--out``: ``jwt.token`` for the token of every
+    audience (response field 4, ``jwt``), ``jwt-AUDIENCE.token`` for the token of ``audience``
+    alone (field 5, ``per_audience_jwts``), the audience percent-encoded (RFC 3986: letters,
+    digits and ``-._~`` stay), e.g. ``jwt-sts.amazonaws.com.token``,
+    ``jwt-api%3A%2F%2FAzureADTokenExchange.token``."""
+    from urllib.parse import quote
+
+    return "jwt.token" if audience is None else f"jwt-{quote(audience, safe='')}.token"
+
+
+_MAX_NAME = 200  # a file name's bytes, with room for write_file's temporary name within 255
+
+
+def _jwt_keys(args: argparse.Namespace) -> object | None:
+    """The JWK Set verifying the JWT-SVIDs (a ``jwt.PyJWKSet``) when ``--jwt-audience`` is given:
+    ``--jwks``, else the ``jwks.json`` of ``--trust-bundle-store``'s public part. Raises
+    CommandError: 2 for bad usage or an unreadable file, 1 for a JWK Set that cannot be fetched."""
+    import sentryca_client as client
+
+    if not args.jwt_audience:
+        if args.jwks or args.jwks_ca or args.trust_bundle_store:
+            raise CommandError(
+                "--jwks, --jwks-ca and --trust-bundle-store verify JWT-SVIDs: ask for them with "
+                "--jwt-audience",
+                USAGE,
+            )
+        return None
+    for aud in args.jwt_audience:
+        if not aud:
+            raise CommandError("--jwt-audience: an audience must not be empty", USAGE)
+        if len(jwt_file_name(aud).encode()) > _MAX_NAME:
+            raise CommandError(f"--jwt-audience {aud[:40]}...: too long for a file name", USAGE)
+    if args.jwks:
+        try:
+            return client.load_jwks(args.jwks, timeout=args.timeout, cafile=args.jwks_ca)
+        except client.JwksError as e:
+            code = REFUSED if args.jwks.startswith("https://") else USAGE
+            raise CommandError(f"--jwks {e}", code) from None
+    if not args.trust_bundle_store:
+        raise CommandError(
+            "--jwt-audience needs the JWK Set to verify the tokens with before they are written: give "
+            "--jwks FILE|URL (e.g. the jwks.json of `sentryca bundle show --out DIR`, or the OIDC "
+            "server's <issuer>/jwks.json), or --trust-bundle-store URL to read it from the store",
+            USAGE,
+        )
+    return _store_jwks(args.trust_bundle_store, args.kubeconfig)
+
+
+def _store_jwks(url: str, kubeconfig: str | None) -> object:
+    """The JWK Set in the public part of the store at ``url``. Raises CommandError."""
+    import sentryca_client as client
+    from adapters.stores import open_store
+    from ca_core.bundle import JWKS
+    from ca_core.errors import CAError, ConfigError
+
+    try:
+        store = open_store(url, kubeconfig=kubeconfig)
+        stored = store.load_public()
+    except ConfigError as e:
+        raise CommandError(f"--trust-bundle-store: {e}", USAGE) from None
+    except CAError as e:
+        raise CommandError(f"--trust-bundle-store {url}: cannot read ({e})") from None
+    data = stored.items.get(JWKS) if stored else None
+    if data is None:
+        raise CommandError(
+            f"--trust-bundle-store {url}: the public part holds no {JWKS} (does the CA run with "
+            "--jwt-enabled true?); nothing was asked"
+        )
+    try:
+        return client.parse_jwks(data, f"{store.description}: {JWKS}")
+    except client.JwksError as e:
+        raise CommandError(f"--trust-bundle-store {e}") from None
+
+
+def _jwt_files(response: object, keys: object, spiffe_id: str, audiences: list[str]) -> dict[str, str]:
+    """File name → token, every JWT-SVID of ``response`` verified (:func:`sentryca_client.verify_jwt_svids`).
+    Raises VerifyError."""
+    import sentryca_client as client
+
+    svids = client.verify_jwt_svids(response, keys, spiffe_id=spiffe_id, audiences=audiences)  # type: ignore[arg-type]
+    files = {jwt_file_name(None): svids.jwt.token}
+    for aud, svid in svids.per_audience.items():
+        name = jwt_file_name(aud)
+        if len(name.encode()) > _MAX_NAME:
+            raise client.VerifyError(
+                f"per_audience_jwts: the audience {aud[:40]!r}... is too long for a file name"
+            )
+        files[name] = svid.token
+    return files

@@ -11,10 +11,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ISSUER_KEY, JWKS, JWT_KEY, ROOT_KEY, ROTATION_STATE
+from adapters.kms import open_key as open_kms_key
+from ca_core.bundle import (
+    ANCHORS,
+    ISSUER_CHAIN,
+    ISSUER_KEY,
+    JWKS,
+    JWT_KEY,
+    ROOT_KEY,
+    ROOT_KEY_REF,
+    ROTATION_STATE,
+)
 from ca_core.config import STORE_OPTIONS, add_options
 from ca_core.errors import CAError
 
@@ -64,13 +75,20 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
     if current is None:
         raise CommandError(f"{store.description} is empty; nothing to export")
     try:
-        parse_bundle(current.items, store.labels())
+        parse_bundle(current.items, store.labels(), open_key=open_kms_key)
     except CAError as e:
         print(f"warning: exporting a bundle that does not load: {e}", file=sys.stderr)
     out = Path(args.out) if args.out else new_backup_directory(datetime.now(UTC))
     if not directory_store(str(out)).create(current.items):
         raise CommandError(f"{out} already holds a trust bundle; choose an empty directory")
     print(f"exported {store.description} to {out} ({', '.join(sorted(current.items))})")
+    in_kms = kms_references(current.items)
+    if in_kms:
+        print(
+            f"not exported: the key(s) held by KMS ({', '.join(in_kms)}); {out} keeps only their "
+            f"reference ({ROOT_KEY_REF}): KMS keys never leave KMS, so restoring this backup needs the "
+            "same KMS keys, enabled, and the permission to sign with them"
+        )
     secret = [i for i in SECRET_ITEMS if i in current.items]
     if secret:
         print(
@@ -79,6 +97,23 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
             "part: `sentryca bundle show --out DIR`"
         )
     return 0
+
+
+def kms_references(items: Mapping[str, bytes]) -> list[str]:
+    """The KMS key references a bundle's items hold: ``root.kms`` and a prepared root's
+    ``key_uri`` in ``rotation.json``."""
+    import json
+
+    refs = []
+    if ROOT_KEY_REF in items:
+        refs.append(items[ROOT_KEY_REF].decode("ascii", errors="replace").strip())
+    try:
+        prepared = json.loads(items[ROTATION_STATE])["root"]["prepared"] if ROTATION_STATE in items else None
+    except (ValueError, KeyError, TypeError):
+        prepared = None
+    if isinstance(prepared, dict) and isinstance(prepared.get("key_uri"), str):
+        refs.append(prepared["key_uri"])
+    return refs
 
 
 def cmd_bundle_show(args: argparse.Namespace) -> int:

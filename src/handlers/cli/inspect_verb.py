@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from adapters.kms import open_key as open_kms_key
 from ca_core.errors import CAError
 from ca_core.expiry import check_expiry
 
@@ -49,15 +50,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"lifetime {days_hours(f.lifetime)}  {f.subject}"
         )
     if public.jwks is not None:
-        from ca_core.jwt_svid import parse_jwks
+        from ca_core.jwt_svid import entry_thumbprint, parse_jwks
+        from ca_core.rotation.document import jwt_key_states
 
+        key_states = jwt_key_states(stored.items)
         for entry in parse_jwks(public.jwks):
-            print(f"jwks   key kid {entry.get('kid', '?')}  {entry.get('alg', '?')} {entry.get('kty')}")
+            key_state = key_states.get(entry_thumbprint(entry) or "", "published")
+            kid, alg = entry.get("kid", "?"), entry.get("alg", "?")
+            print(f"jwks   key kid {kid}  {alg} {entry.get('kty')}  {key_state}")
     try:
         whole = store.load()
         if whole is None:
             raise BundleError("the keys are missing")
-        parse_bundle(whole.items, store.labels())
+        for line in key_locations(whole.items, store.labels()):
+            print(f"keys:  {line}")
+        parse_bundle(whole.items, store.labels(), open_key=open_kms_key)
     except Unavailable as e:
         print(f"bundle: the keys cannot be read here ({e}); only the public part was checked")
         return 0
@@ -66,9 +73,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 1
     from ca_core.rotation.codec import describe, parse_state
 
-    bundle = parse_bundle(whole.items, store.labels())
+    bundle = parse_bundle(whole.items, store.labels(), open_key=open_kms_key)
     try:
-        state = parse_state(whole.items, bundle, store.labels())
+        state = parse_state(whole.items, bundle, store.labels(), open_key=open_kms_key)
     except BundleError as e:
         print(f"bundle: UNUSABLE: {e}")
         return 1
@@ -83,6 +90,44 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print("bundle: complete (anchors, issuer chain and key match)")
     _print_newest_against_record(store, whole.items, bundle, now)
     return 0
+
+
+def key_locations(items: Mapping[str, bytes], labels: Mapping[str, str]) -> list[str]:
+    """Where each CA key of the stored ``items`` lives, one line each (from the items alone, so
+    it is shown even when KMS cannot be reached): the root key in KMS (``root.kms``: its
+    reference), in the store (``root.key``) or not held; the issuer and JWT keys in the store;
+    a prepared root's key in KMS or in the store (``rotation.json``)."""
+    import json
+
+    from ca_core.bundle import ISSUER_KEY, JWT_KEY, ROOT_KEY, ROOT_KEY_REF, ROTATION_STATE
+
+    def name(item: str) -> str:
+        return labels.get(item, item)
+
+    lines = []
+    if ROOT_KEY_REF in items:
+        ref = items[ROOT_KEY_REF].decode("ascii", errors="replace").strip()
+        lines.append(f"root key in KMS: {ref} ({name(ROOT_KEY_REF)} holds only this reference)")
+    elif ROOT_KEY in items:
+        lines.append(f"root key in the store: {name(ROOT_KEY)}")
+    else:
+        lines.append("root key not held (the operator supplies new issuers: rotate issuer --issuer-cert)")
+    if ISSUER_KEY in items:
+        lines.append(f"issuer key in the store: {name(ISSUER_KEY)}")
+    if JWT_KEY in items:
+        lines.append(f"JWT key in the store: {name(JWT_KEY)}")
+    try:
+        prepared = json.loads(items[ROTATION_STATE])["root"]["prepared"] if ROTATION_STATE in items else None
+    except (ValueError, KeyError, TypeError):
+        prepared = None  # an unreadable state is reported by its parse below
+    if isinstance(prepared, dict):
+        where = (
+            f"in KMS: {prepared['key_uri']}"
+            if "key_uri" in prepared
+            else f"in the store: {name(ROTATION_STATE)}"
+        )
+        lines.append(f"prepared root's key {where}")
+    return lines
 
 
 def _print_newest_against_record(

@@ -1,6 +1,6 @@
-"""``sentryca rotate issuer|root|advance``: rotation steps on the trust bundle in a store
-(design §5.7–5.13). The core decides each step; these verbs read the store, write the outcome over
-the version read (compare-and-swap), audit and print each step. What they generate keeps the
+"""``sentryca rotate issuer|root|advance|jwt-key``: rotation steps on the trust bundle in a
+store (design §5.7–5.13, §5.17). The core decides each step; these verbs read the store, write
+the outcome over the version read (compare-and-swap), audit and print each step. What they generate keeps the
 bundle's trust domain, issuer ID and key algorithm (design §5.15)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from adapters.kms import open_key as open_kms_key
 from ca_core.config import SERVE_OPTIONS, STORE_OPTIONS, add_options
 
 from .common import USAGE, CommandError, open_store, read_input, settle_with_bundle
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from ca_core.bundle import TrustBundle
     from ca_core.bundle_settings import Change
     from ca_core.config import Config
+    from ca_core.rotation.issuer_rule import UpstreamIssuer
     from ca_core.rotation.state import Rotation, RotationPolicy, RotationState
 
 # The serve options the rotate verbs take: names, algorithm and lifetimes of what they generate,
@@ -36,6 +38,10 @@ ROTATION_FLAGS = (
     "root-propagation-window",
     "root-ttl",
     "issuer-ttl",
+    "upstream-authority",
+    "jwt-ttl",
+    "jwt-key-ttl",
+    "jwt-key-id",
     "log-level",
     "log-as-json",
 )
@@ -46,7 +52,9 @@ PICKED_UP = "with --store-poll-interval, or after a restart"
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rotate`` with its verbs."""
     rotate = sub.add_parser(
-        "rotate", allow_abbrev=False, help="rotate the issuer or the root of the trust bundle in a store"
+        "rotate",
+        allow_abbrev=False,
+        help="rotate the issuer, the root or the JWT key of the trust bundle in a store",
     ).add_subparsers(dest="rotate_command", required=True)
     rotation_options = STORE_OPTIONS + tuple(o for o in SERVE_OPTIONS if o.flag in ROTATION_FLAGS)
     p = rotate.add_parser(
@@ -65,7 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         allow_abbrev=False,
         help="prepare a new root: a trust anchor now, its issuer active after --root-propagation-window",
     )
-    add_options(p, rotation_options)
+    add_options(p, rotation_options + tuple(o for o in SERVE_OPTIONS if o.flag == "root-key"))
     p.add_argument(
         "--emergency",
         action="store_true",
@@ -80,6 +88,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     add_options(p, rotation_options)
     p.set_defaults(func=cmd_rotate_advance)
+    p = rotate.add_parser(
+        "jwt-key",
+        allow_abbrev=False,
+        help="publish a new JWT key in jwks.json; it signs once verifiers' cached JWK Sets hold it",
+    )
+    add_options(p, rotation_options)
+    p.add_argument(
+        "--now",
+        action="store_true",
+        help="the new key signs at once (breaks caches: verifiers holding a JWK Set fetched before "
+        "refuse its tokens for up to an hour); the old key stays published as usual",
+    )
+    p.set_defaults(func=cmd_rotate_jwt_key)
 
 
 def _rotation_context(
@@ -98,8 +119,8 @@ def _rotation_context(
     current = store_retry().run(f"read {store.description}", store.load)
     if current is None:
         raise CommandError(f"{store.description} holds no trust bundle; nothing to rotate")
-    bundle = parse_bundle(current.items, store.labels())
-    state = parse_state(current.items, bundle, store.labels())
+    bundle = parse_bundle(current.items, store.labels(), open_key=open_kms_key)
+    state = parse_state(current.items, bundle, store.labels(), open_key=open_kms_key)
     return cfg, store, current, bundle, state
 
 
@@ -159,11 +180,13 @@ def _write_rotation(store: BundleStore, current: StoredBundle, result: Rotation)
 
 
 def cmd_rotate_issuer(args: argparse.Namespace) -> int:
-    """A new issuer under the active root: generated, or ``--issuer-cert``/``--issuer-key``."""
+    """A new issuer under the active root: generated, or ``--issuer-cert``/``--issuer-key``, or
+    with ``--upstream-authority`` and no root key held, signed by the upstream."""
     from ca_core.bundle import parse_certificates
     from ca_core.bundle_settings import Change
     from ca_core.keys import load_private_key
     from ca_core.rotation.actions import rotate_issuer
+    from ca_core.rotation.state import held_root_key
 
     cfg, store, current, bundle, state = _rotation_context(args)
     supplied = None
@@ -182,6 +205,8 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
         supplied = (chain, key)
     generates = supplied is None
     policy = _policy(args, cfg, store, bundle, state, Change.ISSUER, "rotate issuer", generates=generates)
+    if supplied is None and cfg.upstream_authority is not None and held_root_key(bundle) is None:
+        supplied = _from_upstream(cfg.upstream_authority, bundle, policy)  # design §5.16
     result = rotate_issuer(bundle, state, datetime.now(UTC), policy, supplied)
     _write_rotation(store, current, result)
     print(
@@ -189,6 +214,23 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
         "then it keeps signing with the old one."
     )
     return 0
+
+
+def _from_upstream(upstream: str, bundle: TrustBundle, policy: RotationPolicy) -> UpstreamIssuer:
+    """An issuer signed by ``--upstream-authority`` under the bundle's active root, checked."""
+    from adapters.acm_pca import AcmPcaAuthority
+    from ca_core.rotation.state import active_root
+    from ca_core.upstream import accept_issued, issuer_request
+
+    now = datetime.now(UTC)
+    request = issuer_request(
+        policy.ca_identity, policy.algorithm, now, lifetime=policy.issuer_lifetime, backdate=policy.clock_skew
+    )
+    root = active_root(bundle)
+    certificate, chain = AcmPcaAuthority(upstream).issue_issuer(request, expect_root=root)
+    issuer_chain, _ = accept_issued(request, certificate, chain, now)
+    print(f"{upstream} signed issuer serial {certificate.serial_number:x}")
+    return issuer_chain, request.key
 
 
 def cmd_rotate_root(args: argparse.Namespace) -> int:
@@ -199,10 +241,22 @@ def cmd_rotate_root(args: argparse.Namespace) -> int:
     cfg, store, current, bundle, state = _rotation_context(args)
     policy = _policy(args, cfg, store, bundle, state, Change.NEW_ROOT, "rotate root")
     now = datetime.now(UTC)
+    root_key = (
+        open_kms_key(cfg.root_key, require_enabled=True) if cfg.root_key else None
+    )  # --root-key kms://...
+    if root_key is not None and root_key.key_uri == bundle.root_key_uri:
+        raise CommandError(
+            f"--root-key {cfg.root_key} is the active root's KMS key: a new root needs a new key "
+            "(create one: aws kms create-key --key-usage SIGN_VERIFY --key-spec ECC_NIST_P256). "
+            "Nothing was changed",
+            USAGE,
+        )
+    if root_key is not None:
+        print(f"the new root's key is {root_key.key_uri} ({root_key.key_spec}): KMS signs it")
     if args.emergency:
-        result = emergency_root(bundle, state, now, policy)
+        result = emergency_root(bundle, state, now, policy, root_key)
     else:
-        result = prepare_root(bundle, state, now, policy)
+        result = prepare_root(bundle, state, now, policy, root_key)
     _write_rotation(store, current, result)
     if args.emergency:
         print(
@@ -238,4 +292,28 @@ def cmd_rotate_advance(args: argparse.Namespace) -> int:
         print(f"{store.description}: no rotation step is due{when}")
         return 0
     _write_rotation(store, current, result)
+    return 0
+
+
+def cmd_rotate_jwt_key(args: argparse.Namespace) -> int:
+    """Publish a new JWT key (design §5.17); with ``--now`` it also signs at once."""
+    from ca_core.bundle_settings import Change
+    from ca_core.rotation.jwt_keys import rotate_jwt_key
+
+    cfg, store, current, bundle, state = _rotation_context(args)
+    policy = _policy(args, cfg, store, bundle, state, Change.STEPS, "rotate jwt-key", generates=False)
+    result = rotate_jwt_key(bundle, state, datetime.now(UTC), policy, at_once=args.now)
+    _write_rotation(store, current, result)
+    if args.now:
+        print(
+            "Running CAs sign with the new key once they load this bundle "
+            f"({PICKED_UP}); verifiers that cached the JWK Set before refuse its tokens until they "
+            "fetch it again (the OIDC server's max-age: 1h).",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"The running CA makes the new key sign itself once the publish period has passed ({PICKED_UP}); "
+            "without one, run `sentryca rotate advance` then."
+        )
     return 0

@@ -19,12 +19,13 @@ from adapters.oidc_federation import S3DocumentPublisher
 from ca_core import oidc
 from ca_core.config import Config
 from ca_core.errors import CAError
+from ca_core.rotation.state import FEDERATION_DELAY
 
 log = logging.getLogger("sentryca")
 
 CHECK_INTERVAL = 10.0  # seconds between two looks at the JWKS in force
 RETRY_FIRST = 5.0  # seconds before the first retry of a failed publication
-RETRY_MAX = 300.0
+RETRY_MAX = FEDERATION_DELAY.total_seconds()  # what a JWT key's publish period allows for
 STOP_WAIT = 2.0  # seconds a stop waits for a publication under way
 
 

@@ -64,11 +64,13 @@ class CertificateAuthority:
         reuse_port: bool = False,
         http_address: str | None = None,
         count_shared_events: bool = True,
+        upstream_authority: Callable[[str], object] | None = None,
     ) -> None:
         """``reuse_port``: bind the gRPC port with SO_REUSEPORT (the worker processes of
         ``handlers.workers`` share one port); ``http_address``: bind /healthz and /metrics there
         instead of ``--listen-address`` (a worker's, reached only by its supervisor);
-        ``count_shared_events``: see :class:`~handlers.metrics.Metrics`."""
+        ``count_shared_events``: see :class:`~handlers.metrics.Metrics`; ``upstream_authority``: of
+        :class:`~.upstream_step.UpstreamIssuerStep`."""
         self._clock = clock
         self._lock = threading.RLock()  # start/stop/restart/maintain
         self._swap_lock = threading.Lock()  # the state in force and its server certificate
@@ -96,6 +98,7 @@ class CertificateAuthority:
             apply=self._apply_stored,
             check_expiry=self._check_expiry,
             refresh_health=self._listeners.refresh_health,
+            upstream_authority=upstream_authority,
         )
 
     # --- what is in force ------------------------------------------------------------------
@@ -175,8 +178,6 @@ class CertificateAuthority:
             )
             self._start_with(state)
             publish_bundle(state, None, self.metrics)
-            if state.refused is not None:  # serving the last accepted bundle instead (design §5.4)
-                self._upkeep.refused(state, state.refused.version, state.refused.detail)
 
     def _start_with(self, state: State) -> None:
         config = state.config
@@ -204,15 +205,17 @@ class CertificateAuthority:
             state.store.description,
         )
         log.debug("configuration: %s", config.describe())
-        bundle = state.signer.bundle
-        for warning in policy.lifetime_warnings(config, settings_of(bundle)):
+        for warning in policy.lifetime_warnings(config, settings_of(state.signer.bundle)):
             log.warning("lifetimes: %s", warning)
 
     def _serve(self, state: State) -> None:
         self._state = state  # before the first call can arrive
+        # upkeep first: /healthz is degraded from its first answer when serving instead of a refused bundle
+        self._upkeep.start(state)
+        if state.refused is not None:
+            self._upkeep.refused(state, state.refused.version, state.refused.detail)
         self._listeners.open(state.config)
         self._check_expiry(state)
-        self._upkeep.start(state)
         self._federation = Federation.of(state.config, self.jwks)
         if self._federation is not None:
             self._federation.start()

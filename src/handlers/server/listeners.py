@@ -21,7 +21,7 @@ import grpc.aio
 
 from ca_core.config import Config
 from ca_core.errors import CAError
-from ca_core.policy import ServerCertificate
+from ca_core.server_certificate import ServerCertificate
 from ca_core.service import Signer
 
 from ..call_limits import CallLimits, Guard

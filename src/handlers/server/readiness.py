@@ -12,7 +12,7 @@ from ca_core.bundle import ANCHORS, ISSUER_CHAIN, ROTATION_STATE, fingerprint
 from ca_core.certs import check_issuer_valid
 from ca_core.errors import FailedPrecondition
 from ca_core.expiry import ExpiryFinding, stored_expiry_report
-from ca_core.policy import ServerCertificate
+from ca_core.server_certificate import ServerCertificate
 from ca_core.validators import validator_readiness
 
 from ..grpc_service import audit_log

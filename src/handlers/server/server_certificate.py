@@ -1,7 +1,7 @@
 """The CA's own TLS server certificate (design §9.1): issuing it, installing it for the state in
 force, handing a renewed one to gRPC before the next handshake, and renewing it at half its life.
 
-What to issue is ``ca_core.policy.issue_server_certificate``'s rule; this module keeps the
+What to issue is ``ca_core.server_certificate.issue_server_certificate``'s rule; this module keeps the
 certificate a running CA serves.
 """
 
@@ -17,7 +17,7 @@ import grpc
 from cryptography import x509
 
 from ca_core.errors import CAError
-from ca_core.policy import ServerCertificate, issue_server_certificate
+from ca_core.server_certificate import ServerCertificate, issue_server_certificate
 
 from ..grpc_service import audit_log
 from ..metrics import Metrics

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from adapters.kms import open_key as open_kms_key
 from adapters.stores import StoredBundle, parse_stored
 from ca_core import policy
 from ca_core.bundle_settings import settings_of
@@ -29,6 +30,7 @@ from ..logs import audit_rotation
 from ..metrics import Metrics
 from .server_certificate import ServedCertificate
 from .state import NotRunning, State
+from .upstream_step import UpstreamIssuerStep
 
 log = logging.getLogger("sentryca")
 
@@ -68,7 +70,8 @@ class Upkeep:
     :meth:`round` and :meth:`rotate`; the watcher only ever tries it); ``in_force`` returns the
     state in force (None: idle); ``apply`` puts the store's content in force; ``check_expiry``
     runs the expiry check over a state; ``refresh_health`` publishes readiness to health
-    watchers."""
+    watchers; ``upstream_authority`` builds the adapter that :class:`UpstreamIssuerStep` asks for
+    the issuers rule 5 wants (design §5.16)."""
 
     def __init__(
         self,
@@ -81,6 +84,7 @@ class Upkeep:
         apply: ApplyStored,
         check_expiry: Callable[[State], list[ExpiryFinding]],
         refresh_health: Callable[[], None],
+        upstream_authority: Callable[[str], object] | None = None,
     ) -> None:
         self._lock = lock
         self._clock = clock
@@ -90,6 +94,7 @@ class Upkeep:
         self._apply = apply
         self._check_expiry = check_expiry
         self._refresh_health = refresh_health
+        self._upstream = UpstreamIssuerStep(upstream_authority)
         self._watcher: threading.Thread | None = None
         self._stop_watch = threading.Event()
         self._next_expiry_check = datetime.max.replace(tzinfo=UTC)
@@ -157,10 +162,13 @@ class Upkeep:
         (the state in force, whether this CA wrote a step)."""
         bundle = state.signer.bundle
         try:
-            current = codec.parse_state(state.stored.items if state.stored else {}, bundle)
+            current = codec.parse_state(
+                state.stored.items if state.stored else {}, bundle, open_key=open_kms_key
+            )
             prepared = current.prepared_root.root if current.prepared_root is not None else None
             rotation_policy = policy.bundle_rotation_policy(state.config, settings_of(bundle, prepared))
-            result = rules.advance(bundle, current, now, rotation_policy)
+            upstream_issuer = self._upstream(bundle, current, now, rotation_policy)
+            result = rules.advance(bundle, current, now, rotation_policy, upstream_issuer)
         except CAError as e:
             log.error("rotation: cannot evaluate the rotation state of %s: %s", state.store.description, e)
             return state, False
