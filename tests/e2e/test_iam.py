@@ -234,7 +234,7 @@ def needed(
 def test_each_policy_allows_exactly_the_calls_of_the_code_it_runs(principal, store_kind, federation, kms):
     conditions = {"UseS3": store_kind == "s3", "MakeOidcFederation": federation, "UseKmsRoot": kms}
     allowed = granted(statements(principal, conditions), conditions)
-    need = needed(principal, store_kind, federation, kms)
+    need = needed(principal, store_kind, federation=federation, kms=kms)
     assert need, f"{principal} makes no AWS call?"
     assert need <= allowed, f"{principal} with a {store_kind} store is denied {sorted(need - allowed)}"
     assert allowed - need <= NO_CALL_NEEDED, f"{principal} may call more than it does: {allowed - need}"

@@ -165,16 +165,23 @@ def response_of(key: SigningKey, every: dict, per: dict[str, dict], headers: dic
     return r
 
 
-def fine(aud, **over):
+def claims_at(aud, *, exp_in=600, nbf_in=-900, **over):
+    """Claims as of now: ``exp``/``nbf`` this many seconds from now."""
     now = int(time.time())
-    return {"sub": ID, "aud": aud, "iat": now, "nbf": now - 900, "exp": now + 600} | over
+    return {"sub": ID, "aud": aud, "iat": now, "nbf": now + nbf_in, "exp": now + exp_in} | over
+
+
+def fine(aud, **over):
+    """The claims of a token made when the test runs (not when pytest collects it: a long run
+    would see them expire): a callable giving them."""
+    return lambda: claims_at(aud, **over)
 
 
 @pytest.mark.parametrize(
     "every, per, headers, why",
     [
         (fine(["example.org", "x"]), {"example.org": fine(["example.org"]), "x": fine(["x"])}, None, None),
-        (fine(["example.org", "x"], exp=int(time.time()) - 1), {}, None, "jwt: the token expired"),
+        (fine(["example.org", "x"], exp_in=-1), {}, None, "jwt: the token expired"),
         (fine(["example.org", "x"], sub=ID + "2"), {}, None, "jwt: the token's sub is not"),
         (fine(["example.org"]), {}, None, "jwt: the token is not for the audience 'x'"),
         (
@@ -186,7 +193,7 @@ def fine(aud, **over):
         (fine(["example.org", "x"]), {"example.org": fine(["example.org"])}, None, "no token for 'x'"),
         (fine(["example.org", "x"]), {}, {"kid": "unknown"}, "jwt: the key 'unknown' is not in the JWK Set"),
         (
-            fine(["example.org", "x"], nbf=int(time.time()) + 60),
+            fine(["example.org", "x"], nbf_in=60),
             {},
             None,
             "jwt: the token is not valid before",
@@ -194,6 +201,7 @@ def fine(aud, **over):
     ],
 )
 def test_each_check_of_the_client(every, per, headers, why):
+    every, per = every(), {aud: claims() for aud, claims in per.items()}
     key = SigningKey("k1", "ES256")
     keys = client.parse_jwks(json.dumps(jwks(key)).encode(), "test")
     response = response_of(key, every, per, headers)
@@ -216,11 +224,11 @@ def test_the_algorithm_is_the_keys_never_the_tokens():
     key = SigningKey("k1", "RS256")
     keys = client.parse_jwks(json.dumps(jwks(key)).encode(), "test")
     forged = pyjwt.api_jws.PyJWS().encode(
-        json.dumps(fine(["example.org"])).encode(), b"x" * 32, algorithm="HS256", headers={"kid": "k1"}
+        json.dumps(claims_at(["example.org"])).encode(), b"x" * 32, algorithm="HS256", headers={"kid": "k1"}
     )
     with pytest.raises(client.VerifyError, match="the token says alg 'HS256'; key 'k1' is RS256"):
         client.verify_jwt_svid(forged, keys, spiffe_id=ID, audience="example.org", exact=False)
-    none = pyjwt.encode(fine(["example.org"]), None, algorithm="none", headers={"kid": "k1"})
+    none = pyjwt.encode(claims_at(["example.org"]), None, algorithm="none", headers={"kid": "k1"})
     with pytest.raises(client.VerifyError, match="alg 'none'"):
         client.verify_jwt_svid(none, keys, spiffe_id=ID, audience="example.org", exact=False)
 

@@ -58,6 +58,9 @@ LOCAL: dict[str, str] = {
     "e-mail subscription has no local stand-in",
     "AWS::CloudTrail::Trail": "not created: condition MakeTrail needs StoreKind secretsmanager; this "
     "stack is StoreKind s3",
+    "AWS::KMS::Key": "not created: condition UseKmsRoot needs RootKeyKms (default false); a KMS root "
+    "is tested against moto's KMS by tests/e2e/test_kms.py",
+    "AWS::KMS::Alias": "not created: condition UseKmsRoot needs RootKeyKms (default false), as the key's",
     "AWS::IAM::OIDCProvider": "not created: condition MakeOidcProvider needs OidcFederation (default "
     "false); the federation publisher and the provider's call shape are tested against moto by "
     "tests/adapters/test_oidc_federation.py",
@@ -467,6 +470,8 @@ def _create_network(stack: Stack, logical: str, kind: str, p: dict[str, Any], en
 _ORDER = [
     "AWS::IAM::Role",
     "AWS::IAM::OIDCProvider",
+    "AWS::KMS::Key",
+    "AWS::KMS::Alias",
     "AWS::S3::Bucket",
     "AWS::S3::BucketPolicy",
     "AWS::SSM::Parameter",
