@@ -44,6 +44,12 @@ def _client_args(p: argparse.ArgumentParser, with_csr: bool) -> None:
         "--token", default=os.environ.get("SENTRY_TOKEN", ""), help="identity token (or SENTRY_TOKEN)"
     )
     p.add_argument(
+        "--token-file",
+        default=os.environ.get("SENTRY_TOKEN_FILE") or None,
+        help="read the identity token from this file when the call is made, e.g. a projected "
+        "service-account token or a CI job's OIDC token (or SENTRY_TOKEN_FILE; not with --token)",
+    )
+    p.add_argument(
         "--token-validator", default="0", help="insecure, kubernetes, jwks or a number (default: the CA's)"
     )
     p.add_argument(
@@ -102,12 +108,38 @@ def _aws_iam_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _token(args: argparse.Namespace) -> str:
+    """The identity token: ``--token``, or the content of ``--token-file`` read now (so a token
+    its issuer renews in the file is current), surrounding whitespace stripped. Raises CommandError
+    (usage) when both are given, the file cannot be read, or it holds no token."""
+    path = args.token_file
+    if path is None:
+        return str(args.token)
+    if args.token:
+        raise CommandError(
+            "--token and --token-file exclude each other (SENTRY_TOKEN, SENTRY_TOKEN_FILE)", USAGE
+        )
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise CommandError(f"--token-file {path}: cannot read it ({e.strerror or e})", USAGE) from None
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise CommandError(f"--token-file {path}: not a token (not ASCII text)", USAGE) from None
+    if not token or any(c.isspace() for c in token):
+        raise CommandError(f"--token-file {path}: holds no token (empty, or more than one word)", USAGE)
+    return token
+
+
 def _aws_iam_token(args: argparse.Namespace, csr_key: object, anchors: bytes) -> tuple[str, int]:
     """(token, validator number) for ``--aws-iam``. Raises CommandError."""
     from sentryca_client import aws_iam
 
-    if args.token:
-        raise CommandError("--aws-iam signs its own token: leave out --token / SENTRY_TOKEN", USAGE)
+    if args.token or args.token_file:
+        raise CommandError(
+            "--aws-iam signs its own token: leave out --token / SENTRY_TOKEN and --token-file", USAGE
+        )
     server_id = args.aws_server_id
     if server_id is None:
         try:
@@ -219,7 +251,7 @@ def _sign_and_write(args: argparse.Namespace, csr_pem: bytes, key_pem: bytes | N
     if key_pem is None and (conflict := _existing_key_conflict(out, csr_key)):
         raise CommandError(conflict, USAGE)
     jwt_keys = _jwt_keys(args)  # before the call: a JWK Set that cannot be had refuses at once
-    token, validator_number = args.token, int(validator)
+    token, validator_number = _token(args), int(validator)
     if getattr(args, "aws_iam", False):
         token, validator_number = _aws_iam_token(args, csr_key, anchors)
     try:
