@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -185,6 +185,20 @@ class KmsKey:
     def _refuse_export(self) -> Any:
         raise ValueError(f"the key {self.key_uri} is held by KMS: its private half cannot be exported")
 
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        return self._refuse_export()
+
+    def __copy__(self) -> Self:
+        return self  # one handle on one KMS key: nothing to copy
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        return self
+
 
 class KmsEcKey(KmsKey, ec.EllipticCurvePrivateKey):
     """An ECDSA key (P-256, P-384) held by KMS; ``sign`` returns a DER ECDSA signature."""
@@ -213,20 +227,6 @@ class KmsEcKey(KmsKey, ec.EllipticCurvePrivateKey):
 
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
         return self._refuse_export()
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        return self._refuse_export()
-
-    def __copy__(self) -> KmsEcKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> KmsEcKey:
-        return self
 
 
 class KmsRsaKey(KmsKey, rsa.RSAPrivateKey):
@@ -267,20 +267,6 @@ class KmsRsaKey(KmsKey, rsa.RSAPrivateKey):
 
     def private_numbers(self) -> rsa.RSAPrivateNumbers:
         return self._refuse_export()
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        return self._refuse_export()
-
-    def __copy__(self) -> KmsRsaKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> KmsRsaKey:
-        return self
 
 
 _padding = padding  # the module, under a name the RSA sign's ``padding`` argument does not hide

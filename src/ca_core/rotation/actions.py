@@ -16,7 +16,6 @@ from datetime import datetime
 from cryptography import x509
 
 from ..bundle import TrustBundle, fingerprint, is_ca, issued_by
-from ..certs import generate_issuer
 from ..errors import FailedPrecondition
 from ..keys import PrivateKey, public_key_der
 from .rules import (
@@ -138,18 +137,8 @@ def rotate_issuer(
                 f"{subject_of(root)}. Nothing was changed",
                 reason="root_key_missing",
             )
-        key = policy.algorithm.generate()
-        chain: tuple[x509.Certificate, ...] = (
-            generate_issuer(
-                root,
-                root_key,
-                key,
-                policy.ca_identity,
-                now,
-                lifetime=policy.issuer_lifetime,
-                backdate=policy.clock_skew,
-            ),
-        )
+        cert, key = policy.new_issuer(root, root_key, now)
+        chain: tuple[x509.Certificate, ...] = (cert,)
     else:
         chain, key = supplied
         _check_supplied_issuer(chain, key, root, now)

@@ -14,7 +14,6 @@ from datetime import datetime
 from cryptography import x509
 
 from ..bundle import TrustBundle, issued_by
-from ..certs import generate_issuer
 from ..keys import PrivateKey
 from .state import (
     AUTO,
@@ -68,18 +67,8 @@ def auto_prepare_issuer(
         signer = policy.upstream
         signed_by = f"signed by {signer}"
     elif root_key is not None:
-        key = policy.algorithm.generate()
-        chain = (
-            generate_issuer(
-                root,
-                root_key,
-                key,
-                policy.ca_identity,
-                now,
-                lifetime=policy.issuer_lifetime,
-                backdate=policy.clock_skew,
-            ),
-        )
+        cert, key = policy.new_issuer(root, root_key, now)
+        chain = (cert,)
         signer, signed_by = "root", "signed with the root key"
     else:
         return None

@@ -50,7 +50,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 
 from ..bundle import TrustBundle, chain_not_after, fingerprint
-from ..certs import generate_issuer, generate_root
+from ..certs import generate_root
 from ..durations import format_duration
 from ..keys import PrivateKey, key_uri_of
 from . import jwt_keys
@@ -275,16 +275,7 @@ def _issuer_for_activation(
     root = prepared.root
     if left >= margins(issuer)[0] or not root.not_valid_before_utc <= now < root.not_valid_after_utc:
         return prepared.issuer_chain, prepared.issuer_key, None
-    key = policy.algorithm.generate()
-    cert = generate_issuer(
-        prepared.root,
-        prepared.root_key,
-        key,
-        policy.ca_identity,
-        now,
-        lifetime=policy.issuer_lifetime,
-        backdate=policy.clock_skew,
-    )
+    cert, key = policy.new_issuer(prepared.root, prepared.root_key, now)
     if cert.not_valid_after_utc <= issuer.not_valid_after_utc:  # pragma: no cover - a fresh one ends later
         return prepared.issuer_chain, prepared.issuer_key, None
     return (cert,), key, max(left, timedelta(0))
@@ -341,16 +332,7 @@ def generate_root_and_issuer(
     root = generate_root(
         policy.trust_domain, root_key, now, lifetime=policy.root_lifetime, backdate=policy.clock_skew
     )
-    issuer_key = policy.algorithm.generate()
-    issuer = generate_issuer(
-        root,
-        root_key,
-        issuer_key,
-        policy.ca_identity,
-        now,
-        lifetime=policy.issuer_lifetime,
-        backdate=policy.clock_skew,
-    )
+    issuer, issuer_key = policy.new_issuer(root, root_key, now)
     return root, root_key, issuer, issuer_key
 
 

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 
 from ..bundle import ROTATION_STATE, TrustBundle, chain_not_after, fingerprint
-from ..certs import DEFAULT_CA_LIFETIME, DEFAULT_CLOCK_SKEW, DEFAULT_WORKLOAD_TTL
+from ..certs import DEFAULT_CA_LIFETIME, DEFAULT_CLOCK_SKEW, DEFAULT_WORKLOAD_TTL, generate_issuer
 from ..errors import BundleError
 from ..jwt_svid import DEFAULT_JWT_TTL, JwtAlgorithm
 from ..keys import KeyAlgorithm, PrivateKey, public_key_der
@@ -186,6 +186,23 @@ class RotationPolicy:
     jwt_retire: timedelta = timedelta(hours=1) + DEFAULT_JWT_TTL + DEFAULT_CLOCK_SKEW
     jwt_key_lifetime: timedelta | None = DEFAULT_JWT_KEY_LIFETIME
     jwt_key_id_fixed: bool = False
+
+    def new_issuer(
+        self, root: x509.Certificate, root_key: PrivateKey, now: datetime
+    ) -> tuple[x509.Certificate, PrivateKey]:
+        """A fresh issuer under ``root``, signed with ``root_key`` now, as this policy makes them
+        (key algorithm, issuer lifetime, backdating): (certificate, its key)."""
+        key = self.algorithm.generate()
+        cert = generate_issuer(
+            root,
+            root_key,
+            key,
+            self.ca_identity,
+            now,
+            lifetime=self.issuer_lifetime,
+            backdate=self.clock_skew,
+        )
+        return cert, key
 
 
 @dataclass(frozen=True)
