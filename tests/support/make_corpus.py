@@ -1,11 +1,14 @@
 """Writes the hostile-input corpus into ``tests/corpus/``: ``csr/*`` (certificate signing requests the
-CA must refuse, or in two cases accept) and ``token/*`` (identity tokens for the JWKS and
-KUBERNETES validators). Run it again to refresh the files (keys are random, shapes are not):
+CA must refuse, or in two cases accept), ``token/*`` (identity tokens for the JWKS and
+KUBERNETES validators) and ``iam/*`` (AWS IAM proofs, design §6.6). Run it again to refresh the
+files (keys are random, shapes are not):
 
     .venv/bin/python tests/support/make_corpus.py
 
-``tests/e2e/test_fuzz.py`` sends every file through the real gRPC server and states, per file name
-prefix, the status it must get (design §3).
+``tests/e2e/test_fuzz.py`` sends every csr and token file through the real gRPC server and states,
+per file name prefix, the status it must get (design §3). ``tests/e2e/test_fuzz_iam.py`` sends the
+iam files, and the same shapes made at run time from a fresh proof for its own STS double
+(:func:`iam_cases`), in process and through the gRPC server.
 """
 
 from __future__ import annotations
@@ -180,8 +183,193 @@ def token_corpus() -> dict[str, str]:
     }
 
 
+IAM_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
+
+
+def proof_token(doc: object) -> str:
+    """A proof's token: base64url of ``doc`` (JSON-encoded unless bytes), no padding."""
+    return b64url(doc if isinstance(doc, bytes) else json.dumps(doc).encode())
+
+
+def iam_cases(good: dict[str, str], elsewhere: dict[str, str], noise_seed: int = 17) -> dict[str, str]:
+    """Hostile AWS IAM proofs made from ``good`` (the headers of a real signed GetCallerIdentity
+    proof) and ``elsewhere`` (a real proof with the same credentials, signed for another host).
+
+    The name's prefix says what a CA whose STS ``good`` was signed for must answer:
+    ``ok-`` the proof is good (the control, and encodings of it); ``sts-`` well formed, so it
+    reaches STS, which refuses the signature or the key (PERMISSION_DENIED); ``local-`` refused
+    before any STS call (PERMISSION_DENIED); ``toolarge-`` over the gRPC layer's 64 KiB
+    (RESOURCE_EXHAUSTED; in process PERMISSION_DENIED, before any call)."""
+    import random
+
+    def doc(headers: dict[str, object] | object = None, **fields: object) -> dict:
+        d = {"method": "POST", "headers": dict(good) if headers is None else headers, "body": IAM_BODY}
+        return d | fields
+
+    def changed(**changes: str | None) -> dict[str, str]:
+        out = dict(good)
+        for name, value in changes.items():
+            name = name.replace("_", "-")
+            out = {k: v for k, v in out.items() if k.lower() != name.lower()}
+            if value is not None:
+                out[name] = value
+        return out
+
+    def header(name: str) -> str:
+        return header_of(good, name)
+
+    auth = header("Authorization")
+    signed = auth.split("SignedHeaders=")[1].split(",")[0]
+    scope = auth.split("Credential=")[1].split(",")[0]  # AKID/DATE/REGION/SERVICE/aws4_request
+    akid, date, region, service, _ = scope.split("/")
+    sig = auth[-64:]
+    flipped = sig[:-1] + ("0" if sig[-1] != "0" else "1")
+    good_token = proof_token(doc())
+    raw = json.dumps(doc(), separators=(",", ":")).encode()
+    rng = random.Random(noise_seed)
+
+    def duplicated(name: str, other: str) -> bytes:
+        # the same header twice, the second spelled in upper case with another value
+        inner = ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in good.items())
+        extra = f",{json.dumps(name.upper())}:{json.dumps(other)}"
+        return f'{{"method":"POST","headers":{{{inner}{extra}}},"body":{json.dumps(IAM_BODY)}}}'.encode()
+
+    cases: dict[str, str] = {
+        # the control, and other encodings of the same proof
+        "ok-control": good_token,
+        "ok-padded": base64.urlsafe_b64encode(raw).decode(),
+        "ok-standard-alphabet": base64.b64encode(raw).decode(),
+        # reaches STS, which finds the signature or the key wrong
+        "sts-signature-flipped": proof_token(doc(changed(Authorization=auth[:-64] + flipped))),
+        "sts-signed-content-type-changed": proof_token(doc(changed(Content_Type="text/plain"))),
+        "sts-unknown-access-key": proof_token(
+            doc(changed(Authorization=auth.replace(f"Credential={akid}/", "Credential=AKIDUNKNOWN0/")))
+        ),
+        # huge headers, too many headers, over the size cap
+        "local-huge-header-value": proof_token(doc(changed(X_Amz_Security_Token="A" * 5000))),
+        "local-huge-authorization": proof_token(doc(changed(Authorization=auth + ", " + "x" * 4000))),
+        "local-huge-header-name": proof_token(doc(good | {"X-" + "a" * 5000: "v"})),
+        "local-too-many-headers": proof_token(doc(good | {f"X-Amz-Meta-{i}": "v" for i in range(17)})),
+        "local-over-size-cap": proof_token(raw[:-1] + b" " * (16 * 1024) + b"}"),
+        "toolarge-70k-header": proof_token(doc(changed(X_Amz_Security_Token="A" * 70_000))),
+        # duplicated headers and members (same name, another case)
+        "local-duplicate-host-case": proof_token(duplicated("Host", "169.254.169.254")),
+        "local-duplicate-authorization-case": proof_token(duplicated("Authorization", auth)),
+        "local-duplicate-date-case": proof_token(duplicated("X-Amz-Date", header("X-Amz-Date"))),
+        "local-duplicate-member": proof_token(raw[:-1] + b',"BODY":' + json.dumps(IAM_BODY).encode() + b"}"),
+        # bytes that are not UTF-8, values that are not printable ASCII
+        "local-not-utf8-json": proof_token(raw.replace(b'"POST"', b'"PO\xff\xfeST"')),
+        "local-not-utf8-value": proof_token(
+            raw.replace(header("X-Amz-Date").encode(), header("X-Amz-Date").encode() + b"\xc3\x28")
+        ),
+        "local-not-utf8-raw": proof_token(b"\xff\xfe\x00\x80" + raw),
+        "local-latin1-value": proof_token(doc(changed(Host=header("Host") + "\u00e9"))),
+        "local-crlf-injection": proof_token(doc(changed(Host=header("Host") + "\r\nX-Injected: 1"))),
+        "local-nul-in-value": proof_token(doc(changed(X_Amz_Date=header("X-Amz-Date") + "\x00"))),
+        # the wrong action, a body with extra parameters
+        "local-wrong-action": proof_token(doc(body="Action=AssumeRole&Version=2011-06-15")),
+        "local-wrong-action-case": proof_token(doc(body=IAM_BODY.lower())),
+        "local-body-extra-parameter": proof_token(doc(body=IAM_BODY + "&RoleArn=arn:aws:iam::1:role/x")),
+        "local-body-reordered": proof_token(doc(body="Version=2011-06-15&Action=GetCallerIdentity")),
+        "local-body-not-string": proof_token(doc(body={"Action": "GetCallerIdentity"})),
+        "local-body-missing": proof_token({"method": "POST", "headers": good}),
+        "local-method-get": proof_token(doc(method="GET")),
+        # URL, host and endpoint fields: the CA sends proofs to its own endpoint only
+        "local-url-field": proof_token(doc(url="http://169.254.169.254/latest/meta-data/")),
+        "local-endpoint-field": proof_token(doc(endpoint="https://" + header_of(elsewhere, "Host"))),
+        "local-host-field": proof_token(doc(host=header_of(elsewhere, "Host"))),
+        "local-path-field": proof_token(doc(path="/?Action=AssumeRole")),
+        "local-forwarded-host-header": proof_token(
+            doc(good | {"X-Forwarded-Host": header_of(elsewhere, "Host")})
+        ),
+        "local-transfer-encoding-header": proof_token(doc(good | {"Transfer-Encoding": "chunked"})),
+        # a signed Host naming another host
+        "local-signed-for-another-host": proof_token(doc(elsewhere)),
+        "local-host-metadata-service": proof_token(doc(changed(Host="169.254.169.254"))),
+        "local-host-with-user": proof_token(doc(changed(Host="user@" + header("Host")))),
+        "local-host-absolute-url": proof_token(doc(changed(Host="http://" + header("Host") + "/"))),
+        # Authorization missing or malformed
+        "local-authorization-missing": proof_token(doc(changed(Authorization=None))),
+        "local-authorization-empty": proof_token(doc(changed(Authorization=""))),
+        "local-authorization-sigv2": proof_token(doc(changed(Authorization=f"AWS {akid}:c2lnbmF0dXJl"))),
+        "local-authorization-other-algorithm": proof_token(
+            doc(changed(Authorization=auth.replace("AWS4-HMAC-SHA256", "AWS4-HMAC-SHA512")))
+        ),
+        "local-authorization-not-hex": proof_token(doc(changed(Authorization=auth[:-64] + "z" * 64))),
+        "local-authorization-server-id-unsigned": proof_token(
+            doc(changed(Authorization=auth.replace(";x-sentryca-server-id", "")))
+        ),
+        "local-authorization-signs-unsent-header": proof_token(
+            doc(changed(Authorization=auth.replace(signed, signed + ";x-amz-security-token")))
+        ),
+        "local-authorization-other-region": proof_token(
+            doc(changed(Authorization=auth.replace(f"/{region}/", "/eu-west-1/")))
+        ),
+        "local-authorization-other-service": proof_token(
+            doc(changed(Authorization=auth.replace(f"/{service}/", "/s3/")))
+        ),
+        "local-date-malformed": proof_token(doc(changed(X_Amz_Date="yesterday"))),
+        "local-date-not-the-scope": proof_token(doc(changed(Authorization=auth.replace(date, "20200101")))),
+        "local-date-long-ago": proof_token(
+            doc(changed(X_Amz_Date="20200101T000000Z", Authorization=auth.replace(f"/{date}/", "/20200101/")))
+        ),
+        # shapes that are not a proof: deep JSON, other types, base64 noise
+        "local-deep-json-array": proof_token(b"[" * 6000 + b"]" * 6000),
+        "local-deep-json-header": proof_token(
+            raw.replace(b'"headers":', b'"headers":' + b'{"a":' * 1500, 1)[:-1] + b"}" * 1500 + b"}"
+        ),
+        "local-json-array": proof_token([doc()]),
+        "local-json-string": proof_token(good_token),
+        "local-json-null": proof_token(None),
+        "local-headers-list": proof_token(doc(list(good.items()))),
+        "local-headers-empty": proof_token(doc({})),
+        "local-header-value-list": proof_token(doc(good | {"Host": [header("Host")]})),
+        "local-header-value-number": proof_token(doc(changed(X_Amz_Date=None) | {"X-Amz-Date": 20261202})),
+        "local-base64-noise": b64url(rng.randbytes(600)),
+        "local-base64-noise-long": b64url(rng.randbytes(12_000)),
+        "local-not-base64": "!!!***$$$" + good_token[:40],
+        "local-empty": "",
+        "local-jwt-shape": "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+        # damaged real proofs
+        "local-truncated-half": good_token[: len(good_token) // 2],
+        "local-truncated-last": good_token[:-1],
+        "local-good-twice": good_token + good_token,
+    }
+    for n in range(6):  # one base64 character changed at spread positions
+        i = (len(good_token) * (2 * n + 1)) // 12
+        c = "A" if good_token[i] != "A" else "B"
+        cases[f"local-damaged-char-{n}"] = good_token[:i] + c + good_token[i + 1 :]
+    return cases
+
+
+def header_of(headers: dict[str, str], name: str) -> str:
+    return next(v for k, v in headers.items() if k.lower() == name.lower())
+
+
+def signed_proof_headers(host: str, server_id: str, public_key, akid: str, secret: str) -> dict[str, str]:
+    """The headers of a real proof (the client library's ``aws_iam_token``) for ``host``."""
+    from botocore.credentials import Credentials
+
+    from sentryca_client.aws_iam import aws_iam_token
+
+    token = aws_iam_token(
+        public_key, server_id, sts_endpoint=f"https://{host}", credentials=Credentials(akid, secret)
+    )
+    return json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))["headers"]
+
+
+def iam_corpus() -> dict[str, str]:
+    """:func:`iam_cases` around proofs for STS's public endpoints: every file is refused before any
+    STS call by a CA configured otherwise (host, date), whatever its prefix."""
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    server_id = "spiffe://public/ns/default/dapr-sentry"
+    good = signed_proof_headers("sts.us-east-1.amazonaws.com", server_id, key, "AKIDCORPUS", "corpus")
+    elsewhere = signed_proof_headers("sts.amazonaws.com", server_id, key, "AKIDCORPUS", "corpus")
+    return iam_cases(good, elsewhere)
+
+
 def main() -> None:
-    for sub in ("csr", "token"):
+    for sub in ("csr", "token", "iam"):
         d = CORPUS / sub
         d.mkdir(exist_ok=True)
         for old in d.iterdir():
@@ -190,6 +378,8 @@ def main() -> None:
         (CORPUS / "csr" / name).write_bytes(data)
     for name, text in token_corpus().items():
         (CORPUS / "token" / name).write_bytes(text.encode())
+    for name, text in iam_corpus().items():
+        (CORPUS / "iam" / f"{name}.txt").write_bytes(text.encode())
 
 
 if __name__ == "__main__":

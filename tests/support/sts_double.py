@@ -4,7 +4,7 @@ the body and the date the request carries), the 15-minute window and the action,
 STS does: the caller's ARN as GetCallerIdentity XML, or an ErrorResponse.
 
 ``mode`` lets a test make it throttle (400 Throttling), fail (503) or hang. ``requests`` records
-what reached it (the Host it was asked for among the headers)."""
+what reached it (the Host it was asked for among the headers), ``paths`` the path of each."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ class StsDouble:
         self.region = region
         self.mode = "ok"
         self.requests: list[dict[str, str]] = []
+        self.paths: list[str] = []
         double = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,6 +45,7 @@ class StsDouble:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 double.requests.append(dict(self.headers.items()))
+                double.paths.append(self.path)
                 status, answer = double.answer(self.command, self.path, dict(self.headers.items()), body)
                 if double.mode == "hang":
                     time.sleep(5)
@@ -56,7 +58,8 @@ class StsDouble:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.host = f"127.0.0.1:{self.port}"  # the Host a proof for it is signed for
+        self.endpoint = f"http://{self.host}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> StsDouble:
