@@ -30,6 +30,8 @@ from ca_core.config import JwksSettings, JwtIssuerSettings
 from ca_core.errors import ConfigError, Unavailable
 from ca_core.validators.jwks import parse_key_set
 
+from .tls_trust import trust_context
+
 log = logging.getLogger(__name__)
 
 MAX_JWKS_BYTES = 1024 * 1024
@@ -37,14 +39,7 @@ FAILED_FETCH_RETRY = 5.0  # seconds before a failed fetch is tried again (capped
 
 
 def _ssl_context(ca_certificate: str | None) -> ssl.SSLContext:
-    if ca_certificate is None:
-        return ssl.create_default_context()
-    try:
-        if "-----BEGIN" in ca_certificate:
-            return ssl.create_default_context(cadata=ca_certificate)
-        return ssl.create_default_context(cafile=ca_certificate)
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError(f"jwks caCertificate: cannot be loaded ({e})") from None
+    return trust_context(ca_certificate, "jwks caCertificate")
 
 
 @dataclass(frozen=True)

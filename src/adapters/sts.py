@@ -4,8 +4,10 @@ the endpoint of the CA's configuration, within its timeout, and reads the caller
 The target is always ``settings.sts_endpoint`` with path ``/``: nothing in a proof chooses where
 the request goes. At most :data:`MAX_ANSWER_BYTES` of answer are read; the whole call (connect,
 send, read) is bounded by ``requestTimeout``. Unreachable, timed out, throttled (429, the
-``Throttling`` code) or a 5xx → Unavailable; any other refusal → PermissionDenied naming STS's
-error code (never its message, nor any header of the proof).
+``Throttling`` code) or a 5xx → Unavailable (``aws_sts_unavailable``); a TLS connection that
+fails (the chain does not reach ``caCertificate`` or the system's store, the certificate does not
+name the endpoint's host, a handshake error) → Unavailable (``aws_sts_tls``); any other refusal
+→ PermissionDenied naming STS's error code (never its message, nor any header of the proof).
 
 The answer is XML from the CA's own configured STS (never a URL a caller chose), at most 64 KiB,
 parsed by the standard library's expat, which refuses entity expansion bombs.
@@ -22,6 +24,8 @@ from urllib.parse import urlsplit
 from ca_core.config.aws_iam import AwsIamSettings
 from ca_core.errors import PermissionDenied, Unavailable
 from ca_core.validators.aws_iam import CallerIdentity, IamProof
+
+from .tls_trust import trust_context
 
 MAX_ANSWER_BYTES = 64 * 1024
 THROTTLING_CODES = frozenset(
@@ -42,7 +46,9 @@ def _find(root: ET.Element, name: str) -> str | None:
 
 class StsClient:
     """:class:`ca_core.validators.aws_iam.StsPort` over HTTPS (plain HTTP for a loopback test
-    endpoint). ``ssl_context``: trust for the endpoint (default: the system's store)."""
+    endpoint). ``ssl_context``: trust for the endpoint (default: ``settings.ca_certificate``, else
+    the system's store; the chain and the host name are verified). Raises ConfigError when
+    ``caCertificate`` cannot be loaded."""
 
     def __init__(self, settings: AwsIamSettings, ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(settings.sts_endpoint)
@@ -53,7 +59,7 @@ class StsClient:
         self._host = parts.netloc if parts.port not in (None, default_port) else self.hostname
         self.timeout = settings.request_timeout.total_seconds()
         self.endpoint = settings.sts_endpoint
-        self.ssl_context = ssl_context or ssl.create_default_context()
+        self.ssl_context = ssl_context or trust_context(settings.ca_certificate, "aws-iam caCertificate")
 
     @property
     def host(self) -> str:
@@ -82,6 +88,16 @@ class StsClient:
                 if not chunk:
                     break
                 body += chunk
+        except ssl.SSLError as e:  # before OSError, of which it is one
+            if isinstance(e, ssl.SSLCertVerificationError):
+                detail = f"certificate verify failed: {e.verify_message}"
+            else:
+                detail = e.reason or type(e).__name__
+            raise Unavailable(
+                f"STS at {self.endpoint}: no trusted TLS connection ({detail}); "
+                "check caCertificate and the endpoint's host name",
+                reason="aws_sts_tls",
+            ) from None
         except (OSError, http.client.HTTPException) as e:  # TimeoutError is an OSError
             raise Unavailable(
                 f"STS at {self.endpoint} cannot be reached ({type(e).__name__})", reason="aws_sts_unavailable"

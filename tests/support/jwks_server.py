@@ -77,8 +77,11 @@ def claims(sub: str, aud: str | list[str], *, now: float | None = None, **overri
     } | overrides
 
 
-def self_signed_tls(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1/localhost: (ca.pem, server.pem, server.key)."""
+def self_signed_tls(
+    directory: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for ``names`` (DNS names and IP addresses; default
+    localhost/127.0.0.1): (ca.pem, server.pem, server.key)."""
     now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "JWKS test CA")])
@@ -98,8 +101,6 @@ def self_signed_tls(directory: Path) -> tuple[Path, Path, Path]:
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    import ipaddress
-
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "localhost")]))
@@ -109,9 +110,7 @@ def self_signed_tls(directory: Path) -> tuple[Path, Path, Path]:
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([_general_name(n) for n in names]),
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -130,6 +129,15 @@ def self_signed_tls(directory: Path) -> tuple[Path, Path, Path]:
         )
     )
     return ca_pem, cert_pem, key_pem
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    import ipaddress
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 @dataclass

@@ -3,15 +3,19 @@ with the secret keys it knows (botocore computes the expected signature over the
 the body and the date the request carries), the 15-minute window and the action, and answers as
 STS does: the caller's ARN as GetCallerIdentity XML, or an ErrorResponse.
 
-``mode`` lets a test make it throttle (400 Throttling), fail (503) or hang. ``requests`` records
-what reached it (the Host it was asked for among the headers), ``paths`` the path of each."""
+``tls``: (certificate file, key file) to serve HTTPS at ``https://localhost:PORT``, else plain
+HTTP at ``http://127.0.0.1:PORT``. ``mode`` lets a test make it throttle (400 Throttling), fail
+(503) or hang. ``requests`` records what reached it (the Host it was asked for among the
+headers), ``paths`` the path of each."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -30,7 +34,12 @@ def _error(code: str, message: str) -> bytes:
 class StsDouble:
     """``keys``: access key id → (secret key, ARN); ``region``: the region signatures are for."""
 
-    def __init__(self, keys: dict[str, tuple[str, str]], region: str = "us-east-1") -> None:
+    def __init__(
+        self,
+        keys: dict[str, tuple[str, str]],
+        region: str = "us-east-1",
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.keys = keys
         self.region = region
         self.mode = "ok"
@@ -58,8 +67,12 @@ class StsDouble:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.host = f"127.0.0.1:{self.port}"  # the Host a proof for it is signed for
-        self.endpoint = f"http://{self.host}"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.host = f"{'localhost' if tls else '127.0.0.1'}:{self.port}"  # the Host proofs are signed for
+        self.endpoint = f"{'https' if tls else 'http'}://{self.host}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> StsDouble:

@@ -6,6 +6,7 @@ of the ``--config`` file, read and checked at start. Pure: the parsed YAML value
   options:
     region: us-east-1                           # the STS region proofs must be signed for
     stsEndpoint: https://sts.us-east-1.amazonaws.com   # default: from the region
+    caCertificate: /etc/sentryca/sts-ca.pem     # optional: PEM file or text trusted for stsEndpoint
     requestTimeout: 10s                         # the whole STS call
     serverId: sentryca.example.com              # default: the CA's SPIFFE ID
     allowedAccounts: ["111122223333"]
@@ -35,6 +36,7 @@ from ..spiffe_id import DEFAULT_TRUST_DOMAIN, app_id_problem, namespace_problem,
 AWS_IAM_OPTION_KEYS = (
     "region",
     "stsEndpoint",
+    "caCertificate",
     "requestTimeout",
     "serverId",
     "allowedAccounts",
@@ -79,7 +81,9 @@ class AwsIamSettings:
     ``http://`` only on loopback, for tests), where every proof is sent, whatever the proof says;
     ``region``: the region proofs are signed for; ``request_timeout``: the bound of one STS call;
     ``server_id``: the value the proof's server-id header must carry (None: the CA's SPIFFE ID);
-    ``allowed_accounts``: 12-digit AWS account ids; ``rules``: first match wins."""
+    ``allowed_accounts``: 12-digit AWS account ids; ``rules``: first match wins;
+    ``ca_certificate``: PEM text or a PEM file path trusted for an https endpoint (None: the
+    system's store)."""
 
     sts_endpoint: str
     region: str
@@ -87,6 +91,7 @@ class AwsIamSettings:
     rules: tuple[AwsIamRule, ...]
     request_timeout: timedelta = DEFAULT_STS_TIMEOUT
     server_id: str | None = None
+    ca_certificate: str | None = None
 
 
 def default_sts_endpoint(region: str) -> str:
@@ -133,6 +138,11 @@ def read_aws_iam(options: Any, where: str) -> AwsIamSettings:
     endpoint = options.get("stsEndpoint") or default_sts_endpoint(region)
     if not isinstance(endpoint, str) or (problem := endpoint_problem(endpoint)):
         raise ConfigError(f"{where}.stsEndpoint: {problem if isinstance(endpoint, str) else 'not a string'}")
+    ca = options.get("caCertificate")
+    if ca is not None and (not isinstance(ca, str) or not ca.strip()):
+        raise ConfigError(f"{where}.caCertificate: expected PEM text or a file path")
+    if ca is not None and endpoint.startswith("http://"):
+        raise ConfigError(f"{where}.caCertificate: set, but stsEndpoint {endpoint!r} is plain http")
     timeout = DEFAULT_STS_TIMEOUT
     if options.get("requestTimeout") not in (None, ""):
         try:
@@ -178,6 +188,7 @@ def read_aws_iam(options: Any, where: str) -> AwsIamSettings:
         rules=parsed,
         request_timeout=timeout,
         server_id=server_id,
+        ca_certificate=ca,
     )
 
 
