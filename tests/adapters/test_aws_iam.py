@@ -326,3 +326,30 @@ def test_a_proof_signed_without_the_sentryca_headers_is_refused(sts):
         validator_for(sts.endpoint).validate(request(token, csr))
     assert e.value.reason == "aws_iam_server_id"
     assert sts.requests == []
+
+
+def test_an_iam_user_maps_only_through_a_user_rule():
+    """STS names an IAM user (``arn:aws:iam::ACCOUNT:user/PATH/NAME``, as for long-lived access
+    keys): the role rules do not map it; a ``user`` rule naming it does."""
+    keys = {"AKIDUSER": ("secret-user", f"arn:aws:iam::{ACCOUNT}:user/ci/ci-deployer")}
+    with StsDouble(keys) as sts:
+        csr, public_key = csr_and_key()
+        token = aws_iam_token(
+            public_key,
+            SERVER_ID,
+            sts_endpoint=sts.endpoint,
+            credentials=Credentials("AKIDUSER", "secret-user"),
+        )
+        with pytest.raises(PermissionDenied) as e:
+            validator_for(sts.endpoint).validate(request(token, csr))
+        assert e.value.reason == "aws_iam_no_rule" and "IAM user 'ci-deployer'" in str(e.value)
+        text = config_text(sts.endpoint) + (
+            "            - {name: deployer, user: ci-deployer, namespace: ci, appId: deployer, "
+            "trustDomain: example.org}\n"
+        )
+        settings = read_config_file(text, "cfg.yaml")["aws_iam"]
+        validator = AwsIamValidator(settings, StsClient(settings), SERVER_ID, lambda: datetime.now(UTC))
+        identity = validator.validate(request(token, csr, app_id="deployer", namespace="ci"))
+        assert (
+            str(identity.spiffe_id) == "spiffe://example.org/ns/ci/deployer" and identity.rule == "deployer"
+        )

@@ -18,6 +18,10 @@ of the ``--config`` file, read and checked at start. Pure: the parsed YAML value
         namespace: prod
         appId: orders
         trustDomain: example.org                # optional, default public
+      - name: deployer
+        user: ci-deployer                       # instead of role: an IAM user's name (no session)
+        namespace: ci
+        appId: deployer
 ```
 """
 
@@ -42,7 +46,7 @@ AWS_IAM_OPTION_KEYS = (
     "allowedAccounts",
     "rules",
 )
-RULE_KEYS = ("name", "account", "role", "sessionName", "namespace", "appId", "trustDomain")
+RULE_KEYS = ("name", "account", "role", "user", "sessionName", "namespace", "appId", "trustDomain")
 DEFAULT_STS_REGION = "us-east-1"
 DEFAULT_STS_TIMEOUT = timedelta(seconds=10)
 MAX_STS_TIMEOUT = timedelta(minutes=1)
@@ -62,17 +66,20 @@ _HOST = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
 @dataclass(frozen=True)
 class AwsIamRule:
-    """One mapping rule: an assumed-role ARN of ``role`` (in ``account`` when set, any allowed
-    account otherwise; its session name matching the glob ``session_name`` when set) gets
-    ``spiffe://<trust_domain>/ns/<namespace>/<app_id>``. ``name``: the label in metrics and audit."""
+    """One mapping rule: an assumed-role ARN of ``role`` (its session name matching the glob
+    ``session_name`` when set), or, with ``user`` instead, the IAM user of that name (any path), in
+    ``account`` when set (any allowed account otherwise), gets
+    ``spiffe://<trust_domain>/ns/<namespace>/<app_id>``. Exactly one of ``role`` and ``user`` is
+    set. ``name``: the label in metrics and audit."""
 
     name: str
-    role: str
+    role: str | None
     namespace: str
     app_id: str
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     account: str | None = None
     session_name: str | None = None
+    user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,10 +222,19 @@ def _rule(item: Any, where: str, index: int, allowed: list[str]) -> AwsIamRule:
             f"{where}.name: {name[:100]!r} must be 1-63 lowercase letters, digits, '-' or '_' "
             "(a metric label)"
         )
-    role = text("role", True) or ""
-    if not _ROLE.fullmatch(role):
-        raise ConfigError(f"{where}.role: {role[:100]!r} is not an IAM role name (1-64 of A-Za-z0-9+=,.@_-)")
+    role, user = text("role", False), text("user", False)
+    if (role is None) == (user is None):
+        raise ConfigError(
+            f"{where}: exactly one of role (an assumed role's name) and user (an IAM user's name)"
+        )
+    for key, value in (("role", role), ("user", user)):
+        if value is not None and not _ROLE.fullmatch(value):
+            raise ConfigError(
+                f"{where}.{key}: {value[:100]!r} is not an IAM {key} name (1-64 of A-Za-z0-9+=,.@_-)"
+            )
     session = text("sessionName", False)
+    if session is not None and user is not None:
+        raise ConfigError(f"{where}.sessionName: only with role (an IAM user has no session)")
     if session is not None and not _SESSION_PATTERN.fullmatch(session):
         raise ConfigError(
             f"{where}.sessionName: {session[:100]!r} is not a session-name glob (1-64 of A-Za-z0-9+=,.@_- "
@@ -245,4 +261,5 @@ def _rule(item: Any, where: str, index: int, allowed: list[str]) -> AwsIamRule:
         trust_domain=trust_domain,
         account=account,
         session_name=session,
+        user=user,
     )

@@ -66,6 +66,7 @@ _AUTH = re.compile(
     r"AWS4-HMAC-SHA256 Credential=([A-Za-z0-9]{1,128})/([0-9]{8})/([a-z0-9-]{1,32})/([a-z0-9]{1,32})"
     r"/aws4_request, ?SignedHeaders=([a-z0-9;-]{1,1024}), ?Signature=([0-9a-f]{64})"
 )
+_NAME = re.compile(r"[A-Za-z0-9+=,.@_-]{1,64}")  # an IAM user or role name
 _ARN = re.compile(
     r"arn:(aws|aws-cn|aws-us-gov):(sts|iam)::([0-9]{12}):([A-Za-z-]{1,32})/([A-Za-z0-9+=,.@_/-]{1,512})"
 )
@@ -212,18 +213,29 @@ class StsPort(Protocol):
 
 @dataclass(frozen=True)
 class Principal:
-    """An assumed-role ARN's parts (``arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION``)."""
+    """A mappable ARN's parts: an assumed role's (``arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION``,
+    ``user`` empty) or an IAM user's (``arn:aws:iam::ACCOUNT:user/[PATH/]NAME``: ``user`` NAME,
+    ``role`` and ``session`` empty)."""
 
     account: str
     role: str
     session: str
+    user: str = ""
+
+    def __str__(self) -> str:
+        return f"IAM user {self.user!r}" if self.user else f"role {self.role!r} (session {self.session!r})"
 
 
 def parse_principal(arn: str) -> Principal | None:
-    """The role and session of an assumed-role ARN, None for any other principal (IAM users,
-    root, federated users: no rule maps them)."""
+    """The parts of an assumed-role or IAM user ARN, None for any other principal (root, federated
+    users: no rule maps them)."""
     m = _ARN.fullmatch(arn)
-    if m is None or m.group(2) != "sts" or m.group(4) != "assumed-role":
+    if m is None:
+        return None
+    if m.group(2) == "iam" and m.group(4) == "user":
+        name = m.group(5).rsplit("/", 1)[-1]  # user names are unique in an account, whatever the path
+        return Principal(m.group(3), "", "", user=name) if _NAME.fullmatch(name) else None
+    if m.group(2) != "sts" or m.group(4) != "assumed-role":
         return None
     role, _, session = m.group(5).partition("/")
     if not role or not session or "/" in session:
@@ -232,9 +244,13 @@ def parse_principal(arn: str) -> Principal | None:
 
 
 def match_rule(rules: tuple[AwsIamRule, ...], principal: Principal) -> AwsIamRule | None:
-    """The first rule for ``principal``'s role (and account, and session name glob, when set)."""
+    """The first rule for ``principal``: a ``user`` rule naming its IAM user, or a ``role`` rule
+    naming its role (and session name glob, when set); and its account, when the rule sets one."""
     for rule in rules:
-        if rule.role != principal.role:
+        if principal.user:
+            if rule.user != principal.user:
+                continue
+        elif rule.role is None or rule.role != principal.role:
             continue
         if rule.account is not None and rule.account != principal.account:
             continue
@@ -277,14 +293,13 @@ class AwsIamValidator:
         principal = parse_principal(caller.arn)
         if principal is None or principal.account != caller.account:
             raise PermissionDenied(
-                f"{caller.arn[:300]!r} is not an assumed-role ARN: no rule maps it", reason="aws_iam_no_rule"
+                f"{caller.arn[:300]!r} is neither an assumed-role nor an IAM user ARN: no rule maps it",
+                reason="aws_iam_no_rule",
             )
         rule = match_rule(self.settings.rules, principal)
         if rule is None:
             raise PermissionDenied(
-                f"no rule maps role {principal.role!r} (session {principal.session!r}) of account "
-                f"{principal.account}",
-                reason="aws_iam_no_rule",
+                f"no rule maps {principal} of account {principal.account}", reason="aws_iam_no_rule"
             )
         expected = SpiffeId(rule.trust_domain, rule.namespace, rule.app_id)
         received_td = request.trust_domain or rule.trust_domain
@@ -297,8 +312,7 @@ class AwsIamValidator:
             problems.append(f"trust domain: expected {rule.trust_domain!r}, received {received_td!r}")
         if problems:
             raise PermissionDenied(
-                f"rule {rule.name!r} maps {principal.role}/{principal.session} to {expected}: "
-                + "; ".join(problems),
+                f"rule {rule.name!r} maps {principal} to {expected}: " + "; ".join(problems),
                 reason="app_id_mismatch",
             )
         return Identity(expected, rule=rule.name)
