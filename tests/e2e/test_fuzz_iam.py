@@ -73,6 +73,7 @@ class IamServed:
         self.ca, self.anchors, self.sts, self.decoy = ca, anchors, sts, decoy
         self.channel = client.channel(f"localhost:{ca.grpc_port}", anchors)
         self.raw = self.channel.unary_unary("/dapr.proto.sentry.v1.CA/SignCertificate")
+        self.last_reason = ""  # the reason of the last in-process refusal
 
     def proof(self, endpoint: str | None = None, akid: str = "AKIDORDERS") -> str:
         """A fresh good proof for CSR's key, signed for ``endpoint`` (default: the CA's STS)."""
@@ -89,9 +90,11 @@ class IamServed:
 
     def in_process(self, token: str) -> grpc.StatusCode:
         request = SignRequest("orders", "prod", CSR, token=token, token_validator=AWS_IAM)
+        self.last_reason = ""
         try:
             signed = self.ca.signer.sign(request, datetime.now(UTC))
         except CAError as e:
+            self.last_reason = e.reason or ""
             return status_for(e)
         assert str(signed.spiffe_id) == SPIFFE_ID
         return grpc.StatusCode.OK
@@ -169,6 +172,18 @@ EXPECTED = {
 }
 
 
+# the refusals' reasons (design §6.6): each case is refused by the check it is about
+LOCAL_REASONS = {
+    "aws_iam_proof_malformed",
+    "aws_iam_wrong_action",
+    "aws_iam_wrong_host",
+    "aws_iam_server_id",
+    "aws_iam_proof_expired",
+    "token_missing",
+}
+REASONS = {"ok": {""}, "sts": {"aws_iam_sts_refused"}, "local": LOCAL_REASONS, "toolarge": LOCAL_REASONS}
+
+
 @pytest.mark.parametrize("name", [p.stem for p in files()])
 def test_live_case(iam_ca, name):
     """(in process, over gRPC, STS calls per path) as the name's prefix states."""
@@ -176,6 +191,7 @@ def test_live_case(iam_ca, name):
     in_process, over_grpc, calls = EXPECTED[name.split("-")[0]]
     before = len(iam_ca.sts.requests)
     assert iam_ca.in_process(token) == in_process
+    assert iam_ca.last_reason in REASONS[name.split("-")[0]], iam_ca.last_reason
     assert len(iam_ca.sts.requests) == before + calls
     assert iam_ca.over_grpc(token) == over_grpc
     assert len(iam_ca.sts.requests) == before + 2 * calls
