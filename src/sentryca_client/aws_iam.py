@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 # The client's side of the proof's wire format (design §6.6). The CA's side is
 # ca_core.validators.aws_iam (parse_proof); the client does not import it, so that the slim
 # client distribution (clients/python) carries none of the server's packages. The names and
-# values are the CA's, and tests hold them equal (tests/sentryca_client/test_aws_iam_wire.py).
+# values are the CA's, and tests hold them equal (tests/sentryca_client/test_library.py).
 AWS_IAM_VALIDATOR = 100  # the wire number of ``token_validator`` (this project's extension)
 SERVER_ID_HEADER = "X-Sentryca-Server-Id"
 KEY_HASH_HEADER = "X-Sentryca-Csr-Key-Sha256"
