@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -103,6 +104,7 @@ def cmd_request(args: argparse.Namespace) -> int:
     """Issue, verify, then write OUT/tls.key (0600), tls.crt and ca.crt; nothing is written
     unless the answer verified. Raises _Refused."""
     import grpc
+    from cryptography import x509
 
     from . import aws_iam, diagnose
     from .client import VerifyError
@@ -118,7 +120,15 @@ def cmd_request(args: argparse.Namespace) -> int:
     token = _token(args)
     if args.aws_iam and token:
         raise _Refused("--aws-iam signs its own token: leave out --token and --token-file", USAGE)
+    if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):[0-9]{1,5}", args.server):
+        raise _Refused(
+            f"--server {args.server}: expected HOST:PORT, e.g. localhost:50001 or [::1]:50001", USAGE
+        )
     anchors = _read(args.trust_anchors, "--trust-anchors")
+    try:
+        x509.load_pem_x509_certificates(anchors)
+    except ValueError:
+        raise _Refused(f"--trust-anchors {args.trust_anchors}: no PEM certificates in it", USAGE) from None
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise _Refused(f"--out {out}: not a directory", USAGE)
@@ -165,7 +175,11 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``sentryca-client ARGV``; the exit code."""
+    """Run ``sentryca-client ARGV``; the exit code. gRPC core's own log lines are kept off the
+    terminal (``GRPC_VERBOSITY=NONE``, set before grpc is imported) unless GRPC_VERBOSITY or
+    GRPC_TRACE is set: the error line says what failed."""
+    if "grpc" not in sys.modules and not (os.environ.get("GRPC_VERBOSITY") or os.environ.get("GRPC_TRACE")):
+        os.environ["GRPC_VERBOSITY"] = "NONE"
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return cmd_request(args)

@@ -92,11 +92,13 @@ def test_the_script_writes_the_svid(running_ca, store_dir, tmp_path, capsys):
         ([], b"\xff", "not ASCII"),
         (["--token-validator", "nope"], None, "--token-validator"),
         (["--aws-iam", "--token", "t"], None, "signs its own token"),
+        (["--server", "ca.internal"], None, "expected HOST:PORT"),
+        ([], None, "no PEM certificates"),  # the anchors below
     ],
 )
 def test_the_script_refuses_bad_usage_before_any_call(tmp_path, capsys, extra, token_file, message):
     anchors = tmp_path / "ca.crt"
-    anchors.write_text("not read when the usage is wrong")
+    anchors.write_text("not a certificate")
     args = ["request", "--id", "web", "--namespace", "default", "--server", "localhost:1"]
     if token_file is not None:
         (tmp_path / "token").write_bytes(token_file)
