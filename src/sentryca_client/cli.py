@@ -72,19 +72,16 @@ def _read(path: str, flag: str) -> bytes:
 
 
 def _token(args: argparse.Namespace) -> str:
+    from .svid import TokenFileError, read_token_file
+
     if args.token_file is None:
         return str(args.token)
     if args.token:
         raise _Refused("--token and --token-file exclude each other", USAGE)
     try:
-        token = _read(args.token_file, "--token-file").decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise _Refused(f"--token-file {args.token_file}: not a token (not ASCII text)", USAGE) from None
-    if not token or any(c.isspace() for c in token):
-        raise _Refused(
-            f"--token-file {args.token_file}: holds no token (empty, or more than one word)", USAGE
-        )
-    return token
+        return read_token_file(args.token_file)
+    except TokenFileError as e:
+        raise _Refused(f"--token-file {args.token_file}: {e}", USAGE) from None
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

@@ -43,6 +43,30 @@ class X509Svid:
         return f"X509Svid(spiffe_id={self.spiffe_id!r}, valid_until={self.valid_until.isoformat()!r})"
 
 
+class TokenFileError(Exception):
+    """``--token-file``'s file holds no usable token; the message says why."""
+
+
+def read_token_file(path: str) -> str:
+    """The identity token in the file ``path`` (a projected service-account token, a CI job's
+    OIDC token), read now so that a token its issuer renews in place is current: ASCII, one word,
+    surrounding whitespace stripped. Raises TokenFileError: unreadable, not ASCII, empty or more
+    than one word."""
+    from pathlib import Path
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise TokenFileError(f"cannot read it ({e.strerror or e})") from None
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise TokenFileError("not a token (not ASCII text)") from None
+    if not token or any(c.isspace() for c in token):
+        raise TokenFileError("holds no token (empty, or more than one word)")
+    return token
+
+
 def generate_key(algorithm: str = "ecdsa-p256") -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
     """A fresh private key of ``algorithm`` (one of :data:`KEY_ALGORITHMS`); raises ValueError."""
     if algorithm == "ecdsa-p256":
