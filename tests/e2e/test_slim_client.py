@@ -65,7 +65,8 @@ def _size(site: Path) -> int:
 
 def _installed_size(name: str) -> int:
     """Bytes of the files the distributions in ``name``'s run-time closure (no extras) installed
-    in this test's venv: the full install's footprint, measured the way :func:`_size` measures."""
+    in this test's venv, as their RECORDs give them: a lower bound of the full install's
+    footprint (RECORD gives no size for the bytecode pip compiles, which :func:`_size` counts)."""
     seen: set[str] = set()
     todo, total = [name], 0
     while todo:
