@@ -16,7 +16,7 @@ export SAM_CLI_TELEMETRY := 0
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download
 
-.PHONY: run test test-slow lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-build sam-invoke image base-images proto proto-check bench rotation-timeline clean
+.PHONY: run test test-slow lint lint-template lint-docker lint-k8s bench-cold-start invoke sam-build sam-invoke image client-wheel base-images proto proto-check bench rotation-timeline clean
 
 # Container images (make image) and sam local invoke (make sam-invoke) on this machine's architecture.
 MACHINE := $(shell uname -m)
@@ -141,6 +141,14 @@ image: | $(VENV)/bin/python
 	docker image prune --force --filter label=org.sentryca.built-by=make-image >/dev/null
 	@docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' $(IMAGE)
 
+## client-wheel: the slim client distribution's wheel, sentryca-client (sentryca_client and sentryca_proto, none of the server's dependencies), into dist/
+# setuptools reads both packages from src/ (clients/python/pyproject.toml); its build folder goes
+# first, so that a module deleted from src/ cannot linger in the wheel
+client-wheel: | $(VENV)/bin/python
+	rm -rf clients/python/build
+	$(PIP) wheel --no-deps --wheel-dir dist clients/python
+	@ls dist/sentryca_client-*.whl
+
 ## base-images: local stand-ins for python:*-slim and the Lambda base (no registry needed; root, debootstrap), once per machine
 base-images: | $(VENV)/bin/python
 	PIP="$(abspath $(PY)) -m pip" deploy/local/base-images.sh
@@ -170,4 +178,4 @@ bench-cold-start: $(VENV)/.installed-test
 	$(PY) bench/cold_start.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache .import_linter_cache build src/*.egg-info bench/.build
+	rm -rf $(VENV) $(TOOLS) $(CHECKOV_VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache .import_linter_cache build src/*.egg-info bench/.build clients/python/build clients/python/*.egg-info

@@ -9,26 +9,48 @@ From Python (e.g. a Lambda function's init phase)::
     #                           token_validator=AWS_IAM_VALIDATOR)
 
 The credentials come from botocore's default chain (environment, shared files, the container or
-instance role) unless given. Needs ``botocore`` (the AWS SDK core), nothing of the server.
+instance role) unless given. Needs ``botocore`` (the AWS SDK core: the client distribution's
+``aws`` extra), nothing of the server.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from typing import Any
 
-from ca_core.config.aws_iam import default_sts_endpoint
-from ca_core.keys import PublicKey
-from ca_core.validators.aws_iam import (
-    FORM_CONTENT_TYPE,
-    GET_CALLER_IDENTITY_BODY,
-    KEY_HASH_HEADER,
-    SERVER_ID_HEADER,
-    encode_proof,
-    key_hash,
-)
-from ca_core.validators.base import TokenValidatorKind
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-AWS_IAM_VALIDATOR = int(TokenValidatorKind.AWS_IAM)  # the wire number of ``token_validator``
+# The client's side of the proof's wire format (design §6.6). The CA's side is
+# ca_core.validators.aws_iam (parse_proof); the client does not import it, so that the slim
+# client distribution (clients/python) carries none of the server's packages. The names and
+# values are the CA's, and tests hold them equal (tests/sentryca_client/test_library.py).
+AWS_IAM_VALIDATOR = 100  # the wire number of ``token_validator`` (this project's extension)
+SERVER_ID_HEADER = "X-Sentryca-Server-Id"
+KEY_HASH_HEADER = "X-Sentryca-Csr-Key-Sha256"
+GET_CALLER_IDENTITY_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
+
+
+def default_sts_endpoint(region: str) -> str:
+    """STS's regional endpoint in the ``aws`` partition, as the CA's default ``stsEndpoint``."""
+    return f"https://sts.{region}.amazonaws.com"
+
+
+def key_hash(public_key: CertificatePublicKeyTypes) -> str:
+    """SHA-256 of ``public_key``'s SubjectPublicKeyInfo DER, lowercase hex: the value of
+    :data:`KEY_HASH_HEADER`."""
+    der = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def encode_proof(method: str, headers: dict[str, str], body: str) -> str:
+    """The token of a signed request: base64url, unpadded, of the JSON object
+    ``{"method", "headers", "body"}`` (no URL: the CA sends it to its own STS endpoint)."""
+    doc = json.dumps({"method": method, "headers": headers, "body": body}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(doc.encode()).decode().rstrip("=")
 
 
 class NoCredentials(Exception):
@@ -36,7 +58,7 @@ class NoCredentials(Exception):
 
 
 def aws_iam_token(
-    public_key: PublicKey,
+    public_key: CertificatePublicKeyTypes,
     server_id: str,
     *,
     region: str = "us-east-1",

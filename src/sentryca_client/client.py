@@ -9,15 +9,18 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from sentryca_proto.sentry.v1 import sentry_pb2, sentry_pb2_grpc
+from sentryca_proto.sentry.v1 import sentry_pb2
+
+if TYPE_CHECKING:  # grpc is imported when used: ``sentryca-client`` quiets gRPC core's log first
+    import grpc
 
 
 class VerifyError(Exception):
@@ -35,6 +38,8 @@ class SignedResponse:
 
 def channel(server: str, anchors_pem: bytes, server_name: str | None = None) -> grpc.Channel:
     """A TLS channel to ``server`` (HOST:PORT) trusting only ``anchors_pem``."""
+    import grpc
+
     creds = grpc.ssl_channel_credentials(root_certificates=anchors_pem)
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     return grpc.secure_channel(server, creds, options=options)
@@ -54,6 +59,8 @@ def sign(
 ) -> sentry_pb2.SignCertificateResponse:
     """Call SignCertificate (``jwt_audiences``: field 7, the JWT-SVIDs' audiences; ``timeout``
     in seconds); raises grpc.RpcError with the CA's status and message."""
+    from sentryca_proto.sentry.v1 import sentry_pb2_grpc
+
     stub = sentry_pb2_grpc.CAStub(chan)
     req = sentry_pb2.SignCertificateRequest(
         id=app_id,

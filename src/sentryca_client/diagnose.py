@@ -14,8 +14,10 @@ import re
 import socket
 import urllib.parse
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import grpc
+if TYPE_CHECKING:  # grpc is imported when used: ``sentryca-client`` quiets gRPC core's log first
+    import grpc
 
 
 class Cause(enum.Enum):
@@ -71,6 +73,8 @@ def diagnose(error: grpc.RpcError, server: str, probe_timeout: float = 2.0) -> D
     """The cause of ``error``, raised by a call to ``server`` (HOST:PORT, ``[v6]:PORT``).
     ``probe_timeout``: seconds for the one TCP connect made when a deadline passed. Never
     raises."""
+    import grpc
+
     code: grpc.StatusCode = error.code()
     details: str = error.details() or ""
     last = _LAST_ERROR.search(details)

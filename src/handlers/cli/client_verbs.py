@@ -119,17 +119,12 @@ def _token(args: argparse.Namespace) -> str:
         raise CommandError(
             "--token and --token-file exclude each other (SENTRY_TOKEN, SENTRY_TOKEN_FILE)", USAGE
         )
+    from sentryca_client.svid import TokenFileError, read_token_file
+
     try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise CommandError(f"--token-file {path}: cannot read it ({e.strerror or e})", USAGE) from None
-    try:
-        token = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise CommandError(f"--token-file {path}: not a token (not ASCII text)", USAGE) from None
-    if not token or any(c.isspace() for c in token):
-        raise CommandError(f"--token-file {path}: holds no token (empty, or more than one word)", USAGE)
-    return token
+        return read_token_file(path)
+    except TokenFileError as e:
+        raise CommandError(f"--token-file {path}: {e}", USAGE) from None
 
 
 def _aws_iam_token(args: argparse.Namespace, csr_key: object, anchors: bytes) -> tuple[str, int]:
