@@ -178,7 +178,9 @@ def test_bad_values_are_refused_at_stack_creation():
     refused = {
         "AwsIamAllowedAccounts": ["11112222333", f"{ACCOUNT}, 444455556666", ",".join([ACCOUNT] * 11)],
         "AwsIamRules": ['{"role": "x"}', '[{"role": "x"},\n {"role": "y"}]', "[" + "x" * 1600 + "]"],
-        "JwksIssuers": ['{"issuer": "https://x"}', "[\n]"],
+        # YAML breaks lines at U+2028 too: no value may start a line of its own in the document
+        "JwksIssuers": ['{"issuer": "https://x"}', "[\n]", "[]\u2028      - name: jwks"],
+        "JwksSource": ['https://x/"a', "https://x/ a", "/etc/jwks.json", "https://" + "x" * 1600],
         "AwsIamServerId": ['sentry"ca', "a b", "x\\y"],
         "AwsIamStsRegion": ["US-EAST-1", "useast1"],
         "AwsIamStsEndpoint": ["http://sts.us-east-1.amazonaws.com", "https://sts.example/path"],
