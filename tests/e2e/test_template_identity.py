@@ -281,6 +281,8 @@ def test_without_identity_parameters_the_configuration_is_as_before():
     assert jwks_only.workload_cert_ttl.total_seconds() == 86400
     insecure = deployed_config({"AllowInsecure": "true"})
     assert insecure.jwks is None and insecure.aws_iam is None
+    validators, default = build_validators(insecure)  # tokenValidators empty: INSECURE, opted in
+    assert set(validators) == {TokenValidatorKind.INSECURE} and default is TokenValidatorKind.INSECURE
     assert "workloadCertTTL: 24h" in rendered({})  # what the stack test rewrites
 
 
