@@ -19,6 +19,10 @@ Then:
 - everything the tasks and functions printed (EMF, the tasks' JSON log lines through the
   template's metric filter) reaches the metric of every alarm moto holds, with the alarm's
   namespace, name and exact dimensions: an alarm nothing feeds fails the test.
+
+Another stack takes the README's AWS IAM parameters instead of INSECURE: its task, on the rendered
+Configuration, signs `sentryca request --aws-iam` made with moto's AssumeRole credentials (STS is
+moto's).
 """
 
 from __future__ import annotations
@@ -742,3 +746,92 @@ def test_a_forced_deployment_replaces_the_tasks_behind_the_load_balancer(
     assert all(f.endswith("StatusCode.CANCELLED: CANCELLED") for f in loop.failures), loop.failures[:20]
     assert len(loop.failures) <= len(old), loop.failures
     assert nlb.connections >= 2  # the channel moved: a connection to an old task, then to a new one
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_stack_with_the_aws_iam_validator_signs_a_functions_role_against_moto_sts(
+    moto_endpoint, tmp_path, monkeypatch
+):
+    """The stack with the README's AWS IAM parameters (issue 17 item 4) and no INSECURE: its task
+    starts on the rendered Configuration, and `sentryca request --aws-iam` with credentials from
+    moto's AssumeRole (the role and session a Lambda function has) gets the rule's identity. The
+    STS endpoint is moto's, substituted as every AWS endpoint is here (the parameter's pattern
+    takes https only); the account is moto's."""
+    import boto3
+    import yaml
+
+    env = aws_env(moto_endpoint)
+    for k, v in env.items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    kw = {"endpoint_url": moto_endpoint, "region_name": REGION}
+    account = boto3.client("sts", **kw).get_caller_identity()["Account"]
+    readme = (REPO_ROOT / "README.md").read_text()
+    (identity,) = re.findall(r"<!-- test: identity-parameters -->\n```yaml\n(.*?)```", readme, re.S)
+    rules = yaml.safe_load(identity)["AwsIamRules"]
+    parameters = {k: v for k, v in PARAMETERS.items() if k != "AllowInsecure"} | {
+        "AwsIamAllowedAccounts": account,
+        "AwsIamRules": rules,
+        "AwsIamStsEndpoint": moto_endpoint,
+    }
+    stack = Stack(TEMPLATE, "sentryca-iam", parameters)
+    create_stack(stack, moto_endpoint)
+    iam = boto3.client("iam", **kw)
+    role = iam.create_role(RoleName="orders-fn-role", AssumeRolePolicyDocument="{}")["Role"]
+    try:
+        creds = boto3.client("sts", **kw).assume_role(RoleArn=role["Arn"], RoleSessionName="orders-fn")[
+            "Credentials"
+        ]
+        task = Task("iam", stack, moto_endpoint, tmp_path)
+        try:
+            assert task.wait_ready()["validators"] == ["aws_iam"]  # INSECURE off without the opt-in
+            anchors = tmp_path / "ca.crt"
+            anchors.write_bytes(
+                S3BundleStore(stack.refs["BundleBucket"], stack.refs["BundleKey"]).load().items["ca.crt"]
+            )
+            function = {  # what Lambda gives the function: its role's session credentials
+                "AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
+                "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+                "AWS_SESSION_TOKEN": creds["SessionToken"],
+                "AWS_REGION": REGION,
+            }
+            done = run_sentryca(
+                "request",
+                "--aws-iam",
+                "--id",
+                "orders",
+                "--namespace",
+                "prod",
+                "--aws-sts-endpoint",
+                moto_endpoint,
+                "--server",
+                f"127.0.0.1:{task.grpc_port}",
+                "--server-name",
+                stack.attrs[("LoadBalancer", "DNSName")],
+                "--trust-anchors",
+                str(anchors),
+                "--out",
+                str(tmp_path / "svid"),
+                env=function,
+            )
+            assert done.returncode == 0, done.stderr
+            leaf = x509.load_pem_x509_certificates((tmp_path / "svid" / "tls.crt").read_bytes())[0]
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+                "spiffe://public/ns/prod/orders"
+            ]
+        finally:
+            task.stop()
+        (audit,) = [
+            line
+            for line in task.log()
+            if line.get("event") == "certificate_issued" and line.get("validator") == "aws_iam"
+        ]
+        assert (audit["spiffe_id"], audit["validator_rule"]) == (
+            "spiffe://public/ns/prod/orders",
+            "orders-fn",
+        )
+        assert creds["SecretAccessKey"] not in task.stderr.read_text()
+    finally:
+        iam.delete_role(RoleName="orders-fn-role")

@@ -75,7 +75,7 @@ def test_insecure_is_only_an_explicit_opt_in():
     }
     assert env["SENTRY_ALLOW_INSECURE_ON_NETWORK"] == {"Ref": "AllowInsecure"}
     assert env["SENTRY_LISTEN_ADDRESS"] == "0.0.0.0"
-    assert "JwksUnlessInsecure" in TEMPLATE["Rules"]
+    assert "IdentitySourceUnlessInsecure" in TEMPLATE["Rules"]
     assert RESOURCES["LoadBalancer"]["Properties"]["Scheme"] == "internal"
 
 
@@ -431,14 +431,16 @@ def test_private_subnets_get_the_endpoints_the_tasks_need_as_an_option():
     assert {a.split(":")[0] for a in _actions(kms_policy["PolicyDocument"]["Statement"])} == {"kms"}
     (container,) = RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"]
     assert container["LogConfiguration"]["LogDriver"] == "awslogs"
-    # and with UpstreamCaArn, AWS Private CA (the task policy's upstream-authority statement)
-    assert set(services) == {"ecr.api", "ecr.dkr", "logs", "ssm", "acm-pca", "kms"} | store_services
+    # and with UpstreamCaArn, AWS Private CA (the task policy's upstream-authority statement);
+    # with the AWS IAM validator, STS (tests/e2e/test_template_identity.py)
+    assert set(services) == {"ecr.api", "ecr.dkr", "logs", "ssm", "acm-pca", "kms", "sts"} | store_services
     for name, res in services.items():
         assert res["Condition"] in (
             "MakeVpcEndpoints",
             "MakeSecretsManagerEndpoint",
             "MakeAcmPcaEndpoint",
             "MakeKmsEndpoint",
+            "MakeStsEndpoint",
         )
         props = res["Properties"]
         if name == "s3":  # a gateway: the bundle and ECR's image layers

@@ -187,6 +187,9 @@ class Stack:
             if key == "Fn::Join":
                 sep, items = arg
                 return sep.join(str(x) for x in self.resolve(items))
+            if key == "Fn::Split":
+                sep, text = arg
+                return str(self.resolve(text)).split(sep)
         out = {k: self.resolve(v) for k, v in node.items()}
         return {k: v for k, v in out.items() if v is not NO_VALUE}
 
