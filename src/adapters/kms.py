@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 SCHEME = "kms://"
 MAX_RAW_MESSAGE = 4096  # KMS Sign's limit on a RAW message, bytes
+CONNECT_TIMEOUT, READ_TIMEOUT = 2.0, 4.0  # of each KMS call, seconds
 SUPPORTED_SPECS = ("ECC_NIST_P256", "ECC_NIST_P384", "RSA_2048", "RSA_3072", "RSA_4096")
 _EC_CURVES = {"ECC_NIST_P256": "secp256r1", "ECC_NIST_P384": "secp384r1"}
 _HASH_SUFFIX = {"sha256": "SHA_256", "sha384": "SHA_384", "sha512": "SHA_512"}
@@ -72,7 +73,7 @@ def open_key(uri: str, client: Any = None, *, require_enabled: bool = False) -> 
     if cached is not None and not require_enabled:
         return cached
     if client is None:
-        client = cached._client if cached is not None else aws.client("kms", _region_of(key_id))
+        client = cached._client if cached is not None else _client(_region_of(key_id))
     where = f"KMS key {key_id}"
     try:
         meta = client.describe_key(KeyId=key_id)["KeyMetadata"]
@@ -96,7 +97,10 @@ def open_key(uri: str, client: Any = None, *, require_enabled: bool = False) -> 
         )
     if state != "Enabled":
         logger.warning(
-            "%s is %s: issuers cannot be signed until it is enabled (docs/runbook.md, KMS keys)", where, state
+            "%s is %s: nothing can be signed with it until it is enabled (a root key: no new issuers; an "
+            "issuer key: no leaves) (docs/runbook.md, KMS keys)",
+            where,
+            state,
         )
     if cached is not None:
         return cached
@@ -116,6 +120,12 @@ def open_key(uri: str, client: Any = None, *, require_enabled: bool = False) -> 
         _opened.setdefault(uri, key)
         _opened.setdefault(key.key_uri, key)
         return _opened[uri]
+
+
+def _client(region: str | None) -> Any:
+    # Short timeouts: a KMS call takes milliseconds, and with an issuer key in KMS every leaf
+    # waits for one (design §5.18); the SDK's retries (3 tries in standard mode) still apply.
+    return aws.client("kms", region, connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT)
 
 
 def _region_of(key_id: str) -> str | None:

@@ -45,6 +45,7 @@ from ca_core.bundle import (
     ANCHORS,
     ISSUER_CHAIN,
     ISSUER_KEY,
+    ISSUER_KEY_REF,
     JWKS,
     JWT_KEY,
     PUBLIC_ITEMS,
@@ -94,7 +95,17 @@ def _flocked(fd: int, operation: int) -> Iterator[None]:
 
 
 # Keys first, certificates last (matters only for readers of a half-adopted directory).
-_WRITE_ORDER = (ROOT_KEY, ROOT_KEY_REF, ISSUER_KEY, JWT_KEY, ROTATION_STATE, JWKS, ISSUER_CHAIN, ANCHORS)
+_WRITE_ORDER = (
+    ROOT_KEY,
+    ROOT_KEY_REF,
+    ISSUER_KEY,
+    ISSUER_KEY_REF,
+    JWT_KEY,
+    ROTATION_STATE,
+    JWKS,
+    ISSUER_CHAIN,
+    ANCHORS,
+)
 
 
 class FileBundleStore:

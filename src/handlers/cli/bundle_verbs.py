@@ -39,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     gen_options = tuple(
         o
         for o in SERVE_OPTIONS
-        if o.flag in ("trust-domain", "ca-key-algorithm", "root-key", "root-ttl", "issuer-ttl")
+        if o.flag in ("trust-domain", "ca-key-algorithm", "root-key", "issuer-key", "root-ttl", "issuer-ttl")
     )
     p = bundle.add_parser("init", allow_abbrev=False, help="generate a root and issuer into an empty store")
     upstream = tuple(o for o in SERVE_OPTIONS if o.flag == "upstream-authority")  # design §5.16
@@ -393,6 +393,9 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
     root_key = (
         open_kms_key(cfg.root_key, require_enabled=True) if cfg.root_key else None
     )  # checked before any write
+    from handlers.composition import open_issuer_key
+
+    issuer_key = open_issuer_key(cfg)
     if backup is None:
         backup = build_store(cfg, f"file://{new_backup_directory(now)}")
     if not backup.create(current.items):
@@ -408,6 +411,7 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
         root_lifetime=settled.lifetimes.root,
         issuer_lifetime=settled.lifetimes.issuer,
         root_key=root_key,
+        issuer_key=issuer_key,
     )
     items = bundle.to_items()
     token = store.replace_version(items, current.version)
