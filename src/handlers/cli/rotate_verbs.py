@@ -67,8 +67,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--issuer-cert", help="PEM issuer certificate (chain) signed by the active root, issuer first"
     )
-    p.add_argument(
+    p.add_argument(  # dest: not the --issuer-key option of serve and init, which takes kms:// only
         "--issuer-key",
+        dest="issuer_key_arg",
         help="PEM key of --issuer-cert (needed when the store has no root.key); or, alone, the key the "
         "root certifies: kms://<key id, ARN or alias> (an issuer key in KMS: every leaf signed by KMS) "
         "or local (a fresh local key, e.g. to move back from KMS) (default: the current issuer key when "
@@ -198,18 +199,18 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
 
     cfg, store, current, bundle, state = _rotation_context(args)
     supplied, new_key, fresh_key = None, None, False
-    alone = args.issuer_key if args.issuer_key and not args.issuer_cert else ""
+    alone = args.issuer_key_arg if args.issuer_key_arg and not args.issuer_cert else ""
     if alone == "local" or alone.startswith("kms://"):  # the key the root certifies
-        fresh_key = args.issuer_key == "local"
+        fresh_key = args.issuer_key_arg == "local"
         if not fresh_key:
             try:
-                ref = parse_kms_ref(args.issuer_key)
+                ref = parse_kms_ref(args.issuer_key_arg)
             except ValueError as e:
                 raise CommandError(f"--issuer-key: {e}", USAGE) from None
             new_key = open_kms_key(ref, require_enabled=True)  # checked before anything is written
             print(f"the new issuer's key is {new_key.key_uri} ({new_key.key_spec}): KMS signs every leaf")
-    elif args.issuer_cert or args.issuer_key:
-        if not (args.issuer_cert and args.issuer_key):
+    elif args.issuer_cert or args.issuer_key_arg:
+        if not (args.issuer_cert and args.issuer_key_arg):
             raise CommandError("--issuer-cert and --issuer-key go together", USAGE)
         chain = parse_certificates(
             read_input(args.issuer_cert, "--issuer-cert"), f"--issuer-cert {args.issuer_cert}"
@@ -217,9 +218,9 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
         while len(chain) > 1 and chain[-1] in bundle.trust_anchors:
             chain = chain[:-1]  # the root appended to the chain file
         try:
-            key = load_private_key(read_input(args.issuer_key, "--issuer-key"))
+            key = load_private_key(read_input(args.issuer_key_arg, "--issuer-key"))
         except ValueError as e:
-            raise CommandError(f"--issuer-key {args.issuer_key}: {e}", USAGE) from None
+            raise CommandError(f"--issuer-key {args.issuer_key_arg}: {e}", USAGE) from None
         supplied = (chain, key)
     generates = supplied is None
     policy = _policy(args, cfg, store, bundle, state, Change.ISSUER, "rotate issuer", generates=generates)
