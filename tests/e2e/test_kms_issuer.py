@@ -213,3 +213,60 @@ def test_bundle_init_and_rotate_issuer_with_a_kms_issuer_key(moto_endpoint, aws_
     local.issuer.verify_directly_issued_by(local.trust_anchors[0])
     r = run("inspect", "--issuer-credentials", str(store), env=aws_env)
     assert "issuer key in the store" in r.stdout, r.stdout
+
+
+def test_with_private_ca_the_kms_issuer_key_is_certified_and_renewed_through_it(
+    moto_endpoint, aws_env, tmp_path, monkeypatch
+):
+    """--upstream-authority with --issuer-key kms://: the CSR is signed by KMS, Private CA (the
+    loopback double) certifies the KMS key, and the automatic renewals certify the same key."""
+    from datetime import timedelta
+
+    from adapters.acm_pca import AcmPcaAuthority, Backoff
+    from ca_core.validators import SignRequest, TokenValidatorKind
+    from handlers.server import CertificateAuthority
+
+    from support.acmpca_double import AcmPcaDouble
+    from support.ca import ca_config
+    from support.pki import make_csr, verifies
+
+    issuer_id, issuer_arn = kms_key(moto_endpoint, "ECC_NIST_P256")
+    with AcmPcaDouble() as double:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_ACM_PCA", double.endpoint)
+        start_at = datetime.now(UTC)
+        clock = [start_at]
+        ca = CertificateAuthority(
+            clock=lambda: clock[0],
+            upstream_authority=lambda up: AcmPcaAuthority(up, backoff=Backoff(polls=2), sleep=lambda s: None),
+        )
+        cfg = ca_config(
+            tmp_path / "credentials",
+            upstream_authority=double.upstream,
+            issuer_key=f"kms://{issuer_id}",
+            issuer_ttl="24h",
+            auto_rotate="true",
+            expiry_check_interval="1h",
+            workload_cert_ttl="4h",
+        )
+        ca.start(cfg)
+        issuers = set()
+        try:
+            while clock[0] < start_at + timedelta(days=2):
+                bundle = ca.signer.bundle
+                assert bundle.issuer_key_uri == f"kms://{issuer_arn}" and same_key(bundle.issuer, issuer_id)
+                assert bundle.trust_anchors == (double.root,)
+                issuers.add(bundle.issuer.serial_number)
+                request = SignRequest(
+                    "app", "prod", make_csr(), token_validator=TokenValidatorKind.INSECURE.value
+                )
+                signed = ca.signer.sign(request, clock[0])
+                certs = x509.load_pem_x509_certificates(signed.chain_pem)
+                assert verifies(certs[0], certs[1:], signed.anchors_pem, clock[0])
+                clock[0] += timedelta(hours=2)
+                ca.maintain()
+        finally:
+            ca.stop(grace=0)
+        items = FileBundleStore(tmp_path / "credentials").load().items
+        assert ISSUER_KEY not in items and ROOT_KEY not in items
+        assert_no_key_in(tmp_path / "credentials", moto_private_key(issuer_id))
+    assert len(issuers) >= 2  # renewed through Private CA, each for the same KMS key
