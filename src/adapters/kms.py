@@ -7,12 +7,14 @@ library hands ``sign`` the to-be-signed bytes and the algorithm, and this module
 them (``MessageType`` RAW, KMS hashes; a message over KMS's 4096-byte limit is hashed here and
 sent as DIGEST). The private half never leaves KMS: it cannot be serialised, and the bundle
 stores only :attr:`KmsKey.key_uri` (``kms://<key ARN>``: an alias can be moved to another key,
-the ARN cannot).
+the ARN cannot), as ``root.kms`` for a root key and ``issuer.kms`` for an issuer key (then every
+leaf is one ``Sign`` call; the gRPC servicer makes it off its event loop, design §8.7).
 
 Supported key specs: ``ECC_NIST_P256`` (ECDSA_SHA_256), ``ECC_NIST_P384`` (ECDSA_SHA_384),
 ``RSA_2048``/``RSA_3072``/``RSA_4096`` (RSASSA_PKCS1_V1_5 or RSASSA_PSS with a salt as long as
 the digest). Opening makes two calls (``DescribeKey``, ``GetPublicKey``) once per process and
-reference; every signature is one ``Sign`` call. Errors are Unavailable with a reason:
+reference; every signature is one ``Sign`` call, each call with a 2 s connect and a 4 s read
+timeout (and the SDK's retries). Errors are Unavailable with a reason:
 ``kms_unreachable`` (network, timeouts, throttling, 5xx, after the SDK's retries),
 ``kms_denied``, ``kms_key_disabled`` (disabled or pending deletion), ``kms_key_invalid`` (not
 found, wrong usage or spec).
@@ -120,6 +122,20 @@ def open_key(uri: str, client: Any = None, *, require_enabled: bool = False) -> 
         _opened.setdefault(uri, key)
         _opened.setdefault(key.key_uri, key)
         return _opened[uri]
+
+
+def open_issuer_key(uri: str) -> KmsEcKey | KmsRsaKey:
+    """The key of ``--issuer-key kms://...`` for a new issuer: opened with ``require_enabled``
+    (so checked before anything is written), with a warning that every leaf will be a ``Sign``
+    call. Raises as :func:`open_key`."""
+    key = open_key(uri, require_enabled=True)
+    logger.warning(
+        "the new issuer's key is %s (%s): every leaf is signed by KMS Sign, a network call each, at "
+        "most at KMS's Sign quota (design §5.18)",
+        key.key_uri,
+        key.key_spec,
+    )
+    return key
 
 
 def _client(region: str | None) -> Any:

@@ -237,21 +237,11 @@ def load_bundle(
 
 
 def open_issuer_key(cfg: Config) -> PrivateKey | None:
-    """The KMS key of ``--issuer-key kms://...`` (design §5.18), opened and checked (enabled,
-    SIGN_VERIFY, a supported spec) before anything is written, or None without the option (a
-    local issuer key is generated). Raises Unavailable (``adapters.kms``) when it cannot sign."""
-    if not cfg.issuer_key:
-        return None
-    from adapters.kms import open_key
+    """``--issuer-key kms://...`` opened and checked before anything is written (design §5.18;
+    :func:`adapters.kms.open_issuer_key`), or None: a local issuer key is generated."""
+    from adapters.kms import open_issuer_key
 
-    key = open_key(cfg.issuer_key, require_enabled=True)
-    log.warning(
-        "the new issuer's key is %s (%s): every leaf is signed by KMS Sign, a network call each, at most "
-        "at KMS's Sign quota (design §5.18)",
-        key.key_uri,
-        key.key_spec,
-    )
-    return key
+    return open_issuer_key(cfg.issuer_key) if cfg.issuer_key else None
 
 
 def upstream_first_bundle(cfg: Config, upstream: str, ca_identity: SpiffeId, now: datetime) -> TrustBundle:
