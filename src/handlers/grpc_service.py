@@ -226,7 +226,7 @@ class CAServicer:
         identity_limiter: RateLimiter | None = None,
         io_executor: Executor | None = None,
         guard: Guard | None = None,
-        remote_sign_timeout: float = REMOTE_SIGN_TIMEOUT,
+        remote_sign_timeout: float | None = None,
     ) -> None:
         self._current_signer = current_signer
         self._clock = clock
@@ -234,7 +234,9 @@ class CAServicer:
         self._limiter = limiter
         self._identity_limiter = identity_limiter
         self._io = io_executor
-        self._remote_sign_timeout = remote_sign_timeout
+        self._remote_sign_timeout = (
+            REMOTE_SIGN_TIMEOUT if remote_sign_timeout is None else remote_sign_timeout
+        )
         self.guard = guard or Guard(CallLimits())  # read and written on the event loop only
         log_limit.LIMIT.on_suppressed = metrics.log_lines_suppressed.inc
 
