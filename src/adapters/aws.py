@@ -40,10 +40,12 @@ MISCONFIGURED_CODES = frozenset(
 )
 
 
-def client(service: str, region: str | None = None) -> Any:
+def client(
+    service: str, region: str | None = None, *, connect_timeout: float = 5, read_timeout: float = 15
+) -> Any:
     """An AWS SDK client for ``service`` with SDK-level retries (standard mode unless
-    ``AWS_RETRY_MODE`` says otherwise) and bounded timeouts. Raises ConfigError when the SDK is
-    missing or no region is configured.
+    ``AWS_RETRY_MODE`` says otherwise) and bounded timeouts (seconds). Raises ConfigError when
+    the SDK is missing or no region is configured.
 
     The client comes from a botocore session, the core of boto3 (the same credential chain,
     configuration, retries and models): boto3's own Session would add only resource and
@@ -62,8 +64,8 @@ def client(service: str, region: str | None = None) -> Any:
     # on as written and botocore itself refuses another.
     config = Config(
         retries=retries,  # type: ignore[arg-type]
-        connect_timeout=5,
-        read_timeout=15,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         user_agent_extra="sentryca",
     )
     session = botocore.session.get_session()

@@ -7,12 +7,14 @@ library hands ``sign`` the to-be-signed bytes and the algorithm, and this module
 them (``MessageType`` RAW, KMS hashes; a message over KMS's 4096-byte limit is hashed here and
 sent as DIGEST). The private half never leaves KMS: it cannot be serialised, and the bundle
 stores only :attr:`KmsKey.key_uri` (``kms://<key ARN>``: an alias can be moved to another key,
-the ARN cannot).
+the ARN cannot), as ``root.kms`` for a root key and ``issuer.kms`` for an issuer key (then every
+leaf is one ``Sign`` call; the gRPC servicer makes it off its event loop, design §8.7).
 
 Supported key specs: ``ECC_NIST_P256`` (ECDSA_SHA_256), ``ECC_NIST_P384`` (ECDSA_SHA_384),
 ``RSA_2048``/``RSA_3072``/``RSA_4096`` (RSASSA_PKCS1_V1_5 or RSASSA_PSS with a salt as long as
 the digest). Opening makes two calls (``DescribeKey``, ``GetPublicKey``) once per process and
-reference; every signature is one ``Sign`` call. Errors are Unavailable with a reason:
+reference; every signature is one ``Sign`` call, each call with a 2 s connect and a 4 s read
+timeout (and the SDK's retries). Errors are Unavailable with a reason:
 ``kms_unreachable`` (network, timeouts, throttling, 5xx, after the SDK's retries),
 ``kms_denied``, ``kms_key_disabled`` (disabled or pending deletion), ``kms_key_invalid`` (not
 found, wrong usage or spec).
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 SCHEME = "kms://"
 MAX_RAW_MESSAGE = 4096  # KMS Sign's limit on a RAW message, bytes
+CONNECT_TIMEOUT, READ_TIMEOUT = 2.0, 4.0  # of each KMS call, seconds
 SUPPORTED_SPECS = ("ECC_NIST_P256", "ECC_NIST_P384", "RSA_2048", "RSA_3072", "RSA_4096")
 _EC_CURVES = {"ECC_NIST_P256": "secp256r1", "ECC_NIST_P384": "secp384r1"}
 _HASH_SUFFIX = {"sha256": "SHA_256", "sha384": "SHA_384", "sha512": "SHA_512"}
@@ -72,7 +75,7 @@ def open_key(uri: str, client: Any = None, *, require_enabled: bool = False) -> 
     if cached is not None and not require_enabled:
         return cached
     if client is None:
-        client = cached._client if cached is not None else aws.client("kms", _region_of(key_id))
+        client = cached._client if cached is not None else _client(_region_of(key_id))
     where = f"KMS key {key_id}"
     try:
         meta = client.describe_key(KeyId=key_id)["KeyMetadata"]
@@ -96,7 +99,10 @@ def open_key(uri: str, client: Any = None, *, require_enabled: bool = False) -> 
         )
     if state != "Enabled":
         logger.warning(
-            "%s is %s: issuers cannot be signed until it is enabled (docs/runbook.md, KMS keys)", where, state
+            "%s is %s: nothing can be signed with it until it is enabled (a root key: no new issuers; an "
+            "issuer key: no leaves) (docs/runbook.md, KMS keys)",
+            where,
+            state,
         )
     if cached is not None:
         return cached
@@ -116,6 +122,26 @@ def open_key(uri: str, client: Any = None, *, require_enabled: bool = False) -> 
         _opened.setdefault(uri, key)
         _opened.setdefault(key.key_uri, key)
         return _opened[uri]
+
+
+def open_issuer_key(uri: str) -> KmsEcKey | KmsRsaKey:
+    """The key of ``--issuer-key kms://...`` for a new issuer: opened with ``require_enabled``
+    (so checked before anything is written), with a warning that every leaf will be a ``Sign``
+    call. Raises as :func:`open_key`."""
+    key = open_key(uri, require_enabled=True)
+    logger.warning(
+        "the new issuer's key is %s (%s): every leaf is signed by KMS Sign, a network call each, at "
+        "most at KMS's Sign quota (design §5.18)",
+        key.key_uri,
+        key.key_spec,
+    )
+    return key
+
+
+def _client(region: str | None) -> Any:
+    # Short timeouts: a KMS call takes milliseconds, and with an issuer key in KMS every leaf
+    # waits for one (design §5.18); the SDK's retries (3 tries in standard mode) still apply.
+    return aws.client("kms", region, connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT)
 
 
 def _region_of(key_id: str) -> str | None:

@@ -2,7 +2,8 @@
 
 A bundle travels between stores as a mapping of logical item names to bytes
 (:data:`ANCHORS` ``ca.crt``, :data:`ISSUER_CHAIN` ``issuer.crt``, :data:`ISSUER_KEY`
-``issuer.key``, optional :data:`ROOT_KEY` ``root.key`` or, for a root key held in KMS, its
+``issuer.key`` or, for an issuer key held in KMS, its reference :data:`ISSUER_KEY_REF`
+``issuer.kms``, optional :data:`ROOT_KEY` ``root.key`` or, for a root key held in KMS, its
 reference :data:`ROOT_KEY_REF` ``root.kms`` (design §5.18), and the JWT items :data:`JWT_KEY`
 ``jwt.key`` and :data:`JWKS` ``jwks.json``, Dapr's names); stores may keep them under other
 names (``--issuer-*-filename``). Parsing and verification are pure and name the item at fault.
@@ -38,12 +39,15 @@ ISSUER_KEY = "issuer.key"
 ROOT_KEY = "root.key"
 # The root key's reference when KMS holds it (``kms://<key ARN>``, one line): never with root.key.
 ROOT_KEY_REF = "root.kms"
+# The issuer key's reference when KMS holds it (one line, design §5.18): never with issuer.key.
+ISSUER_KEY_REF = "issuer.kms"
 # The JWT-SVID signing key (PKCS#8) and the JWK Set publishing it (design §5.1): both or neither.
 JWT_KEY = "jwt.key"
 JWKS = "jwks.json"
 REQUIRED_ITEMS = (ANCHORS, ISSUER_CHAIN, ISSUER_KEY)
 JWT_ITEMS = (JWT_KEY, JWKS)
-ALL_ITEMS = (*REQUIRED_ITEMS, ROOT_KEY, ROOT_KEY_REF, *JWT_ITEMS)
+ALL_ITEMS = (*REQUIRED_ITEMS, ISSUER_KEY_REF, ROOT_KEY, ROOT_KEY_REF, *JWT_ITEMS)
+KEY_ITEMS = (ROOT_KEY, ROOT_KEY_REF, ISSUER_KEY, ISSUER_KEY_REF, JWT_KEY)  # keys and key references
 REQUIRED_PUBLIC_ITEMS = (ANCHORS, ISSUER_CHAIN)
 PUBLIC_ITEMS = (*REQUIRED_PUBLIC_ITEMS, JWKS)
 # Reserved for root/issuer rotation (a small JSON document: which root/issuer is prepared, active,
@@ -59,6 +63,7 @@ class FileNames:
     ca: str = "ca.crt"
     issuer_certificate: str = "issuer.crt"
     issuer_key: str = "issuer.key"
+    issuer_key_ref: str = ISSUER_KEY_REF
     root_key: str = "root.key"
     root_key_ref: str = ROOT_KEY_REF
     rotation_state: str = "rotation.json"
@@ -71,6 +76,7 @@ class FileNames:
             ANCHORS: self.ca,
             ISSUER_CHAIN: self.issuer_certificate,
             ISSUER_KEY: self.issuer_key,
+            ISSUER_KEY_REF: self.issuer_key_ref,
             ROOT_KEY: self.root_key,
             ROOT_KEY_REF: self.root_key_ref,
             ROTATION_STATE: self.rotation_state,
@@ -140,6 +146,8 @@ class TrustBundle(PublicBundle):
     root_key_uri: where the root key lives when a service holds it (``kms://<key ARN>``, stored
     as ``root.kms``); set from a :class:`~.keys.RemoteKey` root key, or kept from a bundle parsed
     without a key opener (``root_key`` None then: the bundle round-trips, but cannot sign issuers).
+    issuer_key may be a :class:`~.keys.RemoteKey` too (an issuer key in KMS): it is then stored
+    as its reference, ``issuer.kms``, and every leaf is signed by its service.
     """
 
     issuer_key: PrivateKey
@@ -153,19 +161,24 @@ class TrustBundle(PublicBundle):
             object.__setattr__(self, "root_key_uri", uri)
 
     @property
+    def issuer_key_uri(self) -> str | None:
+        """Where the issuer key lives when a service holds it (``kms://<key ARN>``), else None."""
+        return key_uri_of(self.issuer_key)
+
+    @property
     def public(self) -> PublicBundle:
         """The bundle without its keys (the JWK Set stays: it is public)."""
         return PublicBundle(self.trust_anchors, self.issuer_chain, jwks=self.jwks)
 
     def to_items(self) -> dict[str, bytes]:
-        """Serialise: {ca.crt, issuer.crt, issuer.key[, root.key | root.kms][, jwt.key, jwks.json]}
-        → bytes (PEM, keys as PKCS#8; a KMS root key as its reference, never key material; the JWK
-        Set as stored)."""
-        items = {
-            ANCHORS: self.anchors_pem,
-            ISSUER_CHAIN: self.issuer_chain_pem,
-            ISSUER_KEY: private_key_pem(self.issuer_key),
-        }
+        """Serialise: {ca.crt, issuer.crt, issuer.key | issuer.kms[, root.key | root.kms][, jwt.key,
+        jwks.json]} → bytes (PEM, keys as PKCS#8; a KMS key as its reference, never key material;
+        the JWK Set as stored)."""
+        items = {ANCHORS: self.anchors_pem, ISSUER_CHAIN: self.issuer_chain_pem}
+        if (issuer_uri := self.issuer_key_uri) is not None:
+            items[ISSUER_KEY_REF] = issuer_uri.encode("ascii") + b"\n"
+        else:
+            items[ISSUER_KEY] = private_key_pem(self.issuer_key)
         if self.root_key_uri is not None:
             items[ROOT_KEY_REF] = self.root_key_uri.encode("ascii") + b"\n"
         elif self.root_key is not None:
@@ -194,16 +207,17 @@ def generate_bundle(
     issuer_lifetime: timedelta = DEFAULT_CA_LIFETIME,
     backdate: timedelta = DEFAULT_CLOCK_SKEW,
     root_key: PrivateKey | None = None,
+    issuer_key: PrivateKey | None = None,
 ) -> TrustBundle:
     """A fresh root and issuer (design §4) for ``trust_domain``; the bundle keeps the root key.
 
-    ca_identity: the CA's SPIFFE ID (issuer subject O); now: aware UTC datetime; root_key: the
-    root's key when the caller supplies it (a KMS key, design §5.18), else one of ``algorithm``
-    is generated. The issuer key is always generated, of ``algorithm``.
+    ca_identity: the CA's SPIFFE ID (issuer subject O); now: aware UTC datetime; root_key,
+    issuer_key: the root's and the issuer's key when the caller supplies them (KMS keys, design
+    §5.18), else each is generated, of ``algorithm``.
     """
     root_key = root_key if root_key is not None else algorithm.generate()
     root = generate_root(trust_domain, root_key, now, lifetime=root_lifetime, backdate=backdate)
-    issuer_key = algorithm.generate()
+    issuer_key = issuer_key if issuer_key is not None else algorithm.generate()
     issuer = generate_issuer(
         root, root_key, issuer_key, ca_identity, now, lifetime=issuer_lifetime, backdate=backdate
     )
@@ -249,17 +263,23 @@ def parse_bundle(
 ) -> TrustBundle:
     """Parse and structurally verify a whole bundle (design §5 load rules).
 
-    items: logical name → bytes; ``ca.crt``, ``issuer.crt`` and ``issuer.key`` are required,
-    ``root.key`` or ``root.kms`` optional (not both), ``jwt.key`` and ``jwks.json`` optional but
-    only together. ``open_key`` opens a ``root.kms`` reference as a signing key (the adapter's;
-    it may raise Unavailable); without it the reference is kept and ``root_key`` is None. Checks:
+    items: logical name → bytes; ``ca.crt``, ``issuer.crt`` and ``issuer.key`` or ``issuer.kms``
+    (not both) are required, ``root.key`` or ``root.kms`` optional (not both), ``jwt.key`` and
+    ``jwks.json`` optional but only together. ``open_key`` opens a ``root.kms`` or ``issuer.kms``
+    reference as a signing key (the adapter's; it may raise Unavailable); without it a
+    ``root.kms`` reference is kept and ``root_key`` is None, and an ``issuer.kms`` one is a
+    BundleError (a bundle cannot be used without its issuer key). Checks:
     anchors self-signed CAs; issuer chain in order and verifying to an anchor; issuer key matches
     the issuer; root key (if any) matches an anchor; the JWK Set (if any) publishes the JWT key.
     Validity periods are not structural and are not checked here.
     Raises BundleError whose message names the item and the problem.
     """
     label = _labeller(labels)
-    missing = [label(i) for i in REQUIRED_ITEMS if i not in items]
+    missing = [
+        label(i)
+        for i in REQUIRED_ITEMS
+        if i not in items and not (i == ISSUER_KEY and ISSUER_KEY_REF in items)
+    ]
     if missing:
         present = [label(i) for i in ALL_ITEMS if i in items]
         raise BundleError(
@@ -267,11 +287,11 @@ def parse_bundle(
             + (f" (present: {', '.join(present)})" if present else "")
         )
     public = parse_public_bundle(items, labels)
-    issuer_key = _parse_key(items[ISSUER_KEY], label(ISSUER_KEY))
+    issuer_key = _parse_issuer_key(items, label, open_key)
     if public_key_der(issuer_key.public_key()) != public_key_der(public.issuer.public_key()):
         raise BundleError(
             f"does not match the public key of the issuer certificate in {label(ISSUER_CHAIN)}",
-            item=label(ISSUER_KEY),
+            item=label(ISSUER_KEY if ISSUER_KEY in items else ISSUER_KEY_REF),
         )
     root_key, root_key_uri = None, None
     if ROOT_KEY in items and ROOT_KEY_REF in items:
@@ -301,9 +321,26 @@ def parse_bundle(
     )
 
 
+def _parse_issuer_key(
+    items: Mapping[str, bytes], label: Callable[[str], str], open_key: KeyOpener | None
+) -> PrivateKey:
+    if ISSUER_KEY not in items:
+        uri = parse_key_ref(items[ISSUER_KEY_REF], label(ISSUER_KEY_REF))
+        if open_key is None:
+            raise BundleError(f"names the issuer key {uri}: opening it needs KMS", item=label(ISSUER_KEY_REF))
+        return open_key(uri)
+    if ISSUER_KEY_REF in items:
+        raise BundleError(
+            f"is present with {label(ISSUER_KEY)}: an issuer key is either held (issuer.key) or in KMS, "
+            "not both",
+            item=label(ISSUER_KEY_REF),
+        )
+    return _parse_key(items[ISSUER_KEY], label(ISSUER_KEY))
+
+
 def parse_key_ref(raw: bytes, item: str) -> str:
-    """A stored key reference (``root.kms``: one line, ``kms://...``); raises BundleError naming
-    ``item`` for anything else."""
+    """A stored key reference (``root.kms``, ``issuer.kms``: one line, ``kms://...``); raises
+    BundleError naming ``item`` for anything else."""
     try:
         text = raw.decode("ascii").strip()
     except UnicodeDecodeError:

@@ -99,6 +99,12 @@ class Signer:
     jwt: JwtIssuer | None = None
 
     @cached_property
+    def issuer_key_uri(self) -> str | None:
+        """Where the issuer key lives when a service holds it (``kms://...``: each signature is a
+        network call, design §5.18), else None (it signs in memory)."""
+        return self.bundle.issuer_key_uri
+
+    @cached_property
     def _workload_signer(self) -> WorkloadSigner:
         return WorkloadSigner(self.bundle.issuer, self.bundle.issuer_key)
 

@@ -79,16 +79,19 @@ def issuer_request(
     *,
     lifetime: timedelta,
     backdate: timedelta,
+    key: PrivateKey | None = None,
 ) -> IssuerRequest:
     """A new issuer key and the request for its certificate, valid ``now - backdate`` to
-    ``now + lifetime``. Raises ConfigError for a key algorithm the upstream does not sign
+    ``now + lifetime``. key: the issuer key to certify (a KMS key, design §5.18: the CSR is then
+    signed by KMS; every KMS key spec sentryca opens is one Private CA signs), else one of
+    ``algorithm`` is generated. Raises ConfigError for a key algorithm the upstream does not sign
     (Ed25519: Private CA accepts RSA and ECDSA P-256/P-384 keys only)."""
-    if algorithm not in UPSTREAM_KEY_ALGORITHMS:
+    if key is None and algorithm not in UPSTREAM_KEY_ALGORITHMS:
         raise ConfigError(
             f"--ca-key-algorithm {algorithm.value} cannot be used with --upstream-authority: AWS Private "
             "CA signs only RSA and ECDSA P-256/P-384 keys (use ecdsa-p256 or ecdsa-p384)"
         )
-    key = algorithm.generate()
+    key = key if key is not None else algorithm.generate()
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(ca_identity)),

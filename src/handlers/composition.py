@@ -30,6 +30,7 @@ from ca_core.config import Config
 from ca_core.errors import BundleError
 
 if TYPE_CHECKING:
+    from ca_core.keys import PrivateKey
     from ca_core.service import Signer
     from ca_core.spiffe_id import SpiffeId
     from ca_core.validators import TokenValidatorKind, Validator
@@ -212,6 +213,7 @@ def load_bundle(
                 log.info(
                     "the new root's key is %s (%s): KMS signs the root", root_key.key_uri, root_key.key_spec
                 )
+            issuer_key = open_issuer_key(cfg)
             bundle = generate_bundle(
                 cfg.trust_domain,
                 ca_identity,
@@ -220,6 +222,7 @@ def load_bundle(
                 root_lifetime=cfg.root_ttl or DEFAULT_CA_LIFETIME,
                 issuer_lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
                 root_key=root_key,
+                issuer_key=issuer_key,
             )
         if cfg.jwt_enabled:
             from ca_core.jwt_svid import new_jwt_items
@@ -231,6 +234,14 @@ def load_bundle(
     if publish and not created:
         store.publish_public(stored)
     return LoadedBundle(bundle, stored.version, created, stored)
+
+
+def open_issuer_key(cfg: Config) -> PrivateKey | None:
+    """``--issuer-key kms://...`` opened and checked before anything is written (design §5.18;
+    :func:`adapters.kms.open_issuer_key`), or None: a local issuer key is generated."""
+    from adapters.kms import open_issuer_key
+
+    return open_issuer_key(cfg.issuer_key) if cfg.issuer_key else None
 
 
 def upstream_first_bundle(cfg: Config, upstream: str, ca_identity: SpiffeId, now: datetime) -> TrustBundle:
@@ -250,6 +261,7 @@ def upstream_first_bundle(cfg: Config, upstream: str, ca_identity: SpiffeId, now
         now,
         lifetime=cfg.issuer_ttl or DEFAULT_CA_LIFETIME,
         backdate=cfg.allowed_clock_skew,
+        key=open_issuer_key(cfg),
     )
     certificate, chain = AcmPcaAuthority(upstream).issue_issuer(request)
     return upstream_bundle(request, certificate, chain, now)

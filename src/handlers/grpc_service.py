@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from ca_core.service import SignedCertificate, Signer
+    from ca_core.validators import Identity, Validator
 
     from .metrics import Metrics
 
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 audit_log = logging.getLogger("sentryca.audit")
 
 CALL_ID_TRAILER = "sentryca-call-id"
+# How long a call waits for a signature by an issuer key in KMS (design §5.18), seconds: a KMS
+# Sign takes milliseconds; past this the CA answers UNAVAILABLE rather than hold the call.
+REMOTE_SIGN_TIMEOUT = 5.0
 
 STATUS_FOR: dict[type[CAError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -203,7 +207,10 @@ class CAServicer:
 
     Runs on the gRPC server's event loop. A validator that does I/O (``performs_io``, true
     unless it says otherwise) runs in ``io_executor``, a bounded thread pool; signing itself
-    (CSR checks, certificate build, one ECDSA signature: about 0.2 ms) runs inline on the loop.
+    (CSR checks, certificate build, one ECDSA signature: about 0.2 ms) runs inline on the loop,
+    except with an issuer key in KMS (a network call per signature, design §5.18): then it runs
+    in ``io_executor`` too, and a signature not made within ``remote_sign_timeout`` seconds is
+    UNAVAILABLE (reason ``kms_timeout``).
 
     ``limiter`` buckets calls by peer address (design §3.1 step 0b); ``identity_limiter`` by the
     SPIFFE ID a validator proved (step 3b), so one workload cannot use up the budget of an address
@@ -219,6 +226,7 @@ class CAServicer:
         identity_limiter: RateLimiter | None = None,
         io_executor: Executor | None = None,
         guard: Guard | None = None,
+        remote_sign_timeout: float | None = None,
     ) -> None:
         self._current_signer = current_signer
         self._clock = clock
@@ -226,6 +234,9 @@ class CAServicer:
         self._limiter = limiter
         self._identity_limiter = identity_limiter
         self._io = io_executor
+        self._remote_sign_timeout = (
+            REMOTE_SIGN_TIMEOUT if remote_sign_timeout is None else remote_sign_timeout
+        )
         self.guard = guard or Guard(CallLimits())  # read and written on the event loop only
         log_limit.LIMIT.on_suppressed = metrics.log_lines_suppressed.inc
 
@@ -325,7 +336,29 @@ class CAServicer:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many requests for {identity.spiffe_id}; retry later (call id {call_id})",
             )
-        return signer.sign_proven(req, validator, identity, self._clock())
+        now = self._clock()
+        if self._io is None or signer.issuer_key_uri is None:
+            return signer.sign_proven(req, validator, identity, now)
+        return await self._sign_remotely(signer, req, validator, identity, now)
+
+    async def _sign_remotely(
+        self, signer: Signer, req: SignRequest, validator: Validator, identity: Identity, now: datetime
+    ) -> SignedCertificate:
+        """``sign_proven`` in the I/O pool, never on the loop, for an issuer key in KMS (design
+        §5.18): the loop (and the health service on it) keeps answering while KMS is slow. Raises
+        Unavailable: KMS's errors as the adapter names them (``kms_unreachable``, ``kms_denied``,
+        ``kms_key_disabled``, ``kms_key_invalid``), ``kms_timeout`` past the timeout (the thread
+        finishes on its own, bounded by the SDK's timeouts, and its answer is dropped)."""
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._io, signer.sign_proven, req, validator, identity, now)
+        try:
+            return await asyncio.wait_for(work, self._remote_sign_timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"the issuer key {signer.issuer_key_uri} did not sign within {self._remote_sign_timeout:g} s "
+                "(KMS slow or unreachable); retry later",
+                reason="kms_timeout",
+            ) from None
 
     def _refused(
         self, e: CAError, request: Decoded, context: grpc.aio.ServicerContext, call_id: str

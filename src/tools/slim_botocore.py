@@ -43,7 +43,7 @@ OPERATIONS: dict[str, tuple[str, ...] | None] = {
     "s3": ("GetObject", "HeadBucket", "HeadObject", "ListObjectVersions", "PutObject"),
     "ssm": ("GetParameter",),
     "ecs": ("UpdateService",),
-    "kms": ("DescribeKey", "GetPublicKey", "Sign"),  # a root key in KMS (adapters.kms)
+    "kms": ("DescribeKey", "GetPublicKey", "Sign"),  # a root or issuer key in KMS (adapters.kms)
     "secretsmanager": None,
     "sts": None,
     "sso": None,

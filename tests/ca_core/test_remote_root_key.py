@@ -10,8 +10,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca_core.bundle import ROOT_KEY, ROOT_KEY_REF, ROTATION_STATE, generate_bundle, parse_bundle
 from ca_core.errors import BundleError
@@ -21,55 +19,10 @@ from ca_core.rotation.codec import parse_state
 from ca_core.rotation.state import EMPTY, Rotation, RotationPolicy
 from ca_core.spiffe_id import SpiffeId
 
+from support.remote_key import ElsewhereKey, opener
+
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 CA_ID = SpiffeId("localhost", "default", "dapr-sentry")
-
-
-class ElsewhereKey(ec.EllipticCurvePrivateKey):
-    """A P-256 key whose private half stays in this object (as in KMS): it signs and counts."""
-
-    def __init__(self, uri: str) -> None:
-        self._key, self.key_uri, self.signed = ec.generate_private_key(ec.SECP256R1()), uri, 0
-
-    def sign(self, data, signature_algorithm):
-        self.signed += 1
-        return self._key.sign(data, signature_algorithm)
-
-    def public_key(self):
-        return self._key.public_key()
-
-    @property
-    def curve(self):
-        return self._key.curve
-
-    @property
-    def key_size(self):
-        return self._key.key_size
-
-    def exchange(self, algorithm, peer_public_key):
-        raise ValueError("no")
-
-    def private_numbers(self):
-        raise ValueError("held elsewhere")
-
-    def private_bytes(self, encoding, format, encryption_algorithm):
-        raise ValueError("held elsewhere")
-
-    def secret(self) -> bytes:  # the test's own view of what must never be stored
-        return self._key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-
-    def __copy__(self):
-        return self
-
-    def __deepcopy__(self, memo):
-        return self
-
-
-def opener(*keys: ElsewhereKey):
-    by_uri = {k.key_uri: k for k in keys}
-    return lambda uri: by_uri[uri]
 
 
 def test_a_remote_root_key_is_stored_as_its_reference_and_signs_the_root():

@@ -227,14 +227,19 @@ def needed(
     return direct | Store.read(store_kind).needs(names)
 
 
-@pytest.mark.parametrize("kms", [False, True], ids=["", "kms-root"])
+@pytest.mark.parametrize("kms", ["", "root", "issuer"], ids=["", "kms-root", "kms-issuer"])
 @pytest.mark.parametrize("federation", [False, True], ids=["", "oidc-federation"])
 @pytest.mark.parametrize("store_kind", sorted(STORES))
 @pytest.mark.parametrize("principal", sorted(PRINCIPALS))
 def test_each_policy_allows_exactly_the_calls_of_the_code_it_runs(principal, store_kind, federation, kms):
-    conditions = {"UseS3": store_kind == "s3", "MakeOidcFederation": federation, "UseKmsRoot": kms}
+    conditions = {
+        "UseS3": store_kind == "s3",
+        "MakeOidcFederation": federation,
+        "UseKmsRoot": kms == "root",
+        "UseKmsIssuer": kms == "issuer",
+    }
     allowed = granted(statements(principal, conditions), conditions)
-    need = needed(principal, store_kind, federation=federation, kms=kms)
+    need = needed(principal, store_kind, federation=federation, kms=bool(kms))
     assert need, f"{principal} makes no AWS call?"
     assert need <= allowed, f"{principal} with a {store_kind} store is denied {sorted(need - allowed)}"
     assert allowed - need <= NO_CALL_NEEDED, f"{principal} may call more than it does: {allowed - need}"
@@ -266,7 +271,13 @@ def test_the_scan_sees_the_calls_it_must():
 
 @pytest.mark.parametrize("store_kind", sorted(STORES))
 def test_with_an_upstream_the_task_may_call_private_ca_on_that_ca_only(store_kind):
-    conditions = {"UseS3": store_kind == "s3", "MakeOidcFederation": False, "UseUpstream": True}
+    conditions = {
+        "UseS3": store_kind == "s3",
+        "MakeOidcFederation": False,
+        "UseUpstream": True,
+        "UseKmsRoot": False,
+        "UseKmsIssuer": False,
+    }
     allowed = granted(statements("TaskRole", conditions), conditions)
     need = needed("TaskRole", store_kind, upstream=True)
     assert need - needed("TaskRole", store_kind) == {
@@ -332,5 +343,5 @@ def test_writes_are_only_on_the_bundle_and_its_public_part():
     # and no policy grants a wildcard action
     for principal in PRINCIPALS:
         for conditions in ({"UseS3": True}, {"UseS3": False}):
-            conditions["MakeOidcFederation"] = conditions["UseKmsRoot"] = True
+            conditions["MakeOidcFederation"] = conditions["UseKmsRoot"] = conditions["UseKmsIssuer"] = True
             assert not any(re.search(r"\*", a) for a in granted(statements(principal), conditions))

@@ -252,7 +252,7 @@ def test_a_disabled_or_missing_kms_key_refuses_bundle_init_and_writes_nothing(
         client.verify_response(ca.sign("orders", "prod"), ca.anchors)
     finally:
         log = ca.stop()
-    assert "is Disabled: issuers cannot be signed until it is enabled" in ca.start_log + log
+    assert "is Disabled: nothing can be signed with it until it is enabled" in ca.start_log + log
     store = tmp_path / "store"
     r = run(
         "bundle", "init", "--issuer-credentials", str(store), "--root-key", f"kms://{key_id}", env=aws_env

@@ -461,12 +461,54 @@ def test_private_subnets_get_the_endpoints_the_tasks_need_as_an_option():
     }
     assert services["kms"]["Condition"] == "MakeKmsEndpoint"
     assert TEMPLATE["Conditions"]["MakeKmsEndpoint"] == {
-        "Fn::And": [{"Fn::Condition": "MakeVpcEndpoints"}, {"Fn::Condition": "UseKmsRoot"}]
+        "Fn::And": [{"Fn::Condition": "MakeVpcEndpoints"}, {"Fn::Condition": "UseKms"}]
+    }
+    assert TEMPLATE["Conditions"]["UseKms"] == {
+        "Fn::Or": [{"Fn::Condition": "UseKmsRoot"}, {"Fn::Condition": "UseKmsIssuer"}]
     }
     assert TEMPLATE["Parameters"]["CreateVpcEndpoints"]["Default"] == "false"
     (rule,) = RESOURCES["VpcEndpointSecurityGroup"]["Properties"]["SecurityGroupIngress"]
     assert rule["SourceSecurityGroupId"] == {"Ref": "ServiceSecurityGroup"} and rule["FromPort"] == 443
     assert "RouteTablesForEndpoints" in TEMPLATE["Rules"]
+
+
+def test_an_issuer_key_in_kms_is_an_optional_parameter_off_by_default():
+    """Issue 16 item 2: IssuerKeyKms makes IssuerKey (asymmetric, SIGN_VERIFY, retained), gives its
+    ARN to the tasks as SENTRY_ISSUER_KEY, and only then lets the task role open and sign with it
+    and the config-change function open it; off, nothing of it exists."""
+    param = TEMPLATE["Parameters"]["IssuerKeyKms"]
+    assert (param["Default"], param["AllowedValues"]) == ("false", ["true", "false"])
+    assert TEMPLATE["Conditions"]["UseKmsIssuer"] == {"Fn::Equals": [{"Ref": "IssuerKeyKms"}, "true"]}
+    key = RESOURCES["IssuerKey"]
+    assert key["Condition"] == "UseKmsIssuer" and key["DeletionPolicy"] == "Retain"
+    assert (key["Properties"]["KeySpec"], key["Properties"]["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
+    assert RESOURCES["IssuerKeyAlias"]["Condition"] == "UseKmsIssuer"
+    env = {
+        e["Name"]: e["Value"]
+        for e in RESOURCES["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Environment"]
+    }
+    assert env["SENTRY_ISSUER_KEY"] == {"Fn::If": ["UseKmsIssuer", {"Fn::Sub": "kms://${IssuerKey.Arn}"}, ""]}
+    arn = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    assert load_config({}, {"SENTRY_ISSUER_KEY": f"kms://{arn}"}).issuer_key == f"kms://{arn}"
+    assert load_config({}, {"SENTRY_ISSUER_KEY": ""}).issuer_key is None  # off: a local issuer key
+    (policy,) = [
+        p["Fn::If"]
+        for p in RESOURCES["TaskRole"]["Properties"]["Policies"]
+        if "Fn::If" in p and p["Fn::If"][0] == "UseKmsIssuer"
+    ]
+    (statement,) = policy[1]["PolicyDocument"]["Statement"]
+    assert statement["Action"] == ["kms:DescribeKey", "kms:GetPublicKey", "kms:Sign"]
+    assert statement["Resource"] == {"Fn::GetAtt": ["IssuerKey", "Arn"]} and policy[2] == {
+        "Ref": "AWS::NoValue"
+    }
+    config_change = [
+        s["Fn::If"][1]
+        for p in RESOURCES["ConfigChangeFunction"]["Properties"]["Policies"]
+        for s in p["Statement"]
+        if isinstance(s, dict) and s.get("Fn::If", [None])[0] == "UseKmsIssuer"
+    ]
+    assert [s["Action"] for s in config_change] == [["kms:DescribeKey", "kms:GetPublicKey"]]
+    assert TEMPLATE["Outputs"]["IssuerKeyArn"]["Condition"] == "UseKmsIssuer"
 
 
 def test_the_image_is_documented_by_digest():

@@ -58,9 +58,10 @@ LOCAL: dict[str, str] = {
     "e-mail subscription has no local stand-in",
     "AWS::CloudTrail::Trail": "not created: condition MakeTrail needs StoreKind secretsmanager; this "
     "stack is StoreKind s3",
-    "AWS::KMS::Key": "not created: condition UseKmsRoot needs RootKeyKms (default false); a KMS root "
-    "is tested against moto's KMS by tests/e2e/test_kms.py",
-    "AWS::KMS::Alias": "not created: condition UseKmsRoot needs RootKeyKms (default false), as the key's",
+    "AWS::KMS::Key": "not created: conditions UseKmsRoot and UseKmsIssuer need RootKeyKms and "
+    "IssuerKeyKms (default false); KMS root and issuer keys are tested against moto's KMS by "
+    "tests/e2e/test_kms.py and tests/e2e/test_kms_issuer.py",
+    "AWS::KMS::Alias": "not created: conditions UseKmsRoot and UseKmsIssuer (default false), as the keys'",
     "AWS::IAM::OIDCProvider": "not created: condition MakeOidcProvider needs OidcFederation (default "
     "false); the federation publisher and the provider's call shape are tested against moto by "
     "tests/adapters/test_oidc_federation.py",

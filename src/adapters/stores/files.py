@@ -44,12 +44,9 @@ from pathlib import Path
 from ca_core.bundle import (
     ANCHORS,
     ISSUER_CHAIN,
-    ISSUER_KEY,
     JWKS,
-    JWT_KEY,
+    KEY_ITEMS,
     PUBLIC_ITEMS,
-    ROOT_KEY,
-    ROOT_KEY_REF,
     ROTATION_STATE,
     FileNames,
 )
@@ -94,7 +91,7 @@ def _flocked(fd: int, operation: int) -> Iterator[None]:
 
 
 # Keys first, certificates last (matters only for readers of a half-adopted directory).
-_WRITE_ORDER = (ROOT_KEY, ROOT_KEY_REF, ISSUER_KEY, JWT_KEY, ROTATION_STATE, JWKS, ISSUER_CHAIN, ANCHORS)
+_WRITE_ORDER = (*KEY_ITEMS, ROTATION_STATE, JWKS, ISSUER_CHAIN, ANCHORS)
 
 
 class FileBundleStore:

@@ -133,6 +133,7 @@ class Config:
     allowed_clock_skew: timedelta = timedelta(minutes=15)
     ca_key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
     root_key: str | None = None  # kms://...: a generated root's key is that KMS key (design §5.18)
+    issuer_key: str | None = None  # kms://...: a generated issuer's key is that KMS key (design §5.18)
     jwt_enabled: bool = False
     jwt_ttl: timedelta = DEFAULT_JWT_TTL
     jwt_issuer: str | None = None

@@ -104,6 +104,14 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "only the reference (root.kms) (default: a local key of --ca-key-algorithm, kept as root.key)",
     ),
     Option(
+        "issuer-key",
+        parse_kms_ref,
+        "where a generated issuer's key lives: kms://<key id, ARN or alias> of an asymmetric SIGN_VERIFY "
+        "KMS key; every leaf is then signed by KMS Sign (a network call each, at most KMS's Sign quota) "
+        "and the store keeps only the reference (issuer.kms) (default: a local key of "
+        "--ca-key-algorithm, kept as issuer.key)",
+    ),
+    Option(
         "jwt-enabled",
         parse_bool,
         "issue JWT-SVIDs (response fields jwt and per_audience_jwts) beside each certificate, signed "

@@ -35,6 +35,7 @@ from .state import (
     active_root,
     held_root_key,
     iso,
+    kept_issuer_key,
     subject_of,
 )
 
@@ -74,7 +75,9 @@ def emergency_root(
     and retiring roots) is removed now and recorded as removed, so trust continuity accepts the
     change. Every leaf issued before stops verifying; workloads must fetch the new anchors.
     root_key: the new root's key when supplied (a KMS key), else generated."""
-    root, root_key, issuer, issuer_key = generate_root_and_issuer(now, policy, root_key)
+    root, root_key, issuer, issuer_key = generate_root_and_issuer(
+        now, policy, root_key, kept_issuer_key(bundle.issuer_key)
+    )
     removed = tuple(
         RemovedRoot(fingerprint(a), subject_of(a), now, "emergency") for a in bundle.trust_anchors
     )
@@ -113,10 +116,15 @@ def rotate_issuer(
     now: datetime,
     policy: RotationPolicy,
     supplied: tuple[tuple[x509.Certificate, ...], PrivateKey] | None = None,
+    *,
+    issuer_key: PrivateKey | None = None,
+    fresh_key: bool = False,
 ) -> Rotation:
     """``sentryca rotate issuer``: a new issuer under the active root, active at once; leaves
     issued before still verify (same root). ``supplied``: (issuer chain, issuer first; its key),
-    made by the operator (needed when the CA does not hold the root key). Raises
+    made by the operator (needed when the CA does not hold the root key). Otherwise the root key
+    certifies ``issuer_key`` when given (``--issuer-key kms://...``), else the current issuer key
+    when it is in KMS (unless ``fresh_key``: ``--issuer-key local``), else a fresh local key. Raises
     FailedPrecondition when the active root is not valid now, no root key is held and nothing is
     supplied, or the supplied issuer is not a valid CA under the active root now."""
     root = active_root(bundle)
@@ -137,7 +145,9 @@ def rotate_issuer(
                 f"{subject_of(root)}. Nothing was changed",
                 reason="root_key_missing",
             )
-        cert, key = policy.new_issuer(root, root_key, now)
+        if issuer_key is None and not fresh_key:
+            issuer_key = kept_issuer_key(bundle.issuer_key)
+        cert, key = policy.new_issuer(root, root_key, now, issuer_key)
         chain: tuple[x509.Certificate, ...] = (cert,)
     else:
         chain, key = supplied

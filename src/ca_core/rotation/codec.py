@@ -8,7 +8,8 @@ The state (``rotation.json``) is a JSON object, format 1::
               "prepared": {"sha256": FP, "subject": S, "not_after": T, "since": T,
                            "activate_after": T, "trigger": "manual"|"auto",
                            "key": PEM (or "key_uri": "kms://..." for a KMS root key),
-                           "issuer_chain": PEM, "issuer_key": PEM} | null,
+                           "issuer_chain": PEM, "issuer_key": PEM (or "issuer_key_uri":
+                           "kms://..." for an issuer key in KMS)} | null,
               "retiring": [{"sha256": FP, "subject": S, "since": T, "prune_after": T}],
               "removed": [{"sha256": FP, "subject": S, "at": T,
                            "reason": "pruned"|"expired"|"emergency"}],
@@ -16,7 +17,7 @@ The state (``rotation.json``) is a JSON object, format 1::
      "issuer": {"active": {"serial": HEX, "since": T},
                 "prepared": {"serial": HEX, "subject": S, "root": FP, "not_after": T, "since": T,
                              "activate_after": T, "trigger": ..., "issuer_chain": PEM,
-                             "issuer_key": PEM} | null},
+                             "issuer_key": PEM (or "issuer_key_uri": "kms://...")} | null},
      "jwt": {"active": {"kid": K, "thumbprint": TP, "since": T},
              "prepared": {"kid": K, "thumbprint": TP, "alg": A, "since": T,
                           "activate_after": T, "trigger": ..., "key": PEM} | null,
@@ -89,6 +90,12 @@ def _root_key_entry(key: PrivateKey) -> dict[str, str]:
     return {"key_uri": uri} if uri is not None else {"key": _pem_key(key)}
 
 
+def _issuer_key_entry(key: PrivateKey) -> dict[str, str]:
+    # An issuer key in KMS is stored as its reference ("issuer_key_uri"), never as key material.
+    uri = key_uri_of(key)
+    return {"issuer_key_uri": uri} if uri is not None else {"issuer_key": _pem_key(key)}
+
+
 def encode_state(state: RotationState, bundle: TrustBundle) -> bytes:
     """``rotation.json`` for ``state`` of ``bundle`` (the module docstring's format)."""
     root, issuer = active_root(bundle), bundle.issuer
@@ -103,7 +110,7 @@ def encode_state(state: RotationState, bundle: TrustBundle) -> bytes:
             "trigger": p.trigger,
             **_root_key_entry(p.root_key),
             "issuer_chain": certificates_pem(p.issuer_chain).decode("ascii"),
-            "issuer_key": _pem_key(p.issuer_key),
+            **_issuer_key_entry(p.issuer_key),
         }
     if (q := state.prepared_issuer) is not None:
         prepared_issuer = {
@@ -115,7 +122,7 @@ def encode_state(state: RotationState, bundle: TrustBundle) -> bytes:
             "activate_after": iso(q.activate_after),
             "trigger": q.trigger,
             "issuer_chain": certificates_pem(q.issuer_chain).decode("ascii"),
-            "issuer_key": _pem_key(q.issuer_key),
+            **_issuer_key_entry(q.issuer_key),
         }
     doc = {
         "format": FORMAT,
@@ -230,8 +237,9 @@ def parse_state(
     issuer must verify to the active root; times must be ISO 8601 with a zone. Records of
     retiring roots that are no longer anchors (or are the active root) are dropped, and an
     ``active`` record naming another root or issuer leaves its time unknown. Raises BundleError
-    naming ``rotation.json`` (or its label) and the problem. A prepared root whose key is in KMS
-    (``key_uri``) is opened with ``open_key`` (the adapter's); without one, BundleError.
+    naming ``rotation.json`` (or its label) and the problem. A prepared root or issuer key in KMS
+    (``key_uri``, ``issuer_key_uri``) is opened with ``open_key`` (the adapter's); without one,
+    BundleError.
     """
     raw = items.get(ROTATION_STATE)
     if raw is None:
@@ -273,7 +281,7 @@ def parse_state(
             root_key = r.key(p, "key", where)
         if public_key_der(root_key.public_key()) != public_key_der(cert.public_key()):
             raise r.fail(f"{where}.key does not match the prepared root")
-        chain, key = _prepared_chain(r, p, where, cert)
+        chain, key = _prepared_chain(r, p, where, cert, open_key)
         prepared_root = PreparedRoot(
             cert,
             root_key,
@@ -289,7 +297,7 @@ def parse_state(
     if (q := issuer_doc.get("prepared")) is not None:
         where = "issuer.prepared"
         q = r.obj(q, where)
-        chain, key = _prepared_chain(r, q, where, root)
+        chain, key = _prepared_chain(r, q, where, root, open_key)
         prepared_issuer = PreparedIssuer(
             chain,
             key,
@@ -346,10 +354,16 @@ def parse_state(
 
 
 def _prepared_chain(
-    r: _Reader, obj: dict[str, Any], where: str, root: x509.Certificate
+    r: _Reader, obj: dict[str, Any], where: str, root: x509.Certificate, open_key: KeyOpener | None
 ) -> tuple[tuple[x509.Certificate, ...], PrivateKey]:
     chain = r.chain(obj, "issuer_chain", where)
-    key = r.key(obj, "issuer_key", where)
+    if "issuer_key_uri" in obj:
+        uri = r.text(obj, "issuer_key_uri", where)
+        if open_key is None:
+            raise r.fail(f"{where}: the prepared issuer's key is {uri}; opening it needs KMS access")
+        key = open_key(uri)
+    else:
+        key = r.key(obj, "issuer_key", where)
     for n, cert in enumerate(chain):
         parent = chain[n + 1] if n + 1 < len(chain) else root
         if not is_ca(cert) or not issued_by(cert, parent):

@@ -24,6 +24,7 @@ from .state import (
     active_root,
     held_root_key,
     iso,
+    kept_issuer_key,
     margins,
 )
 
@@ -67,7 +68,7 @@ def auto_prepare_issuer(
         signer = policy.upstream
         signed_by = f"signed by {signer}"
     elif root_key is not None:
-        cert, key = policy.new_issuer(root, root_key, now)
+        cert, key = policy.new_issuer(root, root_key, now, kept_issuer_key(bundle.issuer_key))
         chain = (cert,)
         signer, signed_by = "root", "signed with the root key"
     else:

@@ -69,6 +69,7 @@ from .state import (
     find_anchor,
     held_root_key,
     iso,
+    kept_issuer_key,
     margins,
     subject_of,
 )
@@ -275,7 +276,7 @@ def _issuer_for_activation(
     root = prepared.root
     if left >= margins(issuer)[0] or not root.not_valid_before_utc <= now < root.not_valid_after_utc:
         return prepared.issuer_chain, prepared.issuer_key, None
-    cert, key = policy.new_issuer(prepared.root, prepared.root_key, now)
+    cert, key = policy.new_issuer(prepared.root, prepared.root_key, now, kept_issuer_key(prepared.issuer_key))
     if cert.not_valid_after_utc <= issuer.not_valid_after_utc:  # pragma: no cover - a fresh one ends later
         return prepared.issuer_chain, prepared.issuer_key, None
     return (cert,), key, max(left, timedelta(0))
@@ -324,15 +325,19 @@ def _rotates_root(bundle: TrustBundle) -> bool:
 
 
 def generate_root_and_issuer(
-    now: datetime, policy: RotationPolicy, root_key: PrivateKey | None = None
+    now: datetime,
+    policy: RotationPolicy,
+    root_key: PrivateKey | None = None,
+    issuer_key: PrivateKey | None = None,
 ) -> tuple[x509.Certificate, PrivateKey, x509.Certificate, PrivateKey]:
     """A new root and an issuer under it, as ``policy`` makes them: (root, key, issuer, key).
-    root_key: the new root's key when the operator supplies it (a KMS key), else generated."""
+    root_key: the new root's key when the operator supplies it (a KMS key), else generated;
+    issuer_key: the issuer key to certify (the current one when in KMS), else generated."""
     root_key = root_key if root_key is not None else policy.algorithm.generate()
     root = generate_root(
         policy.trust_domain, root_key, now, lifetime=policy.root_lifetime, backdate=policy.clock_skew
     )
-    issuer, issuer_key = policy.new_issuer(root, root_key, now)
+    issuer, issuer_key = policy.new_issuer(root, root_key, now, issuer_key)
     return root, root_key, issuer, issuer_key
 
 
@@ -347,7 +352,9 @@ def prepare_root_step(
     """Rule 4's step, and ``sentryca rotate root``'s: a new root (and its issuer) joins the trust
     anchors now and becomes active at ``activate_after`` (module docstring). (bundle, state, step).
     root_key: the new root's key when supplied (``rotate root --root-key kms://...``)."""
-    root, root_key, issuer, issuer_key = generate_root_and_issuer(now, policy, root_key)
+    root, root_key, issuer, issuer_key = generate_root_and_issuer(
+        now, policy, root_key, kept_issuer_key(bundle.issuer_key)
+    )
     activate_after = now + policy.propagation_window
     if trigger == AUTO:
         current = active_root(bundle)

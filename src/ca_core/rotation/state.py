@@ -24,7 +24,7 @@ from ..bundle import ROTATION_STATE, TrustBundle, chain_not_after, fingerprint
 from ..certs import DEFAULT_CA_LIFETIME, DEFAULT_CLOCK_SKEW, DEFAULT_WORKLOAD_TTL, generate_issuer
 from ..errors import BundleError
 from ..jwt_svid import DEFAULT_JWT_TTL, JwtAlgorithm
-from ..keys import KeyAlgorithm, PrivateKey, public_key_der
+from ..keys import KeyAlgorithm, PrivateKey, key_uri_of, public_key_der
 from ..oidc import MAX_AGE_SECONDS
 from ..spiffe_id import SpiffeId
 
@@ -188,11 +188,12 @@ class RotationPolicy:
     jwt_key_id_fixed: bool = False
 
     def new_issuer(
-        self, root: x509.Certificate, root_key: PrivateKey, now: datetime
+        self, root: x509.Certificate, root_key: PrivateKey, now: datetime, key: PrivateKey | None = None
     ) -> tuple[x509.Certificate, PrivateKey]:
         """A fresh issuer under ``root``, signed with ``root_key`` now, as this policy makes them
-        (key algorithm, issuer lifetime, backdating): (certificate, its key)."""
-        key = self.algorithm.generate()
+        (key algorithm, issuer lifetime, backdating): (certificate, its key). key: the key to
+        certify (an issuer key in KMS, see :func:`kept_issuer_key`), else one is generated."""
+        key = key if key is not None else self.algorithm.generate()
         cert = generate_issuer(
             root,
             root_key,
@@ -259,6 +260,13 @@ def held_root_key(bundle: TrustBundle) -> PrivateKey | None:
         return None
     root_public = active_root(bundle).public_key()
     return key if public_key_der(key.public_key()) == public_key_der(root_public) else None
+
+
+def kept_issuer_key(key: PrivateKey) -> PrivateKey | None:
+    """The key the next issuer certifies when ``key`` is the current issuer's: the same key when
+    it is held in KMS (a new KMS key is the operator's to create, design §5.18: a rotation renews
+    the certificate of the key in KMS), None (a fresh local key) otherwise."""
+    return key if key_uri_of(key) is not None else None
 
 
 def find_anchor(bundle: TrustBundle, sha256: str) -> x509.Certificate | None:

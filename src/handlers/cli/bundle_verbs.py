@@ -39,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     gen_options = tuple(
         o
         for o in SERVE_OPTIONS
-        if o.flag in ("trust-domain", "ca-key-algorithm", "root-key", "root-ttl", "issuer-ttl")
+        if o.flag in ("trust-domain", "ca-key-algorithm", "root-key", "issuer-key", "root-ttl", "issuer-ttl")
     )
     p = bundle.add_parser("init", allow_abbrev=False, help="generate a root and issuer into an empty store")
     upstream = tuple(o for o in SERVE_OPTIONS if o.flag == "upstream-authority")  # design §5.16
@@ -57,7 +57,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_options(p, STORE_OPTIONS)
     p.add_argument("--root", help="PEM trust anchors (one or more self-signed roots)")
     p.add_argument("--issuer-cert", help="PEM issuer certificate (chain), issuer first")
-    p.add_argument("--issuer-key", help="PEM issuer private key (PKCS#8, SEC1 or PKCS#1)")
+    # dest: not the --issuer-key option of serve and init (a kms:// reference, design §5.18)
+    p.add_argument(
+        "--issuer-key", dest="issuer_key_arg", help="PEM issuer private key (PKCS#8, SEC1 or PKCS#1)"
+    )
     # dest: not the --root-key option of serve and init (a kms:// reference, design §5.18)
     p.add_argument(
         "--root-key", dest="root_key_file", help="PEM root private key (lets the CA rotate issuers itself)"
@@ -140,7 +143,7 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
 
     _, store = open_store(args)
     if args.from_dir:
-        if args.root or args.issuer_cert or args.issuer_key or args.root_key_file:
+        if args.root or args.issuer_cert or args.issuer_key_arg or args.root_key_file:
             raise CommandError(
                 "--from takes a whole exported bundle: give no --root/--issuer-*/--root-key", USAGE
             )
@@ -161,19 +164,19 @@ def cmd_bundle_import(args: argparse.Namespace) -> int:
             items[ROOT_KEY] = exported.items[ROOT_KEY]
     else:
         missing = [f for f, v in (("--root", args.root), ("--issuer-cert", args.issuer_cert)) if not v]
-        missing += ["--issuer-key"] if not args.issuer_key else []
+        missing += ["--issuer-key"] if not args.issuer_key_arg else []
         if missing:
             raise CommandError(f"bundle import needs {', '.join(missing)} (or --from DIR)", USAGE)
         items = {
             ANCHORS: read_input(args.root, "--root"),
             ISSUER_CHAIN: read_input(args.issuer_cert, "--issuer-cert"),
-            ISSUER_KEY: read_input(args.issuer_key, "--issuer-key"),
+            ISSUER_KEY: read_input(args.issuer_key_arg, "--issuer-key"),
         }
         if args.root_key_file:
             items[ROOT_KEY] = read_input(args.root_key_file, "--root-key")
         labels = {ANCHORS: f"--root {args.root}", ISSUER_CHAIN: f"--issuer-cert {args.issuer_cert}"}
         labels |= {
-            ISSUER_KEY: f"--issuer-key {args.issuer_key}",
+            ISSUER_KEY: f"--issuer-key {args.issuer_key_arg}",
             ROOT_KEY: f"--root-key {args.root_key_file}",
         }
         new = parse_bundle(items, labels, open_key=open_kms_key)  # verified before anything is written
@@ -393,6 +396,9 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
     root_key = (
         open_kms_key(cfg.root_key, require_enabled=True) if cfg.root_key else None
     )  # checked before any write
+    from handlers.composition import open_issuer_key
+
+    issuer_key = open_issuer_key(cfg)
     if backup is None:
         backup = build_store(cfg, f"file://{new_backup_directory(now)}")
     if not backup.create(current.items):
@@ -408,6 +414,7 @@ def cmd_bundle_regenerate(args: argparse.Namespace) -> int:
         root_lifetime=settled.lifetimes.root,
         issuer_lifetime=settled.lifetimes.issuer,
         root_key=root_key,
+        issuer_key=issuer_key,
     )
     items = bundle.to_items()
     token = store.replace_version(items, current.version)

@@ -20,6 +20,7 @@ from ca_core.bundle import (
     ANCHORS,
     ISSUER_CHAIN,
     ISSUER_KEY,
+    ISSUER_KEY_REF,
     JWKS,
     JWT_KEY,
     ROOT_KEY,
@@ -86,8 +87,10 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
     if in_kms:
         print(
             f"not exported: the key(s) held by KMS ({', '.join(in_kms)}); {out} keeps only their "
-            f"reference ({ROOT_KEY_REF}): KMS keys never leave KMS, so restoring this backup needs the "
-            "same KMS keys, enabled, and the permission to sign with them"
+            f"reference ({', '.join(i for i in (ROOT_KEY_REF, ISSUER_KEY_REF) if i in current.items)}"
+            f"{', ' + ROTATION_STATE if ROTATION_STATE in current.items else ''}): KMS keys never leave "
+            "KMS, so restoring this backup needs the same KMS keys, enabled, and the permission to "
+            "sign with them"
         )
     secret = [i for i in SECRET_ITEMS if i in current.items]
     if secret:
@@ -100,20 +103,24 @@ def cmd_bundle_export(args: argparse.Namespace) -> int:
 
 
 def kms_references(items: Mapping[str, bytes]) -> list[str]:
-    """The KMS key references a bundle's items hold: ``root.kms`` and a prepared root's
-    ``key_uri`` in ``rotation.json``."""
+    """The KMS key references a bundle's items hold, each once: ``root.kms``, ``issuer.kms``, and
+    a prepared root's ``key_uri`` and prepared issuers' ``issuer_key_uri`` in ``rotation.json``."""
     import json
 
     refs = []
-    if ROOT_KEY_REF in items:
-        refs.append(items[ROOT_KEY_REF].decode("ascii", errors="replace").strip())
+    for item in (ROOT_KEY_REF, ISSUER_KEY_REF):
+        if item in items:
+            refs.append(items[item].decode("ascii", errors="replace").strip())
     try:
-        prepared = json.loads(items[ROTATION_STATE])["root"]["prepared"] if ROTATION_STATE in items else None
-    except (ValueError, KeyError, TypeError):
-        prepared = None
-    if isinstance(prepared, dict) and isinstance(prepared.get("key_uri"), str):
-        refs.append(prepared["key_uri"])
-    return refs
+        doc = json.loads(items[ROTATION_STATE]) if ROTATION_STATE in items else {}
+        slots = [doc.get("root", {}).get("prepared"), doc.get("issuer", {}).get("prepared")]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        slots = []
+    for slot in slots:
+        for field in ("key_uri", "issuer_key_uri"):
+            if isinstance(slot, dict) and isinstance(slot.get(field), str):
+                refs.append(slot[field])
+    return list(dict.fromkeys(refs))
 
 
 def cmd_bundle_show(args: argparse.Namespace) -> int:

@@ -95,11 +95,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def key_locations(items: Mapping[str, bytes], labels: Mapping[str, str]) -> list[str]:
     """Where each CA key of the stored ``items`` lives, one line each (from the items alone, so
     it is shown even when KMS cannot be reached): the root key in KMS (``root.kms``: its
-    reference), in the store (``root.key``) or not held; the issuer and JWT keys in the store;
-    a prepared root's key in KMS or in the store (``rotation.json``)."""
+    reference), in the store (``root.key``) or not held; the issuer key in KMS (``issuer.kms``)
+    or in the store; the JWT key in the store; a prepared root's and a prepared issuer's key in
+    KMS or in the store (``rotation.json``)."""
     import json
 
-    from ca_core.bundle import ISSUER_KEY, JWT_KEY, ROOT_KEY, ROOT_KEY_REF, ROTATION_STATE
+    from ca_core.bundle import ISSUER_KEY, ISSUER_KEY_REF, JWT_KEY, ROOT_KEY, ROOT_KEY_REF, ROTATION_STATE
 
     def name(item: str) -> str:
         return labels.get(item, item)
@@ -112,14 +113,22 @@ def key_locations(items: Mapping[str, bytes], labels: Mapping[str, str]) -> list
         lines.append(f"root key in the store: {name(ROOT_KEY)}")
     else:
         lines.append("root key not held (the operator supplies new issuers: rotate issuer --issuer-cert)")
-    if ISSUER_KEY in items:
+    if ISSUER_KEY_REF in items:
+        ref = items[ISSUER_KEY_REF].decode("ascii", errors="replace").strip()
+        lines.append(
+            f"issuer key in KMS: {ref} ({name(ISSUER_KEY_REF)} holds only this reference; every leaf "
+            "is signed by KMS)"
+        )
+    elif ISSUER_KEY in items:
         lines.append(f"issuer key in the store: {name(ISSUER_KEY)}")
     if JWT_KEY in items:
         lines.append(f"JWT key in the store: {name(JWT_KEY)}")
     try:
-        prepared = json.loads(items[ROTATION_STATE])["root"]["prepared"] if ROTATION_STATE in items else None
-    except (ValueError, KeyError, TypeError):
-        prepared = None  # an unreadable state is reported by its parse below
+        doc = json.loads(items[ROTATION_STATE]) if ROTATION_STATE in items else {}
+        prepared = doc.get("root", {}).get("prepared")
+        prepared_issuer = doc.get("issuer", {}).get("prepared")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        prepared = prepared_issuer = None  # an unreadable state is reported by its parse below
     if isinstance(prepared, dict):
         where = (
             f"in KMS: {prepared['key_uri']}"
@@ -127,6 +136,11 @@ def key_locations(items: Mapping[str, bytes], labels: Mapping[str, str]) -> list
             else f"in the store: {name(ROTATION_STATE)}"
         )
         lines.append(f"prepared root's key {where}")
+    for slot, entry in (("prepared root's issuer", prepared), ("prepared issuer", prepared_issuer)):
+        if isinstance(entry, dict) and "issuer_key_uri" in entry:
+            lines.append(f"{slot} key in KMS: {entry['issuer_key_uri']}")
+        elif isinstance(entry, dict) and slot == "prepared issuer":
+            lines.append(f"{slot} key in the store: {name(ROTATION_STATE)}")
     return lines
 
 

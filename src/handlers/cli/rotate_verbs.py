@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ca_core.bundle import TrustBundle
     from ca_core.bundle_settings import Change
     from ca_core.config import Config
+    from ca_core.keys import PrivateKey
     from ca_core.rotation.issuer_rule import UpstreamIssuer
     from ca_core.rotation.state import Rotation, RotationPolicy, RotationState
 
@@ -66,7 +67,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--issuer-cert", help="PEM issuer certificate (chain) signed by the active root, issuer first"
     )
-    p.add_argument("--issuer-key", help="PEM key of --issuer-cert (needed when the store has no root.key)")
+    p.add_argument(  # dest: not the --issuer-key option of serve and init, which takes kms:// only
+        "--issuer-key",
+        dest="issuer_key_arg",
+        help="PEM key of --issuer-cert (needed when the store has no root.key); or, alone, the key the "
+        "root certifies: kms://<key id, ARN or alias> (an issuer key in KMS: every leaf signed by KMS) "
+        "or local (a fresh local key, e.g. to move back from KMS) (default: the current issuer key when "
+        "it is in KMS, else a fresh local key)",
+    )
     p.set_defaults(func=cmd_rotate_issuer)
     p = rotate.add_parser(
         "root",
@@ -184,14 +192,25 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
     with ``--upstream-authority`` and no root key held, signed by the upstream."""
     from ca_core.bundle import parse_certificates
     from ca_core.bundle_settings import Change
+    from ca_core.config.values import parse_kms_ref
     from ca_core.keys import load_private_key
     from ca_core.rotation.actions import rotate_issuer
-    from ca_core.rotation.state import held_root_key
+    from ca_core.rotation.state import held_root_key, kept_issuer_key
 
     cfg, store, current, bundle, state = _rotation_context(args)
-    supplied = None
-    if args.issuer_cert or args.issuer_key:
-        if not (args.issuer_cert and args.issuer_key):
+    supplied, new_key, fresh_key = None, None, False
+    alone = args.issuer_key_arg if args.issuer_key_arg and not args.issuer_cert else ""
+    if alone == "local" or alone.startswith("kms://"):  # the key the root certifies
+        fresh_key = args.issuer_key_arg == "local"
+        if not fresh_key:
+            try:
+                ref = parse_kms_ref(args.issuer_key_arg)
+            except ValueError as e:
+                raise CommandError(f"--issuer-key: {e}", USAGE) from None
+            new_key = open_kms_key(ref, require_enabled=True)  # checked before anything is written
+            print(f"the new issuer's key is {new_key.key_uri} ({new_key.key_spec}): KMS signs every leaf")
+    elif args.issuer_cert or args.issuer_key_arg:
+        if not (args.issuer_cert and args.issuer_key_arg):
             raise CommandError("--issuer-cert and --issuer-key go together", USAGE)
         chain = parse_certificates(
             read_input(args.issuer_cert, "--issuer-cert"), f"--issuer-cert {args.issuer_cert}"
@@ -199,15 +218,18 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
         while len(chain) > 1 and chain[-1] in bundle.trust_anchors:
             chain = chain[:-1]  # the root appended to the chain file
         try:
-            key = load_private_key(read_input(args.issuer_key, "--issuer-key"))
+            key = load_private_key(read_input(args.issuer_key_arg, "--issuer-key"))
         except ValueError as e:
-            raise CommandError(f"--issuer-key {args.issuer_key}: {e}", USAGE) from None
+            raise CommandError(f"--issuer-key {args.issuer_key_arg}: {e}", USAGE) from None
         supplied = (chain, key)
     generates = supplied is None
     policy = _policy(args, cfg, store, bundle, state, Change.ISSUER, "rotate issuer", generates=generates)
     if supplied is None and cfg.upstream_authority is not None and held_root_key(bundle) is None:
-        supplied = _from_upstream(cfg.upstream_authority, bundle, policy)  # design §5.16
-    result = rotate_issuer(bundle, state, datetime.now(UTC), policy, supplied)
+        certified = new_key if new_key is not None or fresh_key else kept_issuer_key(bundle.issuer_key)
+        supplied = _from_upstream(cfg.upstream_authority, bundle, policy, certified)  # design §5.16
+    result = rotate_issuer(
+        bundle, state, datetime.now(UTC), policy, supplied, issuer_key=new_key, fresh_key=fresh_key
+    )
     _write_rotation(store, current, result)
     print(
         f"A running CA signs with the new issuer once it loads this bundle ({PICKED_UP}); until "
@@ -216,15 +238,23 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _from_upstream(upstream: str, bundle: TrustBundle, policy: RotationPolicy) -> UpstreamIssuer:
-    """An issuer signed by ``--upstream-authority`` under the bundle's active root, checked."""
+def _from_upstream(
+    upstream: str, bundle: TrustBundle, policy: RotationPolicy, key: PrivateKey | None = None
+) -> UpstreamIssuer:
+    """An issuer signed by ``--upstream-authority`` under the bundle's active root, checked.
+    key: the issuer key to certify (a KMS key), else a fresh local one."""
     from adapters.acm_pca import AcmPcaAuthority
     from ca_core.rotation.state import active_root
     from ca_core.upstream import accept_issued, issuer_request
 
     now = datetime.now(UTC)
     request = issuer_request(
-        policy.ca_identity, policy.algorithm, now, lifetime=policy.issuer_lifetime, backdate=policy.clock_skew
+        policy.ca_identity,
+        policy.algorithm,
+        now,
+        lifetime=policy.issuer_lifetime,
+        backdate=policy.clock_skew,
+        key=key,
     )
     root = active_root(bundle)
     certificate, chain = AcmPcaAuthority(upstream).issue_issuer(request, expect_root=root)

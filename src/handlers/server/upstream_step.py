@@ -21,7 +21,13 @@ from datetime import datetime
 from ca_core.bundle import TrustBundle
 from ca_core.errors import BundleError, CAError
 from ca_core.rotation.issuer_rule import UpstreamIssuer, issuer_prepare_due
-from ca_core.rotation.state import RotationPolicy, RotationState, active_root, held_root_key
+from ca_core.rotation.state import (
+    RotationPolicy,
+    RotationState,
+    active_root,
+    held_root_key,
+    kept_issuer_key,
+)
 from ca_core.upstream import IssuerRequest, accept_issued, issuer_request
 
 log = logging.getLogger("sentryca")
@@ -66,6 +72,7 @@ class UpstreamIssuerStep:
                     now,
                     lifetime=policy.issuer_lifetime,
                     backdate=policy.clock_skew,
+                    key=kept_issuer_key(bundle.issuer_key),  # a KMS issuer key is certified again
                 )
             certificate, chain = authority.issue_issuer(  # type: ignore[attr-defined]
                 request, resume=resume, expect_root=active_root(bundle)
