@@ -7,12 +7,12 @@ its checks against a CA's own store, needs the server's packages). Exit 0 issued
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+from .files import write_file
 
 USAGE, REFUSED = 2, 1
 _VALIDATORS = {"0": 0, "insecure": 1, "selfhosted": 1, "kubernetes": 2, "jwks": 3, "aws-iam": 100}
@@ -84,19 +84,6 @@ def _token(args: argparse.Namespace) -> str:
         raise _Refused(f"--token-file {args.token_file}: {e}", USAGE) from None
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def cmd_request(args: argparse.Namespace) -> int:
     """Issue, verify, then write OUT/tls.key (0600), tls.crt and ca.crt; nothing is written
     unless the answer verified. Raises _Refused."""
@@ -159,9 +146,9 @@ def cmd_request(args: argparse.Namespace) -> int:
         raise _Refused(f"--aws-iam: cannot read the CA's SPIFFE ID ({e}); give --aws-server-id") from None
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write(out / "tls.key", svid.private_key_pem, 0o600)
-        _write(out / "tls.crt", svid.chain_pem, 0o644)
-        _write(out / "ca.crt", svid.trust_anchors_pem, 0o644)
+        write_file(out / "tls.key", svid.private_key_pem, 0o600)
+        write_file(out / "tls.crt", svid.chain_pem, 0o644)
+        write_file(out / "ca.crt", svid.trust_anchors_pem, 0o644)
     except OSError as e:
         raise _Refused(f"--out {out}: cannot write ({e.strerror or e})", USAGE) from None
     print(

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from ca_core.keys import KeyAlgorithm
 from ca_core.validators import TokenValidatorKind
+from sentryca_client.files import write_file
 
 from .client_errors import connection_error, read_trust_anchors, store_in
-from .common import REFUSED, USAGE, CommandError, write_file
+from .common import REFUSED, USAGE, CommandError
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -8,9 +8,7 @@ or configuration).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,21 +84,6 @@ def read_input(path: str, flag: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as e:
         raise CommandError(f"{flag} {path}: cannot read ({e.strerror})", USAGE) from None
-
-
-def write_file(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` atomically with a fresh file of ``mode`` (never an existing file's mode,
-    never through a symlink left at a temporary name). Raises OSError."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def settle_with_bundle(

@@ -29,8 +29,9 @@ from ca_core.bundle import (
 )
 from ca_core.config import STORE_OPTIONS, add_options
 from ca_core.errors import CAError
+from sentryca_client.files import write_file
 
-from .common import BACKUPS, USAGE, CommandError, new_backup_directory, open_store, write_file
+from .common import BACKUPS, USAGE, CommandError, new_backup_directory, open_store
 
 # Items holding private keys (rotation.json holds those of a prepared root or issuer).
 SECRET_ITEMS = (ISSUER_KEY, ROOT_KEY, JWT_KEY, ROTATION_STATE)
