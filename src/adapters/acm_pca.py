@@ -6,9 +6,10 @@ Certificate`` (the CA's certificate and chain: its NotAfter bounds the validity 
 picks the signing algorithm), ``IssueCertificate`` with the path-length-0 subordinate template and
 an idempotency token (a retried call never issues twice), then ``GetCertificate`` polled until the
 certificate is issued. Throttling, 5xx and unreachable endpoints are retried with exponential
-backoff and full jitter, a bounded number of times, on top of the SDK's own retries; a certificate
-still pending at the bound raises :class:`UpstreamPending` with its ARN, so the next attempt polls
-the same certificate instead of asking for another. Every failure is a ``CAError`` whose message
+backoff and full jitter, a bounded number of times, on top of the SDK's own retries (or instead of
+them: :func:`bounded_authority`, what ``--upstream-timeout``/``--upstream-max-attempts`` build); a
+certificate still pending at the bound raises :class:`UpstreamPending` with its ARN, so the next
+attempt polls the same certificate instead of asking for another. Every failure is a ``CAError`` whose message
 says what to do; the caller (a start, the upkeep, ``rotate issuer``) decides what it means for the
 CA (the upkeep keeps serving the issuer in force).
 
@@ -77,8 +78,9 @@ class Backoff:
 
 class AcmPcaAuthority:
     """An AWS Private CA that signs the CA's issuers. ``upstream``: ``acm-pca://<CA ARN>``;
-    ``client``: an acm-pca SDK client (default: :func:`adapters.aws.client` in the ARN's region);
-    ``sleep``/``random``: injectable for tests."""
+    ``client``: an acm-pca SDK client (default: :func:`adapters.aws.client` in the ARN's region,
+    with ``timeout`` seconds to connect and as many to read each answer, and ``sdk_attempts``
+    requests per try; None: the SDK's defaults); ``sleep``/``random``: injectable for tests."""
 
     def __init__(
         self,
@@ -86,6 +88,8 @@ class AcmPcaAuthority:
         *,
         client: Any = None,
         backoff: Backoff = Backoff(),
+        timeout: float | None = None,
+        sdk_attempts: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
         random: Callable[[], float] = _random.random,
     ) -> None:
@@ -93,13 +97,22 @@ class AcmPcaAuthority:
         self.description = upstream
         self._client = client
         self._backoff = backoff
+        self._timeout = timeout
+        self._sdk_attempts = sdk_attempts
         self._sleep = sleep
         self._random = random
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = aws.client("acm-pca", region=arn_region(self.ca_arn))
+            timeouts = (
+                {}
+                if self._timeout is None
+                else {"connect_timeout": self._timeout, "read_timeout": self._timeout}
+            )
+            self._client = aws.client(
+                "acm-pca", region=arn_region(self.ca_arn), max_attempts=self._sdk_attempts, **timeouts
+            )
         return self._client
 
     def ca_chain(self) -> tuple[x509.Certificate, ...]:
@@ -189,10 +202,10 @@ class AcmPcaAuthority:
                 if not isinstance(error, _Retryable):
                     raise error from None
                 if n + 1 == b.attempts:
+                    each = "" if self._sdk_attempts == 1 else " (with the SDK's own retries each)"
                     raise Unavailable(
-                        f"{error.message} {b.attempts} times (with the SDK's own retries each), backing off "
-                        "between them; the CA keeps serving its current issuer and tries again at the next "
-                        "attempt",
+                        f"{error.message} {b.attempts} times{each}, backing off between them; the CA "
+                        "keeps serving its current issuer and tries again at the next attempt",
                         reason=error.reason,
                     ) from None
                 delay = self._random() * min(b.cap, b.base * 2**n)
@@ -253,6 +266,23 @@ class AcmPcaAuthority:
                 f"{self.description}: {operation} returned no certificate", reason="upstream_refused"
             )
         return certs
+
+
+def bounded_authority(
+    upstream: str, timeout: float, attempts: int, *, polls: int = Backoff.polls, cap: float = Backoff.cap
+) -> AcmPcaAuthority:
+    """The adapter as ``--upstream-timeout``/``--upstream-max-attempts`` bound it: each call tried
+    ``attempts`` times in all, each try one request (the SDK's own retries off: this adapter's
+    backoff, with full jitter, makes them) given ``timeout`` seconds to connect and as many to
+    read. A call then ends within ``attempts`` x 2 x ``timeout`` seconds plus the waits between
+    tries (each below ``cap``); ``polls`` GetCertificate answers "pending" are accepted before
+    :class:`UpstreamPending`."""
+    return AcmPcaAuthority(
+        upstream,
+        backoff=Backoff(attempts=attempts, polls=polls, cap=cap),
+        timeout=timeout,
+        sdk_attempts=1,
+    )
 
 
 class _Pending(Exception):

@@ -41,11 +41,18 @@ MISCONFIGURED_CODES = frozenset(
 
 
 def client(
-    service: str, region: str | None = None, *, connect_timeout: float = 5, read_timeout: float = 15
+    service: str,
+    region: str | None = None,
+    *,
+    connect_timeout: float = 5,
+    read_timeout: float = 15,
+    max_attempts: int | None = None,
 ) -> Any:
     """An AWS SDK client for ``service`` with SDK-level retries (standard mode unless
-    ``AWS_RETRY_MODE`` says otherwise) and bounded timeouts (seconds). Raises ConfigError when
-    the SDK is missing or no region is configured.
+    ``AWS_RETRY_MODE`` says otherwise) and bounded timeouts (seconds). ``max_attempts``: the
+    requests one call may send in all, the first included (1: no SDK retry, the caller retries
+    itself); None: ``AWS_MAX_ATTEMPTS`` or the SDK's default. Raises ConfigError when the SDK is
+    missing or no region is configured.
 
     The client comes from a botocore session, the core of boto3 (the same credential chain,
     configuration, retries and models): boto3's own Session would add only resource and
@@ -58,7 +65,9 @@ def client(
     except ImportError:  # pragma: no cover - boto3 (and so botocore) is a dependency
         raise ConfigError(f"the {service} store needs boto3 (pip install boto3)") from None
     retries: dict[str, Any] = {"mode": os.environ.get("AWS_RETRY_MODE") or "standard"}
-    if os.environ.get("AWS_MAX_ATTEMPTS"):
+    if max_attempts is not None:
+        retries["total_max_attempts"] = max_attempts
+    elif os.environ.get("AWS_MAX_ATTEMPTS"):
         retries["max_attempts"] = int(os.environ["AWS_MAX_ATTEMPTS"])
     # arg-type: the stubs type `mode` as the three names botocore knows; AWS_RETRY_MODE is passed
     # on as written and botocore itself refuses another.

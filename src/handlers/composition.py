@@ -246,12 +246,12 @@ def open_issuer_key(cfg: Config) -> PrivateKey | None:
 
 def upstream_first_bundle(cfg: Config, upstream: str, ca_identity: SpiffeId, now: datetime) -> TrustBundle:
     """A first bundle signed by ``upstream`` (``--upstream-authority``, design §5.16): a local issuer key of
-    ``--ca-key-algorithm``, its certificate issued by AWS Private CA for ``--issuer-ttl`` (unset:
-    one year, cut to the Private CA's NotAfter), the Private CA's root as the trust anchor, no root
-    key. Raises the adapter's errors (``adapters.acm_pca``: Unavailable while throttled or still
-    pending after its bounded retries, PermissionDenied, CAError) or BundleError when the answer
-    fails :func:`ca_core.upstream.accept_issued`."""
-    from adapters.acm_pca import AcmPcaAuthority
+    ``--ca-key-algorithm``, its certificate issued by AWS Private CA for ``--issuer-ttl`` (unset: one
+    year, cut to the Private CA's NotAfter), the Private CA's root as the trust anchor, no root key.
+    Calls bounded by ``--upstream-timeout``/``--upstream-max-attempts``; raises the adapter's errors
+    (``adapters.acm_pca``: Unavailable while throttled or still pending after its bounded retries,
+    PermissionDenied, CAError) or BundleError when the answer fails ``accept_issued``."""
+    from adapters.acm_pca import bounded_authority
     from ca_core.certs import DEFAULT_CA_LIFETIME
     from ca_core.upstream import issuer_request, upstream_bundle
 
@@ -263,8 +263,8 @@ def upstream_first_bundle(cfg: Config, upstream: str, ca_identity: SpiffeId, now
         backdate=cfg.allowed_clock_skew,
         key=open_issuer_key(cfg),
     )
-    certificate, chain = AcmPcaAuthority(upstream).issue_issuer(request)
-    return upstream_bundle(request, certificate, chain, now)
+    authority = bounded_authority(upstream, cfg.upstream_timeout.total_seconds(), cfg.upstream_max_attempts)
+    return upstream_bundle(request, *authority.issue_issuer(request), now)
 
 
 def ensure_jwt_key(cfg: Config, store: BundleStore, loaded: LoadedBundle, now: datetime) -> LoadedBundle:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography import x509
 
-from adapters.acm_pca import AcmPcaAuthority, Backoff, UpstreamPending
+from adapters.acm_pca import AcmPcaAuthority, Backoff, UpstreamPending, bounded_authority
 from ca_core.errors import CAError, PermissionDenied, Unavailable
 from ca_core.keys import KeyAlgorithm
 from ca_core.spiffe_id import SpiffeId
@@ -105,6 +105,28 @@ def test_throttling_then_success_issues_one_certificate(double):
     waits: list[float] = []
     authority(double, waits).issue_issuer(request(datetime.now(UTC)))
     assert len(double.issued) == 1 and waits == [1.0, 2.0, 1.0]
+
+
+def test_bounded_calls_end_at_the_timeout_after_the_attempts_asked_for_with_the_sdk_retries_off(double):
+    """``bounded_authority`` (--upstream-timeout, --upstream-max-attempts): a Private CA that accepts
+    each request and says nothing costs each try its read timeout, and a call is sent exactly the
+    attempts asked for; throttling likewise (AWS_MAX_ATTEMPTS=1 would make 2 requests of each try:
+    the SDK's own retries are off, this adapter's backoff makes them)."""
+    double.stall()
+    try:
+        with pytest.raises(Unavailable) as raised:
+            bounded_authority(double.upstream, 0.2, 3, cap=0.01).issue_issuer(request(datetime.now(UTC)))
+    finally:
+        double.release()
+    message = str(raised.value)
+    assert raised.value.reason == "upstream_unreachable" and "cannot reach AWS Private CA" in message
+    assert "3 times," in message and "SDK's own retries" not in message
+    assert double.held_in_all == 3  # each try one request, each ended by the client's read timeout
+    double.fail["IssueCertificate"].extend(["ThrottlingException"] * 10)
+    with pytest.raises(Unavailable) as raised:
+        bounded_authority(double.upstream, 5, 2, cap=0.01).issue_issuer(request(datetime.now(UTC)))
+    assert raised.value.reason == "upstream_throttled" and "2 times," in str(raised.value)
+    assert double.calls.count("IssueCertificate") == 2
 
 
 def test_a_retried_issue_with_the_same_csr_is_one_certificate(double):

@@ -215,6 +215,27 @@ def test_rotation_options_are_off_by_default_bounded_and_feed_the_policy():
         load_config({}, {"SENTRY_AUTO_ROTATE": "sometimes"})
 
 
+def test_the_upstream_call_bounds_are_options_with_defaults_and_sane_limits():
+    cfg = load_config({}, {})
+    assert cfg.upstream_timeout == timedelta(seconds=5) and cfg.upstream_max_attempts == 2
+    cfg = load_config({"upstream_timeout": "1500ms"}, {"SENTRY_UPSTREAM_MAX_ATTEMPTS": "4"})
+    assert cfg.upstream_timeout == timedelta(seconds=1.5) and cfg.upstream_max_attempts == 4
+    cfg = load_config({}, {"SENTRY_UPSTREAM_TIMEOUT": "60s"})
+    assert cfg.upstream_timeout == timedelta(seconds=60)
+    for flags, env, says in [
+        ({"upstream_timeout": "0s"}, {}, "--upstream-timeout must be positive and at most 60s"),
+        ({"upstream_timeout": "61s"}, {}, "--upstream-timeout must be positive and at most 60s"),
+        ({"upstream_timeout": "5"}, {}, "--upstream-timeout: invalid duration"),
+        ({}, {"SENTRY_UPSTREAM_TIMEOUT": "soon"}, "SENTRY_UPSTREAM_TIMEOUT: invalid duration"),
+        ({"upstream_max_attempts": "0"}, {}, "--upstream-max-attempts: 0 must be at least 1"),
+        ({"upstream_max_attempts": "11"}, {}, "--upstream-max-attempts must be between 1 and 10"),
+        ({}, {"SENTRY_UPSTREAM_MAX_ATTEMPTS": "two"}, "SENTRY_UPSTREAM_MAX_ATTEMPTS: 'two' is not a whole"),
+    ]:
+        with pytest.raises(ConfigError) as raised:
+            load_config(flags, env)
+        assert says in str(raised.value), (flags, env, str(raised.value))
+
+
 # --- the option table is the single source of the settings (design §7) -----------------------
 
 

@@ -9,8 +9,10 @@ keyUsage keyCertSign, cRLSign, digitalSignature (critical), SKI from the CSR's k
 CA's; the validity the request asks for (``ABSOLUTE``), refused past the CA's own NotAfter. The
 CA is a subordinate under a root (``hierarchy="subordinate"``, the chain then holds both) or a root
 itself. Faults are scripted: answers of ``IssueCertificate`` and ``GetCertificate`` replaced by
-an error code (``fail``), and each certificate pending for its first ``pending_polls`` polls.
-Every call is recorded (``calls``: operation names in order).
+an error code (``fail``), each certificate pending for its first ``pending_polls`` polls, and a
+stall (:meth:`AcmPcaDouble.stall`: every request is accepted and read, then answered only at
+:meth:`AcmPcaDouble.release`; ``holding`` is set once one is held, ``held`` counts them). Every
+call is recorded (``calls``: operation names in order, a held one once answered).
 """
 
 from __future__ import annotations
@@ -97,6 +99,33 @@ class AcmPcaDouble:
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._answering = threading.Event()  # clear: stalled
+        self._answering.set()
+        self.holding = threading.Event()  # a request is held unanswered (or was, until released)
+        self.held = 0  # requests held unanswered now
+        self.held_in_all = 0  # requests held since the start
+
+    # --- the stall ----------------------------------------------------------------------------
+
+    def stall(self) -> None:
+        """From now on accept and read every request, and say nothing until :meth:`release`."""
+        self.holding.clear()
+        self._answering.clear()
+
+    def release(self) -> None:
+        """Answer the requests held, and every later one at once."""
+        self._answering.set()
+
+    def _hold(self) -> None:
+        if self._answering.is_set():
+            return
+        with self._lock:
+            self.held += 1
+            self.held_in_all += 1
+        self.holding.set()
+        self._answering.wait()
+        with self._lock:
+            self.held -= 1
 
     # --- the server ---------------------------------------------------------------------------
 
@@ -106,15 +135,19 @@ class AcmPcaDouble:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                double._hold()
                 target = self.headers.get("X-Amz-Target", "")
                 status, answer = double._answer(target, body, self.headers)
                 data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.1")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up waiting (its read timeout) while held
+                    pass
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -124,6 +157,7 @@ class AcmPcaDouble:
         return self
 
     def stop(self) -> None:
+        self.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

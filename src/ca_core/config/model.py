@@ -33,6 +33,9 @@ MAX_EMF_INTERVAL = timedelta(hours=1)
 MAX_PROPAGATION_WINDOW = timedelta(days=30)
 MAX_CALL_TIMEOUT = timedelta(minutes=10)  # --message-timeout, --handshake-timeout
 MAX_IDLE_TIMEOUT = timedelta(hours=24)
+# --upstream-timeout / --upstream-max-attempts (design §5.16): each AWS Private CA call's bound
+MAX_UPSTREAM_TIMEOUT = timedelta(seconds=60)
+MAX_UPSTREAM_ATTEMPTS = 10
 MAX_WORKERS = 64
 # --root-ttl / --issuer-ttl (design §4, §5.12): at most ten years, and long enough for the rotation
 # thresholds to work. The automatic policy prepares a successor when half a lifetime L is left
@@ -148,6 +151,8 @@ class Config:
     root_ttl: timedelta | None = None  # None: a new bundle gets one year, a rotation keeps the root's
     issuer_ttl: timedelta | None = None  # None: likewise, of the issuer it replaces
     upstream_authority: str | None = None  # acm-pca://<CA ARN> (design §5.16)
+    upstream_timeout: timedelta = timedelta(seconds=5)  # to connect, and to read each answer
+    upstream_max_attempts: int = 2  # tries of each Private CA call, the first included
     log_level: str = "info"
     log_as_json: bool = False
     emf_interval: timedelta = timedelta(0)
@@ -301,6 +306,10 @@ def validate(cfg: Config) -> Config:
     if not timedelta(0) <= cfg.root_propagation_window <= MAX_PROPAGATION_WINDOW:
         problems.append("--root-propagation-window must be between 0s and 720h (30 days)")
     problems += lifetime_problems(cfg)
+    if not timedelta(0) < cfg.upstream_timeout <= MAX_UPSTREAM_TIMEOUT:
+        problems.append("--upstream-timeout must be positive and at most 60s")
+    if not 1 <= cfg.upstream_max_attempts <= MAX_UPSTREAM_ATTEMPTS:
+        problems.append(f"--upstream-max-attempts must be between 1 and {MAX_UPSTREAM_ATTEMPTS}")
     if cfg.upstream_authority is not None:
         from ..upstream import UPSTREAM_KEY_ALGORITHMS
 

@@ -196,6 +196,20 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "--auto-rotate asks it for each new issuer (default: none, the CA's own root)",
     ),
     Option(
+        "upstream-timeout",
+        parse_duration,
+        "AWS Private CA (--upstream-authority): how long one request may take to connect, and "
+        "again to read each answer, before it counts as unreachable; Go duration, up to 60s "
+        "(default 5s)",
+    ),
+    Option(
+        "upstream-max-attempts",
+        parse_positive_int,
+        "AWS Private CA (--upstream-authority): tries of each call in all, the first included, "
+        "with backoff and jitter between them (the SDK's own retries off), 1-10; the running CA "
+        "then serves its current issuer and tries again at the next expiry check (default 2)",
+    ),
+    Option(
         "allow-insecure-on-network",
         parse_bool,
         "allow the INSECURE validator on a non-loopback --listen-address (default false)",

@@ -42,7 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         if o.flag in ("trust-domain", "ca-key-algorithm", "root-key", "issuer-key", "root-ttl", "issuer-ttl")
     )
     p = bundle.add_parser("init", allow_abbrev=False, help="generate a root and issuer into an empty store")
-    upstream = tuple(o for o in SERVE_OPTIONS if o.flag == "upstream-authority")  # design §5.16
+    upstream = tuple(o for o in SERVE_OPTIONS if o.flag.startswith("upstream-"))  # design §5.16
     add_options(p, STORE_OPTIONS + gen_options + upstream)
     p.add_argument(
         "--force",

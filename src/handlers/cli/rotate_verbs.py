@@ -40,6 +40,8 @@ ROTATION_FLAGS = (
     "root-ttl",
     "issuer-ttl",
     "upstream-authority",
+    "upstream-timeout",
+    "upstream-max-attempts",
     "jwt-ttl",
     "jwt-key-ttl",
     "jwt-key-id",
@@ -226,7 +228,7 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
     policy = _policy(args, cfg, store, bundle, state, Change.ISSUER, "rotate issuer", generates=generates)
     if supplied is None and cfg.upstream_authority is not None and held_root_key(bundle) is None:
         certified = new_key if new_key is not None or fresh_key else kept_issuer_key(bundle.issuer_key)
-        supplied = _from_upstream(cfg.upstream_authority, bundle, policy, certified)  # design §5.16
+        supplied = _from_upstream(cfg, cfg.upstream_authority, bundle, policy, certified)  # design §5.16
     result = rotate_issuer(
         bundle, state, datetime.now(UTC), policy, supplied, issuer_key=new_key, fresh_key=fresh_key
     )
@@ -239,11 +241,12 @@ def cmd_rotate_issuer(args: argparse.Namespace) -> int:
 
 
 def _from_upstream(
-    upstream: str, bundle: TrustBundle, policy: RotationPolicy, key: PrivateKey | None = None
+    cfg: Config, upstream: str, bundle: TrustBundle, policy: RotationPolicy, key: PrivateKey | None = None
 ) -> UpstreamIssuer:
-    """An issuer signed by ``--upstream-authority`` under the bundle's active root, checked.
-    key: the issuer key to certify (a KMS key), else a fresh local one."""
-    from adapters.acm_pca import AcmPcaAuthority
+    """An issuer signed by ``--upstream-authority`` under the bundle's active root, checked, each
+    call bounded by ``--upstream-timeout``/``--upstream-max-attempts``. key: the issuer key to
+    certify (a KMS key), else a fresh local one."""
+    from adapters.acm_pca import bounded_authority
     from ca_core.rotation.state import active_root
     from ca_core.upstream import accept_issued, issuer_request
 
@@ -257,7 +260,8 @@ def _from_upstream(
         key=key,
     )
     root = active_root(bundle)
-    certificate, chain = AcmPcaAuthority(upstream).issue_issuer(request, expect_root=root)
+    authority = bounded_authority(upstream, cfg.upstream_timeout.total_seconds(), cfg.upstream_max_attempts)
+    certificate, chain = authority.issue_issuer(request, expect_root=root)
     issuer_chain, _ = accept_issued(request, certificate, chain, now)
     print(f"{upstream} signed issuer serial {certificate.serial_number:x}")
     return issuer_chain, request.key
