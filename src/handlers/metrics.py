@@ -7,6 +7,7 @@ Label values are bounded by construction: failure ``category`` is one of CATEGOR
 from __future__ import annotations
 
 import re
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -21,6 +22,23 @@ CATEGORIES = (
 )
 
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+# Why an attempt got no issuer from the upstream authority (design §5.16): the ``reason`` label of
+# ``sentryca_upstream_failures_total``, the adapter's CAError reasons (``adapters.acm_pca``), an
+# answer that failed the checks (bundle_invalid), no such Private CA (config_invalid); any other
+# counts as ``other``.
+UPSTREAM_REASONS = (
+    "upstream_pending",
+    "upstream_throttled",
+    "upstream_unreachable",
+    "upstream_denied",
+    "upstream_invalid_state",
+    "upstream_refused",
+    "upstream_other_root",
+    "bundle_invalid",
+    "config_invalid",
+    "other",
+)
 
 # Signing takes milliseconds; a slow identity backend (TokenReview, JWKS) takes up to seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -37,6 +55,32 @@ class _NotCounted:
 
     def inc(self, amount: float = 1) -> None:
         pass
+
+
+class UpstreamMetrics:
+    """The upstream authority's figures (design §5.16), registered only on a CA that has one."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.failures = Counter(
+            "sentryca_upstream_failures",
+            "Attempts to get an issuer from the upstream authority (--upstream-authority) that got "
+            "none, by reason (the CA kept serving its current issuer)",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in UPSTREAM_REASONS:
+            self.failures.labels(reason=reason)  # every series from the start, at 0
+        self.failing = Gauge(
+            "sentryca_upstream_failing",
+            "1 while an issuer is wanted from the upstream authority and its last attempt got none "
+            "(/healthz: 'upstream'), else 0",
+            registry=registry,
+            multiprocess_mode="livemax",  # with --workers: 1 when any live worker's last attempt failed
+        )
+
+    def failed(self, reason: str) -> None:
+        self.failures.labels(reason=reason if reason in UPSTREAM_REASONS else "other").inc()
+        self.failing.set(1)
 
 
 class Metrics:
@@ -141,8 +185,19 @@ class Metrics:
             registry=r,
         )
 
+        self._upstream: UpstreamMetrics | None = None
+        self._upstream_lock = threading.Lock()
+
         if not count_shared_events:
             self.issuer_changed = self.bundle_change_refused = _NotCounted()  # type: ignore[assignment]
+
+    def upstream(self) -> UpstreamMetrics:
+        """The upstream authority's metrics, registered at the first call (a CA without
+        ``--upstream-authority`` exposes none of them, so its EMF documents carry none)."""
+        with self._upstream_lock:
+            if self._upstream is None:
+                self._upstream = UpstreamMetrics(self.registry)
+            return self._upstream
 
     def count_failure(self, category: str, reason: str) -> None:
         """Count one failed sign request. ``category``: one of CATEGORIES; ``reason``: a code label."""

@@ -410,14 +410,14 @@ class CertificateAuthority:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """(ready, details) for ``/healthz``: bundle loaded and issuer valid now, server
         certificate issued, validators ready, gRPC serving; ``degraded`` names a problem of the
-        store while the CA serves the bundle in force (it does not make the CA not ready)."""
+        store, ``upstream`` the upstream authority's state (neither makes the CA not ready)."""
         return readiness_report(
             self._state,
             self._clock(),
             self._certs.current,
             self._certs.error,
             self._listeners.grpc_port,
-            self._upkeep.degraded() if self._state is not None else None,
+            *self._upkeep.reports(self._state),
         )
 
     def check_expiry(self) -> list[ExpiryFinding]:
@@ -434,10 +434,10 @@ class CertificateAuthority:
         """One round of background upkeep at the clock's now (design §8.5): the store poll when
         due; when the expiry check is due, first the rotation steps due (:meth:`rotate_if_due`),
         then the expiry check; the server certificate's renewal when due (at half its life; after
-        a failure, again a minute later, the old certificate staying in use). Returns when the
-        next round is due. Serialised with start/stop/restart. Raises NotRunning when idle."""
-        with self._lock:
-            return self._upkeep.round()
+        a failure, again a minute later). Serialised with start/stop/restart, but for the calls to
+        an upstream authority: made without the lock, their answer then handed to the rules by a
+        second round (design §5.16). Returns when the next round is due; NotRunning when idle."""
+        return self._upkeep.maintain()
 
     def rotate_if_due(self) -> bool:
         """Take the rotation steps due now (``ca_core.rotation.rules.advance``: pruning and activations

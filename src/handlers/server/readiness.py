@@ -29,12 +29,14 @@ def readiness_report(
     cert_error: str | None,
     grpc_port: int | None,
     degraded: dict[str, Any] | None = None,
+    upstream: dict[str, Any] | None = None,
 ) -> tuple[bool, dict[str, Any]]:
     """(ready, details) for ``/healthz`` at ``now``: bundle loaded and issuer valid, server
     certificate ``cert`` issued and unexpired (else ``cert_error``), validators ready, gRPC
     serving (``grpc_port`` None: not serving). Not-ready parts are listed under ``not_ready``.
     ``degraded``: the store's problem while the CA serves the bundle in force (design §8.4),
-    reported under ``degraded``; it does not make the CA not ready."""
+    reported under ``degraded``; ``upstream``: the upstream authority's state (design §5.16),
+    under ``upstream``. Neither makes the CA not ready: it serves its current issuer."""
     if state is None:
         return False, {"ready": False, "ca": "not running"}
     details: dict[str, Any] = {}
@@ -70,6 +72,8 @@ def readiness_report(
         details["not_ready"] = problems
     if degraded is not None:
         details["degraded"] = degraded
+    if upstream is not None:
+        details["upstream"] = upstream
     return not problems, details
 
 

@@ -1,6 +1,9 @@
 """The background upkeep of a running CA (design §8.4–8.5): the store poll, the rotation steps
 due (``ca_core.rotation``), the expiry check, the server certificate's renewal and the health
-refresh, run by one watcher thread that never waits for the lifecycle lock.
+refresh, run by one watcher thread that never waits for the lifecycle lock. The calls to an
+upstream authority (design §5.16, :mod:`.upstream_step`) are made without that lock, on a thread
+of their own that nothing waits for (a start, stop or restart never waits behind them); their
+answer is handed to the rules at the next round.
 
 Each read of the store (the poll; without polling, one read per expiry check) also tells whether
 the store still backs the CA: found empty, unreadable, or holding a bundle that was refused, the
@@ -30,7 +33,7 @@ from ..logs import audit_rotation
 from ..metrics import Metrics
 from .server_certificate import ServedCertificate
 from .state import NotRunning, State
-from .upstream_step import UpstreamIssuerStep
+from .upstream_step import UpstreamAsk, UpstreamIssuerStep
 
 log = logging.getLogger("sentryca")
 
@@ -71,7 +74,7 @@ class Upkeep:
     state in force (None: idle); ``apply`` puts the store's content in force; ``check_expiry``
     runs the expiry check over a state; ``refresh_health`` publishes readiness to health
     watchers; ``upstream_authority`` builds the adapter that :class:`UpstreamIssuerStep` asks for
-    the issuers rule 5 wants (design §5.16)."""
+    the issuers rule 5 wants (design §5.16), without the lifecycle lock."""
 
     def __init__(
         self,
@@ -94,9 +97,10 @@ class Upkeep:
         self._apply = apply
         self._check_expiry = check_expiry
         self._refresh_health = refresh_health
-        self._upstream = UpstreamIssuerStep(upstream_authority)
+        self._upstream = UpstreamIssuerStep(metrics, upstream_authority, clock)
         self._watcher: threading.Thread | None = None
         self._stop_watch = threading.Event()
+        self._nudge = threading.Event()  # wakes the watcher: stopping, or the upstream answered
         self._next_expiry_check = datetime.max.replace(tzinfo=UTC)
         self._next_store_poll = 0.0  # time.monotonic() of the next store poll
         self._refused_version: str | None = None  # the last version refused (reported once)
@@ -113,7 +117,10 @@ class Upkeep:
         self._certs.reset_retry()
         self._clear_problem(None)
         self._seen_version = None
+        if cfg.upstream_authority is not None:
+            self._upstream.configured(cfg.upstream_authority)
         self._stop_watch = threading.Event()
+        self._nudge.clear()
         self._watcher = threading.Thread(
             target=self._watch, args=(self._stop_watch,), name="expiry-watcher", daemon=True
         )
@@ -122,6 +129,7 @@ class Upkeep:
     def stop(self) -> None:
         """Stop the watcher thread; returns once it ended (at once when called from it)."""
         self._stop_watch.set()
+        self._nudge.set()
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join()
         self._watcher = None
@@ -142,6 +150,8 @@ class Upkeep:
             state, _ = self.rotate(state, now)
             self._check_expiry(state)
             self._next_expiry_check = now + state.config.expiry_check_interval
+        elif self._upstream.answered:
+            state, _ = self.rotate(state, now)  # the upstream's answer, to the rules
         self._certs.renew_if_due(state, now)
         self._refresh_health()
         due = self._certs.renewal_due()
@@ -167,7 +177,8 @@ class Upkeep:
             )
             prepared = current.prepared_root.root if current.prepared_root is not None else None
             rotation_policy = policy.bundle_rotation_policy(state.config, settings_of(bundle, prepared))
-            upstream_issuer = self._upstream(bundle, current, now, rotation_policy)
+            limits = (state.config.upstream_timeout.total_seconds(), state.config.upstream_max_attempts)
+            upstream_issuer = self._upstream(bundle, current, now, rotation_policy, limits)
             result = rules.advance(bundle, current, now, rotation_policy, upstream_issuer)
         except CAError as e:
             log.error("rotation: cannot evaluate the rotation state of %s: %s", state.store.description, e)
@@ -351,6 +362,30 @@ class Upkeep:
         problem = self._problem
         return None if problem is None else problem.report()
 
+    def reports(self, state: State | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The ``degraded`` and ``upstream`` entries of ``/healthz`` for ``state`` in force (each
+        None when there is nothing to say: idle, the store backs the bundle, no upstream)."""
+        if state is None:
+            return None, None
+        return self.degraded(), self._upstream.report(state.config.upstream_authority)
+
+    def maintain(self) -> datetime:
+        """One :meth:`round` under the lifecycle lock; then, when it wants an issuer from the
+        upstream, the calls made here without the lock (or, under way on the watcher's behalf,
+        waited for), and a second round that hands their answer to the rules. Returns when the
+        next round is due. Raises NotRunning when idle."""
+        with self._lock:
+            wake = self.round()
+        ask = self._upstream.take()
+        if ask is not None:
+            self._upstream.run(ask)
+        elif not self._upstream.idle:
+            self._upstream.wait_idle()
+        if not self._upstream.answered:
+            return wake
+        with self._lock:
+            return self.round()
+
     def refused(self, state: State, version: str, detail: str) -> None:
         """A start refused the store's newest bundle (``version``) and serves the last accepted
         one: degraded (``bundle_refused``) until the store changes."""
@@ -376,5 +411,16 @@ class Upkeep:
                     wake = self._clock() + timedelta(minutes=1)
                 finally:
                     self._lock.release()
-            if stop.wait(min(max((wake - self._clock()).total_seconds(), 1.0), 300.0)):
+            ask = self._upstream.take()  # outside the lock, on a thread that nothing joins
+            if ask is not None:
+                threading.Thread(target=self._ask, args=(ask,), name="upstream-ask", daemon=True).start()
+            self._nudge.wait(min(max((wake - self._clock()).total_seconds(), 1.0), 300.0))
+            self._nudge.clear()
+            if stop.is_set():
                 return
+
+    def _ask(self, ask: UpstreamAsk) -> None:
+        """Make ``ask``; an answer wakes the watcher, whose next round hands it to the rules."""
+        self._upstream.run(ask)
+        if self._upstream.answered:
+            self._nudge.set()
