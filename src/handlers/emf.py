@@ -18,7 +18,9 @@ the template sets to the stack name, as for the functions):
 
 - dimensions [service]: SignRequests, SignSuccesses, SignFailures, JwtSvidsIssued (Count), SignLatency
   (Milliseconds, a distribution; absent when no call was answered), IssuerDaysLeft,
-  ServedCoverageDays (days, from the bundle in force), Restarts, BundleChangesRefused (Count);
+  ServedCoverageDays (days, from the bundle in force), Restarts, BundleChangesRefused (Count), and
+  on a CA with ``--upstream-authority`` UpstreamFailing (1 while an issuer is wanted from it and
+  its last attempt got none, else 0; design §5.16);
 - dimensions [service, category, reason]: SignFailures, one document per pair that counted.
 """
 
@@ -47,6 +49,7 @@ ISSUER_DAYS_LEFT = "IssuerDaysLeft"
 SERVED_COVERAGE_DAYS = "ServedCoverageDays"
 RESTARTS = "Restarts"
 BUNDLE_CHANGES_REFUSED = "BundleChangesRefused"
+UPSTREAM_FAILING = "UpstreamFailing"
 FAILURE_DIMENSIONS = ("category", "reason")
 
 # EMF metric name -> (Prometheus sample name, unit) for the counters of the main document
@@ -63,6 +66,7 @@ DAYS = {
     ISSUER_DAYS_LEFT: "dapr_sentry_issuercert_expiry_timestamp",
     SERVED_COVERAGE_DAYS: "sentryca_signing_coverage_expiry_timestamp",
 }
+UPSTREAM_GAUGE = "sentryca_upstream_failing"  # registered only on a CA with an upstream
 DAY = 86400.0
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -158,6 +162,9 @@ def documents(now: Samples, before: Samples, at: float, service: str) -> list[di
         expiry = _sum(now, sample)
         if expiry > 0:
             main[name] = (round((expiry - at) / DAY, 3), "None")
+    failing = [v for (n, _), v in now.items() if n == UPSTREAM_GAUGE]
+    if failing:  # the CA has an upstream authority: as the gauge stands (any worker's)
+        main[UPSTREAM_FAILING] = (max(failing), "None")
     docs = [_document(main, dims, at_ms)]
     pairs = sorted(
         {tuple(dict(labels)[k] for k in FAILURE_DIMENSIONS) for (n, labels) in now if n == FAILURES}

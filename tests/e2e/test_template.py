@@ -150,9 +150,14 @@ def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
     assert emitted[ls.COVERAGE_RATIO] == declared[ls.COVERAGE_RATIO]
     service_value = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
     every_alarm = {k: v["Properties"] for k, v in RESOURCES.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
-    # the metric-math alarms on the tasks' EMF figures: tests/e2e/test_emf.py
-    alarms = {k: v for k, v in every_alarm.items() if "Metrics" not in v}
-    assert set(every_alarm) - set(alarms) == {"SignFailureRatioAlarm", "SignNoSuccessAlarm"}
+    # the metric-math alarms on the tasks' EMF figures: tests/e2e/test_emf.py; the upstream's
+    # EMF gauge: test_the_upstream_alarm_watches_the_tasks_emf_gauge_only_with_an_upstream
+    alarms = {k: v for k, v in every_alarm.items() if "Metrics" not in v and k != "UpstreamFailingAlarm"}
+    assert set(every_alarm) - set(alarms) == {
+        "SignFailureRatioAlarm",
+        "SignNoSuccessAlarm",
+        "UpstreamFailingAlarm",
+    }
     assert set(alarms) == {
         "CoverageAlarm",
         "ExpiryCheckErrorsAlarm",
@@ -186,6 +191,50 @@ def test_alarms_watch_what_the_handlers_emit(capsys, tmp_path, monkeypatch):
         "breaching",
     )
     assert coverage["ComparisonOperator"] == "LessThanThreshold"
+
+
+def test_the_upstream_alarm_watches_the_tasks_emf_gauge_only_with_an_upstream():
+    """UpstreamFailingAlarm exists only with UpstreamCaArn and watches what a task's EMF writer
+    (handlers.emf) writes for a CA with an upstream whose last attempt failed: UpstreamFailing,
+    namespace SentryCA, dimension service; a CA without one writes no such metric."""
+    import time
+
+    from handlers import emf
+    from handlers.metrics import Metrics
+
+    resource = RESOURCES["UpstreamFailingAlarm"]
+    assert resource["Condition"] == "UseUpstream"
+    assert TEMPLATE["Conditions"]["UseUpstream"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "UpstreamCaArn"}, ""]}]
+    }
+    alarm = resource["Properties"]
+    metrics = Metrics()
+    metrics.upstream().failed("upstream_throttled")
+    (doc,) = emf.documents(emf.samples(metrics.registry.collect()), {}, time.time(), "s")
+    (directive,) = doc["_aws"]["CloudWatchMetrics"]
+    assert doc[emf.UPSTREAM_FAILING] == 1
+    assert {"Name": emf.UPSTREAM_FAILING, "Unit": "None"} in directive["Metrics"]
+    assert alarm["Namespace"] == directive["Namespace"] == emf.NAMESPACE
+    assert alarm["MetricName"] == emf.UPSTREAM_FAILING
+    assert [[d["Name"] for d in alarm["Dimensions"]]] == directive["Dimensions"] == [["service"]]
+    assert alarm["Dimensions"][0]["Value"] == {"Ref": "AWS::StackName"}
+    # every task failing (the minimum over them), two hours running; no data (no task) is not an alarm
+    assert (alarm["Statistic"], alarm["Period"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (
+        "Minimum",
+        3600,
+        2,
+        2,
+    )
+    assert (alarm["Threshold"], alarm["ComparisonOperator"], alarm["TreatMissingData"]) == (
+        1,
+        "GreaterThanOrEqualToThreshold",
+        "notBreaching",
+    )
+    assert alarm["AlarmActions"] == alarm["OKActions"] == [{"Ref": "AlarmTopic"}]
+    assert '"AWS Private CA gives no issuer"' in alarm["AlarmDescription"]
+    assert "\n## AWS Private CA gives no issuer\n" in (REPO_ROOT / "docs" / "runbook.md").read_text()
+    (plain,) = emf.documents(emf.samples(Metrics().registry.collect()), {}, time.time(), "s")
+    assert emf.UPSTREAM_FAILING not in plain
 
 
 def _log_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import threading
+import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
@@ -26,6 +27,7 @@ from ca_core.policy import bundle_rotation_policy
 from ca_core.rotation import codec
 from ca_core.upstream import issuer_request, upstream_bundle
 from ca_core.validators import SignRequest, TokenValidatorKind
+from handlers import emf
 from handlers.metrics import Metrics
 from handlers.server import CertificateAuthority
 from handlers.server.upstream_step import UpstreamIssuerStep
@@ -229,6 +231,8 @@ def test_failures_are_counted_by_reason_and_reported_in_healthz_which_stays_200(
         assert status == 200 and body["ready"] is True
         assert body["upstream"]["failing"] is True and body["upstream"]["failures"] == 1
         assert body["upstream"]["last_problem"] == "upstream_throttled"
+        docs = emf.documents(emf.samples(ca.metrics.registry.collect()), {}, time.time(), "s")
+        assert docs[0][emf.UPSTREAM_FAILING] == 1
 
         double.fail["GetCertificateAuthorityCertificate"].append("AccessDeniedException")
         clock[0] += timedelta(hours=1)
@@ -259,5 +263,7 @@ def test_a_ca_without_an_upstream_has_no_upstream_metrics_or_report(tmp_path):
         assert scrape(ca) == {}
         status, body = healthz(ca)
         assert status == 200 and "upstream" not in body
+        docs = emf.documents(emf.samples(ca.metrics.registry.collect()), {}, time.time(), "s")
+        assert emf.UPSTREAM_FAILING not in docs[0]
     finally:
         ca.stop(grace=0)
