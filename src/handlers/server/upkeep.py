@@ -119,10 +119,9 @@ class Upkeep:
         self._seen_version = None
         if cfg.upstream_authority is not None:
             self._upstream.configured(cfg.upstream_authority)
-        self._stop_watch = threading.Event()
-        self._nudge.clear()
+        self._stop_watch, self._nudge = threading.Event(), threading.Event()
         self._watcher = threading.Thread(
-            target=self._watch, args=(self._stop_watch,), name="expiry-watcher", daemon=True
+            target=self._watch, args=(self._stop_watch, self._nudge), name="expiry-watcher", daemon=True
         )
         self._watcher.start()
 
@@ -396,7 +395,7 @@ class Upkeep:
         """A restart just loaded ``state`` from its store: whatever was degraded is over."""
         self._clear_problem(state)
 
-    def _watch(self, stop: threading.Event) -> None:
+    def _watch(self, stop: threading.Event, nudge: threading.Event) -> None:
         while True:
             # Never wait for the lifecycle lock here: stop() holds it while it joins this thread.
             if not self._lock.acquire(blocking=False):
@@ -414,8 +413,10 @@ class Upkeep:
             ask = self._upstream.take()  # outside the lock, on a thread that nothing joins
             if ask is not None:
                 threading.Thread(target=self._ask, args=(ask,), name="upstream-ask", daemon=True).start()
-            self._nudge.wait(min(max((wake - self._clock()).total_seconds(), 1.0), 300.0))
-            self._nudge.clear()
+            if stop.is_set():  # stop() was called, from this thread too (a restart in a round)
+                return
+            nudge.wait(min(max((wake - self._clock()).total_seconds(), 1.0), 300.0))
+            nudge.clear()
             if stop.is_set():
                 return
 
@@ -423,4 +424,4 @@ class Upkeep:
         """Make ``ask``; an answer wakes the watcher, whose next round hands it to the rules."""
         self._upstream.run(ask)
         if self._upstream.answered:
-            self._nudge.set()
+            self._nudge.set()  # the watcher of the latest start
