@@ -25,6 +25,7 @@ from cryptography.x509 import CertificateSigningRequestBuilder, Name
 from ca_core.config import load_config
 from ca_core.service import Signer
 from ca_core.validators import SignRequest
+from handlers.heap import freeze_startup_heap
 from handlers.logs import setup_logging
 from handlers.server import CertificateAuthority
 from handlers.workers import Supervisor
@@ -74,6 +75,7 @@ def main(argv: list[str]) -> int:
     ca.start(cfg)
     if mode == ["canned"]:
         can_signing(ca)
+    freeze_startup_heap()  # as `sentryca serve` does
     try:
         print(json.dumps({"port": ca.grpc_port, "pids": [os.getpid()]}), flush=True)
         sys.stdin.read()  # returns at EOF: the parent is done

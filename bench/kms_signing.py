@@ -132,8 +132,11 @@ def main() -> None:
     leaves = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     grpc_calls = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     concurrency = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per KMS request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

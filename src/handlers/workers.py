@@ -61,6 +61,7 @@ def _worker_main(config: Config, index: int, conn: Connection) -> None:
     """A worker process: run one CA until SIGTERM or until the supervisor goes away. Worker 0
     alone counts the events every worker sees alike (issuer changed, bundle refused), so the
     summed metrics count each once."""
+    from .heap import freeze_startup_heap
     from .logs import setup_logging
     from .server import CertificateAuthority
 
@@ -75,6 +76,7 @@ def _worker_main(config: Config, index: int, conn: Connection) -> None:
         log.critical("worker %d cannot start the CA: %s", index, e)
         conn.send({"error": str(e)})
         raise SystemExit(1) from None
+    freeze_startup_heap()
     # grpc_port None: the CA runs without gRPC (e.g. an expired issuer) and its /healthz says why
     conn.send({"pid": os.getpid(), "grpc_port": ca.grpc_port, "healthz_port": ca.healthz_port})
 

@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; 0 after a clean stop, 1 when the CA cannot start."""
+    from handlers.heap import freeze_startup_heap
     from handlers.logs import setup_logging
     from handlers.workers import Supervisor, worker_count
 
@@ -67,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except CAError as e:
         log.critical("cannot start the CA: %s", e)
         return 1
+    freeze_startup_heap()
     emf = _emf_writer(cfg, ca.metrics.registry.collect)
     host = _host(cfg)
     if cfg.log_as_json:
