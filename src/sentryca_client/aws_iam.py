@@ -34,6 +34,14 @@ GET_CALLER_IDENTITY_BODY = "Action=GetCallerIdentity&Version=2011-06-15"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 
 
+def default_region() -> str:
+    """The STS region a proof is signed for when none is given: ``AWS_REGION``, else
+    ``AWS_DEFAULT_REGION``, else ``us-east-1`` (the command lines' ``--aws-region`` default)."""
+    import os
+
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 def default_sts_endpoint(region: str) -> str:
     """STS's regional endpoint in the ``aws`` partition, as the CA's default ``stsEndpoint``."""
     return f"https://sts.{region}.amazonaws.com"
@@ -61,21 +69,22 @@ def aws_iam_token(
     public_key: CertificatePublicKeyTypes,
     server_id: str,
     *,
-    region: str = "us-east-1",
+    region: str | None = None,
     sts_endpoint: str | None = None,
     credentials: Any = None,
 ) -> str:
     """The AWS IAM proof for ``public_key`` (the CSR's) and the CA named ``server_id`` (its
     ``serverId``, by default its SPIFFE ID): a GetCallerIdentity request signed with SigV4 for
-    ``region`` and the Host of ``sts_endpoint`` (default STS's regional endpoint; both must be
-    the CA's). ``credentials``: botocore credentials, else the default chain. Valid 15 minutes.
-    Raises NoCredentials."""
+    ``region`` (default :func:`default_region`) and the Host of ``sts_endpoint`` (default STS's
+    regional endpoint; both must be the CA's). ``credentials``: botocore credentials, else the
+    default chain. Valid 15 minutes. Raises NoCredentials."""
     from urllib.parse import urlsplit
 
     import botocore.session
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
 
+    region = region or default_region()
     endpoint = sts_endpoint or default_sts_endpoint(region)
     if credentials is None:
         credentials = botocore.session.get_session().get_credentials()

@@ -46,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("SENTRY_TOKEN_FILE") or None,
         help="read the identity token from this file (or SENTRY_TOKEN_FILE; not with --token)",
     )
-    p.add_argument("--token-validator", default="0", help="insecure, kubernetes, jwks or a number")
+    p.add_argument(
+        "--token-validator",
+        default="0",
+        help="insecure, kubernetes, jwks, aws-iam or a number (default: the CA's)",
+    )
     p.add_argument("--server", default="localhost:50001", help="CA address HOST:PORT")
     p.add_argument("--server-name", default=None, help="TLS name to expect from the CA, if not HOST")
     p.add_argument("--trust-anchors", required=True, help="PEM file of the CA's trust anchors (ca.crt)")
@@ -56,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aws-iam", action="store_true", help="prove the caller's IAM role (aws-iam validator)")
     p.add_argument(
         "--aws-region",
-        default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        help="the STS region the CA uses (default AWS_REGION, else us-east-1)",
+        default=None,
+        help="the STS region the CA uses (default AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1)",
     )
     p.add_argument("--aws-sts-endpoint", default=None, help="the CA's stsEndpoint (default from the region)")
     p.add_argument("--aws-server-id", default=None, help="the CA's serverId (default: its certificate's)")
@@ -92,6 +96,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 
     from . import aws_iam, diagnose
     from .client import VerifyError
+    from .explain import explain
     from .svid import request_x509_svid
 
     validator = _VALIDATORS.get(args.token_validator.strip().lower())
@@ -99,7 +104,9 @@ def cmd_request(args: argparse.Namespace) -> int:
         validator = int(args.token_validator)
     if validator is None:
         raise _Refused(
-            f"--token-validator {args.token_validator!r}: use insecure, kubernetes, jwks or a number", USAGE
+            f"--token-validator {args.token_validator!r}: use insecure, kubernetes, jwks, aws-iam or a "
+            "number",
+            USAGE,
         )
     token = _token(args)
     if args.aws_iam and token:
@@ -135,9 +142,7 @@ def cmd_request(args: argparse.Namespace) -> int:
         )
     except grpc.RpcError as e:
         d = diagnose(e, args.server)
-        raise _Refused(
-            f"the call to {args.server} failed ({d.cause.name.lower()}): {d.code.name}: {d.details}"
-        ) from None
+        raise _Refused(explain(d, args.server, args.trust_anchors, args.timeout, args.server_name)) from None
     except VerifyError as e:
         raise _Refused(f"{e}; nothing was written") from None
     except aws_iam.NoCredentials as e:

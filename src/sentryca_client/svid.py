@@ -97,7 +97,7 @@ def request_x509_svid(
     token: str = "",
     token_validator: int = 0,
     aws_iam: bool = False,
-    aws_region: str = "us-east-1",
+    aws_region: str | None = None,
     aws_sts_endpoint: str | None = None,
     aws_server_id: str | None = None,
     server_name: str | None = None,
@@ -110,8 +110,9 @@ def request_x509_svid(
     (:func:`~sentryca_client.verify_response`: the chain to the anchors, the SPIFFE ID asked for,
     the CSR's key). The identity: ``token`` with ``token_validator`` (the wire number: 0 the CA's
     default, 1 INSECURE, 2 KUBERNETES, 3 JWKS), or with ``aws_iam`` a GetCallerIdentity proof
-    signed from botocore's default credential chain for ``aws_region`` and ``aws_sts_endpoint``
-    (the CA's), naming ``aws_server_id`` (default: the SPIFFE ID of the CA's TLS certificate).
+    signed from botocore's default credential chain for ``aws_region`` (default ``AWS_REGION``,
+    else ``AWS_DEFAULT_REGION``, else us-east-1) and ``aws_sts_endpoint`` (the CA's), naming
+    ``aws_server_id`` (default: the SPIFFE ID of the CA's TLS certificate).
     ``timeout``: seconds for the call.
 
     Raises ValueError (an unknown ``key_algorithm``; a token given with ``aws_iam``; no single

@@ -39,6 +39,29 @@ def test_the_clients_proof_is_the_one_the_ca_reads():
     assert core.encode_proof("POST", {"A": "b"}, "x") == aws_iam.encode_proof("POST", {"A": "b"}, "x")
 
 
+@pytest.mark.parametrize(
+    ("env", "region"),
+    [
+        ({"AWS_REGION": "eu-west-3", "AWS_DEFAULT_REGION": "ap-south-1"}, "eu-west-3"),
+        ({"AWS_DEFAULT_REGION": "ap-south-1"}, "ap-south-1"),
+        ({}, "us-east-1"),
+    ],
+)
+def test_a_proof_is_signed_for_the_environments_region_unless_told(monkeypatch, env, region):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    credentials = Credentials("AKID", "secret")
+    proof = core.parse_proof(aws_iam.aws_iam_token(key, "spiffe://td/ns/x/y", credentials=credentials))
+    assert proof.region == region and proof.header("Host") == f"sts.{region}.amazonaws.com"
+    told = core.parse_proof(
+        aws_iam.aws_iam_token(key, "spiffe://td/ns/x/y", region="ca-central-1", credentials=credentials)
+    )
+    assert told.region == "ca-central-1"
+
+
 @pytest.mark.parametrize("algorithm", ["ecdsa-p256", "ecdsa-p384", "ed25519"])
 def test_one_call_gets_a_verified_svid(running_ca, store_dir, algorithm):
     anchors = (store_dir / "ca.crt").read_bytes()
@@ -80,7 +103,12 @@ def test_the_script_writes_the_svid(running_ca, store_dir, tmp_path, capsys):
     refused = tmp_path / "refused"
     args = ["request", "--id", "web", "--namespace", "default", "--token-validator", "jwks"]
     assert cli.main([*args, *common, "--out", str(refused)]) == 1
-    assert "INVALID_ARGUMENT" in capsys.readouterr().err and not refused.exists()
+    err = capsys.readouterr().err  # worded as `sentryca request` words it
+    assert "the CA refused the request: INVALID_ARGUMENT" in err and not refused.exists()
+    # nothing listening: the cause and the flag to check, not a status dump
+    closed = ["--server", "localhost:1", "--trust-anchors", str(store_dir / "ca.crt"), "--timeout", "5"]
+    assert cli.main(["request", "--id", "web", "--namespace", "default", *closed, "--out", str(refused)]) == 1
+    assert "nothing is listening at --server localhost:1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -214,7 +214,11 @@ class S3BundleStore:
                 self.description,
             )
             return
-        log.info("repairing the public part s3://%s/%s from the bundle", self.bucket, self.public_key)
+        log.info(
+            "updating the public part s3://%s/%s from the bundle (it no longer matched it)",
+            self.bucket,
+            self.public_key,
+        )
         self._write_public(stored.items, stored.version)
 
     def _still_current(self, etag: str) -> bool:

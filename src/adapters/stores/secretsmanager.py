@@ -277,7 +277,10 @@ class SecretsManagerBundleStore:
                 self.description,
             )
             return
-        log.info("repairing the public part secretsmanager://%s from the bundle", self.public_id)
+        log.info(
+            "updating the public part secretsmanager://%s from the bundle (it no longer matched it)",
+            self.public_id,
+        )
         self._write_public(stored.items)
 
     def _still_current(self, version_id: str) -> bool:

@@ -164,7 +164,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         parse_bool,
         "rotate the root and the issuer automatically: prepare a successor when less than "
         "min(lifetime/2, 30 days) remains, activate it when less than min(lifetime/6, 7 days) "
-        "remains (only for a root whose key the CA holds; default false)",
+        "remains (only for a root whose key the CA holds); with --jwt-enabled also the JWT signing "
+        "key, every --jwt-key-ttl (default false)",
     ),
     Option(
         "root-propagation-window",

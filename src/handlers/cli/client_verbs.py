@@ -51,7 +51,9 @@ def _client_args(p: argparse.ArgumentParser, with_csr: bool) -> None:
         "service-account token or a CI job's OIDC token (or SENTRY_TOKEN_FILE; not with --token)",
     )
     p.add_argument(
-        "--token-validator", default="0", help="insecure, kubernetes, jwks or a number (default: the CA's)"
+        "--token-validator",
+        default="0",
+        help="insecure, kubernetes, jwks, aws-iam or a number (default: the CA's)",
     )
     p.add_argument(
         "--server", default="localhost:50001", help="CA address HOST:PORT (default localhost:50001)"
@@ -98,8 +100,8 @@ def _aws_iam_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--aws-region",
-        default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        help="the STS region the CA uses (default AWS_REGION, else us-east-1)",
+        default=None,
+        help="the STS region the CA uses (default AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1)",
     )
     g.add_argument("--aws-sts-endpoint", default=None, help="the CA's stsEndpoint (default from the region)")
     g.add_argument(

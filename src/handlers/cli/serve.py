@@ -126,8 +126,11 @@ def _serve_workers(cfg: Config, supervisor: Supervisor, stop: threading.Event) -
 
 def _print_banner(cfg: Config, ca: CertificateAuthority | Supervisor, host: str) -> None:
     """Where the CA serves and how to get a first certificate from it (stderr)."""
+    store = cfg.store_url
     if cfg.store_url.startswith("file://"):
-        anchors = str(Path(cfg.store_url[len("file://") :]) / cfg.issuer_ca_filename)
+        directory = Path(cfg.store_url[len("file://") :])
+        store = f"file://{directory}"  # as the log lines name it
+        anchors = str(directory / cfg.issuer_ca_filename)
         export = ""
     else:
         anchors = "./trust/ca.crt"
@@ -141,7 +144,7 @@ def _print_banner(cfg: Config, ca: CertificateAuthority | Supervisor, host: str)
         )
     print(
         f"\nThe CA is serving on {cfg.listen_address}:{ca.grpc_port} (gRPC over TLS).\n"
-        f"  Trust bundle:  {cfg.store_url}\n"
+        f"  Trust bundle:  {store}\n"
         f"  Health:        http://{host}:{ca.healthz_port}/healthz\n"
         f"Get a workload certificate (in another terminal):\n{export}"
         f"  .venv/bin/sentryca request --id myapp --namespace default "
