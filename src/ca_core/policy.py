@@ -206,6 +206,34 @@ class BootstrapVerdict:
     message: str = ""
 
 
+def key_option_warnings(cfg: Config, bundle: TrustBundle) -> list[str]:
+    """What a start warns when ``--root-key`` or ``--issuer-key`` name a key the loaded ``bundle``
+    does not use (design §5.18): both apply only to a bundle being created, so on an existing one
+    they change nothing until a rotation moves the key. Compared only where the reference can be
+    (a key ARN against the stored ``kms://<ARN>``; a key id or alias names the same key in
+    another form, which only KMS could resolve)."""
+
+    def differs(wanted: str | None, held: str | None) -> bool:
+        if wanted is None:
+            return False
+        return held is None or (wanted.startswith("kms://arn:") and wanted != held)
+
+    warnings = []
+    if differs(cfg.root_key, bundle.root_key_uri):
+        held = bundle.root_key_uri or ("a local key" if bundle.root_key is not None else "none held")
+        warnings.append(
+            f"--root-key {cfg.root_key} is not the bundle's root key ({held}) and applies only to a new "
+            f"bundle: this one keeps its root until `sentryca rotate root --root-key {cfg.root_key}`"
+        )
+    if differs(cfg.issuer_key, bundle.issuer_key_uri):
+        warnings.append(
+            f"--issuer-key {cfg.issuer_key} is not the bundle's issuer key "
+            f"({bundle.issuer_key_uri or 'a local key'}) and applies only to a new bundle: this one keeps "
+            f"its issuer key until `sentryca rotate issuer --issuer-key {cfg.issuer_key}`"
+        )
+    return warnings
+
+
 def restore_command(store: str) -> str:
     """The command that restores ``store`` from a backup written by ``sentryca bundle export``."""
     return f"sentryca bundle import --trust-bundle-store {store} --from DIR"

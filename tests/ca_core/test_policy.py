@@ -3,11 +3,23 @@ domain of the scheduler's DNS SANs (design §3.4)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from ca_core.bundle import generate_bundle
 from ca_core.config import load_config
 from ca_core.errors import ConfigError
-from ca_core.policy import cluster_domain, may_generate, needs_cluster_domain_lookup, signing_policy
+from ca_core.policy import (
+    cluster_domain,
+    key_option_warnings,
+    may_generate,
+    needs_cluster_domain_lookup,
+    signing_policy,
+)
+from ca_core.spiffe_id import SpiffeId
+
+from support.remote_key import ElsewhereKey
 
 STORE = "s3://bucket/sentry/bundle.json"
 EVIDENCE = "s3://bucket/sentry/bundle.json held a trust bundle: it was deleted (a delete marker)"
@@ -91,3 +103,38 @@ def test_the_cluster_domain(flags, env, derived, lookup, domain):
 def test_a_cluster_domain_that_is_not_a_dns_name_is_refused(value):
     with pytest.raises(ConfigError, match="--kube-cluster-domain"):
         load_config({"kube_cluster_domain": value}, {})
+
+
+ROOT_ARN = "kms://arn:aws:kms:us-east-1:111122223333:key/1111aaaa-0000-4000-8000-000000000001"
+ISSUER_ARN = "kms://arn:aws:kms:us-east-1:111122223333:key/2222bbbb-0000-4000-8000-000000000002"
+OTHER_ARN = "kms://arn:aws:kms:us-east-1:111122223333:key/3333cccc-0000-4000-8000-000000000003"
+
+
+def _bundle(root_uri=None, issuer_uri=None):
+    return generate_bundle(
+        "example.org",
+        SpiffeId("example.org", "default", "dapr-sentry"),
+        datetime.now(UTC),
+        root_key=ElsewhereKey(root_uri) if root_uri else None,
+        issuer_key=ElsewhereKey(issuer_uri) if issuer_uri else None,
+    )
+
+
+def test_key_options_an_existing_bundle_does_not_follow_are_warned_about():
+    def warnings(bundle, **options):
+        return key_option_warnings(load_config(options, {}), bundle)
+
+    local, in_kms = _bundle(), _bundle(ROOT_ARN, ISSUER_ARN)
+    assert warnings(local) == [] and warnings(in_kms) == []  # nothing asked: nothing to say
+    # the same keys, by ARN or by a form only KMS resolves (an alias, a key id): no warning
+    assert warnings(in_kms, root_key=ROOT_ARN, issuer_key=ISSUER_ARN) == []
+    assert warnings(in_kms, root_key="kms://alias/sentry-root", issuer_key="kms://2222bbbb") == []
+    # a local bundle asked for KMS keys: both named, with the verb that moves each
+    root, issuer = warnings(local, root_key=ROOT_ARN, issuer_key=ISSUER_ARN)
+    assert f"--root-key {ROOT_ARN} is not the bundle's root key (a local key)" in root
+    assert f"`sentryca rotate root --root-key {ROOT_ARN}`" in root
+    assert f"--issuer-key {ISSUER_ARN} is not the bundle's issuer key (a local key)" in issuer
+    assert f"`sentryca rotate issuer --issuer-key {ISSUER_ARN}`" in issuer
+    # another KMS key than the bundle's
+    (other,) = warnings(in_kms, issuer_key=OTHER_ARN)
+    assert f"({ISSUER_ARN})" in other and OTHER_ARN in other

@@ -236,6 +236,36 @@ def test_rotations_sign_through_kms_and_no_store_item_holds_a_root_key(moto_endp
     assert_no_key_in(store, moto_private_key(third_id))
 
 
+def test_kms_key_options_on_an_existing_local_bundle_are_warned_about_and_change_nothing(
+    moto_endpoint, aws_env, tmp_path
+):
+    _, root_arn = kms_key(moto_endpoint, "ECC_NIST_P256")
+    _, issuer_arn = kms_key(moto_endpoint, "ECC_NIST_P256")
+    creds = tmp_path / "creds"
+    r = run("bundle", "init", "--issuer-credentials", str(creds), env=aws_env)  # local keys
+    assert r.returncode == 0, r.stdout + r.stderr
+    before = FileBundleStore(creds).load().items
+    ca = serve(
+        tmp_path,
+        "--mode",
+        "standalone",
+        "--root-key",
+        f"kms://{root_arn}",
+        "--issuer-key",
+        f"kms://{issuer_arn}",
+        env=aws_env,
+    )
+    try:  # it serves the bundle as it is, its local issuer signing
+        client.verify_response(ca.sign("orders", "prod"), ca.anchors)
+    finally:
+        log = ca.start_log + ca.stop()
+    assert f"--root-key kms://{root_arn} is not the bundle's root key (a local key)" in log
+    assert f"`sentryca rotate root --root-key kms://{root_arn}`" in log
+    assert f"--issuer-key kms://{issuer_arn} is not the bundle's issuer key (a local key)" in log
+    assert f"`sentryca rotate issuer --issuer-key kms://{issuer_arn}`" in log
+    assert FileBundleStore(creds).load().items == before  # nothing moved
+
+
 def test_a_disabled_or_missing_kms_key_refuses_bundle_init_and_writes_nothing(
     moto_endpoint, aws_env, tmp_path
 ):

@@ -10,9 +10,7 @@ one drains; only a listener changing on the port it is bound to is stopped, then
 A restart swaps only what changed: validators whose settings are unchanged
 (``ca_core.policy.ValidatorSettings``) are kept, with their key caches and API clients; a store poll
 applies the content it read, and a rotation step the items it wrote, without reading the store
-again. The collaborators: ``listeners`` (gRPC and HTTP, the hand-over), ``server_certificate``
-(the certificate served), ``upkeep`` (poll, rotation, renewal, the watcher thread) and
-``readiness`` (``/healthz``, the expiry check, the bundle's publication).
+again. Collaborators: ``listeners``, ``server_certificate``, ``upkeep``, ``readiness``.
 """
 
 from __future__ import annotations
@@ -205,8 +203,10 @@ class CertificateAuthority:
             state.store.description,
         )
         log.debug("configuration: %s", config.describe())
-        for warning in policy.lifetime_warnings(config, settings_of(state.signer.bundle)):
-            log.warning("lifetimes: %s", warning)
+        bundle = state.signer.bundle
+        warnings = [f"lifetimes: {w}" for w in policy.lifetime_warnings(config, settings_of(bundle))]
+        for warning in warnings + policy.key_option_warnings(config, bundle):
+            log.warning("%s", warning)
 
     def _serve(self, state: State) -> None:
         self._state = state  # before the first call can arrive
