@@ -67,8 +67,8 @@ def client(
     retries: dict[str, Any] = {"mode": os.environ.get("AWS_RETRY_MODE") or "standard"}
     if max_attempts is not None:
         retries["total_max_attempts"] = max_attempts
-    elif os.environ.get("AWS_MAX_ATTEMPTS"):
-        retries["max_attempts"] = int(os.environ["AWS_MAX_ATTEMPTS"])
+    # else botocore reads AWS_MAX_ATTEMPTS (and max_attempts in the shared config) itself, as the
+    # total it means; passed here as retries["max_attempts"] it would count retries, one more try
     # arg-type: the stubs type `mode` as the three names botocore knows; AWS_RETRY_MODE is passed
     # on as written and botocore itself refuses another.
     config = Config(

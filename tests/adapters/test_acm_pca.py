@@ -17,7 +17,7 @@ from ca_core.upstream import SUBORDINATE_PATHLEN0_TEMPLATE, accept_issued, issue
 
 from support.acmpca_double import AcmPcaDouble
 
-SDK_TRIES = 2  # per call of the adapter, with AWS_MAX_ATTEMPTS=1 (below)
+SDK_TRIES = 1  # per call of the adapter, with AWS_MAX_ATTEMPTS=1 (below)
 ID = SpiffeId("example.org", "dapr-system", "dapr-sentry")
 
 
@@ -27,8 +27,8 @@ def double(monkeypatch):
         monkeypatch.setenv("AWS_ENDPOINT_URL_ACM_PCA", d.endpoint)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        # the adapter's own retries are under test: adapters.aws.client passes AWS_MAX_ATTEMPTS on
-        # as botocore's retries.max_attempts, which counts retries after the first try: 2 tries
+        # the adapter's own retries are under test: one request per try (AWS_MAX_ATTEMPTS counts
+        # every request, the first included)
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
         yield d
 

@@ -718,6 +718,18 @@ def test_throttling_is_retried_by_the_sdk_and_the_read_then_succeeds(scripted_s3
     assert len(bundle_reads) == 3  # two SlowDown answers retried by the SDK, then the bundle
 
 
+@pytest.mark.parametrize("attempts", [1, 2, 3])
+def test_aws_max_attempts_is_the_number_of_requests_in_all(scripted_s3, monkeypatch, attempts):
+    # AWS_MAX_ATTEMPTS counts the first request too (as the AWS SDKs and CLI read it)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", str(attempts))
+    endpoint = scripted_s3([(503, "SlowDown")] * 5, {})
+    with pytest.raises(Unavailable):
+        open_store(f"s3://{TEST_BUCKET}/busy.json").load()
+    bundle_reads = [r for r in endpoint.requests if r == ("GET", f"/{TEST_BUCKET}/busy.json")]
+    assert len(bundle_reads) == attempts
+
+
 # -- a store that lost its bundle (design §5.2: held_before, --bootstrap-policy) ---------------------
 
 

@@ -160,8 +160,9 @@ def test_pending_and_throttling_back_off_and_the_ca_keeps_serving(tmp_path, doub
         assert any("throttled by AWS Private CA" in r.getMessage() for r in caplog.records)
         assert double.calls.count("IssueCertificate") == 3  # two throttled, one issued: never a storm
         assert len(double.issued) == 1
-        # one jittered wait after the throttled try, then each attempt's polls wait 0.5 s, 1 s
-        assert waits[0] <= 1.0 and waits[1:7] == [0.5, 1.0] * 3
+        # a jittered wait after each throttled try (one request each: AWS_MAX_ATTEMPTS=1), then
+        # each attempt's polls wait 0.5 s, 1 s
+        assert waits[0] <= 1.0 and waits[1] <= 2.0 and waits[2:8] == [0.5, 1.0] * 3
         for _ in range(7):  # issued at the 4th attempt: prepared, active with 4 h of the old one left
             clock[0] += STEP
             ca.maintain()
