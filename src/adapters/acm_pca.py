@@ -128,15 +128,22 @@ class AcmPcaAuthority:
         *,
         resume: str | None = None,
         expect_root: x509.Certificate | None = None,
+        issued: Callable[[str], None] | None = None,
     ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
         """The issuer certificate for ``request`` and the chain above it (issuing CA first, root
         last), as Private CA returns them. ``resume``: the certificate ARN of an earlier call that
         was still pending (polled instead of a new IssueCertificate); ``expect_root``: the root the
         issuer must chain to (the bundle's): another one is refused before anything is issued
-        (CAError ``upstream_other_root``). Raises UpstreamPending
+        (CAError ``upstream_other_root``); ``issued``: called with the new certificate's ARN as
+        soon as IssueCertificate answers, before it is polled, so that a poll that then fails
+        (throttled, unreachable, denied) leaves the caller able to resume it. Raises UpstreamPending
         (still pending after the bounded polls), Unavailable (throttled or unreachable after the
         bounded retries), PermissionDenied (access denied), CAError (the CA's state, or a refusal)."""
-        arn = resume or self._issue(request, expect_root)
+        arn = resume
+        if arn is None:
+            arn = self._issue(request, expect_root)
+            if issued is not None:
+                issued(arn)
         answer = self._poll(arn)
         certificate = self._certificates(answer.get("Certificate") or "", "GetCertificate")[0]
         chain = self._certificates(answer.get("CertificateChain") or "", "GetCertificate")

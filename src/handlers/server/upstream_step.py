@@ -16,11 +16,12 @@ under the lifecycle lock:
    issuer signed with a root key, if the bundle's basis is still the one asked for; otherwise it
    is dropped (another replica or an operator moved the issuer or the root meanwhile).
 
-One ask at a time: none is planned while one is under way, and a certificate still pending is
-remembered (its request and ARN, for the same upstream and root), so the next attempt polls that
-one instead of asking for another: one request per issuer, never a storm. A failure never fails
-the CA: it is logged once per distinct problem with what to do (throttled, pending, denied, the
-CA's state), counted (``sentryca_upstream_failures_total{reason}``, the gauge
+One ask at a time: none is planned while one is under way, and a certificate issued but not got
+(still pending, or its poll throttled, unreachable or denied) is remembered from the moment
+IssueCertificate answers (its request and ARN, for the same upstream and root), so the next
+attempt polls that one instead of asking for another: one request per issuer, never a storm. A
+failure never fails the CA: it is logged once per distinct problem with what to do (throttled,
+pending, denied, the CA's state), counted (``sentryca_upstream_failures_total{reason}``, the gauge
 ``sentryca_upstream_failing`` at 1) and reported in ``/healthz`` (``upstream``); the CA keeps
 serving its current issuer, and the next expiry check tries again.
 """
@@ -32,6 +33,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from cryptography import x509
@@ -243,7 +245,9 @@ class UpstreamIssuerStep:
                     backdate=policy.clock_skew,
                     key=ask.key,
                 )
-            certificate, chain = ask.authority.issue_issuer(request, resume=resume, expect_root=ask.root)
+            certificate, chain = ask.authority.issue_issuer(
+                request, resume=resume, expect_root=ask.root, issued=partial(self._issued, ask, request)
+            )
             issuer_chain, roots = accept_issued(request, certificate, chain, self._clock())
             if roots[0] != ask.root:
                 raise BundleError(
@@ -259,8 +263,8 @@ class UpstreamIssuerStep:
             return None
         except CAError as e:
             transient = e.reason in ("upstream_throttled", "upstream_unreachable")
-            if not transient:  # a pending certificate survives throttling, not a refusal
-                with self._guard:
+            if not transient and e.reason != "upstream_denied":  # a certificate issued or pending
+                with self._guard:  # survives throttling and a denied poll, not a refusal
                     self._pending = None
             self._failed(
                 ask,
@@ -273,6 +277,12 @@ class UpstreamIssuerStep:
         return issuer_chain, request.key
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _issued(self, ask: UpstreamAsk, request: IssuerRequest, arn: str) -> None:
+        """IssueCertificate answered ``arn`` for ``request``: remembered before it is polled, so
+        a poll that fails resumes it at the next attempt instead of asking for another."""
+        with self._guard:
+            self._pending = (ask.basis[:2], request, arn)
 
     def _authority_for(self, upstream: str, limits: Limits) -> object:
         if self._authority is None or self._made_for != (upstream, limits):

@@ -1,0 +1,65 @@
+"""Follow-up checks of the running CA's calls to AWS Private CA (design §5.16), against the
+loopback double (support.acmpca_double): what an attempt that got no issuer leaves behind must
+never cost a second IssueCertificate for the same issuer."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from adapters.stores import FileBundleStore
+from ca_core.bundle import ROTATION_STATE
+from handlers.server import CertificateAuthority
+
+from support.acmpca_double import AcmPcaDouble
+from support.ca import ca_config
+
+FLAGS = {"issuer_ttl": "24h", "auto_rotate": "true", "expiry_check_interval": "1h", "workload_cert_ttl": "4h"}
+
+
+@pytest.fixture
+def double(monkeypatch):
+    with AcmPcaDouble() as d:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_ACM_PCA", d.endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        yield d
+
+
+def prepared_issuer_serial(store_dir) -> str | None:
+    stored = FileBundleStore(store_dir).load()
+    assert stored is not None
+    if ROTATION_STATE not in stored.items:
+        return None
+    prepared = json.loads(stored.items[ROTATION_STATE])["issuer"]["prepared"]
+    return prepared["serial"] if prepared else None
+
+
+@pytest.mark.parametrize(("code", "tries"), [("ThrottlingException", 2), ("AccessDeniedException", 1)])
+def test_an_issued_certificate_whose_poll_failed_is_polled_at_the_next_check_not_asked_for_again(
+    tmp_path, double, code, tries
+):
+    """IssueCertificate answers, then every GetCertificate of that attempt fails (throttled: the
+    default 2 tries; denied: not retried): the certificate exists and is paid for, so the next
+    expiry check polls its ARN instead of sending a second IssueCertificate for a new key."""
+    clock = [datetime.now(UTC)]
+    ca = CertificateAuthority(clock=lambda: clock[0])
+    ca.start(ca_config(tmp_path / "credentials", upstream_authority=double.upstream, **FLAGS))
+    try:
+        double.calls.clear()
+        double.issued.clear()  # what the start asked for
+        double.fail["GetCertificate"].extend([code] * tries)
+        clock[0] += timedelta(hours=13)  # past the prepare margin
+        ca.maintain()
+        (arn,) = double.issued
+        detail = ca.readiness()[1]["upstream"]
+        assert detail["failing"] is True and detail["pending"] == arn
+        clock[0] += timedelta(hours=1)
+        ca.maintain()
+        assert double.calls.count("IssueCertificate") == 1, double.calls
+        assert prepared_issuer_serial(tmp_path / "credentials") == f"{double.issued[arn].serial_number:x}"
+        assert ca.readiness()[1]["upstream"]["failing"] is False
+    finally:
+        ca.stop(grace=0)
