@@ -26,6 +26,7 @@ import random as _random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
@@ -129,6 +130,7 @@ class AcmPcaAuthority:
         resume: str | None = None,
         expect_root: x509.Certificate | None = None,
         issued: Callable[[str], None] | None = None,
+        outlive: datetime | None = None,
     ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
         """The issuer certificate for ``request`` and the chain above it (issuing CA first, root
         last), as Private CA returns them. ``resume``: the certificate ARN of an earlier call that
@@ -136,12 +138,15 @@ class AcmPcaAuthority:
         issuer must chain to (the bundle's): another one is refused before anything is issued
         (CAError ``upstream_other_root``); ``issued``: called with the new certificate's ARN as
         soon as IssueCertificate answers, before it is polled, so that a poll that then fails
-        (throttled, unreachable, denied) leaves the caller able to resume it. Raises UpstreamPending
+        (throttled, unreachable, denied) leaves the caller able to resume it; ``outlive``: the
+        NotAfter the new issuer must end after (the current issuer's): one that Private CA's own
+        NotAfter would cut to no later is refused before anything is issued (CAError
+        ``upstream_invalid_state``). Raises UpstreamPending
         (still pending after the bounded polls), Unavailable (throttled or unreachable after the
         bounded retries), PermissionDenied (access denied), CAError (the CA's state, or a refusal)."""
         arn = resume
         if arn is None:
-            arn = self._issue(request, expect_root)
+            arn = self._issue(request, expect_root, outlive)
             if issued is not None:
                 issued(arn)
         answer = self._poll(arn)
@@ -149,7 +154,9 @@ class AcmPcaAuthority:
         chain = self._certificates(answer.get("CertificateChain") or "", "GetCertificate")
         return certificate, chain
 
-    def _issue(self, request: IssuerRequest, expect_root: x509.Certificate | None) -> str:
+    def _issue(
+        self, request: IssuerRequest, expect_root: x509.Certificate | None, outlive: datetime | None
+    ) -> str:
         chain = self.ca_chain()
         ca, top = chain[0], chain[-1]
         if expect_root is not None and top != expect_root:
@@ -162,6 +169,15 @@ class AcmPcaAuthority:
             )
         not_after = min(request.not_after, ca.not_valid_after_utc)
         not_before = max(request.not_before, ca.not_valid_before_utc)
+        if outlive is not None and not_after <= outlive:
+            raise CAError(
+                f"{self.description} would sign an issuer only until {not_after.isoformat()} (its own "
+                f"certificate ends at {ca.not_valid_after_utc.isoformat()}), no later than the current "
+                f"issuer ({outlive.isoformat()}): nothing was issued; renew the Private CA's certificate, "
+                "or move the CA to another Private CA with `sentryca bundle import`, before the current "
+                "issuer expires",
+                reason="upstream_invalid_state",
+            )
         answer = self._call(
             "IssueCertificate",
             CertificateAuthorityArn=self.ca_arn,

@@ -63,3 +63,32 @@ def test_an_issued_certificate_whose_poll_failed_is_polled_at_the_next_check_not
         assert ca.readiness()[1]["upstream"]["failing"] is False
     finally:
         ca.stop(grace=0)
+
+
+def test_a_private_ca_ending_no_later_than_the_current_issuer_is_asked_for_nothing(tmp_path, monkeypatch):
+    """Private CA's own certificate ends within a day: the first issuer is cut to its NotAfter,
+    and so would every later one be, no later than the current issuer, which the rules never
+    prepare. Each expiry check past the prepare margin reads Private CA's certificate and refuses
+    before IssueCertificate (nothing bought), reported as failing, not as a success."""
+    with AcmPcaDouble(days=1) as double:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_ACM_PCA", double.endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        clock = [datetime.now(UTC)]
+        ca = CertificateAuthority(clock=lambda: clock[0])
+        ca.start(ca_config(tmp_path / "credentials", upstream_authority=double.upstream, **FLAGS))
+        try:
+            assert ca.signer.bundle.issuer.not_valid_after_utc == double.ca.not_valid_after_utc
+            double.calls.clear()
+            clock[0] += timedelta(hours=13)  # past the prepare margin
+            for _ in range(3):
+                ca.maintain()
+                clock[0] += timedelta(hours=1)
+            assert double.calls.count("IssueCertificate") == 0, double.calls
+            assert double.calls.count("GetCertificateAuthorityCertificate") == 3
+            ready, detail = ca.readiness()
+            assert ready and detail["upstream"]["failing"] is True and detail["upstream"]["failures"] == 3
+            assert detail["upstream"]["last_problem"] == "upstream_invalid_state"
+            assert prepared_issuer_serial(tmp_path / "credentials") is None
+        finally:
+            ca.stop(grace=0)

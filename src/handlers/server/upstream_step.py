@@ -72,6 +72,7 @@ class UpstreamAsk:
     policy: RotationPolicy
     key: PrivateKey | None  # the issuer key to certify again (in KMS), else None: a fresh one
     root: x509.Certificate  # the bundle's active root: the issuer must chain to it
+    outlive: datetime  # the active issuer's NotAfter: the new one must end later
     basis: Basis
     pending: tuple[IssuerRequest, str] | None  # a certificate still pending: (request, ARN)
 
@@ -154,6 +155,7 @@ class UpstreamIssuerStep:
                     policy,
                     kept_issuer_key(bundle.issuer_key),  # a KMS issuer key is certified again
                     root,
+                    bundle.issuer.not_valid_after_utc,
                     basis,
                     self._pending[1:] if self._pending is not None else None,
                 )
@@ -246,7 +248,11 @@ class UpstreamIssuerStep:
                     key=ask.key,
                 )
             certificate, chain = ask.authority.issue_issuer(
-                request, resume=resume, expect_root=ask.root, issued=partial(self._issued, ask, request)
+                request,
+                resume=resume,
+                expect_root=ask.root,
+                issued=partial(self._issued, ask, request),
+                outlive=ask.outlive,
             )
             issuer_chain, roots = accept_issued(request, certificate, chain, self._clock())
             if roots[0] != ask.root:
@@ -255,6 +261,12 @@ class UpstreamIssuerStep:
                     f"not the bundle's active root {ask.root.subject.rfc4514_string()}: the Private CA's "
                     "hierarchy changed; move the CA to it with `sentryca bundle import` (both roots as "
                     "anchors) before the issuer expires"
+                )
+            if issuer_chain[0].not_valid_after_utc <= ask.outlive:  # the rules would drop it unsaid
+                raise BundleError(
+                    f"{upstream} signed an issuer valid only until "
+                    f"{issuer_chain[0].not_valid_after_utc.isoformat()}, no later than the current one "
+                    f"({ask.outlive.isoformat()})"
                 )
         except UpstreamPending as e:
             with self._guard:
