@@ -11,6 +11,7 @@ import pytest
 
 from adapters.stores import FileBundleStore
 from ca_core.bundle import ROTATION_STATE
+from ca_core.errors import Unavailable
 from handlers.server import CertificateAuthority
 
 from support.acmpca_double import AcmPcaDouble
@@ -92,3 +93,33 @@ def test_a_private_ca_ending_no_later_than_the_current_issuer_is_asked_for_nothi
             assert prepared_issuer_serial(tmp_path / "credentials") is None
         finally:
             ca.stop(grace=0)
+
+
+def test_an_answer_whose_write_failed_is_handed_again_not_asked_for_again(tmp_path, double, monkeypatch):
+    """Private CA answers, the rules prepare its issuer, and the store refuses that write once
+    (throttled): the certificate bought is handed to the rules again at the next check, which
+    writes it; one IssueCertificate in all."""
+    clock = [datetime.now(UTC)]
+    ca = CertificateAuthority(clock=lambda: clock[0])
+    ca.start(ca_config(tmp_path / "credentials", upstream_authority=double.upstream, **FLAGS))
+    write, failures = FileBundleStore.replace_version, [Unavailable("the store is throttled")]
+
+    def flaky(store, items, version):
+        if failures:
+            raise failures.pop()
+        return write(store, items, version)
+
+    monkeypatch.setattr(FileBundleStore, "replace_version", flaky)
+    try:
+        double.calls.clear()
+        double.issued.clear()  # what the start asked for
+        clock[0] += timedelta(hours=13)  # past the prepare margin
+        ca.maintain()
+        assert not failures and prepared_issuer_serial(tmp_path / "credentials") is None
+        clock[0] += timedelta(hours=1)
+        ca.maintain()
+        assert double.calls.count("IssueCertificate") == 1, double.calls
+        (issued,) = double.issued.values()
+        assert prepared_issuer_serial(tmp_path / "credentials") == f"{issued.serial_number:x}"
+    finally:
+        ca.stop(grace=0)

@@ -14,7 +14,9 @@ under the lifecycle lock:
 3. **hand over** (:meth:`UpstreamIssuerStep.__call__` again, under the lock, at the next round):
    the answer goes to ``rules.advance``, which prepares and later activates it as it would an
    issuer signed with a root key, if the bundle's basis is still the one asked for; otherwise it
-   is dropped (another replica or an operator moved the issuer or the root meanwhile).
+   is dropped (another replica or an operator moved the issuer or the root meanwhile). Handed
+   over, it is kept until nothing is due (the step is in force): a write that failed or lost to
+   another replica hands it again at the next round, no second certificate bought.
 
 One ask at a time: none is planned while one is under way, and a certificate issued but not got
 (still pending, or its poll throttled, unreachable or denied) is remembered from the moment
@@ -104,6 +106,7 @@ class UpstreamIssuerStep:
         self._idle = threading.Event()
         self._idle.set()
         self._answer: tuple[Basis, UpstreamIssuer] | None = None
+        self._handed: tuple[Basis, UpstreamIssuer] | None = None  # handed, its step not in force yet
         self._pending: tuple[tuple[str, str], IssuerRequest, str] | None = None  # ((upstream, root), …)
         self._reported: str | None = None  # the last problem logged (reported once)
         self.failures = 0  # attempts that got no issuer while one is wanted, since the last success
@@ -132,14 +135,18 @@ class UpstreamIssuerStep:
         )
         with self._guard:
             if not due or upstream is None:
-                self._wanted, self._answer, self._pending = None, None, None
+                self._wanted, self._answer, self._handed, self._pending = None, None, None, None
                 self._settle(upstream)
                 return None
             root = active_root(bundle)
             basis = (upstream, fingerprint(root), fingerprint(bundle.issuer))
             answer, self._answer = self._answer, None
+            if answer is None and self._handed is not None and self._handed[0] == basis:
+                answer = self._handed  # handed before, but its step's write failed or was lost
             if answer is not None and answer[0] == basis:
+                self._handed = answer  # until a bundle with it prepared is in force: not due
                 return answer[1]
+            self._handed = None
             if answer is not None:
                 log.info(
                     "rotation: dropped the issuer %s signed: the bundle's active root or issuer changed "
