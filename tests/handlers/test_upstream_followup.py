@@ -5,6 +5,7 @@ never cost a second IssueCertificate for the same issuer."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -122,4 +123,33 @@ def test_an_answer_whose_write_failed_is_handed_again_not_asked_for_again(tmp_pa
         (issued,) = double.issued.values()
         assert prepared_issuer_serial(tmp_path / "credentials") == f"{issued.serial_number:x}"
     finally:
+        ca.stop(grace=0)
+
+
+def test_an_ask_no_longer_wanted_that_fails_leaves_nothing_failing(tmp_path, double):
+    """An ask is under way (Private CA stalls, on the watcher's thread) when a restart turns
+    --auto-rotate off: nothing is wanted from the upstream any more. The ask then fails (denied):
+    neither the gauge nor /healthz may say failing, which nothing would clear before the next
+    expiry check, two hours here (as long as the alarm waits)."""
+    clock = [datetime.now(UTC)]
+    flags = {**FLAGS, "expiry_check_interval": "1s", "upstream_timeout": "60s"}
+    cfg = ca_config(tmp_path / "credentials", upstream_authority=double.upstream, **flags)
+    ca = CertificateAuthority(clock=lambda: clock[0])
+    ca.start(cfg)
+    try:
+        double.stall()
+        double.fail["GetCertificateAuthorityCertificate"].append("AccessDeniedException")
+        clock[0] += timedelta(hours=13)  # past the prepare margin: the watcher asks
+        assert double.holding.wait(60), "the watcher never asked Private CA"
+        (asking,) = [t for t in threading.enumerate() if t.name == "upstream-ask" and t.is_alive()]
+        ca.restart(cfg.with_changes(auto_rotate=False, expiry_check_interval=timedelta(hours=2)))
+        assert not ca.rotate_if_due()  # the rules' decision: nothing is wanted any more
+        double.release()
+        asking.join(timeout=60)
+        assert not asking.is_alive()
+        detail = ca.readiness()[1]["upstream"]
+        assert detail["failing"] is False and detail["failures"] == 0, detail
+        assert ca.metrics.registry.get_sample_value("sentryca_upstream_failing") == 0
+    finally:
+        double.release()
         ca.stop(grace=0)

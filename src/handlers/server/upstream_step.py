@@ -103,6 +103,7 @@ class UpstreamIssuerStep:
         self._guard = threading.Lock()
         self._wanted: UpstreamAsk | None = None  # planned, not taken yet
         self._asking: UpstreamAsk | None = None  # taken: its calls are under way
+        self._dropped: UpstreamAsk | None = None  # under way, but nothing is wanted any more
         self._idle = threading.Event()
         self._idle.set()
         self._answer: tuple[Basis, UpstreamIssuer] | None = None
@@ -136,8 +137,10 @@ class UpstreamIssuerStep:
         with self._guard:
             if not due or upstream is None:
                 self._wanted, self._answer, self._handed, self._pending = None, None, None, None
+                self._dropped = self._asking  # its failure would say "failing" until the next check
                 self._settle(upstream)
                 return None
+            self._dropped = None  # wanted (again)
             root = active_root(bundle)
             basis = (upstream, fingerprint(root), fingerprint(bundle.issuer))
             answer, self._answer = self._answer, None
@@ -235,7 +238,7 @@ class UpstreamIssuerStep:
                 self._pending, self._reported, self.failures = None, None, 0
                 self._last_success = self._clock()
                 self._metrics.upstream().failing.set(0)
-            self._asking = None
+            self._asking = self._dropped = None
             self._idle.set()
 
     def _ask(self, ask: UpstreamAsk) -> UpstreamIssuer | None:
@@ -325,6 +328,9 @@ class UpstreamIssuerStep:
 
     def _failed(self, ask: UpstreamAsk, reason: str, message: str, level: int) -> None:
         with self._guard:
+            if ask is self._dropped:  # nothing is wanted from the upstream any more: not failing
+                log.debug("%s (no issuer is wanted any more)", message)
+                return
             self.failures += 1
             self._last_problem = reason
             self._metrics.upstream().failed(reason)
