@@ -1,6 +1,6 @@
 """Fixtures only: a file store directory, a real CA server on loopback and TLS channels to it,
-moto in server mode, fresh stores of each kind for the CLI, the slim botocore data, and the
-loopback Kubernetes API server. Every
+moto in server mode, fresh stores of each kind for the CLI, the slim botocore data, the loopback
+AWS Private CA double and the loopback Kubernetes API server. Every
 helper they share with the tests lives in tests/support/ (imported as ``support``)."""
 
 from __future__ import annotations
@@ -13,6 +13,21 @@ import pytest
 from support.aws import BUCKET, DUMMY_KEYS, TEST_BUCKET, aws_client, start_serialised
 from support.ca import ca_config
 from support.kube import KubeApi
+
+
+@pytest.fixture
+def double(monkeypatch) -> Iterator:
+    """A loopback AWS Private CA (``support.acmpca_double.AcmPcaDouble``) that the SDK reaches
+    with test credentials, one request per try (``AWS_MAX_ATTEMPTS=1``: the adapter's own
+    retries are what the tests count)."""
+    from support.acmpca_double import AcmPcaDouble
+
+    with AcmPcaDouble() as d:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_ACM_PCA", d.endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        yield d
 
 
 @pytest.fixture

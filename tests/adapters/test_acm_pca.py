@@ -21,18 +21,6 @@ SDK_TRIES = 1  # per call of the adapter, with AWS_MAX_ATTEMPTS=1 (below)
 ID = SpiffeId("example.org", "dapr-system", "dapr-sentry")
 
 
-@pytest.fixture
-def double(monkeypatch):
-    with AcmPcaDouble() as d:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_ACM_PCA", d.endpoint)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        # the adapter's own retries are under test: one request per try (AWS_MAX_ATTEMPTS counts
-        # every request, the first included)
-        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-        yield d
-
-
 def authority(double, waits: list[float], **backoff) -> AcmPcaAuthority:
     return AcmPcaAuthority(
         double.upstream, backoff=Backoff(**backoff), sleep=waits.append, random=lambda: 1.0

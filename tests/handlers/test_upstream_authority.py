@@ -22,23 +22,12 @@ from ca_core.errors import CAError
 from ca_core.validators import SignRequest, TokenValidatorKind
 from handlers.server import CertificateAuthority
 
-from support.acmpca_double import AcmPcaDouble
 from support.ca import ca_config
 from support.cli import run_sentryca
 from support.openssl import run_openssl
 from support.pki import make_csr, verifies
 
 STEP = timedelta(hours=1)
-
-
-@pytest.fixture
-def double(monkeypatch):
-    with AcmPcaDouble() as d:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_ACM_PCA", d.endpoint)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-        yield d
 
 
 def sign(ca: CertificateAuthority, now: datetime) -> tuple[x509.Certificate, list[x509.Certificate], bytes]:
