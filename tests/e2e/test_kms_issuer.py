@@ -129,6 +129,25 @@ def test_serve_with_a_kms_issuer_key_signs_every_leaf_through_kms_and_kms_faults
     assert "sign request refused: UNAVAILABLE: the issuer key" in log and "(DisabledException)" in log, log
 
 
+@pytest.mark.parametrize("spec", ["RSA_2048", "ECC_NIST_P384"])
+def test_serve_with_a_kms_issuer_key_of_each_other_spec_signs_leaves_that_verify_strictly(
+    spec, moto_endpoint, aws_env, tmp_path
+):
+    issuer_id, issuer_arn = kms_key(moto_endpoint, spec)
+    ca = serve(tmp_path, "--mode", "standalone", "--issuer-key", f"kms://{issuer_arn}", env=aws_env)
+    try:
+        signed = client.verify_response(ca.sign("orders", "prod"), ca.anchors)
+    finally:
+        ca.stop()
+    chain = x509.load_pem_x509_certificates(signed.chain_pem)
+    assert same_key(chain[1], issuer_id)  # the issuer certifies the KMS key, which signed the leaf
+    oid = x509.SignatureAlgorithmOID
+    expected = oid.RSA_WITH_SHA256 if spec.startswith("RSA") else oid.ECDSA_WITH_SHA384
+    assert signed.leaf.signature_algorithm_oid == expected
+    strict_verify(tmp_path, signed.leaf, chain[1:], ca.anchors)
+    assert_no_key_in(ca.creds, moto_private_key(issuer_id))
+
+
 def test_bundle_init_and_rotate_issuer_with_a_kms_issuer_key(moto_endpoint, aws_env, tmp_path):
     store = tmp_path / "store"
     issuer_id, issuer_arn = kms_key(moto_endpoint, "ECC_NIST_P256")
