@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -37,8 +38,6 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 def default_region() -> str:
     """The STS region a proof is signed for when none is given: ``AWS_REGION``, else
     ``AWS_DEFAULT_REGION``, else ``us-east-1`` (the command lines' ``--aws-region`` default)."""
-    import os
-
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ca_core.bundle import FileNames
 from ca_core.config import load_config
 from ca_core.errors import ConfigError
-from sentryca_client.explain import ANCHORS_HINT
+from sentryca_client.explain import ANCHORS_HINT, explain
 
 from .common import REFUSED, USAGE, CommandError
 
@@ -39,8 +39,6 @@ def read_trust_anchors(path: str) -> bytes:
 def connection_error(d: Diagnosis, args: argparse.Namespace) -> CommandError:
     """The refusal (exit 1) for a failed call to ``--server`` whose cause is ``d``
     (:func:`sentryca_client.explain.explain`)."""
-    from sentryca_client.explain import explain
-
     return CommandError(explain(d, args.server, args.trust_anchors, args.timeout, args.server_name), REFUSED)
 
 

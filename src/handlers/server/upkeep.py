@@ -118,7 +118,7 @@ class Upkeep:
         self._clear_problem(None)
         self._seen_version = None
         if cfg.upstream_authority is not None:
-            self._upstream.configured(cfg.upstream_authority)
+            self._upstream.configured()
         self._stop_watch, self._nudge = threading.Event(), threading.Event()
         self._watcher = threading.Thread(
             target=self._watch, args=(self._stop_watch, self._nudge), name="expiry-watcher", daemon=True

@@ -128,7 +128,7 @@ class UpstreamIssuerStep:
         answered, else None (nothing due; an ask is planned, under way, or failed: logged)."""
         upstream = policy.upstream
         if upstream is not None:
-            self.configured(upstream)
+            self.configured()
         due = (
             upstream is not None
             and held_root_key(bundle) is None  # the root key signs, as without an upstream
@@ -176,7 +176,7 @@ class UpstreamIssuerStep:
         """Whether an answer waits to be handed to the rules."""
         return self._answer is not None
 
-    def configured(self, upstream: str) -> None:
+    def configured(self) -> None:
         """An upstream is configured: its metrics exist (at 0 until an attempt fails)."""
         self._metrics.upstream()
 
