@@ -14,6 +14,10 @@ Sections, from one run:
      RSS of every server process, and the ratios to the peer and to the crypto floor;
   5. machine facts.
 
+Section 4 also drives the front-end experiment (``bench/front_experiment.py``: HAProxy
+terminating TLS and HTTP/2 in front of as many Python processes running the CA's servicer and
+signer, not how the CA serves) when HAProxy and httptools are installed, unless ``--skip-front``.
+
 The load generator of sections 3 and 4 is the native one (``bench/loadgen``, Go and grpc-go,
 built on demand by ``bench/native_loadgen.py``: ``NativeGenerator``) or the Python one (spawned
 processes of blocking threads: ``LoadGenerator``), or both in turn (``--loadgen``).
@@ -898,6 +902,26 @@ def bench_network(
                     20_000,
                     fractions,
                 )
+        import front_experiment
+
+        missing = front_experiment.available()
+        if args.skip_front:
+            out["front_missing"] = "skipped (--skip-front)"
+        elif missing:
+            out["front_missing"] = missing
+        else:
+            with front_experiment.front_server(workers, args.server_log_level) as (port, pids, anchors):
+                out["front"] = drive(
+                    f"experiment: HAProxy + {workers} signer processes",
+                    ("grpc", port, anchors),
+                    pids,
+                    peer_levels,
+                    warmup,
+                    duration,
+                    loadgen,
+                    workers * 1.5 * core_rate,
+                    fractions,
+                )
     return out
 
 
@@ -1045,6 +1069,15 @@ def _print_network(net: dict, m: dict, ip: dict) -> None:
             _run_block(f"cfssl serve ({net['peer_version']}), ECDSA P-256 CA", net["peer"])
         else:
             print(f"   peer not measured: {net['peer_missing']}")
+        if "front" in net:
+            print(
+                "   the front-end experiment (bench/front_experiment.py): HAProxy terminates TLS and"
+                " HTTP/2 and passes each call, buffered, over HTTP/1.1 to one of"
+                f" {net['workers_count']} processes running the CA's servicer and signer:"
+            )
+            _run_block(f"HAProxy + {net['workers_count']} signers", net["front"])
+        elif "front_missing" in net:
+            print(f"   front-end experiment not measured: {net['front_missing']}")
         ca = net["workers"]
         floor = ip["floor_ops_per_s"]
         print("   summary:")
@@ -1062,6 +1095,9 @@ def _print_network(net: dict, m: dict, ip: dict) -> None:
             r = _best(ca) / _best(net["peer"])
             verdict = "met" if r >= TARGET_PEER_RATIO else "NOT met"
             print(f"     CA / cfssl = {r:.2f}  (target ≥ {TARGET_PEER_RATIO}: {verdict})")
+            if "front" in net:
+                r = _best(net["front"]) / _best(net["peer"])
+                print(f"     experiment (HAProxy front end, not the CA's serving model) / cfssl = {r:.2f}")
         for name, run in (("CA", ca), ("cfssl", net.get("peer"))):
             if run is None:
                 continue
@@ -1204,6 +1240,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the CA server's log level (default warn; info logs a line per signed certificate)",
     )
     p.add_argument("--skip-network", action="store_true", help="only the in-process sections")
+    p.add_argument(
+        "--skip-front",
+        action="store_true",
+        help="do not drive the front-end experiment in section 4 (bench/front_experiment.py)",
+    )
     p.add_argument(
         "--soak",
         type=int,
