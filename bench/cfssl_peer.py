@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from processes import free_port, stop, wait_listening
 
 SIGN_PATH = "/api/v1/cfssl/sign"
 ROOT_CSR = {"CN": "bench peer root", "key": {"algo": "ecdsa", "size": 256}, "names": [{"O": "bench"}]}
@@ -43,12 +43,6 @@ def version() -> str:
     return " ".join(r.stdout.split()) or "unknown"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def request_body(csr_pem: bytes) -> bytes:
     """The JSON body of one sign request."""
     return json.dumps({"certificate_request": csr_pem.decode()}).encode()
@@ -70,7 +64,7 @@ def cfssl_server() -> Iterator[tuple[int, list[int]]]:
         (d / "ca.pem").write_text(out["cert"])
         (d / "ca-key.pem").write_text(out["key"])
         (d / "config.json").write_text(json.dumps(SIGNING))
-        port = _free_port()
+        port = free_port()
         argv = [
             "cfssl",
             "serve",
@@ -90,23 +84,13 @@ def cfssl_server() -> Iterator[tuple[int, list[int]]]:
         log = (d / "serve.log").open("wb")
         server = subprocess.Popen(argv, stdout=log, stderr=log)
         try:
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"cfssl serve did not start:\n{(d / 'serve.log').read_text()[-2000:]}"
-                        ) from None
-                    time.sleep(0.05)
+            wait_listening(
+                port,
+                server,
+                15,
+                lambda: f"cfssl serve did not start:\n{(d / 'serve.log').read_text()[-2000:]}",
+            )
             yield port, [server.pid]
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop(server)
             log.close()

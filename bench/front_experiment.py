@@ -20,14 +20,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from processes import free_port, stop, wait_listening
 
 HERE = Path(__file__).resolve().parent
 INSTALL_HINT = (
@@ -101,21 +101,6 @@ def _tls(directory: Path) -> tuple[Path, bytes]:
     return pem, cert_pem
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @contextlib.contextmanager
 def front_server(workers: int, log_level: str) -> Iterator[tuple[int, list[int], bytes]]:
     """HAProxy on 127.0.0.1 in front of ``workers`` signer processes; yields (port, pids, anchors)."""
@@ -140,21 +125,15 @@ def front_server(workers: int, log_level: str) -> Iterator[tuple[int, list[int],
                 if proc.stdout.readline().strip() != b"ready":
                     raise RuntimeError(f"a front-end signer exited before serving ({proc.wait()})")
             pem, anchors = _tls(d)
-            port = _free_port()
+            port = free_port()
             servers = "\n".join(f"  server signer{i} {path}" for i, path in enumerate(sockets))
             (d / "haproxy.cfg").write_text(CONFIG.format(port=port, pem=pem, servers=servers))
             haproxy = subprocess.Popen(["haproxy", "-q", "-db", "-f", str(d / "haproxy.cfg")])
             procs.append(haproxy)
-            deadline = time.monotonic() + START_TIMEOUT
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if haproxy.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"haproxy did not listen (exit {haproxy.poll()})") from None
-                    time.sleep(0.05)
+            wait_listening(
+                port, haproxy, START_TIMEOUT, lambda: f"haproxy did not listen (exit {haproxy.poll()})"
+            )
             yield port, [p.pid for p in procs], anchors
         finally:
             for proc in reversed(procs):
-                _stop(proc)
+                stop(proc)

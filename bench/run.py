@@ -869,18 +869,15 @@ def bench_network(
                 )
     workers = args.workers or len(os.sched_getaffinity(0))
     peer_levels = _levels(args.peer_concurrency)
+
+    def all_cores(name: str, target: tuple, pids: list[int], rate_cap: float) -> Run:
+        """Section 4's levels (closed, then open loop) for one server."""
+        return drive(name, target, pids, peer_levels, warmup, duration, loadgen, rate_cap, fractions)
+
     if peer_levels:
         with ca_server(args.server_log_level, workers=workers) as (port, pids, anchors):
-            out["workers"] = drive(
-                f"CA, --workers {workers}",
-                ("grpc", port, anchors),
-                pids,
-                peer_levels,
-                warmup,
-                duration,
-                loadgen,
-                workers * 1.5 * core_rate,
-                fractions,
+            out["workers"] = all_cores(
+                f"CA, --workers {workers}", ("grpc", port, anchors), pids, workers * 1.5 * core_rate
             )
         out["workers_count"] = workers
         import cfssl_peer
@@ -891,17 +888,7 @@ def bench_network(
         else:
             out["peer_version"] = cfssl_peer.version()
             with cfssl_peer.cfssl_server() as (port, pids):
-                out["peer"] = drive(
-                    "cfssl serve",
-                    ("cfssl", port),
-                    pids,
-                    peer_levels,
-                    warmup,
-                    duration,
-                    loadgen,
-                    20_000,
-                    fractions,
-                )
+                out["peer"] = all_cores("cfssl serve", ("cfssl", port), pids, 20_000)
         import front_experiment
 
         missing = front_experiment.available()
@@ -911,16 +898,11 @@ def bench_network(
             out["front_missing"] = missing
         else:
             with front_experiment.front_server(workers, args.server_log_level) as (port, pids, anchors):
-                out["front"] = drive(
+                out["front"] = all_cores(
                     f"experiment: HAProxy + {workers} signer processes",
                     ("grpc", port, anchors),
                     pids,
-                    peer_levels,
-                    warmup,
-                    duration,
-                    loadgen,
                     workers * 1.5 * core_rate,
-                    fractions,
                 )
     return out
 

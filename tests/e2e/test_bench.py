@@ -27,15 +27,18 @@ from support.pki import make_csr, verifies
 pytestmark = pytest.mark.slow
 
 
+def load_bench_module(name: str):
+    """A module of bench/ (not a package) by name, with bench/ importable as its scripts expect."""
+    bench = str(REPO_ROOT / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(name)
+
+
 def why_missing(module_name: str) -> str | None:
     """Why bench/``module_name``.py's part of the run cannot run here (None: it can), as
     bench/run.py decides: the module's own ``available()``."""
-    path = REPO_ROOT / "bench" / f"{module_name}.py"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.available()
+    return load_bench_module(module_name).available()
 
 
 def native_missing() -> str | None:
@@ -103,14 +106,6 @@ def test_a_short_benchmark_run_measures_every_server_without_failures(tmp_path):
         assert net["workers_count"] >= 1
     assert r.stdout.count("transport ceiling (best canned)") == len(passes)
     assert ("CA / cfssl" in r.stdout) is peer
-
-
-def load_bench_module(name: str):
-    """A module of bench/ (not a package) by name, with bench/ importable as its scripts expect."""
-    bench = str(REPO_ROOT / "bench")
-    if bench not in sys.path:
-        sys.path.insert(0, bench)
-    return importlib.import_module(name)
 
 
 @pytest.mark.timeout(180)
