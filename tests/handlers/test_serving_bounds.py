@@ -97,8 +97,21 @@ def test_a_call_that_ends_without_a_message_is_invalid_argument(bounded_ca, chan
     assert "without a request message" in err.value.details()
 
 
-def test_calls_past_max_in_flight_are_refused_while_health_answers(bounded_ca, channel_to):
-    chan = channel_to(bounded_ca)
+@pytest.fixture
+def capped_ca(store_dir) -> Iterator[CertificateAuthority]:
+    """At most 3 calls in flight, and a message timeout longer than any wait of the test: parked
+    calls keep their places until released, however slow the machine (with bounded_ca's 1 s they
+    could time out before a refusal was seen)."""
+    ca = CertificateAuthority()
+    ca.start(ca_config(store_dir, message_timeout="60s", max_in_flight="3"))
+    try:
+        yield ca
+    finally:
+        ca.stop(grace=0)
+
+
+def test_calls_past_max_in_flight_are_refused_while_health_answers(capped_ca, channel_to):
+    chan = channel_to(capped_ca)
     release = threading.Event()
     parked = [
         streaming_call(chan).future(held_until(release, request_bytes(f"parked{i}")), timeout=30)
@@ -120,8 +133,8 @@ def test_calls_past_max_in_flight_are_refused_while_health_answers(bounded_ca, c
             sentry_pb2.SignCertificateResponse.FromString(call.result(timeout=10))
     finally:
         release.set()
-    assert signs(bounded_ca, bounded_ca.signer.bundle.anchors_pem)  # places freed
-    text = metric_lines(bounded_ca)
+    assert signs(capped_ca, capped_ca.signer.bundle.anchors_pem)  # places freed
+    text = metric_lines(capped_ca)
     assert 'reason="in_flight_limit"' in text
 
 
