@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from processes import free_port, stop, wait_listening
+from processes import die_with_parent, free_port, stop, wait_listening
 
 HERE = Path(__file__).resolve().parent
 INSTALL_HINT = (
@@ -101,37 +103,66 @@ def _tls(directory: Path) -> tuple[Path, bytes]:
     return pem, cert_pem
 
 
+def _tail(path: Path) -> str:
+    return path.read_bytes()[-2000:].decode(errors="replace") if path.exists() else ""
+
+
+def _ready(proc: subprocess.Popen, log: Path, deadline: float) -> None:
+    """Wait for a signer's ``ready`` line. Raises RuntimeError (with its log's tail) when it
+    exits or says nothing else before ``deadline`` (``time.monotonic()``)."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+    if not ready or proc.stdout.readline().strip() != b"ready":
+        raise RuntimeError(f"a front-end signer did not start (exit {proc.poll()}):\n{_tail(log)}")
+    proc.stdout.close()
+
+
 @contextlib.contextmanager
 def front_server(workers: int, log_level: str) -> Iterator[tuple[int, list[int], bytes]]:
-    """HAProxy on 127.0.0.1 in front of ``workers`` signer processes; yields (port, pids, anchors)."""
+    """HAProxy on 127.0.0.1 in front of ``workers`` signer processes, logging to files of a
+    temporary directory as the CA's bench server does; yields (port, pids of the signers and
+    HAProxy, trust anchors PEM) and stops them all on exit. Raises RuntimeError when the
+    experiment cannot run here (``available()``), a signer does not start or HAProxy does not
+    listen within ``START_TIMEOUT`` seconds (with the tail of its log)."""
     why = available()
     if why:
         raise RuntimeError(f"cannot run the front-end experiment: {why}")
     procs: list[subprocess.Popen] = []
-    with tempfile.TemporaryDirectory(prefix="sentryca-bench-front-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sentryca-bench-front-") as tmp, contextlib.ExitStack() as logs:
         d = Path(tmp)
         try:
             sockets = []
             for i in range(workers):
-                path = d / f"signer-{i}.sock"
+                path, log = d / f"signer-{i}.sock", d / f"signer-{i}.log"
                 proc = subprocess.Popen(
                     [sys.executable, str(HERE / "front_signer.py"), str(path), log_level],
+                    stdin=subprocess.PIPE,  # closed by stop(): the signer exits, as ca_server.py does
                     stdout=subprocess.PIPE,
+                    stderr=logs.enter_context(log.open("wb")),
                 )
                 procs.append(proc)
-                sockets.append(path)
-            for proc in procs:
-                assert proc.stdout is not None
-                if proc.stdout.readline().strip() != b"ready":
-                    raise RuntimeError(f"a front-end signer exited before serving ({proc.wait()})")
+                sockets.append((path, log))
+            deadline = time.monotonic() + START_TIMEOUT
+            for proc, (_, log) in zip(procs, sockets, strict=True):
+                _ready(proc, log, deadline)
             pem, anchors = _tls(d)
             port = free_port()
-            servers = "\n".join(f"  server signer{i} {path}" for i, path in enumerate(sockets))
+            servers = "\n".join(f"  server signer{i} {path}" for i, (path, _) in enumerate(sockets))
             (d / "haproxy.cfg").write_text(CONFIG.format(port=port, pem=pem, servers=servers))
-            haproxy = subprocess.Popen(["haproxy", "-q", "-db", "-f", str(d / "haproxy.cfg")])
+            log = d / "haproxy.log"
+            haproxy = subprocess.Popen(
+                ["haproxy", "-db", "-f", str(d / "haproxy.cfg")],
+                stdin=subprocess.DEVNULL,
+                stdout=logs.enter_context(log.open("wb")),
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # HAProxy has no stdin to watch
+            )
             procs.append(haproxy)
             wait_listening(
-                port, haproxy, START_TIMEOUT, lambda: f"haproxy did not listen (exit {haproxy.poll()})"
+                port,
+                haproxy,
+                START_TIMEOUT,
+                lambda: f"haproxy did not listen (exit {haproxy.poll()}):\n{_tail(log)}",
             )
             yield port, [p.pid for p in procs], anchors
         finally:

@@ -112,7 +112,8 @@ def test_a_short_benchmark_run_measures_every_server_without_failures(tmp_path):
 def test_the_front_end_experiment_signs_and_refuses_as_the_ca_does():
     """Through HAProxy and two signer processes, a grpcio client gets an X.509-SVID that pyca's
     verifier accepts against the trust chain in the answer, with the CA's call-id trailer; a bad
-    CSR gets INVALID_ARGUMENT with the CA's reason, and any other method UNIMPLEMENTED."""
+    CSR gets INVALID_ARGUMENT with the CA's reason, and any other method UNIMPLEMENTED; then none of
+    its processes is left."""
     if front_missing():
         pytest.skip(front_missing())
     experiment = load_bench_module("front_experiment")
@@ -155,3 +156,6 @@ def test_the_front_end_experiment_signs_and_refuses_as_the_ca_does():
                 channel.unary_unary("/dapr.proto.sentry.v1.CA/Other")(b"", timeout=10)
             assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
             assert "unknown method /dapr.proto.sentry.v1.CA/Other" in unknown.value.details()
+    for pid in pids:  # HAProxy and the signers are gone, not left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
