@@ -8,6 +8,7 @@ generator it reads from decides when (or whether) the one message goes out.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import threading
 import time
@@ -51,14 +52,21 @@ def held_until(release: threading.Event, *messages: bytes) -> Iterator[bytes]:
     yield from messages
 
 
-@pytest.fixture
-def bounded_ca(store_dir) -> Iterator[CertificateAuthority]:
+@contextlib.contextmanager
+def running_ca(store_dir, **settings: str) -> Iterator[CertificateAuthority]:
+    """A started CA with ``settings`` over ``ca_config``'s; stopped at once on exit."""
     ca = CertificateAuthority()
-    ca.start(ca_config(store_dir, message_timeout="1s", max_in_flight="3"))
+    ca.start(ca_config(store_dir, **settings))
     try:
         yield ca
     finally:
         ca.stop(grace=0)
+
+
+@pytest.fixture
+def bounded_ca(store_dir) -> Iterator[CertificateAuthority]:
+    with running_ca(store_dir, message_timeout="1s", max_in_flight="3") as ca:
+        yield ca
 
 
 def health_status(chan: grpc.Channel) -> int:
@@ -102,12 +110,8 @@ def capped_ca(store_dir) -> Iterator[CertificateAuthority]:
     """At most 3 calls in flight, and a message timeout longer than any wait of the test: parked
     calls keep their places until released, however slow the machine (with bounded_ca's 1 s they
     could time out before a refusal was seen)."""
-    ca = CertificateAuthority()
-    ca.start(ca_config(store_dir, message_timeout="60s", max_in_flight="3"))
-    try:
+    with running_ca(store_dir, message_timeout="60s", max_in_flight="3") as ca:
         yield ca
-    finally:
-        ca.stop(grace=0)
 
 
 def test_calls_past_max_in_flight_are_refused_while_health_answers(capped_ca, channel_to):
