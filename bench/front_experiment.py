@@ -8,8 +8,8 @@ running the CA's own ``CAServicer`` and ``Signer``. The gRPC framing passes thro
 ``grpc-status`` travels in HTTP/1.1 trailers, which HAProxy turns into HTTP/2 trailers.
 
 Left out, as an experiment may: the CA's lifecycle, store and bundle loading, the health
-service, its own server certificate (a self-signed ECDSA P-256 one stands in; handshakes fall
-outside the measured window) and the process supervision of ``--workers``.
+service, the renewal of its server certificate (HAProxy's is issued once, by the CA's rule, from
+a bundle of its own) and the process supervision of ``--workers``.
 
 ``available()`` says why it cannot run, or None; ``front_server(workers, log_level)`` yields
 (port, pids of HAProxy and every signer, trust anchors PEM), as ``run.ca_server`` does.
@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from processes import die_with_parent, free_port, stop, wait_listening
@@ -72,35 +72,20 @@ def available() -> str | None:
 
 
 def _tls(directory: Path) -> tuple[Path, bytes]:
-    """A self-signed ECDSA P-256 certificate for localhost: (HAProxy's PEM file, certificate PEM)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """HAProxy's certificate, issued by the CA's own server-certificate rule
+    (``ca_core.server_certificate``: localhost and 127.0.0.1, ECDSA P-256) from a fresh bundle:
+    (HAProxy's PEM file of chain and key, the bundle's trust anchors PEM)."""
+    from run import make_signer
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    from ca_core.config import load_config
+    from ca_core.server_certificate import issue_server_certificate
+
+    signer = make_signer()
+    cert = issue_server_certificate(signer, load_config({}, {}), datetime.now(UTC))
     pem = directory / "front.pem"
     pem.touch(mode=0o600)
-    pem.write_bytes(cert_pem + key_pem)
-    return pem, cert_pem
+    pem.write_bytes(cert.chain_pem + cert.key_pem)
+    return pem, signer.bundle.anchors_pem
 
 
 def _tail(path: Path) -> str:

@@ -7,7 +7,6 @@ signing. Figures are not checked here: timing goals live in the benchmark (bench
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import os
 import shutil
